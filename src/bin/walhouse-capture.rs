@@ -1,0 +1,72 @@
+//! `walhouse-capture`: parse config, run the capture, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::sync::watch;
+use walhouse::capture;
+use walhouse::config::{init_logging, CaptureArgs, CaptureConfig, OutputKind};
+use walhouse::output::stdout::JsonLines;
+
+fn main() -> ExitCode {
+    let args = CaptureArgs::parse();
+    let config = match CaptureConfig::resolve(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("walhouse-capture: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("walhouse-capture: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("walhouse-capture: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: CaptureConfig) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping: acknowledging what was written");
+        let _ = stop_tx.send(true);
+    });
+    match config.output {
+        OutputKind::Stdout => {
+            let mut out = JsonLines::new(tokio::io::stdout());
+            let summary = capture::run(&config, &mut out, stop_rx).await?;
+            tracing::info!(
+                acknowledged = %summary.acknowledged,
+                events = summary.events,
+                transactions = summary.transactions,
+                "stopped cleanly"
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process still stops on SIGINT/SIGTERM,
+        // just without the clean acknowledgement.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

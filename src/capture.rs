@@ -1,0 +1,311 @@
+//! The capture loop: slot stream → change events → destination → acknowledge.
+//!
+//! Start-up checks the source ([`slot::preflight`]), makes sure the
+//! publication and slot exist, then streams. Each transaction's changes go
+//! to the destination as they are decoded (nothing is buffered here, so
+//! memory does not grow with transaction size); at its commit the
+//! destination is asked what is durable, and only that LSN is acknowledged.
+//!
+//! A lost connection is retried with exponential backoff, from the last
+//! acknowledged LSN, a bounded number of times; any other error stops the
+//! capture with the operator's fix in the message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::change::{check_arity, ChangeEvent, ChangeKind, TxInfo};
+use crate::config::CaptureConfig;
+use crate::output::{Destination, OutputError};
+use crate::postgres::catalog::{load_type_names, CatalogError, RelationCache, RelationChange};
+use crate::postgres::pgoutput::{LogicalMessage, OldTuple};
+use crate::postgres::replication::{ReplicationClient, ReplicationStream, StreamOptions};
+use crate::postgres::{client, publication, slot, Lsn, SourceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("gave up after {attempts} reconnect attempts; last error: {last}")]
+    GaveUp { attempts: u32, last: SourceError },
+    #[error("the server sent a streamed-transaction message although walhouse asked for protocol 1 (at {lsn})")]
+    UnexpectedStream { lsn: Lsn },
+}
+
+/// How a capture ended without error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureSummary {
+    /// The last LSN confirmed to Postgres.
+    pub acknowledged: Lsn,
+    pub events: u64,
+    pub transactions: u64,
+}
+
+/// Why the stream loop returned without error.
+enum StreamEnd {
+    Shutdown,
+    ServerEnded,
+}
+
+/// Runs a capture until `shutdown` turns true or an error stops it.
+pub async fn run<D: Destination>(
+    config: &CaptureConfig,
+    dest: &mut D,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<CaptureSummary, CaptureError> {
+    let source = &config.source;
+    let (sql, _driver) = client::connect(source).await?;
+    slot::preflight(&sql, &source.user).await?;
+    let tables = publication::ensure(&sql, &config.publication, &config.tables).await?;
+    tracing::info!(publication = %config.publication, tables = tables.len(), "publication ready");
+    let status_interval = match config.status_interval {
+        Some(i) => i,
+        None => slot::status_interval(slot::wal_sender_timeout(&sql).await?),
+    };
+    match slot::inspect(&sql, &config.slot).await? {
+        Some(info) => {
+            slot::check_usable(&info, &source.dbname)?;
+            tracing::info!(slot = %config.slot, confirmed_flush = ?info.confirmed_flush.map(|l| l.to_string()), "resuming from existing slot");
+        }
+        None => {
+            let mut repl = ReplicationClient::connect(source).await?;
+            let created = repl.create_slot(&config.slot).await?;
+            tracing::info!(slot = %created.name, consistent_point = %created.consistent_point, "created replication slot");
+        }
+    }
+
+    let mut state = LoopState {
+        cache: RelationCache::new(),
+        sql,
+        tx: None,
+        tx_ordinal: 0,
+        events: 0,
+        transactions: 0,
+    };
+    let mut acknowledged = Lsn::ZERO;
+    let mut attempt = 0u32;
+    loop {
+        let options = StreamOptions {
+            publications: vec![config.publication.clone()],
+            status_interval,
+            ..StreamOptions::default()
+        };
+        let started = async {
+            let repl = ReplicationClient::connect(source).await?;
+            repl.start_replication(&config.slot, acknowledged, options).await
+        };
+        let result: Result<(), CaptureError> = match started.await {
+            Ok(mut stream) => {
+                tracing::info!(slot = %config.slot, from = %acknowledged, "streaming");
+                let r = state.stream(&mut stream, dest, &mut shutdown).await;
+                acknowledged = stream.progress().acknowledged;
+                match r {
+                    Ok(end) => {
+                        dest.flush().await?;
+                        stream.acknowledge(dest.durable());
+                        acknowledged = stream.stop().await?;
+                        if let StreamEnd::ServerEnded = end {
+                            tracing::warn!("the server ended the replication stream");
+                        }
+                        return Ok(CaptureSummary {
+                            acknowledged,
+                            events: state.events,
+                            transactions: state.transactions,
+                        });
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(CaptureError::Source(e)),
+        };
+        let Err(err) = result else { continue };
+        let CaptureError::Source(source_err) = err else {
+            return Err(err);
+        };
+        if !source_err.is_transient() {
+            return Err(CaptureError::Source(source_err));
+        }
+        attempt += 1;
+        if attempt > config.max_reconnect_attempts {
+            return Err(CaptureError::GaveUp {
+                attempts: attempt - 1,
+                last: source_err,
+            });
+        }
+        // An interrupted transaction is re-sent from its Begin.
+        state.tx = None;
+        let backoff = backoff(attempt, config.reconnect_backoff_max);
+        tracing::warn!(attempt, ?backoff, "{source_err}");
+        tokio::select! {
+            _ = shutdown.changed() => {
+                return Ok(CaptureSummary { acknowledged, events: state.events, transactions: state.transactions });
+            }
+            _ = tokio::time::sleep(backoff) => {}
+        }
+    }
+}
+
+/// 250 ms, 500 ms, 1 s, … capped at `max`.
+fn backoff(attempt: u32, max: Duration) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(16))).min(max)
+}
+
+struct LoopState {
+    cache: RelationCache,
+    sql: tokio_postgres::Client,
+    tx: Option<TxInfo>,
+    tx_ordinal: u64,
+    events: u64,
+    transactions: u64,
+}
+
+impl LoopState {
+    async fn stream<D: Destination>(
+        &mut self,
+        stream: &mut ReplicationStream,
+        dest: &mut D,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<StreamEnd, CaptureError> {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Ok(StreamEnd::Shutdown),
+                next = stream.next() => next?,
+            };
+            let Some((lsn, msg)) = next else {
+                return Ok(StreamEnd::ServerEnded);
+            };
+            if let Some(ack) = self.apply(lsn, msg, dest).await? {
+                dest.end_transaction(ack).await?;
+                let durable = dest.durable();
+                if durable > stream.progress().acknowledged {
+                    stream.acknowledge(durable);
+                }
+            }
+        }
+    }
+
+    /// Applies one message; returns the LSN to acknowledge when it ends a
+    /// unit of acknowledgement (a commit, or a non-transactional message).
+    async fn apply<D: Destination>(
+        &mut self,
+        lsn: Lsn,
+        msg: LogicalMessage,
+        dest: &mut D,
+    ) -> Result<Option<Lsn>, CaptureError> {
+        match msg {
+            LogicalMessage::Begin(b) => {
+                self.tx = Some(TxInfo {
+                    xid: b.xid,
+                    commit_lsn: b.final_lsn,
+                    commit_time: b.commit_time,
+                });
+                self.tx_ordinal = 0;
+            }
+            LogicalMessage::Commit(c) => {
+                self.tx = None;
+                self.transactions += 1;
+                return Ok(Some(c.end_lsn));
+            }
+            LogicalMessage::Relation(rel) => {
+                let unnamed = self.cache.unnamed_types(&rel);
+                if !unnamed.is_empty() {
+                    let names = load_type_names(&self.sql, &unnamed).await.map_err(SourceError::Sql)?;
+                    self.cache.insert_type_names(names);
+                }
+                let name = format!("{}.{}", rel.namespace, rel.name);
+                let columns = rel.columns.len();
+                if self.cache.apply_relation(rel) == RelationChange::Changed {
+                    tracing::info!(table = %name, columns, %lsn, "table shape changed");
+                }
+            }
+            LogicalMessage::Type(t) => self.cache.apply_type(t),
+            LogicalMessage::Origin(o) => tracing::debug!(origin = %o.name, "transaction from origin"),
+            LogicalMessage::Insert(i) => {
+                let relation = self.cache.get(i.relation_id)?.clone();
+                check_arity(&relation, &i.new)?;
+                self.emit(lsn, ChangeKind::Insert { relation: &relation, new: &i.new }, dest).await?;
+            }
+            LogicalMessage::Update(u) => {
+                let relation = self.cache.get(u.relation_id)?.clone();
+                check_arity(&relation, &u.new)?;
+                if let Some(OldTuple::Key(t) | OldTuple::Full(t)) = &u.old {
+                    check_arity(&relation, t)?;
+                }
+                let kind = ChangeKind::Update {
+                    relation: &relation,
+                    old: u.old.as_ref(),
+                    new: &u.new,
+                };
+                self.emit(lsn, kind, dest).await?;
+            }
+            LogicalMessage::Delete(d) => {
+                let relation = self.cache.get(d.relation_id)?.clone();
+                let (OldTuple::Key(t) | OldTuple::Full(t)) = &d.old;
+                check_arity(&relation, t)?;
+                self.emit(lsn, ChangeKind::Delete { relation: &relation, old: &d.old }, dest).await?;
+            }
+            LogicalMessage::Truncate(t) => {
+                let relations = t
+                    .relation_ids
+                    .iter()
+                    .map(|id| self.cache.get(*id).cloned())
+                    .collect::<Result<Vec<Arc<_>>, _>>()?;
+                let kind = ChangeKind::Truncate {
+                    relations: &relations,
+                    cascade: t.cascade,
+                    restart_identity: t.restart_identity,
+                };
+                self.emit(lsn, kind, dest).await?;
+            }
+            LogicalMessage::Message(m) => {
+                let transactional = m.transactional && self.tx.is_some();
+                self.emit(lsn, ChangeKind::Message(&m), dest).await?;
+                if !transactional {
+                    return Ok(Some(lsn));
+                }
+            }
+            LogicalMessage::StreamStart(_)
+            | LogicalMessage::StreamStop
+            | LogicalMessage::StreamCommit(_)
+            | LogicalMessage::StreamAbort(_) => return Err(CaptureError::UnexpectedStream { lsn }),
+        }
+        Ok(None)
+    }
+
+    async fn emit<D: Destination>(&mut self, lsn: Lsn, kind: ChangeKind<'_>, dest: &mut D) -> Result<(), CaptureError> {
+        let in_tx = self.tx.is_some() && !matches!(&kind, ChangeKind::Message(m) if !m.transactional);
+        if in_tx {
+            self.tx_ordinal += 1;
+        }
+        let event = ChangeEvent {
+            lsn,
+            tx: if in_tx { self.tx.as_ref() } else { None },
+            tx_ordinal: if in_tx { self.tx_ordinal } else { 0 },
+            kind,
+        };
+        dest.send(&event).await?;
+        self.events += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let max = Duration::from_secs(5);
+        assert_eq!(backoff(1, max), Duration::from_millis(250));
+        assert_eq!(backoff(2, max), Duration::from_millis(500));
+        assert_eq!(backoff(3, max), Duration::from_secs(1));
+        assert_eq!(backoff(10, max), max);
+        assert_eq!(backoff(u32::MAX, max), max);
+    }
+}

@@ -1,0 +1,21 @@
+//! walhouse: change data capture from Postgres to Kafka to a warehouse.
+//!
+//! Two pipelines, two binaries:
+//!
+//! - **capture** (`walhouse-capture`): a logical replication slot
+//!   ([`postgres::replication`]) streams pgoutput messages, decoded without
+//!   I/O ([`postgres::pgoutput`]) and resolved against their relations
+//!   ([`postgres::catalog`]) into [`change::ChangeEvent`]s; the
+//!   [`capture`] loop hands them to an [`output::Destination`] and confirms
+//!   an LSN to Postgres only once the destination says it is durable.
+//! - **sink** (`walhouse-sink`): consumes the CDC topics into warehouse
+//!   tables (not built yet; see the README's roadmap).
+//!
+//! Delivery is at least once, ordered per table as in the WAL; what is not
+//! acknowledged is sent again after a crash.
+
+pub mod capture;
+pub mod change;
+pub mod config;
+pub mod output;
+pub mod postgres;

@@ -1,0 +1,215 @@
+//! What can go wrong talking to the source, classified once.
+//!
+//! Every error a user can fix names the fix. [`SourceError::is_transient`]
+//! is the single place that decides whether the capture loop reconnects
+//! (with backoff) or stops.
+
+use std::fmt;
+use std::io;
+
+use super::lsn::Lsn;
+use super::pgoutput::DecodeError;
+use super::tls::TlsError;
+
+/// An ErrorResponse from the server, with the fields operators need.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerError {
+    pub severity: String,
+    /// SQLSTATE, e.g. `55006`.
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " (detail: {d})")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {h})")?;
+        }
+        Ok(())
+    }
+}
+
+impl ServerError {
+    /// Parses the fields of an ErrorResponse or NoticeResponse body.
+    pub fn parse(body: &[u8]) -> ServerError {
+        let mut e = ServerError::default();
+        for field in body.split(|&b| b == 0) {
+            let Some((&kind, value)) = field.split_first() else {
+                continue;
+            };
+            let value = String::from_utf8_lossy(value).into_owned();
+            match kind {
+                // 'V' is the untranslated severity; prefer it over 'S'.
+                b'V' => e.severity = value,
+                b'S' if e.severity.is_empty() => e.severity = value,
+                b'C' => e.code = value,
+                b'M' => e.message = value,
+                b'D' => e.detail = Some(value),
+                b'H' => e.hint = Some(value),
+                _ => {}
+            }
+        }
+        e
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot connect to the source at {address}: {source}. Fix: check host and port in --source-url and that Postgres listens there (listen_addresses, firewall)")]
+    Connect { address: String, source: io::Error },
+    #[error("connection to the source lost: {0}. walhouse reconnects and resumes from the last acknowledged LSN")]
+    ConnectionLost(io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("authentication as {user:?} failed: {message}. Fix: check user and password in --source-url and the matching pg_hba.conf line")]
+    Auth { user: String, message: String },
+    #[error("the server asked for authentication method {0}, which walhouse does not support (supported: trust, password, md5, scram-sha-256)")]
+    UnsupportedAuth(String),
+    #[error("wal_level is {actual:?} but logical decoding needs 'logical'. Fix: ALTER SYSTEM SET wal_level = logical; then restart Postgres")]
+    WalLevelNotLogical { actual: String },
+    #[error("role {user:?} lacks the REPLICATION attribute. Fix: ALTER ROLE \"{user}\" WITH REPLICATION; (or use a superuser), and allow it in pg_hba.conf for database 'replication' connections")]
+    MissingReplicationPrivilege { user: String },
+    #[error("replication slot {slot:?} is in use by another process{pid}. Fix: stop the other consumer (SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{slot}') or use another --slot", pid = .pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    SlotActive { slot: String, pid: Option<i32> },
+    #[error("publication {publication:?} does not exist in database {dbname:?}. Fix: let walhouse create it (a role that owns the tables or is superuser), or CREATE PUBLICATION \"{publication}\" FOR TABLE …")]
+    PublicationMissing { publication: String, dbname: String },
+    #[error("replication slot {slot:?} was invalidated (wal_status = lost): the WAL it needed was removed, so changes were lost for it. Fix: drop it (SELECT pg_drop_replication_slot('{slot}')) and start again with a new slot and a fresh snapshot; raise max_slot_wal_keep_size to keep this from recurring")]
+    SlotInvalidated { slot: String },
+    #[error("replication slot {slot:?} {problem}. Fix: use another --slot, or drop this one if it is not in use (SELECT pg_drop_replication_slot('{slot}'))")]
+    SlotUnusable { slot: String, problem: String },
+    #[error("table {table} does not exist in the source database. Fix: check --tables (schema.table, names are case-sensitive)")]
+    TableMissing { table: String },
+    #[error("the source server answered: {0}")]
+    Server(ServerError),
+    #[error("the source database answered: {0}")]
+    Sql(#[from] tokio_postgres::Error),
+    #[error("unexpected message from the server: {0}")]
+    Protocol(String),
+    #[error("cannot decode the pgoutput message at {lsn}: {source}")]
+    Decode { lsn: Lsn, source: DecodeError },
+}
+
+impl SourceError {
+    /// Maps a server error to the variant naming its fix, given what walhouse
+    /// was doing (the slot and publication in use).
+    pub fn from_server(e: ServerError, ctx: &ErrorContext<'_>) -> SourceError {
+        let msg = e.message.as_str();
+        match e.code.as_str() {
+            "28P01" | "28000" if msg.contains("replication") && msg.contains("pg_hba") => {
+                SourceError::Auth {
+                    user: ctx.user.into(),
+                    message: format!("{msg}: no pg_hba.conf line allows replication connections"),
+                }
+            }
+            "28P01" | "28000" => SourceError::Auth {
+                user: ctx.user.into(),
+                message: e.message,
+            },
+            "42501" if msg.contains("replication") || msg.contains("walsender") => {
+                SourceError::MissingReplicationPrivilege {
+                    user: ctx.user.into(),
+                }
+            }
+            "55006" => SourceError::SlotActive {
+                slot: ctx.slot.into(),
+                pid: msg
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|p| p.trim_end_matches('.').parse().ok()),
+            },
+            "42704" if msg.contains("publication") => SourceError::PublicationMissing {
+                publication: ctx.publication.into(),
+                dbname: ctx.dbname.into(),
+            },
+            "55000" if msg.contains("wal_level") => SourceError::WalLevelNotLogical {
+                actual: "replica or minimal".into(),
+            },
+            "55000" if msg.contains("invalidated") || msg.contains("can no longer get changes") => {
+                SourceError::SlotInvalidated {
+                    slot: ctx.slot.into(),
+                }
+            }
+            _ => SourceError::Server(e),
+        }
+    }
+
+    /// Whether reconnecting may help: a lost connection or a server that is
+    /// shutting down or starting up. Everything else needs an operator.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::ConnectionLost(_) | SourceError::Connect { .. } => true,
+            // admin_shutdown, crash_shutdown, cannot_connect_now
+            SourceError::Server(e) => matches!(e.code.as_str(), "57P01" | "57P02" | "57P03"),
+            SourceError::Sql(e) => e.is_closed() || e.code().is_none(),
+            _ => false,
+        }
+    }
+}
+
+/// What walhouse was using when an error came, so messages can name it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ErrorContext<'a> {
+    pub user: &'a str,
+    pub dbname: &'a str,
+    pub slot: &'a str,
+    pub publication: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: &str, message: &str) -> ServerError {
+        ServerError {
+            severity: "ERROR".into(),
+            code: code.into(),
+            message: message.into(),
+            ..Default::default()
+        }
+    }
+
+    const CTX: ErrorContext<'static> = ErrorContext {
+        user: "rep",
+        dbname: "shop",
+        slot: "walhouse",
+        publication: "walhouse",
+    };
+
+    #[test]
+    fn parses_error_response_fields() {
+        let body = b"SERROR\0VERROR\0C55006\0Mreplication slot \"walhouse\" is active for PID 4242\0Hstop it\0\0";
+        let e = ServerError::parse(body);
+        assert_eq!(e.code, "55006");
+        assert_eq!(e.hint.as_deref(), Some("stop it"));
+        match SourceError::from_server(e, &CTX) {
+            SourceError::SlotActive { slot, pid } => {
+                assert_eq!(slot, "walhouse");
+                assert_eq!(pid, Some(4242));
+            }
+            other => panic!("expected SlotActive, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn classifies_the_errors_operators_meet() {
+        let cases = [
+            (server("42501", "must be superuser or replication role to start walsender"), "REPLICATION"),
+            (server("42704", "publication \"walhouse\" does not exist"), "CREATE PUBLICATION"),
+            (server("55000", "logical decoding requires wal_level >= logical"), "wal_level = logical"),
+            (server("55000", "can no longer get changes from replication slot \"walhouse\""), "new slot"),
+            (server("28P01", "password authentication failed for user \"rep\""), "pg_hba.conf"),
+        ];
+        for (e, fix) in cases {
+            let text = SourceError::from_server(e.clone(), &CTX).to_string();
+            assert!(text.contains(fix), "{e:?} -> {text:?} should mention {fix:?}");
+        }
+        assert!(SourceError::from_server(server("57P01", "terminating"), &CTX).is_transient());
+        assert!(!SourceError::from_server(server("42601", "syntax"), &CTX).is_transient());
+    }
+}

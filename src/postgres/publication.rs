@@ -1,0 +1,209 @@
+//! The publication: which tables the slot streams.
+//!
+//! walhouse creates the publication when it is missing (for the configured
+//! tables, or all tables) and adds configured tables that are missing from
+//! an existing one. It never removes tables: a publication may be shared.
+//! Every identifier is quoted, so odd names work and nothing can inject SQL.
+
+use std::fmt;
+
+use tokio_postgres::Client;
+
+use super::error::SourceError;
+use super::quote_ident;
+
+/// A `schema.table` name, as configured by the user.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    /// Parses `table`, `schema.table` or `"Odd Schema"."Odd.Table"`. Unquoted
+    /// parts are taken as written (Postgres would fold them to lower case;
+    /// walhouse does not guess).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let parts = split_qualified(s.trim()).ok_or_else(|| format!("invalid table name {s:?}"))?;
+        match parts.as_slice() {
+            [name] => Ok(TableName {
+                schema: "public".into(),
+                name: name.clone(),
+            }),
+            [schema, name] => Ok(TableName {
+                schema: schema.clone(),
+                name: name.clone(),
+            }),
+            _ => Err(format!("invalid table name {s:?}: expected schema.table")),
+        }
+    }
+
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Splits on dots outside double quotes; `""` inside quotes is a quote.
+fn split_qualified(s: &str) -> Option<Vec<String>> {
+    let mut parts = vec![String::new()];
+    let mut chars = s.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', false) => quoted = true,
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                parts.last_mut()?.push('"');
+            }
+            ('"', true) => quoted = false,
+            ('.', false) => parts.push(String::new()),
+            (c, _) => parts.last_mut()?.push(c),
+        }
+    }
+    (!quoted && parts.iter().all(|p| !p.is_empty())).then_some(parts)
+}
+
+/// Which tables to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TableSelection {
+    All,
+    Tables(Vec<TableName>),
+}
+
+/// A published table whose updates and deletes cannot be captured fully.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityWarning {
+    pub table: TableName,
+    pub replica_identity: char,
+}
+
+/// Creates or completes the publication; returns the tables it publishes.
+pub async fn ensure(
+    client: &Client,
+    publication: &str,
+    selection: &TableSelection,
+) -> Result<Vec<TableName>, SourceError> {
+    if let TableSelection::Tables(tables) = selection {
+        for t in tables {
+            let exists = client
+                .query_opt(
+                    "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                    &[&t.schema, &t.name],
+                )
+                .await?;
+            if exists.is_none() {
+                return Err(SourceError::TableMissing { table: t.to_string() });
+            }
+        }
+    }
+    let existing = client
+        .query_opt("SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1", &[&publication])
+        .await?;
+    let quoted = quote_ident(publication);
+    match (existing, selection) {
+        (None, TableSelection::All) => {
+            client.batch_execute(&format!("CREATE PUBLICATION {quoted} FOR ALL TABLES")).await?;
+            tracing::info!(publication, "created publication for all tables");
+        }
+        (None, TableSelection::Tables(tables)) => {
+            let list = tables.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
+            client.batch_execute(&format!("CREATE PUBLICATION {quoted} FOR TABLE {list}")).await?;
+            tracing::info!(publication, tables = %list, "created publication");
+        }
+        (Some(row), TableSelection::Tables(tables)) if !row.get::<_, bool>(0) => {
+            let published = published_tables(client, publication).await?;
+            let missing: Vec<_> = tables.iter().filter(|t| !published.contains(t)).collect();
+            if !missing.is_empty() {
+                let list = missing.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+                client.batch_execute(&format!("ALTER PUBLICATION {quoted} ADD TABLE {list}")).await?;
+                tracing::info!(publication, tables = %list, "added tables to the existing publication");
+            }
+        }
+        (Some(_), TableSelection::All) => {
+            tracing::info!(publication, "using the existing publication as it is");
+        }
+        (Some(_), TableSelection::Tables(_)) => {
+            tracing::info!(publication, "using the existing FOR ALL TABLES publication");
+        }
+    }
+    let tables = published_tables(client, publication).await?;
+    for w in identity_warnings(client, publication).await? {
+        tracing::warn!(
+            table = %w.table,
+            "table has no replica identity (no primary key, or REPLICA IDENTITY NOTHING): Postgres rejects \
+             UPDATE and DELETE on it while it is published, and walhouse cannot key its events. \
+             Fix: add a primary key, or ALTER TABLE {} REPLICA IDENTITY FULL",
+            w.table.quoted()
+        );
+    }
+    Ok(tables)
+}
+
+pub async fn published_tables(client: &Client, publication: &str) -> Result<Vec<TableName>, SourceError> {
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables \
+             WHERE pubname = $1 ORDER BY 1, 2",
+            &[&publication],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| TableName {
+            schema: r.get(0),
+            name: r.get(1),
+        })
+        .collect())
+}
+
+/// Published tables whose UPDATE/DELETE carry no usable old key.
+pub async fn identity_warnings(client: &Client, publication: &str) -> Result<Vec<IdentityWarning>, SourceError> {
+    let rows = client
+        .query(
+            "SELECT pt.schemaname::text, pt.tablename::text, c.relreplident::text \
+             FROM pg_catalog.pg_publication_tables pt \
+             JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+             WHERE pt.pubname = $1 AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
+               (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) \
+             ORDER BY 1, 2",
+            &[&publication],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| IdentityWarning {
+            table: TableName {
+                schema: r.get(0),
+                name: r.get(1),
+            },
+            replica_identity: r.get::<_, String>(2).chars().next().unwrap_or('d'),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_table_names() {
+        let t = |s| TableName::parse(s).expect("valid");
+        assert_eq!(t("orders").to_string(), "public.orders");
+        assert_eq!(t("shop.orders").to_string(), "shop.orders");
+        let odd = t("\"My Schema\".\"we\"\"ird.name\"");
+        assert_eq!(odd.schema, "My Schema");
+        assert_eq!(odd.name, "we\"ird.name");
+        assert_eq!(odd.quoted(), "\"My Schema\".\"we\"\"ird.name\"");
+        for bad in ["", "a.b.c", "\"open", "a.", ".b"] {
+            assert!(TableName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,853 @@
+//! The replication-protocol connection: startup, authentication, replication
+//! commands, the CopyBoth stream, keepalives and acknowledgements.
+//!
+//! tokio-postgres cannot open `replication=database` connections, so this
+//! module speaks the protocol itself on top of `postgres-protocol`'s
+//! frontend encoders (<https://www.postgresql.org/docs/15/protocol-replication.html>).
+//!
+//! # The acknowledgement contract
+//! [`ReplicationStream::next`] hands out `(lsn, message)` pairs. The caller
+//! calls [`ReplicationStream::acknowledge`] with a transaction's
+//! [`Commit::end_lsn`](super::pgoutput::Commit) once every change of that
+//! transaction is durable downstream. Status updates report as flushed only
+//! the last acknowledged LSN, so after a crash or reconnect Postgres re-sends
+//! every transaction that was not acknowledged. Row LSNs are never
+//! acknowledged: several changes share one LSN and Begin shares the first
+//! change's, so acknowledging a row would skip its siblings.
+//!
+//! When everything handed out has been acknowledged and no transaction is
+//! open, a keepalive's WAL position is acknowledged too, so an idle or
+//! filtered-out slot does not hold WAL on the server.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, timeout, Instant};
+
+use super::conninfo::ConnInfo;
+use super::error::{ErrorContext, ServerError, SourceError};
+use super::lsn::Lsn;
+use super::pgoutput::{Decoder, LogicalMessage};
+use super::tls::{negotiate, Socket};
+
+/// Read granularity: big enough that a catch-up stream costs few syscalls.
+const READ_CHUNK: usize = 256 * 1024;
+/// How long a clean stop may wait for the server to end the stream.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One backend message: tag byte and body.
+struct Frame {
+    tag: u8,
+    body: Bytes,
+}
+
+/// Buffered, cancel-safe framing over the socket.
+struct Wire {
+    socket: Socket,
+    inbuf: BytesMut,
+    outbuf: BytesMut,
+}
+
+impl Wire {
+    fn new(socket: Socket) -> Self {
+        Wire {
+            socket,
+            inbuf: BytesMut::with_capacity(READ_CHUNK),
+            outbuf: BytesMut::new(),
+        }
+    }
+
+    /// A complete frame from what has been read, if there is one.
+    fn try_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+        if self.inbuf.len() < 5 {
+            return Ok(None);
+        }
+        let tag = self.inbuf[0];
+        let len = i32::from_be_bytes([self.inbuf[1], self.inbuf[2], self.inbuf[3], self.inbuf[4]]);
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l >= 4)
+            .ok_or_else(|| SourceError::Protocol(format!("message {:?} with invalid length {len}", tag as char)))?;
+        if self.inbuf.len() < 1 + len {
+            self.inbuf.reserve(1 + len - self.inbuf.len());
+            return Ok(None);
+        }
+        let mut frame = self.inbuf.split_to(1 + len).freeze();
+        frame.advance(5);
+        Ok(Some(Frame { tag, body: frame }))
+    }
+
+    /// Reads more bytes. Cancel-safe: bytes read are kept in `inbuf`.
+    async fn fill(&mut self) -> Result<(), SourceError> {
+        if self.inbuf.capacity() - self.inbuf.len() < READ_CHUNK / 4 {
+            self.inbuf.reserve(READ_CHUNK);
+        }
+        match self.socket.read_buf(&mut self.inbuf).await {
+            Ok(0) => Err(SourceError::ConnectionLost(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ))),
+            Ok(_) => Ok(()),
+            Err(e) => Err(SourceError::ConnectionLost(e)),
+        }
+    }
+
+    async fn read_frame(&mut self) -> Result<Frame, SourceError> {
+        loop {
+            if let Some(f) = self.try_frame()? {
+                return Ok(f);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Writes whatever is queued. Cancel-safe: `write_buf` advances past
+    /// what was written, so a cancelled call resumes where it stopped.
+    async fn flush_out(&mut self) -> Result<(), SourceError> {
+        while self.outbuf.has_remaining() {
+            self.socket
+                .write_buf(&mut self.outbuf)
+                .await
+                .map_err(SourceError::ConnectionLost)?;
+        }
+        self.socket.flush().await.map_err(SourceError::ConnectionLost)
+    }
+}
+
+/// What `IDENTIFY_SYSTEM` returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemIdentity {
+    pub system_id: String,
+    pub timeline: u32,
+    pub xlogpos: Lsn,
+    pub dbname: Option<String>,
+}
+
+/// A slot made by `CREATE_REPLICATION_SLOT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedSlot {
+    pub name: String,
+    /// Streaming from this slot starts exactly after this point; an exported
+    /// snapshot shows the database as of this point.
+    pub consistent_point: Lsn,
+    pub snapshot_name: Option<String>,
+}
+
+/// What to ask of pgoutput in `START_REPLICATION`.
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    pub publications: Vec<String>,
+    /// pgoutput protocol version: 1 (PG 10+) or 2 (PG 14+, streamed transactions).
+    pub proto_version: u8,
+    /// Include `pg_logical_emit_message` records.
+    pub messages: bool,
+    /// Send standby status at least this often.
+    pub status_interval: Duration,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            publications: vec!["walhouse".into()],
+            proto_version: 1,
+            messages: true,
+            status_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A rows-as-text result of a simple query.
+pub type Rows = Vec<Vec<Option<String>>>;
+
+/// A `replication=database` connection before streaming starts.
+pub struct ReplicationClient {
+    wire: Wire,
+    user: String,
+    dbname: String,
+    server_version_num: u32,
+}
+
+impl ReplicationClient {
+    /// Connects, negotiates TLS per `sslmode`, and authenticates.
+    pub async fn connect(info: &ConnInfo) -> Result<Self, SourceError> {
+        let address = info.address();
+        let tcp = timeout(info.connect_timeout, TcpStream::connect((info.host.as_str(), info.port)))
+            .await
+            .map_err(|_| SourceError::Connect {
+                address: address.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+            })?
+            .map_err(|source| SourceError::Connect {
+                address: address.clone(),
+                source,
+            })?;
+        tcp.set_nodelay(true).map_err(SourceError::ConnectionLost)?;
+        let socket = negotiate(tcp, info).await?;
+        let mut client = ReplicationClient {
+            wire: Wire::new(socket),
+            user: info.user.clone(),
+            dbname: info.dbname.clone(),
+            server_version_num: 0,
+        };
+        client.startup(info).await?;
+        Ok(client)
+    }
+
+    fn ctx(&self) -> ErrorContext<'_> {
+        ErrorContext {
+            user: &self.user,
+            dbname: &self.dbname,
+            ..Default::default()
+        }
+    }
+
+    /// The server's `server_version_num`-like number (150004 for 15.4).
+    pub fn server_version_num(&self) -> u32 {
+        self.server_version_num
+    }
+
+    async fn startup(&mut self, info: &ConnInfo) -> Result<(), SourceError> {
+        let params = [
+            ("user", info.user.as_str()),
+            ("database", info.dbname.as_str()),
+            ("replication", "database"),
+            ("application_name", info.application_name.as_str()),
+            // pgoutput converts names and text values to the client encoding.
+            ("client_encoding", "UTF8"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut self.wire.outbuf)
+            .map_err(|e| SourceError::Protocol(e.to_string()))?;
+        self.wire.flush_out().await?;
+        self.authenticate(info).await?;
+        loop {
+            let f = self.wire.read_frame().await?;
+            match f.tag {
+                b'Z' => return Ok(()),
+                b'S' => {
+                    let mut parts = f.body.split(|&b| b == 0);
+                    if parts.next() == Some(b"server_version") {
+                        let v = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                        self.server_version_num = parse_server_version(&v);
+                    }
+                }
+                b'K' | b'N' => {}
+                b'E' => return Err(SourceError::from_server(ServerError::parse(&f.body), &self.ctx())),
+                other => return Err(unexpected(other, "startup")),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, info: &ConnInfo) -> Result<(), SourceError> {
+        let password = || {
+            info.password.as_ref().map(|p| p.expose().as_bytes()).ok_or_else(|| SourceError::Auth {
+                user: info.user.clone(),
+                message: "the server asks for a password but --source-url has none".into(),
+            })
+        };
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            let f = self.wire.read_frame().await?;
+            match f.tag {
+                b'E' => return Err(SourceError::from_server(ServerError::parse(&f.body), &self.ctx())),
+                b'R' => {}
+                other => return Err(unexpected(other, "authentication")),
+            }
+            let mut body = f.body;
+            if body.len() < 4 {
+                return Err(SourceError::Protocol("short authentication request".into()));
+            }
+            let protocol_err = |e: std::io::Error| SourceError::Protocol(e.to_string());
+            match body.get_i32() {
+                0 => return Ok(()),
+                3 => frontend::password_message(password()?, &mut self.wire.outbuf).map_err(protocol_err)?,
+                5 => {
+                    if body.len() < 4 {
+                        return Err(SourceError::Protocol("md5 request without salt".into()));
+                    }
+                    let salt = [body[0], body[1], body[2], body[3]];
+                    let hash = md5_hash(info.user.as_bytes(), password()?, salt);
+                    frontend::password_message(hash.as_bytes(), &mut self.wire.outbuf).map_err(protocol_err)?;
+                }
+                10 => {
+                    let offered: Vec<&[u8]> = body.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
+                    if !offered.contains(&sasl::SCRAM_SHA_256.as_bytes()) {
+                        let names = offered.iter().map(|m| String::from_utf8_lossy(m)).collect::<Vec<_>>().join(", ");
+                        return Err(SourceError::UnsupportedAuth(format!("SASL ({names})")));
+                    }
+                    let s = sasl::ScramSha256::new(password()?, sasl::ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut self.wire.outbuf)
+                        .map_err(protocol_err)?;
+                    scram = Some(s);
+                }
+                11 => {
+                    let s = scram.as_mut().ok_or_else(|| SourceError::Protocol("SASL continue before start".into()))?;
+                    s.update(&body).map_err(|e| SourceError::Auth {
+                        user: info.user.clone(),
+                        message: e.to_string(),
+                    })?;
+                    frontend::sasl_response(s.message(), &mut self.wire.outbuf).map_err(protocol_err)?;
+                }
+                12 => {
+                    let s = scram.as_mut().ok_or_else(|| SourceError::Protocol("SASL final before start".into()))?;
+                    s.finish(&body).map_err(|e| SourceError::Auth {
+                        user: info.user.clone(),
+                        message: format!("the server's SCRAM signature did not verify: {e}"),
+                    })?;
+                    continue;
+                }
+                other => return Err(SourceError::UnsupportedAuth(format!("code {other}"))),
+            }
+            self.wire.flush_out().await?;
+        }
+    }
+
+    /// Runs one command in the simple-query protocol and returns its rows as text.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Rows, SourceError> {
+        frontend::query(sql, &mut self.wire.outbuf).map_err(|e| SourceError::Protocol(e.to_string()))?;
+        self.wire.flush_out().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let f = self.wire.read_frame().await?;
+            match f.tag {
+                b'D' => rows.push(parse_data_row(f.body)?),
+                b'T' | b'C' | b'I' | b'N' | b'S' => {}
+                b'E' => error = Some(ServerError::parse(&f.body)),
+                b'Z' => break,
+                other => return Err(unexpected(other, "a query result")),
+            }
+        }
+        match error {
+            Some(e) => Err(SourceError::from_server(e, &self.ctx())),
+            None => Ok(rows),
+        }
+    }
+
+    pub async fn identify_system(&mut self) -> Result<SystemIdentity, SourceError> {
+        let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
+        let row = rows.first().ok_or_else(|| SourceError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
+        let col = |i: usize| row.get(i).cloned().flatten();
+        Ok(SystemIdentity {
+            system_id: col(0).unwrap_or_default(),
+            timeline: col(1).and_then(|t| t.parse().ok()).unwrap_or_default(),
+            xlogpos: col(2).and_then(|l| l.parse().ok()).unwrap_or_default(),
+            dbname: col(3),
+        })
+    }
+
+    fn create_slot_sql(&self, slot: &str, snapshot: &str) -> String {
+        if self.server_version_num >= 150000 {
+            format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput (SNAPSHOT '{snapshot}')")
+        } else {
+            let kw = if snapshot == "export" { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" };
+            format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput {kw}")
+        }
+    }
+
+    async fn create_slot_with(&mut self, slot: &str, snapshot: &str) -> Result<CreatedSlot, SourceError> {
+        validate_slot_name(slot)?;
+        let sql = self.create_slot_sql(slot, snapshot);
+        let rows = self.simple_query(&sql).await.map_err(|e| slot_context(e, slot))?;
+        let row = rows.first().ok_or_else(|| SourceError::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
+        let col = |i: usize| row.get(i).cloned().flatten();
+        let consistent_point = col(1)
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| SourceError::Protocol("CREATE_REPLICATION_SLOT returned no consistent point".into()))?;
+        Ok(CreatedSlot {
+            name: col(0).unwrap_or_else(|| slot.to_owned()),
+            consistent_point,
+            snapshot_name: col(2),
+        })
+    }
+
+    /// Creates a logical pgoutput slot without a snapshot.
+    pub async fn create_slot(&mut self, slot: &str) -> Result<CreatedSlot, SourceError> {
+        self.create_slot_with(slot, "nothing").await
+    }
+
+    /// Creates a slot and exports a snapshot of the database at its
+    /// consistent point. The snapshot lives only while this connection stays
+    /// open and idle, so the connection moves into the returned value: no
+    /// other command can be sent until [`ExportedSnapshot::release`].
+    pub async fn create_slot_exporting_snapshot(mut self, slot: &str) -> Result<ExportedSnapshot, SourceError> {
+        let created = self.create_slot_with(slot, "export").await?;
+        let snapshot_name = created
+            .snapshot_name
+            .clone()
+            .ok_or_else(|| SourceError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into()))?;
+        Ok(ExportedSnapshot {
+            client: self,
+            slot: created,
+            snapshot_name,
+        })
+    }
+
+    /// Starts streaming from `start` (or, for `0/0`, from the slot's
+    /// confirmed position) and returns the stream.
+    pub async fn start_replication(
+        mut self,
+        slot: &str,
+        start: Lsn,
+        options: StreamOptions,
+    ) -> Result<ReplicationStream, SourceError> {
+        validate_slot_name(slot)?;
+        let publications = options
+            .publications
+            .iter()
+            .map(|p| crate::postgres::quote_ident(p))
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "START_REPLICATION SLOT {slot} LOGICAL {start} (proto_version '{}', publication_names {}, messages '{}')",
+            options.proto_version,
+            crate::postgres::quote_literal(&publications),
+            options.messages,
+        );
+        frontend::query(&sql, &mut self.wire.outbuf).map_err(|e| SourceError::Protocol(e.to_string()))?;
+        self.wire.flush_out().await?;
+        let publication = options.publications.join(",");
+        let ctx = ErrorContext {
+            user: &self.user,
+            dbname: &self.dbname,
+            slot,
+            publication: &publication,
+        };
+        loop {
+            let f = self.wire.read_frame().await?;
+            match f.tag {
+                b'W' => break,
+                b'N' => log_notice(&f.body),
+                b'E' => {
+                    let e = SourceError::from_server(ServerError::parse(&f.body), &ctx);
+                    return Err(slot_context(e, slot));
+                }
+                other => return Err(unexpected(other, "START_REPLICATION")),
+            }
+        }
+        let now = Instant::now();
+        Ok(ReplicationStream {
+            user: self.user,
+            dbname: self.dbname,
+            slot: slot.to_owned(),
+            publication,
+            wire: self.wire,
+            decoder: Decoder::new(),
+            progress: Progress {
+                acknowledged: start,
+                received: start,
+                ..Progress::default()
+            },
+            status_interval: options.status_interval,
+            next_status: now + options.status_interval,
+            stream_ended: false,
+        })
+    }
+}
+
+/// A slot's exported snapshot, alive while this value is.
+pub struct ExportedSnapshot {
+    client: ReplicationClient,
+    slot: CreatedSlot,
+    snapshot_name: String,
+}
+
+impl ExportedSnapshot {
+    /// For `SET TRANSACTION SNAPSHOT '…'` on other connections.
+    pub fn snapshot_name(&self) -> &str {
+        &self.snapshot_name
+    }
+
+    pub fn slot(&self) -> &CreatedSlot {
+        &self.slot
+    }
+
+    /// Ends the snapshot's life and gives the connection back, e.g. to
+    /// start streaming from the slot's consistent point.
+    pub fn release(self) -> ReplicationClient {
+        self.client
+    }
+}
+
+/// Where the stream stands: what was received, handed out and acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Highest LSN the caller declared durable; reported as flushed.
+    pub acknowledged: Lsn,
+    /// Highest WAL end seen in any message from the server.
+    pub received: Lsn,
+    /// Highest position handed out that needs an acknowledgement: a commit's
+    /// end LSN, or a non-transactional message's LSN.
+    pub handed_out: Lsn,
+    /// Inside Begin … Commit (or a streamed transaction).
+    pub in_transaction: bool,
+}
+
+impl Progress {
+    /// Nothing handed out is still waiting for the caller.
+    pub fn idle(&self) -> bool {
+        !self.in_transaction && self.acknowledged >= self.handed_out
+    }
+
+    fn track(&mut self, lsn: Lsn, msg: &LogicalMessage) {
+        match msg {
+            LogicalMessage::Begin(_) | LogicalMessage::StreamStart(_) => self.in_transaction = true,
+            LogicalMessage::Commit(c) => {
+                self.in_transaction = false;
+                self.handed_out = self.handed_out.max(c.end_lsn);
+            }
+            LogicalMessage::StreamCommit(c) => {
+                self.in_transaction = false;
+                self.handed_out = self.handed_out.max(c.end_lsn);
+            }
+            LogicalMessage::StreamAbort(_) => self.in_transaction = false,
+            LogicalMessage::Message(m) if !m.transactional && !self.in_transaction => {
+                self.handed_out = self.handed_out.max(lsn);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A logical replication stream in CopyBoth mode.
+pub struct ReplicationStream {
+    wire: Wire,
+    decoder: Decoder,
+    progress: Progress,
+    status_interval: Duration,
+    next_status: Instant,
+    user: String,
+    dbname: String,
+    slot: String,
+    publication: String,
+    /// The server sent CopyDone: nothing more will come.
+    stream_ended: bool,
+}
+
+impl ReplicationStream {
+    fn ctx(&self) -> ErrorContext<'_> {
+        ErrorContext {
+            user: &self.user,
+            dbname: &self.dbname,
+            slot: &self.slot,
+            publication: &self.publication,
+        }
+    }
+
+    pub fn progress(&self) -> Progress {
+        self.progress
+    }
+
+    /// Declares everything up to `lsn` durable downstream. Never moves back.
+    pub fn acknowledge(&mut self, lsn: Lsn) {
+        self.progress.acknowledged = self.progress.acknowledged.max(lsn);
+    }
+
+    /// Queues a standby status update reporting only what is acknowledged.
+    fn queue_status(&mut self, reply_requested: bool) {
+        // https://www.postgresql.org/docs/15/protocol-replication.html (Standby status update)
+        let mut msg = BytesMut::with_capacity(34);
+        msg.put_u8(b'r');
+        msg.put_u64(self.progress.received.max(self.progress.acknowledged).0);
+        msg.put_u64(self.progress.acknowledged.0);
+        msg.put_u64(self.progress.acknowledged.0);
+        msg.put_i64(crate::postgres::pgoutput::PgTimestamp::from_unix_micros(unix_micros_now()).0);
+        msg.put_u8(u8::from(reply_requested));
+        // A 34-byte body can never exceed CopyData's length limit.
+        if let Ok(data) = frontend::CopyData::new(msg.freeze()) {
+            data.write(&mut self.wire.outbuf);
+        }
+        self.next_status = Instant::now() + self.status_interval;
+    }
+
+    /// Sends a status update now (e.g. right after acknowledging, or while
+    /// the caller waits downstream and cannot call [`next`](Self::next)).
+    pub async fn send_status(&mut self) -> Result<(), SourceError> {
+        self.queue_status(false);
+        self.wire.flush_out().await
+    }
+
+    /// The next logical replication message with the WAL position it starts
+    /// at, or `None` when the server ended the stream. Keepalives and status
+    /// updates are handled inside. Cancel-safe: use it in `select!`.
+    pub async fn next(&mut self) -> Result<Option<(Lsn, LogicalMessage)>, SourceError> {
+        loop {
+            if !self.wire.outbuf.is_empty() {
+                self.wire.flush_out().await?;
+            }
+            if let Some(frame) = self.wire.try_frame()? {
+                if let Some(event) = self.handle(frame)? {
+                    return Ok(Some(event));
+                }
+                if self.wire.outbuf.is_empty() && Instant::now() >= self.next_status {
+                    self.queue_status(false);
+                }
+                continue;
+            }
+            if self.stream_ended {
+                return Ok(None);
+            }
+            tokio::select! {
+                biased;
+                r = self.wire.fill() => r?,
+                _ = sleep_until(self.next_status) => self.queue_status(false),
+            }
+        }
+    }
+
+    /// Handles one frame; returns a message for the caller, if it is one.
+    fn handle(&mut self, frame: Frame) -> Result<Option<(Lsn, LogicalMessage)>, SourceError> {
+        match frame.tag {
+            b'd' => {}
+            b'c' => {
+                self.stream_ended = true;
+                return Ok(None);
+            }
+            b'E' => return Err(SourceError::from_server(ServerError::parse(&frame.body), &self.ctx())),
+            b'N' => {
+                log_notice(&frame.body);
+                return Ok(None);
+            }
+            // CommandComplete and ReadyForQuery follow the server's CopyDone.
+            b'C' | b'Z' => return Ok(None),
+            other => return Err(unexpected(other, "the replication stream")),
+        }
+        let mut body = frame.body;
+        match body.first() {
+            Some(b'w') if body.len() >= 25 => {
+                body.advance(1);
+                let wal_start = Lsn(body.get_u64());
+                let wal_end = Lsn(body.get_u64());
+                let _send_time = body.get_i64();
+                self.progress.received = self.progress.received.max(wal_end);
+                let msg = self
+                    .decoder
+                    .decode(body)
+                    .map_err(|source| SourceError::Decode { lsn: wal_start, source })?;
+                self.progress.track(wal_start, &msg);
+                Ok(Some((wal_start, msg)))
+            }
+            Some(b'k') if body.len() >= 18 => {
+                body.advance(1);
+                let wal_end = Lsn(body.get_u64());
+                let _send_time = body.get_i64();
+                let reply_requested = body.get_u8() == 1;
+                self.progress.received = self.progress.received.max(wal_end);
+                if self.progress.idle() {
+                    // Everything sent before this keepalive was handed out and
+                    // acknowledged: nothing below wal_end is owed downstream.
+                    self.acknowledge(wal_end);
+                }
+                if reply_requested {
+                    self.queue_status(false);
+                }
+                Ok(None)
+            }
+            Some(&kind) => Err(SourceError::Protocol(format!(
+                "CopyData of kind {:?} and {} bytes",
+                kind as char,
+                body.len()
+            ))),
+            None => Err(SourceError::Protocol("empty CopyData".into())),
+        }
+    }
+
+    /// Ends streaming cleanly: reports the acknowledged LSN, sends CopyDone,
+    /// waits (bounded) for the server to end the stream, and closes.
+    /// Returns the acknowledged LSN the server was told.
+    pub async fn stop(mut self) -> Result<Lsn, SourceError> {
+        self.queue_status(false);
+        frontend::copy_done(&mut self.wire.outbuf);
+        self.wire.flush_out().await?;
+        let acknowledged = self.progress.acknowledged;
+        let drain = async {
+            // Changes still in flight from the server are dropped unread:
+            // they were not acknowledged, so the slot sends them again.
+            loop {
+                let f = self.wire.read_frame().await?;
+                match f.tag {
+                    b'Z' => return Ok(()),
+                    b'E' => return Err(SourceError::from_server(ServerError::parse(&f.body), &self.ctx())),
+                    _ => {}
+                }
+            }
+        };
+        match timeout(STOP_TIMEOUT, drain).await {
+            Ok(r) => r?,
+            Err(_) => tracing::warn!("the server did not end the stream within {STOP_TIMEOUT:?}; closing anyway"),
+        }
+        frontend::terminate(&mut self.wire.outbuf);
+        // The server may already be gone; the acknowledgement was sent above.
+        let _ = self.wire.flush_out().await;
+        let _ = self.wire.socket.shutdown().await;
+        Ok(acknowledged)
+    }
+}
+
+fn parse_data_row(mut body: Bytes) -> Result<Vec<Option<String>>, SourceError> {
+    let short = || SourceError::Protocol("truncated DataRow".into());
+    if body.len() < 2 {
+        return Err(short());
+    }
+    let n = body.get_i16().max(0) as usize;
+    let mut row = Vec::with_capacity(n);
+    for _ in 0..n {
+        if body.len() < 4 {
+            return Err(short());
+        }
+        let len = body.get_i32();
+        if len < 0 {
+            row.push(None);
+            continue;
+        }
+        let len = len as usize;
+        if body.len() < len {
+            return Err(short());
+        }
+        row.push(Some(String::from_utf8_lossy(&body.split_to(len)).into_owned()));
+    }
+    Ok(row)
+}
+
+/// `15.4 (Debian 15.4-1)` → 150004; `9.6.1` → 90601.
+fn parse_server_version(v: &str) -> u32 {
+    let nums: Vec<u32> = v
+        .split(|c: char| !c.is_ascii_digit())
+        .take_while(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    match nums.as_slice() {
+        [major, minor, ..] if *major >= 10 => major * 10_000 + minor,
+        [major] if *major >= 10 => major * 10_000,
+        [major, minor, patch, ..] => major * 10_000 + minor * 100 + patch,
+        _ => 0,
+    }
+}
+
+/// Slot names are restricted by Postgres to `[a-z0-9_]{1,63}`; checking
+/// here means they never need quoting in replication commands.
+pub fn validate_slot_name(slot: &str) -> Result<(), SourceError> {
+    let ok = !slot.is_empty()
+        && slot.len() <= 63
+        && slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(SourceError::SlotUnusable {
+            slot: slot.into(),
+            problem: "is not a valid slot name (lower-case letters, digits and underscores, at most 63)".into(),
+        })
+    }
+}
+
+fn slot_context(e: SourceError, slot: &str) -> SourceError {
+    match e {
+        SourceError::SlotActive { pid, .. } => SourceError::SlotActive { slot: slot.into(), pid },
+        SourceError::SlotInvalidated { .. } => SourceError::SlotInvalidated { slot: slot.into() },
+        SourceError::Server(s) if s.code == "42710" => SourceError::SlotUnusable {
+            slot: slot.into(),
+            problem: "already exists".into(),
+        },
+        SourceError::Server(s) if s.code == "42704" => SourceError::SlotUnusable {
+            slot: slot.into(),
+            problem: "does not exist".into(),
+        },
+        SourceError::Server(s) if s.code == "53400" => SourceError::SlotUnusable {
+            slot: slot.into(),
+            problem: format!("cannot be created: {} (raise max_replication_slots)", s.message),
+        },
+        other => other,
+    }
+}
+
+fn unexpected(tag: u8, during: &str) -> SourceError {
+    SourceError::Protocol(format!("unexpected message {:?} during {during}", tag as char))
+}
+
+fn log_notice(body: &[u8]) {
+    let n = ServerError::parse(body);
+    tracing::info!(code = %n.code, "source server notice: {}", n.message);
+}
+
+fn unix_micros_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::pgoutput::{Begin, Commit, Message, PgTimestamp};
+
+    #[test]
+    fn server_versions() {
+        assert_eq!(parse_server_version("15.18 (Debian 15.18-0+deb12u1)"), 150018);
+        assert_eq!(parse_server_version("17devel"), 170000);
+        assert_eq!(parse_server_version("9.6.24"), 90624);
+    }
+
+    #[test]
+    fn slot_names() {
+        assert!(validate_slot_name("walhouse_1").is_ok());
+        for bad in ["", "Walhouse", "a-b", "a b", "x\"; DROP", &"a".repeat(64)] {
+            assert!(validate_slot_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn commit(end: u64) -> LogicalMessage {
+        LogicalMessage::Commit(Commit {
+            flags: 0,
+            commit_lsn: Lsn(end - 1),
+            end_lsn: Lsn(end),
+            commit_time: PgTimestamp(0),
+        })
+    }
+
+    #[test]
+    fn progress_is_idle_only_when_everything_handed_out_is_acknowledged() {
+        let mut p = Progress::default();
+        assert!(p.idle());
+        p.track(
+            Lsn(10),
+            &LogicalMessage::Begin(Begin {
+                final_lsn: Lsn(20),
+                commit_time: PgTimestamp(0),
+                xid: 1,
+            }),
+        );
+        assert!(!p.idle(), "open transaction");
+        p.track(Lsn(20), &commit(30));
+        assert!(!p.idle(), "commit handed out but not acknowledged");
+        p.acknowledged = Lsn(30);
+        assert!(p.idle());
+        p.track(
+            Lsn(40),
+            &LogicalMessage::Message(Message {
+                xid: None,
+                transactional: false,
+                lsn: Lsn(40),
+                prefix: "p".into(),
+                content: Bytes::new(),
+            }),
+        );
+        assert!(!p.idle(), "non-transactional message awaits acknowledgement");
+        p.acknowledged = Lsn(40);
+        assert!(p.idle());
+    }
+
+    #[test]
+    fn data_rows() {
+        let mut b = BytesMut::new();
+        b.put_i16(2);
+        b.put_i32(2);
+        b.put_slice(b"ab");
+        b.put_i32(-1);
+        assert_eq!(parse_data_row(b.freeze()).expect("row"), vec![Some("ab".into()), None]);
+        assert!(parse_data_row(Bytes::from_static(&[0, 1, 0, 0, 0, 9])).is_err());
+    }
+}

@@ -1,0 +1,177 @@
+//! Preflight checks and the replication slot's state, read over SQL.
+//!
+//! Everything that would otherwise surface later as a cryptic stream error
+//! is checked here first, so the operator reads one message with the fix:
+//! `wal_level`, the REPLICATION attribute, a slot owned by another
+//! consumer, a slot for another plugin or database, an invalidated slot.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use super::error::SourceError;
+use super::lsn::Lsn;
+
+/// A row of `pg_replication_slots`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub name: String,
+    pub plugin: Option<String>,
+    pub slot_type: String,
+    pub database: Option<String>,
+    pub active_pid: Option<i32>,
+    pub restart_lsn: Option<Lsn>,
+    pub confirmed_flush: Option<Lsn>,
+    /// `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
+}
+
+/// Fails with the fix when the server cannot serve logical replication to
+/// this role.
+pub async fn preflight(client: &Client, user: &str) -> Result<(), SourceError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('wal_level'), \
+                    COALESCE((SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false)",
+            &[],
+        )
+        .await?;
+    let wal_level: String = row.get(0);
+    if wal_level != "logical" {
+        return Err(SourceError::WalLevelNotLogical { actual: wal_level });
+    }
+    let can_replicate: bool = row.get(1);
+    if !can_replicate {
+        return Err(SourceError::MissingReplicationPrivilege { user: user.into() });
+    }
+    Ok(())
+}
+
+/// The server's `wal_sender_timeout`; status updates go out at half of it
+/// (at most every second) so the server never drops an idle consumer.
+pub async fn wal_sender_timeout(client: &Client) -> Result<Duration, SourceError> {
+    let row = client
+        .query_one("SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'wal_sender_timeout'", &[])
+        .await?;
+    let ms: i64 = row.get(0);
+    Ok(Duration::from_millis(ms.max(0) as u64))
+}
+
+/// The status interval walhouse uses: `min(1 s, wal_sender_timeout / 2)`,
+/// never below 100 ms; a zero timeout (disabled) means 1 s.
+pub fn status_interval(wal_sender_timeout: Duration) -> Duration {
+    if wal_sender_timeout.is_zero() {
+        return Duration::from_secs(1);
+    }
+    (wal_sender_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+pub async fn inspect(client: &Client, slot: &str) -> Result<Option<SlotInfo>, SourceError> {
+    let row = client
+        .query_opt(
+            "SELECT slot_name::text, plugin::text, slot_type, database::text, active_pid, \
+                    restart_lsn::text, confirmed_flush_lsn::text, wal_status \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    Ok(row.map(|r| {
+        let lsn = |i: usize| r.get::<_, Option<String>>(i).and_then(|s| s.parse().ok());
+        SlotInfo {
+            name: r.get(0),
+            plugin: r.get(1),
+            slot_type: r.get(2),
+            database: r.get(3),
+            active_pid: r.get(4),
+            restart_lsn: lsn(5),
+            confirmed_flush: lsn(6),
+            wal_status: r.get(7),
+        }
+    }))
+}
+
+/// Fails with the fix when `info` cannot be streamed from by walhouse into
+/// database `dbname`.
+pub fn check_usable(info: &SlotInfo, dbname: &str) -> Result<(), SourceError> {
+    let unusable = |problem: String| SourceError::SlotUnusable {
+        slot: info.name.clone(),
+        problem,
+    };
+    if info.wal_status.as_deref() == Some("lost") {
+        return Err(SourceError::SlotInvalidated {
+            slot: info.name.clone(),
+        });
+    }
+    if info.slot_type != "logical" {
+        return Err(unusable(format!("is a {} slot, not a logical one", info.slot_type)));
+    }
+    if info.plugin.as_deref() != Some("pgoutput") {
+        return Err(unusable(format!(
+            "uses output plugin {:?}, walhouse needs pgoutput",
+            info.plugin.as_deref().unwrap_or("")
+        )));
+    }
+    if info.database.as_deref() != Some(dbname) {
+        return Err(unusable(format!(
+            "belongs to database {:?}, not {dbname:?}",
+            info.database.as_deref().unwrap_or("")
+        )));
+    }
+    if let Some(pid) = info.active_pid {
+        return Err(SourceError::SlotActive {
+            slot: info.name.clone(),
+            pid: Some(pid),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot() -> SlotInfo {
+        SlotInfo {
+            name: "walhouse".into(),
+            plugin: Some("pgoutput".into()),
+            slot_type: "logical".into(),
+            database: Some("shop".into()),
+            active_pid: None,
+            restart_lsn: None,
+            confirmed_flush: None,
+            wal_status: Some("reserved".into()),
+        }
+    }
+
+    #[test]
+    fn usable_slots_and_the_reasons_others_are_not() {
+        assert!(check_usable(&slot(), "shop").is_ok());
+        let lost = SlotInfo {
+            wal_status: Some("lost".into()),
+            ..slot()
+        };
+        assert!(matches!(check_usable(&lost, "shop"), Err(SourceError::SlotInvalidated { .. })));
+        let busy = SlotInfo {
+            active_pid: Some(42),
+            ..slot()
+        };
+        assert!(matches!(
+            check_usable(&busy, "shop"),
+            Err(SourceError::SlotActive { pid: Some(42), .. })
+        ));
+        let other_plugin = SlotInfo {
+            plugin: Some("wal2json".into()),
+            ..slot()
+        };
+        assert!(check_usable(&other_plugin, "shop").is_err());
+        assert!(check_usable(&slot(), "other_db").is_err());
+    }
+
+    #[test]
+    fn status_interval_follows_wal_sender_timeout() {
+        assert_eq!(status_interval(Duration::from_secs(60)), Duration::from_secs(1));
+        assert_eq!(status_interval(Duration::from_millis(1000)), Duration::from_millis(500));
+        assert_eq!(status_interval(Duration::from_millis(10)), Duration::from_millis(100));
+        assert_eq!(status_interval(Duration::ZERO), Duration::from_secs(1));
+    }
+}
