@@ -1,0 +1,319 @@
+//! A throwaway PostgreSQL server per test: Debian's postgresql-15 binaries,
+//! `initdb` into a temp dir, `wal_level=logical`, a free port on 127.0.0.1,
+//! its socket inside the temp dir. Stopped (by pid) when dropped.
+//!
+//! Roles made for every server, to exercise each authentication method:
+//! `walhouse_scram` (SCRAM-SHA-256), `walhouse_md5` (md5), `walhouse_trust`
+//! (trust), each with REPLICATION, and `walhouse_norepl` (SCRAM, no
+//! REPLICATION). `postgres` is the trusted superuser.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+
+pub const PASSWORD: &str = "s3cret p@ss";
+/// Percent-encoded for URLs.
+pub const PASSWORD_URL: &str = "s3cret%20p%40ss";
+
+/// Server settings a test can change before start.
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    pub wal_level: &'static str,
+    /// Serve TLS with a fresh self-signed CA (files under `tls_dir()`).
+    pub tls: bool,
+    pub extra_conf: Vec<String>,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            wal_level: "logical",
+            tls: false,
+            extra_conf: Vec::new(),
+        }
+    }
+}
+
+pub struct PgServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    pid: Option<u32>,
+}
+
+fn bin_dir() -> PathBuf {
+    std::env::var_os("WALHOUSE_PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a server binary; as root, as the `postgres` user (initdb refuses root).
+fn pg_command(program: &str) -> Command {
+    let path = bin_dir().join(program);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn run(mut cmd: Command, what: &str) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e} (is postgresql-15 installed? run .ci/install)"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+impl PgServer {
+    pub fn start() -> PgServer {
+        Self::start_with(PgOptions::default())
+    }
+
+    pub fn start_with(options: PgOptions) -> PgServer {
+        // A port can be taken between probing and binding: try a few.
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Self::try_start(&options) {
+                Ok(s) => return s,
+                Err(e) => last = e,
+            }
+        }
+        panic!("PostgreSQL did not start: {last}");
+    }
+
+    fn try_start(options: &PgOptions) -> Result<PgServer, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("walhouse-pg-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        if is_root() {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["postgres:postgres"]).arg(dir.path());
+                    c
+                },
+                "chown",
+            );
+        }
+        let data = dir.path().join("data");
+        let mut initdb = pg_command("initdb");
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"]);
+        run(initdb, "initdb");
+        let port = free_port();
+        let mut conf = vec![
+            "listen_addresses = '127.0.0.1'".to_string(),
+            format!("port = {port}"),
+            format!("unix_socket_directories = '{}'", dir.path().display()),
+            format!("wal_level = {}", options.wal_level),
+            "max_replication_slots = 20".into(),
+            "max_wal_senders = 20".into(),
+            "max_connections = 60".into(),
+            "fsync = off".into(),
+            "synchronous_commit = off".into(),
+            "full_page_writes = off".into(),
+            "shared_buffers = 64MB".into(),
+            "logging_collector = off".into(),
+            "log_min_messages = warning".into(),
+        ];
+        if options.tls {
+            make_certs(dir.path());
+            conf.push("ssl = on".into());
+            conf.push(format!("ssl_cert_file = '{}'", dir.path().join("tls/server.crt").display()));
+            conf.push(format!("ssl_key_file = '{}'", dir.path().join("tls/server.key").display()));
+        }
+        conf.extend(options.extra_conf.iter().cloned());
+        append(&data.join("postgresql.conf"), &conf.join("\n"));
+        let hba = if options.tls {
+            // TLS servers accept walhouse_scram only over TLS.
+            "local all all trust\n\
+             hostnossl all walhouse_scram 127.0.0.1/32 reject\n\
+             hostnossl replication walhouse_scram 127.0.0.1/32 reject\n"
+        } else {
+            "local all all trust\n"
+        }
+        .to_string()
+            + "host all walhouse_md5 127.0.0.1/32 md5\n\
+               host replication walhouse_md5 127.0.0.1/32 md5\n\
+               host all walhouse_scram 127.0.0.1/32 scram-sha-256\n\
+               host replication walhouse_scram 127.0.0.1/32 scram-sha-256\n\
+               host all walhouse_norepl 127.0.0.1/32 scram-sha-256\n\
+               host replication walhouse_norepl 127.0.0.1/32 scram-sha-256\n\
+               host all all 127.0.0.1/32 trust\n\
+               host replication all 127.0.0.1/32 trust\n";
+        std::fs::write(data.join("pg_hba.conf"), hba).map_err(|e| e.to_string())?;
+        let log = dir.path().join("server.log");
+        let mut start = pg_command("pg_ctl");
+        start.arg("-D").arg(&data).arg("-l").arg(&log).args(["-w", "-t", "60", "start"]);
+        let out = start.stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "pg_ctl start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+        let pid = std::fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
+        let server = PgServer { port, dir, pid };
+        server.psql(&format!(
+            "SET password_encryption = 'scram-sha-256';\
+             CREATE ROLE walhouse_scram LOGIN REPLICATION SUPERUSER PASSWORD '{PASSWORD}';\
+             CREATE ROLE walhouse_norepl LOGIN PASSWORD '{PASSWORD}';\
+             CREATE ROLE walhouse_trust LOGIN REPLICATION SUPERUSER;\
+             SET password_encryption = 'md5';\
+             CREATE ROLE walhouse_md5 LOGIN REPLICATION SUPERUSER PASSWORD '{PASSWORD}';"
+        ));
+        Ok(server)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// CA certificate of a TLS server.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("tls/ca.crt")
+    }
+
+    /// Runs SQL as the superuser through psql (for setup outside tokio).
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(bin_dir().join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-d", "postgres", "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .expect("psql runs");
+        assert!(out.status.success(), "psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A URL for `user` on database `db` (password included for password roles).
+    pub fn url(&self, user: &str, db: &str) -> String {
+        let pw = if matches!(user, "walhouse_scram" | "walhouse_md5" | "walhouse_norepl") {
+            format!(":{PASSWORD_URL}")
+        } else {
+            String::new()
+        };
+        format!("postgres://{user}{pw}@127.0.0.1:{}/{db}?sslmode=disable", self.port)
+    }
+
+    /// Creates a database and returns its name.
+    pub fn create_db(&self, name: &str) -> String {
+        self.psql(&format!("CREATE DATABASE \"{name}\""));
+        name.to_string()
+    }
+
+    /// A superuser SQL connection to `db`.
+    pub async fn client(&self, db: &str) -> Client {
+        let (client, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port),
+            NoTls,
+        )
+        .await
+        .expect("superuser connection");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        if self.pid.take().is_some() {
+            let mut stop = pg_command("pg_ctl");
+            stop.arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-m", "immediate", "-w", "-t", "30", "stop"]);
+            let _ = stop.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            self.stop();
+            // pg_ctl can fail if the data dir vanished; make sure by pid.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).expect("open conf");
+    writeln!(f, "\n{text}").expect("append conf");
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl CLI.
+fn make_certs(dir: &Path) {
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).expect("tls dir");
+    let sh = format!(
+        "set -e; cd '{}'; \
+         openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=walhouse-test-ca -keyout ca.key -out ca.crt 2>/dev/null; \
+         openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr 2>/dev/null; \
+         printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf; \
+         openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.crt 2>/dev/null; \
+         openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=other-ca -keyout other.key -out other-ca.crt 2>/dev/null; \
+         chmod 600 server.key",
+        tls.display()
+    );
+    run(
+        {
+            let mut c = Command::new("sh");
+            c.args(["-c", &sh]);
+            c
+        },
+        "openssl",
+    );
+    if is_root() {
+        run(
+            {
+                let mut c = Command::new("chown");
+                c.args(["-R", "postgres:postgres"]).arg(&tls);
+                c
+            },
+            "chown tls",
+        );
+    }
+}
