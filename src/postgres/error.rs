@@ -130,7 +130,11 @@ impl SourceError {
             "55000" if msg.contains("wal_level") => SourceError::WalLevelNotLogical {
                 actual: "replica or minimal".into(),
             },
-            "55000" if msg.contains("invalidated") || msg.contains("can no longer get changes") => {
+            "55000"
+                if msg.contains("invalidated")
+                    || msg.contains("can no longer get changes")
+                    || e.detail.as_deref().is_some_and(|d| d.contains("invalidated")) =>
+            {
                 SourceError::SlotInvalidated {
                     slot: ctx.slot.into(),
                 }
@@ -204,6 +208,13 @@ mod tests {
             (server("55000", "logical decoding requires wal_level >= logical"), "wal_level = logical"),
             (server("55000", "can no longer get changes from replication slot \"walhouse\""), "new slot"),
             (server("28P01", "password authentication failed for user \"rep\""), "pg_hba.conf"),
+            (
+                ServerError {
+                    detail: Some("This slot has been invalidated because it exceeded the maximum reserved size.".into()),
+                    ..server("55000", "cannot read from logical replication slot \"walhouse\"")
+                },
+                "new slot",
+            ),
         ];
         for (e, fix) in cases {
             let text = SourceError::from_server(e.clone(), &CTX).to_string();

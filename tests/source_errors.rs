@@ -1,0 +1,217 @@
+//! Errors an operator meets, provoked on a real server: each must name its
+//! cause and fix. And TLS in every sslmode.
+
+mod support;
+
+use std::time::Duration;
+
+use support::postgres::{PgOptions, PgServer, PASSWORD_URL};
+use walhouse::capture;
+use walhouse::config::{CaptureArgs, CaptureConfig};
+use walhouse::output::stdout::JsonLines;
+use walhouse::postgres::conninfo::ConnInfo;
+use walhouse::postgres::replication::{ReplicationClient, StreamOptions};
+use walhouse::postgres::{client, slot, Lsn, SourceError};
+
+fn info(url: &str) -> ConnInfo {
+    ConnInfo::parse(url).expect("valid url")
+}
+
+fn options() -> StreamOptions {
+    StreamOptions {
+        publications: vec!["pub".into()],
+        ..StreamOptions::default()
+    }
+}
+
+async fn capture_error(url: &str, slot: &str) -> capture::CaptureError {
+    use clap::Parser;
+    let args = CaptureArgs::try_parse_from(["walhouse-capture", "--source-url", url, "--slot", slot]).expect("args");
+    let config = CaptureConfig::resolve(args).expect("config");
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let mut out = JsonLines::new(tokio::io::sink());
+    tokio::time::timeout(Duration::from_secs(30), capture::run(&config, &mut out, rx))
+        .await
+        .expect("capture returns")
+        .expect_err("capture fails")
+}
+
+#[tokio::test]
+async fn wal_level_not_logical_is_named_with_its_fix() {
+    let pg = PgServer::start_with(PgOptions {
+        wal_level: "replica",
+        ..PgOptions::default()
+    });
+    let url = pg.url("walhouse_scram", "postgres");
+    let err = capture_error(&url, "walhouse").await;
+    let text = err.to_string();
+    assert!(text.contains("wal_level is \"replica\"") && text.contains("ALTER SYSTEM SET wal_level = logical"), "{text}");
+    // The replication connection itself says the same.
+    let mut repl = ReplicationClient::connect(&info(&url)).await.expect("connect");
+    let err = repl.create_slot("s").await.expect_err("no logical slots");
+    assert!(matches!(err, SourceError::WalLevelNotLogical { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_role_without_replication_is_named_with_its_fix() {
+    let pg = PgServer::start();
+    let url = pg.url("walhouse_norepl", "postgres");
+    let err = capture_error(&url, "walhouse").await;
+    assert!(err.to_string().contains("ALTER ROLE \"walhouse_norepl\" WITH REPLICATION"), "{err}");
+    let err = ReplicationClient::connect(&info(&url)).await.err().expect("walsender refused");
+    assert!(matches!(err, SourceError::MissingReplicationPrivilege { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_slot_in_use_elsewhere_names_the_pid() {
+    let pg = PgServer::start();
+    let url = pg.url("walhouse_scram", "postgres");
+    pg.psql("CREATE PUBLICATION pub FOR ALL TABLES");
+    let mut first = ReplicationClient::connect(&info(&url)).await.expect("connect");
+    first.create_slot("busy").await.expect("slot");
+    let _stream = first.start_replication("busy", Lsn::ZERO, options()).await.expect("start");
+    let second = ReplicationClient::connect(&info(&url)).await.expect("connect");
+    let err = second.start_replication("busy", Lsn::ZERO, options()).await.err().expect("in use");
+    match &err {
+        SourceError::SlotActive { slot, pid } => {
+            assert_eq!(slot, "busy");
+            assert!(pid.is_some(), "{err}");
+        }
+        other => panic!("expected SlotActive, got {other:?}"),
+    }
+    assert!(err.to_string().contains("pg_terminate_backend"), "{err}");
+    let capture_err = capture_error(&url, "busy").await;
+    assert!(capture_err.to_string().contains("in use by another process (pid"), "{capture_err}");
+}
+
+#[tokio::test]
+async fn a_missing_publication_is_named_with_its_fix() {
+    let pg = PgServer::start();
+    let url = pg.url("walhouse_scram", "postgres");
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY)");
+    let mut repl = ReplicationClient::connect(&info(&url)).await.expect("connect");
+    repl.create_slot("nopub").await.expect("slot");
+    let mut stream = repl
+        .start_replication("nopub", Lsn::ZERO, StreamOptions {
+            publications: vec!["does_not_exist".into()],
+            ..StreamOptions::default()
+        })
+        .await
+        .expect("start");
+    pg.psql("INSERT INTO t VALUES (1)");
+    let err = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.next().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("stream ended without error"),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("error arrives");
+    match &err {
+        SourceError::PublicationMissing { publication, .. } => assert_eq!(publication, "does_not_exist"),
+        other => panic!("expected PublicationMissing, got {other:?}"),
+    }
+    assert!(err.to_string().contains("CREATE PUBLICATION"), "{err}");
+}
+
+#[tokio::test]
+async fn an_invalidated_slot_stops_with_the_remedy() {
+    let pg = PgServer::start_with(PgOptions {
+        extra_conf: vec![
+            "max_slot_wal_keep_size = '1MB'".into(),
+            "min_wal_size = '32MB'".into(),
+            "max_wal_size = '64MB'".into(),
+        ],
+        ..PgOptions::default()
+    });
+    let url = pg.url("walhouse_scram", "postgres");
+    pg.psql("CREATE TABLE filler (v text)");
+    let mut repl = ReplicationClient::connect(&info(&url)).await.expect("connect");
+    repl.create_slot("doomed").await.expect("slot");
+    drop(repl);
+    // Write and switch past several segments, then checkpoint: the slot's
+    // WAL is beyond max_slot_wal_keep_size and gets removed.
+    for _ in 0..4 {
+        pg.psql("INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 20000); SELECT pg_switch_wal();");
+    }
+    let (sql, _driver) = client::connect(&info(&url)).await.expect("sql");
+    let mut lost = false;
+    for _ in 0..50 {
+        pg.psql("CHECKPOINT");
+        let s = slot::inspect(&sql, "doomed").await.expect("inspect").expect("slot exists");
+        if s.wal_status.as_deref() == Some("lost") {
+            lost = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(lost, "the slot was not invalidated: {}", pg.server_log());
+    let err = capture_error(&url, "doomed").await;
+    let text = err.to_string();
+    assert!(text.contains("invalidated") && text.contains("pg_drop_replication_slot('doomed')"), "{text}");
+    // The stream itself refuses with the same classification.
+    pg.psql("CREATE PUBLICATION pub FOR ALL TABLES");
+    let repl = ReplicationClient::connect(&info(&url)).await.expect("connect");
+    let err = repl.start_replication("doomed", Lsn::ZERO, options()).await.err().expect("refused");
+    assert!(matches!(err, SourceError::SlotInvalidated { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn tls_in_every_sslmode() {
+    let pg = PgServer::start_with(PgOptions {
+        tls: true,
+        ..PgOptions::default()
+    });
+    let ca = pg.ca_cert();
+    let other_ca = pg.dir().join("tls/other-ca.crt");
+    let url = |host: &str, mode: &str, root: Option<&std::path::Path>| {
+        let root = root.map(|r| format!("&sslrootcert={}", r.display())).unwrap_or_default();
+        format!(
+            "postgres://walhouse_scram:{PASSWORD_URL}@{host}:{}/postgres?sslmode={mode}{root}",
+            pg.port
+        )
+    };
+    // Succeeds: both connections, over TLS (the hba rejects walhouse_scram without it).
+    for ok in [
+        url("127.0.0.1", "verify-full", Some(&ca)),
+        url("127.0.0.1", "verify-ca", Some(&ca)),
+        url("localhost", "verify-ca", Some(&ca)),
+        url("127.0.0.1", "require", None),
+        url("127.0.0.1", "prefer", None),
+    ] {
+        let mut repl = ReplicationClient::connect(&info(&ok))
+            .await
+            .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        repl.identify_system().await.expect("identify");
+        let (sql, _driver) = client::connect(&info(&ok)).await.unwrap_or_else(|e| panic!("{ok}: {e}"));
+        let ssl: bool = sql
+            .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .await
+            .expect("pg_stat_ssl")
+            .get(0);
+        assert!(ssl, "{ok}: SQL connection not encrypted");
+    }
+    // Fails: wrong CA, wrong host name under verify-full, no TLS at all.
+    let err = ReplicationClient::connect(&info(&url("127.0.0.1", "verify-full", Some(&other_ca))))
+        .await
+        .err()
+        .expect("untrusted CA");
+    assert!(matches!(err, SourceError::Tls(_)), "{err:?}");
+    let err = ReplicationClient::connect(&info(&url("localhost", "verify-full", Some(&ca))))
+        .await
+        .err()
+        .expect("name mismatch");
+    assert!(err.to_string().contains("TLS handshake"), "{err}");
+    let err = ReplicationClient::connect(&info(&url("127.0.0.1", "disable", None)))
+        .await
+        .err()
+        .expect("hostnossl reject");
+    assert!(matches!(err, SourceError::Auth { .. }), "{err:?}");
+    let missing_root = ConnInfo::parse(&url("127.0.0.1", "verify-full", Some(std::path::Path::new("/nonexistent.pem"))))
+        .expect("url");
+    let err = ReplicationClient::connect(&missing_root).await.err().expect("unreadable root");
+    assert!(err.to_string().contains("/nonexistent.pem"), "{err}");
+}
