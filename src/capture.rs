@@ -229,7 +229,15 @@ impl LoopState {
             LogicalMessage::Insert(i) => {
                 let relation = self.cache.get(i.relation_id)?.clone();
                 check_arity(&relation, &i.new)?;
-                self.emit(lsn, ChangeKind::Insert { relation: &relation, new: &i.new }, dest).await?;
+                self.emit(
+                    lsn,
+                    ChangeKind::Insert {
+                        relation: &relation,
+                        new: &i.new,
+                    },
+                    dest,
+                )
+                .await?;
             }
             LogicalMessage::Update(u) => {
                 let relation = self.cache.get(u.relation_id)?.clone();
@@ -248,7 +256,15 @@ impl LoopState {
                 let relation = self.cache.get(d.relation_id)?.clone();
                 let (OldTuple::Key(t) | OldTuple::Full(t)) = &d.old;
                 check_arity(&relation, t)?;
-                self.emit(lsn, ChangeKind::Delete { relation: &relation, old: &d.old }, dest).await?;
+                self.emit(
+                    lsn,
+                    ChangeKind::Delete {
+                        relation: &relation,
+                        old: &d.old,
+                    },
+                    dest,
+                )
+                .await?;
             }
             LogicalMessage::Truncate(t) => {
                 let relations = t

@@ -141,7 +141,10 @@ impl Serialize for ChangeEvent<'_> {
         st.serialize_field("lsn", &self.lsn)?;
         st.serialize_field("commit_lsn", &self.tx.map(|t| t.commit_lsn))?;
         st.serialize_field("xid", &self.tx.map(|t| t.xid))?;
-        st.serialize_field("commit_ts_ms", &self.tx.map(|t| t.commit_time.unix_micros().div_euclid(1000)))?;
+        st.serialize_field(
+            "commit_ts_ms",
+            &self.tx.map(|t| t.commit_time.unix_micros().div_euclid(1000)),
+        )?;
         st.serialize_field("tx_ordinal", &self.tx_ordinal)?;
         st.serialize_field("op", self.op())?;
         let cols = |relation, tuple| Columns {

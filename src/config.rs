@@ -133,7 +133,10 @@ impl CaptureConfig {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let url = args.source_url.or(file.source_url).ok_or(ConfigError::MissingSourceUrl)?;
+        let url = args
+            .source_url
+            .or(file.source_url)
+            .ok_or(ConfigError::MissingSourceUrl)?;
         let source = ConnInfo::parse(&url)?;
         let slot = args.slot.or(file.slot).unwrap_or_else(|| DEFAULT_SLOT.into());
         validate_slot_name(&slot).map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -201,7 +204,9 @@ pub fn init_logging(format: LogFormat) {
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -228,9 +233,8 @@ mod tests {
 
     #[test]
     fn flags_beat_file_and_file_beats_defaults() {
-        let f = file(
-            "source_url = \"postgres://file@h/db\"\nslot = \"from_file\"\ntables = [\"public.a\", \"shop.b\"]\n",
-        );
+        let f =
+            file("source_url = \"postgres://file@h/db\"\nslot = \"from_file\"\ntables = [\"public.a\", \"shop.b\"]\n");
         let path = f.path().to_str().expect("utf8 path");
         let c = CaptureConfig::resolve(args(&["--config", path, "--slot", "from_flag"])).expect("valid");
         assert_eq!(c.slot, "from_flag");

@@ -40,7 +40,9 @@ async fn start(pg: &PgServer, db: &str, slot: &str, from: Lsn) -> ReplicationStr
         status_interval: Duration::from_millis(200),
         ..StreamOptions::default()
     };
-    repl.start_replication(slot, from, options).await.expect("start replication")
+    repl.start_replication(slot, from, options)
+        .await
+        .expect("start replication")
 }
 
 fn text(v: &TupleValue) -> Option<String> {
@@ -107,7 +109,10 @@ async fn decodes_every_column_type_exactly_as_postgres_prints_it() {
 
     // Postgres's own text output of every column: the simple-query
     // protocol returns values in exactly the form pgoutput sends.
-    let rows = sql.simple_query("SELECT * FROM types WHERE id = 1").await.expect("select");
+    let rows = sql
+        .simple_query("SELECT * FROM types WHERE id = 1")
+        .await
+        .expect("select");
     let row = rows
         .iter()
         .find_map(|m| match m {
@@ -133,28 +138,44 @@ async fn insert_multi_row_update_delete_and_truncate_arrive_in_order() {
         .await
         .expect("schema");
     let mut s = stream(&pg, &db, "dml_slot").await;
-    sql.batch_execute("INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c')").await.expect("insert");
-    sql.batch_execute("UPDATE t SET v = v || '!' WHERE id <= 2").await.expect("update");
+    sql.batch_execute("INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+        .await
+        .expect("insert");
+    sql.batch_execute("UPDATE t SET v = v || '!' WHERE id <= 2")
+        .await
+        .expect("update");
     sql.batch_execute("DELETE FROM t WHERE id = 3").await.expect("delete");
     sql.batch_execute("INSERT INTO u VALUES (1)").await.expect("insert u");
-    sql.batch_execute("TRUNCATE t, u RESTART IDENTITY CASCADE").await.expect("truncate");
+    sql.batch_execute("TRUNCATE t, u RESTART IDENTITY CASCADE")
+        .await
+        .expect("truncate");
     let msgs = read_commits(&mut s, 5, LIMIT).await;
     let ch = changes(&msgs);
     assert_eq!(ch.len(), 8, "{ch:#?}");
     for (i, (id, v)) in [("1", "a"), ("2", "b"), ("3", "c")].iter().enumerate() {
-        let LogicalMessage::Insert(ins) = ch[i] else { panic!("insert expected, got {:?}", ch[i]) };
+        let LogicalMessage::Insert(ins) = ch[i] else {
+            panic!("insert expected, got {:?}", ch[i])
+        };
         assert_eq!(ins.new, vec![t(id), t(v)]);
     }
     for (i, (id, v)) in [("1", "a!"), ("2", "b!")].iter().enumerate() {
-        let LogicalMessage::Update(up) = ch[3 + i] else { panic!("update expected") };
+        let LogicalMessage::Update(up) = ch[3 + i] else {
+            panic!("update expected")
+        };
         assert_eq!(up.old, None, "key unchanged under REPLICA IDENTITY DEFAULT");
         assert_eq!(up.new, vec![t(id), t(v)]);
     }
-    let LogicalMessage::Delete(del) = ch[5] else { panic!("delete expected") };
+    let LogicalMessage::Delete(del) = ch[5] else {
+        panic!("delete expected")
+    };
     assert_eq!(del.old, OldTuple::Key(vec![t("3"), TupleValue::Null]));
-    let LogicalMessage::Insert(ins) = ch[6] else { panic!("insert into u expected") };
+    let LogicalMessage::Insert(ins) = ch[6] else {
+        panic!("insert into u expected")
+    };
     assert_eq!(ins.new, vec![t("1")]);
-    let LogicalMessage::Truncate(tr) = ch[7] else { panic!("truncate expected") };
+    let LogicalMessage::Truncate(tr) = ch[7] else {
+        panic!("truncate expected")
+    };
     assert!(tr.cascade && tr.restart_identity);
     assert_eq!(tr.relation_ids.len(), 2);
 
@@ -189,7 +210,10 @@ async fn a_multi_statement_transaction_is_one_begin_and_commit() {
     .await
     .expect("transaction");
     let msgs = read_commits(&mut s, 1, LIMIT).await;
-    let begins: Vec<_> = msgs.iter().filter(|(_, m)| matches!(m, LogicalMessage::Begin(_))).collect();
+    let begins: Vec<_> = msgs
+        .iter()
+        .filter(|(_, m)| matches!(m, LogicalMessage::Begin(_)))
+        .collect();
     assert_eq!(begins.len(), 1);
     let kinds: Vec<&str> = changes(&msgs)
         .iter()
@@ -246,13 +270,19 @@ async fn alter_table_mid_stream_sends_a_new_relation() {
     let pg = PgServer::start();
     let db = pg.create_db("alter_db");
     let sql = pg.client(&db).await;
-    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.expect("schema");
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .await
+        .expect("schema");
     let mut s = stream(&pg, &db, "alter_slot").await;
-    sql.batch_execute("INSERT INTO t VALUES (1, 'before')").await.expect("insert");
+    sql.batch_execute("INSERT INTO t VALUES (1, 'before')")
+        .await
+        .expect("insert");
     sql.batch_execute("ALTER TABLE t ADD COLUMN added numeric(10,2) DEFAULT 1.5")
         .await
         .expect("alter");
-    sql.batch_execute("INSERT INTO t VALUES (2, 'after', 7.25)").await.expect("insert");
+    sql.batch_execute("INSERT INTO t VALUES (2, 'after', 7.25)")
+        .await
+        .expect("insert");
     let msgs = read_commits(&mut s, 2, LIMIT).await;
     let mut cache = RelationCache::new();
     let mut rows = Vec::new();
@@ -281,14 +311,18 @@ async fn logical_messages_transactional_and_not() {
     let pg = PgServer::start();
     let db = pg.create_db("msg_db");
     let sql = pg.client(&db).await;
-    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.expect("schema");
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .expect("schema");
     let mut s = stream(&pg, &db, "msg_slot").await;
     sql.batch_execute("SELECT pg_logical_emit_message(false, 'walhouse.heartbeat', 'beat')")
         .await
         .expect("non-transactional");
-    sql.batch_execute("BEGIN; INSERT INTO t VALUES (1); SELECT pg_logical_emit_message(true, 'app', '\\x00ff'::bytea); COMMIT")
-        .await
-        .expect("transactional");
+    sql.batch_execute(
+        "BEGIN; INSERT INTO t VALUES (1); SELECT pg_logical_emit_message(true, 'app', '\\x00ff'::bytea); COMMIT",
+    )
+    .await
+    .expect("transactional");
     let msgs = read_commits(&mut s, 1, LIMIT).await;
     let found: Vec<_> = msgs
         .iter()
@@ -336,16 +370,30 @@ async fn replica_identity_default_sends_keys_and_full_sends_old_rows() {
     assert!(idents.contains(&("d".into(), ReplicaIdentity::Default)));
     assert!(idents.contains(&("f".into(), ReplicaIdentity::Full)));
     let ch = changes(&msgs);
-    let LogicalMessage::Update(u) = ch[0] else { panic!("update d") };
+    let LogicalMessage::Update(u) = ch[0] else {
+        panic!("update d")
+    };
     assert_eq!(u.old, None);
-    let LogicalMessage::Update(u) = ch[1] else { panic!("update f") };
+    let LogicalMessage::Update(u) = ch[1] else {
+        panic!("update f")
+    };
     assert_eq!(u.old, Some(OldTuple::Full(vec![t("1"), t("x")])));
-    let LogicalMessage::Update(u) = ch[2] else { panic!("key update d") };
-    assert_eq!(u.old, Some(OldTuple::Key(vec![t("1"), TupleValue::Null])), "old key when the key changes");
+    let LogicalMessage::Update(u) = ch[2] else {
+        panic!("key update d")
+    };
+    assert_eq!(
+        u.old,
+        Some(OldTuple::Key(vec![t("1"), TupleValue::Null])),
+        "old key when the key changes"
+    );
     assert_eq!(u.new, vec![t("2"), t("y")]);
-    let LogicalMessage::Delete(del) = ch[3] else { panic!("delete d") };
+    let LogicalMessage::Delete(del) = ch[3] else {
+        panic!("delete d")
+    };
     assert_eq!(del.old, OldTuple::Key(vec![t("2"), TupleValue::Null]));
-    let LogicalMessage::Delete(del) = ch[4] else { panic!("delete f") };
+    let LogicalMessage::Delete(del) = ch[4] else {
+        panic!("delete f")
+    };
     assert_eq!(del.old, OldTuple::Full(vec![t("1"), t("y")]));
 }
 
@@ -362,13 +410,21 @@ async fn an_untouched_toasted_value_is_unchanged_not_null() {
     .await
     .expect("schema");
     let mut s = stream(&pg, &db, "toast_slot").await;
-    sql.batch_execute("UPDATE doc SET title = 'new title'").await.expect("update");
-    sql.batch_execute("UPDATE doc SET body = 'short now'").await.expect("update body");
+    sql.batch_execute("UPDATE doc SET title = 'new title'")
+        .await
+        .expect("update");
+    sql.batch_execute("UPDATE doc SET body = 'short now'")
+        .await
+        .expect("update body");
     let msgs = read_commits(&mut s, 2, LIMIT).await;
     let ch = changes(&msgs);
-    let LogicalMessage::Update(u) = ch[0] else { panic!("update") };
+    let LogicalMessage::Update(u) = ch[0] else {
+        panic!("update")
+    };
     assert_eq!(u.new, vec![t("1"), t("new title"), TupleValue::UnchangedToast]);
-    let LogicalMessage::Update(u) = ch[1] else { panic!("update") };
+    let LogicalMessage::Update(u) = ch[1] else {
+        panic!("update")
+    };
     assert_eq!(u.new, vec![t("1"), t("new title"), t("short now")]);
 }
 
@@ -414,10 +470,14 @@ async fn unacknowledged_transactions_come_back_and_the_slot_never_passes_the_ack
     let pg = PgServer::start();
     let db = pg.create_db("ack_db");
     let sql = pg.client(&db).await;
-    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.expect("schema");
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .expect("schema");
     let mut s = stream(&pg, &db, "ack_slot").await;
     for i in 1..=3 {
-        sql.batch_execute(&format!("INSERT INTO t VALUES ({i})")).await.expect("insert");
+        sql.batch_execute(&format!("INSERT INTO t VALUES ({i})"))
+            .await
+            .expect("insert");
     }
     let msgs = read_commits(&mut s, 3, LIMIT).await;
     assert_eq!(inserted_ids(&msgs), ["1", "2", "3"]);
@@ -454,12 +514,16 @@ async fn an_idle_slot_advances_past_wal_it_does_not_publish() {
     sql.batch_execute("CREATE TABLE published (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY)")
         .await
         .expect("schema");
-    sql.batch_execute("CREATE PUBLICATION pub FOR TABLE published").await.expect("pub");
+    sql.batch_execute("CREATE PUBLICATION pub FOR TABLE published")
+        .await
+        .expect("pub");
     let mut repl = ReplicationClient::connect(&info(&pg, &db)).await.expect("connect");
     let created = repl.create_slot("idle_slot").await.expect("slot");
     let mut s = start(&pg, &db, "idle_slot", Lsn::ZERO).await;
     // WAL the slot has nothing to send for.
-    sql.batch_execute("INSERT INTO other SELECT generate_series(1, 1000)").await.expect("other");
+    sql.batch_execute("INSERT INTO other SELECT generate_series(1, 1000)")
+        .await
+        .expect("other");
     let wal_after: Lsn = sql
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
@@ -470,7 +534,11 @@ async fn an_idle_slot_advances_past_wal_it_does_not_publish() {
     // Nothing to hand out; keepalives carry the server's position.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while s.progress().acknowledged < wal_after {
-        assert!(tokio::time::Instant::now() < deadline, "acknowledged stayed at {}", s.progress().acknowledged);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acknowledged stayed at {}",
+            s.progress().acknowledged
+        );
         if let Ok(r) = tokio::time::timeout(Duration::from_millis(300), s.next()).await {
             let m = r.expect("stream").expect("open");
             assert!(
@@ -502,9 +570,13 @@ async fn identify_system_and_exported_snapshot() {
     assert!(!id.xlogpos.is_zero());
     // pgoutput reads the publication as of each change, so it must exist
     // before the first change the slot decodes.
-    sql.batch_execute("CREATE PUBLICATION pub FOR ALL TABLES").await.expect("pub");
+    sql.batch_execute("CREATE PUBLICATION pub FOR ALL TABLES")
+        .await
+        .expect("pub");
     let snap = repl.create_slot_exporting_snapshot("snap_slot").await.expect("slot");
-    sql.batch_execute("INSERT INTO t VALUES (2)").await.expect("after snapshot");
+    sql.batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .expect("after snapshot");
     // Another connection sees the database as of the slot's consistent point.
     let mut other = pg.client(&db).await;
     let tx = other
@@ -551,20 +623,38 @@ async fn every_authentication_method_works_and_failures_say_why() {
         assert_eq!(id.dbname.as_deref(), Some("auth_db"), "{user}");
         assert!(c.server_version_num() >= 150000);
     }
-    let wrong = ConnInfo::parse(&format!("postgres://walhouse_scram:nope@127.0.0.1:{}/{db}?sslmode=disable", pg.port))
-        .expect("url");
-    let err = ReplicationClient::connect(&wrong).await.err().expect("wrong password fails");
+    let wrong = ConnInfo::parse(&format!(
+        "postgres://walhouse_scram:nope@127.0.0.1:{}/{db}?sslmode=disable",
+        pg.port
+    ))
+    .expect("url");
+    let err = ReplicationClient::connect(&wrong)
+        .await
+        .err()
+        .expect("wrong password fails");
     assert!(matches!(err, SourceError::Auth { .. }), "{err:?}");
     assert!(err.to_string().contains("pg_hba.conf"), "{err}");
-    let missing = ConnInfo::parse(&format!("postgres://walhouse_md5@127.0.0.1:{}/{db}?sslmode=disable", pg.port))
-        .expect("url");
-    let err = ReplicationClient::connect(&missing).await.err().expect("no password fails");
+    let missing = ConnInfo::parse(&format!(
+        "postgres://walhouse_md5@127.0.0.1:{}/{db}?sslmode=disable",
+        pg.port
+    ))
+    .expect("url");
+    let err = ReplicationClient::connect(&missing)
+        .await
+        .err()
+        .expect("no password fails");
     assert!(err.to_string().contains("has none"), "{err}");
     let closed = ConnInfo::parse(&format!(
         "postgres://x@127.0.0.1:{}/{db}?sslmode=disable&connect_timeout=2",
         support::postgres::free_port()
     ))
     .expect("url");
-    let err = ReplicationClient::connect(&closed).await.err().expect("closed port fails");
-    assert!(matches!(err, SourceError::Connect { .. }) && err.is_transient(), "{err:?}");
+    let err = ReplicationClient::connect(&closed)
+        .await
+        .err()
+        .expect("closed port fails");
+    assert!(
+        matches!(err, SourceError::Connect { .. }) && err.is_transient(),
+        "{err:?}"
+    );
 }

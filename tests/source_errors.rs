@@ -45,7 +45,10 @@ async fn wal_level_not_logical_is_named_with_its_fix() {
     let url = pg.url("walhouse_scram", "postgres");
     let err = capture_error(&url, "walhouse").await;
     let text = err.to_string();
-    assert!(text.contains("wal_level is \"replica\"") && text.contains("ALTER SYSTEM SET wal_level = logical"), "{text}");
+    assert!(
+        text.contains("wal_level is \"replica\"") && text.contains("ALTER SYSTEM SET wal_level = logical"),
+        "{text}"
+    );
     // The replication connection itself says the same.
     let mut repl = ReplicationClient::connect(&info(&url)).await.expect("connect");
     let err = repl.create_slot("s").await.expect_err("no logical slots");
@@ -57,9 +60,19 @@ async fn a_role_without_replication_is_named_with_its_fix() {
     let pg = PgServer::start();
     let url = pg.url("walhouse_norepl", "postgres");
     let err = capture_error(&url, "walhouse").await;
-    assert!(err.to_string().contains("ALTER ROLE \"walhouse_norepl\" WITH REPLICATION"), "{err}");
-    let err = ReplicationClient::connect(&info(&url)).await.err().expect("walsender refused");
-    assert!(matches!(err, SourceError::MissingReplicationPrivilege { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("ALTER ROLE \"walhouse_norepl\" WITH REPLICATION"),
+        "{err}"
+    );
+    let err = ReplicationClient::connect(&info(&url))
+        .await
+        .err()
+        .expect("walsender refused");
+    assert!(
+        matches!(err, SourceError::MissingReplicationPrivilege { .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -69,9 +82,16 @@ async fn a_slot_in_use_elsewhere_names_the_pid() {
     pg.psql("CREATE PUBLICATION pub FOR ALL TABLES");
     let mut first = ReplicationClient::connect(&info(&url)).await.expect("connect");
     first.create_slot("busy").await.expect("slot");
-    let _stream = first.start_replication("busy", Lsn::ZERO, options()).await.expect("start");
+    let _stream = first
+        .start_replication("busy", Lsn::ZERO, options())
+        .await
+        .expect("start");
     let second = ReplicationClient::connect(&info(&url)).await.expect("connect");
-    let err = second.start_replication("busy", Lsn::ZERO, options()).await.err().expect("in use");
+    let err = second
+        .start_replication("busy", Lsn::ZERO, options())
+        .await
+        .err()
+        .expect("in use");
     match &err {
         SourceError::SlotActive { slot, pid } => {
             assert_eq!(slot, "busy");
@@ -81,7 +101,10 @@ async fn a_slot_in_use_elsewhere_names_the_pid() {
     }
     assert!(err.to_string().contains("pg_terminate_backend"), "{err}");
     let capture_err = capture_error(&url, "busy").await;
-    assert!(capture_err.to_string().contains("in use by another process (pid"), "{capture_err}");
+    assert!(
+        capture_err.to_string().contains("in use by another process (pid"),
+        "{capture_err}"
+    );
 }
 
 #[tokio::test]
@@ -92,10 +115,14 @@ async fn a_missing_publication_is_named_with_its_fix() {
     let mut repl = ReplicationClient::connect(&info(&url)).await.expect("connect");
     repl.create_slot("nopub").await.expect("slot");
     let mut stream = repl
-        .start_replication("nopub", Lsn::ZERO, StreamOptions {
-            publications: vec!["does_not_exist".into()],
-            ..StreamOptions::default()
-        })
+        .start_replication(
+            "nopub",
+            Lsn::ZERO,
+            StreamOptions {
+                publications: vec!["does_not_exist".into()],
+                ..StreamOptions::default()
+            },
+        )
         .await
         .expect("start");
     pg.psql("INSERT INTO t VALUES (1)");
@@ -141,7 +168,10 @@ async fn an_invalidated_slot_stops_with_the_remedy() {
     let mut lost = false;
     for _ in 0..50 {
         pg.psql("CHECKPOINT");
-        let s = slot::inspect(&sql, "doomed").await.expect("inspect").expect("slot exists");
+        let s = slot::inspect(&sql, "doomed")
+            .await
+            .expect("inspect")
+            .expect("slot exists");
         if s.wal_status.as_deref() == Some("lost") {
             lost = true;
             break;
@@ -151,11 +181,18 @@ async fn an_invalidated_slot_stops_with_the_remedy() {
     assert!(lost, "the slot was not invalidated: {}", pg.server_log());
     let err = capture_error(&url, "doomed").await;
     let text = err.to_string();
-    assert!(text.contains("invalidated") && text.contains("pg_drop_replication_slot('doomed')"), "{text}");
+    assert!(
+        text.contains("invalidated") && text.contains("pg_drop_replication_slot('doomed')"),
+        "{text}"
+    );
     // The stream itself refuses with the same classification.
     pg.psql("CREATE PUBLICATION pub FOR ALL TABLES");
     let repl = ReplicationClient::connect(&info(&url)).await.expect("connect");
-    let err = repl.start_replication("doomed", Lsn::ZERO, options()).await.err().expect("refused");
+    let err = repl
+        .start_replication("doomed", Lsn::ZERO, options())
+        .await
+        .err()
+        .expect("refused");
     assert!(matches!(err, SourceError::SlotInvalidated { .. }), "{err:?}");
 }
 
@@ -168,7 +205,9 @@ async fn tls_in_every_sslmode() {
     let ca = pg.ca_cert();
     let other_ca = pg.dir().join("tls/other-ca.crt");
     let url = |host: &str, mode: &str, root: Option<&std::path::Path>| {
-        let root = root.map(|r| format!("&sslrootcert={}", r.display())).unwrap_or_default();
+        let root = root
+            .map(|r| format!("&sslrootcert={}", r.display()))
+            .unwrap_or_default();
         format!(
             "postgres://walhouse_scram:{PASSWORD_URL}@{host}:{}/postgres?sslmode={mode}{root}",
             pg.port
@@ -186,7 +225,9 @@ async fn tls_in_every_sslmode() {
             .await
             .unwrap_or_else(|e| panic!("{ok}: {e}"));
         repl.identify_system().await.expect("identify");
-        let (sql, _driver) = client::connect(&info(&ok)).await.unwrap_or_else(|e| panic!("{ok}: {e}"));
+        let (sql, _driver) = client::connect(&info(&ok))
+            .await
+            .unwrap_or_else(|e| panic!("{ok}: {e}"));
         let ssl: bool = sql
             .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
             .await
@@ -210,8 +251,15 @@ async fn tls_in_every_sslmode() {
         .err()
         .expect("hostnossl reject");
     assert!(matches!(err, SourceError::Auth { .. }), "{err:?}");
-    let missing_root = ConnInfo::parse(&url("127.0.0.1", "verify-full", Some(std::path::Path::new("/nonexistent.pem"))))
-        .expect("url");
-    let err = ReplicationClient::connect(&missing_root).await.err().expect("unreadable root");
+    let missing_root = ConnInfo::parse(&url(
+        "127.0.0.1",
+        "verify-full",
+        Some(std::path::Path::new("/nonexistent.pem")),
+    ))
+    .expect("url");
+    let err = ReplicationClient::connect(&missing_root)
+        .await
+        .err()
+        .expect("unreadable root");
     assert!(err.to_string().contains("/nonexistent.pem"), "{err}");
 }

@@ -16,7 +16,10 @@ use crate::postgres::Lsn;
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("writing to {target}: {source}")]
-    Io { target: &'static str, source: std::io::Error },
+    Io {
+        target: &'static str,
+        source: std::io::Error,
+    },
     #[error("encoding the change at {lsn}: {source}")]
     Encode { lsn: Lsn, source: serde_json::Error },
 }

@@ -42,10 +42,8 @@ impl<W: AsyncWrite + Unpin> JsonLines<W> {
 impl<W: AsyncWrite + Unpin> Destination for JsonLines<W> {
     async fn send(&mut self, event: &ChangeEvent<'_>) -> Result<(), OutputError> {
         self.line.clear();
-        serde_json::to_writer(&mut self.line, event).map_err(|source| OutputError::Encode {
-            lsn: event.lsn,
-            source,
-        })?;
+        serde_json::to_writer(&mut self.line, event)
+            .map_err(|source| OutputError::Encode { lsn: event.lsn, source })?;
         self.line.push(b'\n');
         self.out.write_all(&self.line).await.map_err(Self::io)?;
         self.lines += 1;

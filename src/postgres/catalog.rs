@@ -208,10 +208,7 @@ mod tests {
         let mut c = RelationCache::new();
         assert_eq!(c.apply_relation(rel(&[("id", 23)])), RelationChange::New);
         assert_eq!(c.apply_relation(rel(&[("id", 23)])), RelationChange::Unchanged);
-        assert_eq!(
-            c.apply_relation(rel(&[("id", 23), ("v", 25)])),
-            RelationChange::Changed
-        );
+        assert_eq!(c.apply_relation(rel(&[("id", 23), ("v", 25)])), RelationChange::Changed);
         assert_eq!(c.get(7).map(|r| r.columns.len()), Ok(2));
         assert_eq!(c.get(8).err(), Some(CatalogError::UnknownRelation(8)));
     }

@@ -202,9 +202,7 @@ fn percent_decode(s: &str) -> Result<String, ConnInfoError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .ok_or_else(|| ConnInfoError::Escape(s.into()))?;
+            let hex = s.get(i + 1..i + 3).ok_or_else(|| ConnInfoError::Escape(s.into()))?;
             out.push(u8::from_str_radix(hex, 16).map_err(|_| ConnInfoError::Escape(s.into()))?);
             i += 3;
         } else {

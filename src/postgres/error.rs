@@ -101,20 +101,16 @@ impl SourceError {
     pub fn from_server(e: ServerError, ctx: &ErrorContext<'_>) -> SourceError {
         let msg = e.message.as_str();
         match e.code.as_str() {
-            "28P01" | "28000" if msg.contains("replication") && msg.contains("pg_hba") => {
-                SourceError::Auth {
-                    user: ctx.user.into(),
-                    message: format!("{msg}: no pg_hba.conf line allows replication connections"),
-                }
-            }
+            "28P01" | "28000" if msg.contains("replication") && msg.contains("pg_hba") => SourceError::Auth {
+                user: ctx.user.into(),
+                message: format!("{msg}: no pg_hba.conf line allows replication connections"),
+            },
             "28P01" | "28000" => SourceError::Auth {
                 user: ctx.user.into(),
                 message: e.message,
             },
             "42501" if msg.contains("replication") || msg.contains("walsender") => {
-                SourceError::MissingReplicationPrivilege {
-                    user: ctx.user.into(),
-                }
+                SourceError::MissingReplicationPrivilege { user: ctx.user.into() }
             }
             "55006" => SourceError::SlotActive {
                 slot: ctx.slot.into(),
@@ -135,9 +131,7 @@ impl SourceError {
                     || msg.contains("can no longer get changes")
                     || e.detail.as_deref().is_some_and(|d| d.contains("invalidated")) =>
             {
-                SourceError::SlotInvalidated {
-                    slot: ctx.slot.into(),
-                }
+                SourceError::SlotInvalidated { slot: ctx.slot.into() }
             }
             _ => SourceError::Server(e),
         }
@@ -203,14 +197,31 @@ mod tests {
     #[test]
     fn classifies_the_errors_operators_meet() {
         let cases = [
-            (server("42501", "must be superuser or replication role to start walsender"), "REPLICATION"),
-            (server("42704", "publication \"walhouse\" does not exist"), "CREATE PUBLICATION"),
-            (server("55000", "logical decoding requires wal_level >= logical"), "wal_level = logical"),
-            (server("55000", "can no longer get changes from replication slot \"walhouse\""), "new slot"),
-            (server("28P01", "password authentication failed for user \"rep\""), "pg_hba.conf"),
+            (
+                server("42501", "must be superuser or replication role to start walsender"),
+                "REPLICATION",
+            ),
+            (
+                server("42704", "publication \"walhouse\" does not exist"),
+                "CREATE PUBLICATION",
+            ),
+            (
+                server("55000", "logical decoding requires wal_level >= logical"),
+                "wal_level = logical",
+            ),
+            (
+                server("55000", "can no longer get changes from replication slot \"walhouse\""),
+                "new slot",
+            ),
+            (
+                server("28P01", "password authentication failed for user \"rep\""),
+                "pg_hba.conf",
+            ),
             (
                 ServerError {
-                    detail: Some("This slot has been invalidated because it exceeded the maximum reserved size.".into()),
+                    detail: Some(
+                        "This slot has been invalidated because it exceeded the maximum reserved size.".into(),
+                    ),
                     ..server("55000", "cannot read from logical replication slot \"walhouse\"")
                 },
                 "new slot",

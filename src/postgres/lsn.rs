@@ -75,10 +75,7 @@ mod tests {
         assert_eq!(lsn.to_string(), "16/B374D848");
         assert_eq!(Lsn(0).to_string(), "0/0");
         assert_eq!("0/0".parse::<Lsn>(), Ok(Lsn::ZERO));
-        assert_eq!(
-            "FFFFFFFF/FFFFFFFF".parse::<Lsn>().map(|l| l.0),
-            Ok(u64::MAX)
-        );
+        assert_eq!("FFFFFFFF/FFFFFFFF".parse::<Lsn>().map(|l| l.0), Ok(u64::MAX));
     }
 
     #[test]

@@ -230,14 +230,12 @@ pub struct StreamAbort {
 pub enum DecodeError {
     #[error("empty pgoutput message")]
     Empty,
-    #[error("unknown pgoutput message tag {0:#04x} (is the slot using a newer protocol version than walhouse asked for?)")]
+    #[error(
+        "unknown pgoutput message tag {0:#04x} (is the slot using a newer protocol version than walhouse asked for?)"
+    )]
     UnknownTag(u8),
     #[error("pgoutput message {tag:?} truncated: needed {needed} more bytes at offset {offset}")]
-    Truncated {
-        tag: char,
-        offset: usize,
-        needed: usize,
-    },
+    Truncated { tag: char, offset: usize, needed: usize },
     #[error("pgoutput message {tag:?}: string at offset {offset} has no terminating NUL")]
     UnterminatedString { tag: char, offset: usize },
     #[error("pgoutput message {tag:?}: string at offset {offset} is not UTF-8 (the replication connection asks for client_encoding UTF8)")]
@@ -376,11 +374,7 @@ impl Decoder {
                         })
                     }
                 };
-                LogicalMessage::Delete(Delete {
-                    xid,
-                    relation_id,
-                    old,
-                })
+                LogicalMessage::Delete(Delete { xid, relation_id, old })
             }
             b'T' => {
                 let xid = self.stream_xid(&mut r)?;
@@ -513,10 +507,7 @@ impl Reader {
 
     fn count32(&mut self) -> Result<usize, DecodeError> {
         let n = self.i32()?;
-        usize::try_from(n).map_err(|_| DecodeError::NegativeLength {
-            tag: self.tag,
-            len: n,
-        })
+        usize::try_from(n).map_err(|_| DecodeError::NegativeLength { tag: self.tag, len: n })
     }
 
     fn bytes(&mut self, n: usize) -> Result<Bytes, DecodeError> {
@@ -588,10 +579,7 @@ impl Reader {
     fn finish(&self) -> Result<(), DecodeError> {
         match self.remaining() {
             0 => Ok(()),
-            extra => Err(DecodeError::TrailingBytes {
-                tag: self.tag,
-                extra,
-            }),
+            extra => Err(DecodeError::TrailingBytes { tag: self.tag, extra }),
         }
     }
 }
@@ -749,9 +737,7 @@ pub(crate) mod tests {
         };
         assert_eq!(
             u.old,
-            Some(OldTuple::Full(vec![TupleValue::Text(Bytes::from_static(
-                b"1"
-            ))]))
+            Some(OldTuple::Full(vec![TupleValue::Text(Bytes::from_static(b"1"))]))
         );
         let LogicalMessage::Update(u) = &decoded[7] else {
             panic!("expected update");
@@ -770,25 +756,15 @@ pub(crate) mod tests {
         assert_eq!(&m.content[..], b"abc");
         assert_eq!(
             decoded[14],
-            LogicalMessage::StreamAbort(StreamAbort {
-                xid: 900,
-                subxid: 901
-            })
+            LogicalMessage::StreamAbort(StreamAbort { xid: 900, subxid: 901 })
         );
     }
 
     #[test]
     fn streamed_messages_carry_an_xid_between_start_and_stop() {
         let mut d = Decoder::new();
-        d.decode(Enc::new(b'S').i32(900).u8(1).done())
-            .expect("start");
-        let insert = Enc::new(b'I')
-            .i32(900)
-            .i32(16384)
-            .u8(b'N')
-            .i16(1)
-            .text(b"x")
-            .done();
+        d.decode(Enc::new(b'S').i32(900).u8(1).done()).expect("start");
+        let insert = Enc::new(b'I').i32(900).i32(16384).u8(b'N').i16(1).text(b"x").done();
         let LogicalMessage::Insert(i) = d.decode(insert).expect("insert") else {
             panic!("expected insert");
         };
@@ -804,10 +780,7 @@ pub(crate) mod tests {
     fn errors_name_the_problem() {
         let mut d = Decoder::new();
         assert_eq!(d.decode(Bytes::new()), Err(DecodeError::Empty));
-        assert_eq!(
-            d.decode(Bytes::from_static(b"Z")),
-            Err(DecodeError::UnknownTag(b'Z'))
-        );
+        assert_eq!(d.decode(Bytes::from_static(b"Z")), Err(DecodeError::UnknownTag(b'Z')));
         assert!(matches!(
             d.decode(Bytes::from_static(b"B\0\0")),
             Err(DecodeError::Truncated { tag: 'B', .. })

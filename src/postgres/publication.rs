@@ -104,17 +104,24 @@ pub async fn ensure(
         }
     }
     let existing = client
-        .query_opt("SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt(
+            "SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
         .await?;
     let quoted = quote_ident(publication);
     match (existing, selection) {
         (None, TableSelection::All) => {
-            client.batch_execute(&format!("CREATE PUBLICATION {quoted} FOR ALL TABLES")).await?;
+            client
+                .batch_execute(&format!("CREATE PUBLICATION {quoted} FOR ALL TABLES"))
+                .await?;
             tracing::info!(publication, "created publication for all tables");
         }
         (None, TableSelection::Tables(tables)) => {
             let list = tables.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
-            client.batch_execute(&format!("CREATE PUBLICATION {quoted} FOR TABLE {list}")).await?;
+            client
+                .batch_execute(&format!("CREATE PUBLICATION {quoted} FOR TABLE {list}"))
+                .await?;
             tracing::info!(publication, tables = %list, "created publication");
         }
         (Some(row), TableSelection::Tables(tables)) if !row.get::<_, bool>(0) => {
@@ -122,7 +129,9 @@ pub async fn ensure(
             let missing: Vec<_> = tables.iter().filter(|t| !published.contains(t)).collect();
             if !missing.is_empty() {
                 let list = missing.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
-                client.batch_execute(&format!("ALTER PUBLICATION {quoted} ADD TABLE {list}")).await?;
+                client
+                    .batch_execute(&format!("ALTER PUBLICATION {quoted} ADD TABLE {list}"))
+                    .await?;
                 tracing::info!(publication, tables = %list, "added tables to the existing publication");
             }
         }

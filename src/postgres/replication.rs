@@ -175,16 +175,19 @@ impl ReplicationClient {
     /// Connects, negotiates TLS per `sslmode`, and authenticates.
     pub async fn connect(info: &ConnInfo) -> Result<Self, SourceError> {
         let address = info.address();
-        let tcp = timeout(info.connect_timeout, TcpStream::connect((info.host.as_str(), info.port)))
-            .await
-            .map_err(|_| SourceError::Connect {
-                address: address.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
-            })?
-            .map_err(|source| SourceError::Connect {
-                address: address.clone(),
-                source,
-            })?;
+        let tcp = timeout(
+            info.connect_timeout,
+            TcpStream::connect((info.host.as_str(), info.port)),
+        )
+        .await
+        .map_err(|_| SourceError::Connect {
+            address: address.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+        })?
+        .map_err(|source| SourceError::Connect {
+            address: address.clone(),
+            source,
+        })?;
         tcp.set_nodelay(true).map_err(SourceError::ConnectionLost)?;
         let socket = negotiate(tcp, info).await?;
         let mut client = ReplicationClient {
@@ -243,10 +246,13 @@ impl ReplicationClient {
 
     async fn authenticate(&mut self, info: &ConnInfo) -> Result<(), SourceError> {
         let password = || {
-            info.password.as_ref().map(|p| p.expose().as_bytes()).ok_or_else(|| SourceError::Auth {
-                user: info.user.clone(),
-                message: "the server asks for a password but --source-url has none".into(),
-            })
+            info.password
+                .as_ref()
+                .map(|p| p.expose().as_bytes())
+                .ok_or_else(|| SourceError::Auth {
+                    user: info.user.clone(),
+                    message: "the server asks for a password but --source-url has none".into(),
+                })
         };
         let mut scram: Option<sasl::ScramSha256> = None;
         loop {
@@ -275,7 +281,11 @@ impl ReplicationClient {
                 10 => {
                     let offered: Vec<&[u8]> = body.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
                     if !offered.contains(&sasl::SCRAM_SHA_256.as_bytes()) {
-                        let names = offered.iter().map(|m| String::from_utf8_lossy(m)).collect::<Vec<_>>().join(", ");
+                        let names = offered
+                            .iter()
+                            .map(|m| String::from_utf8_lossy(m))
+                            .collect::<Vec<_>>()
+                            .join(", ");
                         return Err(SourceError::UnsupportedAuth(format!("SASL ({names})")));
                     }
                     let s = sasl::ScramSha256::new(password()?, sasl::ChannelBinding::unsupported());
@@ -284,7 +294,9 @@ impl ReplicationClient {
                     scram = Some(s);
                 }
                 11 => {
-                    let s = scram.as_mut().ok_or_else(|| SourceError::Protocol("SASL continue before start".into()))?;
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| SourceError::Protocol("SASL continue before start".into()))?;
                     s.update(&body).map_err(|e| SourceError::Auth {
                         user: info.user.clone(),
                         message: e.to_string(),
@@ -292,7 +304,9 @@ impl ReplicationClient {
                     frontend::sasl_response(s.message(), &mut self.wire.outbuf).map_err(protocol_err)?;
                 }
                 12 => {
-                    let s = scram.as_mut().ok_or_else(|| SourceError::Protocol("SASL final before start".into()))?;
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| SourceError::Protocol("SASL final before start".into()))?;
                     s.finish(&body).map_err(|e| SourceError::Auth {
                         user: info.user.clone(),
                         message: format!("the server's SCRAM signature did not verify: {e}"),
@@ -329,7 +343,9 @@ impl ReplicationClient {
 
     pub async fn identify_system(&mut self) -> Result<SystemIdentity, SourceError> {
         let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
-        let row = rows.first().ok_or_else(|| SourceError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| SourceError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
         let col = |i: usize| row.get(i).cloned().flatten();
         Ok(SystemIdentity {
             system_id: col(0).unwrap_or_default(),
@@ -343,7 +359,11 @@ impl ReplicationClient {
         if self.server_version_num >= 150000 {
             format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput (SNAPSHOT '{snapshot}')")
         } else {
-            let kw = if snapshot == "export" { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" };
+            let kw = if snapshot == "export" {
+                "EXPORT_SNAPSHOT"
+            } else {
+                "NOEXPORT_SNAPSHOT"
+            };
             format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput {kw}")
         }
     }
@@ -352,7 +372,9 @@ impl ReplicationClient {
         validate_slot_name(slot)?;
         let sql = self.create_slot_sql(slot, snapshot);
         let rows = self.simple_query(&sql).await.map_err(|e| slot_context(e, slot))?;
-        let row = rows.first().ok_or_else(|| SourceError::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| SourceError::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
         let col = |i: usize| row.get(i).cloned().flatten();
         let consistent_point = col(1)
             .and_then(|l| l.parse().ok())
@@ -732,7 +754,9 @@ fn parse_server_version(v: &str) -> u32 {
 pub fn validate_slot_name(slot: &str) -> Result<(), SourceError> {
     let ok = !slot.is_empty()
         && slot.len() <= 63
-        && slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        && slot
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(())
     } else {

@@ -51,7 +51,10 @@ pub async fn preflight(client: &Client, user: &str) -> Result<(), SourceError> {
 /// (at most every second) so the server never drops an idle consumer.
 pub async fn wal_sender_timeout(client: &Client) -> Result<Duration, SourceError> {
     let row = client
-        .query_one("SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'wal_sender_timeout'", &[])
+        .query_one(
+            "SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'wal_sender_timeout'",
+            &[],
+        )
         .await?;
     let ms: i64 = row.get(0);
     Ok(Duration::from_millis(ms.max(0) as u64))
@@ -150,7 +153,10 @@ mod tests {
             wal_status: Some("lost".into()),
             ..slot()
         };
-        assert!(matches!(check_usable(&lost, "shop"), Err(SourceError::SlotInvalidated { .. })));
+        assert!(matches!(
+            check_usable(&lost, "shop"),
+            Err(SourceError::SlotInvalidated { .. })
+        ));
         let busy = SlotInfo {
             active_pid: Some(42),
             ..slot()

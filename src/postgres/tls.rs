@@ -93,9 +93,7 @@ pub fn client_config(info: &ConnInfo) -> Result<Option<Arc<ClientConfig>>, TlsEr
                 .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
                 .with_no_client_auth()
         }
-        SslMode::VerifyFull => builder
-            .with_root_certificates(load_roots(info)?)
-            .with_no_client_auth(),
+        SslMode::VerifyFull => builder.with_root_certificates(load_roots(info)?).with_no_client_auth(),
     };
     Ok(Some(Arc::new(config)))
 }
@@ -348,9 +346,9 @@ impl ServerCertVerifier for ChainOnly {
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
         {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            | Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. })) => {
+                Ok(ServerCertVerified::assertion())
+            }
             other => other,
         }
     }

@@ -12,14 +12,23 @@ use walhouse::postgres::Lsn;
 
 /// Reads messages until `commits` transactions have committed, bounded by
 /// `limit`. Panics with what arrived so far if the time runs out.
-pub async fn read_commits(stream: &mut ReplicationStream, commits: usize, limit: Duration) -> Vec<(Lsn, LogicalMessage)> {
+pub async fn read_commits(
+    stream: &mut ReplicationStream,
+    commits: usize,
+    limit: Duration,
+) -> Vec<(Lsn, LogicalMessage)> {
     let mut out = Vec::new();
     let mut seen = 0;
     let deadline = tokio::time::Instant::now() + limit;
     while seen < commits {
         let next = tokio::time::timeout_at(deadline, stream.next())
             .await
-            .unwrap_or_else(|_| panic!("timed out after {seen} of {commits} commits; got {} messages", out.len()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "timed out after {seen} of {commits} commits; got {} messages",
+                    out.len()
+                )
+            })
             .expect("stream error")
             .expect("stream ended early");
         if matches!(next.1, LogicalMessage::Commit(_)) {
@@ -37,7 +46,10 @@ pub fn changes(msgs: &[(Lsn, LogicalMessage)]) -> Vec<&LogicalMessage> {
         .filter(|m| {
             !matches!(
                 m,
-                LogicalMessage::Begin(_) | LogicalMessage::Commit(_) | LogicalMessage::Relation(_) | LogicalMessage::Type(_)
+                LogicalMessage::Begin(_)
+                    | LogicalMessage::Commit(_)
+                    | LogicalMessage::Relation(_)
+                    | LogicalMessage::Type(_)
             )
         })
         .collect()

@@ -124,10 +124,16 @@ impl PgServer {
         }
         let data = dir.path().join("data");
         let mut initdb = pg_command("initdb");
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"]);
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        ]);
         run(initdb, "initdb");
         let port = free_port();
         let mut conf = vec![
@@ -148,8 +154,14 @@ impl PgServer {
         if options.tls {
             make_certs(dir.path());
             conf.push("ssl = on".into());
-            conf.push(format!("ssl_cert_file = '{}'", dir.path().join("tls/server.crt").display()));
-            conf.push(format!("ssl_key_file = '{}'", dir.path().join("tls/server.key").display()));
+            conf.push(format!(
+                "ssl_cert_file = '{}'",
+                dir.path().join("tls/server.crt").display()
+            ));
+            conf.push(format!(
+                "ssl_key_file = '{}'",
+                dir.path().join("tls/server.key").display()
+            ));
         }
         conf.extend(options.extra_conf.iter().cloned());
         append(&data.join("postgresql.conf"), &conf.join("\n"));
@@ -173,7 +185,12 @@ impl PgServer {
         std::fs::write(data.join("pg_hba.conf"), hba).map_err(|e| e.to_string())?;
         let log = dir.path().join("server.log");
         let mut start = pg_command("pg_ctl");
-        start.arg("-D").arg(&data).arg("-l").arg(&log).args(["-w", "-t", "60", "start"]);
+        start
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "start"]);
         let out = start.stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
         if !out.status.success() {
             return Err(format!(
@@ -208,14 +225,29 @@ impl PgServer {
     /// Runs SQL as the superuser through psql (for setup outside tokio).
     pub fn psql(&self, sql: &str) -> String {
         let out = Command::new(bin_dir().join("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
             .arg("-p")
             .arg(self.port.to_string())
             .args(["-d", "postgres", "-c", sql])
             .stdin(Stdio::null())
             .output()
             .expect("psql runs");
-        assert!(out.status.success(), "psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -259,7 +291,11 @@ impl PgServer {
             stop.arg("-D")
                 .arg(self.dir.path().join("data"))
                 .args(["-m", "immediate", "-w", "-t", "30", "stop"]);
-            let _ = stop.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let _ = stop
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
