@@ -221,7 +221,10 @@ impl LoopState {
                 let name = format!("{}.{}", rel.namespace, rel.name);
                 let columns = rel.columns.len();
                 if self.cache.apply_relation(rel) == RelationChange::Changed {
-                    tracing::info!(table = %name, columns, %lsn, "table shape changed");
+                    // Relation messages are not WAL records (they arrive at 0/0):
+                    // name the transaction that carried the new shape instead.
+                    let commit_lsn = self.tx.map(|t| t.commit_lsn.to_string()).unwrap_or_default();
+                    tracing::info!(table = %name, columns, %commit_lsn, "table shape changed");
                 }
             }
             LogicalMessage::Type(t) => self.cache.apply_type(t),
