@@ -596,6 +596,12 @@ impl ReplicationStream {
     /// at, or `None` when the server ended the stream. Keepalives and status
     /// updates are handled inside. Cancel-safe: use it in `select!`.
     pub async fn next(&mut self) -> Result<Option<(Lsn, LogicalMessage)>, SourceError> {
+        // Checked once per call, not only when the socket runs dry: during a
+        // long catch-up there is always data, and the slot must still see
+        // acknowledgements (made by the caller between calls) every interval.
+        if self.wire.outbuf.is_empty() && Instant::now() >= self.next_status {
+            self.queue_status(false);
+        }
         loop {
             if !self.wire.outbuf.is_empty() {
                 self.wire.flush_out().await?;
@@ -603,9 +609,6 @@ impl ReplicationStream {
             if let Some(frame) = self.wire.try_frame()? {
                 if let Some(event) = self.handle(frame)? {
                     return Ok(Some(event));
-                }
-                if self.wire.outbuf.is_empty() && Instant::now() >= self.next_status {
-                    self.queue_status(false);
                 }
                 continue;
             }
