@@ -14,6 +14,7 @@
 //! Delivery is at least once, ordered per table as in the WAL; what is not
 //! acknowledged is sent again after a crash.
 
+pub mod avro;
 pub mod capture;
 pub mod change;
 pub mod config;

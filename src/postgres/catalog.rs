@@ -230,3 +230,114 @@ mod tests {
         assert_eq!(c.type_name(23), Some("integer"));
     }
 }
+
+/// What `pg_type` says about a type, as far as the Avro mapping cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TypeKind {
+    /// An enum, with its labels in sort order.
+    Enum(Vec<String>),
+    /// A domain over `base` (with the domain's typmod).
+    Domain { base: u32, typmod: i32 },
+    /// An array of `element`.
+    Array { element: u32 },
+    /// Anything else: carried as its text form.
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypeInfo {
+    pub name: String,
+    pub kind: TypeKind,
+}
+
+/// Per-column facts the Relation message does not carry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ColumnInfo {
+    /// `format_type(atttypid, atttypmod)`, e.g. `numeric(19,4)`.
+    pub pg_type: String,
+    /// Declared array dimensions (`int[][]` is 2; 0 when undeclared).
+    pub array_dims: i32,
+    pub in_primary_key: bool,
+}
+
+/// Looks up `oids` and, recursively, the domain bases and array elements
+/// they refer to.
+pub async fn load_type_infos(
+    client: &tokio_postgres::Client,
+    oids: &[u32],
+) -> Result<Vec<(u32, TypeInfo)>, tokio_postgres::Error> {
+    let mut found: Vec<(u32, TypeInfo)> = Vec::new();
+    let mut pending: Vec<u32> = oids.to_vec();
+    // Domains of arrays of domains… nest only a few levels in practice.
+    for _ in 0..8 {
+        pending.retain(|o| !found.iter().any(|(f, _)| f == o));
+        pending.sort_unstable();
+        pending.dedup();
+        if pending.is_empty() {
+            break;
+        }
+        let rows = client
+            .query(
+                "SELECT t.oid, format_type(t.oid, NULL), t.typtype::text, t.typbasetype, t.typtypmod, t.typelem, \
+                        t.typcategory::text, \
+                        (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid) \
+                 FROM pg_catalog.pg_type t WHERE t.oid = ANY($1::oid[])",
+                &[&pending.iter().map(|&o| o as i64).collect::<Vec<i64>>()],
+            )
+            .await?;
+        pending.clear();
+        for r in rows {
+            let oid: u32 = r.get(0);
+            let typtype: String = r.get(2);
+            let base: u32 = r.get(3);
+            let elem: u32 = r.get(5);
+            let category: String = r.get(6);
+            let kind = if typtype == "e" {
+                TypeKind::Enum(r.get::<_, Option<Vec<String>>>(7).unwrap_or_default())
+            } else if typtype == "d" {
+                pending.push(base);
+                TypeKind::Domain {
+                    base,
+                    typmod: r.get(4),
+                }
+            } else if category == "A" && elem != 0 {
+                pending.push(elem);
+                TypeKind::Array { element: elem }
+            } else {
+                TypeKind::Other
+            };
+            found.push((oid, TypeInfo { name: r.get(1), kind }));
+        }
+    }
+    Ok(found)
+}
+
+/// Column facts of table `relation_id` from the current catalog, by name.
+pub async fn load_column_infos(
+    client: &tokio_postgres::Client,
+    relation_id: u32,
+) -> Result<HashMap<String, ColumnInfo>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attndims, \
+                    COALESCE(a.attnum = ANY(i.indkey), false) \
+             FROM pg_catalog.pg_attribute a \
+             LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
+             WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&(relation_id as i64)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                ColumnInfo {
+                    pg_type: r.get(1),
+                    array_dims: r.get(2),
+                    in_primary_key: r.get(3),
+                },
+            )
+        })
+        .collect())
+}
