@@ -26,7 +26,10 @@ pub enum ColumnType {
     Float,
     Double,
     Boolean,
-    Decimal { precision: u32, scale: u32 },
+    Decimal {
+        precision: u32,
+        scale: u32,
+    },
     /// Exact decimal text (unconstrained numeric, or string mode).
     NumericText,
     String,
@@ -45,7 +48,10 @@ pub enum ColumnType {
     Json,
     Enum(Vec<String>),
     /// `dims` nested arrays of nullable `element`.
-    Array { element: Box<ColumnType>, dims: u32 },
+    Array {
+        element: Box<ColumnType>,
+        dims: u32,
+    },
     /// Anything else, as Postgres's text form; the name is kept for readers.
     Text(String),
 }
@@ -101,7 +107,14 @@ fn map<'a>(
             Some(TypeInfo {
                 kind: TypeKind::Domain { base, typmod: dm },
                 ..
-            }) => map(*base, if *dm >= 0 { *dm } else { typmod }, array_dims, mode, lookup, depth + 1),
+            }) => map(
+                *base,
+                if *dm >= 0 { *dm } else { typmod },
+                array_dims,
+                mode,
+                lookup,
+                depth + 1,
+            ),
             Some(TypeInfo {
                 kind: TypeKind::Array { element },
                 ..
@@ -197,11 +210,31 @@ mod tests {
     #[test]
     fn numeric_typmods() {
         let m = |p, s, mode| column_type(1700, numeric_typmod(p, s), 0, mode, &none);
-        assert_eq!(m(19, 4, NumericMode::Decimal), ColumnType::Decimal { precision: 19, scale: 4 });
-        assert_eq!(m(38, 0, NumericMode::Decimal), ColumnType::Decimal { precision: 38, scale: 0 });
+        assert_eq!(
+            m(19, 4, NumericMode::Decimal),
+            ColumnType::Decimal {
+                precision: 19,
+                scale: 4
+            }
+        );
+        assert_eq!(
+            m(38, 0, NumericMode::Decimal),
+            ColumnType::Decimal {
+                precision: 38,
+                scale: 0
+            }
+        );
         assert_eq!(m(19, 4, NumericMode::String), ColumnType::NumericText);
-        assert_eq!(m(5, -2, NumericMode::Decimal), ColumnType::NumericText, "negative scale");
-        assert_eq!(m(2, 5, NumericMode::Decimal), ColumnType::NumericText, "scale above precision");
+        assert_eq!(
+            m(5, -2, NumericMode::Decimal),
+            ColumnType::NumericText,
+            "negative scale"
+        );
+        assert_eq!(
+            m(2, 5, NumericMode::Decimal),
+            ColumnType::NumericText,
+            "scale above precision"
+        );
     }
 
     #[test]
@@ -242,7 +275,13 @@ mod tests {
         let lookup = |oid: u32| infos.iter().find(|(o, _)| *o == oid).map(|(_, i)| i);
         let m = |oid, dims| column_type(oid, -1, dims, NumericMode::Decimal, &lookup);
         assert_eq!(m(90001, 0), ColumnType::Enum(vec!["sad".into(), "ok".into()]));
-        assert_eq!(m(90002, 0), ColumnType::Decimal { precision: 12, scale: 2 });
+        assert_eq!(
+            m(90002, 0),
+            ColumnType::Decimal {
+                precision: 12,
+                scale: 2
+            }
+        );
         assert_eq!(
             m(1007, 2),
             ColumnType::Array {
@@ -258,7 +297,10 @@ mod tests {
     fn every_schema_is_valid_avro() {
         let types = [
             ColumnType::Int,
-            ColumnType::Decimal { precision: 38, scale: 10 },
+            ColumnType::Decimal {
+                precision: 38,
+                scale: 10,
+            },
             ColumnType::NumericText,
             ColumnType::Date,
             ColumnType::TimeMicros,

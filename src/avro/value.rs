@@ -249,7 +249,11 @@ fn time_micros(text: &str) -> Result<i64, ValueError> {
 /// `YYYY-MM-DD HH:MM:SS[.f][±HH[:MM[:SS]]][ BC]` → microseconds since the
 /// Unix epoch (UTC when `with_zone`, wall-clock otherwise).
 fn timestamp_micros(text: &str, with_zone: bool) -> Result<i64, ValueError> {
-    let avro = if with_zone { "timestamp-micros" } else { "local-timestamp-micros" };
+    let avro = if with_zone {
+        "timestamp-micros"
+    } else {
+        "local-timestamp-micros"
+    };
     if matches!(text, "infinity" | "-infinity") {
         return Err(unrepresentable(text, avro));
     }
@@ -429,7 +433,10 @@ mod tests {
     fn integers_floats_booleans() {
         assert_eq!(enc(&ColumnType::Int, "-2147483648"), Value::Int(i32::MIN));
         assert_eq!(enc(&ColumnType::Long, "9223372036854775807"), Value::Long(i64::MAX));
-        assert_eq!(enc(&ColumnType::Double, "-1.7976931348623157e+308"), Value::Double(-f64::MAX));
+        assert_eq!(
+            enc(&ColumnType::Double, "-1.7976931348623157e+308"),
+            Value::Double(-f64::MAX)
+        );
         assert_eq!(enc(&ColumnType::Float, "1.5e-07"), Value::Float(1.5e-7));
         assert!(matches!(enc(&ColumnType::Double, "NaN"), Value::Double(v) if v.is_nan()));
         assert_eq!(enc(&ColumnType::Double, "-Infinity"), Value::Double(f64::NEG_INFINITY));
@@ -460,9 +467,18 @@ mod tests {
         assert_eq!(d("12.5", 3), 12500, "fewer digits than the scale are padded");
         let max38 = "9".repeat(38);
         assert_eq!(d(&max38, 0), 10i128.pow(38) - 1);
-        assert_eq!(d(&format!("-{}.{}", "9".repeat(28), "9".repeat(10)), 10), -(10i128.pow(38) - 1));
-        assert!(matches!(decimal_unscaled("NaN", 2), Err(ValueError::Unrepresentable { .. })));
-        assert!(matches!(decimal_unscaled("1.234", 2), Err(ValueError::Malformed { .. })));
+        assert_eq!(
+            d(&format!("-{}.{}", "9".repeat(28), "9".repeat(10)), 10),
+            -(10i128.pow(38) - 1)
+        );
+        assert!(matches!(
+            decimal_unscaled("NaN", 2),
+            Err(ValueError::Unrepresentable { .. })
+        ));
+        assert!(matches!(
+            decimal_unscaled("1.234", 2),
+            Err(ValueError::Malformed { .. })
+        ));
         assert!(matches!(decimal_unscaled("1e5", 0), Err(ValueError::Malformed { .. })));
     }
 
@@ -473,11 +489,18 @@ mod tests {
         let text = format!("{}{}", "1".repeat(30), "7".repeat(30));
         let bytes = decimal_unscaled(&text, 0).expect("wide");
         let low = u128::from_be_bytes(bytes[bytes.len() - 16..].try_into().expect("16 bytes"));
-        let expected = text.bytes().fold(0u128, |acc, b| acc.wrapping_mul(10).wrapping_add(u128::from(b - b'0')));
+        let expected = text
+            .bytes()
+            .fold(0u128, |acc, b| acc.wrapping_mul(10).wrapping_add(u128::from(b - b'0')));
         assert_eq!(low, expected);
         assert_eq!(bytes[0] & 0x80, 0, "positive");
-        let schema = ColumnType::Decimal { precision: 60, scale: 0 };
-        let Value::Decimal(dec) = enc(&schema, &text) else { panic!("decimal") };
+        let schema = ColumnType::Decimal {
+            precision: 60,
+            scale: 0,
+        };
+        let Value::Decimal(dec) = enc(&schema, &text) else {
+            panic!("decimal")
+        };
         assert_eq!(Vec::<u8>::try_from(dec).expect("bytes"), bytes);
     }
 
@@ -487,10 +510,18 @@ mod tests {
         assert_eq!(enc(&ColumnType::Date, "1969-07-20"), Value::Date(-165));
         assert_eq!(enc(&ColumnType::Date, "2000-03-01"), Value::Date(11017));
         // 1 BC is year 0, a leap year: 0001-01-01 BC is 366 days before 0001-01-01.
-        let Value::Date(ad1) = enc(&ColumnType::Date, "0001-01-01") else { panic!() };
+        let Value::Date(ad1) = enc(&ColumnType::Date, "0001-01-01") else {
+            panic!()
+        };
         assert_eq!(enc(&ColumnType::Date, "0001-01-01 BC"), Value::Date(ad1 - 366));
-        assert_eq!(enc(&ColumnType::TimeMicros, "23:59:59.999999"), Value::TimeMicros(86_399_999_999));
-        assert_eq!(enc(&ColumnType::TimeMicros, "24:00:00"), Value::TimeMicros(86_400_000_000));
+        assert_eq!(
+            enc(&ColumnType::TimeMicros, "23:59:59.999999"),
+            Value::TimeMicros(86_399_999_999)
+        );
+        assert_eq!(
+            enc(&ColumnType::TimeMicros, "24:00:00"),
+            Value::TimeMicros(86_400_000_000)
+        );
         assert_eq!(
             enc(&ColumnType::TimestampMicros, "2024-01-31 13:45:00.5+00"),
             Value::TimestampMicros(1_706_708_700_500_000)
@@ -514,7 +545,11 @@ mod tests {
             Value::LocalTimestampMicros(-2_440_550 * 86_400_000_000)
         );
         assert!(matches!(
-            encode_text(&ColumnType::TimestampMicros, "294276-12-31 23:59:59.999999+00", &mut Vec::new()),
+            encode_text(
+                &ColumnType::TimestampMicros,
+                "294276-12-31 23:59:59.999999+00",
+                &mut Vec::new()
+            ),
             Err(ValueError::Unrepresentable { .. })
         ));
         for inf in ["infinity", "-infinity"] {
@@ -565,7 +600,13 @@ mod tests {
         assert_eq!(v, Value::Array(vec![row(Some(1), None), row(Some(3), Some(4))]));
         assert_eq!(enc(&two, "{}"), Value::Array(vec![]));
         assert_eq!(
-            enc(&ColumnType::Array { element: Box::new(ColumnType::Int), dims: 1 }, "[0:1]={5,6}"),
+            enc(
+                &ColumnType::Array {
+                    element: Box::new(ColumnType::Int),
+                    dims: 1
+                },
+                "[0:1]={5,6}"
+            ),
             Value::Array(vec![
                 Value::Union(1, Box::new(Value::Int(5))),
                 Value::Union(1, Box::new(Value::Int(6)))

@@ -296,10 +296,7 @@ pub async fn load_type_infos(
                 TypeKind::Enum(r.get::<_, Option<Vec<String>>>(7).unwrap_or_default())
             } else if typtype == "d" {
                 pending.push(base);
-                TypeKind::Domain {
-                    base,
-                    typmod: r.get(4),
-                }
+                TypeKind::Domain { base, typmod: r.get(4) }
             } else if category == "A" && elem != 0 {
                 pending.push(elem);
                 TypeKind::Array { element: elem }

@@ -1,0 +1,660 @@
+//! The Kafka key and value of a change, in Debezium's envelope shape.
+//!
+//! Per table: a topic `<prefix>.<schema>.<table>`, a key record of the
+//! primary-key columns (subject `<topic>-key`) and an envelope (subject
+//! `<topic>-value`) with `before`, `after`, `source`, `op`, `ts_ms`, plus
+//! `unchanged_toast` (columns Postgres did not send: not NULL) and
+//! `text_values` (exact text of values the column's Avro type cannot
+//! hold, such as `NaN` in a decimal or `infinity` in a timestamp; the typed
+//! field is null then). Every row field is a nullable union with default
+//! null, so adding or dropping a column stays backward compatible.
+//!
+//! Names are made valid Avro names and topic names: characters outside the
+//! allowed set become `_`, and a changed name gets a short hash of the
+//! original so two odd names cannot collide. The original column name is
+//! kept in the field's `walhouse.column` property.
+
+use serde_json::{json, Value as Json};
+
+use super::types::{ColumnType, NumericMode};
+use super::value::{encode_text, put_long, put_str, ValueError};
+use crate::change::{ChangeEvent, ChangeKind, TxInfo};
+use crate::postgres::catalog::{ColumnInfo, TypeInfo};
+use crate::postgres::pgoutput::{OldTuple, Relation, ReplicaIdentity, Tuple, TupleValue};
+
+pub const CONNECTOR: &str = "walhouse";
+
+/// FNV-1a: a stable short hash for disambiguating sanitised names.
+fn short_hash(s: &str) -> String {
+    let mut h: u32 = 0x811C_9DC5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
+/// A valid Avro name (`[A-Za-z_][A-Za-z0-9_]*`) for `s`.
+pub fn avro_name(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    if out != s {
+        out = format!("{out}_{}", short_hash(s));
+    }
+    out
+}
+
+/// A legal Kafka topic name part (`[A-Za-z0-9._-]`).
+pub fn topic_part(s: &str) -> String {
+    let out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out == s && !s.is_empty() {
+        out
+    } else {
+        format!("{out}_{}", short_hash(s))
+    }
+}
+
+pub fn topic_name(prefix: &str, schema: &str, table: &str) -> String {
+    format!("{prefix}.{}.{}", topic_part(schema), topic_part(table))
+}
+
+/// One column as the envelope encodes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnvelopeColumn {
+    pub name: String,
+    pub field: String,
+    pub ty: ColumnType,
+    pub pg_type: String,
+}
+
+/// What the envelope says about where a change came from.
+#[derive(Clone, Debug)]
+pub struct SourceInfo<'a> {
+    pub version: &'a str,
+    pub name: &'a str,
+    pub db: &'a str,
+    pub snapshot: &'a str,
+}
+
+/// The schemas and encoders of one table's topic.
+#[derive(Clone, Debug)]
+pub struct TableEnvelope {
+    pub topic: String,
+    pub schema: String,
+    pub table: String,
+    pub columns: Vec<EnvelopeColumn>,
+    /// Indexes into `columns` of the key columns; empty: no key.
+    pub key_columns: Vec<usize>,
+    pub key_schema: Option<Json>,
+    pub value_schema: Json,
+}
+
+/// Why a change could not be encoded (only keys can fail: values fall back
+/// to `text_values`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("key column {column} of {table}: {reason}")]
+    Key {
+        table: String,
+        column: String,
+        reason: String,
+    },
+}
+
+impl TableEnvelope {
+    pub fn new<'a>(
+        prefix: &str,
+        relation: &Relation,
+        column_infos: &std::collections::HashMap<String, ColumnInfo>,
+        mode: NumericMode,
+        lookup: &impl Fn(u32) -> Option<&'a TypeInfo>,
+    ) -> TableEnvelope {
+        let mut used = std::collections::HashSet::new();
+        let columns: Vec<EnvelopeColumn> = relation
+            .columns
+            .iter()
+            .map(|c| {
+                let info = column_infos.get(&c.name);
+                let ty = super::types::column_type(
+                    c.type_oid,
+                    c.type_modifier,
+                    info.map_or(0, |i| i.array_dims),
+                    mode,
+                    lookup,
+                );
+                let mut field = avro_name(&c.name);
+                // Distinct columns can sanitise alike only via the hash; keep
+                // a counter as the last resort so names never collide.
+                let mut n = 1;
+                while !used.insert(field.clone()) {
+                    n += 1;
+                    field = format!("{}_{n}", avro_name(&c.name));
+                }
+                EnvelopeColumn {
+                    name: c.name.clone(),
+                    field,
+                    pg_type: info
+                        .map(|i| i.pg_type.clone())
+                        .or_else(|| lookup(c.type_oid).map(|t| t.name.clone()))
+                        .unwrap_or_else(|| format!("oid {}", c.type_oid)),
+                    ty,
+                }
+            })
+            .collect();
+        // The primary key from the catalog; else the replica identity
+        // index's columns. REPLICA IDENTITY FULL marks every column as key
+        // in the Relation message, which is no Kafka key.
+        let pk: Vec<usize> = relation
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| column_infos.get(&c.name).is_some_and(|i| i.in_primary_key))
+            .map(|(i, _)| i)
+            .collect();
+        let key_columns = if !pk.is_empty() {
+            pk
+        } else if relation.replica_identity == ReplicaIdentity::Index {
+            relation
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.is_key)
+                .map(|(i, _)| i)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let namespace = format!(
+            "{}.{}.{}",
+            prefix.split('.').map(avro_name).collect::<Vec<_>>().join("."),
+            avro_name(&relation.namespace),
+            avro_name(&relation.name)
+        );
+        let field_json = |c: &EnvelopeColumn, nullable: bool| {
+            let mut f = if nullable {
+                json!({"name": c.field, "type": ["null", c.ty.schema()], "default": null})
+            } else {
+                json!({"name": c.field, "type": c.ty.schema()})
+            };
+            f["walhouse.pg_type"] = json!(c.pg_type);
+            if c.field != c.name {
+                f["walhouse.column"] = json!(c.name);
+            }
+            f
+        };
+        let key_schema = (!key_columns.is_empty()).then(|| {
+            json!({
+                "type": "record", "name": "Key", "namespace": namespace,
+                "fields": key_columns.iter().map(|&i| field_json(&columns[i], false)).collect::<Vec<_>>(),
+            })
+        });
+        let row = json!({
+            "type": "record", "name": "Value", "namespace": namespace,
+            "fields": columns.iter().map(|c| field_json(c, true)).collect::<Vec<_>>(),
+        });
+        let value_schema = json!({
+            "type": "record", "name": "Envelope", "namespace": namespace,
+            "connect.name": format!("{namespace}.Envelope"),
+            "fields": [
+                {"name": "before", "type": ["null", row], "default": null},
+                {"name": "after", "type": ["null", "Value"], "default": null},
+                {"name": "source", "type": source_schema()},
+                {"name": "op", "type": "string"},
+                {"name": "ts_ms", "type": ["null", "long"], "default": null},
+                {"name": "unchanged_toast", "type": {"type": "array", "items": "string"}, "default": []},
+                {"name": "text_values", "type": {"type": "map", "values": "string"}, "default": {}},
+            ],
+        });
+        TableEnvelope {
+            topic: topic_name(prefix, &relation.namespace, &relation.name),
+            schema: relation.namespace.clone(),
+            table: relation.name.clone(),
+            columns,
+            key_columns,
+            key_schema,
+            value_schema,
+        }
+    }
+
+    /// Columns whose Avro type differs between `self` and `newer` (added,
+    /// dropped, or retyped), for messages about schema changes.
+    pub fn changed_columns(&self, newer: &TableEnvelope) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in &newer.columns {
+            match self.columns.iter().find(|o| o.name == c.name) {
+                Some(o) if o.ty == c.ty => {}
+                Some(o) => out.push(format!("{} ({} -> {})", c.name, o.pg_type, c.pg_type)),
+                None => out.push(format!("{} (added)", c.name)),
+            }
+        }
+        for o in &self.columns {
+            if !newer.columns.iter().any(|c| c.name == o.name) {
+                out.push(format!("{} (dropped)", o.name));
+            }
+        }
+        out
+    }
+
+    /// The key record of a row, or `None` for a table without a key.
+    pub fn encode_key(&self, tuple: &Tuple, out: &mut Vec<u8>) -> Result<bool, EnvelopeError> {
+        if self.key_columns.is_empty() {
+            return Ok(false);
+        }
+        for &i in &self.key_columns {
+            let c = &self.columns[i];
+            let fail = |reason: String| EnvelopeError::Key {
+                table: format!("{}.{}", self.schema, self.table),
+                column: c.name.clone(),
+                reason,
+            };
+            match tuple.get(i) {
+                Some(TupleValue::Text(t)) => {
+                    let text = std::str::from_utf8(t).map_err(|_| fail("not UTF-8".into()))?;
+                    encode_text(&c.ty, text, out).map_err(|e| fail(e.to_string()))?;
+                }
+                Some(TupleValue::Null) => return Err(fail("NULL in a key column".into())),
+                Some(TupleValue::UnchangedToast) => {
+                    return Err(fail(
+                        "unchanged TOAST value in a key column (no old key was sent)".into(),
+                    ))
+                }
+                Some(TupleValue::Binary(_)) => return Err(fail("binary value".into())),
+                None => return Err(fail("missing from the tuple".into())),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether the key values of two tuples differ (a primary-key update).
+    pub fn key_changed(&self, old: &Tuple, new: &Tuple) -> bool {
+        self.key_columns.iter().any(|&i| match (old.get(i), new.get(i)) {
+            (Some(TupleValue::Text(a)), Some(TupleValue::Text(b))) => a != b,
+            _ => false,
+        })
+    }
+
+    /// Encodes the envelope of `event` (an insert, update, delete or
+    /// truncate of this table) as `op`.
+    pub fn encode_value(
+        &self,
+        event: &ChangeEvent<'_>,
+        op: Op<'_>,
+        source: &SourceInfo<'_>,
+        now_ms: i64,
+        out: &mut Vec<u8>,
+    ) {
+        let mut unchanged = Vec::new();
+        let mut text_values: Vec<(&str, String)> = Vec::new();
+        let mut row = |tuple: Option<&Tuple>, out: &mut Vec<u8>, collect_toast: bool| match tuple {
+            None => put_long(out, 0),
+            Some(tuple) => {
+                put_long(out, 1);
+                for (c, v) in self.columns.iter().zip(tuple) {
+                    match v {
+                        TupleValue::Null => put_long(out, 0),
+                        TupleValue::UnchangedToast => {
+                            put_long(out, 0);
+                            if collect_toast {
+                                unchanged.push(c.name.as_str());
+                            }
+                        }
+                        TupleValue::Text(t) => {
+                            let mark = out.len();
+                            put_long(out, 1);
+                            let text = String::from_utf8_lossy(t);
+                            if let Err(e) = encode_text(&c.ty, &text, out) {
+                                out.truncate(mark);
+                                put_long(out, 0);
+                                if let ValueError::Malformed { .. } = e {
+                                    tracing::warn!(table = %self.table, column = %c.name, "{e}; sent as text_values");
+                                }
+                                if collect_toast {
+                                    text_values.push((c.name.as_str(), text.into_owned()));
+                                }
+                            }
+                        }
+                        TupleValue::Binary(b) => {
+                            put_long(out, 0);
+                            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                            text_values.push((c.name.as_str(), format!("\\x{hex}")));
+                        }
+                    }
+                }
+            }
+        };
+        let (before, after) = op.tuples();
+        row(before, out, false);
+        row(after, out, true);
+        // source
+        put_str(out, source.version);
+        put_str(out, CONNECTOR);
+        put_str(out, source.name);
+        let tx: Option<&TxInfo> = event.tx;
+        put_long(out, tx.map_or(now_ms, |t| t.commit_time.unix_micros().div_euclid(1000)));
+        put_str(out, source.snapshot);
+        put_str(out, source.db);
+        put_str(out, &self.schema);
+        put_str(out, &self.table);
+        let opt_long = |out: &mut Vec<u8>, v: Option<i64>| match v {
+            Some(v) => {
+                put_long(out, 1);
+                put_long(out, v);
+            }
+            None => put_long(out, 0),
+        };
+        opt_long(out, tx.map(|t| i64::from(t.xid)));
+        opt_long(out, Some(event.lsn.0 as i64));
+        opt_long(out, tx.map(|t| t.commit_lsn.0 as i64));
+        put_long(out, event.tx_ordinal as i64);
+        put_str(out, op.code());
+        opt_long(out, Some(now_ms));
+        if !unchanged.is_empty() {
+            put_long(out, unchanged.len() as i64);
+            for name in &unchanged {
+                put_str(out, name);
+            }
+        }
+        put_long(out, 0);
+        if !text_values.is_empty() {
+            put_long(out, text_values.len() as i64);
+            for (k, v) in &text_values {
+                put_str(out, k);
+                put_str(out, v);
+            }
+        }
+        put_long(out, 0);
+    }
+}
+
+/// The envelope's `op` with the tuples it carries.
+#[derive(Clone, Copy, Debug)]
+pub enum Op<'a> {
+    Create(&'a Tuple),
+    Update {
+        before: Option<&'a Tuple>,
+        after: &'a Tuple,
+    },
+    Delete(&'a Tuple),
+    Truncate,
+}
+
+impl<'a> Op<'a> {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Op::Create(_) => "c",
+            Op::Update { .. } => "u",
+            Op::Delete(_) => "d",
+            Op::Truncate => "t",
+        }
+    }
+
+    fn tuples(&self) -> (Option<&'a Tuple>, Option<&'a Tuple>) {
+        match *self {
+            Op::Create(t) => (None, Some(t)),
+            Op::Update { before, after } => (before, Some(after)),
+            Op::Delete(t) => (Some(t), None),
+            Op::Truncate => (None, None),
+        }
+    }
+
+    /// The ops an event becomes: a primary-key update is a delete of the
+    /// old key and a create of the new one, as Debezium does, so compacted
+    /// topics keep no stale key.
+    pub fn of(event: &'a ChangeEvent<'a>, envelope: &TableEnvelope) -> Vec<Op<'a>> {
+        match &event.kind {
+            ChangeKind::Insert { new, .. } => vec![Op::Create(new)],
+            ChangeKind::Update { old, new, .. } => {
+                let before = old.map(|o| match o {
+                    OldTuple::Key(t) | OldTuple::Full(t) => t,
+                });
+                match before {
+                    Some(b) if envelope.key_changed(b, new) => vec![Op::Delete(b), Op::Create(new)],
+                    _ => vec![Op::Update { before, after: new }],
+                }
+            }
+            ChangeKind::Delete { old, .. } => {
+                let (OldTuple::Key(t) | OldTuple::Full(t)) = old;
+                vec![Op::Delete(t)]
+            }
+            ChangeKind::Truncate { .. } => vec![Op::Truncate],
+            ChangeKind::Message(_) => Vec::new(),
+        }
+    }
+}
+
+fn source_schema() -> Json {
+    json!({
+        "type": "record", "name": "Source", "namespace": "walhouse",
+        "fields": [
+            {"name": "version", "type": "string"},
+            {"name": "connector", "type": "string"},
+            {"name": "name", "type": "string"},
+            {"name": "ts_ms", "type": "long"},
+            {"name": "snapshot", "type": "string", "default": "false"},
+            {"name": "db", "type": "string"},
+            {"name": "schema", "type": "string"},
+            {"name": "table", "type": "string"},
+            {"name": "txId", "type": ["null", "long"], "default": null},
+            {"name": "lsn", "type": ["null", "long"], "default": null},
+            {"name": "commit_lsn", "type": ["null", "long"], "default": null},
+            {"name": "tx_ordinal", "type": "long", "default": 0},
+        ],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::pgoutput::{PgTimestamp, RelationColumn};
+    use crate::postgres::Lsn;
+    use apache_avro::types::Value;
+    use bytes::Bytes;
+    use std::collections::HashMap;
+
+    fn relation() -> Relation {
+        let col = |name: &str, oid, typmod| RelationColumn {
+            is_key: name == "id",
+            name: name.into(),
+            type_oid: oid,
+            type_modifier: typmod,
+        };
+        Relation {
+            xid: None,
+            id: 1,
+            namespace: "public".into(),
+            name: "Odd Table".into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![
+                col("id", 23, -1),
+                col("amount", 1700, ((19 << 16) | 4) + 4),
+                col("Mixed Col", 25, -1),
+                col("big", 25, -1),
+            ],
+        }
+    }
+
+    fn infos() -> HashMap<String, ColumnInfo> {
+        let mut m = HashMap::new();
+        m.insert(
+            "id".to_string(),
+            ColumnInfo {
+                pg_type: "integer".into(),
+                array_dims: 0,
+                in_primary_key: true,
+            },
+        );
+        m
+    }
+
+    fn t(s: &str) -> TupleValue {
+        TupleValue::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn read(schema: &Json, bytes: &[u8]) -> Value {
+        let schema = apache_avro::Schema::parse(schema).expect("valid schema");
+        let mut r = bytes;
+        let v = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+            .build()
+            .expect("reader")
+            .read_value(&mut r)
+            .expect("decodes");
+        assert!(r.is_empty(), "trailing bytes");
+        v
+    }
+
+    fn field<'v>(v: &'v Value, name: &str) -> &'v Value {
+        let Value::Record(fields) = v else {
+            panic!("record expected: {v:?}")
+        };
+        &fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no field {name}"))
+            .1
+    }
+
+    fn none(_: u32) -> Option<&'static TypeInfo> {
+        None
+    }
+
+    #[test]
+    fn names_are_valid_and_collision_free() {
+        assert_eq!(avro_name("orders"), "orders");
+        assert!(avro_name("Mixed Col").starts_with("Mixed_Col_"));
+        assert_ne!(avro_name("a b"), avro_name("a-b"));
+        assert!(avro_name("1st").starts_with("_1st_"));
+        assert_eq!(topic_name("walhouse", "public", "orders"), "walhouse.public.orders");
+        assert!(topic_name("walhouse", "public", "Odd Table").starts_with("walhouse.public.Odd_Table_"));
+    }
+
+    #[test]
+    fn envelope_round_trips_through_apache_avro() {
+        let env = TableEnvelope::new("walhouse", &relation(), &infos(), NumericMode::Decimal, &none);
+        assert_eq!(env.key_columns, vec![0]);
+        let tx = TxInfo {
+            xid: 42,
+            commit_lsn: Lsn(0x200),
+            commit_time: PgTimestamp::from_unix_micros(1_700_000_000_123_000),
+        };
+        let rel = relation();
+        let new = vec![t("7"), t("NaN"), t("x"), TupleValue::UnchangedToast];
+        let event = ChangeEvent {
+            lsn: Lsn(0x100),
+            tx: Some(&tx),
+            tx_ordinal: 3,
+            kind: ChangeKind::Update {
+                relation: &rel,
+                old: None,
+                new: &new,
+            },
+        };
+        let ops = Op::of(&event, &env);
+        assert_eq!(ops.len(), 1);
+        let source = SourceInfo {
+            version: "0.1.0",
+            name: "walhouse",
+            db: "shop",
+            snapshot: "false",
+        };
+        let mut out = Vec::new();
+        env.encode_value(&event, ops[0], &source, 1_800_000_000_000, &mut out);
+        let v = read(&env.value_schema, &out);
+        assert_eq!(field(&v, "op"), &Value::String("u".into()));
+        assert_eq!(field(&v, "before"), &Value::Union(0, Box::new(Value::Null)));
+        let Value::Union(1, after) = field(&v, "after") else {
+            panic!("after present")
+        };
+        assert_eq!(field(after, "id"), &Value::Union(1, Box::new(Value::Int(7))));
+        assert_eq!(
+            field(after, "amount"),
+            &Value::Union(0, Box::new(Value::Null)),
+            "NaN is not a decimal"
+        );
+        assert_eq!(
+            field(&v, "unchanged_toast"),
+            &Value::Array(vec![Value::String("big".into())])
+        );
+        let Value::Map(text_values) = field(&v, "text_values") else {
+            panic!("map")
+        };
+        assert_eq!(text_values.get("amount"), Some(&Value::String("NaN".into())));
+        let src = field(&v, "source");
+        assert_eq!(field(src, "txId"), &Value::Union(1, Box::new(Value::Long(42))));
+        assert_eq!(field(src, "lsn"), &Value::Union(1, Box::new(Value::Long(0x100))));
+        assert_eq!(field(src, "commit_lsn"), &Value::Union(1, Box::new(Value::Long(0x200))));
+        assert_eq!(field(src, "tx_ordinal"), &Value::Long(3));
+        assert_eq!(field(src, "ts_ms"), &Value::Long(1_700_000_000_123));
+        assert_eq!(field(src, "table"), &Value::String("Odd Table".into()));
+
+        let mut key = Vec::new();
+        assert!(env.encode_key(&new, &mut key).expect("key"));
+        let k = read(env.key_schema.as_ref().expect("key schema"), &key);
+        assert_eq!(field(&k, "id"), &Value::Int(7));
+    }
+
+    #[test]
+    fn a_primary_key_update_becomes_delete_then_create() {
+        let env = TableEnvelope::new("walhouse", &relation(), &infos(), NumericMode::Decimal, &none);
+        let rel = relation();
+        let old = OldTuple::Key(vec![t("1"), TupleValue::Null, TupleValue::Null, TupleValue::Null]);
+        let new = vec![t("2"), t("1.0000"), t("x"), t("y")];
+        let event = ChangeEvent {
+            lsn: Lsn(1),
+            tx: None,
+            tx_ordinal: 1,
+            kind: ChangeKind::Update {
+                relation: &rel,
+                old: Some(&old),
+                new: &new,
+            },
+        };
+        let codes: Vec<_> = Op::of(&event, &env).iter().map(|o| o.code()).collect();
+        assert_eq!(codes, ["d", "c"]);
+    }
+
+    #[test]
+    fn tables_without_a_key_have_no_key_schema() {
+        let mut rel = relation();
+        rel.replica_identity = ReplicaIdentity::Full;
+        for c in &mut rel.columns {
+            c.is_key = true;
+        }
+        let env = TableEnvelope::new("walhouse", &rel, &HashMap::new(), NumericMode::Decimal, &none);
+        assert!(env.key_schema.is_none());
+        assert!(!env.encode_key(&vec![t("1")], &mut Vec::new()).expect("no key"));
+    }
+
+    #[test]
+    fn changed_columns_name_what_changed() {
+        let old = TableEnvelope::new("w", &relation(), &infos(), NumericMode::Decimal, &none);
+        let mut rel = relation();
+        rel.columns[2].type_oid = 23;
+        rel.columns.pop();
+        rel.columns.push(RelationColumn {
+            is_key: false,
+            name: "new".into(),
+            type_oid: 25,
+            type_modifier: -1,
+        });
+        let new = TableEnvelope::new("w", &rel, &infos(), NumericMode::Decimal, &none);
+        let changed = old.changed_columns(&new);
+        assert_eq!(changed.len(), 3, "{changed:?}");
+        assert!(changed.iter().any(|c| c.starts_with("Mixed Col")));
+        assert!(changed.contains(&"new (added)".to_string()));
+        assert!(changed.contains(&"big (dropped)".to_string()));
+    }
+}
