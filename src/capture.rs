@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::change::{check_arity, ChangeEvent, ChangeKind, TxInfo};
 use crate::config::CaptureConfig;
 use crate::output::{Destination, OutputError};
-use crate::postgres::catalog::{load_type_names, CatalogError, RelationCache, RelationChange};
+use crate::postgres::catalog::{load_column_infos, load_type_infos, CatalogError, RelationCache, RelationChange};
 use crate::postgres::pgoutput::{LogicalMessage, OldTuple};
 use crate::postgres::replication::{ReplicationClient, ReplicationStream, StreamOptions};
 use crate::postgres::{client, publication, slot, Lsn, SourceError};
@@ -82,6 +82,7 @@ pub async fn run<D: Destination>(
     let mut state = LoopState {
         cache: RelationCache::new(),
         sql,
+        heartbeat: config.heartbeat_interval,
         tx: None,
         tx_ordinal: 0,
         events: 0,
@@ -102,12 +103,12 @@ pub async fn run<D: Destination>(
         let result: Result<(), CaptureError> = match started.await {
             Ok(mut stream) => {
                 tracing::info!(slot = %config.slot, from = %acknowledged, "streaming");
-                let r = state.stream(&mut stream, dest, &mut shutdown).await;
+                let r = state.stream(&mut stream, dest, &mut shutdown, status_interval).await;
                 acknowledged = stream.progress().acknowledged;
                 match r {
                     Ok(end) => {
                         dest.flush().await?;
-                        stream.acknowledge(dest.durable());
+                        stream.acknowledge(dest.durable()?);
                         acknowledged = stream.stop().await?;
                         if let StreamEnd::ServerEnded = end {
                             tracing::warn!("the server ended the replication stream");
@@ -138,7 +139,9 @@ pub async fn run<D: Destination>(
             });
         }
         // An interrupted transaction is re-sent from its Begin.
-        state.tx = None;
+        if state.tx.take().is_some() {
+            dest.abandon_transaction();
+        }
         let backoff = backoff(attempt, config.reconnect_backoff_max);
         tracing::warn!(attempt, ?backoff, "{source_err}");
         tokio::select! {
@@ -150,6 +153,24 @@ pub async fn run<D: Destination>(
     }
 }
 
+/// Acknowledges whatever the destination reports durable.
+fn acknowledge_durable<D: Destination>(stream: &mut ReplicationStream, dest: &D) -> Result<(), CaptureError> {
+    let durable = dest.durable()?;
+    if durable > stream.progress().acknowledged {
+        stream.acknowledge(durable);
+    }
+    Ok(())
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// 250 ms, 500 ms, 1 s, … capped at `max`.
 fn backoff(attempt: u32, max: Duration) -> Duration {
     Duration::from_millis(250u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(16))).min(max)
@@ -158,6 +179,7 @@ fn backoff(attempt: u32, max: Duration) -> Duration {
 struct LoopState {
     cache: RelationCache,
     sql: tokio_postgres::Client,
+    heartbeat: Option<Duration>,
     tx: Option<TxInfo>,
     tx_ordinal: u64,
     events: u64,
@@ -165,26 +187,47 @@ struct LoopState {
 }
 
 impl LoopState {
+    /// One prioritised loop: shutdown first, then delivery progress (acks),
+    /// then status updates while paused, then new input. A full
+    /// destination pauses reading (backpressure), never buffers.
     async fn stream<D: Destination>(
         &mut self,
         stream: &mut ReplicationStream,
         dest: &mut D,
         shutdown: &mut watch::Receiver<bool>,
+        status_interval: Duration,
     ) -> Result<StreamEnd, CaptureError> {
+        let mut heartbeat = self.heartbeat.map(|every| {
+            let mut i = tokio::time::interval(every);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
         loop {
-            let next = tokio::select! {
+            let full = dest.is_full();
+            tokio::select! {
                 biased;
                 _ = shutdown.changed() => return Ok(StreamEnd::Shutdown),
-                next = stream.next() => next?,
-            };
-            let Some((lsn, msg)) = next else {
-                return Ok(StreamEnd::ServerEnded);
-            };
-            if let Some(ack) = self.apply(lsn, msg, dest).await? {
-                dest.end_transaction(ack).await?;
-                let durable = dest.durable();
-                if durable > stream.progress().acknowledged {
-                    stream.acknowledge(durable);
+                _ = dest.progressed() => acknowledge_durable(stream, dest)?,
+                _ = tokio::time::sleep(status_interval), if full => {
+                    // Paused on the destination: keep the walsender from
+                    // timing us out, and tell it what became durable.
+                    acknowledge_durable(stream, dest)?;
+                    stream.send_status().await?;
+                }
+                _ = tick(&mut heartbeat), if heartbeat.is_some() => {
+                    self.sql
+                        .execute("SELECT pg_logical_emit_message(false, 'walhouse.heartbeat', now()::text)", &[])
+                        .await
+                        .map_err(SourceError::Sql)?;
+                }
+                next = stream.next(), if !full => {
+                    let Some((lsn, msg)) = next? else {
+                        return Ok(StreamEnd::ServerEnded);
+                    };
+                    if let Some(ack) = self.apply(lsn, msg, dest).await? {
+                        dest.end_transaction(ack).await?;
+                        acknowledge_durable(stream, dest)?;
+                    }
                 }
             }
         }
@@ -213,14 +256,18 @@ impl LoopState {
                 return Ok(Some(c.end_lsn));
             }
             LogicalMessage::Relation(rel) => {
-                let unnamed = self.cache.unnamed_types(&rel);
-                if !unnamed.is_empty() {
-                    let names = load_type_names(&self.sql, &unnamed).await.map_err(SourceError::Sql)?;
-                    self.cache.insert_type_names(names);
+                let missing = self.cache.missing_type_infos(&rel);
+                if !missing.is_empty() {
+                    let infos = load_type_infos(&self.sql, &missing).await.map_err(SourceError::Sql)?;
+                    self.cache.insert_type_infos(infos);
                 }
-                let name = format!("{}.{}", rel.namespace, rel.name);
-                let columns = rel.columns.len();
-                if self.cache.apply_relation(rel) == RelationChange::Changed {
+                let columns_info = load_column_infos(&self.sql, rel.id).await.map_err(SourceError::Sql)?;
+                self.cache.set_column_infos(rel.id, columns_info);
+                let (id, name, columns) = (rel.id, format!("{}.{}", rel.namespace, rel.name), rel.columns.len());
+                let change = self.cache.apply_relation(rel);
+                let relation = self.cache.get(id)?.clone();
+                dest.relation(&relation, &self.cache).await?;
+                if change == RelationChange::Changed {
                     // Relation messages are not WAL records (they arrive at 0/0):
                     // name the transaction that carried the new shape instead.
                     let commit_lsn = self.tx.map(|t| t.commit_lsn.to_string()).unwrap_or_default();

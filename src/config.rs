@@ -6,15 +6,19 @@
 //! beats the file, which beats the defaults. The file rejects unknown keys,
 //! so a typo is an error rather than a silently ignored setting.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
-use crate::postgres::conninfo::{ConnInfo, ConnInfoError};
+use crate::avro::types::NumericMode;
+use crate::kafka::producer::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_TOPIC_PREFIX};
+use crate::postgres::conninfo::{ConnInfo, ConnInfoError, Secret};
 use crate::postgres::publication::{TableName, TableSelection};
 use crate::postgres::replication::validate_slot_name;
+use crate::registry::RegistryConfig;
 
 pub const DEFAULT_SLOT: &str = "walhouse";
 pub const DEFAULT_PUBLICATION: &str = "walhouse";
@@ -26,6 +30,8 @@ pub const DEFAULT_RECONNECT_BACKOFF_MAX_MS: u64 = 30_000;
 pub enum OutputKind {
     /// JSON lines on standard output.
     Stdout,
+    /// Avro to Kafka, schemas in a Schema Registry.
+    Kafka,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -80,6 +86,59 @@ pub struct CaptureArgs {
     /// Log format on stderr; the level comes from WALHOUSE_LOG (e.g. debug) [default: text].
     #[arg(long, env = "WALHOUSE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+
+    /// Emit a pg_logical_emit_message heartbeat this often, in ms, so the slot
+    /// advances even when the published tables are idle [default: 0, off].
+    #[arg(long, env = "WALHOUSE_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+
+    /// Kafka bootstrap servers, host:port[,…] (--output kafka).
+    #[arg(long, env = "WALHOUSE_BROKERS")]
+    pub brokers: Option<String>,
+
+    /// Confluent-compatible Schema Registry, http(s)://host:port (--output kafka).
+    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_URL")]
+    pub schema_registry_url: Option<String>,
+
+    /// Schema Registry basic-auth user.
+    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_USER")]
+    pub schema_registry_user: Option<String>,
+
+    /// Schema Registry basic-auth password.
+    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub schema_registry_password: Option<String>,
+
+    /// CA bundle for an https Schema Registry [default: the system bundle].
+    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_CA")]
+    pub schema_registry_ca: Option<PathBuf>,
+
+    /// Topics are <prefix>.<schema>.<table> [default: walhouse].
+    #[arg(long, env = "WALHOUSE_TOPIC_PREFIX")]
+    pub topic_prefix: Option<String>,
+
+    /// Send a tombstone (null value) after each delete [default: true].
+    #[arg(long, env = "WALHOUSE_TOMBSTONES")]
+    pub tombstones: Option<bool>,
+
+    /// numeric(p,s) as Avro decimal, or every numeric as exact text [default: decimal].
+    #[arg(long, env = "WALHOUSE_NUMERIC_MODE", value_enum)]
+    pub numeric_mode: Option<NumericMode>,
+
+    /// Unacknowledged Kafka messages before reading the slot pauses [default: 50000].
+    #[arg(long, env = "WALHOUSE_MAX_IN_FLIGHT_MESSAGES")]
+    pub max_in_flight_messages: Option<u64>,
+
+    /// Partitions of topics walhouse creates; 0 leaves creation to the broker [default: 1].
+    #[arg(long, env = "WALHOUSE_TOPIC_PARTITIONS")]
+    pub topic_partitions: Option<i32>,
+
+    /// Replication factor of created topics; -1 is the broker's default [default: -1].
+    #[arg(long, env = "WALHOUSE_TOPIC_REPLICATION_FACTOR", allow_negative_numbers = true)]
+    pub topic_replication_factor: Option<i32>,
+
+    /// A librdkafka setting, KEY=VALUE (repeatable; also the [kafka] table of the file).
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    pub kafka_options: Vec<String>,
 }
 
 /// The same settings as they appear in the `--config` file.
@@ -95,6 +154,21 @@ struct FileConfig {
     max_reconnect_attempts: Option<u32>,
     reconnect_backoff_max_ms: Option<u64>,
     log_format: Option<LogFormat>,
+    heartbeat_interval_ms: Option<u64>,
+    brokers: Option<String>,
+    schema_registry_url: Option<String>,
+    schema_registry_user: Option<String>,
+    schema_registry_password: Option<String>,
+    schema_registry_ca: Option<PathBuf>,
+    topic_prefix: Option<String>,
+    tombstones: Option<bool>,
+    numeric_mode: Option<NumericMode>,
+    max_in_flight_messages: Option<u64>,
+    topic_partitions: Option<i32>,
+    topic_replication_factor: Option<i32>,
+    /// librdkafka settings passed through as they are.
+    #[serde(default)]
+    kafka: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +198,23 @@ pub struct CaptureConfig {
     pub max_reconnect_attempts: u32,
     pub reconnect_backoff_max: Duration,
     pub log_format: LogFormat,
+    pub heartbeat_interval: Option<Duration>,
+    /// Present for `--output kafka`.
+    pub kafka: Option<KafkaSettings>,
+}
+
+/// The Kafka side of a capture.
+#[derive(Clone, Debug)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub registry: RegistryConfig,
+    pub topic_prefix: String,
+    pub tombstones: bool,
+    pub numeric_mode: NumericMode,
+    pub max_in_flight: u64,
+    pub topic_partitions: i32,
+    pub topic_replication: i32,
+    pub librdkafka: BTreeMap<String, String>,
 }
 
 impl CaptureConfig {
@@ -163,12 +254,87 @@ impl CaptureConfig {
         if status_interval_ms == Some(0) {
             return Err(ConfigError::Invalid("status_interval_ms must be above 0".into()));
         }
+        let output = args.output.or(file.output).unwrap_or(OutputKind::Stdout);
+        let kafka = match output {
+            OutputKind::Stdout => None,
+            OutputKind::Kafka => {
+                let brokers = args.brokers.or(file.brokers).ok_or_else(|| {
+                    ConfigError::Invalid("--output kafka needs --brokers (WALHOUSE_BROKERS, brokers)".into())
+                })?;
+                let url = args.schema_registry_url.or(file.schema_registry_url).ok_or_else(|| {
+                    ConfigError::Invalid(
+                        "--output kafka needs --schema-registry-url (WALHOUSE_SCHEMA_REGISTRY_URL, schema_registry_url)"
+                            .into(),
+                    )
+                })?;
+                crate::http::BaseUrl::parse(&url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                let mut librdkafka = BTreeMap::new();
+                for (k, v) in file.kafka {
+                    let v = match v {
+                        toml::Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    librdkafka.insert(k, v);
+                }
+                for kv in &args.kafka_options {
+                    let (k, v) = kv
+                        .split_once('=')
+                        .ok_or_else(|| ConfigError::Invalid(format!("--kafka-option {kv:?} is not KEY=VALUE")))?;
+                    librdkafka.insert(k.trim().to_owned(), v.trim().to_owned());
+                }
+                let topic_prefix = args
+                    .topic_prefix
+                    .or(file.topic_prefix)
+                    .unwrap_or_else(|| DEFAULT_TOPIC_PREFIX.into());
+                if topic_prefix.is_empty()
+                    || !topic_prefix
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "topic prefix {topic_prefix:?} may only hold letters, digits, '.', '_' and '-'"
+                    )));
+                }
+                Some(KafkaSettings {
+                    brokers,
+                    registry: RegistryConfig {
+                        url,
+                        user: args.schema_registry_user.or(file.schema_registry_user),
+                        password: args
+                            .schema_registry_password
+                            .or(file.schema_registry_password)
+                            .map(Secret::new),
+                        ca: args.schema_registry_ca.or(file.schema_registry_ca),
+                    },
+                    topic_prefix,
+                    tombstones: args.tombstones.or(file.tombstones).unwrap_or(true),
+                    numeric_mode: args.numeric_mode.or(file.numeric_mode).unwrap_or_default(),
+                    max_in_flight: args
+                        .max_in_flight_messages
+                        .or(file.max_in_flight_messages)
+                        .unwrap_or(DEFAULT_MAX_IN_FLIGHT)
+                        .max(1),
+                    topic_partitions: args.topic_partitions.or(file.topic_partitions).unwrap_or(1),
+                    topic_replication: args
+                        .topic_replication_factor
+                        .or(file.topic_replication_factor)
+                        .unwrap_or(-1),
+                    librdkafka,
+                })
+            }
+        };
         Ok(CaptureConfig {
+            kafka,
+            heartbeat_interval: args
+                .heartbeat_interval_ms
+                .or(file.heartbeat_interval_ms)
+                .filter(|&ms| ms > 0)
+                .map(Duration::from_millis),
             source,
             slot,
             publication,
             tables,
-            output: args.output.or(file.output).unwrap_or(OutputKind::Stdout),
+            output,
             status_interval: status_interval_ms.map(Duration::from_millis),
             max_reconnect_attempts: args
                 .max_reconnect_attempts
@@ -221,7 +387,7 @@ mod tests {
     fn args(extra: &[&str]) -> CaptureArgs {
         let mut argv = vec!["walhouse-capture"];
         argv.extend_from_slice(extra);
-        // Parse without the process environment so the test is hermetic.
+        // Assumes no WALHOUSE_* variables in the test environment.
         CaptureArgs::try_parse_from(argv).expect("valid args")
     }
 
@@ -263,6 +429,41 @@ mod tests {
         ));
         assert!(CaptureConfig::resolve(args(&["--source-url", "postgres://h/d", "--slot", "Bad-Slot"])).is_err());
         assert!(CaptureConfig::resolve(args(&["--source-url", "mysql://h/d"])).is_err());
+    }
+
+    #[test]
+    fn kafka_settings_from_flags_and_the_kafka_table() {
+        let f = file("[kafka]\n\"compression.type\" = \"zstd\"\n\"linger.ms\" = 20\n");
+        let path = f.path().to_str().expect("utf8 path");
+        let c = CaptureConfig::resolve(args(&[
+            "--config",
+            path,
+            "--source-url",
+            "postgres://h/d",
+            "--output",
+            "kafka",
+            "--brokers",
+            "127.0.0.1:9092",
+            "--schema-registry-url",
+            "http://127.0.0.1:8081",
+            "--kafka-option",
+            "linger.ms=50",
+            "--tombstones",
+            "false",
+        ]))
+        .expect("valid");
+        let k = c.kafka.expect("kafka settings");
+        assert_eq!(k.topic_prefix, "walhouse");
+        assert!(!k.tombstones);
+        assert_eq!(k.librdkafka.get("compression.type").map(String::as_str), Some("zstd"));
+        assert_eq!(
+            k.librdkafka.get("linger.ms").map(String::as_str),
+            Some("50"),
+            "flags beat the file"
+        );
+        let err = CaptureConfig::resolve(args(&["--source-url", "postgres://h/d", "--output", "kafka"]))
+            .expect_err("brokers required");
+        assert!(err.to_string().contains("--brokers"), "{err}");
     }
 
     #[test]

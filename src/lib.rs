@@ -18,5 +18,8 @@ pub mod avro;
 pub mod capture;
 pub mod change;
 pub mod config;
+pub mod http;
+pub mod kafka;
 pub mod output;
 pub mod postgres;
+pub mod registry;

@@ -138,7 +138,7 @@ fn numeric(typmod: i32, mode: NumericMode) -> ColumnType {
     // Avro's decimal does not, so such columns travel as exact text.
     let scale = ((t & 0x7FF) ^ 1024) - 1024;
     match u32::try_from(scale) {
-        Ok(scale) if precision >= 1 && precision <= MAX_DECIMAL_PRECISION && scale <= precision => {
+        Ok(scale) if (1..=MAX_DECIMAL_PRECISION).contains(&precision) && scale <= precision => {
             ColumnType::Decimal { precision, scale }
         }
         _ => ColumnType::NumericText,

@@ -1,12 +1,15 @@
 //! `walhouse-capture`: parse config, run the capture, map errors to exit codes.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use tokio::sync::watch;
 use walhouse::capture;
 use walhouse::config::{init_logging, CaptureArgs, CaptureConfig, OutputKind};
+use walhouse::kafka::producer::{KafkaConfig, KafkaDestination};
 use walhouse::output::stdout::JsonLines;
+use walhouse::registry::Registry;
 
 fn main() -> ExitCode {
     let args = CaptureArgs::parse();
@@ -42,18 +45,23 @@ async fn run(config: CaptureConfig) -> anyhow::Result<()> {
         tracing::info!("stopping: acknowledging what was written");
         let _ = stop_tx.send(true);
     });
-    match config.output {
-        OutputKind::Stdout => {
-            let mut out = JsonLines::new(tokio::io::stdout());
-            let summary = capture::run(&config, &mut out, stop_rx).await?;
-            tracing::info!(
-                acknowledged = %summary.acknowledged,
-                events = summary.events,
-                transactions = summary.transactions,
-                "stopped cleanly"
-            );
+    let summary = match (&config.output, &config.kafka) {
+        (OutputKind::Kafka, Some(kafka)) => {
+            let registry = Arc::new(Registry::new(&kafka.registry)?);
+            let mut out = KafkaDestination::new(KafkaConfig::from_settings(kafka, &config.source.dbname), registry)?;
+            capture::run(&config, &mut out, stop_rx).await?
         }
-    }
+        _ => {
+            let mut out = JsonLines::new(tokio::io::stdout());
+            capture::run(&config, &mut out, stop_rx).await?
+        }
+    };
+    tracing::info!(
+        acknowledged = %summary.acknowledged,
+        events = summary.events,
+        transactions = summary.transactions,
+        "stopped cleanly"
+    );
     Ok(())
 }
 

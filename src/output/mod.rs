@@ -1,16 +1,22 @@
 //! Where captured changes go.
 //!
 //! # The delivery contract
-//! The capture loop calls [`Destination::send`] for each change in WAL
-//! order and [`Destination::end_transaction`] at each commit. A destination
-//! may buffer; [`Destination::durable`] tells how far it is durable, and the
-//! capture loop acknowledges to Postgres exactly that LSN and nothing more.
-//! Delivery is at least once: after a crash, changes past the durable LSN
-//! are sent again.
+//! The capture loop tells a destination about each table shape
+//! ([`Destination::relation`]) before its changes, calls
+//! [`Destination::send`] for each change in WAL order and
+//! [`Destination::end_transaction`] at each commit. A destination may
+//! buffer and deliver asynchronously; [`Destination::durable`] tells how
+//! far it is durable, and the capture loop acknowledges to Postgres exactly
+//! that LSN and nothing more. Delivery is at least once: after a crash,
+//! changes past the durable LSN are sent again.
 
 pub mod stdout;
 
+use std::sync::Arc;
+
 use crate::change::ChangeEvent;
+use crate::postgres::catalog::RelationCache;
+use crate::postgres::pgoutput::Relation;
 use crate::postgres::Lsn;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,10 +28,29 @@ pub enum OutputError {
     },
     #[error("encoding the change at {lsn}: {source}")]
     Encode { lsn: Lsn, source: serde_json::Error },
+    #[error("table {table}: the schema registry refused its new schema ({columns}): {message}. Nothing past this change was acknowledged. Fix: make the change compatible (e.g. add a column instead of retyping one), or relax the subject's compatibility (PUT /config/{subject}), then restart")]
+    Incompatible {
+        table: String,
+        subject: String,
+        columns: String,
+        message: String,
+    },
+    #[error("schema registry: {0}")]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error("Kafka: {0}. Nothing past the last acknowledged LSN was confirmed to Postgres; a restart resumes there")]
+    Kafka(String),
+    #[error("reading the catalog of the source: {0}")]
+    Catalog(#[from] crate::postgres::SourceError),
 }
 
 #[allow(async_fn_in_trait)]
 pub trait Destination {
+    /// A table's shape, sent before its first change and after each change
+    /// of shape. `cache` holds the type and column facts of the catalog.
+    async fn relation(&mut self, _relation: &Arc<Relation>, _cache: &RelationCache) -> Result<(), OutputError> {
+        Ok(())
+    }
+
     /// Hands over one change.
     async fn send(&mut self, event: &ChangeEvent<'_>) -> Result<(), OutputError>;
 
@@ -33,9 +58,25 @@ pub trait Destination {
     /// acknowledgement LSN is `ack_lsn`.
     async fn end_transaction(&mut self, ack_lsn: Lsn) -> Result<(), OutputError>;
 
-    /// Highest LSN up to which everything handed over is durable.
-    fn durable(&self) -> Lsn;
+    /// Forgets a transaction cut off by a lost source connection: it will be
+    /// sent again whole, so it must not be acknowledged.
+    fn abandon_transaction(&mut self) {}
 
-    /// Makes everything handed over durable (on a clean stop).
+    /// Highest LSN up to which everything handed over is durable, or the
+    /// error that keeps anything further from becoming durable.
+    fn durable(&self) -> Result<Lsn, OutputError>;
+
+    /// True while the destination holds as much undelivered data as it
+    /// may: the capture loop stops reading the slot (backpressure).
+    fn is_full(&self) -> bool {
+        false
+    }
+
+    /// Resolves when delivery made progress (never, for synchronous ones).
+    async fn progressed(&self) {
+        std::future::pending::<()>().await
+    }
+
+    /// Makes everything handed over durable, bounded in time (clean stop).
     async fn flush(&mut self) -> Result<(), OutputError>;
 }

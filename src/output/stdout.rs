@@ -56,8 +56,8 @@ impl<W: AsyncWrite + Unpin> Destination for JsonLines<W> {
         Ok(())
     }
 
-    fn durable(&self) -> Lsn {
-        self.durable
+    fn durable(&self) -> Result<Lsn, OutputError> {
+        Ok(self.durable)
     }
 
     async fn flush(&mut self) -> Result<(), OutputError> {

@@ -38,7 +38,11 @@ pub enum CatalogError {
 pub struct RelationCache {
     relations: HashMap<u32, Arc<Relation>>,
     types: HashMap<u32, String>,
+    type_infos: HashMap<u32, TypeInfo>,
+    column_infos: HashMap<u32, HashMap<String, ColumnInfo>>,
 }
+
+static NO_COLUMN_INFOS: std::sync::OnceLock<HashMap<String, ColumnInfo>> = std::sync::OnceLock::new();
 
 impl RelationCache {
     pub fn new() -> Self {
@@ -79,7 +83,41 @@ impl RelationCache {
 
     /// The type's name: builtin, from a Type message, or loaded from `pg_type`.
     pub fn type_name(&self, oid: u32) -> Option<&str> {
-        builtin_type_name(oid).or_else(|| self.types.get(&oid).map(String::as_str))
+        builtin_type_name(oid)
+            .or_else(|| self.types.get(&oid).map(String::as_str))
+            .or_else(|| self.type_infos.get(&oid).map(|t| t.name.as_str()))
+    }
+
+    pub fn type_info(&self, oid: u32) -> Option<&TypeInfo> {
+        self.type_infos.get(&oid)
+    }
+
+    /// Type oids of `rel` whose `pg_type` facts are not loaded yet.
+    pub fn missing_type_infos(&self, rel: &Relation) -> Vec<u32> {
+        let mut oids: Vec<u32> = rel
+            .columns
+            .iter()
+            .map(|c| c.type_oid)
+            .filter(|oid| !self.type_infos.contains_key(oid))
+            .collect();
+        oids.sort_unstable();
+        oids.dedup();
+        oids
+    }
+
+    pub fn insert_type_infos(&mut self, infos: impl IntoIterator<Item = (u32, TypeInfo)>) {
+        self.type_infos.extend(infos);
+    }
+
+    /// Catalog facts of a table's columns, by name (empty when unknown).
+    pub fn column_infos(&self, relation_id: u32) -> &HashMap<String, ColumnInfo> {
+        self.column_infos
+            .get(&relation_id)
+            .unwrap_or_else(|| NO_COLUMN_INFOS.get_or_init(HashMap::new))
+    }
+
+    pub fn set_column_infos(&mut self, relation_id: u32, infos: HashMap<String, ColumnInfo>) {
+        self.column_infos.insert(relation_id, infos);
     }
 
     /// Type oids of `rel` with no known name yet.

@@ -838,7 +838,7 @@ pub(crate) mod tests {
             let len = (rng.next() % 64) as usize;
             let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             let mut d = Decoder {
-                in_stream: rng.next() % 2 == 0,
+                in_stream: rng.next().is_multiple_of(2),
             };
             let _ = d.decode(Bytes::from(bytes));
         }

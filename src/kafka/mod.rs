@@ -1,0 +1,4 @@
+//! Kafka: the producer destination and its delivery tracking.
+
+pub mod delivery;
+pub mod producer;

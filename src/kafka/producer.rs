@@ -1,0 +1,470 @@
+//! `--output kafka`: Avro-encoded changes produced to one topic per table,
+//! keyed by primary key, durable when Kafka acknowledged them.
+//!
+//! The producer is idempotent with `acks=all` (librdkafka retries transient
+//! errors itself, in order); delivery reports feed the
+//! [`DeliveryTracker`], whose durable LSN is all the capture loop ever
+//! acknowledges. Backpressure: once `max_in_flight` messages are
+//! unacknowledged, [`Destination::is_full`] turns true and the capture loop
+//! stops reading the slot until deliveries catch up, so memory stays
+//! bounded whatever the transaction size.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+
+use super::delivery::DeliveryTracker;
+use crate::avro::envelope::{Op, SourceInfo, TableEnvelope};
+use crate::avro::types::NumericMode;
+use crate::change::{ChangeEvent, ChangeKind};
+use crate::output::{Destination, OutputError};
+use crate::postgres::catalog::RelationCache;
+use crate::postgres::pgoutput::{Relation, Tuple};
+use crate::postgres::Lsn;
+use crate::registry::{wire_header, Registry, RegistryError};
+
+/// Settings of the Kafka destination.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic_prefix: String,
+    /// A null-valued record after each delete, for compacted topics.
+    pub tombstones: bool,
+    pub numeric_mode: NumericMode,
+    /// Unacknowledged messages allowed before reading the slot pauses.
+    pub max_in_flight: u64,
+    /// Create missing topics with this many partitions (0: leave it to the broker).
+    pub topic_partitions: i32,
+    /// Replication factor for created topics (-1: the broker's default).
+    pub topic_replication: i32,
+    /// librdkafka settings, applied last (they win over walhouse's defaults).
+    pub librdkafka: BTreeMap<String, String>,
+    /// The source database's name, for `source.db`.
+    pub db: String,
+}
+
+impl KafkaConfig {
+    pub fn from_settings(s: &crate::config::KafkaSettings, db: &str) -> Self {
+        KafkaConfig {
+            brokers: s.brokers.clone(),
+            topic_prefix: s.topic_prefix.clone(),
+            tombstones: s.tombstones,
+            numeric_mode: s.numeric_mode,
+            max_in_flight: s.max_in_flight,
+            topic_partitions: s.topic_partitions,
+            topic_replication: s.topic_replication,
+            librdkafka: s.librdkafka.clone(),
+            db: db.to_owned(),
+        }
+    }
+}
+
+pub const DEFAULT_TOPIC_PREFIX: &str = "walhouse";
+pub const DEFAULT_MAX_IN_FLIGHT: u64 = 50_000;
+
+/// Routes librdkafka's delivery reports and logs.
+struct Context {
+    tracker: Arc<DeliveryTracker>,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", fac, "{message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", fac, "{message}"),
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Broker-down and similar errors are retried by librdkafka; they
+        // only matter once a delivery fails, which the tracker reports.
+        tracing::warn!(target: "librdkafka", "{error}: {reason}");
+    }
+}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, unit: usize) {
+        let outcome = match result {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(e.to_string()),
+        };
+        self.tracker.delivered(unit as u64, outcome);
+    }
+}
+
+struct TableState {
+    envelope: TableEnvelope,
+    key_id: Option<u32>,
+    value_id: u32,
+}
+
+pub struct KafkaDestination {
+    producer: ThreadedProducer<Context>,
+    admin: AdminClient<DefaultClientContext>,
+    tracker: Arc<DeliveryTracker>,
+    registry: Arc<Registry>,
+    config: KafkaConfig,
+    tables: HashMap<u32, TableState>,
+    topics: HashSet<String>,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    produced: u64,
+    version: &'static str,
+}
+
+fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        // Bounded memory: walhouse pauses the slot long before these fill.
+        .set(
+            "queue.buffering.max.messages",
+            (config.max_in_flight * 2).max(1000).to_string(),
+        )
+        .set("queue.buffering.max.kbytes", "262144")
+        .set("client.id", "walhouse-capture")
+        .set_log_level(RDKafkaLogLevel::Warning);
+    for (k, v) in &config.librdkafka {
+        c.set(k, v);
+    }
+    c
+}
+
+impl KafkaDestination {
+    pub fn new(config: KafkaConfig, registry: Arc<Registry>) -> Result<Self, OutputError> {
+        let tracker = Arc::new(DeliveryTracker::default());
+        let kafka_err = |e: KafkaError| OutputError::Kafka(format!("cannot create the producer: {e}"));
+        let producer = client_config(&config)
+            .create_with_context(Context {
+                tracker: tracker.clone(),
+            })
+            .map_err(kafka_err)?;
+        let mut admin_config = ClientConfig::new();
+        admin_config.set("bootstrap.servers", &config.brokers);
+        for (k, v) in &config.librdkafka {
+            // Security settings apply to the admin client too; producer-only
+            // keys would make it refuse to start.
+            if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+                admin_config.set(k, v);
+            }
+        }
+        let admin = admin_config.create().map_err(kafka_err)?;
+        Ok(KafkaDestination {
+            producer,
+            admin,
+            tracker,
+            registry,
+            config,
+            tables: HashMap::new(),
+            topics: HashSet::new(),
+            key: Vec::with_capacity(64),
+            value: Vec::with_capacity(1024),
+            produced: 0,
+            version: env!("CARGO_PKG_VERSION"),
+        })
+    }
+
+    pub fn tracker(&self) -> &Arc<DeliveryTracker> {
+        &self.tracker
+    }
+
+    pub fn produced(&self) -> u64 {
+        self.produced
+    }
+
+    async fn ensure_topic(&mut self, topic: &str) {
+        if self.config.topic_partitions <= 0 || self.topics.contains(topic) {
+            return;
+        }
+        let replication = if self.config.topic_replication > 0 {
+            TopicReplication::Fixed(self.config.topic_replication)
+        } else {
+            TopicReplication::Fixed(-1)
+        };
+        let new = NewTopic::new(topic, self.config.topic_partitions, replication);
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        match self.admin.create_topics([&new], &opts).await {
+            Ok(results) => {
+                for r in results {
+                    match r {
+                        Ok(name) => {
+                            tracing::info!(topic = %name, partitions = self.config.topic_partitions, "created topic")
+                        }
+                        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((name, code)) => {
+                            tracing::warn!(topic = %name, "cannot create topic ({code}); relying on the broker's auto-creation")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(
+                topic,
+                "cannot create topic ({e}); relying on the broker's auto-creation"
+            ),
+        }
+        self.topics.insert(topic.to_owned());
+    }
+
+    async fn register(
+        &self,
+        subject: &str,
+        schema: &serde_json::Value,
+        table: &str,
+        columns: &[String],
+    ) -> Result<u32, OutputError> {
+        self.registry
+            .register(subject, &schema.to_string())
+            .await
+            .map_err(|e| match e {
+                RegistryError::Incompatible { subject, message } => OutputError::Incompatible {
+                    table: table.into(),
+                    subject,
+                    columns: if columns.is_empty() {
+                        "no column changed".into()
+                    } else {
+                        columns.join(", ")
+                    },
+                    message,
+                },
+                other => OutputError::Registry(other),
+            })
+    }
+
+    /// Hands one record to librdkafka, registered with the tracker.
+    fn produce(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<(), OutputError> {
+        let unit = self.tracker.sent();
+        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, unit as usize);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        let mut record = record;
+        // Only a full local queue is worth waiting for; the slot pauses at
+        // max_in_flight, so this is rare and short.
+        for _ in 0..6_000 {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.produced += 1;
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((e, _)) => {
+                    self.tracker.unsent(unit);
+                    return Err(OutputError::Kafka(format!("cannot produce to {topic}: {e}")));
+                }
+            }
+        }
+        self.tracker.unsent(unit);
+        Err(OutputError::Kafka(format!(
+            "the producer queue for {topic} stayed full for 60 s"
+        )))
+    }
+
+    fn send_op(&mut self, relation_id: u32, event: &ChangeEvent<'_>, op: Op<'_>) -> Result<(), OutputError> {
+        let Some(state) = self.tables.get(&relation_id) else {
+            return Err(OutputError::Kafka(format!(
+                "no schema for relation {relation_id} (Relation message missed)"
+            )));
+        };
+        let source = SourceInfo {
+            version: self.version,
+            name: &self.config.topic_prefix,
+            db: &self.config.db,
+            snapshot: "false",
+        };
+        self.value.clear();
+        wire_header(state.value_id, &mut self.value);
+        state
+            .envelope
+            .encode_value(event, op, &source, now_ms(), &mut self.value);
+        let key_tuple: Option<&Tuple> = match op {
+            Op::Create(t) | Op::Delete(t) => Some(t),
+            Op::Update { after, .. } => Some(after),
+            Op::Truncate => None,
+        };
+        self.key.clear();
+        let has_key = match (key_tuple, state.key_id) {
+            (Some(t), Some(id)) => {
+                wire_header(id, &mut self.key);
+                match state.envelope.encode_key(t, &mut self.key) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        let topic = state.envelope.topic.clone();
+                        return self.dead_letter(&topic, event, &e.to_string());
+                    }
+                }
+            }
+            _ => false,
+        };
+        let topic = state.envelope.topic.clone();
+        let key = std::mem::take(&mut self.key);
+        let value = std::mem::take(&mut self.value);
+        let result = self
+            .produce(&topic, has_key.then_some(&key[..]), Some(&value[..]))
+            .and_then(|()| {
+                if matches!(op, Op::Delete(_)) && self.config.tombstones && has_key {
+                    self.produce(&topic, Some(&key[..]), None)
+                } else {
+                    Ok(())
+                }
+            });
+        self.key = key;
+        self.value = value;
+        result
+    }
+
+    /// A change that cannot be keyed goes, as its JSON line with the
+    /// reason, to `<prefix>.dead_letter`, keyed by the table's topic.
+    fn dead_letter(&mut self, topic: &str, event: &ChangeEvent<'_>, reason: &str) -> Result<(), OutputError> {
+        tracing::error!(topic, lsn = %event.lsn, "{reason}; sent to the dead-letter topic");
+        let body = serde_json::json!({ "topic": topic, "reason": reason, "change": event });
+        let dlq = format!("{}.dead_letter", self.config.topic_prefix);
+        let bytes = body.to_string().into_bytes();
+        self.produce(&dlq, Some(topic.as_bytes()), Some(&bytes))
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Destination for KafkaDestination {
+    async fn relation(&mut self, relation: &Arc<Relation>, cache: &RelationCache) -> Result<(), OutputError> {
+        let envelope = TableEnvelope::new(
+            &self.config.topic_prefix,
+            relation,
+            cache.column_infos(relation.id),
+            self.config.numeric_mode,
+            &|oid| cache.type_info(oid),
+        );
+        if let Some(old) = self.tables.get(&relation.id) {
+            if old.envelope.value_schema == envelope.value_schema && old.envelope.key_schema == envelope.key_schema {
+                return Ok(());
+            }
+        }
+        let table = format!("{}.{}", relation.namespace, relation.name);
+        let changed = self
+            .tables
+            .get(&relation.id)
+            .map(|old| old.envelope.changed_columns(&envelope))
+            .unwrap_or_default();
+        if envelope.key_schema.is_none() {
+            tracing::warn!(
+                %table,
+                "table has no primary key: its events get a null key, so Kafka spreads them over partitions \
+                 without per-row order. Fix: add a primary key (or REPLICA IDENTITY USING INDEX on a unique index)"
+            );
+        }
+        self.ensure_topic(&envelope.topic).await;
+        let value_id = self
+            .register(
+                &format!("{}-value", envelope.topic),
+                &envelope.value_schema,
+                &table,
+                &changed,
+            )
+            .await?;
+        let key_id = match &envelope.key_schema {
+            Some(k) => Some(
+                self.register(&format!("{}-key", envelope.topic), k, &table, &changed)
+                    .await?,
+            ),
+            None => None,
+        };
+        tracing::info!(%table, topic = %envelope.topic, value_id, ?key_id, "schema registered");
+        self.tables.insert(
+            relation.id,
+            TableState {
+                envelope,
+                key_id,
+                value_id,
+            },
+        );
+        Ok(())
+    }
+
+    async fn send(&mut self, event: &ChangeEvent<'_>) -> Result<(), OutputError> {
+        match &event.kind {
+            ChangeKind::Insert { relation, .. }
+            | ChangeKind::Update { relation, .. }
+            | ChangeKind::Delete { relation, .. } => {
+                let id = relation.id;
+                let Some(state) = self.tables.get(&id) else {
+                    return Err(OutputError::Kafka(format!(
+                        "no schema for relation {id} (its Relation message was missed)"
+                    )));
+                };
+                for op in Op::of(event, &state.envelope) {
+                    self.send_op(id, event, op)?;
+                }
+                Ok(())
+            }
+            ChangeKind::Truncate { relations, .. } => {
+                for r in relations.iter() {
+                    self.send_op(r.id, event, Op::Truncate)?;
+                }
+                Ok(())
+            }
+            // Logical decoding messages (heartbeats included) are not table
+            // data: acknowledged, not produced.
+            ChangeKind::Message(_) => Ok(()),
+        }
+    }
+
+    async fn end_transaction(&mut self, ack_lsn: Lsn) -> Result<(), OutputError> {
+        self.tracker.close_unit(ack_lsn);
+        Ok(())
+    }
+
+    fn abandon_transaction(&mut self) {
+        self.tracker.abandon_unit();
+    }
+
+    fn durable(&self) -> Result<Lsn, OutputError> {
+        self.tracker
+            .durable()
+            .map_err(|e| OutputError::Kafka(format!("a message was not delivered: {e}")))
+    }
+
+    fn is_full(&self) -> bool {
+        self.tracker.in_flight() >= self.config.max_in_flight
+    }
+
+    async fn progressed(&self) {
+        self.tracker.changed().await
+    }
+
+    async fn flush(&mut self) -> Result<(), OutputError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)))
+            .await
+            .map_err(|e| OutputError::Kafka(e.to_string()))?
+            .map_err(|e| OutputError::Kafka(format!("flush: {e}")))?;
+        self.durable().map(|_| ())
+    }
+}
