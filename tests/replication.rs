@@ -108,7 +108,17 @@ async fn decodes_every_column_type_exactly_as_postgres_prints_it() {
     assert_eq!(cache.type_name(mood.type_oid), Some("public.mood"));
 
     // Postgres's own text output of every column: the simple-query
-    // protocol returns values in exactly the form pgoutput sends.
+    // protocol returns values in exactly the form pgoutput sends, under
+    // the settings the replication connection fixes.
+    for setting in walhouse::postgres::replication::OUTPUT_SETTINGS
+        .split("-c ")
+        .filter(|s| !s.trim().is_empty())
+    {
+        let (name, value) = setting.trim().split_once('=').expect("name=value");
+        sql.batch_execute(&format!("SET {name} = '{value}'"))
+            .await
+            .expect("setting");
+    }
     let rows = sql
         .simple_query("SELECT * FROM types WHERE id = 1")
         .await

@@ -4,9 +4,10 @@
 //! each session and again whenever its shape changes (`ALTER TABLE`), and a
 //! Type message before the first use of a non-builtin type (enums, domains,
 //! composites). [`RelationCache`] keeps the latest of each, so every change is
-//! read with the columns in force when it was written. Type names that no
-//! Type message supplied can be filled in from `pg_type` with
-//! [`load_type_names`].
+//! read with the columns in force when it was written. What the messages do
+//! not carry (enum labels, domain bases, array elements, primary keys,
+//! declared array dimensions) is read from the catalog with
+//! [`load_type_infos`] and [`load_column_infos`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -119,40 +120,6 @@ impl RelationCache {
     pub fn set_column_infos(&mut self, relation_id: u32, infos: HashMap<String, ColumnInfo>) {
         self.column_infos.insert(relation_id, infos);
     }
-
-    /// Type oids of `rel` with no known name yet.
-    pub fn unnamed_types(&self, rel: &Relation) -> Vec<u32> {
-        let mut oids: Vec<u32> = rel
-            .columns
-            .iter()
-            .map(|c| c.type_oid)
-            .filter(|&oid| self.type_name(oid).is_none())
-            .collect();
-        oids.sort_unstable();
-        oids.dedup();
-        oids
-    }
-
-    pub fn insert_type_names(&mut self, names: impl IntoIterator<Item = (u32, String)>) {
-        self.types.extend(names);
-    }
-}
-
-/// Looks type names up in `pg_type` (for types no Type message named).
-pub async fn load_type_names(
-    client: &tokio_postgres::Client,
-    oids: &[u32],
-) -> Result<Vec<(u32, String)>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT oid, format_type(oid, NULL) FROM pg_catalog.pg_type WHERE oid = ANY($1::oid[])",
-            &[&oids.iter().map(|&o| o as i64).collect::<Vec<i64>>()],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get::<_, u32>(0), r.get::<_, String>(1)))
-        .collect())
 }
 
 /// Names of the builtin types pgoutput never sends Type messages for.
@@ -255,15 +222,26 @@ mod tests {
     fn names_types_from_builtins_type_messages_and_lookups() {
         let mut c = RelationCache::new();
         let r = rel(&[("id", 23), ("mood", 90001), ("d", 90002)]);
-        assert_eq!(c.unnamed_types(&r), vec![90001, 90002]);
+        assert_eq!(c.missing_type_infos(&r), vec![23, 90001, 90002]);
         c.apply_type(TypeMessage {
             xid: None,
             id: 90001,
             namespace: "public".into(),
             name: "mood".into(),
         });
-        c.insert_type_names([(90002, "shop.money_amount".to_string())]);
-        assert!(c.unnamed_types(&r).is_empty());
+        c.insert_type_infos([(
+            90002,
+            TypeInfo {
+                name: "shop.money_amount".into(),
+                kind: TypeKind::Other,
+            },
+        )]);
+        assert_eq!(c.type_name(90002), Some("shop.money_amount"));
+        assert_eq!(
+            c.missing_type_infos(&r),
+            vec![23, 90001],
+            "Type messages name, the catalog describes"
+        );
         assert_eq!(c.type_name(90001), Some("public.mood"));
         assert_eq!(c.type_name(23), Some("integer"));
     }
@@ -320,7 +298,7 @@ pub async fn load_type_infos(
                         t.typcategory::text, \
                         (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid) \
                  FROM pg_catalog.pg_type t WHERE t.oid = ANY($1::oid[])",
-                &[&pending.iter().map(|&o| o as i64).collect::<Vec<i64>>()],
+                &[&pending],
             )
             .await?;
         pending.clear();
@@ -359,7 +337,7 @@ pub async fn load_column_infos(
              FROM pg_catalog.pg_attribute a \
              LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
              WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&(relation_id as i64)],
+            &[&relation_id],
         )
         .await?;
     Ok(rows

@@ -144,7 +144,10 @@ impl SourceError {
             SourceError::ConnectionLost(_) | SourceError::Connect { .. } => true,
             // admin_shutdown, crash_shutdown, cannot_connect_now
             SourceError::Server(e) => matches!(e.code.as_str(), "57P01" | "57P02" | "57P03"),
-            SourceError::Sql(e) => e.is_closed() || e.code().is_none(),
+            // Only a broken connection; a query that fails is not cured by retrying.
+            SourceError::Sql(e) => {
+                e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            }
             _ => false,
         }
     }

@@ -34,6 +34,11 @@ use super::lsn::Lsn;
 use super::pgoutput::{Decoder, LogicalMessage};
 use super::tls::{negotiate, Socket};
 
+/// Session settings of the replication connection, which decide the text
+/// form of every value pgoutput sends.
+pub const OUTPUT_SETTINGS: &str =
+    "-c datestyle=ISO -c timezone=UTC -c intervalstyle=iso_8601 -c extra_float_digits=3 -c bytea_output=hex";
+
 /// Read granularity: big enough that a catch-up stream costs few syscalls.
 const READ_CHUNK: usize = 256 * 1024;
 /// How long a clean stop may wait for the server to end the stream.
@@ -221,6 +226,10 @@ impl ReplicationClient {
             ("application_name", info.application_name.as_str()),
             // pgoutput converts names and text values to the client encoding.
             ("client_encoding", "UTF8"),
+            // Values are printed by the walsender's output functions under its
+            // session settings: fix the ones that shape the text, so parsing is
+            // exact whatever the server's defaults.
+            ("options", OUTPUT_SETTINGS),
         ];
         frontend::startup_message(params.iter().copied(), &mut self.wire.outbuf)
             .map_err(|e| SourceError::Protocol(e.to_string()))?;

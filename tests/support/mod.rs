@@ -2,7 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod postgres;
+pub mod registry;
 
 use std::time::Duration;
 

@@ -1,0 +1,466 @@
+//! Capture into Kafka against a real PostgreSQL 15, a real Kafka-protocol
+//! broker (tansu) and a Confluent-API registry: every assertion decodes
+//! what was read back from the broker with the schema the registry returns.
+//!
+//! The registry is the test server of `tests/support/registry.rs`, or a
+//! real one when `SCHEMA_REGISTRY_URL` is set: the whole suite then runs
+//! against it (subjects are unique per run).
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apache_avro::types::Value;
+use clap::Parser;
+use support::kafka::{read_topic, Broker, Record};
+use support::postgres::PgServer;
+use support::registry::TestRegistry;
+use tokio::sync::watch;
+use walhouse::capture::{self, CaptureError, CaptureSummary};
+use walhouse::config::{CaptureArgs, CaptureConfig};
+use walhouse::kafka::producer::{KafkaConfig, KafkaDestination};
+use walhouse::registry::{split_wire, Registry, RegistryConfig};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Env {
+    pg: PgServer,
+    broker: Broker,
+    registry_url: String,
+    _test_registry: Option<TestRegistry>,
+    /// Unique per test run, so a shared real registry sees fresh subjects.
+    prefix: String,
+    db: String,
+}
+
+impl Env {
+    async fn start(db: &str) -> Env {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(std::env::var("WALHOUSE_LOG").unwrap_or_else(|_| "info".into()))
+            .try_init();
+        let pg = PgServer::start();
+        pg.create_db(db);
+        let broker = Broker::start();
+        let (test_registry, registry_url) = match std::env::var("SCHEMA_REGISTRY_URL") {
+            Ok(url) if !url.is_empty() => (None, url),
+            _ => {
+                let r = TestRegistry::start().await;
+                let url = r.url.clone();
+                (Some(r), url)
+            }
+        };
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() % 1_000_000_000)
+            .unwrap_or(0);
+        Env {
+            pg,
+            broker,
+            registry_url,
+            _test_registry: test_registry,
+            prefix: format!("wh{nonce}_{db}"),
+            db: db.into(),
+        }
+    }
+
+    fn topic(&self, table: &str) -> String {
+        format!("{}.public.{table}", self.prefix)
+    }
+
+    fn args(&self, slot: &str, extra: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "walhouse-capture",
+            "--source-url",
+            &self.pg.url("walhouse_scram", &self.db),
+            "--slot",
+            slot,
+            "--output",
+            "kafka",
+            "--brokers",
+            &self.broker.bootstrap(),
+            "--schema-registry-url",
+            &self.registry_url,
+            "--topic-prefix",
+            &self.prefix,
+            "--status-interval-ms",
+            "200",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    }
+
+    /// Runs capture in-process until the returned sender says stop.
+    fn spawn(&self, slot: &str, extra: &[&str]) -> Running {
+        let config =
+            CaptureConfig::resolve(CaptureArgs::try_parse_from(self.args(slot, extra)).expect("args")).expect("config");
+        let kafka = config.kafka.clone().expect("kafka settings");
+        let registry = Arc::new(Registry::new(&kafka.registry).expect("registry"));
+        let mut dest = KafkaDestination::new(KafkaConfig::from_settings(&kafka, &config.source.dbname), registry)
+            .expect("producer");
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(async move { capture::run(&config, &mut dest, rx).await });
+        Running { stop, task }
+    }
+
+    async fn wait_streaming(&self, slot: &str) {
+        let sql = self.pg.client(&self.db).await;
+        for _ in 0..400 {
+            let n: i64 = sql
+                .query_one(
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    &[&slot],
+                )
+                .await
+                .expect("slots")
+                .get(0);
+            if n == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("capture did not start streaming from {slot}");
+    }
+
+    async fn read(&self, table: &str, expected: usize) -> Vec<Decoded> {
+        let (bootstrap, topic) = (self.broker.bootstrap(), self.topic(table));
+        let records = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, expected, LIMIT))
+            .await
+            .expect("reader");
+        let registry = Registry::new(&RegistryConfig {
+            url: self.registry_url.clone(),
+            ..Default::default()
+        })
+        .expect("registry");
+        let mut out = Vec::new();
+        for r in records {
+            out.push(Decoded {
+                key: match &r.key {
+                    Some(k) => Some(decode(&registry, k).await),
+                    None => None,
+                },
+                value: match &r.value {
+                    Some(v) => Some(decode(&registry, v).await),
+                    None => None,
+                },
+                raw: r,
+            });
+        }
+        out
+    }
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<CaptureSummary, CaptureError>>,
+}
+
+impl Running {
+    async fn stop(self) -> CaptureSummary {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(LIMIT, self.task)
+            .await
+            .expect("capture stops")
+            .expect("task")
+            .expect("clean stop")
+    }
+}
+
+#[derive(Debug)]
+struct Decoded {
+    key: Option<Value>,
+    value: Option<Value>,
+    raw: Record,
+}
+
+/// Decodes a Confluent-framed message with the schema the registry returns for its id.
+async fn decode(registry: &Registry, bytes: &[u8]) -> Value {
+    let (id, mut body) = split_wire(bytes).expect("Confluent wire format");
+    let text = registry.schema(id).await.expect("schema by id");
+    let schema = apache_avro::Schema::parse_str(&text).expect("registered schema parses");
+    let v = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+        .build()
+        .expect("reader")
+        .read_value(&mut body)
+        .expect("body decodes with its registered schema");
+    assert!(body.is_empty(), "trailing bytes after the Avro body");
+    v
+}
+
+fn field<'v>(v: &'v Value, name: &str) -> &'v Value {
+    let Value::Record(fields) = v else {
+        panic!("record expected, got {v:?}")
+    };
+    &fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no field {name} in {v:?}"))
+        .1
+}
+
+/// A nullable field's value (`None` for null).
+fn opt<'v>(v: &'v Value, name: &str) -> Option<&'v Value> {
+    match field(v, name) {
+        Value::Union(0, _) | Value::Null => None,
+        Value::Union(_, inner) => Some(inner),
+        other => Some(other),
+    }
+}
+
+fn after(d: &Decoded) -> &Value {
+    opt(d.value.as_ref().expect("value"), "after").expect("after")
+}
+
+fn op(d: &Decoded) -> String {
+    match field(d.value.as_ref().expect("value"), "op") {
+        Value::String(s) => s.clone(),
+        other => panic!("op {other:?}"),
+    }
+}
+
+fn decimal(v: Option<&Value>) -> i128 {
+    let Some(Value::Decimal(d)) = v else {
+        panic!("decimal expected, got {v:?}")
+    };
+    let bytes: Vec<u8> = d.clone().try_into().expect("bytes");
+    let mut x: i128 = if bytes.first().is_some_and(|b| b & 0x80 != 0) {
+        -1
+    } else {
+        0
+    };
+    for b in bytes {
+        x = (x << 8) | i128::from(b);
+    }
+    x
+}
+
+fn string(v: Option<&Value>) -> &str {
+    match v {
+        Some(Value::String(s)) => s,
+        Some(Value::Uuid(_)) => panic!("use uuid"),
+        other => panic!("string expected, got {other:?}"),
+    }
+}
+
+fn text_values(d: &Decoded) -> HashMap<String, Value> {
+    match field(d.value.as_ref().expect("value"), "text_values") {
+        Value::Map(m) => m.clone(),
+        other => panic!("map expected, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_change_arrives_keyed_in_the_envelope_with_tombstones_and_truncate() {
+    let env = Env::start("shop").await;
+    let sql = env.pg.client(&env.db).await;
+    sql.batch_execute(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+         CREATE TABLE items (id int PRIMARY KEY, amount numeric(19,4), price double precision, name text,
+           created timestamptz, day date, tags text[], payload jsonb, mood mood, ip inet, uid uuid, raw bytea);",
+    )
+    .await
+    .expect("schema");
+    let cap = env.spawn("kc_slot", &[]);
+    env.wait_streaming("kc_slot").await;
+    sql.batch_execute(
+        "INSERT INTO items VALUES (1, 1234.5678, 0.1, 'Äpfel ✓', '2024-01-31 13:45:00.123456+01', '1969-07-20',
+           '{a,NULL,\"b c\"}', '{\"k\": [1, 2]}', 'happy', '10.0.0.1/8', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x00ff');
+         INSERT INTO items (id, amount) VALUES (2, -0.0001);",
+    )
+    .await
+    .expect("insert");
+    sql.batch_execute("UPDATE items SET amount = 99.99, name = NULL WHERE id = 1")
+        .await
+        .expect("update");
+    sql.batch_execute("DELETE FROM items WHERE id = 2")
+        .await
+        .expect("delete");
+    sql.batch_execute("TRUNCATE items").await.expect("truncate");
+    // c, c, u, d, tombstone, t
+    let got = env.read("items", 6).await;
+    let summary = cap.stop().await;
+    assert_eq!(got.len(), 6, "{got:#?}");
+    assert_eq!(
+        got.iter()
+            .map(|d| d.value.as_ref().map_or("tombstone".to_string(), |_| op(d)))
+            .collect::<Vec<_>>(),
+        ["c", "c", "u", "d", "tombstone", "t"]
+    );
+    // Keys: a record of the primary key.
+    let keys: Vec<Option<&Value>> = got.iter().map(|d| d.key.as_ref()).collect();
+    assert_eq!(field(keys[0].expect("key"), "id"), &Value::Int(1));
+    assert_eq!(field(keys[1].expect("key"), "id"), &Value::Int(2));
+    assert_eq!(field(keys[3].expect("key"), "id"), &Value::Int(2));
+    assert_eq!(field(keys[4].expect("tombstone key"), "id"), &Value::Int(2));
+    assert!(keys[5].is_none(), "truncate has no key");
+
+    let row = after(&got[0]);
+    assert_eq!(opt(row, "id"), Some(&Value::Int(1)));
+    assert_eq!(decimal(opt(row, "amount")), 12_345_678);
+    assert_eq!(opt(row, "price"), Some(&Value::Double(0.1)));
+    assert_eq!(string(opt(row, "name")), "Äpfel ✓");
+    // 13:45:00.123456+01 is 12:45:00.123456 UTC.
+    assert_eq!(
+        opt(row, "created"),
+        Some(&Value::TimestampMicros(1_706_705_100_123_456))
+    );
+    assert_eq!(opt(row, "day"), Some(&Value::Date(-165)));
+    let Some(Value::Array(tags)) = opt(row, "tags") else {
+        panic!("tags")
+    };
+    assert_eq!(
+        tags,
+        &vec![
+            Value::Union(1, Box::new(Value::String("a".into()))),
+            Value::Union(0, Box::new(Value::Null)),
+            Value::Union(1, Box::new(Value::String("b c".into()))),
+        ]
+    );
+    let payload: serde_json::Value = serde_json::from_str(string(opt(row, "payload"))).expect("json");
+    assert_eq!(payload, serde_json::json!({"k": [1, 2]}));
+    assert_eq!(string(opt(row, "mood")), "happy");
+    assert_eq!(string(opt(row, "ip")), "10.0.0.1/8");
+    assert!(matches!(opt(row, "uid"), Some(Value::Uuid(u)) if u.to_string() == "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
+    assert_eq!(opt(row, "raw"), Some(&Value::Bytes(vec![0, 255])));
+    assert_eq!(decimal(opt(after(&got[1]), "amount")), -1);
+
+    let upd = &got[2];
+    assert_eq!(decimal(opt(after(upd), "amount")), 999_900);
+    assert_eq!(opt(after(upd), "name"), None);
+    assert!(
+        opt(upd.value.as_ref().expect("value"), "before").is_none(),
+        "DEFAULT identity: no before on update"
+    );
+    let del = got[3].value.as_ref().expect("value");
+    assert!(opt(del, "after").is_none());
+    assert_eq!(opt(opt(del, "before").expect("before"), "id"), Some(&Value::Int(2)));
+    // source block
+    let src = field(got[0].value.as_ref().expect("value"), "source");
+    assert_eq!(field(src, "connector"), &Value::String("walhouse".into()));
+    assert_eq!(field(src, "db"), &Value::String("shop".into()));
+    assert_eq!(field(src, "table"), &Value::String("items".into()));
+    assert_eq!(field(src, "tx_ordinal"), &Value::Long(1));
+    assert_eq!(
+        field(field(got[1].value.as_ref().expect("value"), "source"), "tx_ordinal"),
+        &Value::Long(2)
+    );
+    assert!(matches!(opt(src, "txId"), Some(Value::Long(x)) if *x > 0));
+    assert!(matches!(opt(src, "commit_lsn"), Some(Value::Long(x)) if *x > 0));
+    // The slot confirmed what Kafka acknowledged.
+    let confirmed: String = sql
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'kc_slot'",
+            &[],
+        )
+        .await
+        .expect("slot")
+        .get(0);
+    assert_eq!(confirmed, summary.acknowledged.to_string());
+}
+
+#[tokio::test]
+async fn edge_values_round_trip_value_for_value() {
+    let env = Env::start("edges").await;
+    let sql = env.pg.client(&env.db).await;
+    sql.batch_execute(
+        "CREATE TABLE edge (id int PRIMARY KEY, i2 smallint, i4 int, i8 bigint, n38 numeric(38,10), nfree numeric,
+           f4 real, f8 double precision, ts timestamp, tstz timestamptz, d date, t time, txt text,
+           arr2 int[][], iv interval, pt point, rng int4range);",
+    )
+    .await
+    .expect("schema");
+    let cap = env.spawn("edge_slot", &[]);
+    env.wait_streaming("edge_slot").await;
+    sql.batch_execute(
+        "INSERT INTO edge VALUES
+          (1, -32768, 2147483647, -9223372036854775808, 9999999999999999999999999999.9999999999,
+           3.14159265358979323846264338327950288419716939937510, 'NaN', '-Infinity',
+           '1900-01-01 00:00:00', '0044-03-15 12:00:00+00 BC', '9999-12-31', '24:00:00', '𝄞 \"q\" \\ ☃',
+           '{{1,NULL},{3,4}}', '1 year 2 mons 3 days 04:05:06.789', '(1.5,-2)', '[1,10)'),
+          (2, NULL, NULL, NULL, 'NaN', 'NaN', 'Infinity', 'NaN', 'infinity', '-infinity', 'infinity', NULL, '',
+           '{}', '-1 days', NULL, 'empty'),
+          (3, 0, 0, 0, -0.0000000001, -1e-30, 1.5e-7, 5e-324, '2262-04-11 23:47:16.854775', '1969-12-31 23:59:59.999999+00',
+           '1970-01-01', '00:00:00.000001', NULL, NULL, NULL, NULL, NULL);",
+    )
+    .await
+    .expect("insert");
+    let got = env.read("edge", 3).await;
+    cap.stop().await;
+    assert_eq!(got.len(), 3);
+    let (r1, r2, r3) = (after(&got[0]), after(&got[1]), after(&got[2]));
+    assert_eq!(opt(r1, "i2"), Some(&Value::Int(-32768)));
+    assert_eq!(opt(r1, "i4"), Some(&Value::Int(i32::MAX)));
+    assert_eq!(opt(r1, "i8"), Some(&Value::Long(i64::MIN)));
+    assert_eq!(
+        decimal(opt(r1, "n38")),
+        10i128.pow(38) - 1,
+        "38 significant digits exactly"
+    );
+    assert_eq!(
+        string(opt(r1, "nfree")),
+        "3.14159265358979323846264338327950288419716939937510",
+        "unconstrained numeric as exact text"
+    );
+    assert!(matches!(opt(r1, "f4"), Some(Value::Float(x)) if x.is_nan()));
+    assert_eq!(opt(r1, "f8"), Some(&Value::Double(f64::NEG_INFINITY)));
+    assert_eq!(
+        opt(r1, "ts"),
+        Some(&Value::LocalTimestampMicros(-2_208_988_800_000_000))
+    );
+    assert!(matches!(opt(r1, "tstz"), Some(Value::TimestampMicros(x)) if *x < -62_000_000_000_000_000));
+    assert_eq!(opt(r1, "d"), Some(&Value::Date(2_932_896)));
+    assert_eq!(opt(r1, "t"), Some(&Value::TimeMicros(86_400_000_000)));
+    assert_eq!(string(opt(r1, "txt")), "𝄞 \"q\" \\ ☃");
+    let Some(Value::Array(rows)) = opt(r1, "arr2") else {
+        panic!("2-d array")
+    };
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        rows[0],
+        Value::Union(
+            1,
+            Box::new(Value::Array(vec![
+                Value::Union(1, Box::new(Value::Int(1))),
+                Value::Union(0, Box::new(Value::Null))
+            ]))
+        )
+    );
+    assert_eq!(string(opt(r1, "iv")), "P1Y2M3DT4H5M6.789S", "interval as ISO-8601");
+    assert_eq!(string(opt(r1, "pt")), "(1.5,-2)");
+    assert_eq!(string(opt(r1, "rng")), "[1,10)");
+    assert!(text_values(&got[0]).is_empty());
+
+    // Row 2: what Avro cannot hold is null in the typed field and exact in text_values.
+    let tv = text_values(&got[1]);
+    for (col, text) in [
+        ("n38", "NaN"),
+        ("ts", "infinity"),
+        ("tstz", "-infinity"),
+        ("d", "infinity"),
+    ] {
+        assert_eq!(opt(r2, col), None, "{col}");
+        assert_eq!(tv.get(col), Some(&Value::String(text.into())), "{col}");
+    }
+    assert_eq!(tv.len(), 4, "{tv:?}");
+    assert_eq!(string(opt(r2, "nfree")), "NaN");
+    assert_eq!(opt(r2, "f4"), Some(&Value::Float(f32::INFINITY)));
+    assert!(matches!(opt(r2, "f8"), Some(Value::Double(x)) if x.is_nan()));
+    assert_eq!(opt(r2, "i2"), None);
+    assert_eq!(string(opt(r2, "txt")), "", "empty string is not null");
+    assert_eq!(opt(r2, "arr2"), Some(&Value::Array(vec![])));
+    assert_eq!(string(opt(r2, "rng")), "empty");
+
+    assert_eq!(decimal(opt(r3, "n38")), -1);
+    assert_eq!(string(opt(r3, "nfree")), "-0.000000000000000000000000000001");
+    assert_eq!(opt(r3, "f4"), Some(&Value::Float(1.5e-7)));
+    assert_eq!(opt(r3, "f8"), Some(&Value::Double(5e-324)));
+    assert_eq!(opt(r3, "ts"), Some(&Value::LocalTimestampMicros(9_223_372_036_854_775)));
+    assert_eq!(opt(r3, "tstz"), Some(&Value::TimestampMicros(-1)));
+    assert_eq!(opt(r3, "d"), Some(&Value::Date(0)));
+    assert_eq!(opt(r3, "t"), Some(&Value::TimeMicros(1)));
+}
