@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::change::{check_arity, ChangeEvent, ChangeKind, TxInfo};
 use crate::config::CaptureConfig;
+use crate::metrics::{Metrics, Phase};
 use crate::output::{Destination, OutputError};
 use crate::postgres::catalog::{load_column_infos, load_type_infos, CatalogError, RelationCache, RelationChange};
 use crate::postgres::pgoutput::{LogicalMessage, OldTuple};
@@ -33,6 +34,11 @@ pub enum CaptureError {
     Output(#[from] OutputError),
     #[error("gave up after {attempts} reconnect attempts; last error: {last}")]
     GaveUp { attempts: u32, last: SourceError },
+    #[error("cannot serve metrics on {addr}: {source}. Fix: choose a free --metrics-addr")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the server sent a streamed-transaction message although walhouse asked for protocol 1 (at {lsn})")]
     UnexpectedStream { lsn: Lsn },
 }
@@ -56,7 +62,47 @@ enum StreamEnd {
 pub async fn run<D: Destination>(
     config: &CaptureConfig,
     dest: &mut D,
+    shutdown: watch::Receiver<bool>,
+) -> Result<CaptureSummary, CaptureError> {
+    run_with_metrics(config, dest, shutdown, Arc::new(Metrics::default())).await
+}
+
+/// [`run`], publishing into `metrics` (and serving them when
+/// `config.metrics_addr` is set).
+pub async fn run_with_metrics<D: Destination>(
+    config: &CaptureConfig,
+    dest: &mut D,
+    shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) -> Result<CaptureSummary, CaptureError> {
+    let _server = match config.metrics_addr {
+        Some(addr) => Some(ServerGuard(
+            crate::metrics::serve(addr, metrics.clone())
+                .await
+                .map_err(|e| CaptureError::Metrics { addr, source: e })?,
+        )),
+        None => None,
+    };
+    metrics.set_phase(Phase::Starting);
+    let result = run_inner(config, dest, shutdown, &metrics).await;
+    metrics.set_phase(Phase::Stopped);
+    result
+}
+
+/// Stops the metrics server with the capture.
+struct ServerGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn run_inner<D: Destination>(
+    config: &CaptureConfig,
+    dest: &mut D,
     mut shutdown: watch::Receiver<bool>,
+    metrics: &Arc<Metrics>,
 ) -> Result<CaptureSummary, CaptureError> {
     let source = &config.source;
     let (sql, _driver) = client::connect(source).await?;
@@ -83,6 +129,7 @@ pub async fn run<D: Destination>(
         cache: RelationCache::new(),
         sql,
         heartbeat: config.heartbeat_interval,
+        metrics: metrics.clone(),
         tx: None,
         tx_ordinal: 0,
         events: 0,
@@ -103,6 +150,7 @@ pub async fn run<D: Destination>(
         let result: Result<(), CaptureError> = match started.await {
             Ok(mut stream) => {
                 tracing::info!(slot = %config.slot, from = %acknowledged, "streaming");
+                metrics.set_phase(Phase::Streaming);
                 let r = state.stream(&mut stream, dest, &mut shutdown, status_interval).await;
                 acknowledged = stream.progress().acknowledged;
                 match r {
@@ -132,6 +180,8 @@ pub async fn run<D: Destination>(
             return Err(CaptureError::Source(source_err));
         }
         attempt += 1;
+        metrics.set_phase(Phase::Reconnecting);
+        metrics.count_reconnect();
         if attempt > config.max_reconnect_attempts {
             return Err(CaptureError::GaveUp {
                 attempts: attempt - 1,
@@ -153,15 +203,6 @@ pub async fn run<D: Destination>(
     }
 }
 
-/// Acknowledges whatever the destination reports durable.
-fn acknowledge_durable<D: Destination>(stream: &mut ReplicationStream, dest: &D) -> Result<(), CaptureError> {
-    let durable = dest.durable()?;
-    if durable > stream.progress().acknowledged {
-        stream.acknowledge(durable);
-    }
-    Ok(())
-}
-
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
     match interval {
         Some(i) => {
@@ -180,6 +221,7 @@ struct LoopState {
     cache: RelationCache,
     sql: tokio_postgres::Client,
     heartbeat: Option<Duration>,
+    metrics: Arc<Metrics>,
     tx: Option<TxInfo>,
     tx_ordinal: u64,
     events: u64,
@@ -207,11 +249,11 @@ impl LoopState {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return Ok(StreamEnd::Shutdown),
-                _ = dest.progressed() => acknowledge_durable(stream, dest)?,
+                _ = dest.progressed() => self.acknowledge_durable(stream, dest)?,
                 _ = tokio::time::sleep(status_interval), if full => {
                     // Paused on the destination: keep the walsender from
                     // timing us out, and tell it what became durable.
-                    acknowledge_durable(stream, dest)?;
+                    self.acknowledge_durable(stream, dest)?;
                     stream.send_status().await?;
                 }
                 _ = tick(&mut heartbeat), if heartbeat.is_some() => {
@@ -226,11 +268,30 @@ impl LoopState {
                     };
                     if let Some(ack) = self.apply(lsn, msg, dest).await? {
                         dest.end_transaction(ack).await?;
-                        acknowledge_durable(stream, dest)?;
+                        self.acknowledge_durable(stream, dest)?;
                     }
                 }
             }
         }
+    }
+
+    /// Acknowledges whatever the destination reports durable, and
+    /// publishes where things stand.
+    fn acknowledge_durable<D: Destination>(
+        &self,
+        stream: &mut ReplicationStream,
+        dest: &D,
+    ) -> Result<(), CaptureError> {
+        let durable = dest.durable()?;
+        if durable > stream.progress().acknowledged {
+            stream.acknowledge(durable);
+        }
+        let p = stream.progress();
+        self.metrics.set_positions(p.received.0, p.acknowledged.0);
+        let st = dest.stats();
+        self.metrics
+            .set_destination(st.in_flight, st.bytes_sent, st.registry_calls);
+        Ok(())
     }
 
     /// Applies one message; returns the LSN to acknowledge when it ends a
@@ -253,6 +314,7 @@ impl LoopState {
             LogicalMessage::Commit(c) => {
                 self.tx = None;
                 self.transactions += 1;
+                self.metrics.count_transaction();
                 return Ok(Some(c.end_lsn));
             }
             LogicalMessage::Relation(rel) => {
@@ -357,6 +419,20 @@ impl LoopState {
         };
         dest.send(&event).await?;
         self.events += 1;
+        match &event.kind {
+            ChangeKind::Insert { relation, .. }
+            | ChangeKind::Update { relation, .. }
+            | ChangeKind::Delete { relation, .. } => self
+                .metrics
+                .count_event(&format!("{}.{}", relation.namespace, relation.name), event.op()),
+            ChangeKind::Truncate { relations, .. } => {
+                for r in relations.iter() {
+                    self.metrics
+                        .count_event(&format!("{}.{}", r.namespace, r.name), "truncate");
+                }
+            }
+            ChangeKind::Message(_) => {}
+        }
         Ok(())
     }
 }

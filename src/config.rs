@@ -87,6 +87,10 @@ pub struct CaptureArgs {
     #[arg(long, env = "WALHOUSE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 
+    /// Serve /metrics and /health on this address, e.g. 0.0.0.0:9750 [default: off].
+    #[arg(long, env = "WALHOUSE_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Emit a pg_logical_emit_message heartbeat this often, in ms, so the slot
     /// advances even when the published tables are idle [default: 0, off].
     #[arg(long, env = "WALHOUSE_HEARTBEAT_INTERVAL_MS")]
@@ -155,6 +159,7 @@ struct FileConfig {
     reconnect_backoff_max_ms: Option<u64>,
     log_format: Option<LogFormat>,
     heartbeat_interval_ms: Option<u64>,
+    metrics_addr: Option<std::net::SocketAddr>,
     brokers: Option<String>,
     schema_registry_url: Option<String>,
     schema_registry_user: Option<String>,
@@ -199,6 +204,7 @@ pub struct CaptureConfig {
     pub reconnect_backoff_max: Duration,
     pub log_format: LogFormat,
     pub heartbeat_interval: Option<Duration>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Present for `--output kafka`.
     pub kafka: Option<KafkaSettings>,
 }
@@ -325,6 +331,7 @@ impl CaptureConfig {
         };
         Ok(CaptureConfig {
             kafka,
+            metrics_addr: args.metrics_addr.or(file.metrics_addr),
             heartbeat_interval: args
                 .heartbeat_interval_ms
                 .or(file.heartbeat_interval_ms)

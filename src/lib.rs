@@ -20,6 +20,7 @@ pub mod change;
 pub mod config;
 pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod output;
 pub mod postgres;
 pub mod registry;

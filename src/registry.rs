@@ -98,6 +98,7 @@ pub struct Registry {
     authorization: Option<String>,
     registered: Mutex<HashMap<(String, String), u32>>,
     by_id: Mutex<HashMap<u32, Arc<String>>>,
+    calls: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
@@ -118,6 +119,7 @@ impl Registry {
             authorization,
             registered: Mutex::default(),
             by_id: Mutex::default(),
+            calls: Default::default(),
         })
     }
 
@@ -138,6 +140,7 @@ impl Registry {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let result = request(
                 &self.url,
                 self.tls.as_ref(),
@@ -166,6 +169,11 @@ impl Registry {
                 other => return other,
             }
         }
+    }
+
+    /// HTTP requests made so far (retries included).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Registers `schema` under `subject` (or finds it registered) and

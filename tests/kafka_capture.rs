@@ -491,7 +491,9 @@ async fn columns_added_and_dropped_mid_stream_make_new_schema_versions() {
     sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY, a text, b text)")
         .await
         .expect("schema");
-    let cap = env.spawn("evolve_slot", &[]);
+    let metrics_port = support::postgres::free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let cap = env.spawn("evolve_slot", &["--metrics-addr", &metrics_addr]);
     env.wait_streaming("evolve_slot").await;
     sql.batch_execute("INSERT INTO t VALUES (1, 'a1', 'b1')")
         .await
@@ -507,6 +509,26 @@ async fn columns_added_and_dropped_mid_stream_make_new_schema_versions() {
         .await
         .expect("v3");
     let got = env.read("t", 3).await;
+    let metrics_url = BaseUrl::parse(&format!("http://{metrics_addr}")).expect("url");
+    let get = |path: &'static str| {
+        let url = metrics_url.clone();
+        async move {
+            request(&url, None, "GET", path, &[], None, Duration::from_secs(5))
+                .await
+                .expect("metrics endpoint answers")
+        }
+    };
+    let health = get("/health").await;
+    assert_eq!(
+        (health.status, String::from_utf8_lossy(&health.body).trim()),
+        (200, "streaming")
+    );
+    let text = String::from_utf8(get("/metrics").await.body).expect("utf8");
+    assert!(
+        text.contains("walhouse_capture_events_total{table=\"public.t\",op=\"insert\"} 3"),
+        "{text}"
+    );
+    assert!(text.contains("walhouse_capture_transactions_total"), "{text}");
     cap.stop().await;
     assert_eq!(got.len(), 3);
     // Three writer schemas, each decodable: each message names its own id.

@@ -122,6 +122,7 @@ pub struct KafkaDestination {
     key: Vec<u8>,
     value: Vec<u8>,
     produced: u64,
+    bytes_sent: u64,
     version: &'static str,
 }
 
@@ -177,6 +178,7 @@ impl KafkaDestination {
             key: Vec::with_capacity(64),
             value: Vec::with_capacity(1024),
             produced: 0,
+            bytes_sent: 0,
             version: env!("CARGO_PKG_VERSION"),
         })
     }
@@ -264,6 +266,7 @@ impl KafkaDestination {
             match self.producer.send(record) {
                 Ok(()) => {
                     self.produced += 1;
+                    self.bytes_sent += value.map_or(0, |v| v.len() as u64);
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -457,6 +460,14 @@ impl Destination for KafkaDestination {
 
     async fn progressed(&self) {
         self.tracker.changed().await
+    }
+
+    fn stats(&self) -> crate::output::DestinationStats {
+        crate::output::DestinationStats {
+            in_flight: self.tracker.in_flight(),
+            bytes_sent: self.bytes_sent,
+            registry_calls: self.registry.calls(),
+        }
     }
 
     async fn flush(&mut self) -> Result<(), OutputError> {

@@ -43,6 +43,14 @@ pub enum OutputError {
     Catalog(#[from] crate::postgres::SourceError),
 }
 
+/// What a destination reports for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DestinationStats {
+    pub in_flight: u64,
+    pub bytes_sent: u64,
+    pub registry_calls: u64,
+}
+
 #[allow(async_fn_in_trait)]
 pub trait Destination {
     /// A table's shape, sent before its first change and after each change
@@ -75,6 +83,11 @@ pub trait Destination {
     /// Resolves when delivery made progress (never, for synchronous ones).
     async fn progressed(&self) {
         std::future::pending::<()>().await
+    }
+
+    /// For metrics: events not yet durable, bytes sent, registry calls.
+    fn stats(&self) -> DestinationStats {
+        DestinationStats::default()
     }
 
     /// Makes everything handed over durable, bounded in time (clean stop).

@@ -1,0 +1,232 @@
+//! Prometheus metrics and the `/metrics` and `/health` endpoints.
+//!
+//! The capture loop owns the pipeline and publishes what it knows into
+//! these atomics as it goes; the HTTP server only reads them. `/health`
+//! answers 200 while capture is streaming and 503 while it is starting,
+//! reconnecting or stopped, so an orchestrator can tell a stuck replicator.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Where capture stands, for `/health`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Starting = 0,
+    Streaming = 1,
+    Reconnecting = 2,
+    Stopped = 3,
+}
+
+impl Phase {
+    fn name(v: u8) -> &'static str {
+        match v {
+            0 => "starting",
+            1 => "streaming",
+            2 => "reconnecting",
+            _ => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    phase: AtomicU8,
+    events: Mutex<BTreeMap<(String, &'static str), u64>>,
+    transactions: AtomicU64,
+    acknowledged_lsn: AtomicU64,
+    received_lsn: AtomicU64,
+    in_flight: AtomicU64,
+    bytes_sent: AtomicU64,
+    registry_calls: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+impl Metrics {
+    pub fn set_phase(&self, p: Phase) {
+        self.phase.store(p as u8, Ordering::Relaxed);
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Relaxed) {
+            0 => Phase::Starting,
+            1 => Phase::Streaming,
+            2 => Phase::Reconnecting,
+            _ => Phase::Stopped,
+        }
+    }
+
+    pub fn count_event(&self, table: &str, op: &'static str) {
+        let mut m = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get_mut(&(table.to_owned(), op)) {
+            Some(n) => *n += 1,
+            None => {
+                m.insert((table.to_owned(), op), 1);
+            }
+        }
+    }
+
+    pub fn count_transaction(&self) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Positions: what the server sent, what was acknowledged to it.
+    pub fn set_positions(&self, received: u64, acknowledged: u64) {
+        self.received_lsn.store(received, Ordering::Relaxed);
+        self.acknowledged_lsn.store(acknowledged, Ordering::Relaxed);
+    }
+
+    pub fn set_destination(&self, in_flight: u64, bytes_sent: u64, registry_calls: u64) {
+        self.in_flight.store(in_flight, Ordering::Relaxed);
+        self.bytes_sent.store(bytes_sent, Ordering::Relaxed);
+        self.registry_calls.store(registry_calls, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, kind: &str, v: u64| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+        };
+        let received = self.received_lsn.load(Ordering::Relaxed);
+        let acked = self.acknowledged_lsn.load(Ordering::Relaxed);
+        gauge(
+            "walhouse_capture_up",
+            "1 while capture is streaming.",
+            "gauge",
+            u64::from(self.phase() == Phase::Streaming),
+        );
+        gauge(
+            "walhouse_capture_acknowledged_lsn",
+            "Last LSN confirmed to Postgres, as a number.",
+            "gauge",
+            acked,
+        );
+        gauge(
+            "walhouse_capture_received_lsn",
+            "Highest WAL position received from Postgres.",
+            "gauge",
+            received,
+        );
+        gauge(
+            "walhouse_capture_replication_lag_bytes",
+            "WAL bytes received but not yet acknowledged.",
+            "gauge",
+            received.saturating_sub(acked),
+        );
+        gauge(
+            "walhouse_capture_in_flight_events",
+            "Events handed to the destination, not yet durable.",
+            "gauge",
+            self.in_flight.load(Ordering::Relaxed),
+        );
+        gauge(
+            "walhouse_capture_sent_bytes_total",
+            "Bytes of encoded values sent.",
+            "counter",
+            self.bytes_sent.load(Ordering::Relaxed),
+        );
+        gauge(
+            "walhouse_capture_transactions_total",
+            "Committed transactions captured.",
+            "counter",
+            self.transactions.load(Ordering::Relaxed),
+        );
+        gauge(
+            "walhouse_capture_registry_calls_total",
+            "Schema Registry requests made.",
+            "counter",
+            self.registry_calls.load(Ordering::Relaxed),
+        );
+        gauge(
+            "walhouse_capture_reconnects_total",
+            "Reconnects to the source.",
+            "counter",
+            self.reconnects.load(Ordering::Relaxed),
+        );
+        out.push_str("# HELP walhouse_capture_events_total Row changes captured, by table and operation.\n");
+        out.push_str("# TYPE walhouse_capture_events_total counter\n");
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        for ((table, op), n) in events.iter() {
+            out.push_str(&format!(
+                "walhouse_capture_events_total{{table=\"{}\",op=\"{op}\"}} {n}\n",
+                table.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+            ));
+        }
+        out
+    }
+}
+
+/// Serves `/metrics` and `/health` on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics and /health");
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let n = match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+                let line = String::from_utf8_lossy(&buf[..n]);
+                let path = line.split_whitespace().nth(1).unwrap_or("/");
+                let (status, body, ctype) = match path {
+                    "/metrics" => ("200 OK", metrics.render(), "text/plain; version=0.0.4"),
+                    "/health" => {
+                        let phase = metrics.phase.load(Ordering::Relaxed);
+                        let status = if phase == Phase::Streaming as u8 {
+                            "200 OK"
+                        } else {
+                            "503 Service Unavailable"
+                        };
+                        (status, format!("{}\n", Phase::name(phase)), "text/plain")
+                    }
+                    _ => ("404 Not Found", "not found\n".to_string(), "text/plain"),
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.set_phase(Phase::Streaming);
+        m.count_event("public.t", "insert");
+        m.count_event("public.t", "insert");
+        m.count_event("odd\"name", "delete");
+        m.set_positions(1000, 400);
+        let text = m.render();
+        assert!(
+            text.contains("walhouse_capture_events_total{table=\"public.t\",op=\"insert\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("table=\"odd\\\"name\""), "{text}");
+        assert!(text.contains("walhouse_capture_replication_lag_bytes 600\n"), "{text}");
+        assert!(text.contains("walhouse_capture_up 1\n"), "{text}");
+    }
+}
