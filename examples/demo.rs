@@ -1,87 +1,97 @@
 //! The main job, end to end on embedded defaults (a development tool, not
-//! a deployment): starts a throwaway PostgreSQL 15 the way the tests do,
-//! creates the backend schema of `sql/source/`, runs walhouse's capture
-//! (the same code as `walhouse-capture --output stdout`, writing JSON lines
-//! to `target/demo/changes.jsonl`), applies generated data and a workload
-//! of updates, deletes and an ALTER TABLE, then stops the capture cleanly
-//! and checks that every change arrived and that the slot's confirmed LSN
-//! is what capture acknowledged.
+//! a deployment): starts a throwaway PostgreSQL 15 the way the tests do, a
+//! local Kafka-protocol broker (tansu) and the small Confluent-API registry
+//! of the test support (a development stand-in for a real Schema Registry),
+//! creates the backend schema of `sql/source/`, runs walhouse's capture (the
+//! same code as `walhouse-capture --output kafka`), applies generated data
+//! and a workload of updates, deletes and an ALTER TABLE, then reads every
+//! topic back, decodes each record with the schema the registry returns,
+//! and checks that every change arrived and that the slot confirmed exactly
+//! what Kafka acknowledged.
 //!
 //! Run: `cargo run --release --example demo`
 
-#[path = "../tests/support/postgres.rs"]
-mod postgres_support;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use apache_avro::types::Value;
 use clap::Parser;
 use tokio::sync::watch;
 use walhouse::capture;
 use walhouse::config::{CaptureArgs, CaptureConfig};
-use walhouse::output::stdout::JsonLines;
+use walhouse::kafka::producer::{KafkaConfig, KafkaDestination};
+use walhouse::registry::{split_wire, Registry, RegistryConfig};
 
 const SCHEMA: &str = include_str!("../sql/source/backend_schema.sql");
 const GENERATE: &str = include_str!("../sql/source/generate.sql");
+const TABLES: [&str; 6] = [
+    "organizations",
+    "bank_accounts",
+    "beneficiaries",
+    "transfers",
+    "transaction",
+    "card_transactions",
+];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     walhouse::config::init_logging(walhouse::config::LogFormat::Text);
     println!("== starting a local PostgreSQL 15 (temp dir, wal_level=logical) …");
-    let pg = postgres_support::PgServer::start();
+    let pg = support::postgres::PgServer::start();
     pg.create_db("backend");
     let sql = pg.client("backend").await;
     sql.batch_execute(SCHEMA).await.context("backend schema")?;
-    println!("   listening on 127.0.0.1:{}", pg.port);
+    println!("== starting a local Kafka-protocol broker (tansu, memory storage) and a dev Schema Registry …");
+    let broker = support::kafka::Broker::start();
+    let registry = support::registry::TestRegistry::start().await;
+    println!(
+        "   postgres 127.0.0.1:{}, broker {}, registry {} (test-support stand-in, not for production)",
+        pg.port,
+        broker.bootstrap(),
+        registry.url
+    );
 
-    let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/demo");
-    std::fs::create_dir_all(&out_dir)?;
-    let out_path = out_dir.join("changes.jsonl");
     let url = pg.url("walhouse_scram", "backend");
     println!(
-        "== walhouse-capture --source-url postgres://walhouse_scram:***@127.0.0.1:{}/backend --output stdout > {}",
+        "== walhouse-capture --source-url postgres://walhouse_scram:***@127.0.0.1:{}/backend --output kafka --brokers {} --schema-registry-url {}",
         pg.port,
-        out_path.display()
+        broker.bootstrap(),
+        registry.url
     );
     let config = CaptureConfig::resolve(CaptureArgs::try_parse_from([
         "walhouse-capture",
         "--source-url",
         &url,
         "--output",
-        "stdout",
+        "kafka",
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        &registry.url,
     ])?)?;
+    let kafka = config.kafka.clone().context("kafka settings")?;
+    let reg = Arc::new(Registry::new(&kafka.registry)?);
+    let mut dest = KafkaDestination::new(KafkaConfig::from_settings(&kafka, "backend"), reg)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let file = tokio::fs::File::create(&out_path).await?;
     let capture = tokio::spawn(async move {
-        let mut dest = JsonLines::new(file);
         let summary = capture::run(&config, &mut dest, stop_rx).await;
-        summary.map(|s| (s, dest.lines_written()))
+        summary.map(|s| (s, dest.produced()))
     });
-
-    // Capture is streaming once its slot is active.
-    let mut active = false;
-    for _ in 0..300 {
-        let n: i64 = sql
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walhouse' AND active",
-                &[],
-            )
-            .await?
-            .get(0);
-        if n == 1 {
-            active = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if !active {
-        bail!("capture did not start streaming within 15 s");
-    }
+    wait_until(
+        &sql,
+        "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'walhouse' AND active",
+    )
+    .await
+    .context("capture did not start streaming")?;
 
     println!("== applying generated backend data and a workload …");
     sql.batch_execute(GENERATE).await.context("generate data")?;
-    let mut expected: u64 = sql
+    let inserted: i64 = sql
         .query_one(
             "SELECT (SELECT count(*) FROM organizations) + (SELECT count(*) FROM bank_accounts) + \
                     (SELECT count(*) FROM beneficiaries) + (SELECT count(*) FROM transfers) + \
@@ -89,16 +99,18 @@ async fn main() -> anyhow::Result<()> {
             &[],
         )
         .await?
-        .get::<_, i64>(0) as u64;
+        .get(0);
+    let mut expected = inserted as u64;
     expected += sql
         .execute("UPDATE \"transaction\" SET status = 1 WHERE id % 10 = 0", &[])
         .await?;
     expected += sql
         .execute("UPDATE transfers SET status = 3 WHERE id % 7 = 0", &[])
         .await?;
-    expected += sql
+    let deleted = sql
         .execute("DELETE FROM card_transactions WHERE id % 100 = 0", &[])
         .await?;
+    expected += deleted;
     sql.batch_execute("ALTER TABLE organizations ADD COLUMN country char(2)")
         .await?;
     expected += sql
@@ -108,17 +120,19 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
 
-    // Wait (bounded) until every change is in the file.
-    let mut lines = 0;
-    for _ in 0..600 {
-        lines = std::fs::read_to_string(&out_path)?.lines().count() as u64;
-        if lines >= expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Capture acknowledges only what Kafka acknowledged: wait (bounded)
+    // until the slot confirmed everything written.
+    let target: String = sql.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+    wait_until(
+        &sql,
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{target}'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'walhouse'"
+        ),
+    )
+    .await
+    .context("the slot did not confirm the workload within 60 s")?;
     let _ = stop_tx.send(true);
-    let (summary, written) = capture.await??;
+    let (summary, produced) = capture.await??;
     let confirmed: String = sql
         .query_one(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'walhouse'",
@@ -127,38 +141,81 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .get(0);
 
+    println!("== reading every topic back, decoding with the schemas the registry returns …");
+    let reader = Registry::new(&RegistryConfig {
+        url: registry.url.clone(),
+        ..Default::default()
+    })?;
     let mut by_table: BTreeMap<(String, String), u64> = BTreeMap::new();
-    let text = std::fs::read_to_string(&out_path)?;
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        let table = v["table"].as_str().unwrap_or("-").to_string();
-        let op = v["op"].as_str().unwrap_or("-").to_string();
-        *by_table.entry((table, op)).or_default() += 1;
+    let (mut changes, mut tombstones) = (0u64, 0u64);
+    let mut sample = None;
+    for table in TABLES {
+        let (bootstrap, topic) = (broker.bootstrap(), format!("walhouse.public.{table}"));
+        let records = tokio::task::spawn_blocking(move || {
+            support::kafka::read_topic(&bootstrap, &topic, usize::MAX, Duration::from_secs(5))
+        })
+        .await?;
+        for r in records {
+            let Some(value) = r.value else {
+                tombstones += 1;
+                *by_table.entry((table.to_string(), "tombstone".into())).or_default() += 1;
+                continue;
+            };
+            let (id, mut body) = split_wire(&value).context("Confluent wire format")?;
+            let schema = apache_avro::Schema::parse_str(&reader.schema(id).await?)?;
+            let v = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+                .build()?
+                .read_value(&mut body)?;
+            let Value::Record(fields) = &v else {
+                bail!("not a record")
+            };
+            let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+            let op = match field("op") {
+                Some(Value::String(s)) => s.clone(),
+                _ => bail!("no op"),
+            };
+            changes += 1;
+            *by_table.entry((table.to_string(), op.clone())).or_default() += 1;
+            if table == "organizations" && op == "u" && sample.is_none() {
+                sample = field("after").map(|a| format!("{a:?}"));
+            }
+        }
     }
     println!();
-    println!("| table             | op     | changes |");
-    println!("|-------------------|--------|---------|");
+    println!("| topic walhouse.public.… | op        | records |");
+    println!("|-------------------------|-----------|---------|");
     for ((table, op), n) in &by_table {
-        println!("| {table:<17} | {op:<6} | {n:>7} |");
+        println!("| {table:<23} | {op:<9} | {n:>7} |");
     }
     println!();
-    if let Some(sample) = text.lines().rev().find(|l| l.contains("\"country\"")) {
-        println!("a change after ALTER TABLE ADD COLUMN:\n{sample}\n");
+    if let Some(sample) = sample {
+        println!("an organizations update after ALTER TABLE ADD COLUMN, decoded from Avro:\n{sample}\n");
     }
     println!(
-        "changes expected {expected}, written {written}, transactions {}",
+        "changes expected {expected}, decoded from Kafka {changes} (+{tombstones} tombstones), records produced {produced}, transactions {}",
         summary.transactions
     );
     println!(
         "acknowledged LSN {} — slot confirmed_flush_lsn {confirmed}",
         summary.acknowledged
     );
-    if written != expected || lines != expected {
-        bail!("expected {expected} changes, capture wrote {written}");
+    if changes != expected || tombstones != deleted || produced != changes + tombstones {
+        bail!("expected {expected} changes and {deleted} tombstones in Kafka, found {changes} and {tombstones}");
     }
     if summary.acknowledged.to_string() != confirmed {
         bail!("the slot's confirmed LSN {confirmed} differs from what capture acknowledged");
     }
-    println!("OK: every change captured once, slot confirmed exactly what was written");
+    println!("OK: every change is in Kafka once, and the slot confirmed exactly what Kafka acknowledged");
     Ok(())
+}
+
+/// Polls a boolean query for up to 60 s.
+async fn wait_until(sql: &tokio_postgres::Client, query: &str) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        if sql.query_one(query, &[]).await?.get::<_, bool>(0) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("timed out waiting for: {query}")
 }
