@@ -50,6 +50,10 @@ pub struct CaptureArgs {
     #[arg(long, env = "WALHOUSE_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// Validate the configuration, print it (secrets hidden) and exit.
+    #[arg(long)]
+    pub check: bool,
+
     /// Source database, postgres://user:password@host:port/dbname?sslmode=…
     /// (sslmode disable|prefer|require|verify-ca|verify-full, sslrootcert=path).
     #[arg(long, env = "WALHOUSE_SOURCE_URL", hide_env_values = true)]
@@ -190,7 +194,8 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// The validated configuration of one capture.
+/// The validated configuration of one capture (its `Debug` form hides
+/// passwords: they are [`Secret`]s).
 #[derive(Clone, Debug)]
 pub struct CaptureConfig {
     pub source: ConnInfo,

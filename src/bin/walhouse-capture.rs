@@ -13,6 +13,7 @@ use walhouse::registry::Registry;
 
 fn main() -> ExitCode {
     let args = CaptureArgs::parse();
+    let check = args.check;
     let config = match CaptureConfig::resolve(args) {
         Ok(c) => c,
         Err(e) => {
@@ -20,6 +21,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if check {
+        println!("configuration is valid:\n{config:#?}");
+        return ExitCode::SUCCESS;
+    }
     init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
