@@ -167,7 +167,20 @@ async fn run_inner<D: Destination>(
                             transactions: state.transactions,
                         });
                     }
-                    Err(e) => Err(e),
+                    Err(e) => {
+                        let transient = matches!(&e, CaptureError::Source(s) if s.is_transient());
+                        if !transient {
+                            // Stopping for good: still tell Postgres what is
+                            // durable, so a restart repeats as little as possible.
+                            if let Ok(durable) = dest.durable() {
+                                stream.acknowledge(durable);
+                            }
+                            if let Err(stop_err) = stream.stop().await {
+                                tracing::warn!("could not report the acknowledged LSN on the way out: {stop_err}");
+                            }
+                        }
+                        Err(e)
+                    }
                 }
             }
             Err(e) => Err(CaptureError::Source(e)),

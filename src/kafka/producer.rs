@@ -9,7 +9,7 @@
 //! stops reading the slot until deliveries catch up, so memory stays
 //! bounded whatever the transaction size.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,14 +21,15 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 
 use super::delivery::DeliveryTracker;
-use crate::avro::envelope::{Op, SourceInfo, TableEnvelope};
+use super::encoder::{now_ms, RecordEncoder};
+use crate::avro::envelope::Op;
 use crate::avro::types::NumericMode;
-use crate::change::{ChangeEvent, ChangeKind};
-use crate::output::{Destination, OutputError};
+use crate::change::ChangeEvent;
+use crate::output::{Destination, DestinationStats, OutputError};
 use crate::postgres::catalog::RelationCache;
-use crate::postgres::pgoutput::{Relation, Tuple};
+use crate::postgres::pgoutput::Relation;
 use crate::postgres::Lsn;
-use crate::registry::{wire_header, Registry, RegistryError};
+use crate::registry::Registry;
 
 /// Settings of the Kafka destination.
 #[derive(Clone, Debug)]
@@ -105,25 +106,57 @@ impl ProducerContext for Context {
     }
 }
 
-struct TableState {
-    envelope: TableEnvelope,
-    key_id: Option<u32>,
-    value_id: u32,
+/// librdkafka's producer with delivery tracking.
+struct Sender {
+    producer: ThreadedProducer<Context>,
+    tracker: Arc<DeliveryTracker>,
+    produced: u64,
+    bytes_sent: u64,
+}
+
+impl Sender {
+    /// Hands one record to librdkafka, registered with the tracker.
+    fn produce(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<(), OutputError> {
+        let unit = self.tracker.sent();
+        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, unit as usize);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        // Only a full local queue is worth waiting for; the slot pauses at
+        // max_in_flight, so this is rare and short.
+        for _ in 0..6_000 {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.produced += 1;
+                    self.bytes_sent += value.map_or(0, |v| v.len() as u64);
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((e, _)) => {
+                    self.tracker.unsent(unit);
+                    return Err(OutputError::Kafka(format!("cannot produce to {topic}: {e}")));
+                }
+            }
+        }
+        self.tracker.unsent(unit);
+        Err(OutputError::Kafka(format!(
+            "the producer queue for {topic} stayed full for 60 s"
+        )))
+    }
 }
 
 pub struct KafkaDestination {
-    producer: ThreadedProducer<Context>,
+    sender: Sender,
     admin: AdminClient<DefaultClientContext>,
-    tracker: Arc<DeliveryTracker>,
-    registry: Arc<Registry>,
+    encoder: RecordEncoder,
     config: KafkaConfig,
-    tables: HashMap<u32, TableState>,
     topics: HashSet<String>,
-    key: Vec<u8>,
-    value: Vec<u8>,
-    produced: u64,
-    bytes_sent: u64,
-    version: &'static str,
 }
 
 fn client_config(config: &KafkaConfig) -> ClientConfig {
@@ -167,40 +200,39 @@ impl KafkaDestination {
             }
         }
         let admin = admin_config.create().map_err(kafka_err)?;
+        let encoder = RecordEncoder::new(registry, &config.topic_prefix, &config.db, config.numeric_mode);
         Ok(KafkaDestination {
-            producer,
+            sender: Sender {
+                producer,
+                tracker,
+                produced: 0,
+                bytes_sent: 0,
+            },
             admin,
-            tracker,
-            registry,
+            encoder,
             config,
-            tables: HashMap::new(),
             topics: HashSet::new(),
-            key: Vec::with_capacity(64),
-            value: Vec::with_capacity(1024),
-            produced: 0,
-            bytes_sent: 0,
-            version: env!("CARGO_PKG_VERSION"),
         })
     }
 
     pub fn tracker(&self) -> &Arc<DeliveryTracker> {
-        &self.tracker
+        &self.sender.tracker
     }
 
+    /// Records handed to librdkafka (tombstones included).
     pub fn produced(&self) -> u64 {
-        self.produced
+        self.sender.produced
     }
 
     async fn ensure_topic(&mut self, topic: &str) {
         if self.config.topic_partitions <= 0 || self.topics.contains(topic) {
             return;
         }
-        let replication = if self.config.topic_replication > 0 {
-            TopicReplication::Fixed(self.config.topic_replication)
-        } else {
-            TopicReplication::Fixed(-1)
-        };
-        let new = NewTopic::new(topic, self.config.topic_partitions, replication);
+        let new = NewTopic::new(
+            topic,
+            self.config.topic_partitions,
+            TopicReplication::Fixed(self.config.topic_replication),
+        );
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         match self.admin.create_topics([&new], &opts).await {
             Ok(results) => {
@@ -224,120 +256,6 @@ impl KafkaDestination {
         self.topics.insert(topic.to_owned());
     }
 
-    async fn register(
-        &self,
-        subject: &str,
-        schema: &serde_json::Value,
-        table: &str,
-        columns: &[String],
-    ) -> Result<u32, OutputError> {
-        self.registry
-            .register(subject, &schema.to_string())
-            .await
-            .map_err(|e| match e {
-                RegistryError::Incompatible { subject, message } => OutputError::Incompatible {
-                    table: table.into(),
-                    subject,
-                    columns: if columns.is_empty() {
-                        "no column changed".into()
-                    } else {
-                        columns.join(", ")
-                    },
-                    message,
-                },
-                other => OutputError::Registry(other),
-            })
-    }
-
-    /// Hands one record to librdkafka, registered with the tracker.
-    fn produce(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<(), OutputError> {
-        let unit = self.tracker.sent();
-        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, unit as usize);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(v) = value {
-            record = record.payload(v);
-        }
-        let mut record = record;
-        // Only a full local queue is worth waiting for; the slot pauses at
-        // max_in_flight, so this is rare and short.
-        for _ in 0..6_000 {
-            match self.producer.send(record) {
-                Ok(()) => {
-                    self.produced += 1;
-                    self.bytes_sent += value.map_or(0, |v| v.len() as u64);
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err((e, _)) => {
-                    self.tracker.unsent(unit);
-                    return Err(OutputError::Kafka(format!("cannot produce to {topic}: {e}")));
-                }
-            }
-        }
-        self.tracker.unsent(unit);
-        Err(OutputError::Kafka(format!(
-            "the producer queue for {topic} stayed full for 60 s"
-        )))
-    }
-
-    fn send_op(&mut self, relation_id: u32, event: &ChangeEvent<'_>, op: Op<'_>) -> Result<(), OutputError> {
-        let Some(state) = self.tables.get(&relation_id) else {
-            return Err(OutputError::Kafka(format!(
-                "no schema for relation {relation_id} (Relation message missed)"
-            )));
-        };
-        let source = SourceInfo {
-            version: self.version,
-            name: &self.config.topic_prefix,
-            db: &self.config.db,
-            snapshot: "false",
-        };
-        self.value.clear();
-        wire_header(state.value_id, &mut self.value);
-        state
-            .envelope
-            .encode_value(event, op, &source, now_ms(), &mut self.value);
-        let key_tuple: Option<&Tuple> = match op {
-            Op::Create(t) | Op::Delete(t) => Some(t),
-            Op::Update { after, .. } => Some(after),
-            Op::Truncate => None,
-        };
-        self.key.clear();
-        let has_key = match (key_tuple, state.key_id) {
-            (Some(t), Some(id)) => {
-                wire_header(id, &mut self.key);
-                match state.envelope.encode_key(t, &mut self.key) {
-                    Ok(k) => k,
-                    Err(e) => {
-                        let topic = state.envelope.topic.clone();
-                        return self.dead_letter(&topic, event, &e.to_string());
-                    }
-                }
-            }
-            _ => false,
-        };
-        let topic = state.envelope.topic.clone();
-        let key = std::mem::take(&mut self.key);
-        let value = std::mem::take(&mut self.value);
-        let result = self
-            .produce(&topic, has_key.then_some(&key[..]), Some(&value[..]))
-            .and_then(|()| {
-                if matches!(op, Op::Delete(_)) && self.config.tombstones && has_key {
-                    self.produce(&topic, Some(&key[..]), None)
-                } else {
-                    Ok(())
-                }
-            });
-        self.key = key;
-        self.value = value;
-        result
-    }
-
     /// A change that cannot be keyed goes, as its JSON line with the
     /// reason, to `<prefix>.dead_letter`, keyed by the table's topic.
     fn dead_letter(&mut self, topic: &str, event: &ChangeEvent<'_>, reason: &str) -> Result<(), OutputError> {
@@ -345,133 +263,67 @@ impl KafkaDestination {
         let body = serde_json::json!({ "topic": topic, "reason": reason, "change": event });
         let dlq = format!("{}.dead_letter", self.config.topic_prefix);
         let bytes = body.to_string().into_bytes();
-        self.produce(&dlq, Some(topic.as_bytes()), Some(&bytes))
+        self.sender.produce(&dlq, Some(topic.as_bytes()), Some(&bytes))
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Destination for KafkaDestination {
     async fn relation(&mut self, relation: &Arc<Relation>, cache: &RelationCache) -> Result<(), OutputError> {
-        let envelope = TableEnvelope::new(
-            &self.config.topic_prefix,
-            relation,
-            cache.column_infos(relation.id),
-            self.config.numeric_mode,
-            &|oid| cache.type_info(oid),
-        );
-        if let Some(old) = self.tables.get(&relation.id) {
-            if old.envelope.value_schema == envelope.value_schema && old.envelope.key_schema == envelope.key_schema {
-                return Ok(());
-            }
-        }
-        let table = format!("{}.{}", relation.namespace, relation.name);
-        let changed = self
-            .tables
-            .get(&relation.id)
-            .map(|old| old.envelope.changed_columns(&envelope))
-            .unwrap_or_default();
-        if envelope.key_schema.is_none() {
-            tracing::warn!(
-                %table,
-                "table has no primary key: its events get a null key, so Kafka spreads them over partitions \
-                 without per-row order. Fix: add a primary key (or REPLICA IDENTITY USING INDEX on a unique index)"
-            );
-        }
-        self.ensure_topic(&envelope.topic).await;
-        let value_id = self
-            .register(
-                &format!("{}-value", envelope.topic),
-                &envelope.value_schema,
-                &table,
-                &changed,
-            )
-            .await?;
-        let key_id = match &envelope.key_schema {
-            Some(k) => Some(
-                self.register(&format!("{}-key", envelope.topic), k, &table, &changed)
-                    .await?,
-            ),
-            None => None,
-        };
-        tracing::info!(%table, topic = %envelope.topic, value_id, ?key_id, "schema registered");
-        self.tables.insert(
-            relation.id,
-            TableState {
-                envelope,
-                key_id,
-                value_id,
-            },
-        );
+        let topic = self.encoder.relation(relation, cache).await?;
+        self.ensure_topic(&topic).await;
         Ok(())
     }
 
     async fn send(&mut self, event: &ChangeEvent<'_>) -> Result<(), OutputError> {
-        match &event.kind {
-            ChangeKind::Insert { relation, .. }
-            | ChangeKind::Update { relation, .. }
-            | ChangeKind::Delete { relation, .. } => {
-                let id = relation.id;
-                let Some(state) = self.tables.get(&id) else {
-                    return Err(OutputError::Kafka(format!(
-                        "no schema for relation {id} (its Relation message was missed)"
-                    )));
-                };
-                for op in Op::of(event, &state.envelope) {
-                    self.send_op(id, event, op)?;
+        let now = now_ms();
+        for (relation_id, op) in self.encoder.ops(event)? {
+            match self.encoder.encode(relation_id, event, op, now) {
+                Ok(record) => {
+                    self.sender.produce(record.topic, record.key, Some(record.value))?;
+                    if matches!(op, Op::Delete(_)) && self.config.tombstones && record.key.is_some() {
+                        self.sender.produce(record.topic, record.key, None)?;
+                    }
                 }
-                Ok(())
+                Err(unkeyable) => self.dead_letter(&unkeyable.topic, event, &unkeyable.reason)?,
             }
-            ChangeKind::Truncate { relations, .. } => {
-                for r in relations.iter() {
-                    self.send_op(r.id, event, Op::Truncate)?;
-                }
-                Ok(())
-            }
-            // Logical decoding messages (heartbeats included) are not table
-            // data: acknowledged, not produced.
-            ChangeKind::Message(_) => Ok(()),
         }
+        Ok(())
     }
 
     async fn end_transaction(&mut self, ack_lsn: Lsn) -> Result<(), OutputError> {
-        self.tracker.close_unit(ack_lsn);
+        self.sender.tracker.close_unit(ack_lsn);
         Ok(())
     }
 
     fn abandon_transaction(&mut self) {
-        self.tracker.abandon_unit();
+        self.sender.tracker.abandon_unit();
     }
 
     fn durable(&self) -> Result<Lsn, OutputError> {
-        self.tracker
+        self.sender
+            .tracker
             .durable()
             .map_err(|e| OutputError::Kafka(format!("a message was not delivered: {e}")))
     }
 
     fn is_full(&self) -> bool {
-        self.tracker.in_flight() >= self.config.max_in_flight
+        self.sender.tracker.in_flight() >= self.config.max_in_flight
     }
 
     async fn progressed(&self) {
-        self.tracker.changed().await
+        self.sender.tracker.changed().await
     }
 
-    fn stats(&self) -> crate::output::DestinationStats {
-        crate::output::DestinationStats {
-            in_flight: self.tracker.in_flight(),
-            bytes_sent: self.bytes_sent,
-            registry_calls: self.registry.calls(),
+    fn stats(&self) -> DestinationStats {
+        DestinationStats {
+            in_flight: self.sender.tracker.in_flight(),
+            bytes_sent: self.sender.bytes_sent,
+            registry_calls: self.encoder.registry().calls(),
         }
     }
 
     async fn flush(&mut self) -> Result<(), OutputError> {
-        let producer = self.producer.clone();
+        let producer = self.sender.producer.clone();
         tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)))
             .await
             .map_err(|e| OutputError::Kafka(e.to_string()))?

@@ -1,0 +1,225 @@
+//! Change events to Kafka records: topic, key and value in the Confluent
+//! wire format, with schemas registered as table shapes arrive.
+//!
+//! Separate from the producer so encoding can be measured and reused on
+//! its own (the benchmark runs capture with encoding but no producer).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::avro::envelope::{Op, SourceInfo, TableEnvelope};
+use crate::avro::types::NumericMode;
+use crate::change::{ChangeEvent, ChangeKind};
+use crate::output::OutputError;
+use crate::postgres::catalog::RelationCache;
+use crate::postgres::pgoutput::{Relation, Tuple};
+use crate::registry::{wire_header, Registry, RegistryError};
+
+struct TableState {
+    envelope: TableEnvelope,
+    key_id: Option<u32>,
+    value_id: u32,
+}
+
+/// One encoded record, borrowed from the encoder's buffers.
+#[derive(Debug)]
+pub struct Encoded<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+}
+
+/// A change that cannot be keyed (the value never fails: what Avro cannot
+/// hold travels as text).
+#[derive(Debug)]
+pub struct Unkeyable {
+    pub topic: String,
+    pub reason: String,
+}
+
+pub struct RecordEncoder {
+    registry: Arc<Registry>,
+    prefix: String,
+    db: String,
+    numeric_mode: NumericMode,
+    tables: HashMap<u32, TableState>,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl RecordEncoder {
+    pub fn new(registry: Arc<Registry>, prefix: &str, db: &str, numeric_mode: NumericMode) -> Self {
+        RecordEncoder {
+            registry,
+            prefix: prefix.to_owned(),
+            db: db.to_owned(),
+            numeric_mode,
+            tables: HashMap::new(),
+            key: Vec::with_capacity(64),
+            value: Vec::with_capacity(1024),
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Builds the table's envelope and registers its schemas when they
+    /// changed; returns its topic.
+    pub async fn relation(&mut self, relation: &Arc<Relation>, cache: &RelationCache) -> Result<String, OutputError> {
+        let envelope = TableEnvelope::new(
+            &self.prefix,
+            relation,
+            cache.column_infos(relation.id),
+            self.numeric_mode,
+            &|oid| cache.type_info(oid),
+        );
+        if let Some(old) = self.tables.get(&relation.id) {
+            if old.envelope.value_schema == envelope.value_schema && old.envelope.key_schema == envelope.key_schema {
+                return Ok(envelope.topic);
+            }
+        }
+        let table = format!("{}.{}", relation.namespace, relation.name);
+        let changed = self
+            .tables
+            .get(&relation.id)
+            .map(|old| old.envelope.changed_columns(&envelope))
+            .unwrap_or_default();
+        if envelope.key_schema.is_none() {
+            tracing::warn!(
+                %table,
+                "table has no primary key: its events get a null key, so Kafka spreads them over partitions \
+                 without per-row order. Fix: add a primary key (or REPLICA IDENTITY USING INDEX on a unique index)"
+            );
+        }
+        let value_id = self
+            .register(
+                &format!("{}-value", envelope.topic),
+                &envelope.value_schema,
+                &table,
+                &changed,
+            )
+            .await?;
+        let key_id = match &envelope.key_schema {
+            Some(k) => Some(
+                self.register(&format!("{}-key", envelope.topic), k, &table, &changed)
+                    .await?,
+            ),
+            None => None,
+        };
+        tracing::info!(%table, topic = %envelope.topic, value_id, ?key_id, "schema registered");
+        let topic = envelope.topic.clone();
+        self.tables.insert(
+            relation.id,
+            TableState {
+                envelope,
+                key_id,
+                value_id,
+            },
+        );
+        Ok(topic)
+    }
+
+    async fn register(
+        &self,
+        subject: &str,
+        schema: &serde_json::Value,
+        table: &str,
+        columns: &[String],
+    ) -> Result<u32, OutputError> {
+        self.registry
+            .register(subject, &schema.to_string())
+            .await
+            .map_err(|e| match e {
+                RegistryError::Incompatible { subject, message } => OutputError::Incompatible {
+                    table: table.into(),
+                    subject,
+                    columns: if columns.is_empty() {
+                        "no column changed".into()
+                    } else {
+                        columns.join(", ")
+                    },
+                    message,
+                },
+                other => OutputError::Registry(other),
+            })
+    }
+
+    /// The records an event becomes, as (relation id, op) pairs.
+    pub fn ops<'e>(&self, event: &'e ChangeEvent<'e>) -> Result<Vec<(u32, Op<'e>)>, OutputError> {
+        let one = |relation: &Relation| -> Result<Vec<(u32, Op<'e>)>, OutputError> {
+            let state = self.tables.get(&relation.id).ok_or_else(|| {
+                OutputError::Kafka(format!(
+                    "no schema for {}.{} (its Relation message was missed)",
+                    relation.namespace, relation.name
+                ))
+            })?;
+            Ok(Op::of(event, &state.envelope)
+                .into_iter()
+                .map(|op| (relation.id, op))
+                .collect())
+        };
+        match &event.kind {
+            ChangeKind::Insert { relation, .. }
+            | ChangeKind::Update { relation, .. }
+            | ChangeKind::Delete { relation, .. } => one(relation),
+            ChangeKind::Truncate { relations, .. } => Ok(relations.iter().map(|r| (r.id, Op::Truncate)).collect()),
+            // Logical decoding messages (heartbeats included) are not table
+            // data: acknowledged, not produced.
+            ChangeKind::Message(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Encodes one op of `event` for the table `relation_id`.
+    pub fn encode(
+        &mut self,
+        relation_id: u32,
+        event: &ChangeEvent<'_>,
+        op: Op<'_>,
+        now_ms: i64,
+    ) -> Result<Encoded<'_>, Unkeyable> {
+        let Some(state) = self.tables.get(&relation_id) else {
+            return Err(Unkeyable {
+                topic: format!("{}.unknown", self.prefix),
+                reason: format!("no schema for relation {relation_id}"),
+            });
+        };
+        let source = SourceInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            name: &self.prefix,
+            db: &self.db,
+            snapshot: "false",
+        };
+        self.value.clear();
+        wire_header(state.value_id, &mut self.value);
+        state.envelope.encode_value(event, op, &source, now_ms, &mut self.value);
+        let key_tuple: Option<&Tuple> = match op {
+            Op::Create(t) | Op::Delete(t) => Some(t),
+            Op::Update { after, .. } => Some(after),
+            Op::Truncate => None,
+        };
+        self.key.clear();
+        let has_key = match (key_tuple, state.key_id) {
+            (Some(t), Some(id)) => {
+                wire_header(id, &mut self.key);
+                state.envelope.encode_key(t, &mut self.key).map_err(|e| Unkeyable {
+                    topic: state.envelope.topic.clone(),
+                    reason: e.to_string(),
+                })?
+            }
+            _ => false,
+        };
+        Ok(Encoded {
+            topic: &state.envelope.topic,
+            key: has_key.then_some(&self.key[..]),
+            value: &self.value,
+        })
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
