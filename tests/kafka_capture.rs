@@ -724,3 +724,24 @@ async fn a_broker_outage_is_waited_out_without_loss() {
     }
     assert!(!summary.acknowledged.is_zero());
 }
+
+#[test]
+fn the_test_registry_checks_backward_compatibility() {
+    use serde_json::json;
+    use support::registry::can_read;
+    let rec = |fields: serde_json::Value| json!({"type": "record", "name": "R", "fields": fields});
+    let old = rec(json!([{"name": "a", "type": ["null", "int"], "default": null}]));
+    let added = rec(json!([
+        {"name": "a", "type": ["null", "int"], "default": null},
+        {"name": "b", "type": ["null", "string"], "default": null}
+    ]));
+    let dropped = rec(json!([]));
+    let retyped = rec(json!([{"name": "a", "type": ["null", "string"], "default": null}]));
+    let promoted = rec(json!([{"name": "a", "type": ["null", "long"], "default": null}]));
+    let required = rec(json!([{"name": "a", "type": ["null", "int"], "default": null}, {"name": "c", "type": "int"}]));
+    assert!(can_read(&added, &old).is_ok());
+    assert!(can_read(&dropped, &old).is_ok());
+    assert!(can_read(&promoted, &old).is_ok());
+    assert!(can_read(&retyped, &old).is_err());
+    assert!(can_read(&required, &old).is_err());
+}

@@ -1,0 +1,446 @@
+//! Capture-into-Kafka benchmark, every rate next to its baseline in the
+//! same run:
+//!
+//! 1. catch-up of 1M small rows (10k-row transactions): `pg_recvlogical`,
+//!    walhouse capture with Avro encoding but no producer, and walhouse
+//!    end to end into tansu (acknowledged by Kafka);
+//! 2. a plain reference producer (librdkafka, same settings) sending as
+//!    many messages of the same size to the same broker;
+//! 3. commit-to-ack latency at a steady 5k rows/s (Postgres commit time to
+//!    Kafka acknowledgement);
+//! 4. peak RSS while one 1M-row transaction goes into Kafka.
+//!
+//! Run: `cargo bench --bench kafka` (env `WALHOUSE_BENCH_ROWS`, default
+//! 1000000). Prints tables; never asserts on time.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::VecDeque;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use support::postgres::{PgOptions, PgServer};
+use tokio::sync::watch;
+use walhouse::capture;
+use walhouse::change::ChangeEvent;
+use walhouse::config::{CaptureArgs, CaptureConfig};
+use walhouse::kafka::encoder::{now_ms, RecordEncoder};
+use walhouse::kafka::producer::{KafkaConfig, KafkaDestination};
+use walhouse::output::{Destination, DestinationStats, OutputError};
+use walhouse::postgres::catalog::RelationCache;
+use walhouse::postgres::pgoutput::Relation;
+use walhouse::postgres::Lsn;
+use walhouse::registry::Registry;
+
+const TXN_ROWS: u64 = 10_000;
+
+/// Wraps a destination: counts events, stops capture once `stop_at` is
+/// durable, and records Postgres-commit-to-durable latencies.
+struct Probe<D> {
+    inner: D,
+    target_events: u64,
+    events: u64,
+    commit_micros: Option<i64>,
+    state: Mutex<ProbeState>,
+    stop: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct ProbeState {
+    stop_at: Option<Lsn>,
+    pending: VecDeque<(Lsn, i64)>,
+    latencies_us: Vec<i64>,
+}
+
+impl<D: Destination> Destination for Probe<D> {
+    async fn relation(&mut self, r: &Arc<Relation>, c: &RelationCache) -> Result<(), OutputError> {
+        self.inner.relation(r, c).await
+    }
+    async fn send(&mut self, e: &ChangeEvent<'_>) -> Result<(), OutputError> {
+        self.events += 1;
+        self.commit_micros = e.tx.map(|t| t.commit_time.unix_micros());
+        self.inner.send(e).await
+    }
+    async fn end_transaction(&mut self, ack: Lsn) -> Result<(), OutputError> {
+        self.inner.end_transaction(ack).await?;
+        let mut st = self.state.lock().expect("lock");
+        if let Some(c) = self.commit_micros.take() {
+            st.pending.push_back((ack, c));
+        }
+        if self.events >= self.target_events && st.stop_at.is_none() {
+            st.stop_at = Some(ack);
+        }
+        Ok(())
+    }
+    fn durable(&self) -> Result<Lsn, OutputError> {
+        let d = self.inner.durable()?;
+        let mut st = self.state.lock().expect("lock");
+        let now = now_ms() * 1000;
+        while st.pending.front().is_some_and(|(ack, _)| *ack <= d) {
+            if let Some((_, c)) = st.pending.pop_front() {
+                st.latencies_us.push(now - c);
+            }
+        }
+        if st.stop_at.is_some_and(|s| d >= s) {
+            let _ = self.stop.send(true);
+        }
+        Ok(d)
+    }
+    fn is_full(&self) -> bool {
+        self.inner.is_full()
+    }
+    async fn progressed(&self) {
+        self.inner.progressed().await
+    }
+    fn stats(&self) -> DestinationStats {
+        self.inner.stats()
+    }
+    async fn flush(&mut self) -> Result<(), OutputError> {
+        self.inner.flush().await
+    }
+}
+
+/// Avro encoding with registered schemas, no producer: durable at once.
+struct EncodeOnly {
+    encoder: RecordEncoder,
+    durable: Lsn,
+    bytes: u64,
+}
+
+impl Destination for EncodeOnly {
+    async fn relation(&mut self, r: &Arc<Relation>, c: &RelationCache) -> Result<(), OutputError> {
+        self.encoder.relation(r, c).await.map(|_| ())
+    }
+    async fn send(&mut self, e: &ChangeEvent<'_>) -> Result<(), OutputError> {
+        let now = now_ms();
+        for (id, op) in self.encoder.ops(e)? {
+            let rec = self
+                .encoder
+                .encode(id, e, op, now)
+                .map_err(|u| OutputError::Kafka(u.reason))?;
+            self.bytes += rec.value.len() as u64 + rec.key.map_or(0, |k| k.len() as u64);
+        }
+        Ok(())
+    }
+    async fn end_transaction(&mut self, ack: Lsn) -> Result<(), OutputError> {
+        self.durable = ack;
+        Ok(())
+    }
+    fn durable(&self) -> Result<Lsn, OutputError> {
+        Ok(self.durable)
+    }
+    async fn flush(&mut self) -> Result<(), OutputError> {
+        Ok(())
+    }
+}
+
+struct Bench {
+    pg: PgServer,
+    broker: support::kafka::Broker,
+    registry: support::registry::TestRegistry,
+}
+
+impl Bench {
+    fn config(&self, slot: &str, prefix: &str, tables: &str) -> CaptureConfig {
+        CaptureConfig::resolve(
+            CaptureArgs::try_parse_from([
+                "walhouse-capture",
+                "--source-url",
+                &format!("postgres://postgres@127.0.0.1:{}/bench?sslmode=disable", self.pg.port),
+                "--slot",
+                slot,
+                "--publication",
+                "bench_pub",
+                "--tables",
+                tables,
+                "--output",
+                "kafka",
+                "--brokers",
+                &self.broker.bootstrap(),
+                "--schema-registry-url",
+                &self.registry.url,
+                "--topic-prefix",
+                prefix,
+            ])
+            .expect("args"),
+        )
+        .expect("config")
+    }
+
+    /// Runs capture from `slot` with `dest` until `events` changes are durable.
+    async fn run<D: Destination + Send + 'static>(
+        &self,
+        slot: &str,
+        prefix: &str,
+        tables: &str,
+        dest: D,
+        events: u64,
+    ) -> (Duration, Probe<D>) {
+        let config = self.config(slot, prefix, tables);
+        let (stop, rx) = watch::channel(false);
+        let mut probe = Probe {
+            inner: dest,
+            target_events: events,
+            events: 0,
+            commit_micros: None,
+            state: Mutex::default(),
+            stop,
+        };
+        let started = Instant::now();
+        capture::run(&config, &mut probe, rx).await.expect("capture");
+        (started.elapsed(), probe)
+    }
+
+    fn kafka(&self, prefix: &str) -> KafkaDestination {
+        let config = self.config("unused", prefix, "small");
+        let kafka = config.kafka.expect("kafka");
+        let registry = Arc::new(Registry::new(&kafka.registry).expect("registry"));
+        KafkaDestination::new(KafkaConfig::from_settings(&kafka, "bench"), registry).expect("producer")
+    }
+}
+
+fn recvlogical(pg: &PgServer, slot: &str, endpos: Lsn) -> Duration {
+    let started = Instant::now();
+    let status = Command::new("pg_recvlogical")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "bench",
+            "--no-loop",
+            "--start",
+        ])
+        .args(["-p", &pg.port.to_string(), "--slot", slot])
+        .args(["-o", "proto_version=1", "-o", "publication_names=bench_pub"])
+        .arg(format!("--endpos={endpos}"))
+        .args(["-f", "/dev/null"])
+        .stdin(Stdio::null())
+        .status()
+        .expect("pg_recvlogical runs");
+    assert!(status.success());
+    started.elapsed()
+}
+
+/// A plain librdkafka producer, same settings as walhouse's, `n` messages of `size` bytes.
+fn reference_producer(bootstrap: &str, n: u64, size: usize) -> Duration {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "100000")
+        .create()
+        .expect("producer");
+    let payload = vec![b'x'; size];
+    let started = Instant::now();
+    for i in 0..n {
+        let key = (i as u32).to_be_bytes();
+        let mut rec = BaseRecord::to("reference").key(&key[..]).payload(&payload[..]);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+    started.elapsed()
+}
+
+fn vm_hwm_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn percentile(v: &mut [i64], p: f64) -> f64 {
+    v.sort_unstable();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let rows: u64 = std::env::var("WALHOUSE_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    println!("starting PostgreSQL 15, tansu and the dev registry …");
+    let bench = Bench {
+        pg: PgServer::start_with(PgOptions {
+            extra_conf: vec!["max_wal_size = '4GB'".into(), "checkpoint_timeout = '30min'".into()],
+            ..Default::default()
+        }),
+        broker: support::kafka::Broker::start(),
+        registry: support::registry::TestRegistry::start().await,
+    };
+    bench.pg.create_db("bench");
+    let sql = bench.pg.client("bench").await;
+    sql.batch_execute(
+        "CREATE TABLE small (id int PRIMARY KEY, a int, b int, filler char(84));
+         CREATE TABLE steady (id int PRIMARY KEY, a int, b int, filler char(84));
+         CREATE TABLE huge (id int PRIMARY KEY, a int, b int, filler char(84));
+         CREATE PUBLICATION bench_pub FOR TABLE small, steady, huge;
+         SELECT pg_create_logical_replication_slot('rl', 'pgoutput');
+         SELECT pg_create_logical_replication_slot('avro', 'pgoutput');
+         SELECT pg_create_logical_replication_slot('e2e', 'pgoutput');",
+    )
+    .await
+    .expect("schema");
+    println!("writing {rows} rows in {TXN_ROWS}-row transactions …");
+    let mut start = 1;
+    while start <= rows {
+        let end = (start + TXN_ROWS - 1).min(rows);
+        sql.batch_execute(&format!(
+            "INSERT INTO small SELECT g, g, g * 2, 'x' FROM generate_series({start}, {end}) g"
+        ))
+        .await
+        .expect("insert");
+        start = end + 1;
+    }
+
+    // 1. Catch-up: Avro without producer first (it finds the last commit),
+    // then pg_recvlogical to the same commit, then end to end.
+    let (avro_time, avro_probe) = bench
+        .run(
+            "avro",
+            "wh_avro",
+            "small",
+            EncodeOnly {
+                encoder: RecordEncoder::new(
+                    Arc::new(
+                        Registry::new(&bench.config("x", "wh_avro", "small").kafka.expect("k").registry).expect("r"),
+                    ),
+                    "wh_avro",
+                    "bench",
+                    Default::default(),
+                ),
+                durable: Lsn::ZERO,
+                bytes: 0,
+            },
+            rows,
+        )
+        .await;
+    let stop_at = avro_probe.state.lock().expect("lock").stop_at.expect("stop point");
+    let avg_bytes = avro_probe.inner.bytes as f64 / rows as f64;
+    // pg_recvlogical's --endpos compares with XLogData start positions; the
+    // commit record starts before its end LSN, so stop at the last commit's
+    // end minus one byte: the same message walhouse stopped at.
+    let rl_time = recvlogical(&bench.pg, "rl", Lsn(stop_at.0 - 1));
+    let (e2e_time, e2e_probe) = bench.run("e2e", "wh_e2e", "small", bench.kafka("wh_e2e"), rows).await;
+    assert!(e2e_probe.inner.produced() >= rows);
+
+    // 2. Reference producer: same count, same (average) value size.
+    let bootstrap = bench.broker.bootstrap();
+    let size = avg_bytes.round() as usize;
+    let ref_time = tokio::task::spawn_blocking(move || reference_producer(&bootstrap, rows, size))
+        .await
+        .expect("reference");
+
+    // 3. Latency at a steady 5k rows/s: 50-row transactions every 10 ms for 10 s.
+    sql.batch_execute("SELECT pg_create_logical_replication_slot('lat', 'pgoutput')")
+        .await
+        .expect("slot");
+    let steady_rows = 50 * 1000;
+    let lat = {
+        let writer_sql = bench.pg.client("bench").await;
+        let writer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for i in 0..1000u64 {
+                tick.tick().await;
+                let (a, b) = (i * 50 + 1, i * 50 + 50);
+                writer_sql
+                    .batch_execute(&format!(
+                        "INSERT INTO steady SELECT g, g, g, 'x' FROM generate_series({a}, {b}) g"
+                    ))
+                    .await
+                    .expect("steady insert");
+            }
+        });
+        let (_, probe) = bench
+            .run("lat", "wh_lat", "steady", bench.kafka("wh_lat"), steady_rows)
+            .await;
+        writer.await.expect("writer");
+        let mut l = probe.state.lock().expect("lock").latencies_us.clone();
+        (
+            percentile(&mut l, 0.5),
+            percentile(&mut l, 0.99),
+            percentile(&mut l, 1.0),
+            l.len(),
+        )
+    };
+
+    // 4. Peak RSS of this process while one 1M-row transaction goes to Kafka.
+    sql.batch_execute(&format!(
+        "SELECT pg_create_logical_replication_slot('huge', 'pgoutput');
+         INSERT INTO huge SELECT g, g, g * 2, 'x' FROM generate_series(1, {rows}) g;"
+    ))
+    .await
+    .expect("huge transaction");
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let rss_before = vm_hwm_mib();
+    let (huge_time, _) = bench.run("huge", "wh_huge", "huge", bench.kafka("wh_huge"), rows).await;
+    let rss_peak = vm_hwm_mib();
+
+    let rate = |d: Duration| rows as f64 / d.as_secs_f64();
+    println!();
+    println!(
+        "catch-up of {rows} rows ({} transactions), same WAL, one run each; avg Avro value {avg_bytes:.0} B",
+        rows / TXN_ROWS
+    );
+    println!("| path                                   | seconds | rows/s  | ratio              |");
+    println!("|----------------------------------------|---------|---------|--------------------|");
+    println!(
+        "| pg_recvlogical (proto 1, /dev/null)    | {:>7.2} | {:>7.0} | 1.00               |",
+        rl_time.as_secs_f64(),
+        rate(rl_time)
+    );
+    println!(
+        "| walhouse capture + Avro, no producer   | {:>7.2} | {:>7.0} | {:.2} of recvlogical |",
+        avro_time.as_secs_f64(),
+        rate(avro_time),
+        rl_time.as_secs_f64() / avro_time.as_secs_f64()
+    );
+    println!(
+        "| plain librdkafka producer, {size} B msgs  | {:>7.2} | {:>7.0} | reference          |",
+        ref_time.as_secs_f64(),
+        rate(ref_time)
+    );
+    let floor = rl_time.max(ref_time);
+    println!(
+        "| walhouse end to end into tansu (acked) | {:>7.2} | {:>7.0} | {:.2} of min(above) |",
+        e2e_time.as_secs_f64(),
+        rate(e2e_time),
+        floor.as_secs_f64() / e2e_time.as_secs_f64()
+    );
+    println!();
+    println!(
+        "commit-to-Kafka-ack at 5k rows/s (50-row transactions every 10 ms), {} transactions:",
+        lat.3
+    );
+    println!("| p50 ms | p99 ms | max ms |");
+    println!("|--------|--------|--------|");
+    println!("| {:>6.1} | {:>6.1} | {:>6.1} |", lat.0, lat.1, lat.2);
+    println!();
+    println!("one transaction of {rows} rows into Kafka: {:.1} s, peak RSS of the capture process {rss_peak:.1} MiB (before: {rss_before:.1} MiB)", huge_time.as_secs_f64());
+}
