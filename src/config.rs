@@ -144,6 +144,10 @@ pub struct CaptureArgs {
     #[arg(long, env = "WALHOUSE_TOPIC_REPLICATION_FACTOR", allow_negative_numbers = true)]
     pub topic_replication_factor: Option<i32>,
 
+    /// Also write BEGIN/END records with event counts to <prefix>.transaction [default: false].
+    #[arg(long, env = "WALHOUSE_TRANSACTION_TOPIC")]
+    pub transaction_topic: Option<bool>,
+
     /// A librdkafka setting, KEY=VALUE (repeatable; also the [kafka] table of the file).
     #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
     pub kafka_options: Vec<String>,
@@ -175,6 +179,7 @@ struct FileConfig {
     max_in_flight_messages: Option<u64>,
     topic_partitions: Option<i32>,
     topic_replication_factor: Option<i32>,
+    transaction_topic: Option<bool>,
     /// librdkafka settings passed through as they are.
     #[serde(default)]
     kafka: BTreeMap<String, toml::Value>,
@@ -225,6 +230,7 @@ pub struct KafkaSettings {
     pub max_in_flight: u64,
     pub topic_partitions: i32,
     pub topic_replication: i32,
+    pub transaction_topic: bool,
     pub librdkafka: BTreeMap<String, String>,
 }
 
@@ -330,6 +336,7 @@ impl CaptureConfig {
                         .topic_replication_factor
                         .or(file.topic_replication_factor)
                         .unwrap_or(-1),
+                    transaction_topic: args.transaction_topic.or(file.transaction_topic).unwrap_or(false),
                     librdkafka,
                 })
             }

@@ -135,7 +135,11 @@ impl Env {
     /// Reads until `max` records or `limit`: for topics holding replays,
     /// whose length is not known in advance.
     async fn read_within(&self, table: &str, max: usize, limit: Duration) -> Vec<Decoded> {
-        let (bootstrap, topic) = (self.broker.bootstrap(), self.topic(table));
+        self.read_topic(&self.topic(table), max, limit).await
+    }
+
+    async fn read_topic(&self, topic: &str, max: usize, limit: Duration) -> Vec<Decoded> {
+        let (bootstrap, topic) = (self.broker.bootstrap(), topic.to_owned());
         let records = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, max, limit))
             .await
             .expect("reader");
@@ -744,4 +748,84 @@ fn the_test_registry_checks_backward_compatibility() {
     assert!(can_read(&promoted, &old).is_ok());
     assert!(can_read(&retyped, &old).is_err());
     assert!(can_read(&required, &old).is_err());
+}
+
+#[tokio::test]
+async fn the_transaction_topic_brackets_each_transaction_with_counts() {
+    let env = Env::start("txtopic").await;
+    let sql = env.pg.client(&env.db).await;
+    sql.batch_execute("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)")
+        .await
+        .expect("schema");
+    let cap = env.spawn("tx_slot", &["--transaction-topic", "true"]);
+    env.wait_streaming("tx_slot").await;
+    sql.batch_execute("BEGIN; INSERT INTO a VALUES (1), (2); INSERT INTO b VALUES (1); COMMIT")
+        .await
+        .expect("tx1");
+    sql.batch_execute("INSERT INTO b VALUES (2)").await.expect("tx2");
+    let got = env.read_topic(&format!("{}.transaction", env.prefix), 4, LIMIT).await;
+    cap.stop().await;
+    assert_eq!(got.len(), 4, "{got:#?}");
+    let status = |d: &Decoded| match field(d.value.as_ref().expect("value"), "status") {
+        Value::String(s) => s.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        got.iter().map(status).collect::<Vec<_>>(),
+        ["BEGIN", "END", "BEGIN", "END"]
+    );
+    let end = got[1].value.as_ref().expect("value");
+    assert_eq!(opt(end, "event_count"), Some(&Value::Long(3)));
+    let Some(Value::Array(collections)) = opt(end, "data_collections") else {
+        panic!("collections")
+    };
+    let counts: Vec<(String, i64)> = collections
+        .iter()
+        .map(|c| match (field(c, "data_collection"), field(c, "event_count")) {
+            (Value::String(t), Value::Long(n)) => (t.clone(), *n),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(counts, [("public.a".to_string(), 2), ("public.b".to_string(), 1)]);
+    assert_eq!(got[0].key, got[1].key, "BEGIN and END share the transaction id");
+    assert_ne!(got[1].key, got[2].key);
+}
+
+async fn confirmed(sql: &tokio_postgres::Client) -> i64 {
+    sql.query_one(
+        "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = 'hb_slot'",
+        &[],
+    )
+    .await
+    .expect("slot")
+    .get(0)
+}
+
+#[tokio::test]
+async fn heartbeats_advance_an_idle_slot_and_produce_nothing() {
+    let env = Env::start("heartbeat").await;
+    let sql = env.pg.client(&env.db).await;
+    sql.batch_execute("CREATE TABLE quiet (id int PRIMARY KEY)")
+        .await
+        .expect("schema");
+    let cap = env.spawn("hb_slot", &["--heartbeat-interval-ms", "200"]);
+    env.wait_streaming("hb_slot").await;
+    let first = confirmed(&sql).await;
+    let mut advanced = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = confirmed(&sql).await;
+        if now > first {
+            advanced += 1;
+            if advanced >= 2 {
+                break;
+            }
+        }
+    }
+    let summary = cap.stop().await;
+    assert!(advanced >= 2, "the slot stayed at {first} with heartbeats on");
+    // Heartbeats are not table data: nothing was produced.
+    assert!(env.read_within("quiet", 1, Duration::from_secs(2)).await.is_empty());
+    assert!(summary.events >= 2, "the heartbeat messages came through the slot");
+    assert_eq!(summary.transactions, 0, "no table transaction happened");
 }

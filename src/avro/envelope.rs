@@ -436,6 +436,67 @@ impl<'a> Op<'a> {
     }
 }
 
+/// Key and value schemas of the transaction-boundary topic (Debezium's shape).
+pub fn transaction_schemas() -> (Json, Json) {
+    let key = json!({
+        "type": "record", "name": "TransactionKey", "namespace": "walhouse",
+        "fields": [{"name": "id", "type": "string"}],
+    });
+    let value = json!({
+        "type": "record", "name": "TransactionMetadataValue", "namespace": "walhouse",
+        "fields": [
+            {"name": "status", "type": "string"},
+            {"name": "id", "type": "string"},
+            {"name": "event_count", "type": ["null", "long"], "default": null},
+            {"name": "data_collections", "type": ["null", {"type": "array", "items": {
+                "type": "record", "name": "DataCollection", "namespace": "walhouse",
+                "fields": [{"name": "data_collection", "type": "string"}, {"name": "event_count", "type": "long"}],
+            }}], "default": null},
+            {"name": "ts_ms", "type": "long"},
+        ],
+    });
+    (key, value)
+}
+
+/// A BEGIN (no counts) or END (counts per `schema.table`) record, framed.
+pub fn transaction_record(
+    key_id: u32,
+    value_id: u32,
+    id: &str,
+    status: &str,
+    counts: Option<&std::collections::BTreeMap<String, u64>>,
+    now_ms: i64,
+) -> (Vec<u8>, Vec<u8>) {
+    let mut key = Vec::new();
+    crate::registry::wire_header(key_id, &mut key);
+    put_str(&mut key, id);
+    let mut value = Vec::new();
+    crate::registry::wire_header(value_id, &mut value);
+    put_str(&mut value, status);
+    put_str(&mut value, id);
+    match counts {
+        Some(counts) => {
+            put_long(&mut value, 1);
+            put_long(&mut value, counts.values().sum::<u64>() as i64);
+            put_long(&mut value, 1);
+            if !counts.is_empty() {
+                put_long(&mut value, counts.len() as i64);
+                for (table, n) in counts {
+                    put_str(&mut value, table);
+                    put_long(&mut value, *n as i64);
+                }
+            }
+            put_long(&mut value, 0);
+        }
+        None => {
+            put_long(&mut value, 0);
+            put_long(&mut value, 0);
+        }
+    }
+    put_long(&mut value, now_ms);
+    (key, value)
+}
+
 fn source_schema() -> Json {
     json!({
         "type": "record", "name": "Source", "namespace": "walhouse",
@@ -624,6 +685,25 @@ mod tests {
         };
         let codes: Vec<_> = Op::of(&event, &env).iter().map(|o| o.code()).collect();
         assert_eq!(codes, ["d", "c"]);
+    }
+
+    #[test]
+    fn transaction_records_decode() {
+        let (key_schema, value_schema) = transaction_schemas();
+        let mut counts = std::collections::BTreeMap::new();
+        counts.insert("public.a".to_string(), 2u64);
+        counts.insert("public.b".to_string(), 1u64);
+        let (key, value) = transaction_record(1, 2, "7:0/10", "END", Some(&counts), 5);
+        assert_eq!(
+            read(&key_schema, &key[5..]),
+            Value::Record(vec![("id".into(), Value::String("7:0/10".into()))])
+        );
+        let v = read(&value_schema, &value[5..]);
+        assert_eq!(field(&v, "status"), &Value::String("END".into()));
+        assert_eq!(field(&v, "event_count"), &Value::Union(1, Box::new(Value::Long(3))));
+        let (_, begin) = transaction_record(1, 2, "7:0/10", "BEGIN", None, 5);
+        let v = read(&value_schema, &begin[5..]);
+        assert_eq!(field(&v, "data_collections"), &Value::Union(0, Box::new(Value::Null)));
     }
 
     #[test]

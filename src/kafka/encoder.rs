@@ -45,6 +45,7 @@ pub struct RecordEncoder {
     tables: HashMap<u32, TableState>,
     key: Vec<u8>,
     value: Vec<u8>,
+    transaction_ids: Option<(u32, u32)>,
 }
 
 impl RecordEncoder {
@@ -57,7 +58,20 @@ impl RecordEncoder {
             tables: HashMap::new(),
             key: Vec::with_capacity(64),
             value: Vec::with_capacity(1024),
+            transaction_ids: None,
         }
+    }
+
+    /// Key and value schema ids of the transaction topic (registered once).
+    pub async fn transaction_schema_ids(&mut self, topic: &str) -> Result<(u32, u32), OutputError> {
+        if let Some(ids) = self.transaction_ids {
+            return Ok(ids);
+        }
+        let (key, value) = crate::avro::envelope::transaction_schemas();
+        let key_id = self.register(&format!("{topic}-key"), &key, topic, &[]).await?;
+        let value_id = self.register(&format!("{topic}-value"), &value, topic, &[]).await?;
+        self.transaction_ids = Some((key_id, value_id));
+        Ok((key_id, value_id))
     }
 
     pub fn registry(&self) -> &Arc<Registry> {

@@ -49,6 +49,8 @@ pub struct KafkaConfig {
     pub librdkafka: BTreeMap<String, String>,
     /// The source database's name, for `source.db`.
     pub db: String,
+    /// BEGIN/END records with event counts on `<prefix>.transaction`.
+    pub transaction_topic: bool,
 }
 
 impl KafkaConfig {
@@ -63,6 +65,7 @@ impl KafkaConfig {
             topic_replication: s.topic_replication,
             librdkafka: s.librdkafka.clone(),
             db: db.to_owned(),
+            transaction_topic: s.transaction_topic,
         }
     }
 }
@@ -157,6 +160,15 @@ pub struct KafkaDestination {
     encoder: RecordEncoder,
     config: KafkaConfig,
     topics: HashSet<String>,
+    /// The transaction being sent, for the transaction topic.
+    open_tx: Option<OpenTransaction>,
+}
+
+/// Events of the transaction in progress, by table.
+struct OpenTransaction {
+    xid: u32,
+    commit_lsn: Lsn,
+    counts: BTreeMap<String, u64>,
 }
 
 fn client_config(config: &KafkaConfig) -> ClientConfig {
@@ -212,6 +224,7 @@ impl KafkaDestination {
             encoder,
             config,
             topics: HashSet::new(),
+            open_tx: None,
         })
     }
 
@@ -256,6 +269,51 @@ impl KafkaDestination {
         self.topics.insert(topic.to_owned());
     }
 
+    /// Opens the transaction record on the first event of a transaction and
+    /// counts events per table.
+    async fn track_transaction(&mut self, event: &ChangeEvent<'_>) -> Result<(), OutputError> {
+        let Some(tx) = event.tx else { return Ok(()) };
+        if self.open_tx.as_ref().map(|o| o.xid) != Some(tx.xid) {
+            let open = OpenTransaction {
+                xid: tx.xid,
+                commit_lsn: tx.commit_lsn,
+                counts: BTreeMap::new(),
+            };
+            self.transaction_record(&open, "BEGIN").await?;
+            self.open_tx = Some(open);
+        }
+        let table = match &event.kind {
+            crate::change::ChangeKind::Insert { relation, .. }
+            | crate::change::ChangeKind::Update { relation, .. }
+            | crate::change::ChangeKind::Delete { relation, .. } => format!("{}.{}", relation.namespace, relation.name),
+            crate::change::ChangeKind::Truncate { .. } | crate::change::ChangeKind::Message(_) => return Ok(()),
+        };
+        if let Some(open) = self.open_tx.as_mut() {
+            *open.counts.entry(table).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    /// A BEGIN or END record on `<prefix>.transaction`, in Debezium's shape:
+    /// key `{id}`, value `{status, id, event_count, data_collections, ts_ms}`.
+    /// The id is `<xid>:<commit_lsn>` (xids wrap; the pair does not).
+    async fn transaction_record(&mut self, tx: &OpenTransaction, status: &str) -> Result<(), OutputError> {
+        let topic = format!("{}.transaction", self.config.topic_prefix);
+        let (key_id, value_id) = self.encoder.transaction_schema_ids(&topic).await?;
+        self.ensure_topic(&topic).await;
+        let id = format!("{}:{}", tx.xid, tx.commit_lsn);
+        let end = status == "END";
+        let (key, value) = crate::avro::envelope::transaction_record(
+            key_id,
+            value_id,
+            &id,
+            status,
+            end.then_some(&tx.counts),
+            now_ms(),
+        );
+        self.sender.produce(&topic, Some(&key), Some(&value))
+    }
+
     /// A change that cannot be keyed goes, as its JSON line with the
     /// reason, to `<prefix>.dead_letter`, keyed by the table's topic.
     fn dead_letter(&mut self, topic: &str, event: &ChangeEvent<'_>, reason: &str) -> Result<(), OutputError> {
@@ -276,6 +334,9 @@ impl Destination for KafkaDestination {
 
     async fn send(&mut self, event: &ChangeEvent<'_>) -> Result<(), OutputError> {
         let now = now_ms();
+        if self.config.transaction_topic {
+            self.track_transaction(event).await?;
+        }
         for (relation_id, op) in self.encoder.ops(event)? {
             match self.encoder.encode(relation_id, event, op, now) {
                 Ok(record) => {
@@ -291,11 +352,15 @@ impl Destination for KafkaDestination {
     }
 
     async fn end_transaction(&mut self, ack_lsn: Lsn) -> Result<(), OutputError> {
+        if let Some(tx) = self.open_tx.take() {
+            self.transaction_record(&tx, "END").await?;
+        }
         self.sender.tracker.close_unit(ack_lsn);
         Ok(())
     }
 
     fn abandon_transaction(&mut self) {
+        self.open_tx = None;
         self.sender.tracker.abandon_unit();
     }
 
