@@ -17,7 +17,6 @@
 mod support;
 
 use std::collections::VecDeque;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +29,7 @@ use walhouse::capture;
 use walhouse::change::ChangeEvent;
 use walhouse::config::{CaptureArgs, CaptureConfig};
 use walhouse::kafka::encoder::{now_ms, RecordEncoder};
-use walhouse::kafka::producer::{KafkaConfig, KafkaDestination};
+use walhouse::kafka::producer::KafkaDestination;
 use walhouse::output::{Destination, DestinationStats, OutputError};
 use walhouse::postgres::catalog::RelationCache;
 use walhouse::postgres::pgoutput::Relation;
@@ -200,32 +199,8 @@ impl Bench {
         let config = self.config("unused", prefix, "small");
         let kafka = config.kafka.expect("kafka");
         let registry = Arc::new(Registry::new(&kafka.registry).expect("registry"));
-        KafkaDestination::new(KafkaConfig::from_settings(&kafka, "bench"), registry).expect("producer")
+        KafkaDestination::new(&kafka, "bench", registry).expect("producer")
     }
-}
-
-fn recvlogical(pg: &PgServer, slot: &str, endpos: Lsn) -> Duration {
-    let started = Instant::now();
-    let status = Command::new("pg_recvlogical")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "bench",
-            "--no-loop",
-            "--start",
-        ])
-        .args(["-p", &pg.port.to_string(), "--slot", slot])
-        .args(["-o", "proto_version=1", "-o", "publication_names=bench_pub"])
-        .arg(format!("--endpos={endpos}"))
-        .args(["-f", "/dev/null"])
-        .stdin(Stdio::null())
-        .status()
-        .expect("pg_recvlogical runs");
-    assert!(status.success());
-    started.elapsed()
 }
 
 /// A plain librdkafka producer, same settings as walhouse's, `n` messages of `size` bytes.
@@ -257,18 +232,6 @@ fn reference_producer(bootstrap: &str, n: u64, size: usize) -> Duration {
     }
     producer.flush(Duration::from_secs(120)).expect("flush");
     started.elapsed()
-}
-
-fn vm_hwm_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        })
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 fn percentile(v: &mut [i64], p: f64) -> f64 {
@@ -358,7 +321,7 @@ async fn main() {
     // pg_recvlogical's --endpos compares with XLogData start positions; the
     // commit record starts before its end LSN, so stop at the last commit's
     // end minus one byte: the same message walhouse stopped at.
-    let rl_time = recvlogical(&bench.pg, "rl", Lsn(stop_at.0 - 1));
+    let rl_time = bench.pg.recvlogical("bench", "bench_pub", "rl", Lsn(stop_at.0 - 1));
     let (e2e_time, e2e_probe) = bench.run("e2e", "wh_e2e", "small", bench.kafka("wh_e2e"), rows).await;
     assert!(e2e_probe.inner.produced() >= rows);
 
@@ -412,10 +375,10 @@ async fn main() {
     ))
     .await
     .expect("huge transaction");
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let rss_before = vm_hwm_mib();
+    support::reset_peak_rss();
+    let rss_before = support::peak_rss_mib();
     let (huge_time, _) = bench.run("huge", "wh_huge", "huge", bench.kafka("wh_huge"), rows).await;
-    let rss_peak = vm_hwm_mib();
+    let rss_peak = support::peak_rss_mib();
 
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
     println!();

@@ -6,13 +6,12 @@
 //! default 1000000; `WALHOUSE_BENCH_ROUNDS`, default 3). Prints a table;
 //! never asserts on time.
 
-#[path = "../tests/support/postgres.rs"]
-mod postgres_support;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use postgres_support::PgServer;
+use support::postgres::PgServer;
 use walhouse::postgres::catalog::RelationCache;
 use walhouse::postgres::conninfo::ConnInfo;
 use walhouse::postgres::pgoutput::LogicalMessage;
@@ -85,50 +84,9 @@ async fn walhouse_catch_up(pg: &PgServer, slot: &str, rows: u64, stop_at: Option
     }
 }
 
-fn recvlogical_catch_up(pg: &PgServer, slot: &str, endpos: Lsn) -> Duration {
-    let started = Instant::now();
-    let status = Command::new("pg_recvlogical")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "bench",
-            "--no-loop",
-            "--start",
-        ])
-        .args(["-p", &pg.port.to_string(), "--slot", slot])
-        .args(["-o", "proto_version=1", "-o", "publication_names=bench_pub"])
-        .arg(format!("--endpos={endpos}"))
-        .args(["-f", "/dev/null"])
-        .stdin(Stdio::null())
-        .status()
-        .expect("pg_recvlogical runs");
-    let elapsed = started.elapsed();
-    assert!(status.success(), "pg_recvlogical failed: {status}");
-    elapsed
-}
-
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-fn reset_hwm() {
-    // Writing 5 to clear_refs resets the peak RSS counter (Linux >= 4.0).
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 async fn run(rows: u64, rounds: usize) {
     println!("starting PostgreSQL 15 …");
-    let pg = PgServer::start_with(postgres_support::PgOptions {
+    let pg = PgServer::start_with(support::postgres::PgOptions {
         extra_conf: vec!["max_wal_size = '4GB'".into(), "checkpoint_timeout = '30min'".into()],
         ..Default::default()
     });
@@ -179,7 +137,7 @@ async fn run(rows: u64, rounds: usize) {
                 wh.push(elapsed);
             } else {
                 let endpos = last_commit.expect("walhouse ran first in round 0");
-                rl.push(recvlogical_catch_up(&pg, &format!("rl_{r}"), endpos));
+                rl.push(pg.recvlogical("bench", "bench_pub", &format!("rl_{r}"), endpos));
             }
         }
     }
@@ -194,12 +152,12 @@ async fn run(rows: u64, rounds: usize) {
         ))
         .await
         .expect("huge transaction");
-        reset_hwm();
-        let before = vm_hwm_kib();
+        support::reset_peak_rss();
+        let before = support::peak_rss_mib();
         // The truncate is a transaction of its own first; count inserts only.
         let (elapsed, inserts, _) = walhouse_catch_up(&pg, &format!("mem_{i}"), n, None).await;
         assert_eq!(inserts, n);
-        rss.push((n, before, vm_hwm_kib(), elapsed));
+        rss.push((n, before, support::peak_rss_mib(), elapsed));
     }
 
     let median = |v: &mut Vec<Duration>| {
@@ -236,9 +194,7 @@ async fn run(rows: u64, rounds: usize) {
     println!("|--------------------|-----------------|--------------------------|-------------|");
     for (n, before, after, elapsed) in rss {
         println!(
-            "| {n:>10} rows    | {:>11.1} MiB | {:>20.1} MiB | {:>9.2} s |",
-            before as f64 / 1024.0,
-            after as f64 / 1024.0,
+            "| {n:>10} rows    | {before:>11.1} MiB | {after:>20.1} MiB | {:>9.2} s |",
             elapsed.as_secs_f64()
         );
     }

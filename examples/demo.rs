@@ -24,7 +24,7 @@ use clap::Parser;
 use tokio::sync::watch;
 use walhouse::capture;
 use walhouse::config::{CaptureArgs, CaptureConfig};
-use walhouse::kafka::producer::{KafkaConfig, KafkaDestination};
+use walhouse::kafka::producer::KafkaDestination;
 use walhouse::registry::{split_wire, Registry, RegistryConfig};
 
 const SCHEMA: &str = include_str!("../sql/source/backend_schema.sql");
@@ -76,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
     ])?)?;
     let kafka = config.kafka.clone().context("kafka settings")?;
     let reg = Arc::new(Registry::new(&kafka.registry)?);
-    let mut dest = KafkaDestination::new(KafkaConfig::from_settings(&kafka, "backend"), reg)?;
+    let mut dest = KafkaDestination::new(&kafka, "backend", reg)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let capture = tokio::spawn(async move {
         let summary = capture::run(&config, &mut dest, stop_rx).await;

@@ -70,25 +70,6 @@ impl Capture {
     }
 }
 
-/// The slot's confirmed LSN once its walsender has exited.
-async fn confirmed_flush(pg: &PgServer, db: &str, slot: &str) -> String {
-    let sql = pg.client(db).await;
-    for _ in 0..200 {
-        let row = sql
-            .query_one(
-                "SELECT active, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .expect("slot");
-        if !row.get::<_, bool>(0) {
-            return row.get(1);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("slot still active");
-}
-
 async fn lsn_ge(pg: &PgServer, db: &str, a: &str, b: &str) -> bool {
     pg.client(db)
         .await
@@ -170,7 +151,7 @@ async fn streams_json_lines_stops_cleanly_and_resumes_without_repeats() {
     }
 
     assert_eq!(cap.terminate().await, 0, "clean stop exits 0");
-    let confirmed = confirmed_flush(&pg, &db, "cli_slot").await;
+    let confirmed = pg.confirmed_flush_when_inactive(&db, "cli_slot").await;
     let last_commit = lines[3]["commit_lsn"].as_str().expect("commit_lsn");
     assert!(
         lsn_ge(&pg, &db, &confirmed, last_commit).await,

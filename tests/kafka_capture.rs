@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use walhouse::capture::{self, CaptureError, CaptureSummary};
 use walhouse::config::{CaptureArgs, CaptureConfig};
 use walhouse::http::{request, BaseUrl};
-use walhouse::kafka::producer::{KafkaConfig, KafkaDestination};
+use walhouse::kafka::producer::KafkaDestination;
 use walhouse::registry::{split_wire, Registry, RegistryConfig};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -102,8 +102,7 @@ impl Env {
             CaptureConfig::resolve(CaptureArgs::try_parse_from(self.args(slot, extra)).expect("args")).expect("config");
         let kafka = config.kafka.clone().expect("kafka settings");
         let registry = Arc::new(Registry::new(&kafka.registry).expect("registry"));
-        let mut dest = KafkaDestination::new(KafkaConfig::from_settings(&kafka, &config.source.dbname), registry)
-            .expect("producer");
+        let mut dest = KafkaDestination::new(&kafka, &config.source.dbname, registry).expect("producer");
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(async move { capture::run(&config, &mut dest, rx).await });
         Running { stop, task }

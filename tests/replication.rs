@@ -438,25 +438,6 @@ async fn an_untouched_toasted_value_is_unchanged_not_null() {
     assert_eq!(u.new, vec![t("1"), t("new title"), t("short now")]);
 }
 
-async fn confirmed_flush(pg: &PgServer, db: &str, slot: &str) -> Lsn {
-    let sql = pg.client(db).await;
-    // The walsender applies the last status update before it exits.
-    for _ in 0..200 {
-        let row = sql
-            .query_one(
-                "SELECT active, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .expect("slot row");
-        if !row.get::<_, bool>(0) {
-            return row.get::<_, String>(1).parse().expect("lsn");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("slot {slot} stayed active");
-}
-
 fn commit_ends(msgs: &[(Lsn, LogicalMessage)]) -> Vec<Lsn> {
     msgs.iter()
         .filter_map(|(_, m)| match m {
@@ -498,7 +479,13 @@ async fn unacknowledged_transactions_come_back_and_the_slot_never_passes_the_ack
     tokio::time::sleep(Duration::from_millis(700)).await;
     let told = s.stop().await.expect("clean stop");
     assert_eq!(told, ends[0]);
-    assert_eq!(confirmed_flush(&pg, &db, "ack_slot").await, ends[0]);
+    assert_eq!(
+        pg.confirmed_flush_when_inactive(&db, "ack_slot")
+            .await
+            .parse::<Lsn>()
+            .expect("lsn"),
+        ends[0]
+    );
 
     // Restart: 2 and 3 come again, 1 does not.
     let mut s = start(&pg, &db, "ack_slot", Lsn::ZERO).await;
@@ -513,7 +500,13 @@ async fn unacknowledged_transactions_come_back_and_the_slot_never_passes_the_ack
     assert_eq!(inserted_ids(&again), ["2", "3"]);
     s.acknowledge(ends[2]);
     s.stop().await.expect("clean stop");
-    assert_eq!(confirmed_flush(&pg, &db, "ack_slot").await, ends[2]);
+    assert_eq!(
+        pg.confirmed_flush_when_inactive(&db, "ack_slot")
+            .await
+            .parse::<Lsn>()
+            .expect("lsn"),
+        ends[2]
+    );
 }
 
 #[tokio::test]
@@ -561,7 +554,11 @@ async fn an_idle_slot_advances_past_wal_it_does_not_publish() {
         }
     }
     s.stop().await.expect("stop");
-    let confirmed = confirmed_flush(&pg, &db, "idle_slot").await;
+    let confirmed = pg
+        .confirmed_flush_when_inactive(&db, "idle_slot")
+        .await
+        .parse::<Lsn>()
+        .expect("lsn");
     assert!(confirmed >= wal_after && confirmed > created.consistent_point);
 }
 

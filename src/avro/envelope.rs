@@ -565,17 +565,7 @@ mod tests {
         TupleValue::Text(Bytes::copy_from_slice(s.as_bytes()))
     }
 
-    fn read(schema: &Json, bytes: &[u8]) -> Value {
-        let schema = apache_avro::Schema::parse(schema).expect("valid schema");
-        let mut r = bytes;
-        let v = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
-            .build()
-            .expect("reader")
-            .read_value(&mut r)
-            .expect("decodes");
-        assert!(r.is_empty(), "trailing bytes");
-        v
-    }
+    use crate::avro::read_datum as read;
 
     fn field<'v>(v: &'v Value, name: &str) -> &'v Value {
         let Value::Record(fields) = v else {

@@ -5,3 +5,19 @@
 pub mod envelope;
 pub mod types;
 pub mod value;
+
+/// Decodes `bytes` as one datum of `schema` with apache-avro, and checks
+/// nothing is left over: the independent reader the unit tests check
+/// walhouse's encoder against.
+#[cfg(test)]
+pub(crate) fn read_datum(schema: &serde_json::Value, bytes: &[u8]) -> apache_avro::types::Value {
+    let schema = apache_avro::Schema::parse(schema).expect("valid schema");
+    let mut r = bytes;
+    let v = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+        .build()
+        .expect("reader")
+        .read_value(&mut r)
+        .expect("decodes");
+    assert!(r.is_empty(), "trailing bytes");
+    v
+}

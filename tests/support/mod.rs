@@ -56,3 +56,21 @@ pub fn changes(msgs: &[(Lsn, LogicalMessage)]) -> Vec<&LogicalMessage> {
         })
         .collect()
 }
+
+/// Peak resident memory of this process (VmHWM), in MiB.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// Resets the peak to the current RSS (Linux >= 4.0: `5` to clear_refs).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}

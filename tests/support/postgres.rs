@@ -281,6 +281,49 @@ impl PgServer {
         client
     }
 
+    /// Runs `pg_recvlogical` (pgoutput protocol 1 into /dev/null) from
+    /// `slot` until it reaches `endpos`; the benchmarks' baseline.
+    pub fn recvlogical(&self, db: &str, publication: &str, slot: &str, endpos: walhouse::postgres::Lsn) -> Duration {
+        let started = Instant::now();
+        let status = Command::new("pg_recvlogical")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "--no-loop", "--start"])
+            .args(["-p", &self.port.to_string(), "-d", db, "--slot", slot])
+            .args([
+                "-o",
+                "proto_version=1",
+                "-o",
+                &format!("publication_names={publication}"),
+            ])
+            .arg(format!("--endpos={endpos}"))
+            .args(["-f", "/dev/null"])
+            .stdin(Stdio::null())
+            .status()
+            .expect("pg_recvlogical runs");
+        let elapsed = started.elapsed();
+        assert!(status.success(), "pg_recvlogical failed: {status}");
+        elapsed
+    }
+
+    /// The slot's `confirmed_flush_lsn` once its walsender has exited (it
+    /// applies the last status update on the way out). Bounded: 10 s.
+    pub async fn confirmed_flush_when_inactive(&self, db: &str, slot: &str) -> String {
+        let sql = self.client(db).await;
+        for _ in 0..200 {
+            let row = sql
+                .query_one(
+                    "SELECT active, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .expect("slot row");
+            if !row.get::<_, bool>(0) {
+                return row.get(1);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("slot {slot} stayed active");
+    }
+
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
