@@ -283,16 +283,7 @@ async fn main() {
         .expect("slot");
     }
     println!("writing {rows} rows in {TXN_ROWS}-row transactions …");
-    let mut start = 1;
-    while start <= rows {
-        let end = (start + TXN_ROWS - 1).min(rows);
-        sql.batch_execute(&format!(
-            "INSERT INTO small SELECT g, g, g * 2, 'x' FROM generate_series({start}, {end}) g"
-        ))
-        .await
-        .expect("insert");
-        start = end + 1;
-    }
+    support::postgres::insert_small_rows(&sql, "small", rows, TXN_ROWS).await;
 
     // 1. Catch-up: Avro without producer first (it finds the last commit),
     // then pg_recvlogical to the same commit, then end to end.

@@ -110,16 +110,7 @@ async fn run(rows: u64, rounds: usize) {
     }
     println!("writing {rows} rows in {TXN_ROWS}-row transactions …");
     let t = Instant::now();
-    let mut start = 1;
-    while start <= rows {
-        let end = (start + TXN_ROWS - 1).min(rows);
-        sql.batch_execute(&format!(
-            "INSERT INTO small SELECT g, g, g * 2, 'x' FROM generate_series({start}, {end}) g"
-        ))
-        .await
-        .expect("insert");
-        start = end + 1;
-    }
+    support::postgres::insert_small_rows(&sql, "small", rows, TXN_ROWS).await;
     println!("  written in {:.1?}", t.elapsed());
 
     // Round 0 runs walhouse first to learn the last commit's LSN, which

@@ -357,6 +357,21 @@ impl Drop for PgServer {
     }
 }
 
+/// The benchmarks' workload: `rows` small rows (`int` key, two ints,
+/// `char(84)`) into `table`, in transactions of `per_txn` rows.
+pub async fn insert_small_rows(sql: &Client, table: &str, rows: u64, per_txn: u64) {
+    let mut start = 1;
+    while start <= rows {
+        let end = (start + per_txn - 1).min(rows);
+        sql.batch_execute(&format!(
+            "INSERT INTO {table} SELECT g, g, g * 2, 'x' FROM generate_series({start}, {end}) g"
+        ))
+        .await
+        .expect("insert");
+        start = end + 1;
+    }
+}
+
 fn append(path: &Path, text: &str) {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new().append(true).open(path).expect("open conf");
