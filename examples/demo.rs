@@ -122,7 +122,10 @@ async fn main() -> anyhow::Result<()> {
 
     // Capture acknowledges only what Kafka acknowledged: wait (bounded)
     // until the slot confirmed everything written.
-    let target: String = sql.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+    let target: String = sql
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await?
+        .get(0);
     wait_until(
         &sql,
         &format!(

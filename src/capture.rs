@@ -15,14 +15,14 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::change::{check_arity, ChangeEvent, ChangeKind, TxInfo};
-use crate::config::CaptureConfig;
+use crate::change::{check_arity, ChangeEvent, ChangeKind, SnapshotMark, TxInfo};
+use crate::config::{CaptureConfig, SnapshotMode};
 use crate::metrics::{Metrics, Phase};
 use crate::output::{Destination, OutputError};
 use crate::postgres::catalog::{load_column_infos, load_type_infos, CatalogError, RelationCache, RelationChange};
-use crate::postgres::pgoutput::{LogicalMessage, OldTuple};
+use crate::postgres::pgoutput::{LogicalMessage, OldTuple, PgTimestamp, Relation, Tuple};
 use crate::postgres::replication::{ReplicationClient, ReplicationStream, StreamOptions};
-use crate::postgres::{client, publication, slot, Lsn, SourceError};
+use crate::postgres::{client, publication, slot, snapshot, Lsn, SourceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -34,6 +34,8 @@ pub enum CaptureError {
     Output(#[from] OutputError),
     #[error("gave up after {attempts} reconnect attempts; last error: {last}")]
     GaveUp { attempts: u32, last: SourceError },
+    #[error("initial snapshot: {0}")]
+    Snapshot(#[from] crate::postgres::snapshot::SnapshotError),
     #[error("cannot serve metrics on {addr}: {source}. Fix: choose a free --metrics-addr")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -113,16 +115,18 @@ async fn run_inner<D: Destination>(
         Some(i) => i,
         None => slot::status_interval(slot::wal_sender_timeout(&sql).await?),
     };
+    let mut needs_snapshot = false;
     match slot::inspect(&sql, &config.slot).await? {
         Some(info) => {
             slot::check_usable(&info, &source.dbname)?;
             tracing::info!(slot = %config.slot, confirmed_flush = ?info.confirmed_flush.map(|l| l.to_string()), "resuming from existing slot");
         }
-        None => {
+        None if config.snapshot_mode == SnapshotMode::Never => {
             let mut repl = ReplicationClient::connect(source).await?;
             let created = repl.create_slot(&config.slot).await?;
-            tracing::info!(slot = %created.name, consistent_point = %created.consistent_point, "created replication slot");
+            tracing::info!(slot = %created.name, consistent_point = %created.consistent_point, "created replication slot (no snapshot)");
         }
+        None => needs_snapshot = true,
     }
 
     let mut state = LoopState {
@@ -135,6 +139,27 @@ async fn run_inner<D: Destination>(
         events: 0,
         transactions: 0,
     };
+    if needs_snapshot {
+        let done = state.initial_snapshot(config, dest, &mut shutdown).await?;
+        let finished = match done {
+            None => true,
+            Some(_) => config.snapshot_mode == SnapshotMode::InitialOnly,
+        };
+        if finished {
+            return Ok(CaptureSummary {
+                acknowledged: done.unwrap_or(Lsn::ZERO),
+                events: state.events,
+                transactions: state.transactions,
+            });
+        }
+    } else if config.snapshot_mode == SnapshotMode::InitialOnly {
+        tracing::info!(slot = %config.slot, "the slot exists, so its snapshot was taken before: nothing to do");
+        return Ok(CaptureSummary {
+            acknowledged: Lsn::ZERO,
+            events: 0,
+            transactions: 0,
+        });
+    }
     let mut acknowledged = Lsn::ZERO;
     let mut attempt = 0u32;
     loop {
@@ -225,6 +250,19 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// The temporary slot that exports the initial snapshot: `<slot>_snap`,
+/// within Postgres's 63-character limit.
+fn snapshot_slot_name(slot: &str) -> String {
+    format!("{}_snap", &slot[..slot.len().min(58)])
+}
+
+fn unix_micros_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 /// 250 ms, 500 ms, 1 s, … capped at `max`.
 fn backoff(attempt: u32, max: Duration) -> Duration {
     Duration::from_millis(250u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(16))).min(max)
@@ -288,6 +326,167 @@ impl LoopState {
         }
     }
 
+    /// Takes in a table's shape (from a Relation message or the snapshot):
+    /// the catalog facts pgoutput does not send, the cache, the destination.
+    async fn learn_relation<D: Destination>(
+        &mut self,
+        rel: Relation,
+        dest: &mut D,
+    ) -> Result<Arc<Relation>, CaptureError> {
+        let missing = self.cache.missing_type_infos(&rel);
+        if !missing.is_empty() {
+            let infos = load_type_infos(&self.sql, &missing).await.map_err(SourceError::Sql)?;
+            self.cache.insert_type_infos(infos);
+        }
+        let columns_info = load_column_infos(&self.sql, rel.id).await.map_err(SourceError::Sql)?;
+        self.cache.set_column_infos(rel.id, columns_info);
+        let (id, name, columns) = (rel.id, format!("{}.{}", rel.namespace, rel.name), rel.columns.len());
+        let change = self.cache.apply_relation(rel);
+        let relation = self.cache.get(id)?.clone();
+        dest.relation(&relation, &self.cache).await?;
+        if change == RelationChange::Changed {
+            // Relation messages are not WAL records (they arrive at 0/0):
+            // name the transaction that carried the new shape instead.
+            let commit_lsn = self.tx.map(|t| t.commit_lsn.to_string()).unwrap_or_default();
+            tracing::info!(table = %name, columns, %commit_lsn, "table shape changed");
+        }
+        Ok(relation)
+    }
+
+    /// Copies every published table under the snapshot of a new temporary
+    /// slot, sends each row as a read, waits until the destination has it
+    /// all durable, and only then makes the slot permanent (a copy of the
+    /// temporary one, at the same consistent point). A crash before that
+    /// leaves no slot, so the next start snapshots again: a half snapshot is
+    /// never taken for a whole one. Returns the consistent point, or `None`
+    /// when shutdown interrupted the snapshot.
+    async fn initial_snapshot<D: Destination>(
+        &mut self,
+        config: &CaptureConfig,
+        dest: &mut D,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Lsn>, CaptureError> {
+        let source = &config.source;
+        let tables = publication::published_tables(&self.sql, &config.publication).await?;
+        let temporary = snapshot_slot_name(&config.slot);
+        let exported = ReplicationClient::connect(source)
+            .await?
+            .create_temporary_slot_exporting_snapshot(&temporary)
+            .await?;
+        let consistent = exported.slot().consistent_point;
+        tracing::info!(tables = tables.len(), %consistent, "initial snapshot started");
+        let (copy, _driver) = client::connect(source).await?;
+        snapshot::begin(&copy, exported.snapshot_name()).await?;
+        let tx = TxInfo {
+            xid: 0,
+            commit_lsn: consistent,
+            commit_time: PgTimestamp::from_unix_micros(unix_micros_now()),
+        };
+        let started = std::time::Instant::now();
+        // One row is held back so the very last one can be marked as such.
+        let mut held: Option<(Arc<Relation>, Tuple)> = None;
+        let mut ordinal = 0u64;
+        for table in &tables {
+            let relation = self
+                .learn_relation(snapshot::describe(&copy, table).await?, dest)
+                .await?;
+            let mut rows = snapshot::CopyRows::start(&copy, &relation).await?;
+            let mut n = 0u64;
+            while let Some(tuple) = rows.next().await? {
+                if let Some((r, t)) = held.replace((relation.clone(), tuple)) {
+                    ordinal += 1;
+                    if !self
+                        .snapshot_row(dest, shutdown, &tx, ordinal, &r, &t, SnapshotMark::Row)
+                        .await?
+                    {
+                        return Ok(None);
+                    }
+                }
+                n += 1;
+                if n.is_multiple_of(100_000) {
+                    let rate = ordinal as f64 / started.elapsed().as_secs_f64().max(0.001);
+                    tracing::info!(table = %table, rows = n, rows_per_s = rate as u64, "snapshot progress");
+                }
+            }
+            tracing::info!(table = %table, rows = n, "table snapshotted");
+        }
+        if let Some((r, t)) = held.take() {
+            ordinal += 1;
+            if !self
+                .snapshot_row(dest, shutdown, &tx, ordinal, &r, &t, SnapshotMark::Last)
+                .await?
+            {
+                return Ok(None);
+            }
+        }
+        dest.end_transaction(consistent).await?;
+        while dest.durable()? < consistent {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Ok(None),
+                _ = dest.progressed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        if config.snapshot_mode != SnapshotMode::InitialOnly {
+            self.sql
+                .execute(
+                    "SELECT pg_catalog.pg_copy_logical_replication_slot($1, $2, false)",
+                    &[&temporary, &config.slot],
+                )
+                .await
+                .map_err(SourceError::Sql)?;
+        }
+        tracing::info!(
+            rows = ordinal,
+            seconds = started.elapsed().as_secs_f64(),
+            slot = %config.slot,
+            %consistent,
+            "initial snapshot durable; streaming starts at its consistent point"
+        );
+        // Ends the exported snapshot; the temporary slot goes with its connection.
+        drop(copy);
+        drop(exported);
+        Ok(Some(consistent))
+    }
+
+    /// Sends one snapshot row, waiting (not buffering) while the destination
+    /// is full. False when shutdown came first.
+    #[allow(clippy::too_many_arguments)]
+    async fn snapshot_row<D: Destination>(
+        &mut self,
+        dest: &mut D,
+        shutdown: &mut watch::Receiver<bool>,
+        tx: &TxInfo,
+        ordinal: u64,
+        relation: &Relation,
+        tuple: &Tuple,
+        mark: SnapshotMark,
+    ) -> Result<bool, CaptureError> {
+        while dest.is_full() {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Ok(false),
+                _ = dest.progressed() => {}
+            }
+        }
+        if *shutdown.borrow() {
+            return Ok(false);
+        }
+        let event = ChangeEvent {
+            lsn: tx.commit_lsn,
+            tx: Some(tx),
+            tx_ordinal: ordinal,
+            kind: ChangeKind::Insert { relation, new: tuple },
+            snapshot: Some(mark),
+        };
+        dest.send(&event).await?;
+        self.events += 1;
+        self.metrics
+            .count_event(&format!("{}.{}", relation.namespace, relation.name), "read");
+        Ok(true)
+    }
+
     /// Acknowledges whatever the destination reports durable, and
     /// publishes where things stand.
     fn acknowledge_durable<D: Destination>(
@@ -331,23 +530,7 @@ impl LoopState {
                 return Ok(Some(c.end_lsn));
             }
             LogicalMessage::Relation(rel) => {
-                let missing = self.cache.missing_type_infos(&rel);
-                if !missing.is_empty() {
-                    let infos = load_type_infos(&self.sql, &missing).await.map_err(SourceError::Sql)?;
-                    self.cache.insert_type_infos(infos);
-                }
-                let columns_info = load_column_infos(&self.sql, rel.id).await.map_err(SourceError::Sql)?;
-                self.cache.set_column_infos(rel.id, columns_info);
-                let (id, name, columns) = (rel.id, format!("{}.{}", rel.namespace, rel.name), rel.columns.len());
-                let change = self.cache.apply_relation(rel);
-                let relation = self.cache.get(id)?.clone();
-                dest.relation(&relation, &self.cache).await?;
-                if change == RelationChange::Changed {
-                    // Relation messages are not WAL records (they arrive at 0/0):
-                    // name the transaction that carried the new shape instead.
-                    let commit_lsn = self.tx.map(|t| t.commit_lsn.to_string()).unwrap_or_default();
-                    tracing::info!(table = %name, columns, %commit_lsn, "table shape changed");
-                }
+                self.learn_relation(rel, dest).await?;
             }
             LogicalMessage::Type(t) => self.cache.apply_type(t),
             LogicalMessage::Origin(o) => tracing::debug!(origin = %o.name, "transaction from origin"),
@@ -429,6 +612,7 @@ impl LoopState {
             tx: if in_tx { self.tx.as_ref() } else { None },
             tx_ordinal: if in_tx { self.tx_ordinal } else { 0 },
             kind,
+            snapshot: None,
         };
         dest.send(&event).await?;
         self.events += 1;

@@ -47,6 +47,25 @@ pub enum ChangeKind<'a> {
     Message(&'a Message),
 }
 
+/// Marks a row read by the initial snapshot (Debezium's `op = r`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotMark {
+    Row,
+    /// The last row of the whole snapshot.
+    Last,
+}
+
+impl SnapshotMark {
+    /// `source.snapshot` as Debezium spells it.
+    pub fn as_str(mark: Option<SnapshotMark>) -> &'static str {
+        match mark {
+            None => "false",
+            Some(SnapshotMark::Row) => "true",
+            Some(SnapshotMark::Last) => "last",
+        }
+    }
+}
+
 /// One change with its position.
 #[derive(Debug)]
 pub struct ChangeEvent<'a> {
@@ -58,6 +77,8 @@ pub struct ChangeEvent<'a> {
     /// order of changes (several can share one LSN).
     pub tx_ordinal: u64,
     pub kind: ChangeKind<'a>,
+    /// Set for rows of the initial snapshot (an Insert read, not written).
+    pub snapshot: Option<SnapshotMark>,
 }
 
 /// Checks that a tuple has as many values as its relation has columns.
@@ -76,6 +97,7 @@ pub fn check_arity(relation: &Relation, tuple: &Tuple) -> Result<(), CatalogErro
 impl ChangeEvent<'_> {
     pub fn op(&self) -> &'static str {
         match self.kind {
+            ChangeKind::Insert { .. } if self.snapshot.is_some() => "read",
             ChangeKind::Insert { .. } => "insert",
             ChangeKind::Update { .. } => "update",
             ChangeKind::Delete { .. } => "delete",
@@ -147,6 +169,9 @@ impl Serialize for ChangeEvent<'_> {
         )?;
         st.serialize_field("tx_ordinal", &self.tx_ordinal)?;
         st.serialize_field("op", self.op())?;
+        if self.snapshot.is_some() {
+            st.serialize_field("snapshot", SnapshotMark::as_str(self.snapshot))?;
+        }
         let cols = |relation, tuple| Columns {
             relation,
             tuple,
@@ -265,6 +290,7 @@ mod tests {
                 old: None,
                 new: &new,
             },
+            snapshot: None,
         };
         let v: serde_json::Value = serde_json::to_value(&ev).expect("serialises");
         assert_eq!(v["op"], "update");

@@ -34,6 +34,20 @@ pub enum OutputKind {
     Kafka,
 }
 
+/// What to do with the rows that exist when capture first starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Copy every published table, then stream (when the slot is new).
+    #[default]
+    Initial,
+    /// Stream only changes made after the slot was created.
+    Never,
+    /// Copy every published table, then stop.
+    #[value(name = "initial_only")]
+    InitialOnly,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -70,6 +84,10 @@ pub struct CaptureArgs {
     /// Tables to publish, schema.table[,…]; all tables when not given.
     #[arg(long, env = "WALHOUSE_TABLES", value_delimiter = ',')]
     pub tables: Option<Vec<String>>,
+
+    /// Rows present at first start: initial (copy, then stream), never, initial_only [default: initial].
+    #[arg(long, env = "WALHOUSE_SNAPSHOT_MODE", value_enum)]
+    pub snapshot_mode: Option<SnapshotMode>,
 
     /// Where changes go [default: stdout].
     #[arg(long, env = "WALHOUSE_OUTPUT", value_enum)]
@@ -161,6 +179,7 @@ struct FileConfig {
     slot: Option<String>,
     publication: Option<String>,
     tables: Option<Vec<String>>,
+    snapshot_mode: Option<SnapshotMode>,
     output: Option<OutputKind>,
     status_interval_ms: Option<u64>,
     max_reconnect_attempts: Option<u32>,
@@ -207,6 +226,7 @@ pub struct CaptureConfig {
     pub slot: String,
     pub publication: String,
     pub tables: TableSelection,
+    pub snapshot_mode: SnapshotMode,
     pub output: OutputKind,
     /// `None`: derived from the server's `wal_sender_timeout`.
     pub status_interval: Option<Duration>,
@@ -354,6 +374,7 @@ impl CaptureConfig {
             publication,
             tables,
             output,
+            snapshot_mode: args.snapshot_mode.or(file.snapshot_mode).unwrap_or_default(),
             status_interval: status_interval_ms.map(Duration::from_millis),
             max_reconnect_attempts: args
                 .max_reconnect_attempts

@@ -828,3 +828,31 @@ async fn heartbeats_advance_an_idle_slot_and_produce_nothing() {
     assert!(summary.events >= 2, "the heartbeat messages came through the slot");
     assert_eq!(summary.transactions, 0, "no table transaction happened");
 }
+
+#[tokio::test]
+async fn existing_rows_arrive_as_snapshot_reads_before_the_stream() {
+    let env = Env::start("snapkafka").await;
+    let sql = env.pg.client(&env.db).await;
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+        .await
+        .expect("schema");
+    let cap = env.spawn("snapk_slot", &[]);
+    env.wait_streaming("snapk_slot").await;
+    sql.batch_execute("UPDATE t SET v = 'b2' WHERE id = 2")
+        .await
+        .expect("update");
+    let got = env.read("t", 4).await;
+    cap.stop().await;
+    assert_eq!(got.iter().map(op).collect::<Vec<_>>(), ["r", "r", "r", "u"]);
+    let snapshot_flag = |d: &Decoded| match field(field(d.value.as_ref().expect("value"), "source"), "snapshot") {
+        Value::String(s) => s.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        got.iter().map(snapshot_flag).collect::<Vec<_>>(),
+        ["true", "true", "last", "false"]
+    );
+    assert_eq!(string(opt(after(&got[1]), "v")), "b");
+    assert_eq!(string(opt(after(&got[3]), "v")), "b2");
+    assert_eq!(field(got[3].key.as_ref().expect("key"), "id"), &Value::Int(2));
+}

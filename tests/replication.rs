@@ -528,7 +528,7 @@ async fn an_idle_slot_advances_past_wal_it_does_not_publish() {
         .await
         .expect("other");
     let wal_after: Lsn = sql
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
         .expect("lsn")
         .get::<_, String>(0)

@@ -87,7 +87,6 @@ pub struct SourceInfo<'a> {
     pub version: &'a str,
     pub name: &'a str,
     pub db: &'a str,
-    pub snapshot: &'a str,
 }
 
 /// The schemas and encoders of one table's topic.
@@ -345,7 +344,7 @@ impl TableEnvelope {
         put_str(out, source.name);
         let tx: Option<&TxInfo> = event.tx;
         put_long(out, tx.map_or(now_ms, |t| t.commit_time.unix_micros().div_euclid(1000)));
-        put_str(out, source.snapshot);
+        put_str(out, crate::change::SnapshotMark::as_str(event.snapshot));
         put_str(out, source.db);
         put_str(out, &self.schema);
         put_str(out, &self.table);
@@ -384,6 +383,8 @@ impl TableEnvelope {
 #[derive(Clone, Copy, Debug)]
 pub enum Op<'a> {
     Create(&'a Tuple),
+    /// A row of the initial snapshot.
+    Read(&'a Tuple),
     Update {
         before: Option<&'a Tuple>,
         after: &'a Tuple,
@@ -396,6 +397,7 @@ impl<'a> Op<'a> {
     pub fn code(&self) -> &'static str {
         match self {
             Op::Create(_) => "c",
+            Op::Read(_) => "r",
             Op::Update { .. } => "u",
             Op::Delete(_) => "d",
             Op::Truncate => "t",
@@ -404,7 +406,7 @@ impl<'a> Op<'a> {
 
     fn tuples(&self) -> (Option<&'a Tuple>, Option<&'a Tuple>) {
         match *self {
-            Op::Create(t) => (None, Some(t)),
+            Op::Create(t) | Op::Read(t) => (None, Some(t)),
             Op::Update { before, after } => (before, Some(after)),
             Op::Delete(t) => (Some(t), None),
             Op::Truncate => (None, None),
@@ -416,6 +418,7 @@ impl<'a> Op<'a> {
     /// topics keep no stale key.
     pub fn of(event: &'a ChangeEvent<'a>, envelope: &TableEnvelope) -> Vec<Op<'a>> {
         match &event.kind {
+            ChangeKind::Insert { new, .. } if event.snapshot.is_some() => vec![Op::Read(new)],
             ChangeKind::Insert { new, .. } => vec![Op::Create(new)],
             ChangeKind::Update { old, new, .. } => {
                 let before = old.map(|o| match o {
@@ -612,6 +615,7 @@ mod tests {
                 old: None,
                 new: &new,
             },
+            snapshot: None,
         };
         let ops = Op::of(&event, &env);
         assert_eq!(ops.len(), 1);
@@ -619,7 +623,6 @@ mod tests {
             version: "0.1.0",
             name: "walhouse",
             db: "shop",
-            snapshot: "false",
         };
         let mut out = Vec::new();
         env.encode_value(&event, ops[0], &source, 1_800_000_000_000, &mut out);
@@ -672,6 +675,7 @@ mod tests {
                 old: Some(&old),
                 new: &new,
             },
+            snapshot: None,
         };
         let codes: Vec<_> = Op::of(&event, &env).iter().map(|o| o.code()).collect();
         assert_eq!(codes, ["d", "c"]);

@@ -202,13 +202,12 @@ impl RecordEncoder {
             version: env!("CARGO_PKG_VERSION"),
             name: &self.prefix,
             db: &self.db,
-            snapshot: "false",
         };
         self.value.clear();
         wire_header(state.value_id, &mut self.value);
         state.envelope.encode_value(event, op, &source, now_ms, &mut self.value);
         let key_tuple: Option<&Tuple> = match op {
-            Op::Create(t) | Op::Delete(t) => Some(t),
+            Op::Create(t) | Op::Read(t) | Op::Delete(t) => Some(t),
             Op::Update { after, .. } => Some(after),
             Op::Truncate => None,
         };

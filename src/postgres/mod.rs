@@ -18,6 +18,7 @@ pub mod pgoutput;
 pub mod publication;
 pub mod replication;
 pub mod slot;
+pub mod snapshot;
 pub mod tls;
 
 pub use error::SourceError;

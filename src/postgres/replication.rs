@@ -364,22 +364,28 @@ impl ReplicationClient {
         })
     }
 
-    fn create_slot_sql(&self, slot: &str, snapshot: &str) -> String {
+    fn create_slot_sql(&self, slot: &str, snapshot: &str, temporary: bool) -> String {
+        let temporary = if temporary { " TEMPORARY" } else { "" };
         if self.server_version_num >= 150000 {
-            format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput (SNAPSHOT '{snapshot}')")
+            format!("CREATE_REPLICATION_SLOT {slot}{temporary} LOGICAL pgoutput (SNAPSHOT '{snapshot}')")
         } else {
             let kw = if snapshot == "export" {
                 "EXPORT_SNAPSHOT"
             } else {
                 "NOEXPORT_SNAPSHOT"
             };
-            format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput {kw}")
+            format!("CREATE_REPLICATION_SLOT {slot}{temporary} LOGICAL pgoutput {kw}")
         }
     }
 
-    async fn create_slot_with(&mut self, slot: &str, snapshot: &str) -> Result<CreatedSlot, SourceError> {
+    async fn create_slot_with(
+        &mut self,
+        slot: &str,
+        snapshot: &str,
+        temporary: bool,
+    ) -> Result<CreatedSlot, SourceError> {
         validate_slot_name(slot)?;
-        let sql = self.create_slot_sql(slot, snapshot);
+        let sql = self.create_slot_sql(slot, snapshot, temporary);
         let rows = self.simple_query(&sql).await.map_err(|e| slot_context(e, slot))?;
         let row = rows
             .first()
@@ -397,15 +403,26 @@ impl ReplicationClient {
 
     /// Creates a logical pgoutput slot without a snapshot.
     pub async fn create_slot(&mut self, slot: &str) -> Result<CreatedSlot, SourceError> {
-        self.create_slot_with(slot, "nothing").await
+        self.create_slot_with(slot, "nothing", false).await
     }
 
     /// Creates a slot and exports a snapshot of the database at its
     /// consistent point. The snapshot lives only while this connection stays
     /// open and idle, so the connection moves into the returned value: no
     /// other command can be sent until [`ExportedSnapshot::release`].
-    pub async fn create_slot_exporting_snapshot(mut self, slot: &str) -> Result<ExportedSnapshot, SourceError> {
-        let created = self.create_slot_with(slot, "export").await?;
+    pub async fn create_slot_exporting_snapshot(self, slot: &str) -> Result<ExportedSnapshot, SourceError> {
+        self.export(slot, false).await
+    }
+
+    /// As [`create_slot_exporting_snapshot`](Self::create_slot_exporting_snapshot),
+    /// with a temporary slot: it vanishes when this connection closes, so a
+    /// snapshot cut off by a crash leaves no slot that could pass for done.
+    pub async fn create_temporary_slot_exporting_snapshot(self, slot: &str) -> Result<ExportedSnapshot, SourceError> {
+        self.export(slot, true).await
+    }
+
+    async fn export(mut self, slot: &str, temporary: bool) -> Result<ExportedSnapshot, SourceError> {
+        let created = self.create_slot_with(slot, "export", temporary).await?;
         let snapshot_name = created
             .snapshot_name
             .clone()

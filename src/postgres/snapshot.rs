@@ -1,0 +1,265 @@
+//! The initial snapshot: every published table read under the snapshot a
+//! new slot exported, so the rows plus the slot's changes after its
+//! consistent point are the database exactly once.
+//!
+//! Rows are read with `COPY (SELECT …) TO STDOUT` in text format, in the
+//! same session settings as the replication connection
+//! ([`OUTPUT_SETTINGS`](super::replication::OUTPUT_SETTINGS)), so a
+//! snapshot row's values are byte for byte what pgoutput would send, and
+//! the same encoders serve both. Columns are those pgoutput sends: not
+//! dropped, not generated, in `attnum` order.
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio_postgres::Client;
+
+use super::error::SourceError;
+use super::pgoutput::{Relation, RelationColumn, ReplicaIdentity, Tuple, TupleValue};
+use super::publication::TableName;
+use super::quote_ident;
+use super::replication::OUTPUT_SETTINGS;
+
+/// A COPY text row that does not parse (a Postgres bug or a protocol mix-up).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("COPY row of {table}: {reason}")]
+pub struct CopyRowError {
+    pub table: String,
+    pub reason: String,
+}
+
+/// Opens a read-only transaction on `client` that sees the database as of
+/// the exported `snapshot`, with the replication connection's output settings.
+pub async fn begin(client: &Client, snapshot: &str) -> Result<(), SourceError> {
+    let mut sql = String::from("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; ");
+    sql.push_str(&format!(
+        "SET TRANSACTION SNAPSHOT {}; ",
+        super::quote_literal(snapshot)
+    ));
+    for setting in OUTPUT_SETTINGS.split("-c ").map(str::trim).filter(|s| !s.is_empty()) {
+        if let Some((name, value)) = setting.split_once('=') {
+            sql.push_str(&format!("SET LOCAL {name} = {}; ", super::quote_literal(value)));
+        }
+    }
+    client.batch_execute(&sql).await?;
+    Ok(())
+}
+
+/// The table as a Relation message would describe it, read from the
+/// catalog inside the snapshot transaction.
+pub async fn describe(client: &Client, table: &TableName) -> Result<Relation, SourceError> {
+    let rel = client
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+            &[&table.schema, &table.name],
+        )
+        .await?
+        .ok_or_else(|| SourceError::TableMissing {
+            table: table.to_string(),
+        })?;
+    let id: u32 = rel.get(0);
+    let replica_identity = match rel.get::<_, String>(1).as_str() {
+        "f" => ReplicaIdentity::Full,
+        "n" => ReplicaIdentity::Nothing,
+        "i" => ReplicaIdentity::Index,
+        _ => ReplicaIdentity::Default,
+    };
+    // The key flags pgoutput would set: every column under FULL, the
+    // identity index's columns under INDEX, the primary key's under DEFAULT.
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid, a.atttypmod, \
+                    COALESCE(a.attnum = ANY(i.indkey), false) \
+             FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+             LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid \
+                  AND ((c.relreplident = 'i' AND i.indisreplident) OR (c.relreplident = 'd' AND i.indisprimary)) \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+             ORDER BY a.attnum",
+            &[&id],
+        )
+        .await?;
+    let columns = rows
+        .iter()
+        .map(|r| RelationColumn {
+            is_key: replica_identity == ReplicaIdentity::Full || r.get::<_, bool>(3),
+            name: r.get(0),
+            type_oid: r.get(1),
+            type_modifier: r.get(2),
+        })
+        .collect();
+    Ok(Relation {
+        xid: None,
+        id,
+        namespace: table.schema.clone(),
+        name: table.name.clone(),
+        replica_identity,
+        columns,
+    })
+}
+
+/// A table's rows as COPY sends them, one tuple at a time.
+pub struct CopyRows {
+    stream: std::pin::Pin<Box<tokio_postgres::CopyOutStream>>,
+    buf: BytesMut,
+    ncols: usize,
+    table: String,
+    done: bool,
+}
+
+impl CopyRows {
+    /// Starts `COPY (SELECT <pgoutput's columns> FROM table) TO STDOUT` in
+    /// the snapshot transaction of `client`.
+    pub async fn start(client: &Client, relation: &Relation) -> Result<Self, SourceError> {
+        let columns = relation
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "COPY (SELECT {columns} FROM {}.{}) TO STDOUT",
+            quote_ident(&relation.namespace),
+            quote_ident(&relation.name)
+        );
+        let stream = client.copy_out(&sql).await?;
+        Ok(CopyRows {
+            stream: Box::pin(stream),
+            buf: BytesMut::new(),
+            ncols: relation.columns.len(),
+            table: format!("{}.{}", relation.namespace, relation.name),
+            done: false,
+        })
+    }
+
+    /// The next row, or `None` at the end of the table.
+    pub async fn next(&mut self) -> Result<Option<Tuple>, SnapshotError> {
+        loop {
+            // Newlines inside values are escaped, so a raw one ends a row.
+            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+                let line = self.buf.split_to(nl + 1);
+                let row = parse_copy_row(&line[..nl], self.ncols).map_err(|reason| CopyRowError {
+                    table: self.table.clone(),
+                    reason,
+                })?;
+                return Ok(Some(row));
+            }
+            if self.done {
+                if !self.buf.is_empty() {
+                    return Err(CopyRowError {
+                        table: self.table.clone(),
+                        reason: "the last row has no newline".into(),
+                    }
+                    .into());
+                }
+                return Ok(None);
+            }
+            match self.stream.next().await {
+                Some(chunk) => self.buf.extend_from_slice(&chunk.map_err(SourceError::Sql)?),
+                None => self.done = true,
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Row(#[from] CopyRowError),
+}
+
+/// One row of COPY's text format: tab-separated, `\N` for NULL, backslash
+/// escapes (<https://www.postgresql.org/docs/15/sql-copy.html#id-1.9.3.55.9.2>).
+pub fn parse_copy_row(line: &[u8], ncols: usize) -> Result<Tuple, String> {
+    let mut out = Vec::with_capacity(ncols);
+    for field in line.split(|&b| b == b'\t') {
+        if field == b"\\N" {
+            out.push(TupleValue::Null);
+            continue;
+        }
+        if !field.contains(&b'\\') {
+            out.push(TupleValue::Text(Bytes::copy_from_slice(field)));
+            continue;
+        }
+        let mut v = Vec::with_capacity(field.len());
+        let mut i = 0;
+        while i < field.len() {
+            if field[i] != b'\\' {
+                v.push(field[i]);
+                i += 1;
+                continue;
+            }
+            let next = *field.get(i + 1).ok_or("a backslash ends the field")?;
+            i += 2;
+            match next {
+                b'b' => v.push(8),
+                b'f' => v.push(12),
+                b'n' => v.push(b'\n'),
+                b'r' => v.push(b'\r'),
+                b't' => v.push(b'\t'),
+                b'v' => v.push(11),
+                b'0'..=b'7' => {
+                    let mut n = u32::from(next - b'0');
+                    for _ in 0..2 {
+                        match field.get(i) {
+                            Some(d @ b'0'..=b'7') => {
+                                n = n * 8 + u32::from(d - b'0');
+                                i += 1;
+                            }
+                            _ => break,
+                        }
+                    }
+                    v.push(n as u8);
+                }
+                b'x' => {
+                    let mut n = 0u32;
+                    let mut digits = 0;
+                    while digits < 2 {
+                        match field.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                            Some(d) => {
+                                n = n * 16 + d;
+                                i += 1;
+                                digits += 1;
+                            }
+                            None => break,
+                        }
+                    }
+                    if digits == 0 {
+                        v.push(b'x');
+                    } else {
+                        v.push(n as u8);
+                    }
+                }
+                other => v.push(other),
+            }
+        }
+        out.push(TupleValue::Text(Bytes::from(v)));
+    }
+    if out.len() != ncols {
+        return Err(format!("{} fields, expected {ncols}", out.len()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &[u8]) -> TupleValue {
+        TupleValue::Text(Bytes::copy_from_slice(s))
+    }
+
+    #[test]
+    fn copy_text_rows() {
+        assert_eq!(
+            parse_copy_row(b"1\t\\N\ta\\tb\\nc\\\\d", 3).expect("row"),
+            vec![t(b"1"), TupleValue::Null, t(b"a\tb\nc\\d")]
+        );
+        assert_eq!(parse_copy_row(b"\\101\\x42\\x4", 1).expect("row"), vec![t(b"AB\x04")]);
+        assert_eq!(parse_copy_row(b"", 1).expect("empty string"), vec![t(b"")]);
+        assert!(parse_copy_row(b"1\t2", 3).is_err());
+        assert!(parse_copy_row(b"x\\", 1).is_err());
+    }
+}
