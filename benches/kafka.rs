@@ -146,29 +146,42 @@ struct Bench {
 
 impl Bench {
     fn config(&self, slot: &str, prefix: &str, tables: &str) -> CaptureConfig {
-        CaptureConfig::resolve(
-            CaptureArgs::try_parse_from([
-                "walhouse-capture",
-                "--source-url",
-                &format!("postgres://postgres@127.0.0.1:{}/bench?sslmode=disable", self.pg.port),
-                "--slot",
-                slot,
-                "--publication",
-                "bench_pub",
-                "--tables",
-                tables,
-                "--output",
-                "kafka",
-                "--brokers",
-                &self.broker.bootstrap(),
-                "--schema-registry-url",
-                &self.registry.url,
-                "--topic-prefix",
-                prefix,
-            ])
-            .expect("args"),
-        )
-        .expect("config")
+        self.config_with(slot, prefix, tables, &[])
+    }
+
+    fn config_with(&self, slot: &str, prefix: &str, tables: &str, extra: &[&str]) -> CaptureConfig {
+        let url = format!("postgres://postgres@127.0.0.1:{}/bench?sslmode=disable", self.pg.port);
+        let brokers = self.broker.bootstrap();
+        let mut args = vec![
+            "walhouse-capture",
+            "--source-url",
+            &url,
+            "--slot",
+            slot,
+            "--publication",
+            "bench_pub",
+            "--tables",
+            tables,
+            "--output",
+            "kafka",
+            "--brokers",
+            &brokers,
+            "--schema-registry-url",
+            &self.registry.url,
+            "--topic-prefix",
+            prefix,
+        ];
+        args.extend_from_slice(extra);
+        CaptureConfig::resolve(CaptureArgs::try_parse_from(args).expect("args")).expect("config")
+    }
+
+    /// An initial_only snapshot from a new slot into `dest`: (time, rows).
+    async fn snapshot<D: Destination>(&self, slot: &str, prefix: &str, mut dest: D) -> (Duration, u64) {
+        let config = self.config_with(slot, prefix, "small", &["--snapshot-mode", "initial_only"]);
+        let (_stop, rx) = watch::channel(false);
+        let started = Instant::now();
+        let summary = capture::run(&config, &mut dest, rx).await.expect("snapshot");
+        (started.elapsed(), summary.events)
     }
 
     /// Runs capture from `slot` with `dest` until `events` changes are durable.
@@ -285,6 +298,38 @@ async fn main() {
     println!("writing {rows} rows in {TXN_ROWS}-row transactions …");
     support::postgres::insert_small_rows(&sql, "small", rows, TXN_ROWS).await;
 
+    // 0. Initial snapshot of the loaded table next to a plain COPY of it.
+    let copy_time = {
+        use futures_util::StreamExt;
+        let started = Instant::now();
+        let stream = sql.copy_out("COPY small TO STDOUT").await.expect("copy");
+        futures_util::pin_mut!(stream);
+        let mut bytes = 0usize;
+        while let Some(chunk) = stream.next().await {
+            bytes += chunk.expect("chunk").len();
+        }
+        assert!(bytes > 0);
+        started.elapsed()
+    };
+    let encode_only = |prefix: &str| EncodeOnly {
+        encoder: RecordEncoder::new(
+            Arc::new(Registry::new(&bench.config("x", prefix, "small").kafka.expect("k").registry).expect("r")),
+            prefix,
+            "bench",
+            Default::default(),
+        ),
+        durable: Lsn::ZERO,
+        bytes: 0,
+    };
+    let (snap_avro_time, snap_rows) = bench
+        .snapshot("snap_avro", "wh_snap_avro", encode_only("wh_snap_avro"))
+        .await;
+    assert_eq!(snap_rows, rows);
+    let (snap_kafka_time, snap_rows) = bench
+        .snapshot("snap_kafka", "wh_snap_kafka", bench.kafka("wh_snap_kafka"))
+        .await;
+    assert_eq!(snap_rows, rows);
+
     // 1. Catch-up: Avro without producer first (it finds the last commit),
     // then pg_recvlogical to the same commit, then end to end.
     let (avro_time, avro_probe) = bench
@@ -372,6 +417,27 @@ async fn main() {
     let rss_peak = support::peak_rss_mib();
 
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
+    println!();
+    println!("initial snapshot of {rows} rows (one table, one connection)");
+    println!("| path                                   | seconds | rows/s  | ratio to COPY |");
+    println!("|----------------------------------------|---------|---------|---------------|");
+    println!(
+        "| plain COPY small TO STDOUT (discarded) | {:>7.2} | {:>7.0} | 1.00          |",
+        copy_time.as_secs_f64(),
+        rate(copy_time)
+    );
+    println!(
+        "| walhouse snapshot + Avro, no producer  | {:>7.2} | {:>7.0} | {:.2}          |",
+        snap_avro_time.as_secs_f64(),
+        rate(snap_avro_time),
+        copy_time.as_secs_f64() / snap_avro_time.as_secs_f64()
+    );
+    println!(
+        "| walhouse snapshot into tansu (acked)   | {:>7.2} | {:>7.0} | {:.2}          |",
+        snap_kafka_time.as_secs_f64(),
+        rate(snap_kafka_time),
+        copy_time.as_secs_f64() / snap_kafka_time.as_secs_f64()
+    );
     println!();
     println!(
         "catch-up of {rows} rows ({} transactions), same WAL, one run each; avg Avro value {avg_bytes:.0} B",

@@ -134,6 +134,7 @@ async fn run_inner<D: Destination>(
         sql,
         heartbeat: config.heartbeat_interval,
         metrics: metrics.clone(),
+        table_names: Default::default(),
         tx: None,
         tx_ordinal: 0,
         events: 0,
@@ -273,6 +274,8 @@ struct LoopState {
     sql: tokio_postgres::Client,
     heartbeat: Option<Duration>,
     metrics: Arc<Metrics>,
+    /// `schema.table` by relation id, for metrics labels.
+    table_names: std::collections::HashMap<u32, String>,
     tx: Option<TxInfo>,
     tx_ordinal: u64,
     events: u64,
@@ -342,6 +345,8 @@ impl LoopState {
         self.cache.set_column_infos(rel.id, columns_info);
         let (id, name, columns) = (rel.id, format!("{}.{}", rel.namespace, rel.name), rel.columns.len());
         let change = self.cache.apply_relation(rel);
+        // A renamed table keeps its id: name it afresh.
+        self.table_names.remove(&id);
         let relation = self.cache.get(id)?.clone();
         dest.relation(&relation, &self.cache).await?;
         if change == RelationChange::Changed {
@@ -482,9 +487,18 @@ impl LoopState {
         };
         dest.send(&event).await?;
         self.events += 1;
-        self.metrics
-            .count_event(&format!("{}.{}", relation.namespace, relation.name), "read");
+        self.count(relation, "read");
         Ok(true)
+    }
+
+    /// Counts an event for metrics under `schema.table`, naming each
+    /// relation once rather than formatting per event.
+    fn count(&mut self, relation: &Relation, op: &str) {
+        let name = self
+            .table_names
+            .entry(relation.id)
+            .or_insert_with(|| format!("{}.{}", relation.namespace, relation.name));
+        self.metrics.count_event(name, op);
     }
 
     /// Acknowledges whatever the destination reports durable, and

@@ -34,10 +34,14 @@ impl Phase {
     }
 }
 
+const OPS: [&str; 6] = ["insert", "update", "delete", "truncate", "read", "message"];
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     phase: AtomicU8,
-    events: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Per table, counts by op (see `OPS`): looked up by `&str`, so
+    /// counting allocates only the first time a table is seen.
+    events: Mutex<BTreeMap<String, [u64; OPS.len()]>>,
     transactions: AtomicU64,
     acknowledged_lsn: AtomicU64,
     received_lsn: AtomicU64,
@@ -61,12 +65,19 @@ impl Metrics {
         }
     }
 
-    pub fn count_event(&self, table: &str, op: &'static str) {
+    /// Counts one event; `table` is `schema.table`, `op` one of insert,
+    /// update, delete, truncate, read, message.
+    pub fn count_event(&self, table: &str, op: &str) {
+        let Some(i) = OPS.iter().position(|o| *o == op) else {
+            return;
+        };
         let mut m = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        match m.get_mut(&(table.to_owned(), op)) {
-            Some(n) => *n += 1,
+        match m.get_mut(table) {
+            Some(counts) => counts[i] += 1,
             None => {
-                m.insert((table.to_owned(), op), 1);
+                let mut counts = [0; OPS.len()];
+                counts[i] = 1;
+                m.insert(table.to_owned(), counts);
             }
         }
     }
@@ -156,11 +167,13 @@ impl Metrics {
         out.push_str("# HELP walhouse_capture_events_total Row changes captured, by table and operation.\n");
         out.push_str("# TYPE walhouse_capture_events_total counter\n");
         let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        for ((table, op), n) in events.iter() {
-            out.push_str(&format!(
-                "walhouse_capture_events_total{{table=\"{}\",op=\"{op}\"}} {n}\n",
-                table.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-            ));
+        for (table, counts) in events.iter() {
+            let label = table.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            for (op, n) in OPS.iter().zip(counts).filter(|(_, n)| **n > 0) {
+                out.push_str(&format!(
+                    "walhouse_capture_events_total{{table=\"{label}\",op=\"{op}\"}} {n}\n"
+                ));
+            }
         }
         out
     }
