@@ -110,6 +110,18 @@ async fn run_inner<D: Destination>(
     let (sql, _driver) = client::connect(source).await?;
     slot::preflight(&sql, &source.user).await?;
     let tables = publication::ensure(&sql, &config.publication, &config.tables).await?;
+    let keep: String = sql
+        .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
+        .await
+        .map_err(SourceError::Sql)?
+        .get(0);
+    if keep == "-1" {
+        tracing::warn!(
+            "max_slot_wal_keep_size is unlimited: while walhouse is stopped or slow, the slot keeps every WAL \
+             segment and the source's disk can fill. Fix: ALTER SYSTEM SET max_slot_wal_keep_size = '50GB' (a bound \
+             you can afford) and SELECT pg_reload_conf()"
+        );
+    }
     tracing::info!(publication = %config.publication, tables = tables.len(), "publication ready");
     let status_interval = match config.status_interval {
         Some(i) => i,
@@ -135,6 +147,8 @@ async fn run_inner<D: Destination>(
         heartbeat: config.heartbeat_interval,
         metrics: metrics.clone(),
         table_names: Default::default(),
+        slot: config.slot.clone(),
+        lag_warn_bytes: config.slot_lag_warn_bytes,
         tx: None,
         tx_ordinal: 0,
         events: 0,
@@ -251,9 +265,12 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// How often the slot's lag on the server is measured.
+const LAG_CHECK_EVERY: Duration = Duration::from_secs(10);
+
 /// The temporary slot that exports the initial snapshot: `<slot>_snap`,
 /// within Postgres's 63-character limit.
-fn snapshot_slot_name(slot: &str) -> String {
+pub fn snapshot_slot_name(slot: &str) -> String {
     format!("{}_snap", &slot[..slot.len().min(58)])
 }
 
@@ -276,6 +293,8 @@ struct LoopState {
     metrics: Arc<Metrics>,
     /// `schema.table` by relation id, for metrics labels.
     table_names: std::collections::HashMap<u32, String>,
+    slot: String,
+    lag_warn_bytes: u64,
     tx: Option<TxInfo>,
     tx_ordinal: u64,
     events: u64,
@@ -293,6 +312,8 @@ impl LoopState {
         shutdown: &mut watch::Receiver<bool>,
         status_interval: Duration,
     ) -> Result<StreamEnd, CaptureError> {
+        let mut lag_check = tokio::time::interval(LAG_CHECK_EVERY);
+        lag_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat = self.heartbeat.map(|every| {
             let mut i = tokio::time::interval(every);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -310,6 +331,7 @@ impl LoopState {
                     self.acknowledge_durable(stream, dest)?;
                     stream.send_status().await?;
                 }
+                _ = lag_check.tick() => self.check_lag().await?,
                 _ = tick(&mut heartbeat), if heartbeat.is_some() => {
                     self.sql
                         .execute("SELECT pg_logical_emit_message(false, 'walhouse.heartbeat', now()::text)", &[])
@@ -489,6 +511,29 @@ impl LoopState {
         self.events += 1;
         self.count(relation, "read");
         Ok(true)
+    }
+
+    /// Measures the WAL the slot holds back; warns past the threshold.
+    async fn check_lag(&mut self) -> Result<(), CaptureError> {
+        let Some((lag, unlimited)) = slot::lag(&self.sql, &self.slot).await? else {
+            return Ok(());
+        };
+        let lag = lag.max(0) as u64;
+        self.metrics.set_slot_lag(lag);
+        if lag > self.lag_warn_bytes {
+            tracing::warn!(
+                slot = %self.slot,
+                lag_bytes = lag,
+                "the slot holds back {:.1} GiB of WAL on the source{}",
+                lag as f64 / (1u64 << 30) as f64,
+                if unlimited {
+                    " and max_slot_wal_keep_size is unlimited: the source's disk is at risk. Fix: find what slows delivery (see in_flight_events), and set max_slot_wal_keep_size"
+                } else {
+                    ""
+                }
+            );
+        }
+        Ok(())
     }
 
     /// Counts an event for metrics under `schema.table`, naming each

@@ -24,6 +24,7 @@ pub const DEFAULT_SLOT: &str = "walhouse";
 pub const DEFAULT_PUBLICATION: &str = "walhouse";
 pub const DEFAULT_MAX_RECONNECT_ATTEMPTS: u32 = 10;
 pub const DEFAULT_RECONNECT_BACKOFF_MAX_MS: u64 = 30_000;
+pub const DEFAULT_SLOT_LAG_WARN_BYTES: u64 = 1 << 30;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,29 +57,47 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum CaptureCommand {
+    /// Print the slot (confirmed LSN, lag, WAL status), the snapshot state
+    /// and the published tables, then exit.
+    Status {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// `walhouse-capture`: stream a Postgres database's changes.
 #[derive(Debug, Parser)]
 #[command(name = "walhouse-capture", version, about, long_about = None)]
 pub struct CaptureArgs {
     /// TOML file with any of the settings below (keys in snake_case).
-    #[arg(long, env = "WALHOUSE_CONFIG")]
+    #[arg(long, global = true, env = "WALHOUSE_CONFIG")]
     pub config: Option<PathBuf>,
 
     /// Validate the configuration, print it (secrets hidden) and exit.
     #[arg(long)]
     pub check: bool,
 
+    #[command(subcommand)]
+    pub command: Option<CaptureCommand>,
+
+    /// Warn when the slot holds back more WAL than this, in bytes [default: 1073741824].
+    #[arg(long, env = "WALHOUSE_SLOT_LAG_WARN_BYTES")]
+    pub slot_lag_warn_bytes: Option<u64>,
+
     /// Source database, postgres://user:password@host:port/dbname?sslmode=…
     /// (sslmode disable|prefer|require|verify-ca|verify-full, sslrootcert=path).
-    #[arg(long, env = "WALHOUSE_SOURCE_URL", hide_env_values = true)]
+    #[arg(long, global = true, env = "WALHOUSE_SOURCE_URL", hide_env_values = true)]
     pub source_url: Option<String>,
 
     /// Logical replication slot (created when missing) [default: walhouse].
-    #[arg(long, env = "WALHOUSE_SLOT")]
+    #[arg(long, global = true, env = "WALHOUSE_SLOT")]
     pub slot: Option<String>,
 
     /// Publication (created when missing) [default: walhouse].
-    #[arg(long, env = "WALHOUSE_PUBLICATION")]
+    #[arg(long, global = true, env = "WALHOUSE_PUBLICATION")]
     pub publication: Option<String>,
 
     /// Tables to publish, schema.table[,…]; all tables when not given.
@@ -186,6 +205,7 @@ struct FileConfig {
     reconnect_backoff_max_ms: Option<u64>,
     log_format: Option<LogFormat>,
     heartbeat_interval_ms: Option<u64>,
+    slot_lag_warn_bytes: Option<u64>,
     metrics_addr: Option<std::net::SocketAddr>,
     brokers: Option<String>,
     schema_registry_url: Option<String>,
@@ -234,6 +254,7 @@ pub struct CaptureConfig {
     pub reconnect_backoff_max: Duration,
     pub log_format: LogFormat,
     pub heartbeat_interval: Option<Duration>,
+    pub slot_lag_warn_bytes: u64,
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Present for `--output kafka`.
     pub kafka: Option<KafkaSettings>,
@@ -364,6 +385,10 @@ impl CaptureConfig {
         Ok(CaptureConfig {
             kafka,
             metrics_addr: args.metrics_addr.or(file.metrics_addr),
+            slot_lag_warn_bytes: args
+                .slot_lag_warn_bytes
+                .or(file.slot_lag_warn_bytes)
+                .unwrap_or(DEFAULT_SLOT_LAG_WARN_BYTES),
             heartbeat_interval: args
                 .heartbeat_interval_ms
                 .or(file.heartbeat_interval_ms)

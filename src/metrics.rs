@@ -49,6 +49,7 @@ pub struct Metrics {
     bytes_sent: AtomicU64,
     registry_calls: AtomicU64,
     reconnects: AtomicU64,
+    slot_lag: AtomicU64,
 }
 
 impl Metrics {
@@ -94,6 +95,11 @@ impl Metrics {
     pub fn set_positions(&self, received: u64, acknowledged: u64) {
         self.received_lsn.store(received, Ordering::Relaxed);
         self.acknowledged_lsn.store(acknowledged, Ordering::Relaxed);
+    }
+
+    /// WAL bytes the slot holds back on the server.
+    pub fn set_slot_lag(&self, bytes: u64) {
+        self.slot_lag.store(bytes, Ordering::Relaxed);
     }
 
     pub fn set_destination(&self, in_flight: u64, bytes_sent: u64, registry_calls: u64) {

@@ -180,6 +180,27 @@ async fn streams_json_lines_stops_cleanly_and_resumes_without_repeats() {
     let lines = cap.read(1).await;
     assert_eq!(lines[0]["after"]["name"], "Initech", "no repeat of earlier lines");
     assert_eq!(cap.terminate().await, 0);
+
+    // `status` reads the slot and publication back.
+    let out = command()
+        .args(["status", "--json", "--source-url", &pg.url("walhouse_scram", &db)])
+        .args(["--slot", "cli_slot", "--publication", "cli_pub"])
+        .output()
+        .await
+        .expect("status runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON status");
+    assert_eq!(report["slot_exists"], true);
+    assert_eq!(report["snapshot"], "complete");
+    assert!(report["confirmed_flush_lsn"].as_str().is_some_and(|l| l.contains('/')));
+    assert!(report["lag_bytes"].as_i64().is_some_and(|b| b >= 0));
+    let tables: Vec<&str> = report["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(tables, ["public.Odd Table", "public.organizations"]);
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio::sync::watch;
 use walhouse::capture;
-use walhouse::config::{init_logging, CaptureArgs, CaptureConfig, OutputKind};
+use walhouse::config::{init_logging, CaptureArgs, CaptureCommand, CaptureConfig, OutputKind};
 use walhouse::kafka::producer::KafkaDestination;
 use walhouse::output::stdout::JsonLines;
 use walhouse::registry::Registry;
@@ -14,6 +14,7 @@ use walhouse::registry::Registry;
 fn main() -> ExitCode {
     let args = CaptureArgs::parse();
     let check = args.check;
+    let status = args.command.as_ref().map(|CaptureCommand::Status { json }| *json);
     let config = match CaptureConfig::resolve(args) {
         Ok(c) => c,
         Err(e) => {
@@ -26,6 +27,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.log_format);
+    if let Some(json) = status {
+        return finish(runtime_block_on(print_status(config, json)));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -33,7 +37,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    finish(runtime.block_on(run(config)))
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -41,6 +49,59 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime_block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+async fn print_status(config: CaptureConfig, json: bool) -> anyhow::Result<()> {
+    let (sql, _driver) = walhouse::postgres::client::connect(&config.source).await?;
+    let report = walhouse::postgres::slot::status(
+        &sql,
+        &config.slot,
+        &config.publication,
+        &capture::snapshot_slot_name(&config.slot),
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let or = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    println!(
+        "slot                    {} ({})",
+        report.slot,
+        if report.slot_exists { "exists" } else { "missing" }
+    );
+    println!(
+        "active pid              {}",
+        or(report.active_pid.map(|p| p.to_string()))
+    );
+    println!("confirmed flush LSN     {}", or(report.confirmed_flush_lsn.clone()));
+    println!(
+        "WAL held back           {}",
+        or(report.lag_bytes.map(|b| format!("{b} bytes")))
+    );
+    println!("wal_status              {}", or(report.wal_status.clone()));
+    println!(
+        "safe_wal_size           {}",
+        or(report.safe_wal_size.map(|b| format!("{b} bytes")))
+    );
+    println!("max_slot_wal_keep_size  {}", report.max_slot_wal_keep_size);
+    println!("snapshot                {}", report.snapshot);
+    println!(
+        "publication             {} ({} tables)",
+        report.publication,
+        report.tables.len()
+    );
+    for t in &report.tables {
+        println!("  {t}");
+    }
+    Ok(())
 }
 
 async fn run(config: CaptureConfig) -> anyhow::Result<()> {

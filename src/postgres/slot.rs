@@ -93,6 +93,98 @@ pub async fn inspect(client: &Client, slot: &str) -> Result<Option<SlotInfo>, So
     }))
 }
 
+/// What `walhouse-capture status` prints.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StatusReport {
+    pub slot: String,
+    pub slot_exists: bool,
+    pub active_pid: Option<i32>,
+    pub confirmed_flush_lsn: Option<String>,
+    pub wal_status: Option<String>,
+    /// WAL bytes the slot holds back (current WAL position minus confirmed).
+    pub lag_bytes: Option<i64>,
+    /// Bytes left before `max_slot_wal_keep_size` invalidates the slot
+    /// (`None`: unlimited).
+    pub safe_wal_size: Option<i64>,
+    pub max_slot_wal_keep_size: String,
+    /// `complete` (the slot exists), `in progress` (its temporary snapshot
+    /// slot is active) or `not started`.
+    pub snapshot: &'static str,
+    pub publication: String,
+    pub tables: Vec<String>,
+}
+
+/// Reads the slot's state, its lag and the publication's tables.
+pub async fn status(
+    client: &Client,
+    slot: &str,
+    publication: &str,
+    snapshot_slot: &str,
+) -> Result<StatusReport, SourceError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('max_slot_wal_keep_size'), \
+                    (SELECT count(*) > 0 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND active)",
+            &[&snapshot_slot],
+        )
+        .await?;
+    let (keep, snapshot_running): (String, bool) = (row.get(0), row.get(1));
+    let slot_row = client
+        .query_opt(
+            "SELECT active_pid, confirmed_flush_lsn::text, wal_status, \
+                    (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, safe_wal_size \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    let tables = super::publication::published_tables(client, publication)
+        .await?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let mut report = StatusReport {
+        slot: slot.into(),
+        slot_exists: slot_row.is_some(),
+        active_pid: None,
+        confirmed_flush_lsn: None,
+        wal_status: None,
+        lag_bytes: None,
+        safe_wal_size: None,
+        max_slot_wal_keep_size: keep,
+        snapshot: if slot_row.is_some() {
+            "complete"
+        } else if snapshot_running {
+            "in progress"
+        } else {
+            "not started"
+        },
+        publication: publication.into(),
+        tables,
+    };
+    if let Some(r) = slot_row {
+        report.active_pid = r.get(0);
+        report.confirmed_flush_lsn = r.get(1);
+        report.wal_status = r.get(2);
+        report.lag_bytes = r.get(3);
+        report.safe_wal_size = r.get(4);
+    }
+    Ok(report)
+}
+
+/// WAL bytes `slot` holds back on the server, and whether
+/// `max_slot_wal_keep_size` is unlimited.
+pub async fn lag(client: &Client, slot: &str) -> Result<Option<(i64, bool)>, SourceError> {
+    let row = client
+        .query_opt(
+            "SELECT (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, \
+                    current_setting('max_slot_wal_keep_size') = '-1' \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get::<_, Option<i64>>(0).unwrap_or(0), r.get(1))))
+}
+
 /// Fails with the fix when `info` cannot be streamed from by walhouse into
 /// database `dbname`.
 pub fn check_usable(info: &SlotInfo, dbname: &str) -> Result<(), SourceError> {
