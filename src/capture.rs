@@ -109,7 +109,7 @@ async fn run_inner<D: Destination>(
     let source = &config.source;
     let (sql, _driver) = client::connect(source).await?;
     slot::preflight(&sql, &source.user).await?;
-    let tables = publication::ensure(&sql, &config.publication, &config.tables).await?;
+    let tables = publication::ensure(&sql, &config.publication, &config.tables, config.replica_identity_full).await?;
     let keep: String = sql
         .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
         .await

@@ -104,6 +104,10 @@ pub struct CaptureArgs {
     #[arg(long, env = "WALHOUSE_TABLES", value_delimiter = ',')]
     pub tables: Option<Vec<String>>,
 
+    /// Set REPLICA IDENTITY FULL on published tables without a primary key [default: false].
+    #[arg(long, env = "WALHOUSE_REPLICA_IDENTITY_FULL")]
+    pub replica_identity_full: Option<bool>,
+
     /// Rows present at first start: initial (copy, then stream), never, initial_only [default: initial].
     #[arg(long, env = "WALHOUSE_SNAPSHOT_MODE", value_enum)]
     pub snapshot_mode: Option<SnapshotMode>,
@@ -198,6 +202,7 @@ struct FileConfig {
     slot: Option<String>,
     publication: Option<String>,
     tables: Option<Vec<String>>,
+    replica_identity_full: Option<bool>,
     snapshot_mode: Option<SnapshotMode>,
     output: Option<OutputKind>,
     status_interval_ms: Option<u64>,
@@ -246,6 +251,7 @@ pub struct CaptureConfig {
     pub slot: String,
     pub publication: String,
     pub tables: TableSelection,
+    pub replica_identity_full: bool,
     pub snapshot_mode: SnapshotMode,
     pub output: OutputKind,
     /// `None`: derived from the server's `wal_sender_timeout`.
@@ -400,6 +406,10 @@ impl CaptureConfig {
             tables,
             output,
             snapshot_mode: args.snapshot_mode.or(file.snapshot_mode).unwrap_or_default(),
+            replica_identity_full: args
+                .replica_identity_full
+                .or(file.replica_identity_full)
+                .unwrap_or(false),
             status_interval: status_interval_ms.map(Duration::from_millis),
             max_reconnect_attempts: args
                 .max_reconnect_attempts

@@ -287,3 +287,52 @@ async fn initial_only_copies_and_stops_and_never_copies_nothing() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["op"], "insert");
 }
+
+#[tokio::test]
+async fn keyless_tables_can_be_given_replica_identity_full() {
+    let pg = PgServer::start();
+    let db = pg.create_db("keyless");
+    let sql = pg.client(&db).await;
+    sql.batch_execute("CREATE TABLE nokey (a int, b text); INSERT INTO nokey VALUES (1, 'x')")
+        .await
+        .expect("schema");
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("nokey.jsonl");
+    let (stop, task) = spawn(
+        config(
+            &pg,
+            &db,
+            "nokey_slot",
+            &["--replica-identity-full", "true", "--snapshot-mode", "never"],
+        ),
+        &out,
+    );
+    for _ in 0..300 {
+        if slot_exists(&pg, &db, "nokey_slot").await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ident: String = sql
+        .query_one("SELECT relreplident::text FROM pg_class WHERE relname = 'nokey'", &[])
+        .await
+        .expect("relreplident")
+        .get(0);
+    assert_eq!(ident, "f");
+    // Published without an identity, Postgres would refuse this update.
+    sql.batch_execute("UPDATE nokey SET b = 'y'")
+        .await
+        .expect("update allowed");
+    wait_confirmed(&pg, &db, "nokey_slot").await;
+    let _ = stop.send(true);
+    task.await.expect("task").expect("capture");
+    let got = lines(&out);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["op"], "update");
+    assert_eq!(
+        got[0]["before"],
+        serde_json::json!({"a": "1", "b": "x"}),
+        "the whole old row"
+    );
+    assert_eq!(got[0]["after"]["b"], "y");
+}

@@ -84,10 +84,13 @@ pub struct IdentityWarning {
 }
 
 /// Creates or completes the publication; returns the tables it publishes.
+/// With `identity_full`, published tables without a usable replica
+/// identity get `REPLICA IDENTITY FULL` (their old rows then travel whole).
 pub async fn ensure(
     client: &Client,
     publication: &str,
     selection: &TableSelection,
+    identity_full: bool,
 ) -> Result<Vec<TableName>, SourceError> {
     if let TableSelection::Tables(tables) = selection {
         for t in tables {
@@ -144,11 +147,18 @@ pub async fn ensure(
     }
     let tables = published_tables(client, publication).await?;
     for w in identity_warnings(client, publication).await? {
+        if identity_full {
+            client
+                .batch_execute(&format!("ALTER TABLE {} REPLICA IDENTITY FULL", w.table.quoted()))
+                .await?;
+            tracing::info!(table = %w.table, "set REPLICA IDENTITY FULL (the table has no primary key)");
+            continue;
+        }
         tracing::warn!(
             table = %w.table,
             "table has no replica identity (no primary key, or REPLICA IDENTITY NOTHING): Postgres rejects \
              UPDATE and DELETE on it while it is published, and walhouse cannot key its events. \
-             Fix: add a primary key, or ALTER TABLE {} REPLICA IDENTITY FULL",
+             Fix: add a primary key, or ALTER TABLE {} REPLICA IDENTITY FULL (or run with --replica-identity-full true)",
             w.table.quoted()
         );
     }
