@@ -825,7 +825,9 @@ async fn heartbeats_advance_an_idle_slot_and_produce_nothing() {
     assert!(advanced >= 2, "the slot stayed at {first} with heartbeats on");
     // Heartbeats are not table data: nothing was produced.
     assert!(env.read_within("quiet", 1, Duration::from_secs(2)).await.is_empty());
-    assert!(summary.events >= 2, "the heartbeat messages came through the slot");
+    // The loop stops after two advances, which can come before a second
+    // heartbeat is counted; one is enough to show they pass through.
+    assert!(summary.events >= 1, "the heartbeat messages came through the slot");
     assert_eq!(summary.transactions, 0, "no table transaction happened");
 }
 
