@@ -681,6 +681,31 @@ mod tests {
         assert_eq!(codes, ["d", "c"]);
     }
 
+    /// The fixed schemas are documented as files in `schemas/`; they must
+    /// not drift from what walhouse registers.
+    #[test]
+    fn fixed_schemas_match_the_schemas_folder() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+        let (key, value) = transaction_schemas();
+        for (file, schema) in [
+            ("walhouse.Source.avsc", source_schema()),
+            ("walhouse.TransactionKey.avsc", key),
+            ("walhouse.TransactionMetadataValue.avsc", value),
+        ] {
+            let path = dir.join(file);
+            let expected = serde_json::to_string_pretty(&schema).expect("json") + "\n";
+            if std::env::var_os("WALHOUSE_WRITE_SCHEMAS").is_some() {
+                std::fs::write(&path, &expected).expect("write schema file");
+            }
+            let on_disk: Json = serde_json::from_str(&std::fs::read_to_string(&path).expect("schema file"))
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(
+                on_disk, schema,
+                "{file} differs from the code (WALHOUSE_WRITE_SCHEMAS=1 rewrites it)"
+            );
+        }
+    }
+
     #[test]
     fn transaction_records_decode() {
         let (key_schema, value_schema) = transaction_schemas();
