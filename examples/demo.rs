@@ -2,12 +2,13 @@
 //! a deployment): starts a throwaway PostgreSQL 15 the way the tests do, a
 //! local Kafka-protocol broker (tansu) and the small Confluent-API registry
 //! of the test support (a development stand-in for a real Schema Registry),
-//! creates the backend schema of `sql/source/`, runs walhouse's capture (the
-//! same code as `walhouse-capture --output kafka`), applies generated data
-//! and a workload of updates, deletes and an ALTER TABLE, then reads every
-//! topic back, decodes each record with the schema the registry returns,
-//! and checks that every change arrived and that the slot confirmed exactly
-//! what Kafka acknowledged.
+//! creates the backend schema of `sql/source/` with generated data, runs
+//! walhouse's capture (the same code as `walhouse-capture --output kafka`):
+//! the existing rows arrive as the initial snapshot (`op = r`), then a
+//! workload of inserts, updates, deletes and an ALTER TABLE streams. It
+//! reads every topic back, decodes each record with the schema the registry
+//! returns, and checks that every row and change arrived once and that the
+//! slot confirmed exactly what Kafka acknowledged.
 //!
 //! Run: `cargo run --release --example demo`
 
@@ -29,6 +30,9 @@ use walhouse::registry::{split_wire, Registry, RegistryConfig};
 
 const SCHEMA: &str = include_str!("../sql/source/backend_schema.sql");
 const GENERATE: &str = include_str!("../sql/source/generate.sql");
+const COUNT_ROWS: &str = "SELECT (SELECT count(*) FROM organizations) + (SELECT count(*) FROM bank_accounts) + \
+     (SELECT count(*) FROM beneficiaries) + (SELECT count(*) FROM transfers) + \
+     (SELECT count(*) FROM \"transaction\") + (SELECT count(*) FROM card_transactions)";
 const TABLES: [&str; 6] = [
     "organizations",
     "bank_accounts",
@@ -46,6 +50,9 @@ async fn main() -> anyhow::Result<()> {
     pg.create_db("backend");
     let sql = pg.client("backend").await;
     sql.batch_execute(SCHEMA).await.context("backend schema")?;
+    sql.batch_execute(GENERATE).await.context("generate data")?;
+    let existing: i64 = sql.query_one(COUNT_ROWS, &[]).await?.get(0);
+    println!("   backend schema with {existing} generated rows (they will arrive as the initial snapshot)");
     println!("== starting a local Kafka-protocol broker (tansu, memory storage) and a dev Schema Registry …");
     let broker = support::kafka::Broker::start();
     let registry = support::registry::TestRegistry::start().await;
@@ -89,18 +96,15 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("capture did not start streaming")?;
 
-    println!("== applying generated backend data and a workload …");
-    sql.batch_execute(GENERATE).await.context("generate data")?;
-    let inserted: i64 = sql
-        .query_one(
-            "SELECT (SELECT count(*) FROM organizations) + (SELECT count(*) FROM bank_accounts) + \
-                    (SELECT count(*) FROM beneficiaries) + (SELECT count(*) FROM transfers) + \
-                    (SELECT count(*) FROM \"transaction\") + (SELECT count(*) FROM card_transactions)",
+    println!("== applying a workload while capture streams …");
+    let mut expected = existing as u64;
+    expected += sql
+        .execute(
+            "INSERT INTO \"transaction\" (id, status, bank_account_id, subject_type, amount) \
+             SELECT g, 1, 1 + g % 60, 'Card', g FROM generate_series(2001, 2500) g",
             &[],
         )
-        .await?
-        .get(0);
-    let mut expected = inserted as u64;
+        .await?;
     expected += sql
         .execute("UPDATE \"transaction\" SET status = 1 WHERE id % 10 = 0", &[])
         .await?;
@@ -194,21 +198,22 @@ async fn main() -> anyhow::Result<()> {
     if let Some(sample) = sample {
         println!("an organizations update after ALTER TABLE ADD COLUMN, decoded from Avro:\n{sample}\n");
     }
+    let reads: u64 = by_table.iter().filter(|((_, op), _)| op == "r").map(|(_, n)| n).sum();
     println!(
-        "changes expected {expected}, decoded from Kafka {changes} (+{tombstones} tombstones), records produced {produced}, transactions {}",
+        "rows and changes expected {expected} ({existing} snapshot reads), decoded from Kafka {changes} ({reads} reads, +{tombstones} tombstones), records produced {produced}, transactions {}",
         summary.transactions
     );
     println!(
         "acknowledged LSN {} — slot confirmed_flush_lsn {confirmed}",
         summary.acknowledged
     );
-    if changes != expected || tombstones != deleted || produced != changes + tombstones {
+    if changes != expected || reads != existing as u64 || tombstones != deleted || produced != changes + tombstones {
         bail!("expected {expected} changes and {deleted} tombstones in Kafka, found {changes} and {tombstones}");
     }
     if summary.acknowledged.to_string() != confirmed {
         bail!("the slot's confirmed LSN {confirmed} differs from what capture acknowledged");
     }
-    println!("OK: every change is in Kafka once, and the slot confirmed exactly what Kafka acknowledged");
+    println!("OK: every existing row (snapshot) and every change is in Kafka once, and the slot confirmed exactly what Kafka acknowledged");
     Ok(())
 }
 
