@@ -274,13 +274,6 @@ pub fn snapshot_slot_name(slot: &str) -> String {
     format!("{}_snap", &slot[..slot.len().min(58)])
 }
 
-fn unix_micros_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 /// 250 ms, 500 ms, 1 s, … capped at `max`.
 fn backoff(attempt: u32, max: Duration) -> Duration {
     Duration::from_millis(250u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(16))).min(max)
@@ -407,7 +400,7 @@ impl LoopState {
         let tx = TxInfo {
             xid: 0,
             commit_lsn: consistent,
-            commit_time: PgTimestamp::from_unix_micros(unix_micros_now()),
+            commit_time: PgTimestamp::now(),
         };
         let started = std::time::Instant::now();
         // One row is held back so the very last one can be marked as such.

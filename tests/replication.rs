@@ -110,11 +110,7 @@ async fn decodes_every_column_type_exactly_as_postgres_prints_it() {
     // Postgres's own text output of every column: the simple-query
     // protocol returns values in exactly the form pgoutput sends, under
     // the settings the replication connection fixes.
-    for setting in walhouse::postgres::replication::OUTPUT_SETTINGS
-        .split("-c ")
-        .filter(|s| !s.trim().is_empty())
-    {
-        let (name, value) = setting.trim().split_once('=').expect("name=value");
+    for (name, value) in walhouse::postgres::replication::OUTPUT_SETTINGS {
         sql.batch_execute(&format!("SET {name} = '{value}'"))
             .await
             .expect("setting");

@@ -9,21 +9,15 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 use tokio::sync::Notify;
 
 use crate::postgres::Lsn;
-
-/// Latency samples kept for reporting (commit handed over → durable).
-const MAX_LATENCY_SAMPLES: usize = 1 << 20;
 
 #[derive(Debug)]
 struct Unit {
     /// `None` while the unit is still being sent.
     ack: Option<Lsn>,
     outstanding: u64,
-    closed_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -34,7 +28,6 @@ struct State {
     durable: Lsn,
     in_flight: u64,
     failed: Option<String>,
-    latencies: Vec<Duration>,
 }
 
 /// Shared between the capture loop (sends, closes units) and librdkafka's
@@ -51,7 +44,6 @@ impl Default for DeliveryTracker {
         units.push_back(Unit {
             ack: None,
             outstanding: 0,
-            closed_at: None,
         });
         DeliveryTracker {
             state: Mutex::new(State {
@@ -60,7 +52,6 @@ impl Default for DeliveryTracker {
                 durable: Lsn::ZERO,
                 in_flight: 0,
                 failed: None,
-                latencies: Vec::new(),
             }),
             changed: Notify::new(),
         }
@@ -117,12 +108,10 @@ impl DeliveryTracker {
         let mut s = self.lock();
         if let Some(open) = s.units.back_mut() {
             open.ack = Some(ack);
-            open.closed_at = Some(Instant::now());
         }
         s.units.push_back(Unit {
             ack: None,
             outstanding: 0,
-            closed_at: None,
         });
         advance(&mut s);
         drop(s);
@@ -152,11 +141,6 @@ impl DeliveryTracker {
     pub async fn changed(&self) {
         self.changed.notified().await
     }
-
-    /// Commit-to-durable latencies recorded since the last call.
-    pub fn take_latencies(&self) -> Vec<Duration> {
-        std::mem::take(&mut self.lock().latencies)
-    }
 }
 
 fn advance(s: &mut State) {
@@ -165,11 +149,6 @@ fn advance(s: &mut State) {
         let (Some(ack), 0) = (front.ack, front.outstanding) else {
             break;
         };
-        if let Some(at) = front.closed_at {
-            if s.latencies.len() < MAX_LATENCY_SAMPLES {
-                s.latencies.push(at.elapsed());
-            }
-        }
         s.durable = s.durable.max(ack);
         s.units.pop_front();
         s.first_seq += 1;
@@ -197,7 +176,6 @@ mod tests {
         t.delivered(a1, Ok(()));
         assert_eq!(t.durable(), Ok(Lsn(20)), "both units complete, in order");
         assert_eq!(t.in_flight(), 0);
-        assert_eq!(t.take_latencies().len(), 2);
     }
 
     #[test]

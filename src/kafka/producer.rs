@@ -190,10 +190,6 @@ impl KafkaDestination {
         })
     }
 
-    pub fn tracker(&self) -> &Arc<DeliveryTracker> {
-        &self.sender.tracker
-    }
-
     /// Records handed to librdkafka (tombstones included).
     pub fn produced(&self) -> u64 {
         self.sender.produced

@@ -14,7 +14,6 @@ pub struct JsonLines<W: AsyncWrite + Unpin> {
     out: BufWriter<W>,
     line: Vec<u8>,
     durable: Lsn,
-    lines: u64,
 }
 
 impl<W: AsyncWrite + Unpin> JsonLines<W> {
@@ -23,12 +22,7 @@ impl<W: AsyncWrite + Unpin> JsonLines<W> {
             out: BufWriter::with_capacity(64 * 1024, writer),
             line: Vec::with_capacity(1024),
             durable: Lsn::ZERO,
-            lines: 0,
         }
-    }
-
-    pub fn lines_written(&self) -> u64 {
-        self.lines
     }
 
     fn io(source: std::io::Error) -> OutputError {
@@ -46,7 +40,6 @@ impl<W: AsyncWrite + Unpin> Destination for JsonLines<W> {
             .map_err(|source| OutputError::Encode { lsn: event.lsn, source })?;
         self.line.push(b'\n');
         self.out.write_all(&self.line).await.map_err(Self::io)?;
-        self.lines += 1;
         Ok(())
     }
 

@@ -31,6 +31,15 @@ impl PgTimestamp {
     pub fn from_unix_micros(micros: i64) -> Self {
         PgTimestamp(micros.saturating_sub(PG_EPOCH_OFFSET_MICROS))
     }
+
+    /// The wall clock now.
+    pub fn now() -> Self {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        Self::from_unix_micros(micros)
+    }
 }
 
 /// One decoded pgoutput message.

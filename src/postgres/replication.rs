@@ -35,9 +35,23 @@ use super::pgoutput::{Decoder, LogicalMessage};
 use super::tls::{negotiate, Socket};
 
 /// Session settings of the replication connection, which decide the text
-/// form of every value pgoutput sends.
-pub const OUTPUT_SETTINGS: &str =
-    "-c datestyle=ISO -c timezone=UTC -c intervalstyle=iso_8601 -c extra_float_digits=3 -c bytea_output=hex";
+/// form of every value pgoutput sends (and of the snapshot's COPY).
+pub const OUTPUT_SETTINGS: [(&str, &str); 5] = [
+    ("datestyle", "ISO"),
+    ("timezone", "UTC"),
+    ("intervalstyle", "iso_8601"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+];
+
+/// [`OUTPUT_SETTINGS`] as the startup packet's `options` (`-c name=value …`).
+fn output_options() -> String {
+    OUTPUT_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("-c {name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// Read granularity: big enough that a catch-up stream costs few syscalls.
 const READ_CHUNK: usize = 256 * 1024;
@@ -219,6 +233,7 @@ impl ReplicationClient {
     }
 
     async fn startup(&mut self, info: &ConnInfo) -> Result<(), SourceError> {
+        let options = output_options();
         let params = [
             ("user", info.user.as_str()),
             ("database", info.dbname.as_str()),
@@ -229,7 +244,7 @@ impl ReplicationClient {
             // Values are printed by the walsender's output functions under its
             // session settings: fix the ones that shape the text, so parsing is
             // exact whatever the server's defaults.
-            ("options", OUTPUT_SETTINGS),
+            ("options", options.as_str()),
         ];
         frontend::startup_message(params.iter().copied(), &mut self.wire.outbuf)
             .map_err(|e| SourceError::Protocol(e.to_string()))?;
@@ -602,7 +617,7 @@ impl ReplicationStream {
         msg.put_u64(self.progress.received.max(self.progress.acknowledged).0);
         msg.put_u64(self.progress.acknowledged.0);
         msg.put_u64(self.progress.acknowledged.0);
-        msg.put_i64(crate::postgres::pgoutput::PgTimestamp::from_unix_micros(unix_micros_now()).0);
+        msg.put_i64(crate::postgres::pgoutput::PgTimestamp::now().0);
         msg.put_u8(u8::from(reply_requested));
         // A 34-byte body can never exceed CopyData's length limit.
         if let Ok(data) = frontend::CopyData::new(msg.freeze()) {
@@ -823,13 +838,6 @@ fn unexpected(tag: u8, during: &str) -> SourceError {
 fn log_notice(body: &[u8]) {
     let n = ServerError::parse(body);
     tracing::info!(code = %n.code, "source server notice: {}", n.message);
-}
-
-fn unix_micros_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -35,10 +35,8 @@ pub async fn begin(client: &Client, snapshot: &str) -> Result<(), SourceError> {
         "SET TRANSACTION SNAPSHOT {}; ",
         super::quote_literal(snapshot)
     ));
-    for setting in OUTPUT_SETTINGS.split("-c ").map(str::trim).filter(|s| !s.is_empty()) {
-        if let Some((name, value)) = setting.split_once('=') {
-            sql.push_str(&format!("SET LOCAL {name} = {}; ", super::quote_literal(value)));
-        }
+    for (name, value) in OUTPUT_SETTINGS {
+        sql.push_str(&format!("SET LOCAL {name} = {}; ", super::quote_literal(value)));
     }
     client.batch_execute(&sql).await?;
     Ok(())
