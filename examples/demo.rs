@@ -89,12 +89,12 @@ async fn main() -> anyhow::Result<()> {
         let summary = capture::run(&config, &mut dest, stop_rx).await;
         summary.map(|s| (s, dest.produced()))
     });
-    wait_until(
-        &sql,
-        "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'walhouse' AND active",
-    )
-    .await
-    .context("capture did not start streaming")?;
+    if !pg
+        .wait_for_slot("backend", "walhouse", true, Duration::from_secs(60))
+        .await
+    {
+        bail!("capture did not start streaming within 60 s");
+    }
 
     println!("== applying a workload while capture streams …");
     let mut expected = existing as u64;
@@ -126,18 +126,9 @@ async fn main() -> anyhow::Result<()> {
 
     // Capture acknowledges only what Kafka acknowledged: wait (bounded)
     // until the slot confirmed everything written.
-    let target: String = sql
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await?
-        .get(0);
-    wait_until(
-        &sql,
-        &format!(
-            "SELECT confirmed_flush_lsn >= '{target}'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'walhouse'"
-        ),
-    )
-    .await
-    .context("the slot did not confirm the workload within 60 s")?;
+    if !pg.wait_confirmed("backend", "walhouse", Duration::from_secs(60)).await {
+        bail!("the slot did not confirm the workload within 60 s");
+    }
     let _ = stop_tx.send(true);
     let (summary, produced) = capture.await??;
     let confirmed: String = sql
@@ -215,15 +206,4 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("OK: every existing row (snapshot) and every change is in Kafka once, and the slot confirmed exactly what Kafka acknowledged");
     Ok(())
-}
-
-/// Polls a boolean query for up to 60 s.
-async fn wait_until(sql: &tokio_postgres::Client, query: &str) -> anyhow::Result<()> {
-    for _ in 0..600 {
-        if sql.query_one(query, &[]).await?.get::<_, bool>(0) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("timed out waiting for: {query}")
 }

@@ -104,20 +104,10 @@ async fn streams_json_lines_stops_cleanly_and_resumes_without_repeats() {
     let mut cap = Capture::spawn(cmd);
 
     // The slot exists once capture is streaming; wait for it.
-    for _ in 0..200 {
-        let n: i64 = sql
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'cli_slot' AND active",
-                &[],
-            )
-            .await
-            .expect("slots")
-            .get(0);
-        if n == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        pg.wait_for_slot(&db, "cli_slot", true, Duration::from_secs(10)).await,
+        "capture did not start streaming"
+    );
     sql.batch_execute(
         "INSERT INTO organizations VALUES ('a7e4d0c3-5b2f-4c8e-9a61-0f3e2d1c4b5a', 'Acme');
          INSERT INTO ignored VALUES (1);",

@@ -109,22 +109,12 @@ impl Env {
     }
 
     async fn wait_streaming(&self, slot: &str) {
-        let sql = self.pg.client(&self.db).await;
-        for _ in 0..400 {
-            let n: i64 = sql
-                .query_one(
-                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                    &[&slot],
-                )
-                .await
-                .expect("slots")
-                .get(0);
-            if n == 1 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("capture did not start streaming from {slot}");
+        assert!(
+            self.pg
+                .wait_for_slot(&self.db, slot, true, Duration::from_secs(20))
+                .await,
+            "capture did not start streaming from {slot}"
+        );
     }
 
     async fn read(&self, table: &str, expected: usize) -> Vec<Decoded> {

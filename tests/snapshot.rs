@@ -60,45 +60,6 @@ fn lines(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
-async fn slot_exists(pg: &PgServer, db: &str, slot: &str) -> bool {
-    pg.client(db)
-        .await
-        .query_one(
-            "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .expect("slots")
-        .get(0)
-}
-
-/// Waits (bounded) until the slot confirmed everything written so far.
-/// The insert position, not `pg_current_wal_lsn()`: with
-/// synchronous_commit off the write position can lag a commit.
-async fn wait_confirmed(pg: &PgServer, db: &str, slot: &str) {
-    let sql = pg.client(db).await;
-    let target: String = sql
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .expect("lsn")
-        .get(0);
-    for _ in 0..600 {
-        let done: Option<bool> = sql
-            .query_one(
-                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
-                &[&target, &slot],
-            )
-            .await
-            .ok()
-            .and_then(|r| r.get(0));
-        if done == Some(true) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("slot {slot} did not confirm {target}");
-}
-
 #[tokio::test]
 async fn snapshot_and_concurrent_changes_end_in_exactly_the_table() {
     let pg = PgServer::start();
@@ -130,13 +91,14 @@ async fn snapshot_and_concurrent_changes_end_in_exactly_the_table() {
         })
     };
     writer.await.expect("writer");
-    for _ in 0..600 {
-        if slot_exists(&pg, &db, "snap_slot").await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    wait_confirmed(&pg, &db, "snap_slot").await;
+    assert!(
+        pg.wait_for_slot(&db, "snap_slot", false, Duration::from_secs(60)).await,
+        "no slot after the snapshot"
+    );
+    assert!(
+        pg.wait_confirmed(&db, "snap_slot", Duration::from_secs(60)).await,
+        "snap_slot did not confirm"
+    );
     let _ = stop.send(true);
     task.await.expect("task").expect("capture");
 
@@ -215,7 +177,7 @@ async fn a_snapshot_cut_off_leaves_no_slot_and_is_taken_again() {
     // Neither the permanent slot nor (once its connection is gone) the temporary one.
     let mut gone = false;
     for _ in 0..100 {
-        if !slot_exists(&pg, &db, "cut_slot").await && !slot_exists(&pg, &db, "cut_slot_snap").await {
+        if !pg.slot_exists(&db, "cut_slot", false).await && !pg.slot_exists(&db, "cut_slot_snap", false).await {
             gone = true;
             break;
         }
@@ -225,14 +187,8 @@ async fn a_snapshot_cut_off_leaves_no_slot_and_is_taken_again() {
     // Start again: the whole snapshot, every row once.
     let second = dir.path().join("second.jsonl");
     let (stop, task) = spawn(config(&pg, &db, "cut_slot", &[]), &second);
-    for _ in 0..1200 {
-        if slot_exists(&pg, &db, "cut_slot").await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert!(
-        slot_exists(&pg, &db, "cut_slot").await,
+        pg.wait_for_slot(&db, "cut_slot", false, Duration::from_secs(120)).await,
         "the slot exists once the snapshot is durable"
     );
     let _ = stop.send(true);
@@ -269,18 +225,23 @@ async fn initial_only_copies_and_stops_and_never_copies_nothing() {
         .expect("capture");
     assert_eq!(summary.events, 10);
     assert_eq!(lines(&out).iter().filter(|l| l["op"] == "read").count(), 10);
-    assert!(!slot_exists(&pg, &db, "only_slot").await, "initial_only keeps no slot");
+    assert!(
+        !pg.slot_exists(&db, "only_slot", false).await,
+        "initial_only keeps no slot"
+    );
 
     let never = dir.path().join("never.jsonl");
     let (stop, task) = spawn(config(&pg, &db, "never_slot", &["--snapshot-mode", "never"]), &never);
-    for _ in 0..300 {
-        if slot_exists(&pg, &db, "never_slot").await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        pg.wait_for_slot(&db, "never_slot", false, Duration::from_secs(15))
+            .await,
+        "no slot"
+    );
     sql.batch_execute("INSERT INTO t VALUES (11)").await.expect("insert");
-    wait_confirmed(&pg, &db, "never_slot").await;
+    assert!(
+        pg.wait_confirmed(&db, "never_slot", Duration::from_secs(60)).await,
+        "never_slot did not confirm"
+    );
     let _ = stop.send(true);
     task.await.expect("task").expect("capture");
     let got = lines(&never);
@@ -307,12 +268,11 @@ async fn keyless_tables_can_be_given_replica_identity_full() {
         ),
         &out,
     );
-    for _ in 0..300 {
-        if slot_exists(&pg, &db, "nokey_slot").await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        pg.wait_for_slot(&db, "nokey_slot", false, Duration::from_secs(15))
+            .await,
+        "no slot"
+    );
     let ident: String = sql
         .query_one("SELECT relreplident::text FROM pg_class WHERE relname = 'nokey'", &[])
         .await
@@ -323,7 +283,10 @@ async fn keyless_tables_can_be_given_replica_identity_full() {
     sql.batch_execute("UPDATE nokey SET b = 'y'")
         .await
         .expect("update allowed");
-    wait_confirmed(&pg, &db, "nokey_slot").await;
+    assert!(
+        pg.wait_confirmed(&db, "nokey_slot", Duration::from_secs(60)).await,
+        "nokey_slot did not confirm"
+    );
     let _ = stop.send(true);
     task.await.expect("task").expect("capture");
     let got = lines(&out);

@@ -324,6 +324,55 @@ impl PgServer {
         panic!("slot {slot} stayed active");
     }
 
+    /// Whether `slot` exists (with `active`: and is being streamed from).
+    pub async fn slot_exists(&self, db: &str, slot: &str, active: bool) -> bool {
+        slot_exists_on(&self.client(db).await, slot, active).await
+    }
+
+    /// Polls up to `limit` for `slot` (active, with `active`); whether it came.
+    pub async fn wait_for_slot(&self, db: &str, slot: &str, active: bool, limit: Duration) -> bool {
+        let sql = self.client(db).await;
+        let deadline = Instant::now() + limit;
+        while !slot_exists_on(&sql, slot, active).await {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
+    /// Polls up to `limit` until `slot` confirmed everything written so
+    /// far; whether it did. The target is the insert position, not
+    /// `pg_current_wal_lsn()`: with synchronous_commit off the write
+    /// position can lag a commit.
+    pub async fn wait_confirmed(&self, db: &str, slot: &str, limit: Duration) -> bool {
+        let sql = self.client(db).await;
+        let target: String = sql
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .expect("lsn")
+            .get(0);
+        let deadline = Instant::now() + limit;
+        loop {
+            let done: Option<bool> = sql
+                .query_one(
+                    "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                    &[&target, &slot],
+                )
+                .await
+                .ok()
+                .and_then(|r| r.get(0));
+            if done == Some(true) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
@@ -370,6 +419,16 @@ pub async fn insert_small_rows(sql: &Client, table: &str, rows: u64, per_txn: u6
         .expect("insert");
         start = end + 1;
     }
+}
+
+async fn slot_exists_on(sql: &Client, slot: &str, active: bool) -> bool {
+    sql.query_one(
+        "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1 AND (active OR NOT $2)",
+        &[&slot, &active],
+    )
+    .await
+    .expect("slots")
+    .get(0)
 }
 
 fn append(path: &Path, text: &str) {
