@@ -53,6 +53,8 @@ pub enum SnapshotMark {
     Row,
     /// The last row of the whole snapshot.
     Last,
+    /// A row read by an incremental snapshot, while streaming.
+    Incremental,
 }
 
 impl SnapshotMark {
@@ -62,6 +64,7 @@ impl SnapshotMark {
             None => "false",
             Some(SnapshotMark::Row) => "true",
             Some(SnapshotMark::Last) => "last",
+            Some(SnapshotMark::Incremental) => "incremental",
         }
     }
 }

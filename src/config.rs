@@ -25,6 +25,9 @@ pub const DEFAULT_PUBLICATION: &str = "walhouse";
 pub const DEFAULT_MAX_RECONNECT_ATTEMPTS: u32 = 10;
 pub const DEFAULT_RECONNECT_BACKOFF_MAX_MS: u64 = 30_000;
 pub const DEFAULT_SLOT_LAG_WARN_BYTES: u64 = 1 << 30;
+pub const DEFAULT_SNAPSHOT_CONNECTIONS: u32 = 2;
+pub const DEFAULT_SNAPSHOT_CHUNK_PAGES: u64 = 1024;
+pub const DEFAULT_STATE_SCHEMA: &str = "walhouse";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,6 +68,14 @@ pub enum CaptureCommand {
         /// As JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Ask the running capture (through the slot's WAL, so it also works
+    /// while capture is stopped) to snapshot these published tables again,
+    /// in chunks, while streaming continues.
+    Snapshot {
+        /// Tables, schema.table[,…].
+        #[arg(long, value_delimiter = ',', required = true)]
+        tables: Vec<String>,
     },
 }
 
@@ -111,6 +122,20 @@ pub struct CaptureArgs {
     /// Rows present at first start: initial (copy, then stream), never, initial_only [default: initial].
     #[arg(long, env = "WALHOUSE_SNAPSHOT_MODE", value_enum)]
     pub snapshot_mode: Option<SnapshotMode>,
+
+    /// Connections that copy the initial snapshot in parallel [default: 2].
+    #[arg(long, env = "WALHOUSE_SNAPSHOT_CONNECTIONS")]
+    pub snapshot_connections: Option<u32>,
+
+    /// Heap pages per snapshot chunk (8 KiB each; an incremental chunk is
+    /// held in memory while merged) [default: 1024].
+    #[arg(long, env = "WALHOUSE_SNAPSHOT_CHUNK_PAGES")]
+    pub snapshot_chunk_pages: Option<u64>,
+
+    /// Schema in the source database for snapshot progress (created when
+    /// missing) [default: walhouse].
+    #[arg(long, global = true, env = "WALHOUSE_STATE_SCHEMA")]
+    pub state_schema: Option<String>,
 
     /// Where changes go [default: stdout].
     #[arg(long, env = "WALHOUSE_OUTPUT", value_enum)]
@@ -204,6 +229,9 @@ struct FileConfig {
     tables: Option<Vec<String>>,
     replica_identity_full: Option<bool>,
     snapshot_mode: Option<SnapshotMode>,
+    snapshot_connections: Option<u32>,
+    snapshot_chunk_pages: Option<u64>,
+    state_schema: Option<String>,
     output: Option<OutputKind>,
     status_interval_ms: Option<u64>,
     max_reconnect_attempts: Option<u32>,
@@ -253,6 +281,9 @@ pub struct CaptureConfig {
     pub tables: TableSelection,
     pub replica_identity_full: bool,
     pub snapshot_mode: SnapshotMode,
+    pub snapshot_connections: u32,
+    pub snapshot_chunk_pages: u64,
+    pub state_schema: String,
     pub output: OutputKind,
     /// `None`: derived from the server's `wal_sender_timeout`.
     pub status_interval: Option<Duration>,
@@ -406,6 +437,20 @@ impl CaptureConfig {
             tables,
             output,
             snapshot_mode: args.snapshot_mode.or(file.snapshot_mode).unwrap_or_default(),
+            snapshot_connections: args
+                .snapshot_connections
+                .or(file.snapshot_connections)
+                .unwrap_or(DEFAULT_SNAPSHOT_CONNECTIONS)
+                .clamp(1, 64),
+            snapshot_chunk_pages: args
+                .snapshot_chunk_pages
+                .or(file.snapshot_chunk_pages)
+                .unwrap_or(DEFAULT_SNAPSHOT_CHUNK_PAGES)
+                .max(1),
+            state_schema: args
+                .state_schema
+                .or(file.state_schema)
+                .unwrap_or_else(|| DEFAULT_STATE_SCHEMA.into()),
             replica_identity_full: args
                 .replica_identity_full
                 .or(file.replica_identity_full)

@@ -24,3 +24,4 @@ pub mod metrics;
 pub mod output;
 pub mod postgres;
 pub mod registry;
+pub mod watermark;

@@ -50,6 +50,10 @@ pub struct Metrics {
     registry_calls: AtomicU64,
     reconnects: AtomicU64,
     slot_lag: AtomicU64,
+    snapshot_chunks_total: AtomicU64,
+    snapshot_chunks_done: AtomicU64,
+    snapshot_rows_per_s: AtomicU64,
+    snapshot_eta_s: AtomicU64,
 }
 
 impl Metrics {
@@ -109,6 +113,15 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition format.
+    /// Snapshot progress: chunks planned and done, current rate and the
+    /// estimated seconds left (initial and incremental snapshots alike).
+    pub fn set_snapshot(&self, chunks_total: u64, chunks_done: u64, rows_per_s: u64, eta_s: u64) {
+        self.snapshot_chunks_total.store(chunks_total, Ordering::Relaxed);
+        self.snapshot_chunks_done.store(chunks_done, Ordering::Relaxed);
+        self.snapshot_rows_per_s.store(rows_per_s, Ordering::Relaxed);
+        self.snapshot_eta_s.store(eta_s, Ordering::Relaxed);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, kind: &str, v: u64| {
@@ -169,6 +182,30 @@ impl Metrics {
             "Reconnects to the source.",
             "counter",
             self.reconnects.load(Ordering::Relaxed),
+        );
+        gauge(
+            "walhouse_capture_snapshot_chunks",
+            "Snapshot chunks planned (initial and incremental).",
+            "gauge",
+            self.snapshot_chunks_total.load(Ordering::Relaxed),
+        );
+        gauge(
+            "walhouse_capture_snapshot_chunks_done",
+            "Snapshot chunks durable in the destination.",
+            "gauge",
+            self.snapshot_chunks_done.load(Ordering::Relaxed),
+        );
+        gauge(
+            "walhouse_capture_snapshot_rows_per_second",
+            "Snapshot rows sent per second (recent).",
+            "gauge",
+            self.snapshot_rows_per_s.load(Ordering::Relaxed),
+        );
+        gauge(
+            "walhouse_capture_snapshot_seconds_left",
+            "Estimated seconds until the snapshot is done (by pages left).",
+            "gauge",
+            self.snapshot_eta_s.load(Ordering::Relaxed),
         );
         out.push_str("# HELP walhouse_capture_events_total Row changes captured, by table and operation.\n");
         out.push_str("# TYPE walhouse_capture_events_total counter\n");

@@ -152,20 +152,107 @@ async fn snapshot_and_concurrent_changes_end_in_exactly_the_table() {
     }
 }
 
+/// Folds JSON-line events of a table `(id int PRIMARY KEY, v text)` by key.
+fn fold(lines: &[Value], table: &str) -> BTreeMap<i64, String> {
+    let mut state = BTreeMap::new();
+    for l in lines.iter().filter(|l| l["table"] == table) {
+        let id: i64 = l["key"]["id"].as_str().expect("key").parse().expect("int");
+        match l["op"].as_str().expect("op") {
+            "read" | "insert" | "update" => {
+                state.insert(id, l["after"]["v"].as_str().expect("v").to_string());
+            }
+            "delete" => {
+                state.remove(&id);
+            }
+            other => panic!("unexpected op {other}"),
+        }
+    }
+    state
+}
+
+async fn table_state(sql: &tokio_postgres::Client, table: &str) -> BTreeMap<i64, String> {
+    sql.query(&format!("SELECT id::bigint, v FROM {table}"), &[])
+        .await
+        .expect("table")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Runs updates, deletes and inserts on `table` until told to stop;
+/// returns how many rounds ran.
+fn churn(
+    sql: tokio_postgres::Client,
+    table: &'static str,
+    max_id: i64,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut round = 0u64;
+        // Bounded: at most 20k rounds, and the caller stops it.
+        while !*stop.borrow() && round < 20_000 {
+            let i = round as i64;
+            sql.batch_execute(&format!(
+                "BEGIN; UPDATE {table} SET v = 'u{i}' WHERE id = {}; DELETE FROM {table} WHERE id = {};
+                 INSERT INTO {table} VALUES ({}, 'new{i}'); COMMIT;",
+                1 + (i * 7919) % max_id,
+                1 + (i * 104_729 + 13) % max_id,
+                max_id + 1 + i
+            ))
+            .await
+            .expect("churn");
+            round += 1;
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+            }
+        }
+        round
+    })
+}
+
+async fn snapshot_phase(sql: &tokio_postgres::Client, slot: &str) -> Option<String> {
+    sql.query_opt("SELECT phase FROM walhouse.snapshots WHERE slot = $1", &[&slot])
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0))
+}
+
+async fn wait_phase_done(sql: &tokio_postgres::Client, slot: &str, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if snapshot_phase(sql, slot).await.as_deref() == Some("done") {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
 #[tokio::test]
-async fn a_snapshot_cut_off_leaves_no_slot_and_is_taken_again() {
+async fn a_cut_off_snapshot_resumes_its_missing_chunks_while_streaming() {
     let pg = PgServer::start();
     let db = pg.create_db("cut");
     let sql = pg.client(&db).await;
     sql.batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text); INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 300000) g;")
         .await
         .expect("schema");
+    let pages: i64 = sql
+        .query_one("SELECT pg_relation_size('big') / 8192", &[])
+        .await
+        .expect("pages")
+        .get(0);
     let dir = tempfile::tempdir().expect("tmp");
     let first = dir.path().join("first.jsonl");
-    let (_stop, task) = spawn(config(&pg, &db, "cut_slot", &[]), &first);
-    // Kill capture once the snapshot is under way.
-    for _ in 0..600 {
-        if std::fs::metadata(&first).map(|m| m.len()).unwrap_or(0) > 100_000 {
+    // Small chunks: the table is ~40 of them.
+    let opts = ["--snapshot-chunk-pages", "64", "--snapshot-connections", "3"];
+    let (_stop, task) = spawn(config(&pg, &db, "cut_slot", &opts), &first);
+    let (stop_churn, churn_rx) = watch::channel(false);
+    let churner = churn(pg.client(&db).await, "big", 300_000, churn_rx);
+    // Kill capture once the snapshot is well under way (~60k rows written).
+    for _ in 0..3000 {
+        if std::fs::metadata(&first).map(|m| m.len()).unwrap_or(0) > 12_000_000 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -174,34 +261,190 @@ async fn a_snapshot_cut_off_leaves_no_slot_and_is_taken_again() {
     let _ = task.await;
     let copied = lines(&first).len();
     assert!(copied > 0 && copied < 300_000, "cut mid-snapshot: {copied} rows");
-    // Neither the permanent slot nor (once its connection is gone) the temporary one.
-    let mut gone = false;
-    for _ in 0..100 {
-        if !pg.slot_exists(&db, "cut_slot", false).await && !pg.slot_exists(&db, "cut_slot_snap", false).await {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(gone, "a cut-off snapshot must leave no slot behind");
-    // Start again: the whole snapshot, every row once.
-    let second = dir.path().join("second.jsonl");
-    let (stop, task) = spawn(config(&pg, &db, "cut_slot", &[]), &second);
+    let (done, total): (i64, i64) = {
+        let r = sql
+            .query_one(
+                "SELECT count(*) FILTER (WHERE done_at IS NOT NULL), count(*) FROM walhouse.snapshot_chunks WHERE slot = 'cut_slot'",
+                &[],
+            )
+            .await
+            .expect("progress");
+        (r.get(0), r.get(1))
+    };
+    assert!(total >= pages / 64, "{total} chunks planned for {pages} pages");
     assert!(
-        pg.wait_for_slot(&db, "cut_slot", false, Duration::from_secs(120)).await,
-        "the slot exists once the snapshot is durable"
+        done > 0 && done < total,
+        "{done} of {total} chunks recorded done before the cut"
+    );
+    assert_eq!(snapshot_phase(&sql, "cut_slot").await.as_deref(), Some("copying"));
+    // The slot stays: streaming resumes from its consistent point.
+    assert!(pg.slot_exists(&db, "cut_slot", false).await, "the slot stays");
+    assert!(
+        !pg.wait_for_slot(&db, "cut_slot", true, Duration::from_millis(1)).await || {
+            // The walsender of the killed capture may take a moment to go.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            true
+        }
+    );
+
+    let second = dir.path().join("second.jsonl");
+    let (stop, task) = spawn(config(&pg, &db, "cut_slot", &opts), &second);
+    assert!(
+        wait_phase_done(&sql, "cut_slot", Duration::from_secs(180)).await,
+        "the resumed snapshot finishes"
+    );
+    let _ = stop_churn.send(true);
+    let rounds = churner.await.expect("churn");
+    assert!(
+        pg.wait_confirmed(&db, "cut_slot", Duration::from_secs(60)).await,
+        "cut_slot did not confirm"
     );
     let _ = stop.send(true);
     task.await.expect("task").expect("capture");
-    let lines = lines(&second);
-    assert_eq!(lines.len(), 300_000);
-    let mut ids: Vec<i64> = lines
-        .iter()
-        .map(|l| l["key"]["id"].as_str().expect("id").parse().expect("int"))
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), 300_000, "every row exactly once");
+    let first = lines(&first);
+    let second = lines(&second);
+    let incremental = second.iter().filter(|l| l["snapshot"] == "incremental").count();
+    assert!(incremental > 0, "the missing chunks were read incrementally");
+    assert!(
+        incremental < 300_000,
+        "chunks done before the cut are not read again ({incremental} rows re-read)"
+    );
+    let mut all = first;
+    all.extend(second);
+    let state = fold(&all, "big");
+    let table = table_state(&sql, "big").await;
+    assert!(rounds > 0);
+    assert_eq!(state.len(), table.len());
+    assert!(state == table, "the folded events differ from the table");
+}
+
+#[tokio::test]
+async fn a_table_added_to_the_publication_is_snapshotted_while_changes_flow() {
+    let pg = PgServer::start();
+    let db = pg.create_db("added");
+    let sql = pg.client(&db).await;
+    sql.batch_execute(
+        "CREATE TABLE first (id int PRIMARY KEY, v text); INSERT INTO first VALUES (1, 'a');
+         CREATE TABLE later (id int PRIMARY KEY, v text);
+         INSERT INTO later SELECT g, md5(g::text) FROM generate_series(1, 50000) g;",
+    )
+    .await
+    .expect("schema");
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("added.jsonl");
+    let opts = ["--tables", "public.first", "--snapshot-chunk-pages", "32"];
+    let (stop, task) = spawn(config(&pg, &db, "added_slot", &opts), &out);
+    assert!(
+        wait_phase_done(&sql, "added_slot", Duration::from_secs(60)).await,
+        "initial snapshot"
+    );
+    let (stop_churn, churn_rx) = watch::channel(false);
+    let churner = churn(pg.client(&db).await, "later", 50_000, churn_rx);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sql.batch_execute("ALTER PUBLICATION walhouse ADD TABLE later")
+        .await
+        .expect("add table");
+    // Found at the next publication check (every 10 s), then read in chunks.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut planned = 0i64;
+    while planned == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        planned = sql
+            .query_one(
+                "SELECT count(*) FROM walhouse.snapshot_chunks WHERE slot = 'added_slot' AND table_name = 'later'",
+                &[],
+            )
+            .await
+            .expect("chunks")
+            .get(0);
+    }
+    assert!(planned > 1, "the added table was planned in chunks ({planned})");
+    assert!(
+        wait_phase_done(&sql, "added_slot", Duration::from_secs(120)).await,
+        "the added table's snapshot finishes"
+    );
+    let _ = stop_churn.send(true);
+    let rounds = churner.await.expect("churn");
+    assert!(
+        pg.wait_confirmed(&db, "added_slot", Duration::from_secs(60)).await,
+        "added_slot did not confirm"
+    );
+    let _ = stop.send(true);
+    task.await.expect("task").expect("capture");
+    let lines = lines(&out);
+    assert!(rounds > 10, "changes kept flowing ({rounds} rounds)");
+    assert!(
+        lines.iter().any(|l| l["table"] == "later" && l["op"] == "update"),
+        "live changes of the table were streamed"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["table"] == "later" && l["snapshot"] == "incremental"),
+        "its rows were read incrementally"
+    );
+    let state = fold(&lines, "later");
+    let table = table_state(&sql, "later").await;
+    assert_eq!(state.len(), table.len());
+    assert!(state == table, "the folded events differ from the table");
+}
+
+#[tokio::test]
+async fn the_snapshot_command_rereads_a_table_through_the_slot() {
+    let pg = PgServer::start();
+    let db = pg.create_db("signal");
+    let sql = pg.client(&db).await;
+    sql.batch_execute(
+        "CREATE TABLE \"Odd Table\" (id int PRIMARY KEY, v text);
+         INSERT INTO \"Odd Table\" SELECT g, 'v' || g FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .expect("schema");
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("signal.jsonl");
+    let (stop, task) = spawn(config(&pg, &db, "signal_slot", &[]), &out);
+    assert!(
+        wait_phase_done(&sql, "signal_slot", Duration::from_secs(60)).await,
+        "initial snapshot"
+    );
+    let url = pg.url("walhouse_scram", &db);
+    let ask = |tables: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_walhouse-capture"))
+            .args([
+                "--source-url",
+                &url,
+                "--slot",
+                "signal_slot",
+                "snapshot",
+                "--tables",
+                tables,
+            ])
+            .output()
+            .expect("run walhouse-capture snapshot")
+    };
+    let refused = ask("public.not_published");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("ALTER PUBLICATION"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let asked = ask("public.\"Odd Table\"");
+    assert!(asked.status.success(), "{}", String::from_utf8_lossy(&asked.stderr));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut reread = 0;
+    while std::time::Instant::now() < deadline {
+        reread = lines(&out).iter().filter(|l| l["snapshot"] == "incremental").count();
+        if reread == 1000 && snapshot_phase(&sql, "signal_slot").await.as_deref() == Some("done") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = stop.send(true);
+    task.await.expect("task").expect("capture");
+    assert_eq!(reread, 1000, "every row read again");
+    let lines = lines(&out);
+    assert_eq!(lines.iter().filter(|l| l["op"] == "read").count(), 2000);
 }
 
 #[tokio::test]

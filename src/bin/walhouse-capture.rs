@@ -9,12 +9,17 @@ use walhouse::capture;
 use walhouse::config::{init_logging, CaptureArgs, CaptureCommand, CaptureConfig, OutputKind};
 use walhouse::kafka::producer::KafkaDestination;
 use walhouse::output::stdout::JsonLines;
+use walhouse::postgres::publication::TableName;
+use walhouse::postgres::snapshot_progress::ProgressStore;
 use walhouse::registry::Registry;
 
 fn main() -> ExitCode {
     let args = CaptureArgs::parse();
     let check = args.check;
-    let status = args.command.as_ref().map(|CaptureCommand::Status { json }| *json);
+    let command = args.command.as_ref().map(|c| match c {
+        CaptureCommand::Status { json } => Command::Status { json: *json },
+        CaptureCommand::Snapshot { tables } => Command::Snapshot { tables: tables.clone() },
+    });
     let config = match CaptureConfig::resolve(args) {
         Ok(c) => c,
         Err(e) => {
@@ -27,8 +32,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.log_format);
-    if let Some(json) = status {
-        return finish(runtime_block_on(print_status(config, json)));
+    match command {
+        Some(Command::Status { json }) => return finish(runtime_block_on(print_status(config, json))),
+        Some(Command::Snapshot { tables }) => return finish(runtime_block_on(request_snapshot(config, tables))),
+        None => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -38,6 +45,11 @@ fn main() -> ExitCode {
         }
     };
     finish(runtime.block_on(run(config)))
+}
+
+enum Command {
+    Status { json: bool },
+    Snapshot { tables: Vec<String> },
 }
 
 fn finish(result: anyhow::Result<()>) -> ExitCode {
@@ -65,6 +77,7 @@ async fn print_status(config: CaptureConfig, json: bool) -> anyhow::Result<()> {
         &config.slot,
         &config.publication,
         &capture::snapshot_slot_name(&config.slot),
+        &ProgressStore::new(&config.state_schema, &config.slot),
     )
     .await?;
     if json {
@@ -92,7 +105,10 @@ async fn print_status(config: CaptureConfig, json: bool) -> anyhow::Result<()> {
         or(report.safe_wal_size.map(|b| format!("{b} bytes")))
     );
     println!("max_slot_wal_keep_size  {}", report.max_slot_wal_keep_size);
-    println!("snapshot                {}", report.snapshot);
+    println!(
+        "snapshot                {} ({} of {} chunks done, {} rows)",
+        report.snapshot, report.snapshot_chunks_done, report.snapshot_chunks, report.snapshot_rows
+    );
     println!(
         "publication             {} ({} tables)",
         report.publication,
@@ -101,6 +117,41 @@ async fn print_status(config: CaptureConfig, json: bool) -> anyhow::Result<()> {
     for t in &report.tables {
         println!("  {t}");
     }
+    Ok(())
+}
+
+/// Writes a snapshot signal into the WAL: the capture on this slot acts on
+/// it when it decodes it (at once if running, else when it next starts).
+async fn request_snapshot(config: CaptureConfig, tables: Vec<String>) -> anyhow::Result<()> {
+    let (sql, _driver) = walhouse::postgres::client::connect(&config.source).await?;
+    let published = walhouse::postgres::publication::published_tables(&sql, &config.publication).await?;
+    let mut names = Vec::new();
+    for t in &tables {
+        let name = TableName::parse(t).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            published.contains(&name),
+            "{name} is not in publication {:?}. Fix: add it (ALTER PUBLICATION … ADD TABLE {}), which also snapshots it",
+            config.publication,
+            name.quoted()
+        );
+        names.push(name.quoted());
+    }
+    let signal = serde_json::to_string(&capture::Signal {
+        slot: config.slot.clone(),
+        snapshot: names,
+    })?;
+    let row = sql
+        .query_one(
+            "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)::text",
+            &[&capture::SIGNAL_PREFIX, &signal],
+        )
+        .await?;
+    let lsn: String = row.get(0);
+    println!(
+        "snapshot of {} requested at {lsn}; the capture on slot {:?} reads it while streaming (see `walhouse-capture status`)",
+        tables.join(", "),
+        config.slot
+    );
     Ok(())
 }
 

@@ -292,7 +292,8 @@ impl Destination for KafkaDestination {
 
     async fn send(&mut self, event: &ChangeEvent<'_>) -> Result<(), OutputError> {
         let now = now_ms();
-        if self.config.transaction_topic {
+        // Snapshot reads belong to no transaction (Debezium's shape too).
+        if self.config.transaction_topic && event.snapshot.is_none() {
             self.track_transaction(event).await?;
         }
         for (relation_id, op) in self.encoder.ops(event)? {

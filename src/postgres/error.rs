@@ -85,6 +85,12 @@ pub enum SourceError {
     SlotUnusable { slot: String, problem: String },
     #[error("table {table} does not exist in the source database. Fix: check --tables (schema.table, names are case-sensitive)")]
     TableMissing { table: String },
+    #[error("cannot keep snapshot progress in schema {schema:?} of the source: {source}. Fix: let the capture role create it (GRANT CREATE ON DATABASE … TO \"{user}\"), or create it for that role (CREATE SCHEMA \"{schema}\" AUTHORIZATION \"{user}\"), or choose another --state-schema; with --snapshot-mode never no progress is kept")]
+    StateStore {
+        schema: String,
+        user: String,
+        source: tokio_postgres::Error,
+    },
     #[error("the source server answered: {0}")]
     Server(ServerError),
     #[error("the source database answered: {0}")]

@@ -7,6 +7,8 @@
 //! - [`catalog`]: relations and type names seen on the stream.
 //! - [`client`]: the ordinary SQL connection (tokio-postgres).
 //! - [`slot`] and [`publication`]: preflight checks and lifecycle.
+//! - [`snapshot`]: chunked reads of tables under a snapshot;
+//!   [`snapshot_progress`]: which chunks are done, kept beside the slot.
 //! - [`error`]: every failure classified, with the operator's fix.
 
 pub mod catalog;
@@ -19,6 +21,7 @@ pub mod publication;
 pub mod replication;
 pub mod slot;
 pub mod snapshot;
+pub mod snapshot_progress;
 pub mod tls;
 
 pub use error::SourceError;

@@ -107,9 +107,14 @@ pub struct StatusReport {
     /// (`None`: unlimited).
     pub safe_wal_size: Option<i64>,
     pub max_slot_wal_keep_size: String,
-    /// `complete` (the slot exists), `in progress` (its temporary snapshot
-    /// slot is active) or `not started`.
-    pub snapshot: &'static str,
+    /// `done`, `copying` (initial or incremental chunks left), `starting`,
+    /// `in progress` (an `initial_only` snapshot's temporary slot is
+    /// active), `complete` (a slot without recorded progress) or `not started`.
+    pub snapshot: String,
+    /// Snapshot chunks done and planned, and rows they sent.
+    pub snapshot_chunks_done: u64,
+    pub snapshot_chunks: u64,
+    pub snapshot_rows: u64,
     pub publication: String,
     pub tables: Vec<String>,
 }
@@ -120,6 +125,7 @@ pub async fn status(
     slot: &str,
     publication: &str,
     snapshot_slot: &str,
+    progress: &super::snapshot_progress::ProgressStore,
 ) -> Result<StatusReport, SourceError> {
     let row = client
         .query_one(
@@ -151,16 +157,29 @@ pub async fn status(
         lag_bytes: None,
         safe_wal_size: None,
         max_slot_wal_keep_size: keep,
-        snapshot: if slot_row.is_some() {
-            "complete"
-        } else if snapshot_running {
-            "in progress"
+        snapshot: if snapshot_running {
+            "in progress".into()
+        } else if slot_row.is_some() {
+            "complete".into()
         } else {
-            "not started"
+            "not started".into()
         },
+        snapshot_chunks_done: 0,
+        snapshot_chunks: 0,
+        snapshot_rows: 0,
         publication: publication.into(),
         tables,
     };
+    if slot_row.is_some() && progress.exists(client).await? {
+        if let Some((phase, _)) = progress.phase(client).await? {
+            report.snapshot = format!("{phase:?}").to_lowercase();
+            (
+                report.snapshot_chunks_done,
+                report.snapshot_chunks,
+                report.snapshot_rows,
+            ) = progress.counts(client).await?;
+        }
+    }
     if let Some(r) = slot_row {
         report.active_pid = r.get(0);
         report.confirmed_flush_lsn = r.get(1);

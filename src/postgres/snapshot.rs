@@ -28,13 +28,16 @@ pub struct CopyRowError {
 }
 
 /// Opens a read-only transaction on `client` that sees the database as of
-/// the exported `snapshot`, with the replication connection's output settings.
-pub async fn begin(client: &Client, snapshot: &str) -> Result<(), SourceError> {
+/// the exported `snapshot` (or, with `None`, as of its first query), with
+/// the replication connection's output settings.
+pub async fn begin(client: &Client, snapshot: Option<&str>) -> Result<(), SourceError> {
     let mut sql = String::from("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; ");
-    sql.push_str(&format!(
-        "SET TRANSACTION SNAPSHOT {}; ",
-        super::quote_literal(snapshot)
-    ));
+    if let Some(snapshot) = snapshot {
+        sql.push_str(&format!(
+            "SET TRANSACTION SNAPSHOT {}; ",
+            super::quote_literal(snapshot)
+        ));
+    }
     for (name, value) in OUTPUT_SETTINGS {
         sql.push_str(&format!("SET LOCAL {name} = {}; ", super::quote_literal(value)));
     }
@@ -96,6 +99,68 @@ pub async fn describe(client: &Client, table: &TableName) -> Result<Relation, So
     })
 }
 
+/// A range of a table's heap pages: `from` inclusive, `to` exclusive, or to
+/// the end of the table. Ranges by CTID work for tables without a key, and
+/// since Postgres 14 a range is read by a TID range scan (only its pages).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRange {
+    pub from: u64,
+    pub to: Option<u64>,
+}
+
+impl PageRange {
+    /// Splits `pages` pages into ranges of `chunk_pages`; the last range is
+    /// open-ended so pages added meanwhile are not missed.
+    pub fn split(pages: u64, chunk_pages: u64) -> Vec<PageRange> {
+        let chunk_pages = chunk_pages.max(1);
+        let mut out = Vec::new();
+        let mut from = 0;
+        while from + chunk_pages < pages {
+            out.push(PageRange {
+                from,
+                to: Some(from + chunk_pages),
+            });
+            from += chunk_pages;
+        }
+        out.push(PageRange { from, to: None });
+        out
+    }
+
+    fn predicate(&self) -> String {
+        let mut p = String::new();
+        if self.from > 0 {
+            p.push_str(&format!(" WHERE ctid >= '({},0)'::tid", self.from));
+        }
+        if let Some(to) = self.to {
+            p.push_str(if self.from > 0 { " AND" } else { " WHERE" });
+            p.push_str(&format!(" ctid < '({to},0)'::tid"));
+        }
+        p
+    }
+}
+
+/// A table's size in pages and its current file node (which changes when
+/// the table is rewritten, moving every row to a new CTID).
+pub async fn table_pages(client: &Client, table_oid: u32) -> Result<(u64, u32), SourceError> {
+    let row = client
+        .query_one(
+            "SELECT (pg_catalog.pg_relation_size(c.oid) / current_setting('block_size')::bigint)::bigint, \
+                    c.relfilenode FROM pg_catalog.pg_class c WHERE c.oid = $1",
+            &[&table_oid],
+        )
+        .await?;
+    Ok((row.get::<_, i64>(0).max(0) as u64, row.get(1)))
+}
+
+/// The transaction snapshot of `client`'s open transaction
+/// (`pg_current_snapshot()`), which also fixes it if no query ran yet.
+pub async fn current_snapshot(client: &Client) -> Result<String, SourceError> {
+    Ok(client
+        .query_one("SELECT pg_catalog.pg_current_snapshot()::text", &[])
+        .await?
+        .get(0))
+}
+
 /// A table's rows as COPY sends them, one tuple at a time.
 pub struct CopyRows {
     stream: std::pin::Pin<Box<tokio_postgres::CopyOutStream>>,
@@ -106,9 +171,9 @@ pub struct CopyRows {
 }
 
 impl CopyRows {
-    /// Starts `COPY (SELECT <pgoutput's columns> FROM table) TO STDOUT` in
-    /// the snapshot transaction of `client`.
-    pub async fn start(client: &Client, relation: &Relation) -> Result<Self, SourceError> {
+    /// Starts `COPY (SELECT <pgoutput's columns> FROM table WHERE <pages>)
+    /// TO STDOUT` in the snapshot transaction of `client`.
+    pub async fn start(client: &Client, relation: &Relation, pages: PageRange) -> Result<Self, SourceError> {
         let columns = relation
             .columns
             .iter()
@@ -116,9 +181,10 @@ impl CopyRows {
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
-            "COPY (SELECT {columns} FROM {}.{}) TO STDOUT",
+            "COPY (SELECT {columns} FROM {}.{}{}) TO STDOUT",
             quote_ident(&relation.namespace),
-            quote_ident(&relation.name)
+            quote_ident(&relation.name),
+            pages.predicate()
         );
         let stream = client.copy_out(&sql).await?;
         Ok(CopyRows {
@@ -251,6 +317,21 @@ mod tests {
 
     fn t(s: &[u8]) -> TupleValue {
         TupleValue::Text(Bytes::copy_from_slice(s))
+    }
+
+    #[test]
+    fn page_ranges_cover_the_table_and_end_open() {
+        let r = |from, to| PageRange { from, to };
+        assert_eq!(PageRange::split(0, 4), vec![r(0, None)]);
+        assert_eq!(PageRange::split(4, 4), vec![r(0, None)]);
+        assert_eq!(PageRange::split(9, 4), vec![r(0, Some(4)), r(4, Some(8)), r(8, None)]);
+        assert_eq!(r(0, None).predicate(), "");
+        assert_eq!(r(0, Some(4)).predicate(), " WHERE ctid < '(4,0)'::tid");
+        assert_eq!(r(8, None).predicate(), " WHERE ctid >= '(8,0)'::tid");
+        assert_eq!(
+            r(4, Some(8)).predicate(),
+            " WHERE ctid >= '(4,0)'::tid AND ctid < '(8,0)'::tid"
+        );
     }
 
     #[test]

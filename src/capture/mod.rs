@@ -10,6 +10,11 @@
 //! acknowledged LSN, a bounded number of times; any other error stops the
 //! capture with the operator's fix in the message.
 
+mod incremental;
+mod initial;
+
+pub use incremental::{Signal, SIGNAL_PREFIX, WATERMARK_PREFIX};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,9 +25,12 @@ use crate::config::{CaptureConfig, SnapshotMode};
 use crate::metrics::{Metrics, Phase};
 use crate::output::{Destination, OutputError};
 use crate::postgres::catalog::{load_column_infos, load_type_infos, CatalogError, RelationCache, RelationChange};
-use crate::postgres::pgoutput::{LogicalMessage, OldTuple, PgTimestamp, Relation, Tuple};
+use crate::postgres::pgoutput::{LogicalMessage, OldTuple, Relation, Tuple};
 use crate::postgres::replication::{ReplicationClient, ReplicationStream, StreamOptions};
-use crate::postgres::{client, publication, slot, snapshot, Lsn, SourceError};
+use crate::postgres::snapshot_progress::{self, Phase as SnapshotPhase, ProgressStore};
+use crate::postgres::{client, publication, slot, Lsn, SourceError};
+use crate::watermark;
+use incremental::Incremental;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -127,11 +135,21 @@ async fn run_inner<D: Destination>(
         Some(i) => i,
         None => slot::status_interval(slot::wal_sender_timeout(&sql).await?),
     };
+    // Snapshot progress is kept unless no snapshot is ever taken.
+    let progress =
+        (config.snapshot_mode != SnapshotMode::Never).then(|| ProgressStore::new(&config.state_schema, &config.slot));
+    if let Some(p) = &progress {
+        p.ensure(&sql, &source.user).await?;
+    }
     let mut needs_snapshot = false;
     match slot::inspect(&sql, &config.slot).await? {
         Some(info) => {
             slot::check_usable(&info, &source.dbname)?;
             tracing::info!(slot = %config.slot, confirmed_flush = ?info.confirmed_flush.map(|l| l.to_string()), "resuming from existing slot");
+            if let Some(p) = &progress {
+                let tables: Vec<_> = tables.into_iter().filter(|t| t.schema != p.schema()).collect();
+                adopt_slot(p, &sql, &tables, config.snapshot_chunk_pages).await?;
+            }
         }
         None if config.snapshot_mode == SnapshotMode::Never => {
             let mut repl = ReplicationClient::connect(source).await?;
@@ -149,31 +167,48 @@ async fn run_inner<D: Destination>(
         table_names: Default::default(),
         slot: config.slot.clone(),
         lag_warn_bytes: config.slot_lag_warn_bytes,
+        publication: config.publication.clone(),
+        state_schema: progress.as_ref().map(|p| p.schema().to_owned()),
+        incremental: None,
         tx: None,
         tx_ordinal: 0,
         events: 0,
         transactions: 0,
     };
-    if needs_snapshot {
-        let done = state.initial_snapshot(config, dest, &mut shutdown).await?;
-        let finished = match done {
-            None => true,
-            Some(_) => config.snapshot_mode == SnapshotMode::InitialOnly,
-        };
-        if finished {
+    if config.snapshot_mode == SnapshotMode::InitialOnly {
+        if !needs_snapshot {
+            tracing::info!(slot = %config.slot, "the slot exists, so its snapshot was taken before: nothing to do");
             return Ok(CaptureSummary {
-                acknowledged: done.unwrap_or(Lsn::ZERO),
+                acknowledged: Lsn::ZERO,
+                events: 0,
+                transactions: 0,
+            });
+        }
+        // No slot is kept, so no progress either: a cut-off run starts over.
+        let done = state.initial_snapshot(config, dest, &mut shutdown, None).await?;
+        return Ok(CaptureSummary {
+            acknowledged: done.unwrap_or(Lsn::ZERO),
+            events: state.events,
+            transactions: state.transactions,
+        });
+    }
+    if needs_snapshot {
+        let done = state
+            .initial_snapshot(config, dest, &mut shutdown, progress.as_ref())
+            .await?;
+        if done.is_none() {
+            return Ok(CaptureSummary {
+                acknowledged: Lsn::ZERO,
                 events: state.events,
                 transactions: state.transactions,
             });
         }
-    } else if config.snapshot_mode == SnapshotMode::InitialOnly {
-        tracing::info!(slot = %config.slot, "the slot exists, so its snapshot was taken before: nothing to do");
-        return Ok(CaptureSummary {
-            acknowledged: Lsn::ZERO,
-            events: 0,
-            transactions: 0,
-        });
+    }
+    if let Some(p) = progress {
+        let published = state.captured_tables().await?;
+        let mut inc = Incremental::load(p, source, config.snapshot_chunk_pages, &state.sql, published.clone()).await?;
+        inc.refresh_tables(&state.sql, published).await?;
+        state.incremental = Some(inc);
     }
     let mut acknowledged = Lsn::ZERO;
     let mut attempt = 0u32;
@@ -256,6 +291,58 @@ async fn run_inner<D: Destination>(
     }
 }
 
+/// The published tables, less walhouse's own progress tables (which a
+/// publication FOR ALL TABLES includes).
+async fn captured_tables(
+    sql: &tokio_postgres::Client,
+    publication: &str,
+    state_schema: Option<&str>,
+) -> Result<Vec<publication::TableName>, CaptureError> {
+    let mut tables = publication::published_tables(sql, publication).await?;
+    tables.retain(|t| Some(t.schema.as_str()) != state_schema);
+    Ok(tables)
+}
+
+/// The incremental snapshot's reader, if one runs (pending otherwise).
+async fn reader_finished(incremental: &mut Option<Incremental>) -> Result<incremental::ChunkReadDone, CaptureError> {
+    match incremental {
+        Some(inc) => inc.reader_finished().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// On an existing slot: a slot walhouse made before keeping progress (or
+/// with `--snapshot-mode never`) counts as snapshotted for the tables
+/// published now; a slot whose snapshot was cut off before any chunk was
+/// planned gets every table planned, to be read incrementally.
+async fn adopt_slot(
+    store: &ProgressStore,
+    sql: &tokio_postgres::Client,
+    tables: &[publication::TableName],
+    chunk_pages: u64,
+) -> Result<(), CaptureError> {
+    let phase = store.phase(sql).await?.map(|(p, _)| p);
+    if phase == Some(SnapshotPhase::Starting) || phase.is_none() {
+        let mut seq = store.next_seq(sql).await?;
+        let mut chunks = Vec::new();
+        for table in tables {
+            if let Some(oid) = snapshot_progress::table_oid(sql, table).await? {
+                chunks.extend(snapshot_progress::plan_table(sql, table, oid, chunk_pages, &mut seq).await?);
+            }
+        }
+        store.plan(sql, &chunks).await?;
+        if phase.is_none() {
+            let done: Vec<(u64, u64)> = chunks.iter().map(|c| (c.seq, 0)).collect();
+            store.mark_done(sql, &done).await?;
+            store.set_phase(sql, SnapshotPhase::Done, None).await?;
+        } else {
+            tracing::warn!("the slot exists but its snapshot was cut off before it was planned: every table is read again incrementally");
+            store.set_phase(sql, SnapshotPhase::Copying, None).await?;
+        }
+    }
+    Ok(())
+}
+
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
     match interval {
         Some(i) => {
@@ -288,6 +375,10 @@ struct LoopState {
     table_names: std::collections::HashMap<u32, String>,
     slot: String,
     lag_warn_bytes: u64,
+    publication: String,
+    /// Changes to walhouse's own progress tables are not captured.
+    state_schema: Option<String>,
+    incremental: Option<Incremental>,
     tx: Option<TxInfo>,
     tx_ordinal: u64,
     events: u64,
@@ -317,14 +408,28 @@ impl LoopState {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return Ok(StreamEnd::Shutdown),
-                _ = dest.progressed() => self.acknowledge_durable(stream, dest)?,
+                _ = dest.progressed() => {
+                    self.acknowledge_durable(stream, dest)?;
+                    self.chunks_durable(dest.durable()?).await?;
+                }
+                done = reader_finished(&mut self.incremental) => self.chunk_read(done?).await?,
                 _ = tokio::time::sleep(status_interval), if full => {
                     // Paused on the destination: keep the walsender from
                     // timing us out, and tell it what became durable.
                     self.acknowledge_durable(stream, dest)?;
                     stream.send_status().await?;
                 }
-                _ = lag_check.tick() => self.check_lag().await?,
+                _ = lag_check.tick() => {
+                    self.check_lag().await?;
+                    if let Some(inc) = self.incremental.as_mut() {
+                        let published = captured_tables(&self.sql, &self.publication, self.state_schema.as_deref()).await?;
+                        inc.refresh_tables(&self.sql, published).await?;
+                    }
+                    self.chunks_durable(dest.durable()?).await?;
+                }
+                _ = std::future::ready(()), if !full && self.incremental.as_ref().is_some_and(Incremental::can_start) => {
+                    self.start_chunk().await?;
+                }
                 _ = tick(&mut heartbeat), if heartbeat.is_some() => {
                     self.sql
                         .execute("SELECT pg_logical_emit_message(false, 'walhouse.heartbeat', now()::text)", &[])
@@ -338,6 +443,7 @@ impl LoopState {
                     if let Some(ack) = self.apply(lsn, msg, dest).await? {
                         dest.end_transaction(ack).await?;
                         self.acknowledge_durable(stream, dest)?;
+                        self.chunks_durable(dest.durable()?).await?;
                     }
                 }
             }
@@ -371,103 +477,6 @@ impl LoopState {
             tracing::info!(table = %name, columns, %commit_lsn, "table shape changed");
         }
         Ok(relation)
-    }
-
-    /// Copies every published table under the snapshot of a new temporary
-    /// slot, sends each row as a read, waits until the destination has it
-    /// all durable, and only then makes the slot permanent (a copy of the
-    /// temporary one, at the same consistent point). A crash before that
-    /// leaves no slot, so the next start snapshots again: a half snapshot is
-    /// never taken for a whole one. Returns the consistent point, or `None`
-    /// when shutdown interrupted the snapshot.
-    async fn initial_snapshot<D: Destination>(
-        &mut self,
-        config: &CaptureConfig,
-        dest: &mut D,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<Option<Lsn>, CaptureError> {
-        let source = &config.source;
-        let tables = publication::published_tables(&self.sql, &config.publication).await?;
-        let temporary = snapshot_slot_name(&config.slot);
-        let exported = ReplicationClient::connect(source)
-            .await?
-            .create_temporary_slot_exporting_snapshot(&temporary)
-            .await?;
-        let consistent = exported.slot().consistent_point;
-        tracing::info!(tables = tables.len(), %consistent, "initial snapshot started");
-        let (copy, _driver) = client::connect(source).await?;
-        snapshot::begin(&copy, exported.snapshot_name()).await?;
-        let tx = TxInfo {
-            xid: 0,
-            commit_lsn: consistent,
-            commit_time: PgTimestamp::now(),
-        };
-        let started = std::time::Instant::now();
-        // One row is held back so the very last one can be marked as such.
-        let mut held: Option<(Arc<Relation>, Tuple)> = None;
-        let mut ordinal = 0u64;
-        for table in &tables {
-            let relation = self
-                .learn_relation(snapshot::describe(&copy, table).await?, dest)
-                .await?;
-            let mut rows = snapshot::CopyRows::start(&copy, &relation).await?;
-            let mut n = 0u64;
-            while let Some(tuple) = rows.next().await? {
-                if let Some((r, t)) = held.replace((relation.clone(), tuple)) {
-                    ordinal += 1;
-                    if !self
-                        .snapshot_row(dest, shutdown, &tx, ordinal, &r, &t, SnapshotMark::Row)
-                        .await?
-                    {
-                        return Ok(None);
-                    }
-                }
-                n += 1;
-                if n.is_multiple_of(100_000) {
-                    let rate = ordinal as f64 / started.elapsed().as_secs_f64().max(0.001);
-                    tracing::info!(table = %table, rows = n, rows_per_s = rate as u64, "snapshot progress");
-                }
-            }
-            tracing::info!(table = %table, rows = n, "table snapshotted");
-        }
-        if let Some((r, t)) = held.take() {
-            ordinal += 1;
-            if !self
-                .snapshot_row(dest, shutdown, &tx, ordinal, &r, &t, SnapshotMark::Last)
-                .await?
-            {
-                return Ok(None);
-            }
-        }
-        dest.end_transaction(consistent).await?;
-        while dest.durable()? < consistent {
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => return Ok(None),
-                _ = dest.progressed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        }
-        if config.snapshot_mode != SnapshotMode::InitialOnly {
-            self.sql
-                .execute(
-                    "SELECT pg_catalog.pg_copy_logical_replication_slot($1, $2, false)",
-                    &[&temporary, &config.slot],
-                )
-                .await
-                .map_err(SourceError::Sql)?;
-        }
-        tracing::info!(
-            rows = ordinal,
-            seconds = started.elapsed().as_secs_f64(),
-            slot = %config.slot,
-            %consistent,
-            "initial snapshot durable; streaming starts at its consistent point"
-        );
-        // Ends the exported snapshot; the temporary slot goes with its connection.
-        drop(copy);
-        drop(exported);
-        Ok(Some(consistent))
     }
 
     /// Sends one snapshot row, waiting (not buffering) while the destination
@@ -589,6 +598,10 @@ impl LoopState {
             LogicalMessage::Insert(i) => {
                 let relation = self.cache.get(i.relation_id)?.clone();
                 check_arity(&relation, &i.new)?;
+                if self.is_own(&relation) {
+                    return Ok(None);
+                }
+                self.watch(&relation, None, Some(&i.new));
                 self.emit(
                     lsn,
                     ChangeKind::Insert {
@@ -605,6 +618,10 @@ impl LoopState {
                 if let Some(OldTuple::Key(t) | OldTuple::Full(t)) = &u.old {
                     check_arity(&relation, t)?;
                 }
+                if self.is_own(&relation) {
+                    return Ok(None);
+                }
+                self.watch(&relation, u.old.as_ref(), Some(&u.new));
                 let kind = ChangeKind::Update {
                     relation: &relation,
                     old: u.old.as_ref(),
@@ -616,6 +633,10 @@ impl LoopState {
                 let relation = self.cache.get(d.relation_id)?.clone();
                 let (OldTuple::Key(t) | OldTuple::Full(t)) = &d.old;
                 check_arity(&relation, t)?;
+                if self.is_own(&relation) {
+                    return Ok(None);
+                }
+                self.watch(&relation, Some(&d.old), None);
                 self.emit(
                     lsn,
                     ChangeKind::Delete {
@@ -632,6 +653,15 @@ impl LoopState {
                     .iter()
                     .map(|id| self.cache.get(*id).cloned())
                     .collect::<Result<Vec<Arc<_>>, _>>()?;
+                let relations: Vec<Arc<Relation>> = relations.into_iter().filter(|r| !self.is_own(r)).collect();
+                if relations.is_empty() {
+                    return Ok(None);
+                }
+                if let Some(inc) = self.incremental.as_mut() {
+                    if relations.iter().any(|r| Some(r.id) == inc.window_relation()) {
+                        inc.truncated();
+                    }
+                }
                 let kind = ChangeKind::Truncate {
                     relations: &relations,
                     cascade: t.cascade,
@@ -641,7 +671,9 @@ impl LoopState {
             }
             LogicalMessage::Message(m) => {
                 let transactional = m.transactional && self.tx.is_some();
-                self.emit(lsn, ChangeKind::Message(&m), dest).await?;
+                if !self.control_message(lsn, &m, dest).await? {
+                    self.emit(lsn, ChangeKind::Message(&m), dest).await?;
+                }
                 if !transactional {
                     return Ok(Some(lsn));
                 }
@@ -652,6 +684,38 @@ impl LoopState {
             | LogicalMessage::StreamAbort(_) => return Err(CaptureError::UnexpectedStream { lsn }),
         }
         Ok(None)
+    }
+
+    async fn captured_tables(&self) -> Result<Vec<publication::TableName>, CaptureError> {
+        captured_tables(&self.sql, &self.publication, self.state_schema.as_deref()).await
+    }
+
+    /// Whether `relation` is one of walhouse's progress tables (a
+    /// publication FOR ALL TABLES includes them).
+    fn is_own(&self, relation: &Relation) -> bool {
+        self.state_schema.as_deref() == Some(relation.namespace.as_str())
+    }
+
+    /// Tells an open incremental-snapshot window about a change of its table.
+    fn watch(&mut self, relation: &Relation, old: Option<&OldTuple>, new: Option<&Tuple>) {
+        let Some(inc) = self.incremental.as_mut() else { return };
+        if inc.window_relation() != Some(relation.id) {
+            return;
+        }
+        let xid = self.tx.map(|t| t.xid).unwrap_or(0);
+        let keys = watermark::key_columns(relation);
+        if let Some(OldTuple::Key(t) | OldTuple::Full(t)) = old {
+            inc.touch(watermark::row_key(t, &keys), xid);
+        }
+        if let Some(t) = new {
+            // An update's new tuple may leave an unchanged key out; the old
+            // key (sent only when the key changed) already covers it.
+            match watermark::row_key(t, &keys) {
+                Some(k) => inc.touch(Some(k), xid),
+                None if old.is_some() => {}
+                None => inc.touch(None, xid),
+            }
+        }
     }
 
     async fn emit<D: Destination>(&mut self, lsn: Lsn, kind: ChangeKind<'_>, dest: &mut D) -> Result<(), CaptureError> {

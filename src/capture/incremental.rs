@@ -1,0 +1,530 @@
+//! Incremental snapshots: tables read in chunks while the slot streams,
+//! merged with the live changes by watermarks ([`crate::watermark`]).
+//!
+//! Used for the chunks a cut-off initial snapshot did not finish, for
+//! tables added to the publication later (found at start and every lag
+//! check), and for tables named by a `walhouse-capture snapshot` signal (a
+//! transactional logical message, so it travels through the slot and is
+//! acted on even when sent while capture was stopped).
+//!
+//! One chunk at a time: the capture loop opens a window, a reader task on
+//! its own connection writes the low watermark, reads the chunk in a fresh
+//! transaction, and writes the high watermark. When the loop decodes the
+//! high watermark it sends the chunk's rows that no change in the window
+//! made stale, as reads (`source.snapshot = incremental`), in a unit that
+//! closes at the watermark's LSN; the chunk is marked done once that LSN is
+//! durable. Guarantee: at the end, the latest event per key equals the
+//! table. Tables without a key cannot be merged: their chunk rows are sent
+//! as read and may repeat rows the stream carried.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+use super::initial::Pace;
+use super::{CaptureError, LoopState};
+use crate::change::{ChangeEvent, ChangeKind, SnapshotMark, TxInfo};
+use crate::output::Destination;
+use crate::postgres::pgoutput::{Message, PgTimestamp, Relation, Tuple};
+use crate::postgres::publication::TableName;
+use crate::postgres::snapshot::{self, SnapshotError};
+use crate::postgres::snapshot_progress::{self, Chunk, Phase, ProgressStore};
+use crate::postgres::{client, conninfo::ConnInfo, Lsn, SourceError};
+use crate::watermark::{self, Merge, Window, XidSnapshot};
+
+/// Prefix of the watermark messages.
+pub const WATERMARK_PREFIX: &str = "walhouse.watermark";
+/// Prefix of the signal messages `walhouse-capture snapshot` writes.
+pub const SIGNAL_PREFIX: &str = "walhouse.signal";
+
+/// What `walhouse-capture snapshot` asks for.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Signal {
+    pub slot: String,
+    /// `schema.table` names (quoted where needed).
+    pub snapshot: Vec<String>,
+}
+
+/// A chunk the reader task returned.
+struct ChunkRead {
+    relation: Relation,
+    rows: Vec<Tuple>,
+    snapshot: XidSnapshot,
+    /// The table was rewritten since the chunk was planned: its CTIDs moved.
+    rewritten: bool,
+}
+
+struct Active {
+    chunk: Chunk,
+    id: u64,
+    window: Window,
+    task: Option<JoinHandle<Result<ChunkRead, SnapshotError>>>,
+    read: Option<ChunkRead>,
+}
+
+pub(super) struct Incremental {
+    store: ProgressStore,
+    source: ConnInfo,
+    chunk_pages: u64,
+    queue: VecDeque<Chunk>,
+    active: Option<Active>,
+    reader: Option<(Arc<tokio_postgres::Client>, JoinHandle<()>)>,
+    /// Tells this process's watermarks from another's (or a previous run's).
+    nonce: u64,
+    next_id: u64,
+    next_seq: u64,
+    /// Chunks sent, waiting for their unit to be durable: (unit LSN, seq, rows).
+    sent: Vec<(Lsn, u64, u64)>,
+    published: HashSet<TableName>,
+    /// Whether the progress row says `done`.
+    done: bool,
+    total: u64,
+    finished: u64,
+    rows: u64,
+    pace: Pace,
+}
+
+impl Incremental {
+    pub(super) async fn load(
+        store: ProgressStore,
+        source: &ConnInfo,
+        chunk_pages: u64,
+        sql: &tokio_postgres::Client,
+        published: Vec<TableName>,
+    ) -> Result<Self, CaptureError> {
+        let queue: VecDeque<Chunk> = store.pending(sql).await?.into();
+        let (done, total, _) = store.counts(sql).await?;
+        let next_seq = store.next_seq(sql).await?;
+        let phase = store.phase(sql).await?.map(|(p, _)| p);
+        let nonce = std::process::id() as u64 ^ (PgTimestamp::now().0 as u64).rotate_left(20);
+        let inc = Incremental {
+            store,
+            source: source.clone(),
+            chunk_pages,
+            queue,
+            active: None,
+            reader: None,
+            nonce,
+            next_id: 0,
+            next_seq,
+            sent: Vec::new(),
+            published: published.into_iter().collect(),
+            done: phase == Some(Phase::Done),
+            total,
+            finished: done,
+            rows: 0,
+            pace: Pace::new(),
+        };
+        if !inc.queue.is_empty() {
+            tracing::info!(
+                chunks = inc.queue.len(),
+                "snapshot chunks not done yet: reading them while streaming (incremental method)"
+            );
+        }
+        Ok(inc)
+    }
+
+    /// Plans chunks for `tables` (their current size) and queues them,
+    /// replacing any not-done chunks they had.
+    async fn add_tables(&mut self, sql: &tokio_postgres::Client, tables: &[TableName]) -> Result<(), CaptureError> {
+        let mut planned = Vec::new();
+        for table in tables {
+            let Some(oid) = snapshot_progress::table_oid(sql, table).await? else {
+                tracing::warn!(table = %table, "table to snapshot no longer exists; skipped");
+                continue;
+            };
+            self.store.forget_table(sql, table).await?;
+            self.queue.retain(|c| &c.table != table);
+            planned.extend(snapshot_progress::plan_table(sql, table, oid, self.chunk_pages, &mut self.next_seq).await?);
+            tracing::info!(table = %table, "incremental snapshot of the table planned");
+        }
+        if planned.is_empty() {
+            return Ok(());
+        }
+        self.store.plan(sql, &planned).await?;
+        if self.done {
+            self.store.set_phase(sql, Phase::Copying, None).await?;
+            self.done = false;
+        }
+        self.total = self.store.counts(sql).await?.1;
+        self.queue.extend(planned);
+        Ok(())
+    }
+
+    /// Published tables that no snapshot covered yet are planned.
+    pub(super) async fn refresh_tables(
+        &mut self,
+        sql: &tokio_postgres::Client,
+        published: Vec<TableName>,
+    ) -> Result<(), CaptureError> {
+        let known: HashSet<TableName> = self.store.known_tables(sql).await?.into_iter().collect();
+        self.published = published.into_iter().collect();
+        let mut new: Vec<TableName> = self.published.difference(&known).cloned().collect();
+        new.sort();
+        if !new.is_empty() {
+            tracing::info!(tables = ?new.iter().map(ToString::to_string).collect::<Vec<_>>(), "new tables in the publication");
+            self.add_tables(sql, &new).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn can_start(&self) -> bool {
+        self.active.is_none() && !self.queue.is_empty()
+    }
+
+    /// Resolves when the active reader task finished (never otherwise).
+    pub(super) async fn reader_finished(&mut self) -> Result<ChunkReadDone, CaptureError> {
+        let Some(task) = self.active.as_mut().and_then(|a| a.task.as_mut()) else {
+            return std::future::pending().await;
+        };
+        let result = task.await;
+        if let Some(a) = self.active.as_mut() {
+            a.task = None;
+        }
+        match result {
+            Ok(r) => Ok(ChunkReadDone(r)),
+            Err(e) => Err(CaptureError::Source(SourceError::Protocol(format!(
+                "the snapshot chunk reader failed: {e}"
+            )))),
+        }
+    }
+
+    /// The relation the open window watches.
+    pub(super) fn window_relation(&self) -> Option<u32> {
+        self.active.as_ref().map(|a| a.window.relation_id)
+    }
+
+    pub(super) fn touch(&mut self, key: Option<watermark::RowKey>, xid: u32) {
+        if let Some(a) = self.active.as_mut() {
+            a.window.touch(key, xid);
+        }
+    }
+
+    pub(super) fn truncated(&mut self) {
+        if let Some(a) = self.active.as_mut() {
+            a.window.truncated();
+        }
+    }
+}
+
+/// A finished reader task's result (opaque to the loop).
+pub(super) struct ChunkReadDone(Result<ChunkRead, SnapshotError>);
+
+impl LoopState {
+    /// Starts the next chunk: opens its window, then the reader.
+    pub(super) async fn start_chunk(&mut self) -> Result<(), CaptureError> {
+        let Some(inc) = self.incremental.as_mut() else {
+            return Ok(());
+        };
+        let Some(chunk) = inc.queue.pop_front() else {
+            return Ok(());
+        };
+        if !inc.published.contains(&chunk.table) {
+            tracing::info!(table = %chunk.table, "table left the publication: its snapshot chunks are dropped");
+            inc.store.forget_table(&self.sql, &chunk.table).await?;
+            inc.queue.retain(|c| c.table != chunk.table);
+            return Ok(());
+        }
+        let Some(oid) = snapshot_progress::table_oid(&self.sql, &chunk.table).await? else {
+            inc.store.forget_table(&self.sql, &chunk.table).await?;
+            inc.queue.retain(|c| c.table != chunk.table);
+            return Ok(());
+        };
+        if inc.reader.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+            let (c, driver) = client::connect(&inc.source).await?;
+            inc.reader = Some((Arc::new(c), driver));
+        }
+        let Some((reader, _)) = inc.reader.as_ref() else {
+            return Ok(());
+        };
+        inc.next_id += 1;
+        let task = tokio::spawn(read_chunk(reader.clone(), chunk.clone(), inc.nonce, inc.next_id));
+        inc.active = Some(Active {
+            chunk,
+            id: inc.next_id,
+            window: Window::new(oid),
+            task: Some(task),
+            read: None,
+        });
+        Ok(())
+    }
+
+    /// Takes in a finished reader: a failure puts the chunk back (or stops
+    /// capture when retrying cannot help); a rewritten table is planned again.
+    pub(super) async fn chunk_read(&mut self, done: ChunkReadDone) -> Result<(), CaptureError> {
+        let Some(inc) = self.incremental.as_mut() else {
+            return Ok(());
+        };
+        match done.0 {
+            Ok(read) if read.rewritten => {
+                let Some(active) = inc.active.take() else { return Ok(()) };
+                tracing::info!(table = %active.chunk.table, "table was rewritten since its chunks were planned: planning it again");
+                inc.add_tables(&self.sql, std::slice::from_ref(&active.chunk.table))
+                    .await?;
+            }
+            Ok(read) => {
+                if let Some(a) = inc.active.as_mut() {
+                    a.read = Some(read);
+                }
+            }
+            Err(SnapshotError::Source(e)) if e.is_transient() => {
+                let Some(active) = inc.active.take() else { return Ok(()) };
+                tracing::warn!(table = %active.chunk.table, "snapshot chunk read failed, will retry: {e}");
+                inc.reader = None;
+                inc.queue.push_front(active.chunk);
+            }
+            Err(e) => return Err(CaptureError::Snapshot(e)),
+        }
+        Ok(())
+    }
+
+    /// A `walhouse.*` logical message: a watermark of ours, or a signal.
+    /// Returns true when it was one (not forwarded to the destination).
+    pub(super) async fn control_message<D: Destination>(
+        &mut self,
+        lsn: Lsn,
+        m: &Message,
+        dest: &mut D,
+    ) -> Result<bool, CaptureError> {
+        if m.prefix == SIGNAL_PREFIX {
+            self.signal(m).await?;
+            return Ok(true);
+        }
+        if m.prefix != WATERMARK_PREFIX {
+            return Ok(false);
+        }
+        let Some(inc) = self.incremental.as_mut() else {
+            return Ok(true);
+        };
+        let Some((nonce, id, high)) = watermark::parse_watermark(&m.content) else {
+            return Ok(true);
+        };
+        let ours = inc.active.as_ref().is_some_and(|a| a.id == id) && nonce == inc.nonce;
+        if !ours {
+            return Ok(true);
+        }
+        if !high {
+            if let Some(a) = inc.active.as_mut() {
+                a.window.low_watermark();
+            }
+            return Ok(true);
+        }
+        self.merge_chunk(lsn, dest).await?;
+        Ok(true)
+    }
+
+    /// At the high watermark: sends the chunk's rows the window left valid.
+    async fn merge_chunk<D: Destination>(&mut self, lsn: Lsn, dest: &mut D) -> Result<(), CaptureError> {
+        let Some(inc) = self.incremental.as_mut() else {
+            return Ok(());
+        };
+        let Some(mut active) = inc.active.take() else {
+            return Ok(());
+        };
+        // The reader wrote this watermark as its last step, so its result
+        // is there or about to be.
+        let read = match (active.read.take(), active.task.take()) {
+            (Some(r), _) => r,
+            (None, Some(task)) => match task.await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return Err(CaptureError::Snapshot(e)),
+                Err(e) => {
+                    return Err(CaptureError::Source(SourceError::Protocol(format!(
+                        "the snapshot chunk reader failed: {e}"
+                    ))))
+                }
+            },
+            (None, None) => return Ok(()),
+        };
+        // The rows must be encoded under the shape the stream uses now.
+        let relation = match self.cache.get(read.relation.id) {
+            Ok(cached) if same_shape(cached, &read.relation) => cached.clone(),
+            Ok(_) => {
+                tracing::info!(table = %active.chunk.table, "table shape changed while its chunk was read: reading it again");
+                if let Some(inc) = self.incremental.as_mut() {
+                    inc.queue.push_front(active.chunk);
+                }
+                return Ok(());
+            }
+            Err(_) => self.learn_relation(read.relation, dest).await?,
+        };
+        let keys = watermark::key_columns(&relation);
+        let read_rows = read.rows.len();
+        let rows = match active.window.keep(read.rows, &keys, &read.snapshot) {
+            Merge::Send(rows) => rows,
+            Merge::Retry(reason) => {
+                tracing::info!(table = %active.chunk.table, "{reason}: reading the chunk again");
+                if let Some(inc) = self.incremental.as_mut() {
+                    inc.queue.push_front(active.chunk);
+                }
+                return Ok(());
+            }
+        };
+        let tx = TxInfo {
+            xid: 0,
+            commit_lsn: lsn,
+            commit_time: PgTimestamp::now(),
+        };
+        for (i, row) in rows.iter().enumerate() {
+            while dest.is_full() {
+                dest.progressed().await;
+            }
+            let event = ChangeEvent {
+                lsn,
+                tx: Some(&tx),
+                tx_ordinal: i as u64 + 1,
+                kind: ChangeKind::Insert {
+                    relation: &relation,
+                    new: row,
+                },
+                snapshot: Some(SnapshotMark::Incremental),
+            };
+            dest.send(&event).await?;
+            self.events += 1;
+            self.count(&relation, "read");
+        }
+        let sent = rows.len() as u64;
+        if let Some(inc) = self.incremental.as_mut() {
+            inc.sent.push((lsn, active.chunk.seq, sent));
+            inc.rows += sent;
+            tracing::debug!(
+                table = %active.chunk.table,
+                chunk = active.chunk.seq,
+                read = read_rows,
+                sent,
+                "incremental chunk merged"
+            );
+        }
+        Ok(())
+    }
+
+    /// Acts on a `walhouse-capture snapshot` request addressed to this slot.
+    async fn signal(&mut self, m: &Message) -> Result<(), CaptureError> {
+        let signal: Signal = match serde_json::from_slice(&m.content) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(lsn = %m.lsn, "ignoring a malformed walhouse signal: {e}");
+                return Ok(());
+            }
+        };
+        if signal.slot != self.slot {
+            return Ok(());
+        }
+        let Some(inc) = self.incremental.as_mut() else {
+            tracing::warn!("a snapshot was requested, but --snapshot-mode never keeps no snapshot state: ignored");
+            return Ok(());
+        };
+        let mut tables = Vec::new();
+        for t in &signal.snapshot {
+            match TableName::parse(t) {
+                Ok(name) if inc.published.contains(&name) => tables.push(name),
+                Ok(name) => {
+                    tracing::warn!(table = %name, "snapshot requested for a table not in the publication: ignored")
+                }
+                Err(e) => tracing::warn!("snapshot requested for {t:?}: {e}"),
+            }
+        }
+        tracing::info!(tables = ?signal.snapshot, "snapshot requested by signal");
+        inc.add_tables(&self.sql, &tables).await
+    }
+
+    /// Records chunks whose rows became durable; closes the snapshot when
+    /// nothing is left.
+    pub(super) async fn chunks_durable(&mut self, durable: Lsn) -> Result<(), CaptureError> {
+        let Some(inc) = self.incremental.as_mut() else {
+            return Ok(());
+        };
+        let ready: Vec<(u64, u64)> = inc
+            .sent
+            .iter()
+            .filter(|(lsn, _, _)| *lsn <= durable)
+            .map(|&(_, seq, rows)| (seq, rows))
+            .collect();
+        if !ready.is_empty() {
+            inc.store.mark_done(&self.sql, &ready).await?;
+            inc.sent.retain(|(lsn, _, _)| *lsn > durable);
+            inc.finished += ready.len() as u64;
+            let (rate, left) = inc.pace.estimate(inc.rows, inc.finished, inc.total);
+            self.metrics.set_snapshot(inc.total, inc.finished, rate, left);
+            if inc.pace.should_log() {
+                tracing::info!(
+                    chunks_done = inc.finished,
+                    chunks = inc.total,
+                    rows_per_s = rate,
+                    seconds_left = left,
+                    "incremental snapshot progress"
+                );
+            }
+        }
+        if !inc.done && inc.queue.is_empty() && inc.active.is_none() && inc.sent.is_empty() {
+            inc.store.set_phase(&self.sql, Phase::Done, None).await?;
+            inc.done = true;
+            self.metrics.set_snapshot(inc.total, inc.total, 0, 0);
+            tracing::info!(
+                chunks = inc.total,
+                "snapshot complete: every published table is covered"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether a chunk's rows (described now) fit the stream's current shape.
+fn same_shape(a: &Relation, b: &Relation) -> bool {
+    a.columns.len() == b.columns.len()
+        && a.columns.iter().zip(&b.columns).all(|(x, y)| {
+            x.name == y.name && x.type_oid == y.type_oid && x.type_modifier == y.type_modifier && x.is_key == y.is_key
+        })
+}
+
+/// Low watermark, read the chunk in a fresh transaction, high watermark.
+async fn read_chunk(
+    client: Arc<tokio_postgres::Client>,
+    chunk: Chunk,
+    nonce: u64,
+    id: u64,
+) -> Result<ChunkRead, SnapshotError> {
+    let emit = |high: bool| {
+        let content = watermark::watermark_content(nonce, id, high);
+        let client = client.clone();
+        async move {
+            client
+                .execute(
+                    "SELECT pg_catalog.pg_logical_emit_message(false, $1, $2)",
+                    &[&WATERMARK_PREFIX, &content],
+                )
+                .await
+                .map_err(SourceError::Sql)
+        }
+    };
+    // The low watermark goes out before the read's snapshot is taken.
+    emit(false).await?;
+    snapshot::begin(&client, None).await?;
+    let xids = snapshot::current_snapshot(&client).await?;
+    let snapshot = XidSnapshot::parse(&xids).map_err(SourceError::Protocol)?;
+    let relation = snapshot::describe(&client, &chunk.table).await?;
+    let (_, relfilenode) = snapshot::table_pages(&client, relation.id).await?;
+    if relfilenode != chunk.relfilenode {
+        client.batch_execute("ROLLBACK").await.map_err(SourceError::Sql)?;
+        return Ok(ChunkRead {
+            relation,
+            rows: Vec::new(),
+            snapshot,
+            rewritten: true,
+        });
+    }
+    let mut copy = snapshot::CopyRows::start(&client, &relation, chunk.pages).await?;
+    let mut rows = Vec::new();
+    while let Some(t) = copy.next().await? {
+        rows.push(t);
+    }
+    client.batch_execute("COMMIT").await.map_err(SourceError::Sql)?;
+    emit(true).await?;
+    Ok(ChunkRead {
+        relation,
+        rows,
+        snapshot,
+        rewritten: false,
+    })
+}
