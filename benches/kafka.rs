@@ -176,8 +176,19 @@ impl Bench {
     }
 
     /// An initial_only snapshot from a new slot into `dest`: (time, rows).
-    async fn snapshot<D: Destination>(&self, slot: &str, prefix: &str, mut dest: D) -> (Duration, u64) {
-        let config = self.config_with(slot, prefix, "small", &["--snapshot-mode", "initial_only"]);
+    async fn snapshot<D: Destination>(
+        &self,
+        slot: &str,
+        prefix: &str,
+        connections: &str,
+        mut dest: D,
+    ) -> (Duration, u64) {
+        let config = self.config_with(
+            slot,
+            prefix,
+            "small",
+            &["--snapshot-mode", "initial_only", "--snapshot-connections", connections],
+        );
         let (_stop, rx) = watch::channel(false);
         let started = Instant::now();
         let summary = capture::run(&config, &mut dest, rx).await.expect("snapshot");
@@ -321,14 +332,39 @@ async fn main() {
         durable: Lsn::ZERO,
         bytes: 0,
     };
+    let (snap_avro1_time, snap_rows) = bench
+        .snapshot("snap_avro1", "wh_snap_avro1", "1", encode_only("wh_snap_avro1"))
+        .await;
+    assert_eq!(snap_rows, rows);
     let (snap_avro_time, snap_rows) = bench
-        .snapshot("snap_avro", "wh_snap_avro", encode_only("wh_snap_avro"))
+        .snapshot("snap_avro", "wh_snap_avro", "2", encode_only("wh_snap_avro"))
         .await;
     assert_eq!(snap_rows, rows);
     let (snap_kafka_time, snap_rows) = bench
-        .snapshot("snap_kafka", "wh_snap_kafka", bench.kafka("wh_snap_kafka"))
+        .snapshot("snap_kafka", "wh_snap_kafka", "2", bench.kafka("wh_snap_kafka"))
         .await;
     assert_eq!(snap_rows, rows);
+    let rate = |d: Duration| rows as f64 / d.as_secs_f64();
+    println!();
+    println!("initial snapshot of {rows} rows (one table; chunks of 1024 pages)");
+    println!("| path                                          | seconds | rows/s  | ratio to COPY |");
+    println!("|-----------------------------------------------|---------|---------|---------------|");
+    for (name, t) in [
+        ("plain COPY small TO STDOUT (discarded)", copy_time),
+        ("walhouse snapshot + Avro, no producer, 1 conn", snap_avro1_time),
+        ("walhouse snapshot + Avro, no producer, 2 conn", snap_avro_time),
+        ("walhouse snapshot into tansu (acked), 2 conn", snap_kafka_time),
+    ] {
+        println!(
+            "| {name:<45} | {:>7.2} | {:>7.0} | {:.2}          |",
+            t.as_secs_f64(),
+            rate(t),
+            copy_time.as_secs_f64() / t.as_secs_f64()
+        );
+    }
+    if std::env::var("WALHOUSE_BENCH_ONLY").as_deref() == Ok("snapshot") {
+        return;
+    }
 
     // 1. Catch-up: Avro without producer first (it finds the last commit),
     // then pg_recvlogical to the same commit, then end to end.
@@ -416,28 +452,6 @@ async fn main() {
     let (huge_time, _) = bench.run("huge", "wh_huge", "huge", bench.kafka("wh_huge"), rows).await;
     let rss_peak = support::peak_rss_mib();
 
-    let rate = |d: Duration| rows as f64 / d.as_secs_f64();
-    println!();
-    println!("initial snapshot of {rows} rows (one table, one connection)");
-    println!("| path                                   | seconds | rows/s  | ratio to COPY |");
-    println!("|----------------------------------------|---------|---------|---------------|");
-    println!(
-        "| plain COPY small TO STDOUT (discarded) | {:>7.2} | {:>7.0} | 1.00          |",
-        copy_time.as_secs_f64(),
-        rate(copy_time)
-    );
-    println!(
-        "| walhouse snapshot + Avro, no producer  | {:>7.2} | {:>7.0} | {:.2}          |",
-        snap_avro_time.as_secs_f64(),
-        rate(snap_avro_time),
-        copy_time.as_secs_f64() / snap_avro_time.as_secs_f64()
-    );
-    println!(
-        "| walhouse snapshot into tansu (acked)   | {:>7.2} | {:>7.0} | {:.2}          |",
-        snap_kafka_time.as_secs_f64(),
-        rate(snap_kafka_time),
-        copy_time.as_secs_f64() / snap_kafka_time.as_secs_f64()
-    );
     println!();
     println!(
         "catch-up of {rows} rows ({} transactions), same WAL, one run each; avg Avro value {avg_bytes:.0} B",

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::avro::types::NumericMode;
 use crate::kafka::producer::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_TOPIC_PREFIX};
 use crate::postgres::conninfo::{ConnInfo, ConnInfoError, Secret};
-use crate::postgres::publication::{TableName, TableSelection};
+use crate::postgres::publication::{TableName, TableOptions, TableSelection};
 use crate::postgres::replication::validate_slot_name;
 use crate::registry::RegistryConfig;
 
@@ -115,6 +115,16 @@ pub struct CaptureArgs {
     #[arg(long, env = "WALHOUSE_TABLES", value_delimiter = ',')]
     pub tables: Option<Vec<String>>,
 
+    /// Publish only these columns of a table (Postgres 15+), as
+    /// `schema.table=col,col`; several tables separated by `;`.
+    #[arg(long, env = "WALHOUSE_TABLE_COLUMNS", value_delimiter = ';')]
+    pub table_columns: Option<Vec<String>>,
+
+    /// Publish only a table's rows matching an SQL expression (Postgres
+    /// 15+), as `schema.table=expression`; repeat the flag per table.
+    #[arg(long, env = "WALHOUSE_TABLE_FILTER")]
+    pub table_filter: Option<Vec<String>>,
+
     /// Set REPLICA IDENTITY FULL on published tables without a primary key [default: false].
     #[arg(long, env = "WALHOUSE_REPLICA_IDENTITY_FULL")]
     pub replica_identity_full: Option<bool>,
@@ -122,6 +132,11 @@ pub struct CaptureArgs {
     /// Rows present at first start: initial (copy, then stream), never, initial_only [default: initial].
     #[arg(long, env = "WALHOUSE_SNAPSHOT_MODE", value_enum)]
     pub snapshot_mode: Option<SnapshotMode>,
+
+    /// Create the slot with FAILOVER so a promoted standby keeps it
+    /// (Postgres 17+) [default: false].
+    #[arg(long, env = "WALHOUSE_SLOT_FAILOVER")]
+    pub slot_failover: Option<bool>,
 
     /// Connections that copy the initial snapshot in parallel [default: 2].
     #[arg(long, env = "WALHOUSE_SNAPSHOT_CONNECTIONS")]
@@ -227,8 +242,11 @@ struct FileConfig {
     slot: Option<String>,
     publication: Option<String>,
     tables: Option<Vec<String>>,
+    table_columns: Option<BTreeMap<String, Vec<String>>>,
+    table_filters: Option<BTreeMap<String, String>>,
     replica_identity_full: Option<bool>,
     snapshot_mode: Option<SnapshotMode>,
+    slot_failover: Option<bool>,
     snapshot_connections: Option<u32>,
     snapshot_chunk_pages: Option<u64>,
     state_schema: Option<String>,
@@ -279,8 +297,10 @@ pub struct CaptureConfig {
     pub slot: String,
     pub publication: String,
     pub tables: TableSelection,
+    pub table_options: TableOptions,
     pub replica_identity_full: bool,
     pub snapshot_mode: SnapshotMode,
+    pub slot_failover: bool,
     pub snapshot_connections: u32,
     pub snapshot_chunk_pages: u64,
     pub state_schema: String,
@@ -345,6 +365,13 @@ impl CaptureConfig {
                     .collect::<Result<_, _>>()?,
             ),
         };
+        let table_options = table_options(
+            args.table_columns,
+            args.table_filter,
+            file.table_columns,
+            file.table_filters,
+            &tables,
+        )?;
         let status_interval_ms = args.status_interval_ms.or(file.status_interval_ms);
         if status_interval_ms == Some(0) {
             return Err(ConfigError::Invalid("status_interval_ms must be above 0".into()));
@@ -435,8 +462,10 @@ impl CaptureConfig {
             slot,
             publication,
             tables,
+            table_options,
             output,
             snapshot_mode: args.snapshot_mode.or(file.snapshot_mode).unwrap_or_default(),
+            slot_failover: args.slot_failover.or(file.slot_failover).unwrap_or(false),
             snapshot_connections: args
                 .snapshot_connections
                 .or(file.snapshot_connections)
@@ -468,6 +497,61 @@ impl CaptureConfig {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
     }
+}
+
+/// Column lists and row filters from flags (`table=…`) or the file (maps);
+/// flags win per setting. Each table must be one of `--tables`.
+fn table_options(
+    flag_columns: Option<Vec<String>>,
+    flag_filters: Option<Vec<String>>,
+    file_columns: Option<BTreeMap<String, Vec<String>>>,
+    file_filters: Option<BTreeMap<String, String>>,
+    tables: &TableSelection,
+) -> Result<TableOptions, ConfigError> {
+    let split = |entry: &str, what: &str| -> Result<(String, String), ConfigError> {
+        entry
+            .split_once('=')
+            .map(|(t, v)| (t.trim().to_owned(), v.trim().to_owned()))
+            .filter(|(t, v)| !t.is_empty() && !v.is_empty())
+            .ok_or_else(|| ConfigError::Invalid(format!("--{what} {entry:?}: expected schema.table=…")))
+    };
+    let columns: Vec<(String, Vec<String>)> = match flag_columns {
+        Some(list) => list
+            .iter()
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| {
+                split(e, "table-columns").map(|(t, cols)| (t, cols.split(',').map(|c| c.trim().to_owned()).collect()))
+            })
+            .collect::<Result<_, _>>()?,
+        None => file_columns.unwrap_or_default().into_iter().collect(),
+    };
+    let filters: Vec<(String, String)> = match flag_filters {
+        Some(list) => list
+            .iter()
+            .map(|e| split(e, "table-filter"))
+            .collect::<Result<_, _>>()?,
+        None => file_filters.unwrap_or_default().into_iter().collect(),
+    };
+    let mut options = TableOptions::default();
+    let listed = |name: &str| -> Result<TableName, ConfigError> {
+        let t = TableName::parse(name).map_err(ConfigError::Invalid)?;
+        match tables {
+            TableSelection::Tables(list) if list.contains(&t) => Ok(t),
+            _ => Err(ConfigError::Invalid(format!(
+                "{t} has a column list or row filter but is not in --tables: lists and filters apply to tables named there"
+            ))),
+        }
+    };
+    for (t, cols) in columns {
+        if cols.iter().any(|c| c.is_empty()) {
+            return Err(ConfigError::Invalid(format!("column list of {t} has an empty name")));
+        }
+        options.columns.insert(listed(&t)?, cols);
+    }
+    for (t, f) in filters {
+        options.filters.insert(listed(&t)?, f);
+    }
+    Ok(options)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -181,7 +181,9 @@ async fn streams_json_lines_stops_cleanly_and_resumes_without_repeats() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON status");
     assert_eq!(report["slot_exists"], true);
-    assert_eq!(report["snapshot"], "complete");
+    assert_eq!(report["snapshot"], "done");
+    assert!(report["snapshot_chunks"].as_u64().is_some_and(|n| n >= 2), "{report}");
+    assert_eq!(report["snapshot_chunks_done"], report["snapshot_chunks"]);
     assert!(report["confirmed_flush_lsn"].as_str().is_some_and(|l| l.contains('/')));
     assert!(report["lag_bytes"].as_i64().is_some_and(|b| b >= 0));
     let tables: Vec<&str> = report["tables"]

@@ -66,6 +66,7 @@ struct Active {
 pub(super) struct Incremental {
     store: ProgressStore,
     source: ConnInfo,
+    publication: String,
     chunk_pages: u64,
     queue: VecDeque<Chunk>,
     active: Option<Active>,
@@ -89,6 +90,7 @@ impl Incremental {
     pub(super) async fn load(
         store: ProgressStore,
         source: &ConnInfo,
+        publication: &str,
         chunk_pages: u64,
         sql: &tokio_postgres::Client,
         published: Vec<TableName>,
@@ -101,6 +103,7 @@ impl Incremental {
         let inc = Incremental {
             store,
             source: source.clone(),
+            publication: publication.to_owned(),
             chunk_pages,
             queue,
             active: None,
@@ -239,7 +242,13 @@ impl LoopState {
             return Ok(());
         };
         inc.next_id += 1;
-        let task = tokio::spawn(read_chunk(reader.clone(), chunk.clone(), inc.nonce, inc.next_id));
+        let task = tokio::spawn(read_chunk(
+            reader.clone(),
+            chunk.clone(),
+            inc.publication.clone(),
+            inc.nonce,
+            inc.next_id,
+        ));
         inc.active = Some(Active {
             chunk,
             id: inc.next_id,
@@ -482,6 +491,7 @@ fn same_shape(a: &Relation, b: &Relation) -> bool {
 async fn read_chunk(
     client: Arc<tokio_postgres::Client>,
     chunk: Chunk,
+    publication: String,
     nonce: u64,
     id: u64,
 ) -> Result<ChunkRead, SnapshotError> {
@@ -503,7 +513,7 @@ async fn read_chunk(
     snapshot::begin(&client, None).await?;
     let xids = snapshot::current_snapshot(&client).await?;
     let snapshot = XidSnapshot::parse(&xids).map_err(SourceError::Protocol)?;
-    let relation = snapshot::describe(&client, &chunk.table).await?;
+    let (relation, filter) = snapshot::describe(&client, &chunk.table, &publication).await?;
     let (_, relfilenode) = snapshot::table_pages(&client, relation.id).await?;
     if relfilenode != chunk.relfilenode {
         client.batch_execute("ROLLBACK").await.map_err(SourceError::Sql)?;
@@ -514,7 +524,7 @@ async fn read_chunk(
             rewritten: true,
         });
     }
-    let mut copy = snapshot::CopyRows::start(&client, &relation, chunk.pages).await?;
+    let mut copy = snapshot::CopyRows::start(&client, &relation, chunk.pages, filter.as_deref()).await?;
     let mut rows = Vec::new();
     while let Some(t) = copy.next().await? {
         rows.push(t);

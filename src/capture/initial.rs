@@ -97,7 +97,9 @@ impl LoopState {
             // then always recognisable as such.
             p.start(&self.sql).await?;
         }
-        let repl = ReplicationClient::connect(source).await?;
+        let repl = ReplicationClient::connect(source)
+            .await?
+            .with_failover(config.slot_failover && progress.is_some())?;
         let exported = match progress {
             Some(_) => repl.create_slot_exporting_snapshot(&config.slot).await?,
             None => {
@@ -114,11 +116,11 @@ impl LoopState {
         let mut chunks: Vec<(usize, Chunk)> = Vec::new();
         let mut seq = 1;
         for table in &tables {
-            let relation = self
-                .learn_relation(snapshot::describe(&planner, table).await?, dest)
-                .await?;
-            for c in snapshot_progress::plan_table(&planner, table, relation.id, config.snapshot_chunk_pages, &mut seq)
-                .await?
+            let (relation, filter) = snapshot::describe(&planner, table, &config.publication).await?;
+            let relation = (self.learn_relation(relation, dest).await?, filter.map(Arc::<str>::from));
+            for c in
+                snapshot_progress::plan_table(&planner, table, relation.0.id, config.snapshot_chunk_pages, &mut seq)
+                    .await?
             {
                 chunks.push((relations.len(), c));
             }
@@ -142,11 +144,11 @@ impl LoopState {
         let mut receivers = Vec::with_capacity(workers);
         for w in 0..workers {
             let (tx, rx) = mpsc::channel(READ_AHEAD_BATCHES);
-            let mine: Vec<(Arc<Relation>, PageRange)> = chunks
+            let mine: Vec<(Arc<Relation>, Option<Arc<str>>, PageRange)> = chunks
                 .iter()
                 .skip(w)
                 .step_by(workers)
-                .map(|(t, c)| (relations[*t].clone(), c.pages))
+                .map(|(t, c)| (relations[*t].0.clone(), relations[*t].1.clone(), c.pages))
                 .collect();
             tokio::spawn(copy_worker(
                 source.clone(),
@@ -183,7 +185,7 @@ impl LoopState {
                     Some(Ok(Piece::Rows(batch))) => {
                         for tuple in batch {
                             rows_per_chunk[k] += 1;
-                            if let Some((r, row)) = held.replace((relations[*t].clone(), tuple)) {
+                            if let Some((r, row)) = held.replace((relations[*t].0.clone(), tuple)) {
                                 ordinal += 1;
                                 if !self
                                     .snapshot_row(dest, shutdown, &tx, ordinal, &r, &row, SnapshotMark::Row)
@@ -299,14 +301,14 @@ async fn mark_durable<D: Destination>(
 async fn copy_worker(
     source: ConnInfo,
     snapshot_name: String,
-    chunks: Vec<(Arc<Relation>, PageRange)>,
+    chunks: Vec<(Arc<Relation>, Option<Arc<str>>, PageRange)>,
     out: mpsc::Sender<Result<Piece, SnapshotError>>,
 ) {
     let result: Result<(), SnapshotError> = async {
         let (client, _driver) = client::connect(&source).await?;
         snapshot::begin(&client, Some(&snapshot_name)).await?;
-        for (relation, pages) in chunks {
-            let mut rows = snapshot::CopyRows::start(&client, &relation, pages).await?;
+        for (relation, filter, pages) in chunks {
+            let mut rows = snapshot::CopyRows::start(&client, &relation, pages, filter.as_deref()).await?;
             let mut batch = Vec::with_capacity(BATCH_ROWS);
             while let Some(tuple) = rows.next().await? {
                 batch.push(tuple);

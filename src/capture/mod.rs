@@ -117,7 +117,14 @@ async fn run_inner<D: Destination>(
     let source = &config.source;
     let (sql, _driver) = client::connect(source).await?;
     slot::preflight(&sql, &source.user).await?;
-    let tables = publication::ensure(&sql, &config.publication, &config.tables, config.replica_identity_full).await?;
+    let tables = publication::ensure(
+        &sql,
+        &config.publication,
+        &config.tables,
+        &config.table_options,
+        config.replica_identity_full,
+    )
+    .await?;
     let keep: String = sql
         .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
         .await
@@ -152,7 +159,9 @@ async fn run_inner<D: Destination>(
             }
         }
         None if config.snapshot_mode == SnapshotMode::Never => {
-            let mut repl = ReplicationClient::connect(source).await?;
+            let mut repl = ReplicationClient::connect(source)
+                .await?
+                .with_failover(config.slot_failover)?;
             let created = repl.create_slot(&config.slot).await?;
             tracing::info!(slot = %created.name, consistent_point = %created.consistent_point, "created replication slot (no snapshot)");
         }
@@ -206,7 +215,15 @@ async fn run_inner<D: Destination>(
     }
     if let Some(p) = progress {
         let published = state.captured_tables().await?;
-        let mut inc = Incremental::load(p, source, config.snapshot_chunk_pages, &state.sql, published.clone()).await?;
+        let mut inc = Incremental::load(
+            p,
+            source,
+            &config.publication,
+            config.snapshot_chunk_pages,
+            &state.sql,
+            published.clone(),
+        )
+        .await?;
         inc.refresh_tables(&state.sql, published).await?;
         state.incremental = Some(inc);
     }
@@ -586,8 +603,12 @@ impl LoopState {
             }
             LogicalMessage::Commit(c) => {
                 self.tx = None;
-                self.transactions += 1;
-                self.metrics.count_transaction();
+                // A transaction that only wrote walhouse's progress tables
+                // carried nothing (Postgres itself skips empty ones).
+                if self.tx_ordinal > 0 {
+                    self.transactions += 1;
+                    self.metrics.count_transaction();
+                }
                 return Ok(Some(c.end_lsn));
             }
             LogicalMessage::Relation(rel) => {

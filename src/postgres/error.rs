@@ -85,7 +85,9 @@ pub enum SourceError {
     SlotUnusable { slot: String, problem: String },
     #[error("table {table} does not exist in the source database. Fix: check --tables (schema.table, names are case-sensitive)")]
     TableMissing { table: String },
-    #[error("cannot keep snapshot progress in schema {schema:?} of the source: {source}. Fix: let the capture role create it (GRANT CREATE ON DATABASE … TO \"{user}\"), or create it for that role (CREATE SCHEMA \"{schema}\" AUTHORIZATION \"{user}\"), or choose another --state-schema; with --snapshot-mode never no progress is kept")]
+    #[error("--slot-failover needs Postgres 17 or later (the server is {version}). Fix: leave it off; on Postgres 15/16 a promoted standby has no logical slots, so plan a new slot and snapshot after a failover")]
+    FailoverUnsupported { version: u32 },
+    #[error("cannot keep snapshot progress in schema {schema:?} of the source: {}. Fix: let the capture role create it (GRANT CREATE ON DATABASE … TO \"{user}\"), or create it for that role (CREATE SCHEMA \"{schema}\" AUTHORIZATION \"{user}\"), or choose another --state-schema; with --snapshot-mode never no progress is kept", sql_message(.source))]
     StateStore {
         schema: String,
         user: String,
@@ -93,12 +95,30 @@ pub enum SourceError {
     },
     #[error("the source server answered: {0}")]
     Server(ServerError),
-    #[error("the source database answered: {0}")]
+    #[error("the source database answered: {}", sql_message(.0))]
     Sql(#[from] tokio_postgres::Error),
     #[error("unexpected message from the server: {0}")]
     Protocol(String),
     #[error("cannot decode the pgoutput message at {lsn}: {source}")]
     Decode { lsn: Lsn, source: DecodeError },
+}
+
+/// tokio-postgres prints a server error as just "db error": name the code,
+/// message, detail and hint instead.
+pub fn sql_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut m = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            if let Some(d) = db.detail() {
+                m.push_str(&format!(" (detail: {d})"));
+            }
+            if let Some(h) = db.hint() {
+                m.push_str(&format!(" (hint: {h})"));
+            }
+            m
+        }
+        None => e.to_string(),
+    }
 }
 
 impl SourceError {

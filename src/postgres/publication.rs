@@ -5,6 +5,7 @@
 //! an existing one. It never removes tables: a publication may be shared.
 //! Every identifier is quoted, so odd names work and nothing can inject SQL.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use tokio_postgres::Client;
@@ -76,6 +77,35 @@ pub enum TableSelection {
     Tables(Vec<TableName>),
 }
 
+/// Per-table column lists and row filters (Postgres 15+), applied when
+/// walhouse creates the publication or adds a table to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableOptions {
+    pub columns: BTreeMap<TableName, Vec<String>>,
+    /// A row filter is an SQL expression written by the operator, used as
+    /// it is (inside parentheses, in a single-statement command).
+    pub filters: BTreeMap<TableName, String>,
+}
+
+impl TableOptions {
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty() && self.filters.is_empty()
+    }
+
+    /// `"s"."t" ("a", "b") WHERE (expr)` for a publication command.
+    pub fn spec(&self, table: &TableName) -> String {
+        let mut spec = table.quoted();
+        if let Some(cols) = self.columns.get(table) {
+            let cols = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+            spec.push_str(&format!(" ({cols})"));
+        }
+        if let Some(filter) = self.filters.get(table) {
+            spec.push_str(&format!(" WHERE ({filter})"));
+        }
+        spec
+    }
+}
+
 /// A published table whose updates and deletes cannot be captured fully.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdentityWarning {
@@ -90,6 +120,7 @@ pub async fn ensure(
     client: &Client,
     publication: &str,
     selection: &TableSelection,
+    options: &TableOptions,
     identity_full: bool,
 ) -> Result<Vec<TableName>, SourceError> {
     if let TableSelection::Tables(tables) = selection {
@@ -121,9 +152,11 @@ pub async fn ensure(
             tracing::info!(publication, "created publication for all tables");
         }
         (None, TableSelection::Tables(tables)) => {
-            let list = tables.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
+            let list = tables.iter().map(|t| options.spec(t)).collect::<Vec<_>>().join(", ");
+            // One statement over the extended protocol: a row filter cannot
+            // smuggle a second command in.
             client
-                .batch_execute(&format!("CREATE PUBLICATION {quoted} FOR TABLE {list}"))
+                .execute(&format!("CREATE PUBLICATION {quoted} FOR TABLE {list}"), &[])
                 .await?;
             tracing::info!(publication, tables = %list, "created publication");
         }
@@ -131,9 +164,9 @@ pub async fn ensure(
             let published = published_tables(client, publication).await?;
             let missing: Vec<_> = tables.iter().filter(|t| !published.contains(t)).collect();
             if !missing.is_empty() {
-                let list = missing.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+                let list = missing.iter().map(|t| options.spec(t)).collect::<Vec<_>>().join(", ");
                 client
-                    .batch_execute(&format!("ALTER PUBLICATION {quoted} ADD TABLE {list}"))
+                    .execute(&format!("ALTER PUBLICATION {quoted} ADD TABLE {list}"), &[])
                     .await?;
                 tracing::info!(publication, tables = %list, "added tables to the existing publication");
             }
@@ -146,6 +179,20 @@ pub async fn ensure(
         }
     }
     let tables = published_tables(client, publication).await?;
+    for t in options.columns.keys().chain(options.filters.keys()) {
+        let (columns, filter) = column_list_and_filter(client, publication, t).await?;
+        let want_columns = options.columns.get(t);
+        let columns_differ = want_columns.is_some_and(|w| columns.as_ref() != Some(w));
+        if columns_differ || (options.filters.contains_key(t) && filter.is_none()) {
+            tracing::warn!(
+                table = %t,
+                published_columns = ?columns,
+                published_filter = ?filter,
+                "the existing publication publishes this table differently from --table-columns / --table-filter; \
+                 walhouse does not change tables already published. Fix: ALTER PUBLICATION {quoted} SET TABLE … or drop the table from it"
+            );
+        }
+    }
     for w in identity_warnings(client, publication).await? {
         if identity_full {
             client
@@ -180,6 +227,42 @@ pub async fn published_tables(client: &Client, publication: &str) -> Result<Vec<
             name: r.get(1),
         })
         .collect())
+}
+
+/// The column list (`None`: all columns) and row filter of a published
+/// table, as Postgres 15+ records them; `(None, None)` before 15.
+pub async fn column_list_and_filter(
+    client: &Client,
+    publication: &str,
+    table: &TableName,
+) -> Result<(Option<Vec<String>>, Option<String>), SourceError> {
+    let v15: bool = client
+        .query_one("SELECT current_setting('server_version_num')::int >= 150000", &[])
+        .await?
+        .get(0);
+    if !v15 {
+        return Ok((None, None));
+    }
+    let row = client
+        .query_opt(
+            "SELECT pt.attnames::text[], pt.rowfilter, \
+                    (SELECT count(*) FROM pg_catalog.pg_attribute a WHERE a.attrelid = to_regclass($4) \
+                       AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '') \
+             FROM pg_catalog.pg_publication_tables pt \
+             WHERE pt.pubname = $1 AND pt.schemaname = $2 AND pt.tablename = $3",
+            &[&publication, &table.schema, &table.name, &table.quoted()],
+        )
+        .await?;
+    Ok(match row {
+        None => (None, None),
+        Some(r) => {
+            let cols: Option<Vec<String>> = r.get(0);
+            let all: i64 = r.get(2);
+            // pg_publication_tables lists every column when there is no list.
+            let cols = cols.filter(|c| c.len() as i64 != all);
+            (cols, r.get(1))
+        }
+    })
 }
 
 /// Published tables whose UPDATE/DELETE carry no usable old key.

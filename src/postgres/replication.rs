@@ -188,6 +188,8 @@ pub struct ReplicationClient {
     user: String,
     dbname: String,
     server_version_num: u32,
+    /// Create permanent slots with `FAILOVER` (Postgres 17+).
+    failover: bool,
 }
 
 impl ReplicationClient {
@@ -214,6 +216,7 @@ impl ReplicationClient {
             user: info.user.clone(),
             dbname: info.dbname.clone(),
             server_version_num: 0,
+            failover: false,
         };
         client.startup(info).await?;
         Ok(client)
@@ -225,6 +228,19 @@ impl ReplicationClient {
             dbname: &self.dbname,
             ..Default::default()
         }
+    }
+
+    /// Asks for slots that survive a standby's promotion (`FAILOVER`,
+    /// Postgres 17 and later; the standby must sync slots, see
+    /// `sync_replication_slots`). Refused, with the reason, on older servers.
+    pub fn with_failover(mut self, failover: bool) -> Result<Self, SourceError> {
+        if failover && self.server_version_num < 170000 {
+            return Err(SourceError::FailoverUnsupported {
+                version: self.server_version_num,
+            });
+        }
+        self.failover = failover;
+        Ok(self)
     }
 
     /// The server's `server_version_num`-like number (150004 for 15.4).
@@ -380,9 +396,14 @@ impl ReplicationClient {
     }
 
     fn create_slot_sql(&self, slot: &str, snapshot: &str, temporary: bool) -> String {
+        let failover = if self.failover && !temporary {
+            ", FAILOVER true"
+        } else {
+            ""
+        };
         let temporary = if temporary { " TEMPORARY" } else { "" };
         if self.server_version_num >= 150000 {
-            format!("CREATE_REPLICATION_SLOT {slot}{temporary} LOGICAL pgoutput (SNAPSHOT '{snapshot}')")
+            format!("CREATE_REPLICATION_SLOT {slot}{temporary} LOGICAL pgoutput (SNAPSHOT '{snapshot}'{failover})")
         } else {
             let kw = if snapshot == "export" {
                 "EXPORT_SNAPSHOT"

@@ -46,8 +46,15 @@ pub async fn begin(client: &Client, snapshot: Option<&str>) -> Result<(), Source
 }
 
 /// The table as a Relation message would describe it, read from the
-/// catalog inside the snapshot transaction.
-pub async fn describe(client: &Client, table: &TableName) -> Result<Relation, SourceError> {
+/// catalog inside the snapshot transaction, restricted to the publication's
+/// column list; with the publication's row filter for the table, which a
+/// snapshot applies as the stream does.
+pub async fn describe(
+    client: &Client,
+    table: &TableName,
+    publication: &str,
+) -> Result<(Relation, Option<String>), SourceError> {
+    let (column_list, row_filter) = super::publication::column_list_and_filter(client, publication, table).await?;
     let rel = client
         .query_opt(
             "SELECT c.oid, c.relreplident::text FROM pg_catalog.pg_class c \
@@ -82,6 +89,11 @@ pub async fn describe(client: &Client, table: &TableName) -> Result<Relation, So
         .await?;
     let columns = rows
         .iter()
+        .filter(|r| {
+            column_list
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|c| c.as_str() == r.get::<_, &str>(0)))
+        })
         .map(|r| RelationColumn {
             is_key: replica_identity == ReplicaIdentity::Full || r.get::<_, bool>(3),
             name: r.get(0),
@@ -89,14 +101,15 @@ pub async fn describe(client: &Client, table: &TableName) -> Result<Relation, So
             type_modifier: r.get(2),
         })
         .collect();
-    Ok(Relation {
+    let relation = Relation {
         xid: None,
         id,
         namespace: table.schema.clone(),
         name: table.name.clone(),
         replica_identity,
         columns,
-    })
+    };
+    Ok((relation, row_filter))
 }
 
 /// A range of a table's heap pages: `from` inclusive, `to` exclusive, or to
@@ -126,16 +139,23 @@ impl PageRange {
         out
     }
 
-    fn predicate(&self) -> String {
-        let mut p = String::new();
+    /// The WHERE clause for these pages, and the publication's row filter.
+    fn predicate(&self, row_filter: Option<&str>) -> String {
+        let mut conds = Vec::new();
         if self.from > 0 {
-            p.push_str(&format!(" WHERE ctid >= '({},0)'::tid", self.from));
+            conds.push(format!("ctid >= '({},0)'::tid", self.from));
         }
         if let Some(to) = self.to {
-            p.push_str(if self.from > 0 { " AND" } else { " WHERE" });
-            p.push_str(&format!(" ctid < '({to},0)'::tid"));
+            conds.push(format!("ctid < '({to},0)'::tid"));
         }
-        p
+        if let Some(f) = row_filter {
+            conds.push(format!("({f})"));
+        }
+        if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        }
     }
 }
 
@@ -173,7 +193,12 @@ pub struct CopyRows {
 impl CopyRows {
     /// Starts `COPY (SELECT <pgoutput's columns> FROM table WHERE <pages>)
     /// TO STDOUT` in the snapshot transaction of `client`.
-    pub async fn start(client: &Client, relation: &Relation, pages: PageRange) -> Result<Self, SourceError> {
+    pub async fn start(
+        client: &Client,
+        relation: &Relation,
+        pages: PageRange,
+        row_filter: Option<&str>,
+    ) -> Result<Self, SourceError> {
         let columns = relation
             .columns
             .iter()
@@ -184,7 +209,7 @@ impl CopyRows {
             "COPY (SELECT {columns} FROM {}.{}{}) TO STDOUT",
             quote_ident(&relation.namespace),
             quote_ident(&relation.name),
-            pages.predicate()
+            pages.predicate(row_filter)
         );
         let stream = client.copy_out(&sql).await?;
         Ok(CopyRows {
@@ -325,13 +350,14 @@ mod tests {
         assert_eq!(PageRange::split(0, 4), vec![r(0, None)]);
         assert_eq!(PageRange::split(4, 4), vec![r(0, None)]);
         assert_eq!(PageRange::split(9, 4), vec![r(0, Some(4)), r(4, Some(8)), r(8, None)]);
-        assert_eq!(r(0, None).predicate(), "");
-        assert_eq!(r(0, Some(4)).predicate(), " WHERE ctid < '(4,0)'::tid");
-        assert_eq!(r(8, None).predicate(), " WHERE ctid >= '(8,0)'::tid");
+        assert_eq!(r(0, None).predicate(None), "");
+        assert_eq!(r(0, Some(4)).predicate(None), " WHERE ctid < '(4,0)'::tid");
+        assert_eq!(r(8, None).predicate(None), " WHERE ctid >= '(8,0)'::tid");
         assert_eq!(
-            r(4, Some(8)).predicate(),
+            r(4, Some(8)).predicate(None),
             " WHERE ctid >= '(4,0)'::tid AND ctid < '(8,0)'::tid"
         );
+        assert_eq!(r(0, None).predicate(Some("a > 1 OR b")), " WHERE (a > 1 OR b)");
     }
 
     #[test]
