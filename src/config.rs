@@ -671,6 +671,43 @@ mod tests {
     }
 
     #[test]
+    fn column_lists_and_row_filters_need_their_table_in_tables() {
+        let c = CaptureConfig::resolve(args(&[
+            "--source-url",
+            "postgres://h/d",
+            "--tables",
+            "s.a,\"Odd T\"",
+            "--table-columns",
+            "s.a=id, name;\"Odd T\"=x",
+            "--table-filter",
+            "s.a=status <> 'draft' AND id = 1",
+        ]))
+        .expect("valid");
+        let a = TableName::parse("s.a").expect("name");
+        let odd = TableName::parse("\"Odd T\"").expect("name");
+        assert_eq!(c.table_options.columns[&a], ["id", "name"]);
+        assert_eq!(c.table_options.columns[&odd], ["x"]);
+        assert_eq!(c.table_options.filters[&a], "status <> 'draft' AND id = 1");
+        assert_eq!(
+            c.table_options.spec(&a),
+            "\"s\".\"a\" (\"id\", \"name\") WHERE (status <> 'draft' AND id = 1)"
+        );
+        for bad in [
+            vec!["--table-columns", "s.b=id"],
+            vec!["--table-filter", "s.a"],
+            vec!["--table-columns", "s.a=id,,x"],
+        ] {
+            let mut argv = vec!["--source-url", "postgres://h/d", "--tables", "s.a"];
+            argv.extend(bad.iter().copied());
+            assert!(CaptureConfig::resolve(args(&argv)).is_err(), "{bad:?}");
+        }
+        // Without --tables (FOR ALL TABLES) there is nothing to attach a list to.
+        assert!(
+            CaptureConfig::resolve(args(&["--source-url", "postgres://h/d", "--table-filter", "s.a=true"])).is_err()
+        );
+    }
+
+    #[test]
     fn comma_separated_tables_flag() {
         let c = CaptureConfig::resolve(args(&["--source-url", "postgres://h/d", "--tables", "a,s.b"])).expect("valid");
         let TableSelection::Tables(t) = c.tables else {
