@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
-use crate::postgres::pgoutput::{Relation, Tuple, TupleValue};
+use crate::postgres::pgoutput::{Tuple, TupleValue};
 
 /// Which transactions a read saw: `pg_current_snapshot()` of its transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,17 +88,6 @@ pub fn row_key(tuple: &Tuple, key_columns: &[usize]) -> Option<RowKey> {
         }
     }
     Some(key)
-}
-
-/// The positions of a relation's key columns (empty for a keyless table).
-pub fn key_columns(relation: &Relation) -> Vec<usize> {
-    relation
-        .columns
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.is_key)
-        .map(|(i, _)| i)
-        .collect()
 }
 
 /// The streamed changes of one table between a chunk's scheduling and its

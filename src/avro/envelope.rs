@@ -167,13 +167,7 @@ impl TableEnvelope {
         let key_columns = if !pk.is_empty() {
             pk
         } else if relation.replica_identity == ReplicaIdentity::Index {
-            relation
-                .columns
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.is_key)
-                .map(|(i, _)| i)
-                .collect()
+            relation.identity_positions()
         } else {
             Vec::new()
         };

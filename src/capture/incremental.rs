@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use super::initial::Pace;
 use super::{CaptureError, LoopState};
-use crate::change::{ChangeEvent, ChangeKind, SnapshotMark, TxInfo};
+use crate::change::{SnapshotMark, TxInfo};
 use crate::output::Destination;
 use crate::postgres::pgoutput::{Message, PgTimestamp, Relation, Tuple};
 use crate::postgres::publication::TableName;
@@ -93,7 +93,6 @@ impl Incremental {
         publication: &str,
         chunk_pages: u64,
         sql: &tokio_postgres::Client,
-        published: Vec<TableName>,
     ) -> Result<Self, CaptureError> {
         let queue: VecDeque<Chunk> = store.pending(sql).await?.into();
         let (done, total, _) = store.counts(sql).await?;
@@ -112,7 +111,8 @@ impl Incremental {
             next_id: 0,
             next_seq,
             sent: Vec::new(),
-            published: published.into_iter().collect(),
+            // Filled by the first refresh_tables.
+            published: HashSet::new(),
             done: phase == Some(Phase::Done),
             total,
             finished: done,
@@ -358,7 +358,7 @@ impl LoopState {
             }
             Err(_) => self.learn_relation(read.relation, dest).await?,
         };
-        let keys = watermark::key_columns(&relation);
+        let keys = relation.identity_positions();
         let read_rows = read.rows.len();
         let rows = match active.window.keep(read.rows, &keys, &read.snapshot) {
             Merge::Send(rows) => rows,
@@ -379,19 +379,8 @@ impl LoopState {
             while dest.is_full() {
                 dest.progressed().await;
             }
-            let event = ChangeEvent {
-                lsn,
-                tx: Some(&tx),
-                tx_ordinal: i as u64 + 1,
-                kind: ChangeKind::Insert {
-                    relation: &relation,
-                    new: row,
-                },
-                snapshot: Some(SnapshotMark::Incremental),
-            };
-            dest.send(&event).await?;
-            self.events += 1;
-            self.count(&relation, "read");
+            self.send_read(dest, &tx, i as u64 + 1, &relation, row, SnapshotMark::Incremental)
+                .await?;
         }
         let sent = rows.len() as u64;
         if let Some(inc) = self.incremental.as_mut() {

@@ -42,7 +42,7 @@ pub enum CaptureError {
     Output(#[from] OutputError),
     #[error("gave up after {attempts} reconnect attempts; last error: {last}")]
     GaveUp { attempts: u32, last: SourceError },
-    #[error("initial snapshot: {0}")]
+    #[error("snapshot: {0}")]
     Snapshot(#[from] crate::postgres::snapshot::SnapshotError),
     #[error("cannot serve metrics on {addr}: {source}. Fix: choose a free --metrics-addr")]
     Metrics {
@@ -117,7 +117,14 @@ async fn run_inner<D: Destination>(
     let source = &config.source;
     let (sql, _driver) = client::connect(source).await?;
     slot::preflight(&sql, &source.user).await?;
-    let tables = publication::ensure(
+    // Progress is kept when a snapshot may have to resume: not for
+    // `never` (no snapshot) nor `initial_only` (no slot to resume from).
+    let progress =
+        (config.snapshot_mode == SnapshotMode::Initial).then(|| ProgressStore::new(&config.state_schema, &config.slot));
+    // walhouse's own tables are never captured, whatever the mode (another
+    // capture on this database may keep its progress there).
+    let state_schema = config.state_schema.clone();
+    let mut tables = publication::ensure(
         &sql,
         &config.publication,
         &config.tables,
@@ -125,6 +132,7 @@ async fn run_inner<D: Destination>(
         config.replica_identity_full,
     )
     .await?;
+    retain_captured(&mut tables, &state_schema);
     let keep: String = sql
         .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
         .await
@@ -142,9 +150,6 @@ async fn run_inner<D: Destination>(
         Some(i) => i,
         None => slot::status_interval(slot::wal_sender_timeout(&sql).await?),
     };
-    // Snapshot progress is kept unless no snapshot is ever taken.
-    let progress =
-        (config.snapshot_mode != SnapshotMode::Never).then(|| ProgressStore::new(&config.state_schema, &config.slot));
     if let Some(p) = &progress {
         p.ensure(&sql, &source.user).await?;
     }
@@ -154,7 +159,6 @@ async fn run_inner<D: Destination>(
             slot::check_usable(&info, &source.dbname)?;
             tracing::info!(slot = %config.slot, confirmed_flush = ?info.confirmed_flush.map(|l| l.to_string()), "resuming from existing slot");
             if let Some(p) = &progress {
-                let tables: Vec<_> = tables.into_iter().filter(|t| t.schema != p.schema()).collect();
                 adopt_slot(p, &sql, &tables, config.snapshot_chunk_pages).await?;
             }
         }
@@ -177,7 +181,7 @@ async fn run_inner<D: Destination>(
         slot: config.slot.clone(),
         lag_warn_bytes: config.slot_lag_warn_bytes,
         publication: config.publication.clone(),
-        state_schema: progress.as_ref().map(|p| p.schema().to_owned()),
+        state_schema,
         incremental: None,
         tx: None,
         tx_ordinal: 0,
@@ -215,15 +219,8 @@ async fn run_inner<D: Destination>(
     }
     if let Some(p) = progress {
         let published = state.captured_tables().await?;
-        let mut inc = Incremental::load(
-            p,
-            source,
-            &config.publication,
-            config.snapshot_chunk_pages,
-            &state.sql,
-            published.clone(),
-        )
-        .await?;
+        let mut inc =
+            Incremental::load(p, source, &config.publication, config.snapshot_chunk_pages, &state.sql).await?;
         inc.refresh_tables(&state.sql, published).await?;
         state.incremental = Some(inc);
     }
@@ -313,11 +310,15 @@ async fn run_inner<D: Destination>(
 async fn captured_tables(
     sql: &tokio_postgres::Client,
     publication: &str,
-    state_schema: Option<&str>,
+    state_schema: &str,
 ) -> Result<Vec<publication::TableName>, CaptureError> {
     let mut tables = publication::published_tables(sql, publication).await?;
-    tables.retain(|t| Some(t.schema.as_str()) != state_schema);
+    retain_captured(&mut tables, state_schema);
     Ok(tables)
+}
+
+fn retain_captured(tables: &mut Vec<publication::TableName>, state_schema: &str) {
+    tables.retain(|t| t.schema != state_schema);
 }
 
 /// The incremental snapshot's reader, if one runs (pending otherwise).
@@ -394,7 +395,7 @@ struct LoopState {
     lag_warn_bytes: u64,
     publication: String,
     /// Changes to walhouse's own progress tables are not captured.
-    state_schema: Option<String>,
+    state_schema: String,
     incremental: Option<Incremental>,
     tx: Option<TxInfo>,
     tx_ordinal: u64,
@@ -439,7 +440,7 @@ impl LoopState {
                 _ = lag_check.tick() => {
                     self.check_lag().await?;
                     if let Some(inc) = self.incremental.as_mut() {
-                        let published = captured_tables(&self.sql, &self.publication, self.state_schema.as_deref()).await?;
+                        let published = captured_tables(&self.sql, &self.publication, &self.state_schema).await?;
                         inc.refresh_tables(&self.sql, published).await?;
                     }
                     self.chunks_durable(dest.durable()?).await?;
@@ -519,6 +520,21 @@ impl LoopState {
         if *shutdown.borrow() {
             return Ok(false);
         }
+        self.send_read(dest, tx, ordinal, relation, tuple, mark).await?;
+        Ok(true)
+    }
+
+    /// Sends a row read by a snapshot (initial or incremental) as an
+    /// insert marked `mark`, in the pseudo-transaction `tx`.
+    async fn send_read<D: Destination>(
+        &mut self,
+        dest: &mut D,
+        tx: &TxInfo,
+        ordinal: u64,
+        relation: &Relation,
+        tuple: &Tuple,
+        mark: SnapshotMark,
+    ) -> Result<(), CaptureError> {
         let event = ChangeEvent {
             lsn: tx.commit_lsn,
             tx: Some(tx),
@@ -529,7 +545,7 @@ impl LoopState {
         dest.send(&event).await?;
         self.events += 1;
         self.count(relation, "read");
-        Ok(true)
+        Ok(())
     }
 
     /// Measures the WAL the slot holds back; warns past the threshold.
@@ -708,13 +724,13 @@ impl LoopState {
     }
 
     async fn captured_tables(&self) -> Result<Vec<publication::TableName>, CaptureError> {
-        captured_tables(&self.sql, &self.publication, self.state_schema.as_deref()).await
+        captured_tables(&self.sql, &self.publication, &self.state_schema).await
     }
 
     /// Whether `relation` is one of walhouse's progress tables (a
     /// publication FOR ALL TABLES includes them).
     fn is_own(&self, relation: &Relation) -> bool {
-        self.state_schema.as_deref() == Some(relation.namespace.as_str())
+        self.state_schema == relation.namespace
     }
 
     /// Tells an open incremental-snapshot window about a change of its table.
@@ -724,7 +740,7 @@ impl LoopState {
             return;
         }
         let xid = self.tx.map(|t| t.xid).unwrap_or(0);
-        let keys = watermark::key_columns(relation);
+        let keys = relation.identity_positions();
         if let Some(OldTuple::Key(t) | OldTuple::Full(t)) = old {
             inc.touch(watermark::row_key(t, &keys), xid);
         }

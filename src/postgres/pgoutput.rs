@@ -139,6 +139,18 @@ pub struct Relation {
     pub columns: Vec<RelationColumn>,
 }
 
+impl Relation {
+    /// Positions of the replica identity's columns (empty without one).
+    pub fn identity_positions(&self) -> Vec<usize> {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_key)
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
 /// A non-builtin type's name, sent before the first Relation that uses it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TypeMessage {

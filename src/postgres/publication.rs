@@ -39,6 +39,14 @@ impl TableName {
         }
     }
 
+    /// From a catalog row: the schema in column `at`, the name in `at + 1`.
+    pub fn from_row(row: &tokio_postgres::Row, at: usize) -> Self {
+        TableName {
+            schema: row.get(at),
+            name: row.get(at + 1),
+        }
+    }
+
     pub fn quoted(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
@@ -220,13 +228,7 @@ pub async fn published_tables(client: &Client, publication: &str) -> Result<Vec<
             &[&publication],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| TableName {
-            schema: r.get(0),
-            name: r.get(1),
-        })
-        .collect())
+    Ok(rows.iter().map(|r| TableName::from_row(r, 0)).collect())
 }
 
 /// The column list (`None`: all columns) and row filter of a published
@@ -282,10 +284,7 @@ pub async fn identity_warnings(client: &Client, publication: &str) -> Result<Vec
     Ok(rows
         .iter()
         .map(|r| IdentityWarning {
-            table: TableName {
-                schema: r.get(0),
-                name: r.get(1),
-            },
+            table: TableName::from_row(r, 0),
             replica_identity: r.get::<_, String>(2).chars().next().unwrap_or('d'),
         })
         .collect())

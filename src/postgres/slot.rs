@@ -172,7 +172,7 @@ pub async fn status(
     };
     if slot_row.is_some() && progress.exists(client).await? {
         if let Some((phase, _)) = progress.phase(client).await? {
-            report.snapshot = format!("{phase:?}").to_lowercase();
+            report.snapshot = phase.as_str().into();
             (
                 report.snapshot_chunks_done,
                 report.snapshot_chunks,

@@ -31,7 +31,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Phase::Starting => "starting",
             Phase::Copying => "copying",
@@ -253,10 +253,7 @@ impl ProgressStore {
             .iter()
             .map(|r| Chunk {
                 seq: r.get::<_, i64>(0) as u64,
-                table: TableName {
-                    schema: r.get(1),
-                    name: r.get(2),
-                },
+                table: TableName::from_row(r, 1),
                 pages: PageRange {
                     from: r.get::<_, i64>(3) as u64,
                     to: r.get::<_, Option<i64>>(4).map(|t| t as u64),
@@ -278,13 +275,7 @@ impl ProgressStore {
                 &[&self.slot],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| TableName {
-                schema: r.get(0),
-                name: r.get(1),
-            })
-            .collect())
+        Ok(rows.iter().map(|r| TableName::from_row(r, 0)).collect())
     }
 
     /// Marks chunks done with their row counts.
