@@ -8,11 +8,14 @@
 //!   ([`postgres::catalog`]) into [`change::ChangeEvent`]s; the
 //!   [`capture`] loop hands them to an [`output::Destination`] and confirms
 //!   an LSN to Postgres only once the destination says it is durable.
-//! - **sink** (`walhouse-sink`): consumes the CDC topics into warehouse
-//!   tables (not built yet; see the README's roadmap).
+//! - **sink** (`walhouse-sink`): the [`sink`] loop consumes the CDC topics
+//!   (decoded by [`sink::envelope`]), company events and insolvency CSVs
+//!   into append-only raw tables of a [`warehouse::Warehouse`] (DuckDB or
+//!   Postgres), storing each partition's offset in the same transaction.
 //!
-//! Delivery is at least once, ordered per table as in the WAL; what is not
-//! acknowledged is sent again after a crash.
+//! Capture delivers at least once, ordered per table as in the WAL; what is
+//! not acknowledged is sent again after a crash. The sink stores each Kafka
+//! message exactly once.
 
 pub mod avro;
 pub mod capture;
@@ -24,4 +27,6 @@ pub mod metrics;
 pub mod output;
 pub mod postgres;
 pub mod registry;
+pub mod sink;
+pub mod warehouse;
 pub mod watermark;

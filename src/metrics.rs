@@ -222,8 +222,26 @@ impl Metrics {
     }
 }
 
+/// What the HTTP endpoints show: Prometheus text, and whether the process
+/// is healthy (with a word for why).
+pub trait Exposition: Send + Sync + 'static {
+    fn render(&self) -> String;
+    fn health(&self) -> (bool, &'static str);
+}
+
+impl Exposition for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
+    }
+
+    fn health(&self) -> (bool, &'static str) {
+        let phase = self.phase.load(Ordering::Relaxed);
+        (phase == Phase::Streaming as u8, Phase::name(phase))
+    }
+}
+
 /// Serves `/metrics` and `/health` on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve<M: Exposition>(addr: SocketAddr, metrics: Arc<M>) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics and /health");
     Ok(tokio::spawn(async move {
@@ -243,13 +261,9 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<t
                 let (status, body, ctype) = match path {
                     "/metrics" => ("200 OK", metrics.render(), "text/plain; version=0.0.4"),
                     "/health" => {
-                        let phase = metrics.phase.load(Ordering::Relaxed);
-                        let status = if phase == Phase::Streaming as u8 {
-                            "200 OK"
-                        } else {
-                            "503 Service Unavailable"
-                        };
-                        (status, format!("{}\n", Phase::name(phase)), "text/plain")
+                        let (healthy, word) = metrics.health();
+                        let status = if healthy { "200 OK" } else { "503 Service Unavailable" };
+                        (status, format!("{word}\n"), "text/plain")
                     }
                     _ => ("404 Not Found", "not found\n".to_string(), "text/plain"),
                 };

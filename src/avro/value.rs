@@ -285,6 +285,25 @@ fn timestamp_micros(text: &str, with_zone: bool) -> Result<i64, ValueError> {
     Ok(micros)
 }
 
+/// An ISO-8601 date or timestamp as written in files (`2024-05-01`,
+/// `2024-05-01T10:00:00Z`, `2024-05-01 10:00:00.5+02:00`) → microseconds
+/// since the epoch, UTC; a date is its midnight UTC, no zone means UTC.
+pub fn iso_timestamp_micros(text: &str) -> Option<i64> {
+    let t = text.trim();
+    if t.len() == 10 {
+        return date_days(t).ok().map(|d| i64::from(d) * 86_400_000_000);
+    }
+    let mut s = t.replacen('T', " ", 1);
+    if let Some(stripped) = s.strip_suffix('Z') {
+        s = format!("{stripped}+00");
+    }
+    let time_part = s.split_once(' ').map_or("", |(_, r)| r);
+    if !time_part.contains(['+', '-']) {
+        s.push_str("+00");
+    }
+    timestamp_micros(&s, true).ok()
+}
+
 /// A parsed Postgres array literal.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ArrayNode {
@@ -408,6 +427,16 @@ fn encode_array(
 mod tests {
     use super::*;
     use apache_avro::types::Value;
+
+    #[test]
+    fn iso_dates_and_timestamps_from_files() {
+        assert_eq!(iso_timestamp_micros("1970-01-02"), Some(86_400_000_000));
+        assert_eq!(iso_timestamp_micros("1970-01-01T00:00:01Z"), Some(1_000_000));
+        assert_eq!(iso_timestamp_micros("1970-01-01 01:00:00+01:00"), Some(0));
+        assert_eq!(iso_timestamp_micros("1970-01-01T00:00:00.5"), Some(500_000));
+        assert_eq!(iso_timestamp_micros("yesterday"), None);
+        assert_eq!(iso_timestamp_micros("2024-13-01"), None);
+    }
 
     fn decode(ty: &ColumnType, bytes: &[u8]) -> Value {
         crate::avro::read_datum(&ty.schema(), bytes)

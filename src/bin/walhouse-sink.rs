@@ -1,11 +1,111 @@
-//! `walhouse-sink`: Kafka topics into warehouse tables. Not built yet.
+//! `walhouse-sink`: parse config, open the warehouse, consume or load files.
 
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::sync::watch;
+use walhouse::config::init_logging;
+use walhouse::sink::config::{SinkArgs, SinkCommand, SinkConfig, WarehouseTarget};
+use walhouse::sink::metrics::SinkMetrics;
+use walhouse::sink::tables::Tables;
+use walhouse::sink::{insolvency, prepare, Sink};
+use walhouse::warehouse::duckdb::DuckDbWarehouse;
+use walhouse::warehouse::postgres::PostgresWarehouse;
+use walhouse::warehouse::Warehouse;
 
 fn main() -> ExitCode {
-    eprintln!(
-        "walhouse-sink: not available in this version; the sink (CDC topics, company events and the \
-         insolvency CSV into DuckDB or Postgres) is on the roadmap in the README"
-    );
-    ExitCode::from(2)
+    let args = SinkArgs::parse();
+    let load = match &args.command {
+        Some(SinkCommand::LoadInsolvencies { path }) => Some(path.clone()),
+        None => None,
+    };
+    let config = match SinkConfig::resolve(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("walhouse-sink: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("walhouse-sink: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match config.warehouse.clone() {
+            WarehouseTarget::DuckDb(path) => run(config, DuckDbWarehouse::open(&path)?, load.as_deref()).await,
+            WarehouseTarget::Postgres(info) => {
+                run(config, PostgresWarehouse::connect(&info).await?, load.as_deref()).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("walhouse-sink: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run<W: Warehouse>(config: SinkConfig, mut warehouse: W, load: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(path) = load {
+        prepare(&mut warehouse, &mut Tables::default()).await?;
+        for file in insolvency::files(path)? {
+            let report = insolvency::load_file(&mut warehouse, &file).await?;
+            if report.already_loaded {
+                println!("{}: loaded before, nothing added", report.file);
+            } else {
+                println!(
+                    "{}: {} rows, {} dead letters (see walhouse.dead_letters)",
+                    report.file, report.rows, report.dead_letters
+                );
+            }
+        }
+        return Ok(());
+    }
+    let settings = config
+        .consume
+        .ok_or_else(|| anyhow::anyhow!("no Kafka settings"))?;
+    let metrics = Arc::new(SinkMetrics::default());
+    let _server = match settings.metrics_addr {
+        Some(addr) => Some(walhouse::metrics::serve(addr, metrics.clone()).await?),
+        None => None,
+    };
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: writing the pending batch");
+        let _ = stop.send(true);
+    });
+    Sink::new(settings, warehouse, metrics).await?.run(stopped).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }

@@ -1,0 +1,302 @@
+//! `walhouse-sink`'s settings: flags, then `WALHOUSE_SINK_*` environment
+//! variables, then the `--config` TOML file, then defaults.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::config::{ConfigError, LogFormat};
+use crate::postgres::conninfo::{ConnInfo, Secret};
+use crate::registry::RegistryConfig;
+
+pub const DEFAULT_TOPIC_PATTERN: &str = "^walhouse\\..*";
+pub const DEFAULT_COMPANIES_TOPIC: &str = "companies";
+pub const DEFAULT_GROUP: &str = "walhouse-sink";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "walhouse-sink",
+    version,
+    about = "Kafka CDC topics (Avro), company events (JSON) and insolvency CSVs into warehouse tables, exactly once"
+)]
+pub struct SinkArgs {
+    /// TOML file with any of the settings below (flags and env win).
+    #[arg(long, global = true, env = "WALHOUSE_SINK_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// duckdb:<path> (embedded, the default target) or postgres://… (a warehouse database).
+    #[arg(long, global = true, env = "WALHOUSE_WAREHOUSE")]
+    pub warehouse: Option<String>,
+
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "WALHOUSE_BROKERS")]
+    pub brokers: Option<String>,
+
+    /// Confluent-compatible Schema Registry URL.
+    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_URL")]
+    pub schema_registry_url: Option<String>,
+
+    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_USER")]
+    pub schema_registry_user: Option<String>,
+
+    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub schema_registry_password: Option<String>,
+
+    /// CA certificate (PEM) for an https registry.
+    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_CA")]
+    pub schema_registry_ca: Option<PathBuf>,
+
+    /// Regular expression of the CDC topics (default `^walhouse\..*`).
+    #[arg(long, env = "WALHOUSE_TOPIC_PATTERN")]
+    pub topic_pattern: Option<String>,
+
+    /// Topic of company events (JSON); empty to consume none.
+    #[arg(long, env = "WALHOUSE_COMPANIES_TOPIC")]
+    pub companies_topic: Option<String>,
+
+    /// Kafka consumer group (default walhouse-sink).
+    #[arg(long, env = "WALHOUSE_GROUP_ID")]
+    pub group_id: Option<String>,
+
+    /// Write a batch at this many rows (default 20000).
+    #[arg(long, env = "WALHOUSE_BATCH_ROWS")]
+    pub batch_rows: Option<usize>,
+
+    /// ... or at this many bytes of row data (default 32 MiB).
+    #[arg(long, env = "WALHOUSE_BATCH_BYTES")]
+    pub batch_bytes: Option<usize>,
+
+    /// ... or this long after its first row (default 1000 ms).
+    #[arg(long, env = "WALHOUSE_BATCH_MS")]
+    pub batch_ms: Option<u64>,
+
+    /// Serve /metrics and /health here (e.g. 127.0.0.1:9751).
+    #[arg(long, env = "WALHOUSE_SINK_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    #[arg(long, env = "WALHOUSE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// A librdkafka consumer setting, KEY=VALUE (repeatable; also the [kafka] table of the file).
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    pub kafka_options: Vec<String>,
+
+    #[command(subcommand)]
+    pub command: Option<SinkCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SinkCommand {
+    /// Load insolvency CSV files (a file, or every .csv of a directory); a file loaded before adds nothing.
+    LoadInsolvencies {
+        /// File or directory.
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    warehouse: Option<String>,
+    brokers: Option<String>,
+    schema_registry_url: Option<String>,
+    schema_registry_user: Option<String>,
+    schema_registry_password: Option<String>,
+    schema_registry_ca: Option<PathBuf>,
+    topic_pattern: Option<String>,
+    companies_topic: Option<String>,
+    group_id: Option<String>,
+    batch_rows: Option<usize>,
+    batch_bytes: Option<usize>,
+    batch_ms: Option<u64>,
+    metrics_addr: Option<std::net::SocketAddr>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    kafka: BTreeMap<String, toml::Value>,
+}
+
+/// Where rows go.
+#[derive(Clone, Debug)]
+pub enum WarehouseTarget {
+    DuckDb(PathBuf),
+    Postgres(ConnInfo),
+}
+
+impl WarehouseTarget {
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        if let Some(path) = url.strip_prefix("duckdb:") {
+            let path = path.trim_start_matches("//");
+            if path.is_empty() {
+                return Err(ConfigError::Invalid("--warehouse duckdb: needs a file path, e.g. duckdb:warehouse.duckdb".into()));
+            }
+            return Ok(WarehouseTarget::DuckDb(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(WarehouseTarget::Postgres(ConnInfo::parse(url)?));
+        }
+        Err(ConfigError::Invalid(format!(
+            "--warehouse {url:?}: use duckdb:<path> (embedded) or postgres://user@host/db"
+        )))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ConsumeSettings {
+    pub brokers: String,
+    pub registry: RegistryConfig,
+    pub topic_pattern: String,
+    pub companies_topic: Option<String>,
+    pub group_id: String,
+    pub batch_rows: usize,
+    pub batch_bytes: usize,
+    pub batch_linger: Duration,
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    pub warehouse: WarehouseTarget,
+    pub log_format: LogFormat,
+    /// Absent for `load-insolvencies`, which needs no Kafka.
+    pub consume: Option<ConsumeSettings>,
+}
+
+impl SinkConfig {
+    pub fn resolve(args: SinkArgs) -> Result<Self, ConfigError> {
+        let file: FileConfig = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.message().to_owned(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let warehouse = args.warehouse.or(file.warehouse).ok_or_else(|| {
+            ConfigError::Invalid("no warehouse: give --warehouse duckdb:<path> or postgres://… (WALHOUSE_WAREHOUSE)".into())
+        })?;
+        let warehouse = WarehouseTarget::parse(&warehouse)?;
+        let log_format = args.log_format.or(file.log_format).unwrap_or_default();
+        if args.command.is_some() {
+            return Ok(SinkConfig {
+                warehouse,
+                log_format,
+                consume: None,
+            });
+        }
+        let brokers = args
+            .brokers
+            .or(file.brokers)
+            .ok_or_else(|| ConfigError::Invalid("no brokers: give --brokers (WALHOUSE_BROKERS)".into()))?;
+        let url = args.schema_registry_url.or(file.schema_registry_url).ok_or_else(|| {
+            ConfigError::Invalid("no schema registry: give --schema-registry-url (WALHOUSE_SCHEMA_REGISTRY_URL)".into())
+        })?;
+        crate::http::BaseUrl::parse(&url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let registry = RegistryConfig {
+            url,
+            user: args.schema_registry_user.or(file.schema_registry_user),
+            password: args
+                .schema_registry_password
+                .or(file.schema_registry_password)
+                .map(Secret::new),
+            ca: args.schema_registry_ca.or(file.schema_registry_ca),
+        };
+        let mut librdkafka = BTreeMap::new();
+        for (k, v) in file.kafka {
+            let v = match v {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            librdkafka.insert(k, v);
+        }
+        for kv in &args.kafka_options {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Invalid(format!("--kafka-option {kv:?} is not KEY=VALUE")))?;
+            librdkafka.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        let topic_pattern = args
+            .topic_pattern
+            .or(file.topic_pattern)
+            .unwrap_or_else(|| DEFAULT_TOPIC_PATTERN.into());
+        if !topic_pattern.starts_with('^') {
+            return Err(ConfigError::Invalid(format!(
+                "--topic-pattern {topic_pattern:?} must start with '^' (Kafka clients treat only such names as patterns)"
+            )));
+        }
+        let companies_topic = args
+            .companies_topic
+            .or(file.companies_topic)
+            .unwrap_or_else(|| DEFAULT_COMPANIES_TOPIC.into());
+        let batch_rows = args.batch_rows.or(file.batch_rows).unwrap_or(20_000);
+        let batch_bytes = args.batch_bytes.or(file.batch_bytes).unwrap_or(32 << 20);
+        let batch_ms = args.batch_ms.or(file.batch_ms).unwrap_or(1000);
+        if batch_rows == 0 || batch_bytes == 0 || batch_ms == 0 {
+            return Err(ConfigError::Invalid("batch_rows, batch_bytes and batch_ms must be above 0".into()));
+        }
+        Ok(SinkConfig {
+            warehouse,
+            log_format,
+            consume: Some(ConsumeSettings {
+                brokers,
+                registry,
+                topic_pattern,
+                companies_topic: (!companies_topic.is_empty()).then_some(companies_topic),
+                group_id: args.group_id.or(file.group_id).unwrap_or_else(|| DEFAULT_GROUP.into()),
+                batch_rows,
+                batch_bytes,
+                batch_linger: Duration::from_millis(batch_ms),
+                metrics_addr: args.metrics_addr.or(file.metrics_addr),
+                librdkafka,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(argv: &[&str]) -> Result<SinkConfig, ConfigError> {
+        let mut all = vec!["walhouse-sink"];
+        all.extend_from_slice(argv);
+        SinkConfig::resolve(SinkArgs::try_parse_from(all).expect("args"))
+    }
+
+    #[test]
+    fn warehouse_urls() {
+        assert!(matches!(WarehouseTarget::parse("duckdb:w/x.duckdb"), Ok(WarehouseTarget::DuckDb(p)) if p == PathBuf::from("w/x.duckdb")));
+        assert!(matches!(WarehouseTarget::parse("postgres://u@127.0.0.1/wh"), Ok(WarehouseTarget::Postgres(_))));
+        assert!(WarehouseTarget::parse("mysql://x").is_err());
+        assert!(WarehouseTarget::parse("duckdb:").is_err());
+    }
+
+    #[test]
+    fn consuming_needs_brokers_and_a_registry_loading_does_not() {
+        let err = resolve(&["--warehouse", "duckdb:x.duckdb"]).expect_err("no brokers");
+        assert!(err.to_string().contains("--brokers"), "{err}");
+        let c = resolve(&["--warehouse", "duckdb:x.duckdb", "load-insolvencies", "f.csv"]).expect("valid");
+        assert!(c.consume.is_none());
+        let c = resolve(&[
+            "--warehouse",
+            "duckdb:x.duckdb",
+            "--brokers",
+            "127.0.0.1:9092",
+            "--schema-registry-url",
+            "http://127.0.0.1:8081",
+        ])
+        .expect("valid");
+        let k = c.consume.expect("consume");
+        assert_eq!(k.topic_pattern, DEFAULT_TOPIC_PATTERN);
+        assert_eq!(k.companies_topic.as_deref(), Some("companies"));
+        assert!(resolve(&["--warehouse", "duckdb:x", "--brokers", "b", "--schema-registry-url", "http://r", "--topic-pattern", "walhouse"]).is_err());
+    }
+}

@@ -1,0 +1,767 @@
+//! Reads walhouse's change envelopes (Avro, by their writer schema) into
+//! warehouse cells.
+//!
+//! A plan is compiled once per writer schema id from the schema's JSON, so
+//! walhouse's own annotations (`walhouse.column` for the original column
+//! name, `walhouse.type` for json, numeric and interval strings) decide the
+//! warehouse types. Decoding then walks the Avro binary directly into
+//! [`Cell`]s: no generic Avro value tree per message, which is where the
+//! time of a sink goes.
+
+use std::collections::HashMap;
+
+use serde_json::Value as Json;
+
+use crate::warehouse::{decimal_text, Cell, ColumnDef, SqlType};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("writer schema is not a walhouse change envelope: {0}")]
+    NotAnEnvelope(String),
+    #[error("writer schema: {0}")]
+    Schema(String),
+    #[error("Avro body does not match its writer schema: {0}")]
+    Body(String),
+}
+
+/// An Avro type as the decoder needs it.
+#[derive(Clone, Debug, PartialEq)]
+enum Node {
+    Null,
+    Boolean,
+    Int,
+    Long,
+    Float,
+    Double,
+    Bytes,
+    String,
+    Fixed(usize),
+    Decimal { precision: u32, scale: u32, fixed: Option<usize> },
+    Date,
+    TimeMillis,
+    TimeMicros,
+    TimestampMillis,
+    TimestampMicros,
+    LocalTimestampMicros,
+    Uuid,
+    Enum(Vec<String>),
+    Array(Box<Node>),
+    Map(Box<Node>),
+    Union(Vec<Node>),
+    Record(Vec<(String, Node)>),
+}
+
+/// One column of the row records, as the warehouse will store it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanColumn {
+    pub name: String,
+    pub ty: SqlType,
+    node: Node,
+}
+
+/// What one writer schema decodes into.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnvelopePlan {
+    pub columns: Vec<PlanColumn>,
+    fields: Vec<(Field, Node)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Field {
+    Before,
+    After,
+    Source,
+    Op,
+    UnchangedToast,
+    TextValues,
+    Other,
+}
+
+/// One decoded change, its row cells aligned with the plan's columns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Change {
+    pub op: String,
+    /// `after`, or `before` for deletes; `None` for truncates.
+    pub row: Option<Vec<Cell>>,
+    pub schema: String,
+    pub table: String,
+    pub snapshot: String,
+    pub tx_id: Option<i64>,
+    pub lsn: Option<i64>,
+    pub commit_ts_ms: Option<i64>,
+    pub unchanged_toast: Vec<String>,
+    pub text_values: Vec<(String, String)>,
+}
+
+impl EnvelopePlan {
+    pub fn compile(schema_text: &str) -> Result<Self, EnvelopeError> {
+        let json: Json =
+            serde_json::from_str(schema_text).map_err(|e| EnvelopeError::Schema(format!("not JSON: {e}")))?;
+        let mut named = HashMap::new();
+        let root = parse(&json, "", &mut named)?;
+        let Node::Record(top) = &root else {
+            return Err(EnvelopeError::NotAnEnvelope("the top level is not a record".into()));
+        };
+        let mut fields = Vec::new();
+        let mut columns = None;
+        for (name, node) in top {
+            let field = match name.as_str() {
+                "before" => Field::Before,
+                "after" => Field::After,
+                "source" => Field::Source,
+                "op" => Field::Op,
+                "unchanged_toast" => Field::UnchangedToast,
+                "text_values" => Field::TextValues,
+                _ => Field::Other,
+            };
+            if field == Field::After {
+                columns = Some(row_columns(&json, node)?);
+            }
+            fields.push((field, node.clone()));
+        }
+        for needed in [Field::Before, Field::After, Field::Source, Field::Op] {
+            if !fields.iter().any(|(f, _)| *f == needed) {
+                return Err(EnvelopeError::NotAnEnvelope(format!("no {needed:?} field")));
+            }
+        }
+        Ok(EnvelopePlan {
+            columns: columns.unwrap_or_default(),
+            fields,
+        })
+    }
+
+    pub fn column_defs(&self) -> Vec<ColumnDef> {
+        self.columns.iter().map(|c| ColumnDef::new(&c.name, c.ty.clone())).collect()
+    }
+
+    pub fn decode(&self, body: &[u8]) -> Result<Change, EnvelopeError> {
+        let mut r = Reader { buf: body, pos: 0 };
+        let mut change = Change::default();
+        let mut before = None;
+        let mut after = None;
+        for (field, node) in &self.fields {
+            match field {
+                Field::Before => before = self.row(&mut r, node)?,
+                Field::After => after = self.row(&mut r, node)?,
+                Field::Source => source(&mut r, node, &mut change)?,
+                Field::Op => change.op = r.string()?,
+                Field::UnchangedToast => {
+                    let mut v = Json::Null;
+                    generic(&mut r, node, &mut v)?;
+                    if let Json::Array(items) = v {
+                        change.unchanged_toast = items.into_iter().filter_map(|i| i.as_str().map(str::to_owned)).collect();
+                    }
+                }
+                Field::TextValues => {
+                    let mut v = Json::Null;
+                    generic(&mut r, node, &mut v)?;
+                    if let Json::Object(m) = v {
+                        change.text_values = m
+                            .into_iter()
+                            .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned()))
+                            .collect();
+                    }
+                }
+                Field::Other => generic(&mut r, node, &mut Json::Null)?,
+            }
+        }
+        change.row = if change.op == "d" { before } else { after };
+        Ok(change)
+    }
+
+    fn row(&self, r: &mut Reader<'_>, node: &Node) -> Result<Option<Vec<Cell>>, EnvelopeError> {
+        let node = match node {
+            Node::Union(branches) => match &branches[r.branch(branches.len())?] {
+                Node::Null => return Ok(None),
+                n => n,
+            },
+            n => n,
+        };
+        let Node::Record(_) = node else {
+            return Err(EnvelopeError::NotAnEnvelope("row is not a record".into()));
+        };
+        let mut cells = Vec::with_capacity(self.columns.len());
+        for c in &self.columns {
+            cells.push(cell(r, &c.node)?);
+        }
+        Ok(Some(cells))
+    }
+}
+
+/// The row record's fields, from the `after` field's schema JSON.
+fn row_columns(envelope: &Json, after: &Node) -> Result<Vec<PlanColumn>, EnvelopeError> {
+    let Some(Node::Record(fields)) = (match after {
+        Node::Union(b) => b.iter().find(|n| matches!(n, Node::Record(_))),
+        n @ Node::Record(_) => Some(n),
+        _ => None,
+    }) else {
+        return Err(EnvelopeError::NotAnEnvelope("after is not a nullable record".into()));
+    };
+    // The row record is defined inline in `before` (walhouse's shape) or in
+    // `after`; its JSON carries the annotations.
+    let record_json = envelope["fields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["name"] == "before" || f["name"] == "after")
+        .filter_map(|f| f["type"].as_array())
+        .flatten()
+        .find(|t| t["type"] == "record")
+        .ok_or_else(|| EnvelopeError::NotAnEnvelope("no inline row record".into()))?;
+    let jsons: Vec<&Json> = record_json["fields"].as_array().into_iter().flatten().collect();
+    let mut out = Vec::with_capacity(fields.len());
+    for (i, (field_name, node)) in fields.iter().enumerate() {
+        let j = jsons.get(i).copied().unwrap_or(&Json::Null);
+        let name = j["walhouse.column"].as_str().unwrap_or(field_name).to_owned();
+        let value_json = match &j["type"] {
+            Json::Array(branches) => branches.iter().find(|b| *b != "null").cloned().unwrap_or(Json::Null),
+            other => other.clone(),
+        };
+        let walhouse_type = value_json["walhouse.type"].as_str();
+        let inner = match node {
+            Node::Union(b) => b.iter().find(|n| **n != Node::Null).unwrap_or(&Node::Null),
+            n => n,
+        };
+        out.push(PlanColumn {
+            name,
+            ty: sql_type(inner, walhouse_type),
+            node: node.clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn sql_type(node: &Node, walhouse_type: Option<&str>) -> SqlType {
+    match node {
+        Node::Boolean => SqlType::Boolean,
+        Node::Int => SqlType::Integer,
+        Node::Long => SqlType::BigInt,
+        Node::Float => SqlType::Real,
+        Node::Double => SqlType::Double,
+        Node::Decimal { precision, scale, .. } if *precision <= 38 => SqlType::Decimal {
+            precision: *precision,
+            scale: *scale,
+        },
+        Node::Bytes | Node::Fixed(_) => SqlType::Bytes,
+        Node::String if walhouse_type == Some("json") => SqlType::Json,
+        Node::Date => SqlType::Date,
+        Node::TimeMillis | Node::TimeMicros => SqlType::Time,
+        Node::TimestampMillis | Node::TimestampMicros => SqlType::TimestampTz,
+        Node::LocalTimestampMicros => SqlType::Timestamp,
+        Node::Uuid => SqlType::Uuid,
+        Node::Array(_) | Node::Map(_) | Node::Record(_) => SqlType::Json,
+        _ => SqlType::Text,
+    }
+}
+
+fn parse(json: &Json, namespace: &str, named: &mut HashMap<String, Node>) -> Result<Node, EnvelopeError> {
+    match json {
+        Json::String(name) => primitive(name)
+            .or_else(|| {
+                let full = if name.contains('.') || namespace.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{namespace}.{name}")
+                };
+                named.get(&full).or_else(|| named.get(name)).cloned()
+            })
+            .ok_or_else(|| EnvelopeError::Schema(format!("unknown type {name:?}"))),
+        Json::Array(branches) => Ok(Node::Union(
+            branches
+                .iter()
+                .map(|b| parse(b, namespace, named))
+                .collect::<Result<_, _>>()?,
+        )),
+        Json::Object(o) => {
+            let ty = o.get("type").and_then(Json::as_str).unwrap_or_default();
+            let logical = o.get("logicalType").and_then(Json::as_str);
+            let num = |k: &str| o.get(k).and_then(Json::as_u64).unwrap_or(0) as u32;
+            match (ty, logical) {
+                ("bytes", Some("decimal")) => {
+                    return Ok(Node::Decimal {
+                        precision: num("precision"),
+                        scale: num("scale"),
+                        fixed: None,
+                    })
+                }
+                ("int", Some("date")) => return Ok(Node::Date),
+                ("int", Some("time-millis")) => return Ok(Node::TimeMillis),
+                ("long", Some("time-micros")) => return Ok(Node::TimeMicros),
+                ("long", Some("timestamp-millis")) => return Ok(Node::TimestampMillis),
+                ("long", Some("timestamp-micros")) => return Ok(Node::TimestampMicros),
+                ("long", Some("local-timestamp-micros")) => return Ok(Node::LocalTimestampMicros),
+                ("string", Some("uuid")) => return Ok(Node::Uuid),
+                _ => {}
+            }
+            let name = o.get("name").and_then(Json::as_str).unwrap_or_default();
+            let ns = o.get("namespace").and_then(Json::as_str).unwrap_or(namespace);
+            let full = if name.contains('.') || ns.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{ns}.{name}")
+            };
+            let inner_ns = full.rsplit_once('.').map_or("", |(n, _)| n).to_owned();
+            let node = match ty {
+                "record" | "error" => {
+                    let mut fields = Vec::new();
+                    for f in o.get("fields").and_then(Json::as_array).into_iter().flatten() {
+                        let fname = f["name"].as_str().unwrap_or_default().to_owned();
+                        fields.push((fname, parse(&f["type"], &inner_ns, named)?));
+                    }
+                    Node::Record(fields)
+                }
+                "enum" => Node::Enum(
+                    o.get("symbols")
+                        .and_then(Json::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect(),
+                ),
+                "array" => Node::Array(Box::new(parse(&o["items"], namespace, named)?)),
+                "map" => Node::Map(Box::new(parse(&o["values"], namespace, named)?)),
+                "fixed" => {
+                    let size = num("size") as usize;
+                    if logical == Some("decimal") {
+                        Node::Decimal {
+                            precision: num("precision"),
+                            scale: num("scale"),
+                            fixed: Some(size),
+                        }
+                    } else {
+                        Node::Fixed(size)
+                    }
+                }
+                other => {
+                    primitive(other).ok_or_else(|| EnvelopeError::Schema(format!("unsupported type {other:?}")))?
+                }
+            };
+            if !name.is_empty() {
+                named.insert(full, node.clone());
+                named.insert(name.to_owned(), node.clone());
+            }
+            Ok(node)
+        }
+        other => Err(EnvelopeError::Schema(format!("unexpected {other}"))),
+    }
+}
+
+fn primitive(name: &str) -> Option<Node> {
+    Some(match name {
+        "null" => Node::Null,
+        "boolean" => Node::Boolean,
+        "int" => Node::Int,
+        "long" => Node::Long,
+        "float" => Node::Float,
+        "double" => Node::Double,
+        "bytes" => Node::Bytes,
+        "string" => Node::String,
+        _ => return None,
+    })
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn fail(&self, what: &str) -> EnvelopeError {
+        EnvelopeError::Body(format!("{what} at byte {}", self.pos))
+    }
+
+    fn long(&mut self) -> Result<i64, EnvelopeError> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = *self.buf.get(self.pos).ok_or_else(|| self.fail("truncated number"))?;
+            self.pos += 1;
+            v |= u64::from(b & 0x7F) << shift;
+            if b & 0x80 == 0 {
+                return Ok((v >> 1) as i64 ^ -((v & 1) as i64));
+            }
+        }
+        Err(self.fail("overlong number"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], EnvelopeError> {
+        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len());
+        let end = end.ok_or_else(|| self.fail("truncated value"))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], EnvelopeError> {
+        let n = self.long()?;
+        let n = usize::try_from(n).map_err(|_| self.fail("negative length"))?;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<String, EnvelopeError> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| self.fail("string is not UTF-8"))
+    }
+
+    fn branch(&mut self, n: usize) -> Result<usize, EnvelopeError> {
+        let b = self.long()?;
+        usize::try_from(b)
+            .ok()
+            .filter(|b| *b < n)
+            .ok_or_else(|| self.fail("union branch out of range"))
+    }
+
+    /// Array and map blocks: calls `item` for each element.
+    fn blocks(&mut self, mut item: impl FnMut(&mut Self) -> Result<(), EnvelopeError>) -> Result<(), EnvelopeError> {
+        // A block count is bounded by the bytes left, so a hostile count
+        // cannot make this loop run long.
+        loop {
+            let mut count = self.long()?;
+            if count == 0 {
+                return Ok(());
+            }
+            if count < 0 {
+                count = count.checked_neg().ok_or_else(|| self.fail("bad block count"))?;
+                self.long()?;
+            }
+            if count as u64 > (self.buf.len() - self.pos) as u64 + 1 {
+                return Err(self.fail("block count exceeds the message"));
+            }
+            for _ in 0..count {
+                item(self)?;
+            }
+        }
+    }
+}
+
+fn source(r: &mut Reader<'_>, node: &Node, change: &mut Change) -> Result<(), EnvelopeError> {
+    let Node::Record(fields) = node else {
+        return Err(EnvelopeError::NotAnEnvelope("source is not a record".into()));
+    };
+    for (name, node) in fields {
+        let mut v = Json::Null;
+        generic(r, node, &mut v)?;
+        match name.as_str() {
+            "schema" => change.schema = v.as_str().unwrap_or_default().to_owned(),
+            "table" => change.table = v.as_str().unwrap_or_default().to_owned(),
+            "snapshot" => change.snapshot = v.as_str().unwrap_or_default().to_owned(),
+            "txId" => change.tx_id = v.as_i64(),
+            "lsn" => change.lsn = v.as_i64(),
+            "ts_ms" => change.commit_ts_ms = v.as_i64(),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Decodes one row field (a nullable union, or a bare type) to a cell.
+fn cell(r: &mut Reader<'_>, node: &Node) -> Result<Cell, EnvelopeError> {
+    Ok(match node {
+        Node::Union(branches) => {
+            let b = r.branch(branches.len())?;
+            return cell(r, &branches[b]);
+        }
+        Node::Null => Cell::Null,
+        Node::Boolean => Cell::Bool(r.take(1)?[0] != 0),
+        Node::Int => Cell::Int(i32::try_from(r.long()?).map_err(|_| r.fail("int out of range"))?),
+        Node::Long => Cell::Long(r.long()?),
+        Node::Float => Cell::Float(f32::from_le_bytes(r.take(4)?.try_into().map_err(|_| r.fail("float"))?)),
+        Node::Double => Cell::Double(f64::from_le_bytes(r.take(8)?.try_into().map_err(|_| r.fail("double"))?)),
+        Node::Bytes => Cell::Bytes(r.bytes()?.to_vec()),
+        Node::Fixed(n) => Cell::Bytes(r.take(*n)?.to_vec()),
+        Node::String | Node::Enum(_) => match node {
+            Node::Enum(symbols) => {
+                let i = r.long()?;
+                Cell::Text(
+                    usize::try_from(i)
+                        .ok()
+                        .and_then(|i| symbols.get(i))
+                        .ok_or_else(|| r.fail("enum index out of range"))?
+                        .clone(),
+                )
+            }
+            _ => Cell::Text(r.string()?),
+        },
+        Node::Decimal {
+            precision,
+            scale,
+            fixed,
+        } => {
+            let b = match fixed {
+                Some(n) => r.take(*n)?,
+                None => r.bytes()?,
+            };
+            let scale8 = u8::try_from(*scale).map_err(|_| r.fail("decimal scale"))?;
+            match (twos_complement_i128(b), u8::try_from(*precision)) {
+                (Some(v), Ok(p)) if p <= 38 => Cell::Decimal {
+                    unscaled: v,
+                    precision: p,
+                    scale: scale8,
+                },
+                (Some(v), _) => Cell::Text(decimal_text(v, scale8)),
+                (None, _) => Cell::Text(big_decimal_text(b, *scale as usize)),
+            }
+        }
+        Node::Date => Cell::Date(i32::try_from(r.long()?).map_err(|_| r.fail("date out of range"))?),
+        Node::TimeMillis => Cell::Time(r.long()? * 1000),
+        Node::TimeMicros => Cell::Time(r.long()?),
+        Node::TimestampMillis => Cell::TimestampTz(r.long()?.saturating_mul(1000)),
+        Node::TimestampMicros => Cell::TimestampTz(r.long()?),
+        Node::LocalTimestampMicros => Cell::Timestamp(r.long()?),
+        Node::Uuid => Cell::Uuid(r.string()?),
+        Node::Array(_) | Node::Map(_) | Node::Record(_) => {
+            let mut v = Json::Null;
+            generic(r, node, &mut v)?;
+            Cell::Text(v.to_string())
+        }
+    })
+}
+
+/// Decodes any value to JSON (for nested values and fields the sink only
+/// skims).
+fn generic(r: &mut Reader<'_>, node: &Node, out: &mut Json) -> Result<(), EnvelopeError> {
+    *out = match node {
+        Node::Union(branches) => {
+            let b = r.branch(branches.len())?;
+            return generic(r, &branches[b], out);
+        }
+        Node::Array(item) => {
+            let mut items = Vec::new();
+            r.blocks(|r| {
+                let mut v = Json::Null;
+                generic(r, item, &mut v)?;
+                items.push(v);
+                Ok(())
+            })?;
+            Json::Array(items)
+        }
+        Node::Map(values) => {
+            let mut m = serde_json::Map::new();
+            r.blocks(|r| {
+                let k = r.string()?;
+                let mut v = Json::Null;
+                generic(r, values, &mut v)?;
+                m.insert(k, v);
+                Ok(())
+            })?;
+            Json::Object(m)
+        }
+        Node::Record(fields) => {
+            let mut m = serde_json::Map::new();
+            for (name, n) in fields {
+                let mut v = Json::Null;
+                generic(r, n, &mut v)?;
+                m.insert(name.clone(), v);
+            }
+            Json::Object(m)
+        }
+        other => match cell(r, other)? {
+            Cell::Null => Json::Null,
+            Cell::Bool(b) => Json::Bool(b),
+            Cell::Int(v) => v.into(),
+            Cell::Long(v) | Cell::Time(v) | Cell::Timestamp(v) | Cell::TimestampTz(v) => v.into(),
+            Cell::Date(v) => v.into(),
+            Cell::Float(v) => serde_json::Number::from_f64(f64::from(v)).map_or(Json::Null, Json::Number),
+            Cell::Double(v) => serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number),
+            Cell::Decimal { unscaled, scale, .. } => Json::String(decimal_text(unscaled, scale)),
+            Cell::Text(s) | Cell::Uuid(s) => Json::String(s),
+            Cell::Bytes(b) => Json::String(b.iter().map(|x| format!("{x:02x}")).collect()),
+        },
+    };
+    Ok(())
+}
+
+fn twos_complement_i128(b: &[u8]) -> Option<i128> {
+    if b.is_empty() {
+        return Some(0);
+    }
+    if b.len() > 16 {
+        return None;
+    }
+    let fill = if b[0] & 0x80 != 0 { 0xFF } else { 0 };
+    let mut full = [fill; 16];
+    full[16 - b.len()..].copy_from_slice(b);
+    Some(i128::from_be_bytes(full))
+}
+
+/// A decimal of more than 38 digits as text, by long division.
+fn big_decimal_text(b: &[u8], scale: usize) -> String {
+    let negative = b.first().is_some_and(|x| x & 0x80 != 0);
+    let mut mag: Vec<u8> = b.to_vec();
+    if negative {
+        // Two's complement negate: invert and add one.
+        for x in mag.iter_mut() {
+            *x = !*x;
+        }
+        for x in mag.iter_mut().rev() {
+            let (v, carry) = x.overflowing_add(1);
+            *x = v;
+            if !carry {
+                break;
+            }
+        }
+    }
+    let mut digits = Vec::new();
+    while mag.iter().any(|x| *x != 0) {
+        let mut rem: u32 = 0;
+        for x in mag.iter_mut() {
+            let cur = (rem << 8) | u32::from(*x);
+            *x = (cur / 10) as u8;
+            rem = cur % 10;
+        }
+        digits.push(b'0' + rem as u8);
+    }
+    while digits.len() <= scale {
+        digits.push(b'0');
+    }
+    digits.reverse();
+    let s = String::from_utf8(digits).unwrap_or_default();
+    let (int, frac) = s.split_at(s.len() - scale);
+    let sign = if negative { "-" } else { "" };
+    if scale == 0 {
+        format!("{sign}{int}")
+    } else {
+        format!("{sign}{int}.{frac}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::avro::value::{put_long, put_str};
+
+    const SCHEMA: &str = r#"{"type":"record","name":"Envelope","namespace":"w.public.t","fields":[
+        {"name":"before","type":["null",{"type":"record","name":"Value","fields":[
+            {"name":"id","type":["null","long"],"default":null},
+            {"name":"amount","type":["null",{"type":"bytes","logicalType":"decimal","precision":19,"scale":4}],"default":null},
+            {"name":"meta","type":["null",{"type":"string","walhouse.type":"json"}],"default":null},
+            {"name":"odd_name_1234abcd","type":["null","string"],"default":null,"walhouse.column":"odd name"},
+            {"name":"tags","type":["null",{"type":"array","items":["null","string"]}],"default":null}
+        ]}],"default":null},
+        {"name":"after","type":["null","Value"],"default":null},
+        {"name":"source","type":{"type":"record","name":"Source","namespace":"walhouse","fields":[
+            {"name":"schema","type":"string"},{"name":"table","type":"string"},
+            {"name":"snapshot","type":"string"},{"name":"txId","type":["null","long"]},
+            {"name":"lsn","type":["null","long"]},{"name":"ts_ms","type":"long"}]}},
+        {"name":"op","type":"string"},
+        {"name":"ts_ms","type":["null","long"],"default":null},
+        {"name":"unchanged_toast","type":{"type":"array","items":"string"},"default":[]},
+        {"name":"text_values","type":{"type":"map","values":"string"},"default":{}}
+    ]}"#;
+
+    fn body(op: &str, with_row: bool) -> Vec<u8> {
+        let mut b = Vec::new();
+        let row = |b: &mut Vec<u8>| {
+            put_long(b, 1); // the record branch
+            put_long(b, 1);
+            put_long(b, 42); // id
+            put_long(b, 1);
+            put_long(b, 1);
+            b.push(0x30); // amount: 48 × 10^-4
+            put_long(b, 1);
+            put_str(b, "{\"a\":1}"); // meta
+            put_long(b, 0); // odd name: null
+            put_long(b, 1);
+            put_long(b, 1);
+            put_long(b, 1);
+            put_str(b, "x");
+            put_long(b, 0); // tags: one block of one string
+        };
+        if op == "d" {
+            row(&mut b);
+            put_long(&mut b, 0);
+        } else {
+            put_long(&mut b, 0);
+            if with_row {
+                row(&mut b);
+            } else {
+                put_long(&mut b, 0);
+            }
+        }
+        put_str(&mut b, "public");
+        put_str(&mut b, "t");
+        put_str(&mut b, "false");
+        put_long(&mut b, 1);
+        put_long(&mut b, 777);
+        put_long(&mut b, 1);
+        put_long(&mut b, 0x1000);
+        put_long(&mut b, 1_700_000_000_000);
+        put_str(&mut b, op);
+        put_long(&mut b, 0);
+        put_long(&mut b, 1);
+        put_str(&mut b, "meta");
+        put_long(&mut b, 0);
+        put_long(&mut b, 0);
+        b
+    }
+
+    #[test]
+    fn compiles_columns_with_their_warehouse_types() {
+        let plan = EnvelopePlan::compile(SCHEMA).expect("plan");
+        let cols: Vec<(&str, &SqlType)> = plan.columns.iter().map(|c| (c.name.as_str(), &c.ty)).collect();
+        assert_eq!(
+            cols,
+            vec![
+                ("id", &SqlType::BigInt),
+                ("amount", &SqlType::Decimal { precision: 19, scale: 4 }),
+                ("meta", &SqlType::Json),
+                ("odd name", &SqlType::Text),
+                ("tags", &SqlType::Json),
+            ]
+        );
+    }
+
+    #[test]
+    fn decodes_inserts_and_deletes() {
+        let plan = EnvelopePlan::compile(SCHEMA).expect("plan");
+        let c = plan.decode(&body("c", true)).expect("decode");
+        assert_eq!(c.op, "c");
+        assert_eq!((c.schema.as_str(), c.table.as_str()), ("public", "t"));
+        assert_eq!((c.tx_id, c.lsn, c.commit_ts_ms), (Some(777), Some(0x1000), Some(1_700_000_000_000)));
+        assert_eq!(c.unchanged_toast, vec!["meta".to_string()]);
+        let row = c.row.expect("row");
+        assert_eq!(row[0], Cell::Long(42));
+        assert_eq!(
+            row[1],
+            Cell::Decimal {
+                unscaled: 48,
+                precision: 19,
+                scale: 4
+            }
+        );
+        assert_eq!(row[2], Cell::Text("{\"a\":1}".into()));
+        assert_eq!(row[3], Cell::Null);
+        assert_eq!(row[4], Cell::Text("[\"x\"]".into()));
+        let d = plan.decode(&body("d", true)).expect("decode");
+        assert_eq!(d.row.expect("before")[0], Cell::Long(42));
+        let t = plan.decode(&body("t", false)).expect("decode");
+        assert!(t.row.is_none());
+    }
+
+    #[test]
+    fn truncated_bodies_are_errors_not_panics() {
+        let plan = EnvelopePlan::compile(SCHEMA).expect("plan");
+        let full = body("c", true);
+        for n in 0..full.len() {
+            assert!(plan.decode(&full[..n]).is_err(), "prefix of {n} bytes");
+        }
+    }
+
+    #[test]
+    fn other_schemas_are_refused() {
+        assert!(matches!(
+            EnvelopePlan::compile(r#"{"type":"record","name":"X","fields":[{"name":"a","type":"int"}]}"#),
+            Err(EnvelopeError::NotAnEnvelope(_))
+        ));
+        assert!(EnvelopePlan::compile("not json").is_err());
+    }
+
+    #[test]
+    fn wide_decimals_become_exact_text() {
+        assert_eq!(big_decimal_text(&[0x01, 0x00], 1), "25.6");
+        assert_eq!(big_decimal_text(&[0xFF, 0x00], 2), "-2.56");
+        assert_eq!(twos_complement_i128(&[0xFF]), Some(-1));
+        let mut wide = vec![0u8; 20];
+        wide[19] = 5;
+        assert_eq!(big_decimal_text(&wide, 0), "5");
+    }
+}

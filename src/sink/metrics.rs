@@ -1,0 +1,75 @@
+//! The sink's Prometheus metrics (served by [`crate::metrics::serve`]).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct SinkMetrics {
+    up: AtomicBool,
+    rows: AtomicU64,
+    dead_letters: AtomicU64,
+    batches: AtomicU64,
+    skipped: AtomicU64,
+    stopped_topics: AtomicU64,
+    fenced: AtomicU64,
+    last_batch_ms: AtomicU64,
+}
+
+impl SinkMetrics {
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+    }
+
+    pub fn count_batch(&self, rows: u64, dead_letters: u64, millis: u64) {
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+        self.dead_letters.fetch_add(dead_letters, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.last_batch_ms.store(millis, Ordering::Relaxed);
+    }
+
+    pub fn count_skipped(&self) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_fenced(&self) {
+        self.fenced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_stopped_topics(&self, n: u64) {
+        self.stopped_topics.store(n, Ordering::Relaxed);
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters.load(Ordering::Relaxed)
+    }
+}
+
+impl crate::metrics::Exposition for SinkMetrics {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let mut line = |name: &str, help: &str, kind: &str, v: u64| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+        };
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        line("walhouse_sink_up", "1 while the sink is consuming.", "gauge", u64::from(self.up.load(Ordering::Relaxed)));
+        line("walhouse_sink_rows_total", "Rows written to warehouse tables.", "counter", get(&self.rows));
+        line("walhouse_sink_dead_letters_total", "Records written to walhouse.dead_letters.", "counter", get(&self.dead_letters));
+        line("walhouse_sink_batches_total", "Warehouse transactions committed.", "counter", get(&self.batches));
+        line("walhouse_sink_skipped_total", "Records consumed but not stored by design (tombstones, transaction metadata).", "counter", get(&self.skipped));
+        line("walhouse_sink_stopped_topics", "Topics stopped by an incompatible schema change.", "gauge", get(&self.stopped_topics));
+        line("walhouse_sink_fenced_total", "Batches rolled back because another instance moved the stored offset.", "counter", get(&self.fenced));
+        line("walhouse_sink_last_batch_milliseconds", "Time the last warehouse transaction took.", "gauge", get(&self.last_batch_ms));
+        out
+    }
+
+    fn health(&self) -> (bool, &'static str) {
+        if self.up.load(Ordering::Relaxed) {
+            (true, "consuming")
+        } else {
+            (false, "starting")
+        }
+    }
+}

@@ -1,0 +1,609 @@
+//! The sink: Kafka → warehouse, exactly once.
+//!
+//! Each partition's next offset lives in the warehouse (`walhouse.offsets`)
+//! and is moved in the same transaction as the rows of the batch. On start,
+//! on every assignment and after a fenced write, the consumer is positioned
+//! at the stored offsets; messages below them are skipped. Kafka's own
+//! committed offsets are written after each batch for monitoring only.
+//!
+//! What cannot be a row goes to `walhouse.dead_letters` with the reason, in
+//! the same transaction, and its offset moves on like any other.
+
+pub mod companies;
+pub mod config;
+pub mod envelope;
+pub mod insolvency;
+pub mod metrics;
+pub mod tables;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use self::config::ConsumeSettings;
+use self::envelope::EnvelopePlan;
+use self::metrics::SinkMetrics;
+use self::tables::{cdc_table_def, raw_schema, TableError, Tables};
+use crate::registry::{split_wire, Registry, RegistryError};
+use crate::warehouse::{
+    Batch, Cell, ColumnDef, DeadLetter, OffsetUpdate, SqlType, TableRef, TableRows, Warehouse, WarehouseError,
+};
+
+/// The Kafka coordinates every raw table ends with.
+pub const KAFKA_COLUMNS: [(&str, SqlType); 4] = [
+    ("_topic", SqlType::Text),
+    ("_partition", SqlType::Integer),
+    ("_offset", SqlType::BigInt),
+    ("_ingested_at", SqlType::TimestampTz),
+];
+
+pub fn kafka_columns() -> Vec<ColumnDef> {
+    KAFKA_COLUMNS.iter().map(|(n, t)| ColumnDef::new(n, t.clone())).collect()
+}
+
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("Kafka: {context}: {source}. Fix: check --brokers and that the broker is up")]
+    Kafka {
+        context: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("schema registry: {0}. Fix: check --schema-registry-url and that the registry is up")]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+}
+
+fn kafka(context: &str) -> impl Fn(rdkafka::error::KafkaError) -> SinkError + '_ {
+    move |source| SinkError::Kafka {
+        context: context.to_owned(),
+        source,
+    }
+}
+
+/// Creates walhouse's tables in the warehouse, the raw tables of company
+/// events and insolvencies, and the views over them.
+pub async fn prepare<W: Warehouse>(w: &mut W, tables: &mut Tables) -> Result<(), SinkError> {
+    w.execute(&w.dialect().state_tables()).await?;
+    tables.ensure(w, &companies::table_def()).await?;
+    tables.ensure(w, &insolvency::table_def()).await?;
+    let views: Vec<String> = tables::companies_latest_sql()
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && !s.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with("--")))
+        .map(str::to_owned)
+        .collect();
+    w.execute(&views).await?;
+    Ok(())
+}
+
+/// Partition changes, noted by the consumer's rebalance callback and acted
+/// on by the loop (which may await the warehouse; the callback may not).
+#[derive(Default)]
+struct SinkContext {
+    events: Mutex<Vec<Rebalanced>>,
+}
+
+enum Rebalanced {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
+}
+
+impl ClientContext for SinkContext {}
+
+impl ConsumerContext for SinkContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let event = match rebalance {
+            Rebalance::Assign(tpl) => Rebalanced::Assigned(partitions(tpl)),
+            Rebalance::Revoke(tpl) => Rebalanced::Revoked(partitions(tpl)),
+            Rebalance::Error(e) => {
+                tracing::warn!("consumer group rebalance failed: {e}");
+                return;
+            }
+        };
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+    }
+}
+
+/// A partition the loop has positioned.
+struct Position {
+    /// The next offset to store (everything below is in the warehouse or
+    /// in the pending batch).
+    next: i64,
+    /// What the warehouse holds, the fence for the next write.
+    stored: Option<i64>,
+}
+
+/// What one writer schema id turned out to be.
+#[derive(Clone)]
+enum Plan {
+    Envelope(Arc<EnvelopePlan>),
+    /// walhouse's transaction-boundary records: not rows.
+    TransactionMetadata,
+    Refused(String),
+}
+
+#[derive(Default)]
+struct Pending {
+    tables: BTreeMap<(TableRef, u32), TableRows>,
+    dead: Vec<DeadLetter>,
+    offsets: HashMap<(String, i32), OffsetUpdate>,
+    rows: usize,
+    bytes: usize,
+    since: Option<Instant>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    fn advance(&mut self, topic: &str, partition: i32, stored: Option<i64>, offset: i64) {
+        self.since.get_or_insert_with(Instant::now);
+        self.offsets
+            .entry((topic.to_owned(), partition))
+            .and_modify(|o| o.next = offset + 1)
+            .or_insert_with(|| OffsetUpdate {
+                topic: topic.to_owned(),
+                partition,
+                from: stored,
+                next: offset + 1,
+            });
+    }
+}
+
+/// One consumed record's fate.
+enum Outcome {
+    Row { table: TableRef, schema_id: u32, columns: Vec<String>, cells: Vec<Cell> },
+    Dead(String),
+    Skip,
+    /// The topic cannot go on (incompatible schema change).
+    Stop(String),
+}
+
+pub struct Sink<W: Warehouse> {
+    settings: ConsumeSettings,
+    warehouse: W,
+    registry: Registry,
+    consumer: StreamConsumer<SinkContext>,
+    metrics: Arc<SinkMetrics>,
+    tables: Tables,
+    plans: HashMap<u32, Plan>,
+    key_columns: HashMap<u32, Vec<String>>,
+    positions: HashMap<(String, i32), Position>,
+    unpositioned: Vec<(String, i32)>,
+    stopped: HashMap<String, String>,
+    pending: Pending,
+}
+
+impl<W: Warehouse> Sink<W> {
+    pub async fn new(settings: ConsumeSettings, mut warehouse: W, metrics: Arc<SinkMetrics>) -> Result<Self, SinkError> {
+        let registry = Registry::new(&settings.registry)?;
+        let mut tables = Tables::default();
+        prepare(&mut warehouse, &mut tables).await?;
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &settings.brokers)
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("allow.auto.create.topics", "false")
+            // New CDC topics are found by pattern on metadata refresh.
+            .set("topic.metadata.refresh.interval.ms", "10000")
+            .set("session.timeout.ms", "10000");
+        for (k, v) in &settings.librdkafka {
+            config.set(k, v);
+        }
+        let consumer: StreamConsumer<SinkContext> = config
+            .create_with_context(SinkContext::default())
+            .map_err(kafka("creating the consumer"))?;
+        // Fail early and clearly when no broker answers.
+        let probe = consumer.client().fetch_metadata(None, Duration::from_secs(15));
+        probe.map_err(kafka(&format!("no answer from {}", settings.brokers)))?;
+        let mut topics = vec![settings.topic_pattern.as_str()];
+        if let Some(c) = &settings.companies_topic {
+            topics.push(c.as_str());
+        }
+        consumer.subscribe(&topics).map_err(kafka("subscribing"))?;
+        tracing::info!(
+            warehouse = %warehouse.describe(),
+            topics = ?topics,
+            group = %settings.group_id,
+            "sink started"
+        );
+        Ok(Sink {
+            settings,
+            warehouse,
+            registry,
+            consumer,
+            metrics,
+            tables,
+            plans: HashMap::new(),
+            key_columns: HashMap::new(),
+            positions: HashMap::new(),
+            unpositioned: Vec::new(),
+            stopped: HashMap::new(),
+            pending: Pending::default(),
+        })
+    }
+
+    /// Consumes until `shutdown` turns true, then writes what is pending.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), SinkError> {
+        self.metrics.set_up(true);
+        let result = self.consume(&mut shutdown).await;
+        self.metrics.set_up(false);
+        result
+    }
+
+    async fn consume(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SinkError> {
+        loop {
+            if *shutdown.borrow() {
+                self.flush().await?;
+                tracing::info!("sink stopped");
+                return Ok(());
+            }
+            self.rebalanced();
+            if !self.unpositioned.is_empty() {
+                self.position().await?;
+            }
+            let linger = match self.pending.since {
+                Some(t) => self.settings.batch_linger.saturating_sub(t.elapsed()),
+                None => Duration::from_millis(500),
+            };
+            let received = tokio::select! {
+                m = self.consumer.recv() => Some(m),
+                _ = tokio::time::sleep(linger) => None,
+                _ = shutdown.changed() => None,
+            };
+            match received {
+                Some(Ok(m)) => {
+                    let (topic, partition, offset) = (m.topic().to_owned(), m.partition(), m.offset());
+                    let key = m.key().map(<[u8]>::to_vec);
+                    let payload = m.payload().map(<[u8]>::to_vec);
+                    drop(m);
+                    self.handle(&topic, partition, offset, key, payload).await?;
+                }
+                Some(Err(e)) => tracing::warn!("Kafka consumer: {e}"),
+                None => {}
+            }
+            let full = self.pending.rows >= self.settings.batch_rows || self.pending.bytes >= self.settings.batch_bytes;
+            let due = self
+                .pending
+                .since
+                .is_some_and(|t| t.elapsed() >= self.settings.batch_linger);
+            if full || due {
+                self.flush().await?;
+            }
+        }
+    }
+
+    /// Applies the rebalance events the consumer noted.
+    fn rebalanced(&mut self) {
+        let events = std::mem::take(&mut *self.consumer.context().events.lock().unwrap_or_else(|p| p.into_inner()));
+        for event in events {
+            match event {
+                Rebalanced::Revoked(list) => {
+                    // Rows not yet written may belong to partitions another
+                    // instance now owns: drop the batch, re-read what stays ours.
+                    tracing::info!(partitions = list.len(), "partitions revoked; pending batch dropped");
+                    self.pending = Pending::default();
+                    for p in &list {
+                        self.positions.remove(p);
+                        self.unpositioned.retain(|u| u != p);
+                    }
+                    self.unpositioned.extend(self.positions.drain().map(|(k, _)| k));
+                }
+                Rebalanced::Assigned(list) => {
+                    tracing::info!(partitions = list.len(), "partitions assigned");
+                    for p in list {
+                        if !self.unpositioned.contains(&p) && !self.positions.contains_key(&p) {
+                            self.unpositioned.push(p);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Seeks the unpositioned partitions to the offsets stored in the
+    /// warehouse (the beginning when none is stored).
+    async fn position(&mut self) -> Result<(), SinkError> {
+        let stored = self.warehouse.offsets(&self.settings.group_id).await?;
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &self.unpositioned {
+            let offset = stored
+                .get(&(topic.clone(), *partition))
+                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            tpl.add_partition_offset(topic, *partition, offset)
+                .map_err(kafka("building a seek"))?;
+        }
+        let result = match self.consumer.seek_partitions(tpl, Duration::from_secs(10)) {
+            Ok(r) => r,
+            Err(e) => {
+                // Not fetching yet right after an assignment: try again on
+                // the next turn; nothing is read from these partitions meanwhile.
+                tracing::debug!("seek not possible yet: {e}");
+                return Ok(());
+            }
+        };
+        let mut still = Vec::new();
+        for e in result.elements() {
+            let key = (e.topic().to_owned(), e.partition());
+            if let Err(err) = e.error() {
+                tracing::debug!(topic = %key.0, partition = key.1, "seek not possible yet: {err}");
+                still.push(key);
+                continue;
+            }
+            let stored = stored.get(&key).copied();
+            tracing::info!(topic = %key.0, partition = key.1, offset = ?stored, "positioned at the warehouse's offset");
+            if self.stopped.contains_key(&key.0) {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&key.0, key.1);
+                let _ = self.consumer.pause(&tpl);
+            }
+            self.positions.insert(
+                key,
+                Position {
+                    next: stored.unwrap_or(0),
+                    stored,
+                },
+            );
+        }
+        self.unpositioned = still;
+        Ok(())
+    }
+
+    async fn handle(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<Vec<u8>>,
+        payload: Option<Vec<u8>>,
+    ) -> Result<(), SinkError> {
+        let Some(pos) = self.positions.get(&(topic.to_owned(), partition)) else {
+            return Ok(()); // read again once positioned
+        };
+        if offset < pos.next || self.stopped.contains_key(topic) {
+            return Ok(());
+        }
+        let stored = pos.stored;
+        let is_companies = self.settings.companies_topic.as_deref() == Some(topic);
+        let outcome = match &payload {
+            None if is_companies => Outcome::Dead("empty message (no value)".into()),
+            None => Outcome::Skip, // a tombstone: for log compaction, not a change
+            Some(p) if is_companies => match companies::parse(p) {
+                Ok(cells) => Outcome::Row {
+                    table: companies::table(),
+                    schema_id: 0,
+                    columns: companies::column_names(),
+                    cells,
+                },
+                Err(e) => Outcome::Dead(e),
+            },
+            Some(p) => self.cdc(p, key.as_deref()).await?,
+        };
+        match outcome {
+            Outcome::Stop(reason) => {
+                tracing::error!(%topic, "topic stopped: {reason}");
+                self.stopped.insert(topic.to_owned(), reason);
+                self.metrics.set_stopped_topics(self.stopped.len() as u64);
+                let mut tpl = TopicPartitionList::new();
+                for (t, p) in self.positions.keys().filter(|(t, _)| t == topic) {
+                    tpl.add_partition(t, *p);
+                }
+                let _ = self.consumer.pause(&tpl);
+                return Ok(());
+            }
+            Outcome::Skip => self.metrics.count_skipped(),
+            Outcome::Dead(error) => {
+                tracing::warn!(%topic, partition, offset, "dead letter: {error}");
+                self.pending.bytes += payload.as_ref().map_or(0, Vec::len);
+                self.pending.dead.push(DeadLetter {
+                    source: if is_companies { "companies" } else { "cdc" }.into(),
+                    topic: Some(topic.to_owned()),
+                    partition: Some(partition),
+                    offset: Some(offset),
+                    file: None,
+                    line: None,
+                    key,
+                    raw: payload,
+                    error,
+                });
+            }
+            Outcome::Row {
+                table,
+                schema_id,
+                columns,
+                mut cells,
+            } => {
+                cells.push(Cell::Text(topic.to_owned()));
+                cells.push(Cell::Int(partition));
+                cells.push(Cell::Long(offset));
+                cells.push(Cell::TimestampTz(now_micros()));
+                self.pending.bytes += cells.iter().map(Cell::weight).sum::<usize>();
+                self.pending.rows += 1;
+                let rows = self.pending.tables.entry((table, schema_id)).or_insert_with(|| TableRows {
+                    columns: columns.into_iter().chain(KAFKA_COLUMNS.iter().map(|(n, _)| n.to_string())).collect(),
+                    rows: Vec::new(),
+                });
+                rows.rows.push(cells);
+            }
+        }
+        if let Some(pos) = self.positions.get_mut(&(topic.to_owned(), partition)) {
+            pos.next = offset + 1;
+        }
+        self.pending.advance(topic, partition, stored, offset);
+        Ok(())
+    }
+
+    /// Decodes a change event; creates or widens its raw table and view on
+    /// first sight.
+    async fn cdc(&mut self, payload: &[u8], key: Option<&[u8]>) -> Result<Outcome, SinkError> {
+        let Some((schema_id, body)) = split_wire(payload) else {
+            return Ok(Outcome::Dead(
+                "not in the Confluent wire format (magic byte 0 and a schema id expected)".into(),
+            ));
+        };
+        let plan = match self.plan(schema_id).await? {
+            Plan::Envelope(p) => p,
+            Plan::TransactionMetadata => return Ok(Outcome::Skip),
+            Plan::Refused(reason) => return Ok(Outcome::Dead(reason)),
+        };
+        let change = match plan.decode(body) {
+            Ok(c) => c,
+            Err(e) => return Ok(Outcome::Dead(format!("schema id {schema_id}: {e}"))),
+        };
+        let raw = TableRef::new(&raw_schema(&change.schema), &change.table);
+        let def = cdc_table_def(&raw, plan.column_defs());
+        let widened = match self.tables.ensure(&mut self.warehouse, &def).await {
+            Ok(w) => w,
+            Err(e @ TableError::Incompatible { .. }) => return Ok(Outcome::Stop(e.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(key_columns) = self.key_columns_of(key).await? {
+            let view = TableRef::new(&change.schema, &change.table);
+            self.tables
+                .ensure_view(&mut self.warehouse, &raw, &view, &key_columns, widened)
+                .await?;
+        }
+        let mut cells = change.row.unwrap_or_else(|| vec![Cell::Null; plan.columns.len()]);
+        let json_list = |items: &[String]| {
+            (!items.is_empty()).then(|| Cell::Text(serde_json::Value::from(items.to_vec()).to_string()))
+        };
+        cells.push(Cell::Text(change.op));
+        cells.push(change.lsn.map_or(Cell::Null, Cell::Long));
+        cells.push(change.tx_id.map_or(Cell::Null, Cell::Long));
+        cells.push(change.commit_ts_ms.map_or(Cell::Null, |ms| Cell::TimestampTz(ms.saturating_mul(1000))));
+        cells.push(Cell::Text(change.snapshot));
+        cells.push(json_list(&change.unchanged_toast).unwrap_or(Cell::Null));
+        cells.push(if change.text_values.is_empty() {
+            Cell::Null
+        } else {
+            let m: serde_json::Map<String, serde_json::Value> = change
+                .text_values
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect();
+            Cell::Text(serde_json::Value::Object(m).to_string())
+        });
+        let columns = plan
+            .columns
+            .iter()
+            .map(|c| c.name.clone())
+            .chain(tables::CDC_COLUMNS.iter().map(|(n, _)| n.to_string()))
+            .collect();
+        Ok(Outcome::Row {
+            table: raw,
+            schema_id,
+            columns,
+            cells,
+        })
+    }
+
+    async fn plan(&mut self, id: u32) -> Result<Plan, SinkError> {
+        if let Some(p) = self.plans.get(&id) {
+            return Ok(p.clone());
+        }
+        let plan = match self.registry.schema(id).await {
+            Ok(text) => match EnvelopePlan::compile(&text) {
+                Ok(p) => Plan::Envelope(Arc::new(p)),
+                Err(_) if text.contains("\"TransactionMetadataValue\"") => Plan::TransactionMetadata,
+                Err(e) => Plan::Refused(format!("schema id {id}: {e}")),
+            },
+            Err(RegistryError::UnknownId { id }) => {
+                // Not cached: the schema may be registered later.
+                return Ok(Plan::Refused(format!(
+                    "schema id {id} is unknown to the schema registry (is the sink pointed at the registry the producer used?)"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.plans.insert(id, plan.clone());
+        Ok(plan)
+    }
+
+    /// The key columns named by a message key's schema.
+    async fn key_columns_of(&mut self, key: Option<&[u8]>) -> Result<Option<Vec<String>>, SinkError> {
+        let Some((id, _)) = key.and_then(split_wire) else {
+            return Ok(None);
+        };
+        if let Some(k) = self.key_columns.get(&id) {
+            return Ok(Some(k.clone()));
+        }
+        let text = match self.registry.schema(id).await {
+            Ok(t) => t,
+            Err(RegistryError::UnknownId { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let columns: Vec<String> = json["fields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["walhouse.column"].as_str().or(f["name"].as_str()).map(str::to_owned))
+            .collect();
+        self.key_columns.insert(id, columns.clone());
+        Ok(Some(columns))
+    }
+
+    /// Writes the pending batch and its offsets in one transaction.
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let batch = Batch {
+            tables: pending.tables.into_iter().map(|((t, _), r)| (t, r)).collect(),
+            dead_letters: pending.dead,
+            offsets: pending.offsets.into_values().collect(),
+            file: None,
+        };
+        let started = Instant::now();
+        match self.warehouse.write(&self.settings.group_id, &batch).await {
+            Ok(()) => {}
+            Err(e @ WarehouseError::Fenced { .. }) => {
+                tracing::warn!("{e}");
+                self.metrics.count_fenced();
+                self.unpositioned.extend(self.positions.drain().map(|(k, _)| k));
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let millis = started.elapsed().as_millis() as u64;
+        self.metrics
+            .count_batch(batch.rows() as u64, batch.dead_letters.len() as u64, millis);
+        tracing::debug!(rows = batch.rows(), dead = batch.dead_letters.len(), millis, "batch written");
+        let mut tpl = TopicPartitionList::new();
+        for o in &batch.offsets {
+            if let Some(p) = self.positions.get_mut(&(o.topic.clone(), o.partition)) {
+                p.stored = Some(o.next);
+            }
+            let _ = tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.next));
+        }
+        // Informative only: the warehouse's offsets are the ones used.
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!("committing offsets to Kafka (informative): {e}");
+        }
+        Ok(())
+    }
+}

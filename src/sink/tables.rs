@@ -1,0 +1,240 @@
+//! The warehouse's tables as the sink keeps them: raw tables created on
+//! first sight and widened when a writer schema adds columns, and the SQL
+//! views on top (latest state per CDC table, latest company, organizations
+//! with their insolvency).
+
+use std::collections::{HashMap, HashSet};
+
+use crate::warehouse::{literal, quote, ColumnDef, Dialect, SqlType, TableDef, TableRef, Warehouse, WarehouseError};
+
+/// The CDC metadata columns of every raw change table, after the source's.
+pub const CDC_COLUMNS: [(&str, SqlType); 7] = [
+    ("_op", SqlType::Text),
+    ("_lsn", SqlType::BigInt),
+    ("_tx_id", SqlType::BigInt),
+    ("_commit_ts", SqlType::TimestampTz),
+    ("_snapshot", SqlType::Text),
+    ("_unchanged_toast", SqlType::Text),
+    ("_text_values", SqlType::Text),
+];
+
+/// The schema of the raw table of a source schema.
+pub fn raw_schema(source_schema: &str) -> String {
+    format!("raw_{source_schema}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error(
+        "column {column} of {table} is {declared} in the warehouse but the new writer schema makes it {wanted}: \
+         an incompatible change. Fix: migrate the raw table by hand (e.g. rename it and let the sink create it again), \
+         then restart the sink"
+    )]
+    Incompatible {
+        table: TableRef,
+        column: String,
+        declared: String,
+        wanted: String,
+    },
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+}
+
+/// The tables the sink made sure of in this process.
+#[derive(Default)]
+pub struct Tables {
+    /// Column names (and declared types) per table, as last seen.
+    known: HashMap<TableRef, Vec<(String, String)>>,
+    /// Latest-state views created in this process, by raw table.
+    views: HashSet<TableRef>,
+}
+
+impl Tables {
+    /// Makes `def`'s table exist with at least `def`'s columns, adding the
+    /// missing ones. Returns whether anything changed.
+    pub async fn ensure<W: Warehouse>(&mut self, w: &mut W, def: &TableDef) -> Result<bool, TableError> {
+        let dialect = w.dialect();
+        if let Some(cols) = self.known.get(&def.table) {
+            if def.columns.iter().all(|c| cols.iter().any(|(n, _)| *n == c.name)) {
+                return Ok(false);
+            }
+        }
+        let existing = w.columns(&def.table).await?;
+        let mut statements = Vec::new();
+        match &existing {
+            None => {
+                statements.push(format!("CREATE SCHEMA IF NOT EXISTS {}", quote(&def.table.schema)));
+                statements.push(dialect.create_table(def));
+            }
+            Some(cols) => {
+                for c in &def.columns {
+                    match cols.iter().find(|(n, _)| *n == c.name) {
+                        Some((_, declared)) if dialect.same_type(declared, &c.ty) => {}
+                        Some((_, declared)) => {
+                            return Err(TableError::Incompatible {
+                                table: def.table.clone(),
+                                column: c.name.clone(),
+                                declared: declared.clone(),
+                                wanted: dialect.type_name(&c.ty),
+                            })
+                        }
+                        None => statements.push(dialect.add_column(&def.table, c)),
+                    }
+                }
+            }
+        }
+        let changed = !statements.is_empty();
+        if changed {
+            tracing::info!(table = %def.table, "creating or widening: {}", statements.join("; "));
+            w.execute(&statements).await?;
+        }
+        let now = w.columns(&def.table).await?.unwrap_or_default();
+        self.known.insert(def.table.clone(), now);
+        Ok(changed)
+    }
+
+    /// Creates (or replaces) the latest-state view of a raw CDC table,
+    /// once per process and again whenever the table was widened.
+    pub async fn ensure_view<W: Warehouse>(
+        &mut self,
+        w: &mut W,
+        raw: &TableRef,
+        view: &TableRef,
+        key: &[String],
+        widened: bool,
+    ) -> Result<(), TableError> {
+        if key.is_empty() || (!widened && self.views.contains(raw)) {
+            return Ok(());
+        }
+        let columns: Vec<(String, String)> = match self.known.get(raw) {
+            Some(c) => c.clone(),
+            None => w.columns(raw).await?.unwrap_or_default(),
+        };
+        let data: Vec<String> = columns
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| !is_metadata(n))
+            .collect();
+        let toastable: Vec<bool> = columns
+            .iter()
+            .filter(|(n, _)| !is_metadata(n))
+            .map(|(_, t)| toastable(t))
+            .collect();
+        let mut statements = vec![format!("CREATE SCHEMA IF NOT EXISTS {}", quote(&view.schema))];
+        statements.push(latest_view_sql(w.dialect(), raw, view, key, &data, &toastable));
+        if view.name == "organizations" {
+            statements.push(organizations_with_insolvency_sql(&view.schema, data.iter().any(|c| c == "insolvency_ts")));
+        }
+        w.execute(&statements).await?;
+        self.views.insert(raw.clone());
+        Ok(())
+    }
+}
+
+fn is_metadata(column: &str) -> bool {
+    CDC_COLUMNS.iter().any(|(n, _)| *n == column) || super::KAFKA_COLUMNS.iter().any(|(n, _)| *n == column)
+}
+
+/// Types whose values Postgres may leave out of an update as unchanged
+/// TOAST (variable-length ones).
+fn toastable(declared: &str) -> bool {
+    let d = declared.to_ascii_uppercase();
+    ["VARCHAR", "TEXT", "JSON", "BLOB", "BYTEA", "CHARACTER VARYING"]
+        .iter()
+        .any(|t| d.starts_with(t))
+}
+
+/// The last version of every row by key: events ordered by LSN (then
+/// offset), deletes removed, rows before the last truncate dropped, and a
+/// column that Postgres sent as unchanged TOAST taken from the newest
+/// earlier version that carried it.
+pub fn latest_view_sql(
+    dialect: Dialect,
+    raw: &TableRef,
+    view: &TableRef,
+    key: &[String],
+    columns: &[String],
+    toastable: &[bool],
+) -> String {
+    let _ = dialect; // one text serves both targets today
+    let raw_q = raw.quoted();
+    let keys: Vec<String> = key.iter().map(|k| quote(k)).collect();
+    let same_key: Vec<String> = key.iter().map(|k| format!("p.{0} = o.{0}", quote(k))).collect();
+    let select: Vec<String> = columns
+        .iter()
+        .zip(toastable)
+        .map(|(c, t)| {
+            let q = quote(c);
+            let marker = literal(&format!("\"{}\"", c.replace('\\', "\\\\").replace('"', "\\\"")));
+            if *t && !key.contains(c) {
+                format!(
+                    "CASE WHEN strpos(o._unchanged_toast, {marker}) > 0 THEN (SELECT p.{q} FROM {raw_q} p \
+                     WHERE {same} AND p._lsn < o._lsn AND p._op IN ('c', 'r', 'u') \
+                     AND (p._unchanged_toast IS NULL OR strpos(p._unchanged_toast, {marker}) = 0) \
+                     ORDER BY p._lsn DESC, p._offset DESC LIMIT 1) ELSE o.{q} END AS {q}",
+                    same = same_key.join(" AND ")
+                )
+            } else {
+                format!("o.{q}")
+            }
+        })
+        .collect();
+    format!(
+        "CREATE OR REPLACE VIEW {view} AS \
+         WITH ordered AS (SELECT r.*, row_number() OVER (PARTITION BY {keys} ORDER BY r._lsn DESC, r._offset DESC) AS _rank \
+         FROM {raw_q} r WHERE r._op <> 't' \
+         AND r._lsn > COALESCE((SELECT max(t._lsn) FROM {raw_q} t WHERE t._op = 't'), -1)) \
+         SELECT {select} FROM ordered o WHERE o._rank = 1 AND o._op <> 'd'",
+        view = view.quoted(),
+        keys = keys.join(", "),
+        select = select.join(", "),
+    )
+}
+
+/// Organizations with the latest insolvency known from either the source
+/// column or the CSV loads.
+fn organizations_with_insolvency_sql(schema: &str, source_has_column: bool) -> String {
+    let template = include_str!("../../sql/warehouse/organizations_with_insolvency.sql");
+    let source_ts = if source_has_column { "o.insolvency_ts" } else { "CAST(NULL AS TIMESTAMPTZ)" };
+    template
+        .replace("{schema}", &quote(schema))
+        .replace("{source_insolvency_ts}", source_ts)
+}
+
+/// The view of the latest version of each company.
+pub fn companies_latest_sql() -> String {
+    include_str!("../../sql/warehouse/companies_latest.sql").to_owned()
+}
+
+/// The raw table of a CDC source table with the plan's columns.
+pub fn cdc_table_def(raw: &TableRef, source_columns: Vec<ColumnDef>) -> TableDef {
+    let mut columns = source_columns;
+    columns.extend(CDC_COLUMNS.iter().map(|(n, t)| ColumnDef::new(n, t.clone())));
+    columns.extend(super::kafka_columns());
+    TableDef {
+        table: raw.clone(),
+        columns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latest_view_orders_by_lsn_and_carries_toast_forward() {
+        let sql = latest_view_sql(
+            Dialect::Postgres,
+            &TableRef::new("raw_public", "t"),
+            &TableRef::new("public", "t"),
+            &["id".to_string()],
+            &["id".to_string(), "doc".to_string(), "n".to_string()],
+            &[false, true, false],
+        );
+        assert!(sql.contains("PARTITION BY \"id\" ORDER BY r._lsn DESC, r._offset DESC"), "{sql}");
+        assert!(sql.contains("strpos(o._unchanged_toast, '\"doc\"') > 0"), "{sql}");
+        assert!(sql.contains("o.\"n\""), "{sql}");
+        assert!(sql.contains("o._op <> 'd'"), "{sql}");
+        assert!(sql.contains("t._op = 't'"), "{sql}");
+    }
+}

@@ -1,0 +1,268 @@
+//! DuckDB, the embedded default: one file, one writer. Rows go in through
+//! DuckDB's appender, inside the same transaction as the offsets.
+//!
+//! DuckDB calls block; the sink's runtime is multi-threaded, so they run
+//! under `block_in_place` rather than stalling the Kafka client's polling.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use duckdb::types::{TimeUnit, ToSqlOutput, Value, ValueRef};
+use duckdb::{appender_params_from_iter, Connection, ToSql};
+
+use super::{literal, quote, Batch, Cell, Dialect, Warehouse, WarehouseError};
+
+pub struct DuckDbWarehouse {
+    path: PathBuf,
+    conn: Connection,
+}
+
+impl DuckDbWarehouse {
+    pub fn open(path: &Path) -> Result<Self, WarehouseError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| WarehouseError::Open {
+                target: path.display().to_string(),
+                message: format!("cannot create {}: {e}", dir.display()),
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|e| WarehouseError::Open {
+            target: path.display().to_string(),
+            message: format!(
+                "{e} (DuckDB allows one writing process per file: is another walhouse-sink or a DuckDB shell holding it?)"
+            ),
+        })?;
+        Ok(DuckDbWarehouse {
+            path: path.to_owned(),
+            conn,
+        })
+    }
+
+    fn sql_error(context: &str) -> impl Fn(duckdb::Error) -> WarehouseError + '_ {
+        move |e| WarehouseError::Sql {
+            context: context.to_owned(),
+            message: e.to_string(),
+        }
+    }
+
+    fn in_transaction<T>(
+        &mut self,
+        context: &str,
+        work: impl FnOnce(&Connection) -> Result<T, WarehouseError>,
+    ) -> Result<T, WarehouseError> {
+        let conn = &self.conn;
+        tokio::task::block_in_place(|| {
+            conn.execute_batch("BEGIN TRANSACTION")
+                .map_err(Self::sql_error(context))?;
+            match work(conn) {
+                Ok(v) => {
+                    conn.execute_batch("COMMIT").map_err(Self::sql_error(context))?;
+                    Ok(v)
+                }
+                Err(e) => {
+                    if let Err(r) = conn.execute_batch("ROLLBACK") {
+                        tracing::warn!("DuckDB rollback after an error failed: {r}");
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+impl ToSql for Cell {
+    fn to_sql(&self) -> duckdb::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Cell::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Cell::Bool(b) => ToSqlOutput::Borrowed(ValueRef::Boolean(*b)),
+            Cell::Int(v) => ToSqlOutput::Borrowed(ValueRef::Int(*v)),
+            Cell::Long(v) => ToSqlOutput::Borrowed(ValueRef::BigInt(*v)),
+            Cell::Float(v) => ToSqlOutput::Borrowed(ValueRef::Float(*v)),
+            Cell::Double(v) => ToSqlOutput::Borrowed(ValueRef::Double(*v)),
+            Cell::Decimal {
+                unscaled,
+                precision,
+                scale,
+            } => match duckdb::types::Decimal::new(*precision, *scale, *unscaled) {
+                Ok(d) => ToSqlOutput::Owned(Value::Decimal(d)),
+                Err(e) => return Err(duckdb::Error::ToSqlConversionFailure(Box::new(e))),
+            },
+            Cell::Text(s) | Cell::Uuid(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Cell::Bytes(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+            Cell::Date(d) => ToSqlOutput::Borrowed(ValueRef::Date32(*d)),
+            Cell::Time(t) => ToSqlOutput::Borrowed(ValueRef::Time64(TimeUnit::Microsecond, *t)),
+            Cell::Timestamp(t) | Cell::TimestampTz(t) => {
+                ToSqlOutput::Borrowed(ValueRef::Timestamp(TimeUnit::Microsecond, *t))
+            }
+        })
+    }
+}
+
+fn opt_cell<T>(v: Option<T>, f: impl FnOnce(T) -> Cell) -> Cell {
+    v.map_or(Cell::Null, f)
+}
+
+impl Warehouse for DuckDbWarehouse {
+    fn dialect(&self) -> Dialect {
+        Dialect::DuckDb
+    }
+
+    fn describe(&self) -> String {
+        format!("duckdb:{}", self.path.display())
+    }
+
+    async fn execute(&mut self, statements: &[String]) -> Result<(), WarehouseError> {
+        self.in_transaction("DDL", |conn| {
+            for s in statements {
+                conn.execute_batch(s).map_err(|e| WarehouseError::Sql {
+                    context: s.clone(),
+                    message: e.to_string(),
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn columns(&mut self, table: &super::TableRef) -> Result<Option<Vec<(String, String)>>, WarehouseError> {
+        let conn = &self.conn;
+        let rows: Vec<(String, String)> = tokio::task::block_in_place(|| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT column_name, data_type FROM information_schema.columns \
+                     WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+                )
+                .map_err(Self::sql_error("reading columns"))?;
+            let rows = stmt
+                .query_map([&table.schema, &table.name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(Self::sql_error("reading columns"))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(Self::sql_error("reading columns"))
+        })?;
+        Ok((!rows.is_empty()).then_some(rows))
+    }
+
+    async fn offsets(&mut self, consumer_group: &str) -> Result<HashMap<(String, i32), i64>, WarehouseError> {
+        let conn = &self.conn;
+        tokio::task::block_in_place(|| {
+            let mut stmt = conn
+                .prepare("SELECT topic, \"partition\", next_offset FROM walhouse.offsets WHERE consumer_group = ?")
+                .map_err(Self::sql_error("reading offsets"))?;
+            let rows = stmt
+                .query_map([consumer_group], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
+                .map_err(Self::sql_error("reading offsets"))?;
+            rows.collect::<Result<HashMap<_, _>, _>>()
+                .map_err(Self::sql_error("reading offsets"))
+        })
+    }
+
+    async fn write(&mut self, consumer_group: &str, batch: &Batch) -> Result<(), WarehouseError> {
+        self.in_transaction("writing a batch", |conn| {
+            for (table, rows) in &batch.tables {
+                if rows.rows.is_empty() {
+                    continue;
+                }
+                let context = format!("appending to {table}");
+                let columns: Vec<&str> = rows.columns.iter().map(String::as_str).collect();
+                let mut app = conn
+                    .appender_with_columns_to_db(&table.name, &table.schema, &columns)
+                    .map_err(Self::sql_error(&context))?;
+                for row in &rows.rows {
+                    app.append_row(appender_params_from_iter(row))
+                        .map_err(Self::sql_error(&context))?;
+                }
+                app.flush().map_err(Self::sql_error(&context))?;
+            }
+            if !batch.dead_letters.is_empty() {
+                let mut app = conn
+                    .appender_with_columns_to_db(
+                        "dead_letters",
+                        "walhouse",
+                        &["source", "topic", "partition", "offset", "file", "line", "key", "raw", "error"],
+                    )
+                    .map_err(Self::sql_error("appending dead letters"))?;
+                for d in &batch.dead_letters {
+                    let row = [
+                        Cell::Text(d.source.clone()),
+                        opt_cell(d.topic.clone(), Cell::Text),
+                        opt_cell(d.partition, Cell::Int),
+                        opt_cell(d.offset, Cell::Long),
+                        opt_cell(d.file.clone(), Cell::Text),
+                        opt_cell(d.line, Cell::Long),
+                        opt_cell(d.key.clone(), Cell::Bytes),
+                        opt_cell(d.raw.clone(), Cell::Bytes),
+                        Cell::Text(d.error.clone()),
+                    ];
+                    app.append_row(appender_params_from_iter(&row))
+                        .map_err(Self::sql_error("appending dead letters"))?;
+                }
+                app.flush().map_err(Self::sql_error("appending dead letters"))?;
+            }
+            for o in &batch.offsets {
+                let moved = match o.from {
+                    None => conn.execute(
+                        "INSERT INTO walhouse.offsets (consumer_group, topic, \"partition\", next_offset) \
+                         VALUES (?, ?, ?, ?)",
+                        duckdb::params![consumer_group, o.topic, o.partition, o.next],
+                    ),
+                    Some(from) => conn.execute(
+                        "UPDATE walhouse.offsets SET next_offset = ?, updated_at = current_timestamp \
+                         WHERE consumer_group = ? AND topic = ? AND \"partition\" = ? AND next_offset = ?",
+                        duckdb::params![o.next, consumer_group, o.topic, o.partition, from],
+                    ),
+                };
+                match moved {
+                    Ok(1) => {}
+                    // A constraint error on insert, or no row at the
+                    // expected position: someone else moved it.
+                    Ok(_) | Err(duckdb::Error::DuckDBFailure(..)) => {
+                        return Err(WarehouseError::Fenced {
+                            topic: o.topic.clone(),
+                            partition: o.partition,
+                            expected: o.from,
+                        })
+                    }
+                    Err(e) => return Err(Self::sql_error("storing offsets")(e)),
+                }
+            }
+            if let Some(f) = &batch.file {
+                conn.execute(
+                    "INSERT INTO walhouse.file_loads (sha256, file, \"rows\", dead_letters) VALUES (?, ?, ?, ?)",
+                    duckdb::params![f.sha256, f.file, f.rows, f.dead_letters],
+                )
+                .map_err(Self::sql_error("recording the file load"))?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn file_loaded(&mut self, sha256: &str) -> Result<bool, WarehouseError> {
+        let sql = format!("SELECT count(*) FROM walhouse.file_loads WHERE sha256 = {}", literal(sha256));
+        let conn = &self.conn;
+        let n: i64 = tokio::task::block_in_place(|| conn.query_row(&sql, [], |r| r.get(0)))
+            .map_err(Self::sql_error("reading file loads"))?;
+        Ok(n > 0)
+    }
+
+    async fn query_text(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError> {
+        // COLUMNS(*) casts every column of the query to text in DuckDB.
+        let wrapped = format!(
+            "SELECT COLUMNS(*)::VARCHAR FROM ({}) AS {}",
+            sql.trim().trim_end_matches(';'),
+            quote("q")
+        );
+        let conn = &self.conn;
+        tokio::task::block_in_place(|| {
+            let mut stmt = conn.prepare(&wrapped).map_err(Self::sql_error("query"))?;
+            let mut rows = stmt.query([]).map_err(Self::sql_error("query"))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(Self::sql_error("query"))? {
+                let n = row.as_ref().column_count();
+                let mut values = Vec::with_capacity(n);
+                for i in 0..n {
+                    values.push(row.get::<_, Option<String>>(i).map_err(Self::sql_error("query"))?);
+                }
+                out.push(values);
+            }
+            Ok(out)
+        })
+    }
+}

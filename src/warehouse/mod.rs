@@ -1,0 +1,439 @@
+//! Warehouse targets behind one small trait: create and widen tables, append
+//! a batch of rows together with the Kafka offsets it consumed (one
+//! transaction), read the stored offsets back.
+//!
+//! The sink's loop knows nothing of a target beyond [`Warehouse`]; adding
+//! ClickHouse or BigQuery means one more module here. DDL is generated from
+//! [`TableDef`]s in each target's [`Dialect`].
+
+pub mod duckdb;
+pub mod postgres;
+
+use std::collections::HashMap;
+
+/// The column types the sink creates. Wider source types map onto these
+/// (see the README's warehouse type table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SqlType {
+    Boolean,
+    Integer,
+    BigInt,
+    Real,
+    Double,
+    Decimal { precision: u32, scale: u32 },
+    Text,
+    Bytes,
+    Date,
+    Time,
+    Timestamp,
+    TimestampTz,
+    Uuid,
+    Json,
+}
+
+/// One value of a row, already in the column's type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cell {
+    Null,
+    Bool(bool),
+    Int(i32),
+    Long(i64),
+    Float(f32),
+    Double(f64),
+    /// `unscaled × 10^-scale`, for decimals of up to 38 digits.
+    Decimal { unscaled: i128, precision: u8, scale: u8 },
+    Text(String),
+    Bytes(Vec<u8>),
+    /// Days since 1970-01-01.
+    Date(i32),
+    /// Microseconds since midnight.
+    Time(i64),
+    /// Microseconds since 1970-01-01 00:00 (no zone).
+    Timestamp(i64),
+    /// Microseconds since 1970-01-01 00:00 UTC.
+    TimestampTz(i64),
+    /// Canonical hyphenated text.
+    Uuid(String),
+}
+
+impl Cell {
+    /// A rough byte size, for batching by bytes.
+    pub fn weight(&self) -> usize {
+        match self {
+            Cell::Text(s) | Cell::Uuid(s) => s.len() + 8,
+            Cell::Bytes(b) => b.len() + 8,
+            _ => 8,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ColumnDef {
+    pub name: String,
+    pub ty: SqlType,
+}
+
+impl ColumnDef {
+    pub fn new(name: &str, ty: SqlType) -> Self {
+        ColumnDef { name: name.into(), ty }
+    }
+}
+
+/// A table by schema and name (both as the user sees them, unquoted).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableRef {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableRef {
+    pub fn new(schema: &str, name: &str) -> Self {
+        TableRef {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote(&self.schema), quote(&self.name))
+    }
+}
+
+impl std::fmt::Display for TableRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableDef {
+    pub table: TableRef,
+    pub columns: Vec<ColumnDef>,
+}
+
+/// Rows for one table; `columns` names the cells of every row, in order
+/// (a subset of the table's columns: missing ones stay NULL).
+#[derive(Clone, Debug, Default)]
+pub struct TableRows {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Cell>>,
+}
+
+/// A record that could not be stored as a row, with why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    /// What fed it: `cdc`, `companies`, `insolvency_csv`.
+    pub source: String,
+    pub topic: Option<String>,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+    pub file: Option<String>,
+    pub line: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub raw: Option<Vec<u8>>,
+    pub error: String,
+}
+
+/// A partition's consumed position after a batch, fenced by the position
+/// the batch started from: the write fails if another writer moved it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetUpdate {
+    pub topic: String,
+    pub partition: i32,
+    /// The stored position the batch continues from (`None`: none stored).
+    pub from: Option<i64>,
+    pub next: i64,
+}
+
+/// A loaded file, recorded in the same transaction as its rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileLoad {
+    pub sha256: String,
+    pub file: String,
+    pub rows: i64,
+    pub dead_letters: i64,
+}
+
+/// Everything one warehouse transaction writes.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub tables: Vec<(TableRef, TableRows)>,
+    pub dead_letters: Vec<DeadLetter>,
+    pub offsets: Vec<OffsetUpdate>,
+    pub file: Option<FileLoad>,
+}
+
+impl Batch {
+    pub fn rows(&self) -> usize {
+        self.tables.iter().map(|(_, t)| t.rows.len()).sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    #[error("cannot open the warehouse {target}: {message}")]
+    Open { target: String, message: String },
+    #[error("warehouse {context}: {message}")]
+    Sql { context: String, message: String },
+    #[error(
+        "the stored offset of {topic}[{partition}] is no longer {expected:?}: another sink instance wrote it \
+         (the batch was rolled back; positions are read again)"
+    )]
+    Fenced {
+        topic: String,
+        partition: i32,
+        expected: Option<i64>,
+    },
+    #[error("warehouse URL {0:?}: use duckdb:<path> or postgres://…")]
+    Url(String),
+}
+
+/// Where a target's SQL differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    DuckDb,
+    Postgres,
+}
+
+impl Dialect {
+    pub fn type_name(self, ty: &SqlType) -> String {
+        use SqlType::*;
+        match (self, ty) {
+            (_, Boolean) => "BOOLEAN".into(),
+            (_, Integer) => "INTEGER".into(),
+            (_, BigInt) => "BIGINT".into(),
+            (_, Real) => "REAL".into(),
+            (_, Double) => "DOUBLE PRECISION".into(),
+            (_, Decimal { precision, scale }) => format!("DECIMAL({precision},{scale})"),
+            (Dialect::DuckDb, Text) => "VARCHAR".into(),
+            (Dialect::Postgres, Text) => "TEXT".into(),
+            (Dialect::DuckDb, Bytes) => "BLOB".into(),
+            (Dialect::Postgres, Bytes) => "BYTEA".into(),
+            (_, Date) => "DATE".into(),
+            (_, Time) => "TIME".into(),
+            (_, Timestamp) => "TIMESTAMP".into(),
+            (_, TimestampTz) => "TIMESTAMPTZ".into(),
+            (_, Uuid) => "UUID".into(),
+            (Dialect::DuckDb, Json) => "JSON".into(),
+            (Dialect::Postgres, Json) => "JSONB".into(),
+        }
+    }
+
+    /// Whether a column declared as `declared` (as the catalog reports it)
+    /// holds `wanted`.
+    pub fn same_type(self, declared: &str, wanted: &SqlType) -> bool {
+        let d = declared.to_ascii_uppercase();
+        let d = d.trim();
+        let norm = |s: &str| s.replace(' ', "");
+        match wanted {
+            SqlType::Decimal { precision, scale } => {
+                norm(d) == format!("DECIMAL({precision},{scale})") || norm(d) == format!("NUMERIC({precision},{scale})")
+            }
+            SqlType::Double => matches!(d, "DOUBLE" | "DOUBLE PRECISION" | "FLOAT8"),
+            SqlType::Real => matches!(d, "REAL" | "FLOAT" | "FLOAT4"),
+            SqlType::Integer => matches!(d, "INTEGER" | "INT" | "INT4"),
+            SqlType::BigInt => matches!(d, "BIGINT" | "INT8"),
+            SqlType::Text => matches!(d, "VARCHAR" | "TEXT" | "CHARACTER VARYING"),
+            SqlType::Bytes => matches!(d, "BLOB" | "BYTEA"),
+            SqlType::Timestamp => matches!(d, "TIMESTAMP" | "TIMESTAMP WITHOUT TIME ZONE"),
+            SqlType::TimestampTz => matches!(d, "TIMESTAMPTZ" | "TIMESTAMP WITH TIME ZONE"),
+            SqlType::Time => matches!(d, "TIME" | "TIME WITHOUT TIME ZONE"),
+            SqlType::Json => matches!(d, "JSON" | "JSONB"),
+            other => d == self.type_name(other),
+        }
+    }
+
+    pub fn create_table(self, def: &TableDef) -> String {
+        let cols: Vec<String> = def
+            .columns
+            .iter()
+            .map(|c| format!("{} {}", quote(&c.name), self.type_name(&c.ty)))
+            .collect();
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} ({})",
+            def.table.quoted(),
+            cols.join(", ")
+        )
+    }
+
+    pub fn add_column(self, table: &TableRef, column: &ColumnDef) -> String {
+        format!(
+            "ALTER TABLE {} ADD COLUMN {} {}",
+            table.quoted(),
+            quote(&column.name),
+            self.type_name(&column.ty)
+        )
+    }
+
+    /// walhouse's own tables in the warehouse, in schema `walhouse`.
+    pub fn state_tables(self) -> Vec<String> {
+        let (bytes, now) = match self {
+            Dialect::DuckDb => ("BLOB", "current_timestamp"),
+            Dialect::Postgres => ("BYTEA", "now()"),
+        };
+        vec![
+            "CREATE SCHEMA IF NOT EXISTS walhouse".into(),
+            format!(
+                "CREATE TABLE IF NOT EXISTS walhouse.offsets (consumer_group VARCHAR NOT NULL, topic VARCHAR NOT NULL, \
+                 \"partition\" INTEGER NOT NULL, next_offset BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT {now}, \
+                 PRIMARY KEY (consumer_group, topic, \"partition\"))"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS walhouse.dead_letters (source VARCHAR NOT NULL, topic VARCHAR, \"partition\" INTEGER, \
+                 \"offset\" BIGINT, file VARCHAR, line BIGINT, \"key\" {bytes}, raw {bytes}, error VARCHAR NOT NULL, \
+                 at TIMESTAMPTZ NOT NULL DEFAULT {now})"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS walhouse.file_loads (sha256 VARCHAR PRIMARY KEY, file VARCHAR NOT NULL, \
+                 \"rows\" BIGINT NOT NULL, dead_letters BIGINT NOT NULL, loaded_at TIMESTAMPTZ NOT NULL DEFAULT {now})"
+            ),
+        ]
+    }
+}
+
+/// Quotes an identifier (both targets use SQL's double quotes).
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Quotes a string literal.
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// What the sink needs of a warehouse. Every method is one round of work
+/// against the target; `write` is all-or-nothing.
+#[allow(async_fn_in_trait)]
+pub trait Warehouse {
+    fn dialect(&self) -> Dialect;
+
+    /// A short description for logs (never holds a password).
+    fn describe(&self) -> String;
+
+    /// Runs statements in order, in one transaction.
+    async fn execute(&mut self, statements: &[String]) -> Result<(), WarehouseError>;
+
+    /// The columns of a table and their declared types, or `None` if it
+    /// does not exist.
+    async fn columns(&mut self, table: &TableRef) -> Result<Option<Vec<(String, String)>>, WarehouseError>;
+
+    /// The stored next offset of every partition of `consumer_group`.
+    async fn offsets(&mut self, consumer_group: &str) -> Result<HashMap<(String, i32), i64>, WarehouseError>;
+
+    /// Appends the batch's rows and dead letters and moves its offsets, in
+    /// one transaction.
+    async fn write(&mut self, consumer_group: &str, batch: &Batch) -> Result<(), WarehouseError>;
+
+    /// Whether a file with this digest was loaded.
+    async fn file_loaded(&mut self, sha256: &str) -> Result<bool, WarehouseError>;
+
+    /// Runs a query and returns every value as text (`None` for NULL), for
+    /// reports and tests.
+    async fn query_text(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError>;
+}
+
+/// Formats a decimal's unscaled integer with its scale.
+pub fn decimal_text(unscaled: i128, scale: u8) -> String {
+    let neg = unscaled < 0;
+    let digits = unscaled.unsigned_abs().to_string();
+    let scale = scale as usize;
+    let mut out = String::with_capacity(digits.len() + 3);
+    if neg {
+        out.push('-');
+    }
+    if scale == 0 {
+        out.push_str(&digits);
+    } else if digits.len() > scale {
+        out.push_str(&digits[..digits.len() - scale]);
+        out.push('.');
+        out.push_str(&digits[digits.len() - scale..]);
+    } else {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', scale - digits.len()));
+        out.push_str(&digits);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_format_with_their_scale() {
+        assert_eq!(decimal_text(12345, 2), "123.45");
+        assert_eq!(decimal_text(-5, 3), "-0.005");
+        assert_eq!(decimal_text(7, 0), "7");
+        assert_eq!(decimal_text(0, 4), "0.0000");
+    }
+
+    #[test]
+    fn declared_types_are_recognised_in_both_dialects() {
+        assert!(Dialect::Postgres.same_type("numeric(19,4)", &SqlType::Decimal { precision: 19, scale: 4 }));
+        assert!(Dialect::DuckDb.same_type("DECIMAL(19,4)", &SqlType::Decimal { precision: 19, scale: 4 }));
+        assert!(Dialect::Postgres.same_type("timestamp with time zone", &SqlType::TimestampTz));
+        assert!(Dialect::DuckDb.same_type("UUID", &SqlType::Uuid));
+        assert!(!Dialect::DuckDb.same_type("VARCHAR", &SqlType::BigInt));
+    }
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(TableRef::new("raw_public", "a\"b").quoted(), "\"raw_public\".\"a\"\"b\"");
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+}
+
+/// The date `days` after 1970-01-01 as `YYYY-MM-DD` (proleptic Gregorian;
+/// years before 1 get Postgres's ` BC` suffix).
+pub fn date_text(days: i64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    if y <= 0 {
+        format!("{:04}-{m:02}-{d:02} BC", 1 - y)
+    } else {
+        format!("{y:04}-{m:02}-{d:02}")
+    }
+}
+
+/// Microseconds since midnight as `HH:MM:SS.ffffff`.
+pub fn time_text(micros: i64) -> String {
+    let s = micros.div_euclid(1_000_000);
+    let us = micros.rem_euclid(1_000_000);
+    format!("{:02}:{:02}:{:02}.{us:06}", s / 3600, (s / 60) % 60, s % 60)
+}
+
+/// Microseconds since the epoch as `YYYY-MM-DD HH:MM:SS.ffffff`.
+pub fn timestamp_text(micros: i64) -> String {
+    let day = micros.div_euclid(86_400_000_000);
+    let rest = micros.rem_euclid(86_400_000_000);
+    let date = date_text(day);
+    match date.strip_suffix(" BC") {
+        Some(d) => format!("{d} {} BC", time_text(rest)),
+        None => format!("{date} {}", time_text(rest)),
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_times_format_like_postgres() {
+        assert_eq!(date_text(0), "1970-01-01");
+        assert_eq!(date_text(19_723), "2024-01-01");
+        assert_eq!(date_text(-1), "1969-12-31");
+        assert_eq!(date_text(-719_163), "0001-12-31 BC");
+        assert_eq!(date_text(-719_162), "0001-01-01");
+        assert_eq!(time_text(3_723_000_004), "01:02:03.000004");
+        assert_eq!(timestamp_text(1_700_000_000_123_456), "2023-11-14 22:13:20.123456");
+        assert_eq!(timestamp_text(-1), "1969-12-31 23:59:59.999999");
+    }
+}

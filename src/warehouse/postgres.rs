@@ -1,0 +1,308 @@
+//! A Postgres database as the warehouse: rows go in by `COPY … FROM STDIN`
+//! (text format), offsets by a fenced upsert, in one transaction.
+//!
+//! Several sink instances may share one warehouse database: each partition
+//! is written by its owner, and the fence on the stored offset rolls back a
+//! batch from an instance that lost its partition in a rebalance.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+use super::{
+    date_text, decimal_text, quote, time_text, timestamp_text, Batch, Cell, Dialect, TableRef, Warehouse,
+    WarehouseError,
+};
+use crate::postgres::conninfo::ConnInfo;
+use crate::postgres::error::sql_message;
+
+pub struct PostgresWarehouse {
+    info: ConnInfo,
+    client: Client,
+    _driver: JoinHandle<()>,
+}
+
+fn sql(context: &str) -> impl Fn(tokio_postgres::Error) -> WarehouseError + '_ {
+    move |e| WarehouseError::Sql {
+        context: context.to_owned(),
+        message: sql_message(&e),
+    }
+}
+
+impl PostgresWarehouse {
+    pub async fn connect(info: &ConnInfo) -> Result<Self, WarehouseError> {
+        let (client, driver) = crate::postgres::client::connect(info)
+            .await
+            .map_err(|e| WarehouseError::Open {
+                target: info.address(),
+                message: e.to_string(),
+            })?;
+        Ok(PostgresWarehouse {
+            info: info.clone(),
+            client,
+            _driver: driver,
+        })
+    }
+}
+
+/// Appends `cell` in COPY's text format.
+fn copy_text(cell: &Cell, out: &mut String) {
+    match cell {
+        Cell::Null => out.push_str("\\N"),
+        Cell::Bool(b) => out.push(if *b { 't' } else { 'f' }),
+        Cell::Int(v) => {
+            let _ = write!(out, "{v}");
+        }
+        Cell::Long(v) => {
+            let _ = write!(out, "{v}");
+        }
+        Cell::Float(v) => float_text(f64::from(*v), out),
+        Cell::Double(v) => float_text(*v, out),
+        Cell::Decimal { unscaled, scale, .. } => out.push_str(&decimal_text(*unscaled, *scale)),
+        Cell::Text(s) | Cell::Uuid(s) => {
+            for c in s.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
+        }
+        Cell::Bytes(b) => {
+            out.push_str("\\\\x");
+            for x in b {
+                let _ = write!(out, "{x:02x}");
+            }
+        }
+        Cell::Date(d) => out.push_str(&date_text(i64::from(*d))),
+        Cell::Time(t) => out.push_str(&time_text(*t)),
+        Cell::Timestamp(t) => out.push_str(&timestamp_text(*t)),
+        Cell::TimestampTz(t) => {
+            let text = timestamp_text(*t);
+            match text.strip_suffix(" BC") {
+                Some(t) => {
+                    let _ = write!(out, "{t}+00 BC");
+                }
+                None => {
+                    let _ = write!(out, "{text}+00");
+                }
+            }
+        }
+    }
+}
+
+fn float_text(v: f64, out: &mut String) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
+    } else {
+        let _ = write!(out, "{v:?}");
+    }
+}
+
+fn rows_text(rows: &[Vec<Cell>]) -> String {
+    let mut out = String::with_capacity(rows.len() * 64);
+    for row in rows {
+        for (i, c) in row.iter().enumerate() {
+            if i > 0 {
+                out.push('\t');
+            }
+            copy_text(c, &mut out);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+async fn copy_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &TableRef,
+    columns: &[String],
+    data: String,
+) -> Result<(), WarehouseError> {
+    let context = format!("COPY into {table}");
+    let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+    let statement = format!("COPY {} ({}) FROM STDIN", table.quoted(), cols.join(", "));
+    let sink = tx.copy_in::<_, Bytes>(&statement).await.map_err(sql(&context))?;
+    futures_util::pin_mut!(sink);
+    sink.send(Bytes::from(data)).await.map_err(sql(&context))?;
+    sink.finish().await.map_err(sql(&context))?;
+    Ok(())
+}
+
+impl Warehouse for PostgresWarehouse {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn describe(&self) -> String {
+        format!("postgres {}/{}", self.info.address(), self.info.dbname)
+    }
+
+    async fn execute(&mut self, statements: &[String]) -> Result<(), WarehouseError> {
+        let tx = self.client.transaction().await.map_err(sql("BEGIN"))?;
+        for s in statements {
+            tx.batch_execute(s).await.map_err(sql(s))?;
+        }
+        tx.commit().await.map_err(sql("COMMIT"))
+    }
+
+    async fn columns(&mut self, table: &TableRef) -> Result<Option<Vec<(String, String)>>, WarehouseError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
+                 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
+                 ORDER BY a.attnum",
+                &[&table.schema, &table.name],
+            )
+            .await
+            .map_err(sql("reading columns"))?;
+        let cols: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        Ok((!cols.is_empty()).then_some(cols))
+    }
+
+    async fn offsets(&mut self, consumer_group: &str) -> Result<HashMap<(String, i32), i64>, WarehouseError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT topic, \"partition\", next_offset FROM walhouse.offsets WHERE consumer_group = $1",
+                &[&consumer_group],
+            )
+            .await
+            .map_err(sql("reading offsets"))?;
+        Ok(rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect())
+    }
+
+    async fn write(&mut self, consumer_group: &str, batch: &Batch) -> Result<(), WarehouseError> {
+        // Rendering before BEGIN keeps the transaction short.
+        let tables: Vec<(&TableRef, &[String], String)> = batch
+            .tables
+            .iter()
+            .filter(|(_, r)| !r.rows.is_empty())
+            .map(|(t, r)| (t, &r.columns[..], rows_text(&r.rows)))
+            .collect();
+        let tx = self.client.transaction().await.map_err(sql("BEGIN"))?;
+        for (table, columns, data) in tables {
+            copy_in(&tx, table, columns, data).await?;
+        }
+        if !batch.dead_letters.is_empty() {
+            let columns: Vec<String> = ["source", "topic", "partition", "offset", "file", "line", "key", "raw", "error"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let rows: Vec<Vec<Cell>> = batch
+                .dead_letters
+                .iter()
+                .map(|d| {
+                    vec![
+                        Cell::Text(d.source.clone()),
+                        d.topic.clone().map_or(Cell::Null, Cell::Text),
+                        d.partition.map_or(Cell::Null, Cell::Int),
+                        d.offset.map_or(Cell::Null, Cell::Long),
+                        d.file.clone().map_or(Cell::Null, Cell::Text),
+                        d.line.map_or(Cell::Null, Cell::Long),
+                        d.key.clone().map_or(Cell::Null, Cell::Bytes),
+                        d.raw.clone().map_or(Cell::Null, Cell::Bytes),
+                        Cell::Text(d.error.clone()),
+                    ]
+                })
+                .collect();
+            copy_in(&tx, &TableRef::new("walhouse", "dead_letters"), &columns, rows_text(&rows)).await?;
+        }
+        for o in &batch.offsets {
+            let moved = match o.from {
+                None => {
+                    tx.execute(
+                        "INSERT INTO walhouse.offsets (consumer_group, topic, \"partition\", next_offset) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                        &[&consumer_group, &o.topic, &o.partition, &o.next],
+                    )
+                    .await
+                }
+                Some(from) => {
+                    tx.execute(
+                        "UPDATE walhouse.offsets SET next_offset = $1, updated_at = now() \
+                         WHERE consumer_group = $2 AND topic = $3 AND \"partition\" = $4 AND next_offset = $5",
+                        &[&o.next, &consumer_group, &o.topic, &o.partition, &from],
+                    )
+                    .await
+                }
+            }
+            .map_err(sql("storing offsets"))?;
+            if moved != 1 {
+                return Err(WarehouseError::Fenced {
+                    topic: o.topic.clone(),
+                    partition: o.partition,
+                    expected: o.from,
+                });
+            }
+        }
+        if let Some(f) = &batch.file {
+            tx.execute(
+                "INSERT INTO walhouse.file_loads (sha256, file, \"rows\", dead_letters) VALUES ($1, $2, $3, $4)",
+                &[&f.sha256, &f.file, &f.rows, &f.dead_letters],
+            )
+            .await
+            .map_err(sql("recording the file load"))?;
+        }
+        tx.commit().await.map_err(sql("COMMIT"))
+    }
+
+    async fn file_loaded(&mut self, sha256: &str) -> Result<bool, WarehouseError> {
+        let row = self
+            .client
+            .query_one("SELECT count(*) FROM walhouse.file_loads WHERE sha256 = $1", &[&sha256])
+            .await
+            .map_err(sql("reading file loads"))?;
+        Ok(row.get::<_, i64>(0) > 0)
+    }
+
+    async fn query_text(&mut self, sql_text: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError> {
+        let messages = self.client.simple_query(sql_text).await.map_err(sql("query"))?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_and_formats() {
+        let rows = vec![vec![
+            Cell::Text("a\tb\\c\nd".into()),
+            Cell::Null,
+            Cell::Bytes(vec![0, 255]),
+            Cell::TimestampTz(0),
+            Cell::Decimal {
+                unscaled: -150,
+                precision: 19,
+                scale: 2,
+            },
+            Cell::Double(f64::NAN),
+            Cell::Bool(true),
+        ]];
+        assert_eq!(
+            rows_text(&rows),
+            "a\\tb\\\\c\\nd\t\\N\t\\\\x00ff\t1970-01-01 00:00:00.000000+00\t-1.50\tNaN\tt\n"
+        );
+    }
+}
