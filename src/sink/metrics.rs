@@ -42,6 +42,10 @@ impl SinkMetrics {
         self.rows.load(Ordering::Relaxed)
     }
 
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
     pub fn dead_letters(&self) -> u64 {
         self.dead_letters.load(Ordering::Relaxed)
     }

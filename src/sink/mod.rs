@@ -81,12 +81,7 @@ pub async fn prepare<W: Warehouse>(w: &mut W, tables: &mut Tables) -> Result<(),
     w.execute(&w.dialect().state_tables()).await?;
     tables.ensure(w, &companies::table_def()).await?;
     tables.ensure(w, &insolvency::table_def()).await?;
-    let views: Vec<String> = tables::companies_latest_sql()
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty() && !s.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with("--")))
-        .map(str::to_owned)
-        .collect();
+    let views = tables::statements(&tables::companies_latest_sql());
     w.execute(&views).await?;
     Ok(())
 }

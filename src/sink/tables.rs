@@ -206,6 +206,21 @@ pub fn companies_latest_sql() -> String {
     include_str!("../../sql/warehouse/companies_latest.sql").to_owned()
 }
 
+/// The statements of a SQL file: comment lines dropped, split on `;`
+/// (the files of `sql/warehouse` hold no `;` inside literals).
+pub fn statements(text: &str) -> Vec<String> {
+    let code: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    code.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The raw table of a CDC source table with the plan's columns.
 pub fn cdc_table_def(raw: &TableRef, source_columns: Vec<ColumnDef>) -> TableDef {
     let mut columns = source_columns;

@@ -281,7 +281,7 @@ impl Dialect {
             format!(
                 "CREATE TABLE IF NOT EXISTS walhouse.dead_letters (source VARCHAR NOT NULL, topic VARCHAR, \"partition\" INTEGER, \
                  \"offset\" BIGINT, file VARCHAR, line BIGINT, \"key\" {bytes}, raw {bytes}, error VARCHAR NOT NULL, \
-                 at TIMESTAMPTZ NOT NULL DEFAULT {now})"
+                 failed_at TIMESTAMPTZ NOT NULL DEFAULT {now})"
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS walhouse.file_loads (sha256 VARCHAR PRIMARY KEY, file VARCHAR NOT NULL, \

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod pipeline;
 pub mod postgres;
 pub mod registry;
 

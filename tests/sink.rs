@@ -1,0 +1,485 @@
+//! walhouse-sink against real components: PostgreSQL 15 (source and
+//! warehouse), the tansu broker, DuckDB, and the Confluent-API registry of
+//! the test support (or a real one when `SCHEMA_REGISTRY_URL` is set).
+//! Every assertion reads back from the warehouse.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use support::kafka::Broker;
+use support::pipeline::{ask, start_capture, start_sink, BACKEND_SCHEMA, GENERATE};
+use support::postgres::PgServer;
+use support::registry::TestRegistry;
+use walhouse::postgres::conninfo::ConnInfo;
+use walhouse::warehouse::duckdb::DuckDbWarehouse;
+use walhouse::warehouse::postgres::PostgresWarehouse;
+use walhouse::warehouse::Warehouse;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(std::env::var("WALHOUSE_LOG").unwrap_or_else(|_| "info".into()))
+        .try_init();
+}
+
+async fn registry() -> (Option<TestRegistry>, String) {
+    match std::env::var("SCHEMA_REGISTRY_URL") {
+        Ok(url) if !url.is_empty() => (None, url),
+        _ => {
+            let r = TestRegistry::start().await;
+            let url = r.url.clone();
+            (Some(r), url)
+        }
+    }
+}
+
+fn produce(bootstrap: &str, topic: &str, messages: &[(Option<&str>, &[u8])]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    for (key, payload) in messages {
+        let mut record = BaseRecord::<str, [u8]>::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        let mut record = Some(record);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Some(r) = record.take() {
+            if let Err((e, r)) = producer.send(r) {
+                assert!(Instant::now() < deadline, "producing: {e}");
+                producer.poll(Duration::from_millis(50));
+                record = Some(r);
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+async fn open_duckdb(path: &Path) -> DuckDbWarehouse {
+    DuckDbWarehouse::open(path).expect("open the DuckDB warehouse")
+}
+
+async fn count<W: Warehouse>(w: &mut W, sql: &str) -> i64 {
+    let rows = w.query_text(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows[0][0].as_deref().unwrap_or("0").parse().expect("a count")
+}
+
+/// Backend data + a stream of changes (with a column added mid-stream)
+/// through capture and two sinks: the seed's questions answer the same on
+/// the source, on DuckDB and on a Postgres warehouse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_questions_match_on_the_source_and_both_warehouses() {
+    init_logs();
+    let pg = PgServer::start();
+    pg.create_db("backend");
+    let warehouse_url = pg.create_db("warehouse");
+    let broker = Broker::start();
+    let (_reg, registry_url) = registry().await;
+    let source = pg.client("backend").await;
+    source.batch_execute(BACKEND_SCHEMA).await.expect("schema");
+    source.batch_execute(GENERATE).await.expect("data");
+    let prefix = format!("walhouse.e2e{}", std::process::id());
+    let source_url = pg.url("walhouse_scram", "backend");
+    let capture = start_capture(&[
+        "--source-url",
+        &source_url,
+        "--output",
+        "kafka",
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        &registry_url,
+        "--topic-prefix",
+        &prefix,
+        "--status-interval-ms",
+        "200",
+    ]);
+    assert!(pg.wait_for_slot("backend", "walhouse", true, Duration::from_secs(60)).await);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let duck_path = dir.path().join("wh.duckdb");
+    let duck_url = format!("duckdb:{}", duck_path.display());
+    let pattern = format!("^{}\\..*", prefix.replace('.', "\\."));
+    let common = |warehouse: &str, group: &str| -> Vec<String> {
+        [
+            "--warehouse",
+            warehouse,
+            "--brokers",
+            &broker.bootstrap(),
+            "--schema-registry-url",
+            &registry_url,
+            "--topic-pattern",
+            &pattern,
+            "--group-id",
+            group,
+            "--batch-ms",
+            "200",
+            "--batch-rows",
+            "700",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let duck_args = common(&duck_url, "e2e-duck");
+    let pg_args = common(&warehouse_url, "e2e-pg");
+    let duck = start_sink(&duck_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let pgw = start_sink(&pg_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+
+    // Inserts, updates, deletes; a PK-preserving update of the seed's
+    // filters; a column added mid-stream and filled.
+    for sql in [
+        "INSERT INTO \"transaction\" (id, status, bank_account_id, subject_type, subject_id, amount) \
+         SELECT g, g % 3, 1 + g % 60, CASE WHEN g % 2 = 0 THEN 'Transfer' ELSE 'Card' END, \
+                CASE WHEN g % 2 = 0 THEN 1 + g % 400 END, g FROM generate_series(2001, 2600) g",
+        "UPDATE \"transaction\" SET status = 1 WHERE id % 10 = 0",
+        "UPDATE transfers SET status = 3 WHERE id % 7 = 0",
+        "UPDATE beneficiaries SET bic = '4F' || bic WHERE id % 5 = 0",
+        "DELETE FROM card_transactions WHERE id % 17 = 0",
+        "INSERT INTO card_transactions (id, transaction_id, status, amount) \
+         SELECT g, 1 + 2 * (g % 1000), 0, 1 FROM generate_series(3001, 3400) g",
+        "ALTER TABLE organizations ADD COLUMN country char(2)",
+        "UPDATE organizations SET country = 'FR', name = name || ' SAS' WHERE name LIKE '%1'",
+        "DELETE FROM transfers WHERE id IN (SELECT id FROM transfers WHERE id NOT IN \
+         (SELECT subject_id FROM \"transaction\" WHERE subject_id IS NOT NULL) LIMIT 20)",
+    ] {
+        source.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    assert!(pg.wait_confirmed("backend", "walhouse", Duration::from_secs(60)).await);
+    let (_, produced) = capture.stop().await;
+    assert!(produced > 6000, "capture produced {produced}");
+    for (name, sink) in [("duckdb", &duck), ("postgres", &pgw)] {
+        assert!(
+            sink.wait_for(produced, LIMIT).await,
+            "{name} sink accounted for {:?} of {produced} records",
+            sink.accounted()
+        );
+    }
+    let (rows, dead, _) = duck.accounted();
+    assert_eq!(dead, 0, "no dead letters expected");
+    duck.stop().await;
+    pgw.stop().await;
+
+    let expected = ask(&mut PostgresWarehouse::connect(&ConnInfo::parse(&source_url).expect("url")).await.expect("source")).await;
+    assert!(expected.iter().all(|q| !q.is_empty()), "the questions have answers on the source");
+    let mut dw = open_duckdb(&duck_path).await;
+    assert_eq!(ask(&mut dw).await, expected, "DuckDB answers like the source");
+    let mut pw = PostgresWarehouse::connect(&ConnInfo::parse(&warehouse_url).expect("url")).await.expect("warehouse");
+    assert_eq!(ask(&mut pw).await, expected, "the Postgres warehouse answers like the source");
+
+    // Raw tables are append-only: one row per change record.
+    let raw_rows = count(&mut dw, "SELECT (SELECT count(*) FROM raw_public.organizations) + (SELECT count(*) FROM raw_public.bank_accounts) + (SELECT count(*) FROM raw_public.beneficiaries) + (SELECT count(*) FROM raw_public.transfers) + (SELECT count(*) FROM raw_public.\"transaction\") + (SELECT count(*) FROM raw_public.card_transactions)").await;
+    assert_eq!(raw_rows as u64, rows);
+    // The column added mid-stream is in the warehouse, raw and latest.
+    let fr_source: i64 = source
+        .query_one("SELECT count(*) FROM organizations WHERE country = 'FR'", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert!(fr_source > 0);
+    let fr = "SELECT count(*) FROM public.organizations WHERE country = 'FR'";
+    assert_eq!(count(&mut dw, fr).await, fr_source);
+    assert_eq!(count(&mut pw, fr).await, fr_source);
+    // Latest state equals the source table by table (row counts).
+    for table in ["organizations", "bank_accounts", "beneficiaries", "transfers", "\"transaction\"", "card_transactions"] {
+        let n: i64 = source
+            .query_one(&format!("SELECT count(*) FROM public.{table}"), &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(count(&mut dw, &format!("SELECT count(*) FROM public.{table}")).await, n, "{table} in DuckDB");
+        assert_eq!(count(&mut pw, &format!("SELECT count(*) FROM public.{table}")).await, n, "{table} in Postgres");
+    }
+
+    // Insolvency CSV joins into organizations_with_insolvency.
+    let csv = dir.path().join("insolvent.csv");
+    std::fs::write(
+        &csv,
+        "organization_id,insolvency_date\n00000000-0000-4000-8000-000000000003,2024-05-01\n",
+    )
+    .expect("csv");
+    walhouse::sink::insolvency::load_file(&mut dw, &csv).await.expect("load");
+    let rows = dw
+        .query_text(
+            "SELECT CAST(latest_insolvency_ts AS DATE) FROM public.organizations_with_insolvency \
+             WHERE id = '00000000-0000-4000-8000-000000000003'",
+        )
+        .await
+        .expect("view");
+    assert_eq!(rows, vec![vec![Some("2024-05-01".to_string())]]);
+}
+
+fn company(key: &str, event: &str, id: &str, org: &str, name: &str, created: i64, updated: i64) -> String {
+    serde_json::json!({
+        "idempotency_key": key, "event": event, "id": id, "organization_id": org, "name": name,
+        "created_at": created, "updated_at": updated,
+        "changes": serde_json::json!({"name": {"from": null, "to": name}}).to_string(),
+    })
+    .to_string()
+}
+
+/// Company events with every inconsistency the spec lists, duplicates and
+/// malformed messages; CDC records with an unknown schema id and no wire
+/// header: all stored or dead-lettered with the reason, counts exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn company_events_are_stored_as_received_or_dead_lettered() {
+    init_logs();
+    let broker = Broker::start();
+    let (_reg, registry_url) = registry().await;
+    let (a, b) = ("3b0c7f52-9d7e-4a51-8f0e-2c1d6a4b9e01", "9e1d2c3b-0000-4000-8000-00000000000b");
+    let (org1, org2) = ("a7e4d0c3-5b2f-4c8e-9a61-0f3e2d1c4b5a", "a7e4d0c3-5b2f-4c8e-9a61-0f3e2d1c4b5b");
+    let good = [
+        company("a-created", "created", a, org1, "Acme", 1000, 1000),
+        // name disagrees with changes; created_at == updated_at on update
+        company("a-updated-1", "updated", a, org1, "Acme Tools", 1000, 2000)
+            .replace("\\\"to\\\":\\\"Acme Tools\\\"", "\\\"to\\\":\\\"Acme Tooling\\\""),
+        // same company under another organization, delivered out of order (older)
+        company("a-updated-0", "updated", a, org2, "Acme Old", 1500, 1500),
+        // a re-sent event: same idempotency key
+        company("a-updated-1", "updated", a, org1, "Acme Tools", 1000, 2000),
+        company("b-created", "created", b, org2, "Beta", 3000, 3000),
+        // a tie on updated_at: the later ingestion wins
+        company("b-updated", "updated", b, org2, "Beta Two", 3000, 3000),
+    ];
+    let bad: [(&str, String); 4] = [
+        ("malformed JSON", "{\"event\": \"created\",".to_string()),
+        ("missing field id", company("x", "created", a, org1, "X", 1, 1).replace(&format!("\"id\":\"{a}\","), "")),
+        ("changes does not hold JSON", company("y", "created", a, org1, "Y", 1, 1).replace("\"changes\":\"{", "\"changes\":\"oops{")),
+        ("is not a number of seconds", company("z", "created", a, org1, "Z", 1, 1).replace("\"created_at\":1", "\"created_at\":\"1\"")),
+    ];
+    let mut messages: Vec<(Option<&str>, &[u8])> = good.iter().map(|m| (Some(a), m.as_bytes())).collect();
+    messages.extend(bad.iter().map(|(_, m)| (None, m.as_bytes())));
+    produce(&broker.bootstrap(), "companies", &messages);
+    // A CDC topic: an unknown schema id, and a message without the wire header.
+    let unknown_id: &[u8] = &[0, 0x7F, 0xFF, 0xFF, 0xF0, 1, 2, 3];
+    produce(&broker.bootstrap(), "walhouse.public.ghost", &[(None, unknown_id), (None, b"plain text")]);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("companies.duckdb");
+    let url = format!("duckdb:{}", path.display());
+    let sink = start_sink(&[
+        "--warehouse",
+        &url,
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        &registry_url,
+        "--batch-ms",
+        "200",
+    ])
+    .await;
+    let total = (good.len() + bad.len() + 2) as u64;
+    assert!(sink.wait_for(total, LIMIT).await, "accounted {:?} of {total}", sink.accounted());
+    let (rows, dead, _) = sink.accounted();
+    assert_eq!((rows, dead), (good.len() as u64, (bad.len() + 2) as u64));
+    sink.stop().await;
+
+    let mut w = open_duckdb(&path).await;
+    assert_eq!(count(&mut w, "SELECT count(*) FROM raw.company_events").await, good.len() as i64);
+    // Stored as received: the raw message and what was parsed.
+    let raw = w
+        .query_text("SELECT raw, name, changes FROM raw.company_events WHERE idempotency_key = 'a-updated-1' ORDER BY _offset LIMIT 1")
+        .await
+        .expect("raw");
+    assert_eq!(raw[0][0].as_deref(), Some(good[1].as_str()));
+    assert_eq!(raw[0][1].as_deref(), Some("Acme Tools"));
+    assert!(raw[0][2].as_deref().unwrap_or_default().contains("Acme Tooling"));
+    let latest = w
+        .query_text("SELECT id, organization_id, name FROM public.companies_latest ORDER BY id")
+        .await
+        .expect("companies_latest");
+    assert_eq!(
+        latest,
+        vec![
+            vec![Some(a.into()), Some(org1.into()), Some("Acme Tools".into())],
+            vec![Some(b.into()), Some(org2.into()), Some("Beta Two".into())],
+        ]
+    );
+    let letters = w
+        .query_text("SELECT source, topic, error FROM walhouse.dead_letters ORDER BY topic, \"offset\"")
+        .await
+        .expect("dead letters");
+    assert_eq!(letters.len(), bad.len() + 2);
+    for (i, (reason, _)) in bad.iter().enumerate() {
+        assert_eq!(letters[i][0].as_deref(), Some("companies"));
+        assert!(letters[i][2].as_deref().unwrap_or_default().contains(reason), "{:?} should say {reason}", letters[i]);
+    }
+    let cdc: Vec<&str> = letters[bad.len()..].iter().map(|l| l[2].as_deref().unwrap_or_default()).collect();
+    assert!(cdc.iter().any(|e| e.contains("unknown to the schema registry")), "{cdc:?}");
+    assert!(cdc.iter().any(|e| e.contains("Confluent wire format")), "{cdc:?}");
+    // Offsets stored in the warehouse cover every message.
+    assert_eq!(count(&mut w, "SELECT sum(next_offset) FROM walhouse.offsets").await, total as i64);
+}
+
+fn sink_binary(args: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_walhouse-sink"))
+        .args(args)
+        .env("WALHOUSE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("walhouse-sink starts")
+}
+
+/// The sink binary killed with SIGKILL in the middle of batches, three
+/// times, then run to the end: every Kafka message is in the raw table
+/// exactly once (Postgres warehouse, read while the sink runs), and then
+/// the same for DuckDB (read after the last run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_sink_neither_loses_nor_duplicates() {
+    init_logs();
+    let pg = PgServer::start();
+    let warehouse_url = pg.create_db("warehouse");
+    let broker = Broker::start();
+    let (_reg, registry_url) = registry().await;
+    const N: usize = 30_000;
+    let bodies: Vec<String> = (0..N)
+        .map(|i| company(&format!("k{i}"), "created", &format!("id-{}", i % 997), "org", &format!("n{i}"), i as i64, i as i64))
+        .collect();
+    let messages: Vec<(Option<&str>, &[u8])> = bodies.iter().map(|b| (None, b.as_bytes())).collect();
+    produce(&broker.bootstrap(), "companies", &messages);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let duck_url = format!("duckdb:{}", dir.path().join("kill.duckdb").display());
+    for (warehouse, group) in [(warehouse_url.as_str(), "kill-pg"), (duck_url.as_str(), "kill-duck")] {
+        let args: Vec<String> = [
+            "--warehouse",
+            warehouse,
+            "--brokers",
+            &broker.bootstrap(),
+            "--schema-registry-url",
+            &registry_url,
+            "--group-id",
+            group,
+            "--batch-rows",
+            "250",
+            "--batch-ms",
+            "100",
+            "--kafka-option",
+            "session.timeout.ms=6000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let is_pg = warehouse.starts_with("postgres");
+        for round in 0..3 {
+            let mut child = sink_binary(&args);
+            if is_pg {
+                // Kill once this run has added rows, mid-stream.
+                let mut w = PostgresWarehouse::connect(&ConnInfo::parse(warehouse).expect("url")).await.expect("wh");
+                let before = count_or_zero(&mut w, "SELECT count(*) FROM raw.company_events").await;
+                let deadline = Instant::now() + LIMIT;
+                while count_or_zero(&mut w, "SELECT count(*) FROM raw.company_events").await <= before {
+                    assert!(Instant::now() < deadline, "round {round}: no progress");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            } else {
+                // DuckDB's file cannot be read while the sink holds it:
+                // kill after a time inside the consuming phase instead.
+                tokio::time::sleep(Duration::from_millis(2500 + 700 * round)).await;
+            }
+            child.kill().expect("SIGKILL");
+            let _ = child.wait();
+        }
+        let mut child = sink_binary(&args);
+        if is_pg {
+            let mut w = PostgresWarehouse::connect(&ConnInfo::parse(warehouse).expect("url")).await.expect("wh");
+            let deadline = Instant::now() + LIMIT;
+            while count_or_zero(&mut w, "SELECT count(*) FROM raw.company_events").await < N as i64 {
+                assert!(Instant::now() < deadline, "the last run did not finish");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // A moment more: nothing beyond N may arrive.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let _ = child.kill();
+            let _ = child.wait();
+            assert_exactly_once(&mut w, N).await;
+        } else {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = child.wait();
+            let mut w = open_duckdb(&dir.path().join("kill.duckdb")).await;
+            assert_exactly_once(&mut w, N).await;
+        }
+    }
+}
+
+async fn count_or_zero<W: Warehouse>(w: &mut W, sql: &str) -> i64 {
+    match w.query_text(sql).await {
+        Ok(rows) => rows[0][0].as_deref().unwrap_or("0").parse().unwrap_or(0),
+        Err(_) => 0, // the table does not exist yet
+    }
+}
+
+async fn assert_exactly_once<W: Warehouse>(w: &mut W, n: usize) {
+    let rows = w
+        .query_text("SELECT count(*), count(DISTINCT _offset), min(_offset), max(_offset) FROM raw.company_events")
+        .await
+        .expect("counts");
+    let n = n as i64;
+    let want = vec![Some(n.to_string()), Some(n.to_string()), Some("0".into()), Some((n - 1).to_string())];
+    assert_eq!(rows[0], want, "{}: every message exactly once", w.describe());
+    assert_eq!(count(w, "SELECT next_offset FROM walhouse.offsets WHERE topic = 'companies'").await, n);
+}
+
+/// `load-insolvencies` (the binary) twice on the same file: the second run
+/// adds nothing; bad lines are dead letters with file and line.
+#[test]
+fn insolvency_csv_loads_once_with_bad_lines_dead_lettered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("insolvent-2024-05-01.csv");
+    std::fs::write(
+        &csv,
+        "organization_id,insolvency_date,court\n\
+         00000000-0000-4000-8000-000000000001,2024-05-01,Paris\n\
+         00000000-0000-4000-8000-000000000002,2024-05-01T09:30:00Z,\"Lyon, 2e\"\n\
+         not-a-uuid,2024-05-01,Nice\n\
+         00000000-0000-4000-8000-000000000004,tomorrow,Nice\n",
+    )
+    .expect("csv");
+    let warehouse = format!("duckdb:{}", dir.path().join("csv.duckdb").display());
+    let load = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_walhouse-sink"))
+            .args(["--warehouse", &warehouse, "load-insolvencies"])
+            .arg(dir.path())
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = load();
+    assert!(first.contains("2 rows, 2 dead letters"), "{first}");
+    let second = load();
+    assert!(second.contains("loaded before, nothing added"), "{second}");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("rt");
+    rt.block_on(async {
+        let mut w = open_duckdb(&dir.path().join("csv.duckdb")).await;
+        assert_eq!(count(&mut w, "SELECT count(*) FROM raw.insolvencies").await, 2);
+        let extra = w
+            .query_text("SELECT extra FROM raw.insolvencies WHERE _line = 3")
+            .await
+            .expect("extra");
+        assert_eq!(extra[0][0].as_deref(), Some(r#"{"court":"Lyon, 2e"}"#));
+        let dead = w
+            .query_text("SELECT file, line, error FROM walhouse.dead_letters ORDER BY line")
+            .await
+            .expect("dead");
+        assert_eq!(dead.len(), 2);
+        assert_eq!(dead[0][1].as_deref(), Some("4"));
+        assert!(dead[0][0].as_deref().unwrap_or_default().ends_with("insolvent-2024-05-01.csv"));
+        assert!(dead[0][2].as_deref().unwrap_or_default().contains("not a UUID"));
+        assert_eq!(dead[1][1].as_deref(), Some("5"));
+        assert_eq!(count(&mut w, "SELECT count(*) FROM walhouse.file_loads").await, 1);
+    });
+}

@@ -1,0 +1,177 @@
+//! The whole pipeline in one process, for the tests and the demo: capture
+//! (Postgres → Kafka) and sink (Kafka → warehouse) run as tasks with the
+//! same code as the binaries, and the seed's questions are asked of the
+//! source and of a warehouse.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio::sync::watch;
+use walhouse::capture::{self, CaptureError, CaptureSummary};
+use walhouse::config::{CaptureArgs, CaptureConfig};
+use walhouse::kafka::producer::KafkaDestination;
+use walhouse::registry::Registry;
+use walhouse::sink::config::{SinkArgs, SinkConfig, WarehouseTarget};
+use walhouse::sink::metrics::SinkMetrics;
+use walhouse::sink::{Sink, SinkError};
+use walhouse::warehouse::duckdb::DuckDbWarehouse;
+use walhouse::warehouse::postgres::PostgresWarehouse;
+use walhouse::warehouse::Warehouse;
+
+pub const BACKEND_SCHEMA: &str = include_str!("../../sql/source/backend_schema.sql");
+pub const GENERATE: &str = include_str!("../../sql/source/generate.sql");
+
+/// The seed's three questions: (file name, Postgres text, DuckDB text).
+pub const QUESTIONS: [(&str, &str, &str); 3] = [
+    (
+        "1_transactions_status_1",
+        include_str!("../../sql/questions/postgres/1_transactions_status_1.sql"),
+        include_str!("../../sql/questions/duckdb/1_transactions_status_1.sql"),
+    ),
+    (
+        "2_transfers_4f",
+        include_str!("../../sql/questions/postgres/2_transfers_4f.sql"),
+        include_str!("../../sql/questions/duckdb/2_transfers_4f.sql"),
+    ),
+    (
+        "3_avg_card_transactions",
+        include_str!("../../sql/questions/postgres/3_avg_card_transactions.sql"),
+        include_str!("../../sql/questions/duckdb/3_avg_card_transactions.sql"),
+    ),
+];
+
+pub struct RunningCapture {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(CaptureSummary, u64), CaptureError>>,
+}
+
+impl RunningCapture {
+    /// Stops capture; returns its summary and the records it produced.
+    pub async fn stop(self) -> (CaptureSummary, u64) {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("capture stops")
+            .expect("task")
+            .expect("clean stop")
+    }
+}
+
+/// Starts capture into Kafka (`args` are walhouse-capture's flags).
+pub fn start_capture(args: &[&str]) -> RunningCapture {
+    let mut argv = vec!["walhouse-capture"];
+    argv.extend_from_slice(args);
+    let config = CaptureConfig::resolve(CaptureArgs::try_parse_from(argv).expect("capture args")).expect("config");
+    let kafka = config.kafka.clone().expect("kafka settings");
+    let registry = Arc::new(Registry::new(&kafka.registry).expect("registry"));
+    let mut dest = KafkaDestination::new(&kafka, &config.source.dbname, registry).expect("producer");
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let summary = capture::run(&config, &mut dest, rx).await?;
+        Ok((summary, dest.produced()))
+    });
+    RunningCapture { stop, task }
+}
+
+pub struct RunningSink {
+    pub metrics: Arc<SinkMetrics>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), SinkError>>,
+}
+
+impl RunningSink {
+    /// Waits (bounded) until the sink has accounted for `records` Kafka
+    /// records (rows, dead letters and skipped ones).
+    pub async fn wait_for(&self, records: u64, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let m = &self.metrics;
+            if m.rows() + m.dead_letters() + m.skipped() >= records {
+                return true;
+            }
+            if self.task.is_finished() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    pub fn accounted(&self) -> (u64, u64, u64) {
+        (self.metrics.rows(), self.metrics.dead_letters(), self.metrics.skipped())
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("sink stops")
+            .expect("task")
+            .expect("clean stop");
+    }
+}
+
+/// Starts the sink (`args` are walhouse-sink's flags).
+pub async fn start_sink(args: &[&str]) -> RunningSink {
+    let mut argv = vec!["walhouse-sink"];
+    argv.extend_from_slice(args);
+    let config = SinkConfig::resolve(SinkArgs::try_parse_from(argv).expect("sink args")).expect("config");
+    let settings = config.consume.clone().expect("consume settings");
+    let metrics = Arc::new(SinkMetrics::default());
+    let (stop, rx) = watch::channel(false);
+    let m = metrics.clone();
+    let task = match config.warehouse {
+        WarehouseTarget::DuckDb(path) => {
+            let w = DuckDbWarehouse::open(&path).expect("duckdb");
+            let sink = Sink::new(settings, w, m).await.expect("sink starts");
+            tokio::spawn(sink.run(rx))
+        }
+        WarehouseTarget::Postgres(info) => {
+            let w = PostgresWarehouse::connect(&info).await.expect("postgres warehouse");
+            let sink = Sink::new(settings, w, m).await.expect("sink starts");
+            tokio::spawn(sink.run(rx))
+        }
+    };
+    RunningSink { metrics, stop, task }
+}
+
+/// The rows of a question, normalised for comparison across engines:
+/// numbers to 9 decimals (AVG is numeric in Postgres, double in DuckDB).
+pub fn normalise(rows: Vec<Vec<Option<String>>>) -> Vec<Vec<String>> {
+    let mut out: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .map(|v| match v {
+                    None => "NULL".into(),
+                    Some(s) => match s.parse::<f64>() {
+                        Ok(f) if s.contains('.') || s.contains('e') => format!("{f:.9}"),
+                        _ => s,
+                    },
+                })
+                .collect()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Asks a warehouse the three questions.
+pub async fn ask<W: Warehouse>(w: &mut W) -> Vec<Vec<Vec<String>>> {
+    let mut out = Vec::new();
+    for (name, pg, duck) in QUESTIONS {
+        let text = match w.dialect() {
+            walhouse::warehouse::Dialect::Postgres => pg,
+            walhouse::warehouse::Dialect::DuckDb => duck,
+        };
+        let rows = w
+            .query_text(text)
+            .await
+            .unwrap_or_else(|e| panic!("question {name} on {}: {e}", w.describe()));
+        out.push(normalise(rows));
+    }
+    out
+}
