@@ -82,7 +82,7 @@ async fn seed_questions_match_on_the_source_and_both_warehouses() {
     init_logs();
     let pg = PgServer::start();
     pg.create_db("backend");
-    let warehouse_url = pg.create_db("warehouse");
+    let warehouse_url = pg.url("walhouse_scram", &pg.create_db("warehouse"));
     let broker = Broker::start();
     let (_reg, registry_url) = registry().await;
     let source = pg.client("backend").await;
@@ -133,8 +133,8 @@ async fn seed_questions_match_on_the_source_and_both_warehouses() {
     };
     let duck_args = common(&duck_url, "e2e-duck");
     let pg_args = common(&warehouse_url, "e2e-pg");
-    let duck = start_sink(&duck_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let pgw = start_sink(&pg_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let mut duck = start_sink(&duck_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let mut pgw = start_sink(&pg_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
 
     // Inserts, updates, deletes; a PK-preserving update of the seed's
     // filters; a column added mid-stream and filled.
@@ -158,7 +158,7 @@ async fn seed_questions_match_on_the_source_and_both_warehouses() {
     assert!(pg.wait_confirmed("backend", "walhouse", Duration::from_secs(60)).await);
     let (_, produced) = capture.stop().await;
     assert!(produced > 6000, "capture produced {produced}");
-    for (name, sink) in [("duckdb", &duck), ("postgres", &pgw)] {
+    for (name, sink) in [("duckdb", &mut duck), ("postgres", &mut pgw)] {
         assert!(
             sink.wait_for(produced, LIMIT).await,
             "{name} sink accounted for {:?} of {produced} records",
@@ -267,7 +267,7 @@ async fn company_events_are_stored_as_received_or_dead_lettered() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("companies.duckdb");
     let url = format!("duckdb:{}", path.display());
-    let sink = start_sink(&[
+    let mut sink = start_sink(&[
         "--warehouse",
         &url,
         "--brokers",
@@ -340,7 +340,7 @@ fn sink_binary(args: &[String]) -> Child {
 async fn a_killed_sink_neither_loses_nor_duplicates() {
     init_logs();
     let pg = PgServer::start();
-    let warehouse_url = pg.create_db("warehouse");
+    let warehouse_url = pg.url("walhouse_scram", &pg.create_db("warehouse"));
     let broker = Broker::start();
     let (_reg, registry_url) = registry().await;
     const N: usize = 30_000;

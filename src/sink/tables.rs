@@ -121,8 +121,17 @@ impl Tables {
             .map(|(_, t)| toastable(t))
             .collect();
         let mut statements = vec![format!("CREATE SCHEMA IF NOT EXISTS {}", quote(&view.schema))];
+        let organizations = view.name == "organizations";
+        if organizations {
+            // It selects o.*: a widened organizations view changes its
+            // columns, which CREATE OR REPLACE may not do.
+            statements.push(format!(
+                "DROP VIEW IF EXISTS {}.organizations_with_insolvency",
+                quote(&view.schema)
+            ));
+        }
         statements.push(latest_view_sql(w.dialect(), raw, view, key, &data, &toastable));
-        if view.name == "organizations" {
+        if organizations {
             statements.push(organizations_with_insolvency_sql(&view.schema, data.iter().any(|c| c == "insolvency_ts")));
         }
         w.execute(&statements).await?;

@@ -85,7 +85,7 @@ pub struct RunningSink {
 impl RunningSink {
     /// Waits (bounded) until the sink has accounted for `records` Kafka
     /// records (rows, dead letters and skipped ones).
-    pub async fn wait_for(&self, records: u64, limit: Duration) -> bool {
+    pub async fn wait_for(&mut self, records: u64, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             let m = &self.metrics;
@@ -93,7 +93,10 @@ impl RunningSink {
                 return true;
             }
             if self.task.is_finished() {
-                return false;
+                match (&mut self.task).await {
+                    Ok(Err(e)) => panic!("the sink stopped: {e}"),
+                    other => panic!("the sink stopped: {other:?}"),
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
