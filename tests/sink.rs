@@ -104,7 +104,10 @@ async fn seed_questions_match_on_the_source_and_both_warehouses() {
         "--status-interval-ms",
         "200",
     ]);
-    assert!(pg.wait_for_slot("backend", "walhouse", true, Duration::from_secs(60)).await);
+    assert!(
+        pg.wait_for_slot("backend", "walhouse", true, Duration::from_secs(60))
+            .await
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let duck_path = dir.path().join("wh.duckdb");
@@ -170,12 +173,26 @@ async fn seed_questions_match_on_the_source_and_both_warehouses() {
     duck.stop().await;
     pgw.stop().await;
 
-    let expected = ask(&mut PostgresWarehouse::connect(&ConnInfo::parse(&source_url).expect("url")).await.expect("source")).await;
-    assert!(expected.iter().all(|q| !q.is_empty()), "the questions have answers on the source");
+    let expected = ask(
+        &mut PostgresWarehouse::connect(&ConnInfo::parse(&source_url).expect("url"))
+            .await
+            .expect("source"),
+    )
+    .await;
+    assert!(
+        expected.iter().all(|q| !q.is_empty()),
+        "the questions have answers on the source"
+    );
     let mut dw = open_duckdb(&duck_path).await;
     assert_eq!(ask(&mut dw).await, expected, "DuckDB answers like the source");
-    let mut pw = PostgresWarehouse::connect(&ConnInfo::parse(&warehouse_url).expect("url")).await.expect("warehouse");
-    assert_eq!(ask(&mut pw).await, expected, "the Postgres warehouse answers like the source");
+    let mut pw = PostgresWarehouse::connect(&ConnInfo::parse(&warehouse_url).expect("url"))
+        .await
+        .expect("warehouse");
+    assert_eq!(
+        ask(&mut pw).await,
+        expected,
+        "the Postgres warehouse answers like the source"
+    );
 
     // Raw tables are append-only: one row per change record.
     let raw_rows = count(&mut dw, "SELECT (SELECT count(*) FROM raw_public.organizations) + (SELECT count(*) FROM raw_public.bank_accounts) + (SELECT count(*) FROM raw_public.beneficiaries) + (SELECT count(*) FROM raw_public.transfers) + (SELECT count(*) FROM raw_public.\"transaction\") + (SELECT count(*) FROM raw_public.card_transactions)").await;
@@ -191,14 +208,29 @@ async fn seed_questions_match_on_the_source_and_both_warehouses() {
     assert_eq!(count(&mut dw, fr).await, fr_source);
     assert_eq!(count(&mut pw, fr).await, fr_source);
     // Latest state equals the source table by table (row counts).
-    for table in ["organizations", "bank_accounts", "beneficiaries", "transfers", "\"transaction\"", "card_transactions"] {
+    for table in [
+        "organizations",
+        "bank_accounts",
+        "beneficiaries",
+        "transfers",
+        "\"transaction\"",
+        "card_transactions",
+    ] {
         let n: i64 = source
             .query_one(&format!("SELECT count(*) FROM public.{table}"), &[])
             .await
             .expect("count")
             .get(0);
-        assert_eq!(count(&mut dw, &format!("SELECT count(*) FROM public.{table}")).await, n, "{table} in DuckDB");
-        assert_eq!(count(&mut pw, &format!("SELECT count(*) FROM public.{table}")).await, n, "{table} in Postgres");
+        assert_eq!(
+            count(&mut dw, &format!("SELECT count(*) FROM public.{table}")).await,
+            n,
+            "{table} in DuckDB"
+        );
+        assert_eq!(
+            count(&mut pw, &format!("SELECT count(*) FROM public.{table}")).await,
+            n,
+            "{table} in Postgres"
+        );
     }
 
     // Insolvency CSV joins into organizations_with_insolvency.
@@ -208,7 +240,9 @@ async fn seed_questions_match_on_the_source_and_both_warehouses() {
         "organization_id,insolvency_date\n00000000-0000-4000-8000-000000000003,2024-05-01\n",
     )
     .expect("csv");
-    walhouse::sink::insolvency::load_file(&mut dw, &csv).await.expect("load");
+    walhouse::sink::insolvency::load_file(&mut dw, &csv)
+        .await
+        .expect("load");
     let rows = dw
         .query_text(
             "SELECT CAST(latest_insolvency_ts AS DATE) FROM public.organizations_with_insolvency \
@@ -236,8 +270,14 @@ async fn company_events_are_stored_as_received_or_dead_lettered() {
     init_logs();
     let broker = Broker::start();
     let (_reg, registry_url) = registry().await;
-    let (a, b) = ("3b0c7f52-9d7e-4a51-8f0e-2c1d6a4b9e01", "9e1d2c3b-0000-4000-8000-00000000000b");
-    let (org1, org2) = ("a7e4d0c3-5b2f-4c8e-9a61-0f3e2d1c4b5a", "a7e4d0c3-5b2f-4c8e-9a61-0f3e2d1c4b5b");
+    let (a, b) = (
+        "3b0c7f52-9d7e-4a51-8f0e-2c1d6a4b9e01",
+        "9e1d2c3b-0000-4000-8000-00000000000b",
+    );
+    let (org1, org2) = (
+        "a7e4d0c3-5b2f-4c8e-9a61-0f3e2d1c4b5a",
+        "a7e4d0c3-5b2f-4c8e-9a61-0f3e2d1c4b5b",
+    );
     let good = [
         company("a-created", "created", a, org1, "Acme", 1000, 1000),
         // name disagrees with changes; created_at == updated_at on update
@@ -253,16 +293,29 @@ async fn company_events_are_stored_as_received_or_dead_lettered() {
     ];
     let bad: [(&str, String); 4] = [
         ("malformed JSON", "{\"event\": \"created\",".to_string()),
-        ("missing field id", company("x", "created", a, org1, "X", 1, 1).replace(&format!("\"id\":\"{a}\","), "")),
-        ("changes does not hold JSON", company("y", "created", a, org1, "Y", 1, 1).replace("\"changes\":\"{", "\"changes\":\"oops{")),
-        ("is not a number of seconds", company("z", "created", a, org1, "Z", 1, 1).replace("\"created_at\":1", "\"created_at\":\"1\"")),
+        (
+            "missing field id",
+            company("x", "created", a, org1, "X", 1, 1).replace(&format!("\"id\":\"{a}\","), ""),
+        ),
+        (
+            "changes does not hold JSON",
+            company("y", "created", a, org1, "Y", 1, 1).replace("\"changes\":\"{", "\"changes\":\"oops{"),
+        ),
+        (
+            "is not a number of seconds",
+            company("z", "created", a, org1, "Z", 1, 1).replace("\"created_at\":1", "\"created_at\":\"1\""),
+        ),
     ];
     let mut messages: Vec<(Option<&str>, &[u8])> = good.iter().map(|m| (Some(a), m.as_bytes())).collect();
     messages.extend(bad.iter().map(|(_, m)| (None, m.as_bytes())));
     produce(&broker.bootstrap(), "companies", &messages);
     // A CDC topic: an unknown schema id, and a message without the wire header.
     let unknown_id: &[u8] = &[0, 0x7F, 0xFF, 0xFF, 0xF0, 1, 2, 3];
-    produce(&broker.bootstrap(), "walhouse.public.ghost", &[(None, unknown_id), (None, b"plain text")]);
+    produce(
+        &broker.bootstrap(),
+        "walhouse.public.ghost",
+        &[(None, unknown_id), (None, b"plain text")],
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("companies.duckdb");
@@ -279,13 +332,20 @@ async fn company_events_are_stored_as_received_or_dead_lettered() {
     ])
     .await;
     let total = (good.len() + bad.len() + 2) as u64;
-    assert!(sink.wait_for(total, LIMIT).await, "accounted {:?} of {total}", sink.accounted());
+    assert!(
+        sink.wait_for(total, LIMIT).await,
+        "accounted {:?} of {total}",
+        sink.accounted()
+    );
     let (rows, dead, _) = sink.accounted();
     assert_eq!((rows, dead), (good.len() as u64, (bad.len() + 2) as u64));
     sink.stop().await;
 
     let mut w = open_duckdb(&path).await;
-    assert_eq!(count(&mut w, "SELECT count(*) FROM raw.company_events").await, good.len() as i64);
+    assert_eq!(
+        count(&mut w, "SELECT count(*) FROM raw.company_events").await,
+        good.len() as i64
+    );
     // Stored as received: the raw message and what was parsed.
     let raw = w
         .query_text("SELECT raw, name, changes FROM raw.company_events WHERE idempotency_key = 'a-updated-1' ORDER BY _offset LIMIT 1")
@@ -312,13 +372,26 @@ async fn company_events_are_stored_as_received_or_dead_lettered() {
     assert_eq!(letters.len(), bad.len() + 2);
     for (i, (reason, _)) in bad.iter().enumerate() {
         assert_eq!(letters[i][0].as_deref(), Some("companies"));
-        assert!(letters[i][2].as_deref().unwrap_or_default().contains(reason), "{:?} should say {reason}", letters[i]);
+        assert!(
+            letters[i][2].as_deref().unwrap_or_default().contains(reason),
+            "{:?} should say {reason}",
+            letters[i]
+        );
     }
-    let cdc: Vec<&str> = letters[bad.len()..].iter().map(|l| l[2].as_deref().unwrap_or_default()).collect();
-    assert!(cdc.iter().any(|e| e.contains("unknown to the schema registry")), "{cdc:?}");
+    let cdc: Vec<&str> = letters[bad.len()..]
+        .iter()
+        .map(|l| l[2].as_deref().unwrap_or_default())
+        .collect();
+    assert!(
+        cdc.iter().any(|e| e.contains("unknown to the schema registry")),
+        "{cdc:?}"
+    );
     assert!(cdc.iter().any(|e| e.contains("Confluent wire format")), "{cdc:?}");
     // Offsets stored in the warehouse cover every message.
-    assert_eq!(count(&mut w, "SELECT sum(next_offset) FROM walhouse.offsets").await, total as i64);
+    assert_eq!(
+        count(&mut w, "SELECT sum(next_offset) FROM walhouse.offsets").await,
+        total as i64
+    );
 }
 
 fn sink_binary(args: &[String]) -> Child {
@@ -345,7 +418,17 @@ async fn a_killed_sink_neither_loses_nor_duplicates() {
     let (_reg, registry_url) = registry().await;
     const N: usize = 30_000;
     let bodies: Vec<String> = (0..N)
-        .map(|i| company(&format!("k{i}"), "created", &format!("id-{}", i % 997), "org", &format!("n{i}"), i as i64, i as i64))
+        .map(|i| {
+            company(
+                &format!("k{i}"),
+                "created",
+                &format!("id-{}", i % 997),
+                "org",
+                &format!("n{i}"),
+                i as i64,
+                i as i64,
+            )
+        })
         .collect();
     let messages: Vec<(Option<&str>, &[u8])> = bodies.iter().map(|b| (None, b.as_bytes())).collect();
     produce(&broker.bootstrap(), "companies", &messages);
@@ -383,7 +466,9 @@ async fn a_killed_sink_neither_loses_nor_duplicates() {
             // own /metrics say when.)
             let deadline = Instant::now() + LIMIT;
             if is_pg {
-                let mut w = PostgresWarehouse::connect(&ConnInfo::parse(warehouse).expect("url")).await.expect("wh");
+                let mut w = PostgresWarehouse::connect(&ConnInfo::parse(warehouse).expect("url"))
+                    .await
+                    .expect("wh");
                 let before = count_or_zero(&mut w, "SELECT count(*) FROM raw.company_events").await;
                 while count_or_zero(&mut w, "SELECT count(*) FROM raw.company_events").await <= before {
                     assert!(Instant::now() < deadline, "round {round}: no progress");
@@ -400,7 +485,9 @@ async fn a_killed_sink_neither_loses_nor_duplicates() {
         }
         if is_pg {
             let mut child = sink_binary(&args);
-            let mut w = PostgresWarehouse::connect(&ConnInfo::parse(warehouse).expect("url")).await.expect("wh");
+            let mut w = PostgresWarehouse::connect(&ConnInfo::parse(warehouse).expect("url"))
+                .await
+                .expect("wh");
             let deadline = Instant::now() + LIMIT;
             while count_or_zero(&mut w, "SELECT count(*) FROM raw.company_events").await < N as i64 {
                 assert!(Instant::now() < deadline, "the last run did not finish");
@@ -418,14 +505,21 @@ async fn a_killed_sink_neither_loses_nor_duplicates() {
                 let mut w = open_duckdb(&dir.path().join("kill.duckdb")).await;
                 count_or_zero(&mut w, "SELECT count(*) FROM raw.company_events").await
             };
-            assert!(stored > 0 && stored < N as i64, "the kills landed mid-stream ({stored} rows)");
+            assert!(
+                stored > 0 && stored < N as i64,
+                "the kills landed mid-stream ({stored} rows)"
+            );
             let port = support::postgres::free_port();
             let mut with_metrics = args.clone();
             with_metrics.extend(["--metrics-addr".to_string(), format!("127.0.0.1:{port}")]);
             let mut child = sink_binary(&with_metrics);
             let deadline = Instant::now() + LIMIT;
             while stored + rows_metric(port) < N as i64 {
-                assert!(Instant::now() < deadline, "the last run did not finish ({stored} + {})", rows_metric(port));
+                assert!(
+                    Instant::now() < deadline,
+                    "the last run did not finish ({stored} + {})",
+                    rows_metric(port)
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -473,7 +567,14 @@ async fn assert_exactly_once<W: Warehouse>(w: &mut W, n: usize) {
     let want = vec![Some(n.to_string()); 3];
     assert_eq!(rows[0], want, "{}: every message exactly once", w.describe());
     // Offsets start at 0 and have no gaps here: the stored next offsets add up to N.
-    assert_eq!(count(w, "SELECT sum(next_offset) FROM walhouse.offsets WHERE topic = 'companies'").await, n);
+    assert_eq!(
+        count(
+            w,
+            "SELECT sum(next_offset) FROM walhouse.offsets WHERE topic = 'companies'"
+        )
+        .await,
+        n
+    );
 }
 
 /// `load-insolvencies` (the binary) twice on the same file: the second run
@@ -505,7 +606,10 @@ fn insolvency_csv_loads_once_with_bad_lines_dead_lettered() {
     assert!(first.contains("2 rows, 2 dead letters"), "{first}");
     let second = load();
     assert!(second.contains("loaded before, nothing added"), "{second}");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
     rt.block_on(async {
         let mut w = open_duckdb(&dir.path().join("csv.duckdb")).await;
         assert_eq!(count(&mut w, "SELECT count(*) FROM raw.insolvencies").await, 2);
@@ -520,7 +624,10 @@ fn insolvency_csv_loads_once_with_bad_lines_dead_lettered() {
             .expect("dead");
         assert_eq!(dead.len(), 2);
         assert_eq!(dead[0][1].as_deref(), Some("4"));
-        assert!(dead[0][0].as_deref().unwrap_or_default().ends_with("insolvent-2024-05-01.csv"));
+        assert!(dead[0][0]
+            .as_deref()
+            .unwrap_or_default()
+            .ends_with("insolvent-2024-05-01.csv"));
         assert!(dead[0][2].as_deref().unwrap_or_default().contains("not a UUID"));
         assert_eq!(dead[1][1].as_deref(), Some("5"));
         assert_eq!(count(&mut w, "SELECT count(*) FROM walhouse.file_loads").await, 1);

@@ -17,10 +17,10 @@ use walhouse::warehouse::Warehouse;
 
 fn main() -> ExitCode {
     let args = SinkArgs::parse();
-    let load = match &args.command {
-        Some(SinkCommand::LoadInsolvencies { path }) => Some(path.clone()),
-        None => None,
-    };
+    let load = args
+        .command
+        .as_ref()
+        .map(|SinkCommand::LoadInsolvencies { path }| path.clone());
     let config = match SinkConfig::resolve(args) {
         Ok(c) => c,
         Err(e) => {
@@ -70,9 +70,7 @@ async fn run<W: Warehouse>(config: SinkConfig, mut warehouse: W, load: Option<&P
         }
         return Ok(());
     }
-    let settings = config
-        .consume
-        .ok_or_else(|| anyhow::anyhow!("no Kafka settings"))?;
+    let settings = config.consume.ok_or_else(|| anyhow::anyhow!("no Kafka settings"))?;
     let metrics = Arc::new(SinkMetrics::default());
     let _server = match settings.metrics_addr {
         Some(addr) => Some(walhouse::metrics::serve(addr, metrics.clone()).await?),

@@ -31,7 +31,10 @@ pub fn table() -> TableRef {
 }
 
 pub fn table_def() -> TableDef {
-    let mut columns: Vec<ColumnDef> = EVENT_COLUMNS.iter().map(|(n, t)| ColumnDef::new(n, t.clone())).collect();
+    let mut columns: Vec<ColumnDef> = EVENT_COLUMNS
+        .iter()
+        .map(|(n, t)| ColumnDef::new(n, t.clone()))
+        .collect();
     columns.extend(super::kafka_columns());
     TableDef {
         table: table(),
@@ -103,7 +106,10 @@ mod tests {
         assert_eq!(cells.len(), column_names().len());
         assert_eq!(cells[0], Cell::Text("created".into()));
         assert_eq!(cells[5], Cell::TimestampTz(1_700_000_000_000_000));
-        assert_eq!(cells[7], Cell::Text(r#"{"name":{"from":null,"to":"Acme Tools"}}"#.into()));
+        assert_eq!(
+            cells[7],
+            Cell::Text(r#"{"name":{"from":null,"to":"Acme Tools"}}"#.into())
+        );
         assert_eq!(cells[8], Cell::Text(GOOD.into()));
     }
 
@@ -113,9 +119,15 @@ mod tests {
             ("{not json", "malformed JSON"),
             ("[1,2]", "not a JSON object"),
             (&GOOD.replace("\"name\": \"Acme Tools\", ", ""), "missing field name"),
-            (&GOOD.replace("\"changes\": \"{", "\"changes\": \"not json{"), "changes does not hold JSON"),
+            (
+                &GOOD.replace("\"changes\": \"{", "\"changes\": \"not json{"),
+                "changes does not hold JSON",
+            ),
             (&GOOD.replace("1700000000,", "\"soon\","), "created_at is not a number"),
-            (&GOOD.replace("\"created\"", "\"deleted\""), "not \"created\" or \"updated\""),
+            (
+                &GOOD.replace("\"created\"", "\"deleted\""),
+                "not \"created\" or \"updated\"",
+            ),
         ];
         for (input, reason) in cases {
             let err = parse(input.as_bytes()).expect_err(input);

@@ -130,7 +130,9 @@ impl WarehouseTarget {
         if let Some(path) = url.strip_prefix("duckdb:") {
             let path = path.trim_start_matches("//");
             if path.is_empty() {
-                return Err(ConfigError::Invalid("--warehouse duckdb: needs a file path, e.g. duckdb:warehouse.duckdb".into()));
+                return Err(ConfigError::Invalid(
+                    "--warehouse duckdb: needs a file path, e.g. duckdb:warehouse.duckdb".into(),
+                ));
             }
             return Ok(WarehouseTarget::DuckDb(PathBuf::from(path)));
         }
@@ -181,7 +183,9 @@ impl SinkConfig {
             None => FileConfig::default(),
         };
         let warehouse = args.warehouse.or(file.warehouse).ok_or_else(|| {
-            ConfigError::Invalid("no warehouse: give --warehouse duckdb:<path> or postgres://… (WALHOUSE_WAREHOUSE)".into())
+            ConfigError::Invalid(
+                "no warehouse: give --warehouse duckdb:<path> or postgres://… (WALHOUSE_WAREHOUSE)".into(),
+            )
         })?;
         let warehouse = WarehouseTarget::parse(&warehouse)?;
         let log_format = args.log_format.or(file.log_format).unwrap_or_default();
@@ -240,7 +244,9 @@ impl SinkConfig {
         let batch_bytes = args.batch_bytes.or(file.batch_bytes).unwrap_or(32 << 20);
         let batch_ms = args.batch_ms.or(file.batch_ms).unwrap_or(1000);
         if batch_rows == 0 || batch_bytes == 0 || batch_ms == 0 {
-            return Err(ConfigError::Invalid("batch_rows, batch_bytes and batch_ms must be above 0".into()));
+            return Err(ConfigError::Invalid(
+                "batch_rows, batch_bytes and batch_ms must be above 0".into(),
+            ));
         }
         Ok(SinkConfig {
             warehouse,
@@ -264,6 +270,7 @@ impl SinkConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn resolve(argv: &[&str]) -> Result<SinkConfig, ConfigError> {
         let mut all = vec!["walhouse-sink"];
@@ -273,8 +280,13 @@ mod tests {
 
     #[test]
     fn warehouse_urls() {
-        assert!(matches!(WarehouseTarget::parse("duckdb:w/x.duckdb"), Ok(WarehouseTarget::DuckDb(p)) if p == PathBuf::from("w/x.duckdb")));
-        assert!(matches!(WarehouseTarget::parse("postgres://u@127.0.0.1/wh"), Ok(WarehouseTarget::Postgres(_))));
+        assert!(
+            matches!(WarehouseTarget::parse("duckdb:w/x.duckdb"), Ok(WarehouseTarget::DuckDb(p)) if p == Path::new("w/x.duckdb"))
+        );
+        assert!(matches!(
+            WarehouseTarget::parse("postgres://u@127.0.0.1/wh"),
+            Ok(WarehouseTarget::Postgres(_))
+        ));
         assert!(WarehouseTarget::parse("mysql://x").is_err());
         assert!(WarehouseTarget::parse("duckdb:").is_err());
     }
@@ -297,6 +309,16 @@ mod tests {
         let k = c.consume.expect("consume");
         assert_eq!(k.topic_pattern, DEFAULT_TOPIC_PATTERN);
         assert_eq!(k.companies_topic.as_deref(), Some("companies"));
-        assert!(resolve(&["--warehouse", "duckdb:x", "--brokers", "b", "--schema-registry-url", "http://r", "--topic-pattern", "walhouse"]).is_err());
+        assert!(resolve(&[
+            "--warehouse",
+            "duckdb:x",
+            "--brokers",
+            "b",
+            "--schema-registry-url",
+            "http://r",
+            "--topic-pattern",
+            "walhouse"
+        ])
+        .is_err());
     }
 }

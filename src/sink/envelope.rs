@@ -36,7 +36,11 @@ enum Node {
     Bytes,
     String,
     Fixed(usize),
-    Decimal { precision: u32, scale: u32, fixed: Option<usize> },
+    Decimal {
+        precision: u32,
+        scale: u32,
+        fixed: Option<usize>,
+    },
     Date,
     TimeMillis,
     TimeMicros,
@@ -131,7 +135,10 @@ impl EnvelopePlan {
     }
 
     pub fn column_defs(&self) -> Vec<ColumnDef> {
-        self.columns.iter().map(|c| ColumnDef::new(&c.name, c.ty.clone())).collect()
+        self.columns
+            .iter()
+            .map(|c| ColumnDef::new(&c.name, c.ty.clone()))
+            .collect()
     }
 
     pub fn decode(&self, body: &[u8]) -> Result<Change, EnvelopeError> {
@@ -149,7 +156,10 @@ impl EnvelopePlan {
                     let mut v = Json::Null;
                     generic(&mut r, node, &mut v)?;
                     if let Json::Array(items) = v {
-                        change.unchanged_toast = items.into_iter().filter_map(|i| i.as_str().map(str::to_owned)).collect();
+                        change.unchanged_toast = items
+                            .into_iter()
+                            .filter_map(|i| i.as_str().map(str::to_owned))
+                            .collect();
                     }
                 }
                 Field::TextValues => {
@@ -702,7 +712,13 @@ mod tests {
             cols,
             vec![
                 ("id", &SqlType::BigInt),
-                ("amount", &SqlType::Decimal { precision: 19, scale: 4 }),
+                (
+                    "amount",
+                    &SqlType::Decimal {
+                        precision: 19,
+                        scale: 4
+                    }
+                ),
                 ("meta", &SqlType::Json),
                 ("odd name", &SqlType::Text),
                 ("tags", &SqlType::Json),
@@ -716,7 +732,10 @@ mod tests {
         let c = plan.decode(&body("c", true)).expect("decode");
         assert_eq!(c.op, "c");
         assert_eq!((c.schema.as_str(), c.table.as_str()), ("public", "t"));
-        assert_eq!((c.tx_id, c.lsn, c.commit_ts_ms), (Some(777), Some(0x1000), Some(1_700_000_000_000)));
+        assert_eq!(
+            (c.tx_id, c.lsn, c.commit_ts_ms),
+            (Some(777), Some(0x1000), Some(1_700_000_000_000))
+        );
         assert_eq!(c.unchanged_toast, vec!["meta".to_string()]);
         let row = c.row.expect("row");
         assert_eq!(row[0], Cell::Long(42));

@@ -142,7 +142,10 @@ fn parse(text: &str, file: &str, sha256: &str, now: i64) -> Result<Parsed, Strin
     let header: Vec<String> = header.iter().map(|h| h.trim().to_ascii_lowercase()).collect();
     let find = |name: &str| {
         header.iter().position(|h| h == name).ok_or_else(|| {
-            format!("the header has no {name} column (found: {}); the file needs organization_id and insolvency_date", header.join(", "))
+            format!(
+                "the header has no {name} column (found: {}); the file needs organization_id and insolvency_date",
+                header.join(", ")
+            )
         })
     };
     let (org_at, date_at) = (find("organization_id")?, find("insolvency_date")?);
@@ -166,8 +169,12 @@ fn parse(text: &str, file: &str, sha256: &str, now: i64) -> Result<Parsed, Strin
             }
             let org = uuid(fields[org_at].trim())
                 .ok_or_else(|| format!("organization_id {:?} is not a UUID", fields[org_at]))?;
-            let ts = iso_timestamp_micros(&fields[date_at])
-                .ok_or_else(|| format!("insolvency_date {:?} is not an ISO-8601 date or timestamp", fields[date_at]))?;
+            let ts = iso_timestamp_micros(&fields[date_at]).ok_or_else(|| {
+                format!(
+                    "insolvency_date {:?} is not an ISO-8601 date or timestamp",
+                    fields[date_at]
+                )
+            })?;
             let extra: Map<String, Json> = header
                 .iter()
                 .zip(&fields)

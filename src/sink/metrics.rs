@@ -58,14 +58,54 @@ impl crate::metrics::Exposition for SinkMetrics {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
         };
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        line("walhouse_sink_up", "1 while the sink is consuming.", "gauge", u64::from(self.up.load(Ordering::Relaxed)));
-        line("walhouse_sink_rows_total", "Rows written to warehouse tables.", "counter", get(&self.rows));
-        line("walhouse_sink_dead_letters_total", "Records written to walhouse.dead_letters.", "counter", get(&self.dead_letters));
-        line("walhouse_sink_batches_total", "Warehouse transactions committed.", "counter", get(&self.batches));
-        line("walhouse_sink_skipped_total", "Records consumed but not stored by design (tombstones, transaction metadata).", "counter", get(&self.skipped));
-        line("walhouse_sink_stopped_topics", "Topics stopped by an incompatible schema change.", "gauge", get(&self.stopped_topics));
-        line("walhouse_sink_fenced_total", "Batches rolled back because another instance moved the stored offset.", "counter", get(&self.fenced));
-        line("walhouse_sink_last_batch_milliseconds", "Time the last warehouse transaction took.", "gauge", get(&self.last_batch_ms));
+        line(
+            "walhouse_sink_up",
+            "1 while the sink is consuming.",
+            "gauge",
+            u64::from(self.up.load(Ordering::Relaxed)),
+        );
+        line(
+            "walhouse_sink_rows_total",
+            "Rows written to warehouse tables.",
+            "counter",
+            get(&self.rows),
+        );
+        line(
+            "walhouse_sink_dead_letters_total",
+            "Records written to walhouse.dead_letters.",
+            "counter",
+            get(&self.dead_letters),
+        );
+        line(
+            "walhouse_sink_batches_total",
+            "Warehouse transactions committed.",
+            "counter",
+            get(&self.batches),
+        );
+        line(
+            "walhouse_sink_skipped_total",
+            "Records consumed but not stored by design (tombstones, transaction metadata).",
+            "counter",
+            get(&self.skipped),
+        );
+        line(
+            "walhouse_sink_stopped_topics",
+            "Topics stopped by an incompatible schema change.",
+            "gauge",
+            get(&self.stopped_topics),
+        );
+        line(
+            "walhouse_sink_fenced_total",
+            "Batches rolled back because another instance moved the stored offset.",
+            "counter",
+            get(&self.fenced),
+        );
+        line(
+            "walhouse_sink_last_batch_milliseconds",
+            "Time the last warehouse transaction took.",
+            "gauge",
+            get(&self.last_batch_ms),
+        );
         out
     }
 

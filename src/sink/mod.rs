@@ -44,7 +44,10 @@ pub const KAFKA_COLUMNS: [(&str, SqlType); 4] = [
 ];
 
 pub fn kafka_columns() -> Vec<ColumnDef> {
-    KAFKA_COLUMNS.iter().map(|(n, t)| ColumnDef::new(n, t.clone())).collect()
+    KAFKA_COLUMNS
+        .iter()
+        .map(|(n, t)| ColumnDef::new(n, t.clone()))
+        .collect()
 }
 
 pub fn now_micros() -> i64 {
@@ -99,7 +102,10 @@ enum Rebalanced {
 }
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
-    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
 }
 
 impl ClientContext for SinkContext {}
@@ -167,7 +173,12 @@ impl Pending {
 
 /// One consumed record's fate.
 enum Outcome {
-    Row { table: TableRef, schema_id: u32, columns: Vec<String>, cells: Vec<Cell> },
+    Row {
+        table: TableRef,
+        schema_id: u32,
+        columns: Vec<String>,
+        cells: Vec<Cell>,
+    },
     Dead(String),
     Skip,
     /// The topic cannot go on (incompatible schema change).
@@ -190,7 +201,11 @@ pub struct Sink<W: Warehouse> {
 }
 
 impl<W: Warehouse> Sink<W> {
-    pub async fn new(settings: ConsumeSettings, mut warehouse: W, metrics: Arc<SinkMetrics>) -> Result<Self, SinkError> {
+    pub async fn new(
+        settings: ConsumeSettings,
+        mut warehouse: W,
+        metrics: Arc<SinkMetrics>,
+    ) -> Result<Self, SinkError> {
         let registry = Registry::new(&settings.registry)?;
         let mut tables = Tables::default();
         prepare(&mut warehouse, &mut tables).await?;
@@ -437,10 +452,17 @@ impl<W: Warehouse> Sink<W> {
                 cells.push(Cell::TimestampTz(now_micros()));
                 self.pending.bytes += cells.iter().map(Cell::weight).sum::<usize>();
                 self.pending.rows += 1;
-                let rows = self.pending.tables.entry((table, schema_id)).or_insert_with(|| TableRows {
-                    columns: columns.into_iter().chain(KAFKA_COLUMNS.iter().map(|(n, _)| n.to_string())).collect(),
-                    rows: Vec::new(),
-                });
+                let rows = self
+                    .pending
+                    .tables
+                    .entry((table, schema_id))
+                    .or_insert_with(|| TableRows {
+                        columns: columns
+                            .into_iter()
+                            .chain(KAFKA_COLUMNS.iter().map(|(n, _)| n.to_string()))
+                            .collect(),
+                        rows: Vec::new(),
+                    });
                 rows.rows.push(cells);
             }
         }
@@ -488,7 +510,11 @@ impl<W: Warehouse> Sink<W> {
         cells.push(Cell::Text(change.op));
         cells.push(change.lsn.map_or(Cell::Null, Cell::Long));
         cells.push(change.tx_id.map_or(Cell::Null, Cell::Long));
-        cells.push(change.commit_ts_ms.map_or(Cell::Null, |ms| Cell::TimestampTz(ms.saturating_mul(1000))));
+        cells.push(
+            change
+                .commit_ts_ms
+                .map_or(Cell::Null, |ms| Cell::TimestampTz(ms.saturating_mul(1000))),
+        );
         cells.push(Cell::Text(change.snapshot));
         cells.push(json_list(&change.unchanged_toast).unwrap_or(Cell::Null));
         cells.push(if change.text_values.is_empty() {
@@ -587,7 +613,12 @@ impl<W: Warehouse> Sink<W> {
         let millis = started.elapsed().as_millis() as u64;
         self.metrics
             .count_batch(batch.rows() as u64, batch.dead_letters.len() as u64, millis);
-        tracing::debug!(rows = batch.rows(), dead = batch.dead_letters.len(), millis, "batch written");
+        tracing::debug!(
+            rows = batch.rows(),
+            dead = batch.dead_letters.len(),
+            millis,
+            "batch written"
+        );
         let mut tpl = TopicPartitionList::new();
         for o in &batch.offsets {
             if let Some(p) = self.positions.get_mut(&(o.topic.clone(), o.partition)) {

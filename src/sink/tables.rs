@@ -132,7 +132,10 @@ impl Tables {
         }
         statements.push(latest_view_sql(w.dialect(), raw, view, key, &data, &toastable));
         if organizations {
-            statements.push(organizations_with_insolvency_sql(&view.schema, data.iter().any(|c| c == "insolvency_ts")));
+            statements.push(organizations_with_insolvency_sql(
+                &view.schema,
+                data.iter().any(|c| c == "insolvency_ts"),
+            ));
         }
         w.execute(&statements).await?;
         self.views.insert(raw.clone());
@@ -204,7 +207,11 @@ pub fn latest_view_sql(
 /// column or the CSV loads.
 fn organizations_with_insolvency_sql(schema: &str, source_has_column: bool) -> String {
     let template = include_str!("../../sql/warehouse/organizations_with_insolvency.sql");
-    let source_ts = if source_has_column { "o.insolvency_ts" } else { "CAST(NULL AS TIMESTAMPTZ)" };
+    let source_ts = if source_has_column {
+        "o.insolvency_ts"
+    } else {
+        "CAST(NULL AS TIMESTAMPTZ)"
+    };
     template
         .replace("{schema}", &quote(schema))
         .replace("{source_insolvency_ts}", source_ts)
@@ -255,7 +262,10 @@ mod tests {
             &["id".to_string(), "doc".to_string(), "n".to_string()],
             &[false, true, false],
         );
-        assert!(sql.contains("PARTITION BY \"id\" ORDER BY r._lsn DESC, r._offset DESC"), "{sql}");
+        assert!(
+            sql.contains("PARTITION BY \"id\" ORDER BY r._lsn DESC, r._offset DESC"),
+            "{sql}"
+        );
         assert!(sql.contains("strpos(o._unchanged_toast, '\"doc\"') > 0"), "{sql}");
         assert!(sql.contains("o.\"n\""), "{sql}");
         assert!(sql.contains("o._op <> 'd'"), "{sql}");

@@ -176,7 +176,17 @@ impl Warehouse for DuckDbWarehouse {
                     .appender_with_columns_to_db(
                         "dead_letters",
                         "walhouse",
-                        &["source", "topic", "partition", "offset", "file", "line", "key", "raw", "error"],
+                        &[
+                            "source",
+                            "topic",
+                            "partition",
+                            "offset",
+                            "file",
+                            "line",
+                            "key",
+                            "raw",
+                            "error",
+                        ],
                     )
                     .map_err(Self::sql_error("appending dead letters"))?;
                 for d in &batch.dead_letters {
@@ -235,7 +245,10 @@ impl Warehouse for DuckDbWarehouse {
     }
 
     async fn file_loaded(&mut self, sha256: &str) -> Result<bool, WarehouseError> {
-        let sql = format!("SELECT count(*) FROM walhouse.file_loads WHERE sha256 = {}", literal(sha256));
+        let sql = format!(
+            "SELECT count(*) FROM walhouse.file_loads WHERE sha256 = {}",
+            literal(sha256)
+        );
         let conn = &self.conn;
         let n: i64 = tokio::task::block_in_place(|| conn.query_row(&sql, [], |r| r.get(0)))
             .map_err(Self::sql_error("reading file loads"))?;

@@ -41,7 +41,11 @@ pub enum Cell {
     Float(f32),
     Double(f64),
     /// `unscaled × 10^-scale`, for decimals of up to 38 digits.
-    Decimal { unscaled: i128, precision: u8, scale: u8 },
+    Decimal {
+        unscaled: i128,
+        precision: u8,
+        scale: u8,
+    },
     Text(String),
     Bytes(Vec<u8>),
     /// Days since 1970-01-01.
@@ -369,8 +373,20 @@ mod tests {
 
     #[test]
     fn declared_types_are_recognised_in_both_dialects() {
-        assert!(Dialect::Postgres.same_type("numeric(19,4)", &SqlType::Decimal { precision: 19, scale: 4 }));
-        assert!(Dialect::DuckDb.same_type("DECIMAL(19,4)", &SqlType::Decimal { precision: 19, scale: 4 }));
+        assert!(Dialect::Postgres.same_type(
+            "numeric(19,4)",
+            &SqlType::Decimal {
+                precision: 19,
+                scale: 4
+            }
+        ));
+        assert!(Dialect::DuckDb.same_type(
+            "DECIMAL(19,4)",
+            &SqlType::Decimal {
+                precision: 19,
+                scale: 4
+            }
+        ));
         assert!(Dialect::Postgres.same_type("timestamp with time zone", &SqlType::TimestampTz));
         assert!(Dialect::DuckDb.same_type("UUID", &SqlType::Uuid));
         assert!(!Dialect::DuckDb.same_type("VARCHAR", &SqlType::BigInt));
@@ -378,7 +394,10 @@ mod tests {
 
     #[test]
     fn identifiers_and_literals_are_quoted() {
-        assert_eq!(TableRef::new("raw_public", "a\"b").quoted(), "\"raw_public\".\"a\"\"b\"");
+        assert_eq!(
+            TableRef::new("raw_public", "a\"b").quoted(),
+            "\"raw_public\".\"a\"\"b\""
+        );
         assert_eq!(literal("it's"), "'it''s'");
     }
 }

@@ -196,10 +196,20 @@ impl Warehouse for PostgresWarehouse {
             copy_in(&tx, table, columns, data).await?;
         }
         if !batch.dead_letters.is_empty() {
-            let columns: Vec<String> = ["source", "topic", "partition", "offset", "file", "line", "key", "raw", "error"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let columns: Vec<String> = [
+                "source",
+                "topic",
+                "partition",
+                "offset",
+                "file",
+                "line",
+                "key",
+                "raw",
+                "error",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
             let rows: Vec<Vec<Cell>> = batch
                 .dead_letters
                 .iter()
@@ -217,7 +227,13 @@ impl Warehouse for PostgresWarehouse {
                     ]
                 })
                 .collect();
-            copy_in(&tx, &TableRef::new("walhouse", "dead_letters"), &columns, rows_text(&rows)).await?;
+            copy_in(
+                &tx,
+                &TableRef::new("walhouse", "dead_letters"),
+                &columns,
+                rows_text(&rows),
+            )
+            .await?;
         }
         for o in &batch.offsets {
             let moved = match o.from {
