@@ -1,58 +1,43 @@
 //! The main job, end to end on embedded defaults (a development tool, not
-//! a deployment): starts a throwaway PostgreSQL 15 the way the tests do, a
-//! local Kafka-protocol broker (tansu) and the small Confluent-API registry
-//! of the test support (a development stand-in for a real Schema Registry),
-//! creates the backend schema of `sql/source/` with generated data, runs
-//! walhouse's capture (the same code as `walhouse-capture --output kafka`):
-//! the existing rows arrive as the initial snapshot (`op = r`), then a
-//! workload of inserts, updates, deletes and an ALTER TABLE streams. It
-//! reads every topic back, decodes each record with the schema the registry
-//! returns, and checks that every row and change arrived once and that the
-//! slot confirmed exactly what Kafka acknowledged.
+//! a deployment). It starts a throwaway PostgreSQL 15 the way the tests do,
+//! a local Kafka-protocol broker (tansu), and the small Confluent-API
+//! registry of the test support (a development stand-in for a real Schema
+//! Registry). It creates the backend schema of `sql/source/` with generated
+//! data, then runs walhouse's capture (the same code as `walhouse-capture
+//! --output kafka`): the existing rows arrive as the initial snapshot, then
+//! a workload of inserts, updates, deletes and an ALTER TABLE streams.
+//! walhouse-sink (the same code as the binary) appends everything into a
+//! DuckDB file, with company events (duplicates and a malformed one
+//! included) fed to the `companies` topic, and loads an insolvency CSV.
+//! Last, it prints the seed's three questions from the warehouse next to
+//! the same questions on the source, and says OK only if they agree.
 //!
 //! Run: `cargo run --release --example demo`
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use apache_avro::types::Value;
-use clap::Parser;
-use tokio::sync::watch;
-use walhouse::capture;
-use walhouse::config::{CaptureArgs, CaptureConfig};
-use walhouse::kafka::producer::KafkaDestination;
-use walhouse::registry::{split_wire, Registry, RegistryConfig};
-
-const SCHEMA: &str = include_str!("../sql/source/backend_schema.sql");
-const GENERATE: &str = include_str!("../sql/source/generate.sql");
-const COUNT_ROWS: &str = "SELECT (SELECT count(*) FROM organizations) + (SELECT count(*) FROM bank_accounts) + \
-     (SELECT count(*) FROM beneficiaries) + (SELECT count(*) FROM transfers) + \
-     (SELECT count(*) FROM \"transaction\") + (SELECT count(*) FROM card_transactions)";
-const TABLES: [&str; 6] = [
-    "organizations",
-    "bank_accounts",
-    "beneficiaries",
-    "transfers",
-    "transaction",
-    "card_transactions",
-];
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use support::pipeline::{ask, start_capture, start_sink, BACKEND_SCHEMA, GENERATE, QUESTIONS};
+use walhouse::postgres::conninfo::ConnInfo;
+use walhouse::warehouse::duckdb::DuckDbWarehouse;
+use walhouse::warehouse::postgres::PostgresWarehouse;
+use walhouse::warehouse::Warehouse;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     walhouse::config::init_logging(walhouse::config::LogFormat::Text);
+    let started = Instant::now();
     println!("== starting a local PostgreSQL 15 (temp dir, wal_level=logical) …");
     let pg = support::postgres::PgServer::start();
     pg.create_db("backend");
     let sql = pg.client("backend").await;
-    sql.batch_execute(SCHEMA).await.context("backend schema")?;
+    sql.batch_execute(BACKEND_SCHEMA).await.context("backend schema")?;
     sql.batch_execute(GENERATE).await.context("generate data")?;
-    let existing: i64 = sql.query_one(COUNT_ROWS, &[]).await?.get(0);
-    println!("   backend schema with {existing} generated rows (they will arrive as the initial snapshot)");
     println!("== starting a local Kafka-protocol broker (tansu, memory storage) and a dev Schema Registry …");
     let broker = support::kafka::Broker::start();
     let registry = support::registry::TestRegistry::start().await;
@@ -63,147 +48,171 @@ async fn main() -> anyhow::Result<()> {
         registry.url
     );
 
-    let url = pg.url("walhouse_scram", "backend");
-    println!(
-        "== walhouse-capture --source-url postgres://walhouse_scram:***@127.0.0.1:{}/backend --output kafka --brokers {} --schema-registry-url {}",
-        pg.port,
-        broker.bootstrap(),
-        registry.url
-    );
-    let config = CaptureConfig::resolve(CaptureArgs::try_parse_from([
-        "walhouse-capture",
+    let source_url = pg.url("walhouse_scram", "backend");
+    println!("== walhouse-capture --output kafka (initial snapshot, then streaming) …");
+    let capture = start_capture(&[
         "--source-url",
-        &url,
+        &source_url,
         "--output",
         "kafka",
         "--brokers",
         &broker.bootstrap(),
         "--schema-registry-url",
         &registry.url,
-    ])?)?;
-    let kafka = config.kafka.clone().context("kafka settings")?;
-    let reg = Arc::new(Registry::new(&kafka.registry)?);
-    let mut dest = KafkaDestination::new(&kafka, "backend", reg)?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let capture = tokio::spawn(async move {
-        let summary = capture::run(&config, &mut dest, stop_rx).await;
-        summary.map(|s| (s, dest.produced()))
-    });
-    if !pg
-        .wait_for_slot("backend", "walhouse", true, Duration::from_secs(60))
-        .await
-    {
+    ]);
+    if !pg.wait_for_slot("backend", "walhouse", true, Duration::from_secs(60)).await {
         bail!("capture did not start streaming within 60 s");
     }
+    let dir = tempfile::tempdir()?;
+    let duck_path = dir.path().join("warehouse.duckdb");
+    let duck_url = format!("duckdb:{}", duck_path.display());
+    println!("== walhouse-sink --warehouse {duck_url} …");
+    let mut sink = start_sink(&[
+        "--warehouse",
+        &duck_url,
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        &registry.url,
+        "--batch-ms",
+        "250",
+    ])
+    .await;
 
-    println!("== applying a workload while capture streams …");
-    let mut expected = existing as u64;
-    expected += sql
-        .execute(
-            "INSERT INTO \"transaction\" (id, status, bank_account_id, subject_type, amount) \
-             SELECT g, 1, 1 + g % 60, 'Card', g FROM generate_series(2001, 2500) g",
-            &[],
-        )
-        .await?;
-    expected += sql
-        .execute("UPDATE \"transaction\" SET status = 1 WHERE id % 10 = 0", &[])
-        .await?;
-    expected += sql
-        .execute("UPDATE transfers SET status = 3 WHERE id % 7 = 0", &[])
-        .await?;
-    let deleted = sql
-        .execute("DELETE FROM card_transactions WHERE id % 100 = 0", &[])
-        .await?;
-    expected += deleted;
-    sql.batch_execute("ALTER TABLE organizations ADD COLUMN country char(2)")
-        .await?;
-    expected += sql
-        .execute(
-            "UPDATE organizations SET country = 'FR', name = name || ' SAS' WHERE name LIKE '%1'",
-            &[],
-        )
-        .await?;
+    println!("== applying a workload on the source while both run …");
+    for statement in [
+        "INSERT INTO \"transaction\" (id, status, bank_account_id, subject_type, subject_id, amount) \
+         SELECT g, g % 3, 1 + g % 60, CASE WHEN g % 2 = 0 THEN 'Transfer' ELSE 'Card' END, \
+                CASE WHEN g % 2 = 0 THEN 1 + g % 400 END, g FROM generate_series(2001, 2500) g",
+        "UPDATE \"transaction\" SET status = 1 WHERE id % 10 = 0",
+        "UPDATE transfers SET status = 3 WHERE id % 7 = 0",
+        "DELETE FROM card_transactions WHERE id % 100 = 0",
+        "ALTER TABLE organizations ADD COLUMN country char(2)",
+        "UPDATE organizations SET country = 'FR', name = name || ' SAS' WHERE name LIKE '%1'",
+    ] {
+        sql.batch_execute(statement).await.with_context(|| statement.to_string())?;
+    }
+    println!("== feeding company events (two duplicates, one malformed) to topic companies …");
+    let events = company_events();
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).create()?;
+    for e in &events {
+        producer
+            .send(BaseRecord::<str, str>::to("companies").payload(e))
+            .map_err(|(e, _)| e)?;
+    }
+    producer.flush(Duration::from_secs(30))?;
 
-    // Capture acknowledges only what Kafka acknowledged: wait (bounded)
-    // until the slot confirmed everything written.
     if !pg.wait_confirmed("backend", "walhouse", Duration::from_secs(60)).await {
         bail!("the slot did not confirm the workload within 60 s");
     }
-    let _ = stop_tx.send(true);
-    let (summary, produced) = capture.await??;
-    let confirmed: String = sql
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'walhouse'",
-            &[],
-        )
-        .await?
-        .get(0);
+    let (summary, produced) = capture.stop().await;
+    println!(
+        "   capture: {} change events, {produced} Kafka records, slot confirmed {}",
+        summary.events, summary.acknowledged
+    );
+    let records = produced + events.len() as u64;
+    if !sink.wait_for(records, Duration::from_secs(120)).await {
+        bail!("the sink accounted for {:?} of {records} records within 120 s", sink.accounted());
+    }
+    let (rows, dead, skipped) = sink.accounted();
+    sink.stop().await;
+    println!("   sink: {rows} rows appended, {dead} dead letter(s), {skipped} tombstones skipped");
 
-    println!("== reading every topic back, decoding with the schemas the registry returns …");
-    let reader = Registry::new(&RegistryConfig {
-        url: registry.url.clone(),
-        ..Default::default()
-    })?;
-    let mut by_table: BTreeMap<(String, String), u64> = BTreeMap::new();
-    let (mut changes, mut tombstones) = (0u64, 0u64);
-    let mut sample = None;
-    for table in TABLES {
-        let (bootstrap, topic) = (broker.bootstrap(), format!("walhouse.public.{table}"));
-        let records = tokio::task::spawn_blocking(move || {
-            support::kafka::read_topic(&bootstrap, &topic, usize::MAX, Duration::from_secs(5))
-        })
-        .await?;
-        for r in records {
-            let Some(value) = r.value else {
-                tombstones += 1;
-                *by_table.entry((table.to_string(), "tombstone".into())).or_default() += 1;
-                continue;
-            };
-            let (id, mut body) = split_wire(&value).context("Confluent wire format")?;
-            let schema = apache_avro::Schema::parse_str(&reader.schema(id).await?)?;
-            let v = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
-                .build()?
-                .read_value(&mut body)?;
-            let Value::Record(fields) = &v else {
-                bail!("not a record")
-            };
-            let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
-            let op = match field("op") {
-                Some(Value::String(s)) => s.clone(),
-                _ => bail!("no op"),
-            };
-            changes += 1;
-            *by_table.entry((table.to_string(), op.clone())).or_default() += 1;
-            if table == "organizations" && op == "u" && sample.is_none() {
-                sample = field("after").map(|a| format!("{a:?}"));
-            }
+    let csv = dir.path().join("insolvent-companies.csv");
+    std::fs::write(
+        &csv,
+        "organization_id,insolvency_date,court\n\
+         00000000-0000-4000-8000-000000000003,2024-05-01,Paris\n\
+         00000000-0000-4000-8000-000000000007,2024-06-15T09:00:00Z,Lyon\n\
+         not-a-uuid,2024-06-15,Nice\n",
+    )?;
+    println!("== walhouse-sink load-insolvencies {} (twice) …", csv.display());
+    let mut warehouse = DuckDbWarehouse::open(&duck_path)?;
+    for _ in 0..2 {
+        let r = walhouse::sink::insolvency::load_file(&mut warehouse, &csv).await?;
+        println!(
+            "   {} rows, {} dead letter(s){}",
+            r.rows,
+            r.dead_letters,
+            if r.already_loaded { " (loaded before: nothing added)" } else { "" }
+        );
+    }
+
+    println!("\n== the seed's questions, source (Postgres) vs warehouse (DuckDB latest-state views)");
+    let mut source = PostgresWarehouse::connect(&ConnInfo::parse(&source_url)?).await?;
+    let on_source = ask(&mut source).await;
+    let on_warehouse = ask(&mut warehouse).await;
+    let mut all_equal = true;
+    for (i, (name, _, _)) in QUESTIONS.iter().enumerate() {
+        let equal = on_source[i] == on_warehouse[i];
+        all_equal &= equal;
+        println!(
+            "\n-- sql/questions/*/{name}.sql: {} rows on the source, {} in the warehouse: {}",
+            on_source[i].len(),
+            on_warehouse[i].len(),
+            if equal { "identical" } else { "DIFFERENT" }
+        );
+        println!("{:<38} {:<22} {:>14} {:>14}", "organization id", "name", "source", "warehouse");
+        for (s, w) in on_source[i].iter().zip(&on_warehouse[i]).take(6) {
+            println!("{:<38} {:<22} {:>14} {:>14}", s[0], s[1], s[2], w[2]);
+        }
+        if on_source[i].len() > 6 {
+            println!("… ({} more)", on_source[i].len() - 6);
         }
     }
-    println!();
-    println!("| topic walhouse.public.… | op        | records |");
-    println!("|-------------------------|-----------|---------|");
-    for ((table, op), n) in &by_table {
-        println!("| {table:<23} | {op:<9} | {n:>7} |");
+    println!("\n-- public.companies_latest");
+    for r in warehouse
+        .query_text("SELECT id, name, updated_at FROM public.companies_latest ORDER BY id")
+        .await?
+    {
+        println!("{}", r.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect::<Vec<_>>().join(" | "));
     }
-    println!();
-    if let Some(sample) = sample {
-        println!("an organizations update after ALTER TABLE ADD COLUMN, decoded from Avro:\n{sample}\n");
+    println!("\n-- public.organizations_with_insolvency (insolvent ones)");
+    for r in warehouse
+        .query_text(
+            "SELECT id, name, latest_insolvency_ts FROM public.organizations_with_insolvency \
+             WHERE latest_insolvency_ts IS NOT NULL ORDER BY id",
+        )
+        .await?
+    {
+        println!("{}", r.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect::<Vec<_>>().join(" | "));
     }
-    let reads: u64 = by_table.iter().filter(|((_, op), _)| op == "r").map(|(_, n)| n).sum();
+    println!("\n-- walhouse.dead_letters");
+    for r in warehouse
+        .query_text("SELECT source, coalesce(topic, file), error FROM walhouse.dead_letters ORDER BY failed_at")
+        .await?
+    {
+        println!("{}", r.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect::<Vec<_>>().join(" | "));
+    }
+    if !all_equal {
+        bail!("the warehouse does not answer the seed's questions like the source");
+    }
     println!(
-        "rows and changes expected {expected} ({existing} snapshot reads), decoded from Kafka {changes} ({reads} reads, +{tombstones} tombstones), records produced {produced}, transactions {}",
-        summary.transactions
+        "\nOK: Postgres → Kafka → DuckDB in {:.0} s; the seed's three questions give identical answers on the source and the warehouse",
+        started.elapsed().as_secs_f64()
     );
-    println!(
-        "acknowledged LSN {} — slot confirmed_flush_lsn {confirmed}",
-        summary.acknowledged
-    );
-    if changes != expected || reads != existing as u64 || tombstones != deleted || produced != changes + tombstones {
-        bail!("expected {expected} changes and {deleted} tombstones in Kafka, found {changes} and {tombstones}");
-    }
-    if summary.acknowledged.to_string() != confirmed {
-        bail!("the slot's confirmed LSN {confirmed} differs from what capture acknowledged");
-    }
-    println!("OK: every existing row (snapshot) and every change is in Kafka once, and the slot confirmed exactly what Kafka acknowledged");
     Ok(())
+}
+
+/// Company events as producers send them: an update whose name disagrees
+/// with `changes`, a re-sent event, one out of order, one malformed.
+fn company_events() -> Vec<String> {
+    let event = |key: &str, kind: &str, id: &str, org: u32, name: &str, created: i64, updated: i64| {
+        serde_json::json!({
+            "idempotency_key": key, "event": kind, "id": id,
+            "organization_id": format!("00000000-0000-4000-8000-{org:012x}"), "name": name,
+            "created_at": created, "updated_at": updated,
+            "changes": serde_json::json!({"name": {"from": null, "to": name}}).to_string(),
+        })
+        .to_string()
+    };
+    let (a, b) = ("3b0c7f52-9d7e-4a51-8f0e-2c1d6a4b9e01", "5d2e8a61-1c3b-4f7a-9e02-7a6b5c4d3e21");
+    vec![
+        event("a-created-1", "created", a, 1, "Acme", 1_700_000_000, 1_700_000_000),
+        event("a-updated-2", "updated", a, 1, "Acme Tools", 1_700_000_000, 1_700_000_600),
+        event("a-updated-2", "updated", a, 1, "Acme Tools", 1_700_000_000, 1_700_000_600),
+        event("a-updated-1", "updated", a, 2, "Acme (old)", 1_700_000_000, 1_700_000_300),
+        event("b-created-1", "created", b, 3, "Beta", 1_700_001_000, 1_700_001_000),
+        "{\"event\": \"updated\", \"id\": ".to_string(),
+    ]
 }
