@@ -17,6 +17,7 @@ use walhouse::warehouse::Warehouse;
 
 fn main() -> ExitCode {
     let args = SinkArgs::parse();
+    let check = args.check;
     let load = args
         .command
         .as_ref()
@@ -28,6 +29,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if check {
+        println!("configuration is valid:\n{config:#?}");
+        return ExitCode::SUCCESS;
+    }
     init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

@@ -31,6 +31,10 @@ pub struct SinkArgs {
     #[arg(long, global = true, env = "WALHOUSE_WAREHOUSE")]
     pub warehouse: Option<String>,
 
+    /// Validate the configuration, print it (passwords hidden) and exit.
+    #[arg(long)]
+    pub check: bool,
+
     /// Kafka bootstrap servers.
     #[arg(long, env = "WALHOUSE_BROKERS")]
     pub brokers: Option<String>,
