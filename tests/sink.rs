@@ -88,6 +88,16 @@ async fn seed_questions_match_on_the_source_and_both_warehouses() {
     let source = pg.client("backend").await;
     source.batch_execute(BACKEND_SCHEMA).await.expect("schema");
     source.batch_execute(GENERATE).await.expect("data");
+    // Beyond the seed: values stored out of line (TOAST) and a truncate.
+    source
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, body text, n int); \
+             ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL; \
+             CREATE TABLE scratch (id int PRIMARY KEY, v text); \
+             INSERT INTO scratch SELECT g, 'old' FROM generate_series(1, 50) g;",
+        )
+        .await
+        .expect("extra tables");
     let prefix = format!("walhouse.e2e{}", std::process::id());
     let source_url = pg.url("walhouse_scram", "backend");
     let capture = start_capture(&[
@@ -155,6 +165,12 @@ async fn seed_questions_match_on_the_source_and_both_warehouses() {
         "UPDATE organizations SET country = 'FR', name = name || ' SAS' WHERE name LIKE '%1'",
         "DELETE FROM transfers WHERE id IN (SELECT id FROM transfers WHERE id NOT IN \
          (SELECT subject_id FROM \"transaction\" WHERE subject_id IS NOT NULL) LIMIT 20)",
+        "INSERT INTO docs SELECT g, repeat(md5(g::text), 400), 0 FROM generate_series(1, 5) g",
+        // body is not sent again: it arrives as unchanged TOAST.
+        "UPDATE docs SET n = n + 1",
+        "UPDATE docs SET n = n + 1 WHERE id <= 2",
+        "TRUNCATE scratch",
+        "INSERT INTO scratch SELECT g, 'new' FROM generate_series(40, 45) g",
     ] {
         source.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
@@ -195,7 +211,7 @@ async fn seed_questions_match_on_the_source_and_both_warehouses() {
     );
 
     // Raw tables are append-only: one row per change record.
-    let raw_rows = count(&mut dw, "SELECT (SELECT count(*) FROM raw_public.organizations) + (SELECT count(*) FROM raw_public.bank_accounts) + (SELECT count(*) FROM raw_public.beneficiaries) + (SELECT count(*) FROM raw_public.transfers) + (SELECT count(*) FROM raw_public.\"transaction\") + (SELECT count(*) FROM raw_public.card_transactions)").await;
+    let raw_rows = count(&mut dw, "SELECT (SELECT count(*) FROM raw_public.organizations) + (SELECT count(*) FROM raw_public.bank_accounts) + (SELECT count(*) FROM raw_public.beneficiaries) + (SELECT count(*) FROM raw_public.transfers) + (SELECT count(*) FROM raw_public.\"transaction\") + (SELECT count(*) FROM raw_public.card_transactions) + (SELECT count(*) FROM raw_public.docs) + (SELECT count(*) FROM raw_public.scratch)").await;
     assert_eq!(raw_rows as u64, rows);
     // The column added mid-stream is in the warehouse, raw and latest.
     let fr_source: i64 = source
@@ -232,6 +248,26 @@ async fn seed_questions_match_on_the_source_and_both_warehouses() {
             "{table} in Postgres"
         );
     }
+
+    // Unchanged TOAST carried forward from the row's earlier version, and
+    // nothing from before the truncate.
+    let docs_sql = "SELECT id, md5(body), n FROM public.docs ORDER BY id";
+    let docs: Vec<Vec<Option<String>>> = source
+        .query(docs_sql, &[])
+        .await
+        .expect("docs")
+        .iter()
+        .map(|r| vec![Some(r.get::<_, i32>(0).to_string()), r.get(1), Some(r.get::<_, i32>(2).to_string())])
+        .collect();
+    assert_eq!(docs.len(), 5);
+    let unchanged = count(&mut dw, "SELECT count(*) FROM raw_public.docs WHERE _unchanged_toast LIKE '%body%'").await;
+    assert_eq!(unchanged, 7, "updates that left body out");
+    assert_eq!(dw.query_text(docs_sql).await.expect("docs"), docs);
+    assert_eq!(pw.query_text(docs_sql).await.expect("docs"), docs);
+    let scratch = "SELECT count(*), min(v), max(v) FROM public.scratch";
+    let want = vec![vec![Some("6".to_string()), Some("new".to_string()), Some("new".to_string())]];
+    assert_eq!(dw.query_text(scratch).await.expect("scratch"), want);
+    assert_eq!(pw.query_text(scratch).await.expect("scratch"), want);
 
     // Insolvency CSV joins into organizations_with_insolvency.
     let csv = dir.path().join("insolvent.csv");
