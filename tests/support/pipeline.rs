@@ -49,6 +49,15 @@ pub struct RunningCapture {
 }
 
 impl RunningCapture {
+    /// Waits for a capture that ends by itself (`--snapshot-mode initial_only`).
+    pub async fn finish(self, limit: Duration) -> (CaptureSummary, u64) {
+        tokio::time::timeout(limit, self.task)
+            .await
+            .expect("capture ends")
+            .expect("task")
+            .expect("clean end")
+    }
+
     /// Stops capture; returns its summary and the records it produced.
     pub async fn stop(self) -> (CaptureSummary, u64) {
         let _ = self.stop.send(true);
