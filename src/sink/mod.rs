@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
@@ -171,6 +172,27 @@ impl Pending {
     }
 }
 
+/// A consumed message, copied out of the consumer's buffer.
+struct Record {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+impl Record {
+    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        Record {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
 /// One consumed record's fate.
 enum Outcome {
     Row {
@@ -286,11 +308,22 @@ impl<W: Warehouse> Sink<W> {
             };
             match received {
                 Some(Ok(m)) => {
-                    let (topic, partition, offset) = (m.topic().to_owned(), m.partition(), m.offset());
-                    let key = m.key().map(<[u8]>::to_vec);
-                    let payload = m.payload().map(<[u8]>::to_vec);
+                    let record = Record::of(&m);
                     drop(m);
-                    self.handle(&topic, partition, offset, key, payload).await?;
+                    self.handle(record).await?;
+                    // Take what is already fetched without a timer per
+                    // message, up to a batch.
+                    while self.pending.rows < self.settings.batch_rows {
+                        match self.consumer.recv().now_or_never() {
+                            Some(Ok(m)) => {
+                                let record = Record::of(&m);
+                                drop(m);
+                                self.handle(record).await?;
+                            }
+                            Some(Err(e)) => tracing::warn!("Kafka consumer: {e}"),
+                            None => break,
+                        }
+                    }
                 }
                 Some(Err(e)) => tracing::warn!("Kafka consumer: {e}"),
                 None => {}
@@ -382,14 +415,15 @@ impl<W: Warehouse> Sink<W> {
         Ok(())
     }
 
-    async fn handle(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        key: Option<Vec<u8>>,
-        payload: Option<Vec<u8>>,
-    ) -> Result<(), SinkError> {
+    async fn handle(&mut self, record: Record) -> Result<(), SinkError> {
+        let Record {
+            topic,
+            partition,
+            offset,
+            key,
+            payload,
+        } = record;
+        let topic = topic.as_str();
         let Some(pos) = self.positions.get(&(topic.to_owned(), partition)) else {
             return Ok(()); // read again once positioned
         };
