@@ -61,7 +61,11 @@ async fn sink(args: &[&str], n: u64) -> (Duration, Duration, u64) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let first = (Instant::now(), sink.metrics.rows());
-    assert!(sink.wait_for(n, Duration::from_secs(600)).await, "sink accounted {:?}", sink.accounted());
+    assert!(
+        sink.wait_for(n, Duration::from_secs(600)).await,
+        "sink accounted {:?}",
+        sink.accounted()
+    );
     let end = Instant::now();
     sink.stop().await;
     (end - started, end - first.0, first.1)
@@ -110,7 +114,10 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let duck = format!("duckdb:{}", dir.path().join("bench.duckdb").display());
     let mut results = Vec::new();
-    for (name, warehouse) in [("walhouse-sink → DuckDB", duck.as_str()), ("walhouse-sink → Postgres", warehouse_url.as_str())] {
+    for (name, warehouse) in [
+        ("walhouse-sink → DuckDB", duck.as_str()),
+        ("walhouse-sink → Postgres", warehouse_url.as_str()),
+    ] {
         let group = format!("bench-{}", results.len());
         let r = sink(
             &[
@@ -142,7 +149,11 @@ async fn main() {
     println!("{n} CDC records (Avro envelopes, 6 columns) from tansu on 127.0.0.1, same run");
     println!("| path                                   | seconds | rows/s    | ratio to plain consumer |");
     println!("|----------------------------------------|---------|-----------|-------------------------|");
-    println!("| plain rdkafka consumer (assign, read)  | {:>7.2} | {:>9.0} | 1.00                    |", plain.as_secs_f64(), plain_rate);
+    println!(
+        "| plain rdkafka consumer (assign, read)  | {:>7.2} | {:>9.0} | 1.00                    |",
+        plain.as_secs_f64(),
+        plain_rate
+    );
     for (name, (total, steady, first_rows)) in &results {
         let total_rate = rate(n, *total);
         let steady_rate = rate(n - first_rows, *steady);

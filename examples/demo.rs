@@ -60,7 +60,10 @@ async fn main() -> anyhow::Result<()> {
         "--schema-registry-url",
         &registry.url,
     ]);
-    if !pg.wait_for_slot("backend", "walhouse", true, Duration::from_secs(60)).await {
+    if !pg
+        .wait_for_slot("backend", "walhouse", true, Duration::from_secs(60))
+        .await
+    {
         bail!("capture did not start streaming within 60 s");
     }
     let dir = tempfile::tempdir()?;
@@ -90,11 +93,15 @@ async fn main() -> anyhow::Result<()> {
         "ALTER TABLE organizations ADD COLUMN country char(2)",
         "UPDATE organizations SET country = 'FR', name = name || ' SAS' WHERE name LIKE '%1'",
     ] {
-        sql.batch_execute(statement).await.with_context(|| statement.to_string())?;
+        sql.batch_execute(statement)
+            .await
+            .with_context(|| statement.to_string())?;
     }
     println!("== feeding company events (two duplicates, one malformed) to topic companies …");
     let events = company_events();
-    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).create()?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()?;
     for e in &events {
         producer
             .send(BaseRecord::<str, str>::to("companies").payload(e))
@@ -112,7 +119,10 @@ async fn main() -> anyhow::Result<()> {
     );
     let records = produced + events.len() as u64;
     if !sink.wait_for(records, Duration::from_secs(120)).await {
-        bail!("the sink accounted for {:?} of {records} records within 120 s", sink.accounted());
+        bail!(
+            "the sink accounted for {:?} of {records} records within 120 s",
+            sink.accounted()
+        );
     }
     let (rows, dead, skipped) = sink.accounted();
     sink.stop().await;
@@ -134,7 +144,11 @@ async fn main() -> anyhow::Result<()> {
             "   {} rows, {} dead letter(s){}",
             r.rows,
             r.dead_letters,
-            if r.already_loaded { " (loaded before: nothing added)" } else { "" }
+            if r.already_loaded {
+                " (loaded before: nothing added)"
+            } else {
+                ""
+            }
         );
     }
 
@@ -152,7 +166,10 @@ async fn main() -> anyhow::Result<()> {
             on_warehouse[i].len(),
             if equal { "identical" } else { "DIFFERENT" }
         );
-        println!("{:<38} {:<22} {:>14} {:>14}", "organization id", "name", "source", "warehouse");
+        println!(
+            "{:<38} {:<22} {:>14} {:>14}",
+            "organization id", "name", "source", "warehouse"
+        );
         for (s, w) in on_source[i].iter().zip(&on_warehouse[i]).take(6) {
             println!("{:<38} {:<22} {:>14} {:>14}", s[0], s[1], s[2], w[2]);
         }
@@ -165,7 +182,13 @@ async fn main() -> anyhow::Result<()> {
         .query_text("SELECT id, name, updated_at FROM public.companies_latest ORDER BY id")
         .await?
     {
-        println!("{}", r.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect::<Vec<_>>().join(" | "));
+        println!(
+            "{}",
+            r.iter()
+                .map(|v| v.as_deref().unwrap_or("NULL"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
     }
     println!("\n-- public.organizations_with_insolvency (insolvent ones)");
     for r in warehouse
@@ -175,14 +198,26 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?
     {
-        println!("{}", r.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect::<Vec<_>>().join(" | "));
+        println!(
+            "{}",
+            r.iter()
+                .map(|v| v.as_deref().unwrap_or("NULL"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
     }
     println!("\n-- walhouse.dead_letters");
     for r in warehouse
         .query_text("SELECT source, coalesce(topic, file), error FROM walhouse.dead_letters ORDER BY failed_at")
         .await?
     {
-        println!("{}", r.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect::<Vec<_>>().join(" | "));
+        println!(
+            "{}",
+            r.iter()
+                .map(|v| v.as_deref().unwrap_or("NULL"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
     }
     if !all_equal {
         bail!("the warehouse does not answer the seed's questions like the source");
@@ -206,12 +241,39 @@ fn company_events() -> Vec<String> {
         })
         .to_string()
     };
-    let (a, b) = ("3b0c7f52-9d7e-4a51-8f0e-2c1d6a4b9e01", "5d2e8a61-1c3b-4f7a-9e02-7a6b5c4d3e21");
+    let (a, b) = (
+        "3b0c7f52-9d7e-4a51-8f0e-2c1d6a4b9e01",
+        "5d2e8a61-1c3b-4f7a-9e02-7a6b5c4d3e21",
+    );
     vec![
         event("a-created-1", "created", a, 1, "Acme", 1_700_000_000, 1_700_000_000),
-        event("a-updated-2", "updated", a, 1, "Acme Tools", 1_700_000_000, 1_700_000_600),
-        event("a-updated-2", "updated", a, 1, "Acme Tools", 1_700_000_000, 1_700_000_600),
-        event("a-updated-1", "updated", a, 2, "Acme (old)", 1_700_000_000, 1_700_000_300),
+        event(
+            "a-updated-2",
+            "updated",
+            a,
+            1,
+            "Acme Tools",
+            1_700_000_000,
+            1_700_000_600,
+        ),
+        event(
+            "a-updated-2",
+            "updated",
+            a,
+            1,
+            "Acme Tools",
+            1_700_000_000,
+            1_700_000_600,
+        ),
+        event(
+            "a-updated-1",
+            "updated",
+            a,
+            2,
+            "Acme (old)",
+            1_700_000_000,
+            1_700_000_300,
+        ),
         event("b-created-1", "created", b, 3, "Beta", 1_700_001_000, 1_700_001_000),
         "{\"event\": \"updated\", \"id\": ".to_string(),
     ]

@@ -46,7 +46,12 @@ fn check(binary: &str, env: &[(String, String)]) -> String {
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let out = cmd.output().expect("runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{}{}", stdout, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 

@@ -59,7 +59,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run<W: Warehouse>(config: SinkConfig, mut warehouse: W, load: Option<&Path>) -> anyhow::Result<()> {
+async fn run<W: Warehouse + Send + 'static>(
+    config: SinkConfig,
+    mut warehouse: W,
+    load: Option<&Path>,
+) -> anyhow::Result<()> {
     if let Some(path) = load {
         prepare(&mut warehouse, &mut Tables::default()).await?;
         for file in insolvency::files(path)? {

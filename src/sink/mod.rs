@@ -70,6 +70,8 @@ pub enum SinkError {
     Table(#[from] TableError),
     #[error(transparent)]
     Warehouse(#[from] WarehouseError),
+    #[error("the task writing a batch panicked; nothing of it is counted as stored")]
+    Lost,
 }
 
 fn kafka(context: &str) -> impl Fn(rdkafka::error::KafkaError) -> SinkError + '_ {
@@ -207,9 +209,15 @@ enum Outcome {
     Stop(String),
 }
 
+/// A batch being written by its own task, with the warehouse it owns
+/// meanwhile.
+type InFlight<W> = tokio::task::JoinHandle<(W, Batch, Instant, Result<(), WarehouseError>)>;
+
 pub struct Sink<W: Warehouse> {
     settings: ConsumeSettings,
-    warehouse: W,
+    /// `None` while a batch is in flight (its task owns it).
+    warehouse: Option<W>,
+    in_flight: Option<InFlight<W>>,
     registry: Registry,
     consumer: StreamConsumer<SinkContext>,
     metrics: Arc<SinkMetrics>,
@@ -222,7 +230,7 @@ pub struct Sink<W: Warehouse> {
     pending: Pending,
 }
 
-impl<W: Warehouse> Sink<W> {
+impl<W: Warehouse + Send + 'static> Sink<W> {
     pub async fn new(
         settings: ConsumeSettings,
         mut warehouse: W,
@@ -264,7 +272,8 @@ impl<W: Warehouse> Sink<W> {
         );
         Ok(Sink {
             settings,
-            warehouse,
+            warehouse: Some(warehouse),
+            in_flight: None,
             registry,
             consumer,
             metrics,
@@ -290,8 +299,12 @@ impl<W: Warehouse> Sink<W> {
         loop {
             if *shutdown.borrow() {
                 self.flush().await?;
+                self.settle().await?;
                 tracing::info!("sink stopped");
                 return Ok(());
+            }
+            if self.in_flight.as_ref().is_some_and(|t| t.is_finished()) {
+                self.settle().await?;
             }
             self.rebalanced();
             if !self.unpositioned.is_empty() {
@@ -370,7 +383,8 @@ impl<W: Warehouse> Sink<W> {
     /// Seeks the unpositioned partitions to the offsets stored in the
     /// warehouse (the beginning when none is stored).
     async fn position(&mut self) -> Result<(), SinkError> {
-        let stored = self.warehouse.offsets(&self.settings.group_id).await?;
+        let group = self.settings.group_id.clone();
+        let stored = self.warehouse().await?.offsets(&group).await?;
         let mut tpl = TopicPartitionList::new();
         for (topic, partition) in &self.unpositioned {
             let offset = stored
@@ -526,15 +540,22 @@ impl<W: Warehouse> Sink<W> {
         };
         let raw = TableRef::new(&raw_schema(&change.schema), &change.table);
         let def = cdc_table_def(&raw, plan.column_defs());
-        let widened = match self.tables.ensure(&mut self.warehouse, &def).await {
+        self.settle().await?;
+        let Some(warehouse) = self.warehouse.as_mut() else {
+            return Err(SinkError::Lost);
+        };
+        let widened = match self.tables.ensure(warehouse, &def).await {
             Ok(w) => w,
             Err(e @ TableError::Incompatible { .. }) => return Ok(Outcome::Stop(e.to_string())),
             Err(e) => return Err(e.into()),
         };
         if let Some(key_columns) = self.key_columns_of(key).await? {
             let view = TableRef::new(&change.schema, &change.table);
+            let Some(warehouse) = self.warehouse.as_mut() else {
+                return Err(SinkError::Lost);
+            };
             self.tables
-                .ensure_view(&mut self.warehouse, &raw, &view, &key_columns, widened)
+                .ensure_view(warehouse, &raw, &view, &key_columns, widened)
                 .await?;
         }
         let mut cells = change.row.unwrap_or_else(|| vec![Cell::Null; plan.columns.len()]);
@@ -621,8 +642,17 @@ impl<W: Warehouse> Sink<W> {
         Ok(Some(columns))
     }
 
-    /// Writes the pending batch and its offsets in one transaction.
+    /// The warehouse, once the batch in flight (if any) is settled.
+    async fn warehouse(&mut self) -> Result<&mut W, SinkError> {
+        self.settle().await?;
+        self.warehouse.as_mut().ok_or(SinkError::Lost)
+    }
+
+    /// Hands the pending batch to a task that writes it, rows and offsets
+    /// in one transaction, while the loop goes on consuming. One batch is
+    /// in flight at a time.
     async fn flush(&mut self) -> Result<(), SinkError> {
+        self.settle().await?;
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -633,12 +663,36 @@ impl<W: Warehouse> Sink<W> {
             offsets: pending.offsets.into_values().collect(),
             file: None,
         };
-        let started = Instant::now();
-        match self.warehouse.write(&self.settings.group_id, &batch).await {
+        // The next batch continues from here; if this one fails, every
+        // partition is positioned again from what the warehouse holds.
+        for o in &batch.offsets {
+            if let Some(p) = self.positions.get_mut(&(o.topic.clone(), o.partition)) {
+                p.stored = Some(o.next);
+            }
+        }
+        let mut warehouse = self.warehouse.take().ok_or(SinkError::Lost)?;
+        let group = self.settings.group_id.clone();
+        self.in_flight = Some(tokio::spawn(async move {
+            let started = Instant::now();
+            let result = warehouse.write(&group, &batch).await;
+            (warehouse, batch, started, result)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the batch in flight and takes the warehouse back.
+    async fn settle(&mut self) -> Result<(), SinkError> {
+        let Some(task) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let (warehouse, batch, started, result) = task.await.map_err(|_| SinkError::Lost)?;
+        self.warehouse = Some(warehouse);
+        match result {
             Ok(()) => {}
             Err(e @ WarehouseError::Fenced { .. }) => {
                 tracing::warn!("{e}");
                 self.metrics.count_fenced();
+                self.pending = Pending::default();
                 self.unpositioned.extend(self.positions.drain().map(|(k, _)| k));
                 return Ok(());
             }
@@ -655,9 +709,6 @@ impl<W: Warehouse> Sink<W> {
         );
         let mut tpl = TopicPartitionList::new();
         for o in &batch.offsets {
-            if let Some(p) = self.positions.get_mut(&(o.topic.clone(), o.partition)) {
-                p.stored = Some(o.next);
-            }
             let _ = tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.next));
         }
         // Informative only: the warehouse's offsets are the ones used.

@@ -325,8 +325,13 @@ pub trait Warehouse {
     async fn offsets(&mut self, consumer_group: &str) -> Result<HashMap<(String, i32), i64>, WarehouseError>;
 
     /// Appends the batch's rows and dead letters and moves its offsets, in
-    /// one transaction.
-    async fn write(&mut self, consumer_group: &str, batch: &Batch) -> Result<(), WarehouseError>;
+    /// one transaction. (`Send`: the sink writes on its own task while it
+    /// consumes the next batch.)
+    fn write(
+        &mut self,
+        consumer_group: &str,
+        batch: &Batch,
+    ) -> impl std::future::Future<Output = Result<(), WarehouseError>> + Send;
 
     /// Whether a file with this digest was loaded.
     async fn file_loaded(&mut self, sha256: &str) -> Result<bool, WarehouseError>;
