@@ -688,3 +688,46 @@ fn insolvency_csv_loads_once_with_bad_lines_dead_lettered() {
         assert_eq!(count(&mut w, "SELECT count(*) FROM walhouse.file_loads").await, 1);
     });
 }
+
+/// A writer schema that changes a column's type incompatibly is refused
+/// with the table, column, both types and the fix; a new column is added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incompatible_column_changes_are_refused_and_new_columns_added() {
+    use walhouse::sink::tables::{TableError, Tables};
+    use walhouse::warehouse::{ColumnDef, SqlType, TableDef, TableRef};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut w = open_duckdb(&dir.path().join("evolve.duckdb")).await;
+    let table = TableRef::new("raw_public", "things");
+    let def = |cols: Vec<ColumnDef>| TableDef {
+        table: table.clone(),
+        columns: cols,
+    };
+    let mut tables = Tables::default();
+    let v1 = def(vec![
+        ColumnDef::new("id", SqlType::BigInt),
+        ColumnDef::new("n", SqlType::Integer),
+    ]);
+    assert!(tables.ensure(&mut w, &v1).await.expect("created"));
+    let v2 = def(vec![
+        ColumnDef::new("id", SqlType::BigInt),
+        ColumnDef::new("n", SqlType::Integer),
+        ColumnDef::new("note", SqlType::Text),
+    ]);
+    assert!(tables.ensure(&mut w, &v2).await.expect("widened"));
+    let cols = w.columns(&table).await.expect("columns").expect("table");
+    assert_eq!(
+        cols.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["id", "n", "note"]
+    );
+    let v3 = def(vec![
+        ColumnDef::new("id", SqlType::BigInt),
+        ColumnDef::new("n", SqlType::Text),
+    ]);
+    let err = Tables::default().ensure(&mut w, &v3).await.expect_err("incompatible");
+    assert!(matches!(err, TableError::Incompatible { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("column n of raw_public.things") && text.contains("INTEGER") && text.contains("Fix:"),
+        "{text}"
+    );
+}

@@ -36,6 +36,10 @@ use crate::warehouse::{
     Batch, Cell, ColumnDef, DeadLetter, OffsetUpdate, SqlType, TableRef, TableRows, Warehouse, WarehouseError,
 };
 
+/// Extra lookups of a schema id the registry does not know, before the
+/// record is a dead letter (0.25 s, 0.5 s, 0.75 s apart).
+const UNKNOWN_ID_RETRIES: u32 = 3;
+
 /// The Kafka coordinates every raw table ends with.
 pub const KAFKA_COLUMNS: [(&str, SqlType); 4] = [
     ("_topic", SqlType::Text),
@@ -600,7 +604,17 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         if let Some(p) = self.plans.get(&id) {
             return Ok(p.clone());
         }
-        let plan = match self.registry.schema(id).await {
+        // An id the registry does not know yet may be on its way (a
+        // registry replica behind its primary): ask a few times first.
+        let mut answer = self.registry.schema(id).await;
+        for attempt in 1..=UNKNOWN_ID_RETRIES {
+            if !matches!(answer, Err(RegistryError::UnknownId { .. })) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+            answer = self.registry.schema(id).await;
+        }
+        let plan = match answer {
             Ok(text) => match EnvelopePlan::compile(&text) {
                 Ok(p) => Plan::Envelope(Arc::new(p)),
                 Err(_) if text.contains("\"TransactionMetadataValue\"") => Plan::TransactionMetadata,
@@ -609,7 +623,8 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             Err(RegistryError::UnknownId { id }) => {
                 // Not cached: the schema may be registered later.
                 return Ok(Plan::Refused(format!(
-                    "schema id {id} is unknown to the schema registry (is the sink pointed at the registry the producer used?)"
+                    "schema id {id} is unknown to the schema registry after {} attempts (is the sink pointed at the registry the producer used?)",
+                    UNKNOWN_ID_RETRIES + 1
                 )));
             }
             Err(e) => return Err(e.into()),
