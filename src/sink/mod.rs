@@ -178,6 +178,19 @@ impl Pending {
     }
 }
 
+/// Errors the consumer reports while it goes on (it reconnects by itself).
+fn consumer_error(e: &rdkafka::error::KafkaError) {
+    use rdkafka::types::RDKafkaErrorCode;
+    match e.rdkafka_error_code() {
+        // A subscribed topic that does not exist yet (the companies topic
+        // before its first event, a pattern before capture's first table).
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+            tracing::debug!("Kafka consumer: {e} (consumed once it exists)")
+        }
+        _ => tracing::warn!("Kafka consumer: {e}"),
+    }
+}
+
 /// A consumed message, copied out of the consumer's buffer.
 struct Record {
     topic: String,
@@ -337,12 +350,12 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                                 drop(m);
                                 self.handle(record).await?;
                             }
-                            Some(Err(e)) => tracing::warn!("Kafka consumer: {e}"),
+                            Some(Err(e)) => consumer_error(&e),
                             None => break,
                         }
                     }
                 }
-                Some(Err(e)) => tracing::warn!("Kafka consumer: {e}"),
+                Some(Err(e)) => consumer_error(&e),
                 None => {}
             }
             let full = self.pending.rows >= self.settings.batch_rows || self.pending.bytes >= self.settings.batch_bytes;
