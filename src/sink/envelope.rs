@@ -172,7 +172,7 @@ impl EnvelopePlan {
                             .collect();
                     }
                 }
-                Field::Other => generic(&mut r, node, &mut Json::Null)?,
+                Field::Other => skip(&mut r, node)?,
             }
         }
         change.row = if change.op == "d" { before } else { after };
@@ -447,18 +447,83 @@ fn source(r: &mut Reader<'_>, node: &Node, change: &mut Change) -> Result<(), En
     let Node::Record(fields) = node else {
         return Err(EnvelopeError::NotAnEnvelope("source is not a record".into()));
     };
+    // Per message: read the few fields kept, skip the rest without
+    // building values.
     for (name, node) in fields {
-        let mut v = Json::Null;
-        generic(r, node, &mut v)?;
         match name.as_str() {
-            "schema" => change.schema = v.as_str().unwrap_or_default().to_owned(),
-            "table" => change.table = v.as_str().unwrap_or_default().to_owned(),
-            "snapshot" => change.snapshot = v.as_str().unwrap_or_default().to_owned(),
-            "txId" => change.tx_id = v.as_i64(),
-            "lsn" => change.lsn = v.as_i64(),
-            "ts_ms" => change.commit_ts_ms = v.as_i64(),
-            _ => {}
+            "schema" | "table" | "snapshot" => {
+                let text = match cell(r, node)? {
+                    Cell::Text(t) => t,
+                    _ => String::new(),
+                };
+                match name.as_str() {
+                    "schema" => change.schema = text,
+                    "table" => change.table = text,
+                    _ => change.snapshot = text,
+                }
+            }
+            "txId" | "lsn" | "ts_ms" => {
+                let v = match cell(r, node)? {
+                    Cell::Long(v) => Some(v),
+                    Cell::Int(v) => Some(i64::from(v)),
+                    _ => None,
+                };
+                match name.as_str() {
+                    "txId" => change.tx_id = v,
+                    "lsn" => change.lsn = v,
+                    _ => change.commit_ts_ms = v,
+                }
+            }
+            _ => skip(r, node)?,
         }
+    }
+    Ok(())
+}
+
+/// Advances past a value without decoding it.
+fn skip(r: &mut Reader<'_>, node: &Node) -> Result<(), EnvelopeError> {
+    match node {
+        Node::Null => {}
+        Node::Boolean => {
+            r.take(1)?;
+        }
+        Node::Int
+        | Node::Long
+        | Node::Date
+        | Node::TimeMillis
+        | Node::TimeMicros
+        | Node::TimestampMillis
+        | Node::TimestampMicros
+        | Node::LocalTimestampMicros
+        | Node::Enum(_) => {
+            r.long()?;
+        }
+        Node::Float => {
+            r.take(4)?;
+        }
+        Node::Double => {
+            r.take(8)?;
+        }
+        Node::Bytes | Node::String | Node::Uuid | Node::Decimal { fixed: None, .. } => {
+            r.bytes()?;
+        }
+        Node::Fixed(n) | Node::Decimal { fixed: Some(n), .. } => {
+            r.take(*n)?;
+        }
+        Node::Union(branches) => {
+            let b = r.branch(branches.len())?;
+            skip(r, &branches[b])?;
+        }
+        Node::Record(fields) => {
+            for (_, n) in fields {
+                skip(r, n)?;
+            }
+        }
+        Node::Array(item) => r.blocks(|r| skip(r, item))?,
+        Node::Map(values) => r.blocks(|r| {
+            r.bytes()?;
+            skip(r, values)
+        })?,
     }
     Ok(())
 }

@@ -151,7 +151,8 @@ enum Plan {
 
 #[derive(Default)]
 struct Pending {
-    tables: BTreeMap<(TableRef, u32), TableRows>,
+    /// Rows by target (a CDC writer schema id, or the companies table).
+    tables: BTreeMap<u64, (Arc<Target>, Vec<Vec<Cell>>)>,
     dead: Vec<DeadLetter>,
     offsets: HashMap<(String, i32), OffsetUpdate>,
     rows: usize,
@@ -212,12 +213,37 @@ impl Record {
     }
 }
 
+/// Where rows of one writer schema (or of the company events) go: worked
+/// out once, so the per-message path allocates no names.
+struct Target {
+    key: u64,
+    /// The source table (schema, name); empty for company events.
+    source: (String, String),
+    table: TableRef,
+    /// The cells' column names, Kafka coordinates included.
+    columns: Vec<String>,
+}
+
+impl Target {
+    fn new(key: u64, source: (String, String), table: TableRef, columns: impl Iterator<Item = String>) -> Self {
+        Target {
+            key,
+            source,
+            table,
+            columns: columns
+                .chain(KAFKA_COLUMNS.iter().map(|(n, _)| n.to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// The pending-batch key of the company events (CDC keys are schema ids).
+const COMPANIES: u64 = u64::MAX;
+
 /// One consumed record's fate.
 enum Outcome {
     Row {
-        table: TableRef,
-        schema_id: u32,
-        columns: Vec<String>,
+        target: Arc<Target>,
         cells: Vec<Cell>,
     },
     Dead(String),
@@ -240,6 +266,8 @@ pub struct Sink<W: Warehouse> {
     metrics: Arc<SinkMetrics>,
     tables: Tables,
     plans: HashMap<u32, Plan>,
+    targets: HashMap<u32, Arc<Target>>,
+    companies: Arc<Target>,
     key_columns: HashMap<u32, Vec<String>>,
     positions: HashMap<(String, i32), Position>,
     unpositioned: Vec<(String, i32)>,
@@ -296,6 +324,13 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             metrics,
             tables,
             plans: HashMap::new(),
+            targets: HashMap::new(),
+            companies: Arc::new(Target::new(
+                COMPANIES,
+                Default::default(),
+                companies::table(),
+                companies::column_names().into_iter(),
+            )),
             key_columns: HashMap::new(),
             positions: HashMap::new(),
             unpositioned: Vec::new(),
@@ -468,9 +503,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             None => Outcome::Skip, // a tombstone: for log compaction, not a change
             Some(p) if is_companies => match companies::parse(p) {
                 Ok(cells) => Outcome::Row {
-                    table: companies::table(),
-                    schema_id: 0,
-                    columns: companies::column_names(),
+                    target: self.companies.clone(),
                     cells,
                 },
                 Err(e) => Outcome::Dead(e),
@@ -505,30 +538,20 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                     error,
                 });
             }
-            Outcome::Row {
-                table,
-                schema_id,
-                columns,
-                mut cells,
-            } => {
+            Outcome::Row { target, mut cells } => {
                 cells.push(Cell::Text(topic.to_owned()));
                 cells.push(Cell::Int(partition));
                 cells.push(Cell::Long(offset));
                 cells.push(Cell::TimestampTz(now_micros()));
                 self.pending.bytes += cells.iter().map(Cell::weight).sum::<usize>();
                 self.pending.rows += 1;
-                let rows = self
-                    .pending
+                let key = target.key;
+                self.pending
                     .tables
-                    .entry((table, schema_id))
-                    .or_insert_with(|| TableRows {
-                        columns: columns
-                            .into_iter()
-                            .chain(KAFKA_COLUMNS.iter().map(|(n, _)| n.to_string()))
-                            .collect(),
-                        rows: Vec::new(),
-                    });
-                rows.rows.push(cells);
+                    .entry(key)
+                    .or_insert_with(|| (target, Vec::new()))
+                    .1
+                    .push(cells);
             }
         }
         if let Some(pos) = self.positions.get_mut(&(topic.to_owned(), partition)) {
@@ -555,25 +578,24 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             Ok(c) => c,
             Err(e) => return Ok(Outcome::Dead(format!("schema id {schema_id}: {e}"))),
         };
-        let raw = TableRef::new(&raw_schema(&change.schema), &change.table);
-        let def = cdc_table_def(&raw, plan.column_defs());
-        self.settle().await?;
-        let Some(warehouse) = self.warehouse.as_mut() else {
-            return Err(SinkError::Lost);
+        let target = match self.targets.get(&schema_id) {
+            Some(t) if t.source.0 == change.schema && t.source.1 == change.table => t.clone(),
+            _ => match self.target(schema_id, &plan, &change.schema, &change.table).await? {
+                Ok(t) => t,
+                Err(stop) => return Ok(stop),
+            },
         };
-        let widened = match self.tables.ensure(warehouse, &def).await {
-            Ok(w) => w,
-            Err(e @ TableError::Incompatible { .. }) => return Ok(Outcome::Stop(e.to_string())),
-            Err(e) => return Err(e.into()),
-        };
-        if let Some(key_columns) = self.key_columns_of(key).await? {
-            let view = TableRef::new(&change.schema, &change.table);
-            let Some(warehouse) = self.warehouse.as_mut() else {
-                return Err(SinkError::Lost);
-            };
-            self.tables
-                .ensure_view(warehouse, &raw, &view, &key_columns, widened)
-                .await?;
+        if !self.tables.has_view(&target.table) {
+            if let Some(key_columns) = self.key_columns_of(key).await? {
+                let view = TableRef::new(&change.schema, &change.table);
+                self.settle().await?;
+                let Some(warehouse) = self.warehouse.as_mut() else {
+                    return Err(SinkError::Lost);
+                };
+                self.tables
+                    .ensure_view(warehouse, &target.table, &view, &key_columns, false)
+                    .await?;
+            }
         }
         let mut cells = change.row.unwrap_or_else(|| vec![Cell::Null; plan.columns.len()]);
         let json_list = |items: &[String]| {
@@ -599,20 +621,47 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 .collect();
             Cell::Text(serde_json::Value::Object(m).to_string())
         });
+        Ok(Outcome::Row { target, cells })
+    }
+
+    /// First sight of a writer schema: creates or widens its raw table
+    /// (and replaces its view when widened). `Err` carries the outcome of
+    /// an incompatible change.
+    async fn target(
+        &mut self,
+        schema_id: u32,
+        plan: &EnvelopePlan,
+        schema: &str,
+        table: &str,
+    ) -> Result<Result<Arc<Target>, Outcome>, SinkError> {
+        let raw = TableRef::new(&raw_schema(schema), table);
+        let def = cdc_table_def(&raw, plan.column_defs());
+        self.settle().await?;
+        let Some(warehouse) = self.warehouse.as_mut() else {
+            return Err(SinkError::Lost);
+        };
+        let widened = match self.tables.ensure(warehouse, &def).await {
+            Ok(w) => w,
+            Err(e @ TableError::Incompatible { .. }) => return Ok(Err(Outcome::Stop(e.to_string()))),
+            Err(e) => return Err(e.into()),
+        };
+        if widened {
+            self.tables.forget_view(&raw);
+        }
         let columns = plan
             .columns
             .iter()
             .map(|c| c.name.clone())
-            .chain(tables::CDC_COLUMNS.iter().map(|(n, _)| n.to_string()))
-            .collect();
-        Ok(Outcome::Row {
-            table: raw,
-            schema_id,
+            .chain(tables::CDC_COLUMNS.iter().map(|(n, _)| n.to_string()));
+        let target = Arc::new(Target::new(
+            u64::from(schema_id),
+            (schema.to_owned(), table.to_owned()),
+            raw,
             columns,
-            cells,
-        })
+        ));
+        self.targets.insert(schema_id, target.clone());
+        Ok(Ok(target))
     }
-
     async fn plan(&mut self, id: u32) -> Result<Plan, SinkError> {
         if let Some(p) = self.plans.get(&id) {
             return Ok(p.clone());
@@ -686,7 +735,17 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         }
         let pending = std::mem::take(&mut self.pending);
         let batch = Batch {
-            tables: pending.tables.into_iter().map(|((t, _), r)| (t, r)).collect(),
+            tables: pending
+                .tables
+                .into_values()
+                .map(|(target, rows)| {
+                    let rows = TableRows {
+                        columns: target.columns.clone(),
+                        rows,
+                    };
+                    (target.table.clone(), rows)
+                })
+                .collect(),
             dead_letters: pending.dead,
             offsets: pending.offsets.into_values().collect(),
             file: None,

@@ -93,6 +93,16 @@ impl Tables {
         Ok(changed)
     }
 
+    /// Whether this process made the latest-state view of `raw`.
+    pub fn has_view(&self, raw: &TableRef) -> bool {
+        self.views.contains(raw)
+    }
+
+    /// The view of `raw` must be made again (its table was widened).
+    pub fn forget_view(&mut self, raw: &TableRef) {
+        self.views.remove(raw);
+    }
+
     /// Creates (or replaces) the latest-state view of a raw CDC table,
     /// once per process and again whenever the table was widened.
     pub async fn ensure_view<W: Warehouse>(
