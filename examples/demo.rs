@@ -177,47 +177,26 @@ async fn main() -> anyhow::Result<()> {
             println!("… ({} more)", on_source[i].len() - 6);
         }
     }
-    println!("\n-- public.companies_latest");
-    for r in warehouse
-        .query_text("SELECT id, name, updated_at FROM public.companies_latest ORDER BY id")
-        .await?
-    {
-        println!(
-            "{}",
-            r.iter()
-                .map(|v| v.as_deref().unwrap_or("NULL"))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-    }
-    println!("\n-- public.organizations_with_insolvency (insolvent ones)");
-    for r in warehouse
-        .query_text(
+    for (title, query) in [
+        (
+            "public.companies_latest",
+            "SELECT id, name, updated_at FROM public.companies_latest ORDER BY id",
+        ),
+        (
+            "public.organizations_with_insolvency (insolvent ones)",
             "SELECT id, name, latest_insolvency_ts FROM public.organizations_with_insolvency \
              WHERE latest_insolvency_ts IS NOT NULL ORDER BY id",
-        )
-        .await?
-    {
-        println!(
-            "{}",
-            r.iter()
-                .map(|v| v.as_deref().unwrap_or("NULL"))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-    }
-    println!("\n-- walhouse.dead_letters");
-    for r in warehouse
-        .query_text("SELECT source, coalesce(topic, file), error FROM walhouse.dead_letters ORDER BY failed_at")
-        .await?
-    {
-        println!(
-            "{}",
-            r.iter()
-                .map(|v| v.as_deref().unwrap_or("NULL"))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
+        ),
+        (
+            "walhouse.dead_letters",
+            "SELECT source, coalesce(topic, file), error FROM walhouse.dead_letters ORDER BY failed_at",
+        ),
+    ] {
+        println!("\n-- {title}");
+        for r in warehouse.query_text(query).await? {
+            let cells: Vec<&str> = r.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+            println!("{}", cells.join(" | "));
+        }
     }
     if !all_equal {
         bail!("the warehouse does not answer the seed's questions like the source");

@@ -97,10 +97,6 @@ impl ToSql for Cell {
     }
 }
 
-fn opt_cell<T>(v: Option<T>, f: impl FnOnce(T) -> Cell) -> Cell {
-    v.map_or(Cell::Null, f)
-}
-
 impl Warehouse for DuckDbWarehouse {
     fn dialect(&self) -> Dialect {
         Dialect::DuckDb
@@ -156,7 +152,8 @@ impl Warehouse for DuckDbWarehouse {
 
     async fn write(&mut self, consumer_group: &str, batch: &Batch) -> Result<(), WarehouseError> {
         self.in_transaction("writing a batch", |conn| {
-            for (table, rows) in &batch.tables {
+            let dead = batch.dead_letter_rows();
+            for (table, rows) in batch.tables.iter().chain(&dead) {
                 if rows.rows.is_empty() {
                     continue;
                 }
@@ -170,41 +167,6 @@ impl Warehouse for DuckDbWarehouse {
                         .map_err(Self::sql_error(&context))?;
                 }
                 app.flush().map_err(Self::sql_error(&context))?;
-            }
-            if !batch.dead_letters.is_empty() {
-                let mut app = conn
-                    .appender_with_columns_to_db(
-                        "dead_letters",
-                        "walhouse",
-                        &[
-                            "source",
-                            "topic",
-                            "partition",
-                            "offset",
-                            "file",
-                            "line",
-                            "key",
-                            "raw",
-                            "error",
-                        ],
-                    )
-                    .map_err(Self::sql_error("appending dead letters"))?;
-                for d in &batch.dead_letters {
-                    let row = [
-                        Cell::Text(d.source.clone()),
-                        opt_cell(d.topic.clone(), Cell::Text),
-                        opt_cell(d.partition, Cell::Int),
-                        opt_cell(d.offset, Cell::Long),
-                        opt_cell(d.file.clone(), Cell::Text),
-                        opt_cell(d.line, Cell::Long),
-                        opt_cell(d.key.clone(), Cell::Bytes),
-                        opt_cell(d.raw.clone(), Cell::Bytes),
-                        Cell::Text(d.error.clone()),
-                    ];
-                    app.append_row(appender_params_from_iter(&row))
-                        .map_err(Self::sql_error("appending dead letters"))?;
-                }
-                app.flush().map_err(Self::sql_error("appending dead letters"))?;
             }
             for o in &batch.offsets {
                 let moved = match o.from {

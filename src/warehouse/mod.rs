@@ -171,6 +171,47 @@ impl Batch {
     pub fn rows(&self) -> usize {
         self.tables.iter().map(|(_, t)| t.rows.len()).sum()
     }
+
+    /// The dead letters as rows of `walhouse.dead_letters` (written like
+    /// any other table, in the same transaction).
+    pub fn dead_letter_rows(&self) -> Option<(TableRef, TableRows)> {
+        (!self.dead_letters.is_empty()).then(|| {
+            let rows = TableRows {
+                columns: DEAD_LETTER_COLUMNS.iter().map(|c| c.to_string()).collect(),
+                rows: self.dead_letters.iter().map(DeadLetter::cells).collect(),
+            };
+            (TableRef::new("walhouse", "dead_letters"), rows)
+        })
+    }
+}
+
+/// The columns of `walhouse.dead_letters` a dead letter fills.
+const DEAD_LETTER_COLUMNS: [&str; 9] = [
+    "source",
+    "topic",
+    "partition",
+    "offset",
+    "file",
+    "line",
+    "key",
+    "raw",
+    "error",
+];
+
+impl DeadLetter {
+    fn cells(&self) -> Vec<Cell> {
+        vec![
+            Cell::Text(self.source.clone()),
+            self.topic.clone().map_or(Cell::Null, Cell::Text),
+            self.partition.map_or(Cell::Null, Cell::Int),
+            self.offset.map_or(Cell::Null, Cell::Long),
+            self.file.clone().map_or(Cell::Null, Cell::Text),
+            self.line.map_or(Cell::Null, Cell::Long),
+            self.key.clone().map_or(Cell::Null, Cell::Bytes),
+            self.raw.clone().map_or(Cell::Null, Cell::Bytes),
+            Cell::Text(self.error.clone()),
+        ]
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -185,55 +185,17 @@ impl Warehouse for PostgresWarehouse {
 
     async fn write(&mut self, consumer_group: &str, batch: &Batch) -> Result<(), WarehouseError> {
         // Rendering before BEGIN keeps the transaction short.
+        let dead = batch.dead_letter_rows();
         let tables: Vec<(&TableRef, &[String], String)> = batch
             .tables
             .iter()
+            .chain(&dead)
             .filter(|(_, r)| !r.rows.is_empty())
             .map(|(t, r)| (t, &r.columns[..], rows_text(&r.rows)))
             .collect();
         let tx = self.client.transaction().await.map_err(sql("BEGIN"))?;
         for (table, columns, data) in tables {
             copy_in(&tx, table, columns, data).await?;
-        }
-        if !batch.dead_letters.is_empty() {
-            let columns: Vec<String> = [
-                "source",
-                "topic",
-                "partition",
-                "offset",
-                "file",
-                "line",
-                "key",
-                "raw",
-                "error",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            let rows: Vec<Vec<Cell>> = batch
-                .dead_letters
-                .iter()
-                .map(|d| {
-                    vec![
-                        Cell::Text(d.source.clone()),
-                        d.topic.clone().map_or(Cell::Null, Cell::Text),
-                        d.partition.map_or(Cell::Null, Cell::Int),
-                        d.offset.map_or(Cell::Null, Cell::Long),
-                        d.file.clone().map_or(Cell::Null, Cell::Text),
-                        d.line.map_or(Cell::Null, Cell::Long),
-                        d.key.clone().map_or(Cell::Null, Cell::Bytes),
-                        d.raw.clone().map_or(Cell::Null, Cell::Bytes),
-                        Cell::Text(d.error.clone()),
-                    ]
-                })
-                .collect();
-            copy_in(
-                &tx,
-                &TableRef::new("walhouse", "dead_letters"),
-                &columns,
-                rows_text(&rows),
-            )
-            .await?;
         }
         for o in &batch.offsets {
             let moved = match o.from {
