@@ -502,6 +502,10 @@ async fn columns_added_and_dropped_mid_stream_make_new_schema_versions() {
         .await
         .expect("v3");
     let got = env.read("t", 3).await;
+    if cap.task.is_finished() {
+        // Say why capture ended instead of failing on its closed endpoint.
+        panic!("capture ended early: {:?}", cap.task.await);
+    }
     let metrics_url = BaseUrl::parse(&format!("http://{metrics_addr}")).expect("url");
     let get = |path: &'static str| {
         let url = metrics_url.clone();
