@@ -283,6 +283,29 @@ mod tests {
     }
 
     #[test]
+    fn the_file_form_fills_what_flags_leave_out() {
+        use std::io::Write;
+        let mut f = tempfile::NamedTempFile::new().expect("tempfile");
+        f.write_all(
+            b"warehouse = \"duckdb:from-file.duckdb\"\nbrokers = \"k:9092\"\n\
+              schema_registry_url = \"http://r:8081\"\nbatch_rows = 7\ncompanies_topic = \"\"\n\
+              [kafka]\n\"fetch.min.bytes\" = 1024\n",
+        )
+        .expect("write");
+        let path = f.path().to_str().expect("utf8").to_owned();
+        let c = resolve(&["--config", &path, "--batch-rows", "9"]).expect("valid");
+        assert!(matches!(&c.warehouse, WarehouseTarget::DuckDb(p) if p == Path::new("from-file.duckdb")));
+        let k = c.consume.expect("consume");
+        assert_eq!((k.brokers.as_str(), k.batch_rows), ("k:9092", 9));
+        assert_eq!(k.companies_topic, None);
+        assert_eq!(k.librdkafka.get("fetch.min.bytes").map(String::as_str), Some("1024"));
+        let mut bad = tempfile::NamedTempFile::new().expect("tempfile");
+        bad.write_all(b"warehous = \"x\"\n").expect("write");
+        let err = resolve(&["--config", bad.path().to_str().expect("utf8")]).expect_err("unknown key");
+        assert!(err.to_string().contains("warehous"), "{err}");
+    }
+
+    #[test]
     fn warehouse_urls() {
         assert!(
             matches!(WarehouseTarget::parse("duckdb:w/x.duckdb"), Ok(WarehouseTarget::DuckDb(p)) if p == Path::new("w/x.duckdb"))
