@@ -731,3 +731,57 @@ async fn incompatible_column_changes_are_refused_and_new_columns_added() {
         "{text}"
     );
 }
+
+/// A value the Postgres warehouse cannot store (a NUL character in a JSON
+/// string) is a dead letter, not a failed batch: the events around it land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_value_postgres_cannot_store_is_a_dead_letter() {
+    init_logs();
+    let pg = PgServer::start();
+    let warehouse_url = pg.url("walhouse_scram", &pg.create_db("warehouse"));
+    let broker = Broker::start();
+    let (_reg, registry_url) = registry().await;
+    let org = "a7e4d0c3-5b2f-4c8e-9a61-0f3e2d1c4b5a";
+    let events = [
+        company("before", "created", "c1", org, "Fine", 1, 1),
+        company("nul", "created", "c2", org, "Bad\u{0}Name", 1, 1),
+        company("after", "created", "c3", org, "Also fine", 1, 1),
+    ];
+    let messages: Vec<(Option<&str>, &[u8])> = events.iter().map(|e| (Some("k"), e.as_bytes())).collect();
+    produce(&broker.bootstrap(), "companies", &messages);
+    let mut sink = start_sink(&[
+        "--warehouse",
+        &warehouse_url,
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        &registry_url,
+        "--batch-ms",
+        "200",
+    ])
+    .await;
+    assert!(sink.wait_for(3, LIMIT).await, "accounted {:?}", sink.accounted());
+    assert_eq!(sink.accounted().0, 2);
+    sink.stop().await;
+    let mut w = PostgresWarehouse::connect(&ConnInfo::parse(&warehouse_url).expect("url"))
+        .await
+        .expect("warehouse");
+    let names = w
+        .query_text("SELECT name FROM raw.company_events ORDER BY _offset")
+        .await
+        .expect("rows");
+    assert_eq!(
+        names,
+        vec![vec![Some("Fine".to_string())], vec![Some("Also fine".to_string())]]
+    );
+    let dead = w
+        .query_text("SELECT error, length(raw) > 0 FROM walhouse.dead_letters")
+        .await
+        .expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0][0].as_deref().unwrap_or_default().contains("NUL character"),
+        "{dead:?}"
+    );
+    assert_eq!(dead[0][1].as_deref(), Some("t"));
+}

@@ -258,6 +258,7 @@ type InFlight<W> = tokio::task::JoinHandle<(W, Batch, Instant, Result<(), Wareho
 
 pub struct Sink<W: Warehouse> {
     settings: ConsumeSettings,
+    dialect: crate::warehouse::Dialect,
     /// `None` while a batch is in flight (its task owns it).
     warehouse: Option<W>,
     in_flight: Option<InFlight<W>>,
@@ -317,6 +318,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         );
         Ok(Sink {
             settings,
+            dialect: warehouse.dialect(),
             warehouse: Some(warehouse),
             in_flight: None,
             registry,
@@ -509,6 +511,13 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 Err(e) => Outcome::Dead(e),
             },
             Some(p) => self.cdc(p, key.as_deref()).await?,
+        };
+        let outcome = match outcome {
+            Outcome::Row { cells, .. } if cells.iter().any(|c| self.dialect.refuses(c).is_some()) => {
+                let reason = cells.iter().find_map(|c| self.dialect.refuses(c)).unwrap_or_default();
+                Outcome::Dead(reason.to_owned())
+            }
+            other => other,
         };
         match outcome {
             Outcome::Stop(reason) => {

@@ -288,6 +288,18 @@ impl Dialect {
         }
     }
 
+    /// Why this target cannot store `cell`, if it cannot: checked before a
+    /// row joins a batch, so one such value is a dead letter instead of a
+    /// failed batch.
+    pub fn refuses(self, cell: &Cell) -> Option<&'static str> {
+        match (self, cell) {
+            (Dialect::Postgres, Cell::Text(s)) if s.contains('\0') => {
+                Some("a text value holds a NUL character (\\u0000), which Postgres cannot store")
+            }
+            _ => None,
+        }
+    }
+
     pub fn create_table(self, def: &TableDef) -> String {
         let cols: Vec<String> = def
             .columns
@@ -436,6 +448,14 @@ mod tests {
         assert!(Dialect::Postgres.same_type("timestamp with time zone", &SqlType::TimestampTz));
         assert!(Dialect::DuckDb.same_type("UUID", &SqlType::Uuid));
         assert!(!Dialect::DuckDb.same_type("VARCHAR", &SqlType::BigInt));
+    }
+
+    #[test]
+    fn nul_characters_are_refused_by_postgres_only() {
+        let nul = Cell::Text("a\0b".into());
+        assert!(Dialect::Postgres.refuses(&nul).is_some());
+        assert!(Dialect::DuckDb.refuses(&nul).is_none());
+        assert!(Dialect::Postgres.refuses(&Cell::Text("ab".into())).is_none());
     }
 
     #[test]
