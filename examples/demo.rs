@@ -20,8 +20,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use support::pipeline::{ask, start_capture, start_sink, BACKEND_SCHEMA, GENERATE, QUESTIONS};
 use walhouse::postgres::conninfo::ConnInfo;
 use walhouse::warehouse::duckdb::DuckDbWarehouse;
@@ -99,15 +97,8 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("== feeding company events (two duplicates, one malformed) to topic companies …");
     let events = company_events();
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()?;
-    for e in &events {
-        producer
-            .send(BaseRecord::<str, str>::to("companies").payload(e))
-            .map_err(|(e, _)| e)?;
-    }
-    producer.flush(Duration::from_secs(30))?;
+    let messages: Vec<(Option<&str>, &[u8])> = events.iter().map(|e| (None, e.as_bytes())).collect();
+    support::kafka::produce(&broker.bootstrap(), "companies", &messages);
 
     if !pg.wait_confirmed("backend", "walhouse", Duration::from_secs(60)).await {
         bail!("the slot did not confirm the workload within 60 s");

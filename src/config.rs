@@ -390,20 +390,7 @@ impl CaptureConfig {
                     )
                 })?;
                 crate::http::BaseUrl::parse(&url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-                let mut librdkafka = BTreeMap::new();
-                for (k, v) in file.kafka {
-                    let v = match v {
-                        toml::Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    librdkafka.insert(k, v);
-                }
-                for kv in &args.kafka_options {
-                    let (k, v) = kv
-                        .split_once('=')
-                        .ok_or_else(|| ConfigError::Invalid(format!("--kafka-option {kv:?} is not KEY=VALUE")))?;
-                    librdkafka.insert(k.trim().to_owned(), v.trim().to_owned());
-                }
+                let librdkafka = librdkafka_options(file.kafka, &args.kafka_options)?;
                 let topic_prefix = args
                     .topic_prefix
                     .or(file.topic_prefix)
@@ -554,7 +541,8 @@ fn table_options(
     Ok(options)
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+/// Reads a `--config` TOML file of either binary.
+pub(crate) fn read_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -563,6 +551,29 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.to_owned(),
         message: e.message().to_owned(),
     })
+}
+
+/// librdkafka settings: the file's `[kafka]` table, then `--kafka-option
+/// KEY=VALUE` flags over it.
+pub(crate) fn librdkafka_options(
+    file: BTreeMap<String, toml::Value>,
+    flags: &[String],
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (k, v) in file {
+        let v = match v {
+            toml::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        out.insert(k, v);
+    }
+    for kv in flags {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Invalid(format!("--kafka-option {kv:?} is not KEY=VALUE")))?;
+        out.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(out)
 }
 
 /// Starts `tracing` on stderr (stdout may carry data). The level comes from

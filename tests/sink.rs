@@ -9,9 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use support::kafka::Broker;
+use support::kafka::{produce, Broker};
 use support::pipeline::{ask, start_capture, start_sink, BACKEND_SCHEMA, GENERATE};
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
@@ -38,31 +36,6 @@ async fn registry() -> (Option<TestRegistry>, String) {
             (Some(r), url)
         }
     }
-}
-
-fn produce(bootstrap: &str, topic: &str, messages: &[(Option<&str>, &[u8])]) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    for (key, payload) in messages {
-        let mut record = BaseRecord::<str, [u8]>::to(topic).payload(payload);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        let mut record = Some(record);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Some(r) = record.take() {
-            if let Err((e, r)) = producer.send(r) {
-                assert!(Instant::now() < deadline, "producing: {e}");
-                producer.poll(Duration::from_millis(50));
-                record = Some(r);
-            }
-        }
-        producer.poll(Duration::ZERO);
-    }
-    producer.flush(Duration::from_secs(30)).expect("flush");
 }
 
 async fn open_duckdb(path: &Path) -> DuckDbWarehouse {

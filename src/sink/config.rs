@@ -174,16 +174,7 @@ pub struct SinkConfig {
 impl SinkConfig {
     pub fn resolve(args: SinkArgs) -> Result<Self, ConfigError> {
         let file: FileConfig = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: path.clone(),
-                    message: e.message().to_owned(),
-                })?
-            }
+            Some(path) => crate::config::read_file(path)?,
             None => FileConfig::default(),
         };
         let warehouse = args.warehouse.or(file.warehouse).ok_or_else(|| {
@@ -217,20 +208,7 @@ impl SinkConfig {
                 .map(Secret::new),
             ca: args.schema_registry_ca.or(file.schema_registry_ca),
         };
-        let mut librdkafka = BTreeMap::new();
-        for (k, v) in file.kafka {
-            let v = match v {
-                toml::Value::String(s) => s,
-                other => other.to_string(),
-            };
-            librdkafka.insert(k, v);
-        }
-        for kv in &args.kafka_options {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| ConfigError::Invalid(format!("--kafka-option {kv:?} is not KEY=VALUE")))?;
-            librdkafka.insert(k.trim().to_owned(), v.trim().to_owned());
-        }
+        let librdkafka = crate::config::librdkafka_options(file.kafka, &args.kafka_options)?;
         let topic_pattern = args
             .topic_pattern
             .or(file.topic_pattern)

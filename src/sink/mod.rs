@@ -55,10 +55,9 @@ pub fn kafka_columns() -> Vec<ColumnDef> {
         .collect()
 }
 
+/// The wall clock, microseconds since the Unix epoch (the project's one clock read).
 pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
+    crate::postgres::pgoutput::PgTimestamp::now().unix_micros()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,17 +164,20 @@ impl Pending {
         self.offsets.is_empty()
     }
 
-    fn advance(&mut self, topic: &str, partition: i32, stored: Option<i64>, offset: i64) {
+    fn advance(&mut self, partition: &(String, i32), stored: Option<i64>, offset: i64) {
         self.since.get_or_insert_with(Instant::now);
-        self.offsets
-            .entry((topic.to_owned(), partition))
-            .and_modify(|o| o.next = offset + 1)
-            .or_insert_with(|| OffsetUpdate {
-                topic: topic.to_owned(),
-                partition,
-                from: stored,
-                next: offset + 1,
-            });
+        // Looked up before inserting: the key is cloned once per batch, not per message.
+        if let Some(o) = self.offsets.get_mut(partition) {
+            o.next = offset + 1;
+            return;
+        }
+        let update = OffsetUpdate {
+            topic: partition.0.clone(),
+            partition: partition.1,
+            from: stored,
+            next: offset + 1,
+        };
+        self.offsets.insert(partition.clone(), update);
     }
 }
 
@@ -491,8 +493,9 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             key,
             payload,
         } = record;
-        let topic = topic.as_str();
-        let Some(pos) = self.positions.get(&(topic.to_owned(), partition)) else {
+        let at = (topic, partition);
+        let topic = at.0.as_str();
+        let Some(pos) = self.positions.get(&at) else {
             return Ok(()); // read again once positioned
         };
         if offset < pos.next || self.stopped.contains_key(topic) {
@@ -512,12 +515,13 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             },
             Some(p) => self.cdc(p, key.as_deref()).await?,
         };
-        let outcome = match outcome {
-            Outcome::Row { cells, .. } if cells.iter().any(|c| self.dialect.refuses(c).is_some()) => {
-                let reason = cells.iter().find_map(|c| self.dialect.refuses(c)).unwrap_or_default();
-                Outcome::Dead(reason.to_owned())
-            }
-            other => other,
+        let refused = match &outcome {
+            Outcome::Row { cells, .. } => cells.iter().find_map(|c| self.dialect.refuses(c)),
+            _ => None,
+        };
+        let outcome = match refused {
+            Some(reason) => Outcome::Dead(reason.to_owned()),
+            None => outcome,
         };
         match outcome {
             Outcome::Stop(reason) => {
@@ -563,10 +567,10 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                     .push(cells);
             }
         }
-        if let Some(pos) = self.positions.get_mut(&(topic.to_owned(), partition)) {
+        if let Some(pos) = self.positions.get_mut(&at) {
             pos.next = offset + 1;
         }
-        self.pending.advance(topic, partition, stored, offset);
+        self.pending.advance(&at, stored, offset);
         Ok(())
     }
 
@@ -602,7 +606,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                     return Err(SinkError::Lost);
                 };
                 self.tables
-                    .ensure_view(warehouse, &target.table, &view, &key_columns, false)
+                    .ensure_view(warehouse, &target.table, &view, &key_columns)
                     .await?;
             }
         }

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::warehouse::{literal, quote, ColumnDef, Dialect, SqlType, TableDef, TableRef, Warehouse, WarehouseError};
+use crate::warehouse::{literal, quote, ColumnDef, SqlType, TableDef, TableRef, Warehouse, WarehouseError};
 
 /// The CDC metadata columns of every raw change table, after the source's.
 pub const CDC_COLUMNS: [(&str, SqlType); 7] = [
@@ -104,16 +104,15 @@ impl Tables {
     }
 
     /// Creates (or replaces) the latest-state view of a raw CDC table,
-    /// once per process and again whenever the table was widened.
+    /// once per process and again after [`Tables::forget_view`].
     pub async fn ensure_view<W: Warehouse>(
         &mut self,
         w: &mut W,
         raw: &TableRef,
         view: &TableRef,
         key: &[String],
-        widened: bool,
     ) -> Result<(), TableError> {
-        if key.is_empty() || (!widened && self.views.contains(raw)) {
+        if key.is_empty() || self.views.contains(raw) {
             return Ok(());
         }
         let columns: Vec<(String, String)> = match self.known.get(raw) {
@@ -140,7 +139,7 @@ impl Tables {
                 quote(&view.schema)
             ));
         }
-        statements.push(latest_view_sql(w.dialect(), raw, view, key, &data, &toastable));
+        statements.push(latest_view_sql(raw, view, key, &data, &toastable));
         if organizations {
             statements.push(organizations_with_insolvency_sql(
                 &view.schema,
@@ -170,15 +169,15 @@ fn toastable(declared: &str) -> bool {
 /// offset), deletes removed, rows before the last truncate dropped, and a
 /// column that Postgres sent as unchanged TOAST taken from the newest
 /// earlier version that carried it.
+/// One text serves both targets (`strpos`, window functions and
+/// correlated subqueries mean the same in DuckDB and Postgres).
 pub fn latest_view_sql(
-    dialect: Dialect,
     raw: &TableRef,
     view: &TableRef,
     key: &[String],
     columns: &[String],
     toastable: &[bool],
 ) -> String {
-    let _ = dialect; // one text serves both targets today
     let raw_q = raw.quoted();
     let keys: Vec<String> = key.iter().map(|k| quote(k)).collect();
     let same_key: Vec<String> = key.iter().map(|k| format!("p.{0} = o.{0}", quote(k))).collect();
@@ -265,7 +264,6 @@ mod tests {
     #[test]
     fn latest_view_orders_by_lsn_and_carries_toast_forward() {
         let sql = latest_view_sql(
-            Dialect::Postgres,
             &TableRef::new("raw_public", "t"),
             &TableRef::new("public", "t"),
             &["id".to_string()],

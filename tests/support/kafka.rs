@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 pub fn tansu_bin() -> PathBuf {
@@ -134,4 +135,31 @@ pub fn read_topic(bootstrap: &str, topic: &str, expected: usize, limit: Duration
     }
     out.sort_by_key(|r| (r.partition, r.offset));
     out
+}
+
+/// Produces `(key, payload)` messages to `topic` and waits until the
+/// broker has them all (bounded: 30 s per message queued, 30 s to flush).
+pub fn produce(bootstrap: &str, topic: &str, messages: &[(Option<&str>, &[u8])]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    for (key, payload) in messages {
+        let mut record = BaseRecord::<str, [u8]>::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        let mut record = Some(record);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Some(r) = record.take() {
+            if let Err((e, r)) = producer.send(r) {
+                assert!(Instant::now() < deadline, "producing: {e}");
+                producer.poll(Duration::from_millis(50));
+                record = Some(r);
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
 }
