@@ -1,6 +1,11 @@
 //! Capture-into-Kafka benchmark, every rate next to its baseline in the
 //! same run:
 //!
+//! 0. initial snapshot of a 1M-row table (no producer, 1 and 2
+//!    connections; into tansu) next to a plain `COPY … TO STDOUT` and a
+//!    plain producer of as many records of the same size, interleaved over
+//!    `WALHOUSE_BENCH_ROUNDS` rounds (default 3), medians;
+//!    `WALHOUSE_BENCH_ONLY=snapshot` stops after it;
 //! 1. catch-up of 1M small rows (10k-row transactions): `pg_recvlogical`,
 //!    walhouse capture with Avro encoding but no producer, and walhouse
 //!    end to end into tansu (acknowledged by Kafka);
@@ -30,7 +35,7 @@ use walhouse::change::ChangeEvent;
 use walhouse::config::{CaptureArgs, CaptureConfig};
 use walhouse::kafka::encoder::{now_ms, RecordEncoder};
 use walhouse::kafka::producer::KafkaDestination;
-use walhouse::output::{Destination, DestinationStats, OutputError};
+use walhouse::output::{Destination, DestinationStats, EncodedRows, OutputError, RowEncoder};
 use walhouse::postgres::catalog::RelationCache;
 use walhouse::postgres::pgoutput::Relation;
 use walhouse::postgres::Lsn;
@@ -59,6 +64,13 @@ struct ProbeState {
 impl<D: Destination> Destination for Probe<D> {
     async fn relation(&mut self, r: &Arc<Relation>, c: &RelationCache) -> Result<(), OutputError> {
         self.inner.relation(r, c).await
+    }
+    fn row_encoder(&self, r: &Relation) -> Option<Arc<dyn RowEncoder>> {
+        self.inner.row_encoder(r)
+    }
+    async fn send_encoded(&mut self, rows: &EncodedRows) -> Result<(), OutputError> {
+        self.events += rows.len() as u64;
+        self.inner.send_encoded(rows).await
     }
     async fn send(&mut self, e: &ChangeEvent<'_>) -> Result<(), OutputError> {
         self.events += 1;
@@ -114,6 +126,15 @@ struct EncodeOnly {
 impl Destination for EncodeOnly {
     async fn relation(&mut self, r: &Arc<Relation>, c: &RelationCache) -> Result<(), OutputError> {
         self.encoder.relation(r, c).await.map(|_| ())
+    }
+    fn row_encoder(&self, r: &Relation) -> Option<Arc<dyn RowEncoder>> {
+        self.encoder.row_encoder(r.id)
+    }
+    async fn send_encoded(&mut self, rows: &EncodedRows) -> Result<(), OutputError> {
+        for (key, value) in rows.iter() {
+            self.bytes += value.len() as u64 + key.map_or(0, |k| k.len() as u64);
+        }
+        Ok(())
     }
     async fn send(&mut self, e: &ChangeEvent<'_>) -> Result<(), OutputError> {
         let now = now_ms();
@@ -175,14 +196,14 @@ impl Bench {
         CaptureConfig::resolve(CaptureArgs::try_parse_from(args).expect("args")).expect("config")
     }
 
-    /// An initial_only snapshot from a new slot into `dest`: (time, rows).
+    /// An initial_only snapshot from a new slot into `dest`: (time, rows, dest).
     async fn snapshot<D: Destination>(
         &self,
         slot: &str,
         prefix: &str,
         connections: &str,
         mut dest: D,
-    ) -> (Duration, u64) {
+    ) -> (Duration, u64, D) {
         let config = self.config_with(
             slot,
             prefix,
@@ -191,8 +212,10 @@ impl Bench {
         );
         let (_stop, rx) = watch::channel(false);
         let started = Instant::now();
+        let cpu = cpu_seconds();
         let summary = capture::run(&config, &mut dest, rx).await.expect("snapshot");
-        (started.elapsed(), summary.events)
+        println!("  {slot}: walhouse used {:.2} CPU-s", cpu_seconds() - cpu);
+        (started.elapsed(), summary.events, dest)
     }
 
     /// Runs capture from `slot` with `dest` until `events` changes are durable.
@@ -258,6 +281,16 @@ fn reference_producer(bootstrap: &str, n: u64, size: usize) -> Duration {
     started.elapsed()
 }
 
+/// CPU time of this process so far (user + system), from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let fields: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, r)| r.split(' ').collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat(5); 100 ticks a second.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn percentile(v: &mut [i64], p: f64) -> f64 {
     v.sort_unstable();
     if v.is_empty() {
@@ -268,6 +301,10 @@ fn percentile(v: &mut [i64], p: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // Capture's own log lines (phases, progress) when asked: WALHOUSE_LOG=info.
+    if let Ok(filter) = std::env::var("WALHOUSE_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
     let rows: u64 = std::env::var("WALHOUSE_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -309,19 +346,14 @@ async fn main() {
     println!("writing {rows} rows in {TXN_ROWS}-row transactions …");
     support::postgres::insert_small_rows(&sql, "small", rows, TXN_ROWS).await;
 
-    // 0. Initial snapshot of the loaded table next to a plain COPY of it.
-    let copy_time = {
-        use futures_util::StreamExt;
-        let started = Instant::now();
-        let stream = sql.copy_out("COPY small TO STDOUT").await.expect("copy");
-        futures_util::pin_mut!(stream);
-        let mut bytes = 0usize;
-        while let Some(chunk) = stream.next().await {
-            bytes += chunk.expect("chunk").len();
-        }
-        assert!(bytes > 0);
-        started.elapsed()
-    };
+    // 0. Initial snapshot of the loaded table next to a plain COPY of it
+    // and a plain producer of as many records of the same size; every
+    // path once per round, rounds interleaved, medians reported (the
+    // machine is shared and noisy).
+    let rounds: usize = std::env::var("WALHOUSE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let encode_only = |prefix: &str| EncodeOnly {
         encoder: RecordEncoder::new(
             Arc::new(Registry::new(&bench.config("x", prefix, "small").kafka.expect("k").registry).expect("r")),
@@ -332,28 +364,73 @@ async fn main() {
         durable: Lsn::ZERO,
         bytes: 0,
     };
-    let (snap_avro1_time, snap_rows) = bench
-        .snapshot("snap_avro1", "wh_snap_avro1", "1", encode_only("wh_snap_avro1"))
-        .await;
-    assert_eq!(snap_rows, rows);
-    let (snap_avro_time, snap_rows) = bench
-        .snapshot("snap_avro", "wh_snap_avro", "2", encode_only("wh_snap_avro"))
-        .await;
-    assert_eq!(snap_rows, rows);
-    let (snap_kafka_time, snap_rows) = bench
-        .snapshot("snap_kafka", "wh_snap_kafka", "2", bench.kafka("wh_snap_kafka"))
-        .await;
-    assert_eq!(snap_rows, rows);
+    let mut times: [Vec<Duration>; 5] = Default::default();
+    let mut record_size = 0;
+    for round in 0..rounds {
+        times[0].push({
+            use futures_util::StreamExt;
+            let started = Instant::now();
+            let stream = sql.copy_out("COPY small TO STDOUT").await.expect("copy");
+            futures_util::pin_mut!(stream);
+            let mut bytes = 0usize;
+            while let Some(chunk) = stream.next().await {
+                bytes += chunk.expect("chunk").len();
+            }
+            assert!(bytes > 0);
+            started.elapsed()
+        });
+        let (t, n, encoded) = bench
+            .snapshot(
+                &format!("snap_avro1_{round}"),
+                "wh_snap_avro1",
+                "1",
+                encode_only("wh_snap_avro1"),
+            )
+            .await;
+        assert_eq!(n, rows);
+        times[2].push(t);
+        record_size = (encoded.bytes / rows.max(1)) as usize;
+        let (t, n, _) = bench
+            .snapshot(
+                &format!("snap_avro_{round}"),
+                "wh_snap_avro",
+                "2",
+                encode_only("wh_snap_avro"),
+            )
+            .await;
+        assert_eq!(n, rows);
+        times[3].push(t);
+        let prefix = format!("wh_snap_kafka{round}");
+        let (t, n, _) = bench
+            .snapshot(&format!("snap_kafka_{round}"), &prefix, "2", bench.kafka(&prefix))
+            .await;
+        assert_eq!(n, rows);
+        times[4].push(t);
+        let bootstrap = bench.broker.bootstrap();
+        times[1].push(
+            tokio::task::spawn_blocking(move || reference_producer(&bootstrap, rows, record_size))
+                .await
+                .expect("reference producer"),
+        );
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let [copy_time, producer_time, avro1_time, avro2_time, kafka_time] = times.map(|mut v| median(&mut v));
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
     println!();
-    println!("initial snapshot of {rows} rows (one table; chunks of 1024 pages)");
+    println!(
+        "initial snapshot of {rows} rows (one table; chunks of 1024 pages; records of {record_size} B; median of {rounds} rounds)"
+    );
     println!("| path                                          | seconds | rows/s  | ratio to COPY |");
     println!("|-----------------------------------------------|---------|---------|---------------|");
     for (name, t) in [
         ("plain COPY small TO STDOUT (discarded)", copy_time),
-        ("walhouse snapshot + Avro, no producer, 1 conn", snap_avro1_time),
-        ("walhouse snapshot + Avro, no producer, 2 conn", snap_avro_time),
-        ("walhouse snapshot into tansu (acked), 2 conn", snap_kafka_time),
+        ("plain producer into tansu, same records", producer_time),
+        ("walhouse snapshot + Avro, no producer, 1 conn", avro1_time),
+        ("walhouse snapshot + Avro, no producer, 2 conn", avro2_time),
+        ("walhouse snapshot into tansu (acked), 2 conn", kafka_time),
     ] {
         println!(
             "| {name:<45} | {:>7.2} | {:>7.0} | {:.2}          |",
@@ -362,6 +439,10 @@ async fn main() {
             copy_time.as_secs_f64() / t.as_secs_f64()
         );
     }
+    println!(
+        "snapshot into tansu / slower of (COPY, plain producer): {:.2}",
+        copy_time.max(producer_time).as_secs_f64() / kafka_time.as_secs_f64()
+    );
     if std::env::var("WALHOUSE_BENCH_ONLY").as_deref() == Ok("snapshot") {
         return;
     }

@@ -73,15 +73,20 @@ impl Metrics {
     /// Counts one event; `table` is `schema.table`, `op` one of insert,
     /// update, delete, truncate, read, message.
     pub fn count_event(&self, table: &str, op: &str) {
+        self.count_events(table, op, 1);
+    }
+
+    /// Counts `n` events of one kind at once (a snapshot batch).
+    pub fn count_events(&self, table: &str, op: &str, n: u64) {
         let Some(i) = OPS.iter().position(|o| *o == op) else {
             return;
         };
         let mut m = self.events.lock().unwrap_or_else(|p| p.into_inner());
         match m.get_mut(table) {
-            Some(counts) => counts[i] += 1,
+            Some(counts) => counts[i] += n,
             None => {
                 let mut counts = [0; OPS.len()];
-                counts[i] = 1;
+                counts[i] = n;
                 m.insert(table.to_owned(), counts);
             }
         }

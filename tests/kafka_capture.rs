@@ -852,3 +852,106 @@ async fn existing_rows_arrive_as_snapshot_reads_before_the_stream() {
     assert_eq!(string(opt(after(&got[3]), "v")), "b2");
     assert_eq!(field(got[3].key.as_ref().expect("key"), "id"), &Value::Int(2));
 }
+
+/// The copy workers encode rows in parallel; the capture loop sends each
+/// chunk's last row itself and every row the encoder refuses. Whatever the
+/// path, each row arrives once, in plan order per key, and refused rows
+/// reach the dead-letter topic.
+#[tokio::test]
+async fn a_parallel_snapshot_sends_each_row_once_in_order_and_dead_letters_unkeyable_rows() {
+    const ROWS: i64 = 8_000;
+    let env = Env::start("parsnap").await;
+    let sql = env.pg.client(&env.db).await;
+    sql.batch_execute(&format!(
+        "CREATE TABLE big (id int PRIMARY KEY, v text);
+         INSERT INTO big SELECT g, 'value ' || g FROM generate_series(1, {ROWS}) g;
+         CREATE TABLE nokey (n int, v text);
+         INSERT INTO nokey SELECT g, 'row ' || g FROM generate_series(1, 700) g;
+         CREATE TABLE odd (id numeric(10, 0) PRIMARY KEY, v text);
+         INSERT INTO odd SELECT g, 'x' FROM generate_series(1, 300) g;
+         INSERT INTO odd VALUES ('NaN', 'not a key Avro can hold');
+         INSERT INTO odd SELECT g, 'x' FROM generate_series(301, 600) g;"
+    ))
+    .await
+    .expect("schema");
+    let cap = env.spawn(
+        "parsnap_slot",
+        &["--snapshot-connections", "2", "--snapshot-chunk-pages", "4"],
+    );
+    env.wait_streaming("parsnap_slot").await;
+    let big = env.read("big", ROWS as usize).await;
+    let nokey = env.read("nokey", 700).await;
+    let odd = env.read_within("odd", 601, Duration::from_secs(5)).await;
+    let (bootstrap, dlq) = (env.broker.bootstrap(), format!("{}.dead_letter", env.prefix));
+    let dead = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &dlq, 1, LIMIT))
+        .await
+        .expect("reader");
+    let extra = env.read_within("big", ROWS as usize + 1, Duration::from_secs(2)).await;
+    cap.stop().await;
+
+    let source = |d: &Decoded, name: &str| field(field(d.value.as_ref().expect("value"), "source"), name).clone();
+    let long = |v: Value| match v {
+        Value::Long(n) => n,
+        other => panic!("long expected, got {other:?}"),
+    };
+    let int = |v: &Value| match v {
+        Value::Int(n) => i64::from(*n),
+        other => panic!("int expected, got {other:?}"),
+    };
+    // Every id exactly once, as a read, keyed by itself.
+    assert_eq!(extra.len(), ROWS as usize, "no row of big was sent twice");
+    let mut ids: Vec<i64> = big
+        .iter()
+        .map(|d| int(field(d.key.as_ref().expect("key"), "id")))
+        .collect();
+    assert!(big.iter().all(|d| op(d) == "r"));
+    for d in &big {
+        let key = int(field(d.key.as_ref().expect("key"), "id"));
+        assert_eq!(string(opt(after(d), "v")), format!("value {key}"));
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=ROWS).collect::<Vec<_>>());
+    // Ordinals: unique over the whole snapshot, increasing within each
+    // partition (the order Kafka keeps), the same for encoded and raw rows.
+    let all: Vec<&Decoded> = big.iter().chain(&nokey).chain(&odd).collect();
+    let mut ordinals: Vec<i64> = all.iter().map(|d| long(source(d, "tx_ordinal"))).collect();
+    ordinals.sort_unstable();
+    ordinals.dedup();
+    assert_eq!(ordinals.len(), all.len(), "tx_ordinal repeats");
+    for topic in [&big, &nokey, &odd] {
+        let mut by_partition: HashMap<i32, Vec<i64>> = HashMap::new();
+        for d in topic.iter() {
+            by_partition
+                .entry(d.raw.partition)
+                .or_default()
+                .push(long(source(d, "tx_ordinal")));
+        }
+        for seq in by_partition.values() {
+            assert!(
+                seq.windows(2).all(|w| w[0] < w[1]),
+                "ordinals out of order in a partition"
+            );
+        }
+    }
+    // Exactly one row is the snapshot's last, and it has the highest ordinal.
+    let lasts: Vec<&&Decoded> = all
+        .iter()
+        .filter(|d| source(d, "snapshot") == Value::String("last".into()))
+        .collect();
+    assert_eq!(lasts.len(), 1);
+    assert_eq!(long(source(lasts[0], "tx_ordinal")), *ordinals.last().expect("rows"));
+    // No key: null keys, every row there.
+    assert!(nokey.iter().all(|d| d.raw.key.is_none()));
+    let mut ns: Vec<i64> = nokey.iter().map(|d| int(opt(after(d), "n").expect("n"))).collect();
+    ns.sort_unstable();
+    assert_eq!(ns, (1..=700).collect::<Vec<_>>());
+    // The NaN key cannot be a key: a dead letter naming the cause; the
+    // table's other rows all arrive.
+    assert_eq!(odd.len(), 600, "every row of odd but the NaN one");
+    assert_eq!(dead.len(), 1, "one dead letter");
+    let body: serde_json::Value =
+        serde_json::from_slice(dead[0].value.as_deref().expect("dead letter body")).expect("JSON");
+    assert_eq!(body["topic"], env.topic("odd"));
+    assert!(body["reason"].as_str().expect("reason").contains("id"), "{body}");
+    assert_eq!(body["change"]["after"]["id"], "NaN", "{body}");
+}

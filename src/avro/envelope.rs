@@ -290,6 +290,14 @@ impl TableEnvelope {
         now_ms: i64,
         out: &mut Vec<u8>,
     ) {
+        let extras = self.encode_rows(op, out);
+        self.encode_source_head(event, source, now_ms, out);
+        self.encode_tail(event, op, now_ms, &extras, out);
+    }
+
+    /// `before` and `after`; returns the columns left out as unchanged
+    /// TOAST and the values sent as text.
+    fn encode_rows<'s>(&'s self, op: Op<'_>, out: &mut Vec<u8>) -> ValueExtras<'s> {
         let mut unchanged = Vec::new();
         let mut text_values: Vec<(&str, String)> = Vec::new();
         let mut row = |tuple: Option<&Tuple>, out: &mut Vec<u8>, collect_toast: bool| match tuple {
@@ -308,7 +316,12 @@ impl TableEnvelope {
                         TupleValue::Text(t) => {
                             let mark = out.len();
                             put_long(out, 1);
-                            let text = String::from_utf8_lossy(t);
+                            // from_utf8 checks ASCII a word at a time; the
+                            // lossy form only for what is not UTF-8.
+                            let text = match std::str::from_utf8(t) {
+                                Ok(s) => std::borrow::Cow::Borrowed(s),
+                                Err(_) => String::from_utf8_lossy(t),
+                            };
                             if let Err(e) = encode_text(&c.ty, &text, out) {
                                 out.truncate(mark);
                                 put_long(out, 0);
@@ -332,7 +345,13 @@ impl TableEnvelope {
         let (before, after) = op.tuples();
         row(before, out, false);
         row(after, out, true);
-        // source
+        ValueExtras { unchanged, text_values }
+    }
+
+    /// The `source` fields before `tx_ordinal`: the same for every change
+    /// of one transaction (every row of a snapshot), so batches of snapshot
+    /// rows encode them once ([`Self::encode_value_with_head`]).
+    pub fn encode_source_head(&self, event: &ChangeEvent<'_>, source: &SourceInfo<'_>, now_ms: i64, out: &mut Vec<u8>) {
         put_str(out, source.version);
         put_str(out, CONNECTOR);
         put_str(out, source.name);
@@ -342,35 +361,73 @@ impl TableEnvelope {
         put_str(out, source.db);
         put_str(out, &self.schema);
         put_str(out, &self.table);
-        let opt_long = |out: &mut Vec<u8>, v: Option<i64>| match v {
-            Some(v) => {
-                put_long(out, 1);
-                put_long(out, v);
-            }
-            None => put_long(out, 0),
-        };
         opt_long(out, tx.map(|t| i64::from(t.xid)));
         opt_long(out, Some(event.lsn.0 as i64));
         opt_long(out, tx.map(|t| t.commit_lsn.0 as i64));
+    }
+
+    /// As [`Self::encode_value`], with the `source` head encoded before by
+    /// [`Self::encode_source_head`] for an event of the same transaction,
+    /// LSN and snapshot mark (a snapshot's rows share all three).
+    pub fn encode_value_with_head(
+        &self,
+        event: &ChangeEvent<'_>,
+        op: Op<'_>,
+        head: &[u8],
+        now_ms: i64,
+        out: &mut Vec<u8>,
+    ) {
+        let extras = self.encode_rows(op, out);
+        out.extend_from_slice(head);
+        self.encode_tail(event, op, now_ms, &extras, out);
+    }
+
+    /// `source` from `tx_ordinal` on, and the envelope's last fields.
+    fn encode_tail(
+        &self,
+        event: &ChangeEvent<'_>,
+        op: Op<'_>,
+        now_ms: i64,
+        extras: &ValueExtras<'_>,
+        out: &mut Vec<u8>,
+    ) {
+        let (unchanged, text_values) = (&extras.unchanged, &extras.text_values);
         put_long(out, event.tx_ordinal as i64);
         put_str(out, op.code());
         opt_long(out, Some(now_ms));
         if !unchanged.is_empty() {
             put_long(out, unchanged.len() as i64);
-            for name in &unchanged {
+            for name in unchanged {
                 put_str(out, name);
             }
         }
         put_long(out, 0);
         if !text_values.is_empty() {
             put_long(out, text_values.len() as i64);
-            for (k, v) in &text_values {
+            for (k, v) in text_values {
                 put_str(out, k);
                 put_str(out, v);
             }
         }
         put_long(out, 0);
     }
+}
+
+/// An Avro `["null", "long"]` union value.
+fn opt_long(out: &mut Vec<u8>, v: Option<i64>) {
+    match v {
+        Some(v) => {
+            put_long(out, 1);
+            put_long(out, v);
+        }
+        None => put_long(out, 0),
+    }
+}
+
+/// What a row carries beside its Avro values.
+struct ValueExtras<'s> {
+    unchanged: Vec<&'s str>,
+    text_values: Vec<(&'s str, String)>,
 }
 
 /// The envelope's `op` with the tuples it carries.
@@ -652,6 +709,27 @@ mod tests {
         assert!(env.encode_key(&new, &mut key).expect("key"));
         let k = read(env.key_schema.as_ref().expect("key schema"), &key);
         assert_eq!(field(&k, "id"), &Value::Int(7));
+
+        // A source head encoded once serves other changes of the
+        // transaction: byte for byte the full encoding.
+        let mut head = Vec::new();
+        env.encode_source_head(&event, &source, 1_800_000_000_000, &mut head);
+        let later = ChangeEvent {
+            lsn: event.lsn,
+            tx: event.tx,
+            tx_ordinal: 4,
+            kind: ChangeKind::Update {
+                relation: &rel,
+                old: None,
+                new: &new,
+            },
+            snapshot: None,
+        };
+        let (mut whole, mut with_head) = (Vec::new(), Vec::new());
+        env.encode_value(&later, ops[0], &source, 1_800_000_000_001, &mut whole);
+        env.encode_value_with_head(&later, ops[0], &head, 1_800_000_000_001, &mut with_head);
+        assert_eq!(whole, with_head);
+        assert_ne!(whole, out, "the ordinal and time are not in the head");
     }
 
     #[test]

@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::{snapshot_slot_name, CaptureError, LoopState};
-use crate::change::{SnapshotMark, TxInfo};
+use crate::change::{ChangeEvent, ChangeKind, SnapshotMark, TxInfo};
 use crate::config::{CaptureConfig, SnapshotMode};
-use crate::output::Destination;
+use crate::kafka::encoder::now_ms;
+use crate::output::{Destination, EncodedRows, RowEncoder};
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::pgoutput::{PgTimestamp, Relation, Tuple};
 use crate::postgres::replication::ReplicationClient;
@@ -36,9 +37,31 @@ const BATCH_ROWS: usize = 512;
 const READ_AHEAD_BATCHES: usize = 8;
 
 enum Piece {
+    /// Rows the capture loop sends itself: the last of each chunk (so the
+    /// very last row of the snapshot can be marked), rows the destination's
+    /// encoder refused, and every row when it offers no encoder.
     Rows(Vec<Tuple>),
+    /// Rows the worker encoded, in order.
+    Encoded(EncodedRows),
     /// The chunk is complete.
     End,
+}
+
+/// One chunk for a copy worker.
+struct ChunkJob {
+    /// Position in the plan (0-based).
+    k: usize,
+    relation: Arc<Relation>,
+    filter: Option<Arc<str>>,
+    pages: PageRange,
+    encoder: Option<Arc<dyn RowEncoder>>,
+}
+
+/// `source.tx_ordinal` of the `row`-th row (from 1) of chunk `k`: chunks
+/// are read in parallel, so a row's position in the whole snapshot is not
+/// known where it is encoded. Unique and increasing in the order sent.
+fn snapshot_ordinal(k: usize, row: u64) -> u64 {
+    ((k as u64 + 1) << 32) | row
 }
 
 /// Rate and time left for log lines and metrics.
@@ -117,7 +140,9 @@ impl LoopState {
         let mut seq = 1;
         for table in &tables {
             let (relation, filter) = snapshot::describe(&planner, table, &config.publication).await?;
-            let relation = (self.learn_relation(relation, dest).await?, filter.map(Arc::<str>::from));
+            let relation = self.learn_relation(relation, dest).await?;
+            let encoder = dest.row_encoder(&relation);
+            let relation = (relation, filter.map(Arc::<str>::from), encoder);
             for c in
                 snapshot_progress::plan_table(&planner, table, relation.0.id, config.snapshot_chunk_pages, &mut seq)
                     .await?
@@ -141,40 +166,49 @@ impl LoopState {
             "initial snapshot started"
         );
 
-        let mut receivers = Vec::with_capacity(workers);
-        for w in 0..workers {
-            let (tx, rx) = mpsc::channel(READ_AHEAD_BATCHES);
-            let mine: Vec<(Arc<Relation>, Option<Arc<str>>, PageRange)> = chunks
-                .iter()
-                .skip(w)
-                .step_by(workers)
-                .map(|(t, c)| (relations[*t].0.clone(), relations[*t].1.clone(), c.pages))
-                .collect();
-            tokio::spawn(copy_worker(
-                source.clone(),
-                exported.snapshot_name().to_owned(),
-                mine,
-                tx,
-            ));
-            receivers.push(rx);
-        }
-
         let tx = TxInfo {
             xid: 0,
             commit_lsn: consistent,
             commit_time: PgTimestamp::now(),
         };
+        let mut receivers = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let (sender, rx) = mpsc::channel(READ_AHEAD_BATCHES);
+            let mine: Vec<ChunkJob> = chunks
+                .iter()
+                .enumerate()
+                .skip(w)
+                .step_by(workers)
+                .map(|(k, (t, c))| ChunkJob {
+                    k,
+                    relation: relations[*t].0.clone(),
+                    filter: relations[*t].1.clone(),
+                    pages: c.pages,
+                    encoder: relations[*t].2.clone(),
+                })
+                .collect();
+            tokio::spawn(copy_worker(
+                source.clone(),
+                exported.snapshot_name().to_owned(),
+                tx,
+                mine,
+                sender,
+            ));
+            receivers.push(rx);
+        }
+
         let total = chunks.len() as u64;
         let mut pace = Pace::new();
         // One row is held back so the very last one can be marked as such;
         // chunks that ended while it was held close after it is sent.
-        let mut held: Option<(Arc<Relation>, Tuple)> = None;
+        let mut held: Option<(Arc<Relation>, Tuple, u64)> = None;
         let mut unclosed: Vec<usize> = Vec::new();
         let mut rows_per_chunk = vec![0u64; chunks.len()];
         let mut marked = 0usize;
-        let mut ordinal = 0u64;
+        let mut sent = 0u64;
         for (k, (t, chunk)) in chunks.iter().enumerate() {
             let rx = &mut receivers[k % workers];
+            let relation = &relations[*t].0;
             loop {
                 let piece = tokio::select! {
                     biased;
@@ -185,8 +219,9 @@ impl LoopState {
                     Some(Ok(Piece::Rows(batch))) => {
                         for tuple in batch {
                             rows_per_chunk[k] += 1;
-                            if let Some((r, row)) = held.replace((relations[*t].0.clone(), tuple)) {
-                                ordinal += 1;
+                            let next = (relation.clone(), tuple, snapshot_ordinal(k, rows_per_chunk[k]));
+                            if let Some((r, row, ordinal)) = held.replace(next) {
+                                sent += 1;
                                 if !self
                                     .snapshot_row(dest, shutdown, &tx, ordinal, &r, &row, SnapshotMark::Row)
                                     .await?
@@ -198,6 +233,26 @@ impl LoopState {
                                 }
                             }
                         }
+                    }
+                    Some(Ok(Piece::Encoded(rows))) => {
+                        // Encoded rows follow the held one in the plan.
+                        if let Some((r, row, ordinal)) = held.take() {
+                            sent += 1;
+                            if !self
+                                .snapshot_row(dest, shutdown, &tx, ordinal, &r, &row, SnapshotMark::Row)
+                                .await?
+                            {
+                                return Ok(None);
+                            }
+                            for c in unclosed.drain(..) {
+                                dest.end_transaction(chunk_unit(c)).await?;
+                            }
+                        }
+                        if !self.snapshot_encoded(dest, shutdown, relation, &rows).await? {
+                            return Ok(None);
+                        }
+                        rows_per_chunk[k] += rows.len() as u64;
+                        sent += rows.len() as u64;
                     }
                     Some(Ok(Piece::End)) => break,
                     Some(Err(e)) => return Err(e.into()),
@@ -217,22 +272,22 @@ impl LoopState {
             if let Some(p) = progress {
                 marked = mark_durable(p, &self.sql, dest, &chunks, &rows_per_chunk, marked).await?;
             }
-            let (rate, left) = pace.estimate(ordinal, k as u64 + 1, total);
+            let (rate, left) = pace.estimate(sent, k as u64 + 1, total);
             self.metrics.set_snapshot(total, marked as u64, rate, left);
             if pace.should_log() {
                 tracing::info!(
                     table = %chunk.table,
                     chunk = k + 1,
                     chunks = total,
-                    rows = ordinal,
+                    rows = sent,
                     rows_per_s = rate,
                     seconds_left = left,
                     "snapshot progress"
                 );
             }
         }
-        if let Some((r, row)) = held.take() {
-            ordinal += 1;
+        if let Some((r, row, ordinal)) = held.take() {
+            sent += 1;
             if !self
                 .snapshot_row(dest, shutdown, &tx, ordinal, &r, &row, SnapshotMark::Last)
                 .await?
@@ -261,7 +316,7 @@ impl LoopState {
         }
         self.metrics.set_snapshot(total, total, 0, 0);
         tracing::info!(
-            rows = ordinal,
+            rows = sent,
             seconds = pace.started.elapsed().as_secs_f64(),
             slot = %config.slot,
             %consistent,
@@ -297,30 +352,37 @@ async fn mark_durable<D: Destination>(
     Ok(durable)
 }
 
-/// Copies its chunks, in order, under the exported snapshot.
+/// Copies its chunks, in order, under the exported snapshot, encoding
+/// the rows when the destination offered an encoder.
 async fn copy_worker(
     source: ConnInfo,
     snapshot_name: String,
-    chunks: Vec<(Arc<Relation>, Option<Arc<str>>, PageRange)>,
+    tx: TxInfo,
+    chunks: Vec<ChunkJob>,
     out: mpsc::Sender<Result<Piece, SnapshotError>>,
 ) {
     let result: Result<(), SnapshotError> = async {
         let (client, _driver) = client::connect(&source).await?;
         snapshot::begin(&client, Some(&snapshot_name)).await?;
-        for (relation, filter, pages) in chunks {
-            let mut rows = snapshot::CopyRows::start(&client, &relation, pages, filter.as_deref()).await?;
-            let mut batch = Vec::with_capacity(BATCH_ROWS);
+        for job in chunks {
+            let mut rows = snapshot::CopyRows::start(&client, &job.relation, job.pages, job.filter.as_deref()).await?;
+            let mut batch = Batcher::new(&job, tx);
+            // Held back: the chunk's last row goes to the capture loop raw.
+            let mut prev: Option<Tuple> = None;
             while let Some(tuple) = rows.next().await? {
-                batch.push(tuple);
-                if batch.len() == BATCH_ROWS {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
-                    if out.send(Ok(Piece::Rows(full))).await.is_err() {
-                        return Ok(());
+                if let Some(row) = prev.replace(tuple) {
+                    batch.push(row);
+                    for piece in batch.ready.drain(..) {
+                        if out.send(Ok(piece)).await.is_err() {
+                            return Ok(());
+                        }
                     }
                 }
             }
-            if !batch.is_empty() && out.send(Ok(Piece::Rows(batch))).await.is_err() {
-                return Ok(());
+            for piece in batch.finish(prev) {
+                if out.send(Ok(piece)).await.is_err() {
+                    return Ok(());
+                }
             }
             if out.send(Ok(Piece::End)).await.is_err() {
                 return Ok(());
@@ -331,5 +393,88 @@ async fn copy_worker(
     .await;
     if let Err(e) = result {
         let _ = out.send(Err(e)).await;
+    }
+}
+
+/// A chunk's rows cut into pieces: encoded where the encoder takes them,
+/// raw otherwise, in order (at most one kind pending at a time).
+struct Batcher<'j> {
+    job: &'j ChunkJob,
+    tx: TxInfo,
+    rows: u64,
+    now_ms: i64,
+    raw: Vec<Tuple>,
+    encoded: Option<EncodedRows>,
+    /// Complete pieces, for the worker to send.
+    ready: Vec<Piece>,
+}
+
+impl<'j> Batcher<'j> {
+    fn new(job: &'j ChunkJob, tx: TxInfo) -> Self {
+        Batcher {
+            job,
+            tx,
+            rows: 0,
+            now_ms: now_ms(),
+            raw: Vec::new(),
+            encoded: None,
+            ready: Vec::new(),
+        }
+    }
+
+    /// Adds the chunk's next row.
+    fn push(&mut self, row: Tuple) {
+        self.rows += 1;
+        let (job, tx) = (self.job, self.tx);
+        if let Some(encoder) = &job.encoder {
+            let event = ChangeEvent {
+                lsn: tx.commit_lsn,
+                tx: Some(&tx),
+                tx_ordinal: snapshot_ordinal(job.k, self.rows),
+                kind: ChangeKind::Insert {
+                    relation: &job.relation,
+                    new: &row,
+                },
+                snapshot: Some(SnapshotMark::Row),
+            };
+            self.flush_raw();
+            let rows = self
+                .encoded
+                .get_or_insert_with(|| EncodedRows::new(encoder.topic().clone(), BATCH_ROWS));
+            if encoder.encode(&event, self.now_ms, rows) {
+                if rows.len() >= BATCH_ROWS {
+                    self.flush_encoded();
+                }
+                return;
+            }
+        }
+        // No encoder, or one that refused the row: the capture loop sends
+        // it, after what was encoded before it.
+        self.flush_encoded();
+        self.raw.push(row);
+        if self.raw.len() >= BATCH_ROWS {
+            self.flush_raw();
+        }
+    }
+
+    fn flush_raw(&mut self) {
+        if !self.raw.is_empty() {
+            self.ready.push(Piece::Rows(std::mem::take(&mut self.raw)));
+        }
+    }
+
+    fn flush_encoded(&mut self) {
+        if let Some(rows) = self.encoded.take().filter(|e| !e.is_empty()) {
+            self.ready.push(Piece::Encoded(rows));
+        }
+        self.now_ms = now_ms();
+    }
+
+    /// Everything left, the chunk's last row (raw) at the end.
+    fn finish(mut self, last: Option<Tuple>) -> Vec<Piece> {
+        self.flush_encoded();
+        self.raw.extend(last);
+        self.flush_raw();
+        self.ready
     }
 }

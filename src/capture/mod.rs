@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::change::{check_arity, ChangeEvent, ChangeKind, SnapshotMark, TxInfo};
 use crate::config::{CaptureConfig, SnapshotMode};
 use crate::metrics::{Metrics, Phase};
-use crate::output::{Destination, OutputError};
+use crate::output::{Destination, EncodedRows, OutputError};
 use crate::postgres::catalog::{load_column_infos, load_type_infos, CatalogError, RelationCache, RelationChange};
 use crate::postgres::pgoutput::{LogicalMessage, OldTuple, Relation, Tuple};
 use crate::postgres::replication::{ReplicationClient, ReplicationStream, StreamOptions};
@@ -510,17 +510,28 @@ impl LoopState {
         tuple: &Tuple,
         mark: SnapshotMark,
     ) -> Result<bool, CaptureError> {
-        while dest.is_full() {
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => return Ok(false),
-                _ = dest.progressed() => {}
-            }
-        }
-        if *shutdown.borrow() {
+        if !room_or_shutdown(dest, shutdown).await {
             return Ok(false);
         }
         self.send_read(dest, tx, ordinal, relation, tuple, mark).await?;
+        Ok(true)
+    }
+
+    /// Hands over snapshot rows a copy worker encoded, after backpressure
+    /// as for single rows. False when shutdown came first.
+    async fn snapshot_encoded<D: Destination>(
+        &mut self,
+        dest: &mut D,
+        shutdown: &mut watch::Receiver<bool>,
+        relation: &Relation,
+        rows: &EncodedRows,
+    ) -> Result<bool, CaptureError> {
+        if !room_or_shutdown(dest, shutdown).await {
+            return Ok(false);
+        }
+        dest.send_encoded(rows).await?;
+        self.events += rows.len() as u64;
+        self.count(relation, "read", rows.len() as u64);
         Ok(true)
     }
 
@@ -544,7 +555,7 @@ impl LoopState {
         };
         dest.send(&event).await?;
         self.events += 1;
-        self.count(relation, "read");
+        self.count(relation, "read", 1);
         Ok(())
     }
 
@@ -573,12 +584,12 @@ impl LoopState {
 
     /// Counts an event for metrics under `schema.table`, naming each
     /// relation once rather than formatting per event.
-    fn count(&mut self, relation: &Relation, op: &str) {
+    fn count(&mut self, relation: &Relation, op: &str, n: u64) {
         let name = self
             .table_names
             .entry(relation.id)
             .or_insert_with(|| format!("{}.{}", relation.namespace, relation.name));
-        self.metrics.count_event(name, op);
+        self.metrics.count_events(name, op, n);
     }
 
     /// Acknowledges whatever the destination reports durable, and
@@ -785,6 +796,19 @@ impl LoopState {
         }
         Ok(())
     }
+}
+
+/// Waits while the destination is full (backpressure); false when
+/// shutdown came first.
+async fn room_or_shutdown<D: Destination>(dest: &D, shutdown: &mut watch::Receiver<bool>) -> bool {
+    while dest.is_full() {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return false,
+            _ = dest.progressed() => {}
+        }
+    }
+    !*shutdown.borrow()
 }
 
 #[cfg(test)]

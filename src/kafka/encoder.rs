@@ -10,15 +10,100 @@ use std::sync::Arc;
 use crate::avro::envelope::{Op, SourceInfo, TableEnvelope};
 use crate::avro::types::NumericMode;
 use crate::change::{ChangeEvent, ChangeKind};
-use crate::output::OutputError;
+use crate::output::{EncodedRows, OutputError, RowEncoder};
 use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::{Relation, Tuple};
 use crate::registry::{wire_header, Registry, RegistryError};
 
+/// A table's envelope with its registered schema ids; shared with the
+/// snapshot's copy workers, which encode with it on their own threads.
 struct TableState {
     envelope: TableEnvelope,
+    topic: Arc<str>,
     key_id: Option<u32>,
     value_id: u32,
+    prefix: Arc<str>,
+    db: Arc<str>,
+}
+
+impl TableState {
+    fn source(&self) -> SourceInfo<'_> {
+        SourceInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            name: &self.prefix,
+            db: &self.db,
+        }
+    }
+
+    /// Writes the wire-format key of `tuple` to `key` (false: the table has
+    /// no key) and the value of `op` to `value`.
+    fn encode(
+        &self,
+        event: &ChangeEvent<'_>,
+        op: Op<'_>,
+        now_ms: i64,
+        key: &mut Vec<u8>,
+        value: &mut Vec<u8>,
+    ) -> Result<bool, Unkeyable> {
+        wire_header(self.value_id, value);
+        self.envelope.encode_value(event, op, &self.source(), now_ms, value);
+        let key_tuple: Option<&Tuple> = match op {
+            Op::Create(t) | Op::Read(t) | Op::Delete(t) => Some(t),
+            Op::Update { after, .. } => Some(after),
+            Op::Truncate => None,
+        };
+        match (key_tuple, self.key_id) {
+            (Some(t), Some(id)) => {
+                wire_header(id, key);
+                self.envelope.encode_key(t, key).map_err(|e| Unkeyable {
+                    topic: self.envelope.topic.clone(),
+                    reason: e.to_string(),
+                })
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+impl RowEncoder for TableState {
+    fn topic(&self) -> &Arc<str> {
+        &self.topic
+    }
+
+    fn encode(&self, event: &ChangeEvent<'_>, now_ms: i64, out: &mut EncodedRows) -> bool {
+        let ChangeKind::Insert { new, .. } = &event.kind else {
+            return false;
+        };
+        // Key then value, straight into the shared buffer.
+        let start = out.buf.len();
+        if let Some(id) = self.key_id {
+            wire_header(id, &mut out.buf);
+            if !matches!(self.envelope.encode_key(new, &mut out.buf), Ok(true)) {
+                out.buf.truncate(start);
+                return false;
+            }
+        }
+        let key_end = out.buf.len();
+        wire_header(self.value_id, &mut out.buf);
+        match event.tx {
+            Some(tx) => {
+                let this = Some((event.lsn, *tx, event.snapshot));
+                if out.shared_for != this {
+                    out.shared.clear();
+                    self.envelope
+                        .encode_source_head(event, &self.source(), now_ms, &mut out.shared);
+                    out.shared_for = this;
+                }
+                self.envelope
+                    .encode_value_with_head(event, Op::Read(new), &out.shared, now_ms, &mut out.buf);
+            }
+            None => self
+                .envelope
+                .encode_value(event, Op::Read(new), &self.source(), now_ms, &mut out.buf),
+        }
+        out.spans.push((start, key_end, out.buf.len()));
+        true
+    }
 }
 
 /// One encoded record, borrowed from the encoder's buffers.
@@ -39,10 +124,10 @@ pub struct Unkeyable {
 
 pub struct RecordEncoder {
     registry: Arc<Registry>,
-    prefix: String,
-    db: String,
+    prefix: Arc<str>,
+    db: Arc<str>,
     numeric_mode: NumericMode,
-    tables: HashMap<u32, TableState>,
+    tables: HashMap<u32, Arc<TableState>>,
     key: Vec<u8>,
     value: Vec<u8>,
     transaction_ids: Option<(u32, u32)>,
@@ -52,8 +137,8 @@ impl RecordEncoder {
     pub fn new(registry: Arc<Registry>, prefix: &str, db: &str, numeric_mode: NumericMode) -> Self {
         RecordEncoder {
             registry,
-            prefix: prefix.to_owned(),
-            db: db.to_owned(),
+            prefix: prefix.into(),
+            db: db.into(),
             numeric_mode,
             tables: HashMap::new(),
             key: Vec::with_capacity(64),
@@ -125,13 +210,21 @@ impl RecordEncoder {
         let topic = envelope.topic.clone();
         self.tables.insert(
             relation.id,
-            TableState {
+            Arc::new(TableState {
+                topic: topic.as_str().into(),
                 envelope,
                 key_id,
                 value_id,
-            },
+                prefix: self.prefix.clone(),
+                db: self.db.clone(),
+            }),
         );
         Ok(topic)
+    }
+
+    /// The encoder of snapshot reads of `relation_id`, for copy workers.
+    pub fn row_encoder(&self, relation_id: u32) -> Option<Arc<dyn RowEncoder>> {
+        self.tables.get(&relation_id).map(|t| t.clone() as Arc<dyn RowEncoder>)
     }
 
     async fn register(
@@ -198,32 +291,11 @@ impl RecordEncoder {
                 reason: format!("no schema for relation {relation_id}"),
             });
         };
-        let source = SourceInfo {
-            version: env!("CARGO_PKG_VERSION"),
-            name: &self.prefix,
-            db: &self.db,
-        };
         self.value.clear();
-        wire_header(state.value_id, &mut self.value);
-        state.envelope.encode_value(event, op, &source, now_ms, &mut self.value);
-        let key_tuple: Option<&Tuple> = match op {
-            Op::Create(t) | Op::Read(t) | Op::Delete(t) => Some(t),
-            Op::Update { after, .. } => Some(after),
-            Op::Truncate => None,
-        };
         self.key.clear();
-        let has_key = match (key_tuple, state.key_id) {
-            (Some(t), Some(id)) => {
-                wire_header(id, &mut self.key);
-                state.envelope.encode_key(t, &mut self.key).map_err(|e| Unkeyable {
-                    topic: state.envelope.topic.clone(),
-                    reason: e.to_string(),
-                })?
-            }
-            _ => false,
-        };
+        let has_key = state.encode(event, op, now_ms, &mut self.key, &mut self.value)?;
         Ok(Encoded {
-            topic: &state.envelope.topic,
+            topic: &state.topic,
             key: has_key.then_some(&self.key[..]),
             value: &self.value,
         })

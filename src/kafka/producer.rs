@@ -25,7 +25,7 @@ use super::encoder::{now_ms, RecordEncoder};
 use crate::avro::envelope::Op;
 use crate::change::ChangeEvent;
 use crate::config::KafkaSettings;
-use crate::output::{Destination, DestinationStats, OutputError};
+use crate::output::{Destination, DestinationStats, EncodedRows, OutputError, RowEncoder};
 use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::Relation;
 use crate::postgres::Lsn;
@@ -287,6 +287,17 @@ impl Destination for KafkaDestination {
     async fn relation(&mut self, relation: &Arc<Relation>, cache: &RelationCache) -> Result<(), OutputError> {
         let topic = self.encoder.relation(relation, cache).await?;
         self.ensure_topic(&topic).await;
+        Ok(())
+    }
+
+    fn row_encoder(&self, relation: &Relation) -> Option<Arc<dyn RowEncoder>> {
+        self.encoder.row_encoder(relation.id)
+    }
+
+    async fn send_encoded(&mut self, rows: &EncodedRows) -> Result<(), OutputError> {
+        for (key, value) in rows.iter() {
+            self.sender.produce(&rows.topic, key, Some(value))?;
+        }
         Ok(())
     }
 

@@ -9,12 +9,19 @@
 //! far it is durable, and the capture loop acknowledges to Postgres exactly
 //! that LSN and nothing more. Delivery is at least once: after a crash,
 //! changes past the durable LSN are sent again.
+//!
+//! # Encoding off the capture loop
+//! A destination may offer a [`RowEncoder`] per table: the initial
+//! snapshot's copy workers then encode rows in parallel where they read
+//! them, and the capture loop only hands the finished [`EncodedRows`] over
+//! ([`Destination::send_encoded`]), in the same order it would have sent
+//! the rows. One core then no longer bounds the snapshot.
 
 pub mod stdout;
 
 use std::sync::Arc;
 
-use crate::change::ChangeEvent;
+use crate::change::{ChangeEvent, SnapshotMark, TxInfo};
 use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::Relation;
 use crate::postgres::Lsn;
@@ -39,8 +46,65 @@ pub enum OutputError {
     Registry(#[from] crate::registry::RegistryError),
     #[error("Kafka: {0}. Nothing past the last acknowledged LSN was confirmed to Postgres; a restart resumes there")]
     Kafka(String),
+    #[error("encoded rows were handed to a destination that offers no row encoder (a walhouse bug)")]
+    NoRowEncoder,
     #[error("reading the catalog of the source: {0}")]
     Catalog(#[from] crate::postgres::SourceError),
+}
+
+/// Encodes snapshot reads of one table, on any thread.
+pub trait RowEncoder: Send + Sync {
+    /// The topic of the table's records.
+    fn topic(&self) -> &Arc<str>;
+
+    /// Appends the record of `event` (an insert marked as a snapshot read)
+    /// to `out`. False: the row cannot be encoded here (its key does not
+    /// encode); it must go through [`Destination::send`], which knows where
+    /// such rows go.
+    fn encode(&self, event: &ChangeEvent<'_>, now_ms: i64, out: &mut EncodedRows) -> bool;
+}
+
+/// Records of one topic, encoded, in one buffer (no allocation per record).
+#[derive(Debug)]
+pub struct EncodedRows {
+    pub topic: Arc<str>,
+    pub(crate) buf: Vec<u8>,
+    /// Per record: start, end of its key (= start: no key), end.
+    pub(crate) spans: Vec<(usize, usize, usize)>,
+    /// The encoder's bytes shared by the records of one transaction (for
+    /// Avro: the `source` head), with what they were made for.
+    pub(crate) shared: Vec<u8>,
+    pub(crate) shared_for: Option<(Lsn, TxInfo, Option<SnapshotMark>)>,
+}
+
+impl EncodedRows {
+    pub fn new(topic: Arc<str>, records: usize) -> Self {
+        EncodedRows {
+            topic,
+            buf: Vec::with_capacity(records * 256),
+            spans: Vec::with_capacity(records),
+            shared: Vec::new(),
+            shared_for: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// `(key, value)` of each record, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (Option<&[u8]>, &[u8])> {
+        self.spans.iter().map(|&(start, key_end, end)| {
+            (
+                (key_end > start).then(|| &self.buf[start..key_end]),
+                &self.buf[key_end..end],
+            )
+        })
+    }
 }
 
 /// What a destination reports for metrics.
@@ -57,6 +121,18 @@ pub trait Destination {
     /// of shape. `cache` holds the type and column facts of the catalog.
     async fn relation(&mut self, _relation: &Arc<Relation>, _cache: &RelationCache) -> Result<(), OutputError> {
         Ok(())
+    }
+
+    /// An encoder for snapshot reads of `relation` that copy workers may
+    /// run in parallel, or `None`: rows are then sent one by one.
+    fn row_encoder(&self, _relation: &Relation) -> Option<Arc<dyn RowEncoder>> {
+        None
+    }
+
+    /// Hands over snapshot reads encoded by this destination's
+    /// [`row_encoder`](Self::row_encoder), as one unit of `send`s.
+    async fn send_encoded(&mut self, _rows: &EncodedRows) -> Result<(), OutputError> {
+        Err(OutputError::NoRowEncoder)
     }
 
     /// Hands over one change.

@@ -184,7 +184,10 @@ pub async fn current_snapshot(client: &Client) -> Result<String, SourceError> {
 /// A table's rows as COPY sends them, one tuple at a time.
 pub struct CopyRows {
     stream: std::pin::Pin<Box<tokio_postgres::CopyOutStream>>,
-    buf: BytesMut,
+    /// Received, not yet parsed.
+    cur: Bytes,
+    /// A row that spans messages, while it is being completed.
+    carry: BytesMut,
     ncols: usize,
     table: String,
     done: bool,
@@ -214,7 +217,8 @@ impl CopyRows {
         let stream = client.copy_out(&sql).await?;
         Ok(CopyRows {
             stream: Box::pin(stream),
-            buf: BytesMut::new(),
+            cur: Bytes::new(),
+            carry: BytesMut::new(),
             ncols: relation.columns.len(),
             table: format!("{}.{}", relation.namespace, relation.name),
             done: false,
@@ -225,16 +229,20 @@ impl CopyRows {
     pub async fn next(&mut self) -> Result<Option<Tuple>, SnapshotError> {
         loop {
             // Newlines inside values are escaped, so a raw one ends a row.
-            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
-                let line = self.buf.split_to(nl + 1).freeze().slice(..nl);
+            if let Some(nl) = memchr::memchr(b'\n', &self.cur) {
+                let line = self.cur.split_to(nl + 1).slice(..nl);
                 let row = parse_copy_row(&line, self.ncols).map_err(|reason| CopyRowError {
                     table: self.table.clone(),
                     reason,
                 })?;
                 return Ok(Some(row));
             }
+            if !self.cur.is_empty() {
+                self.carry.extend_from_slice(&self.cur);
+                self.cur = Bytes::new();
+            }
             if self.done {
-                if !self.buf.is_empty() {
+                if !self.carry.is_empty() {
                     return Err(CopyRowError {
                         table: self.table.clone(),
                         reason: "the last row has no newline".into(),
@@ -244,7 +252,18 @@ impl CopyRows {
                 return Ok(None);
             }
             match self.stream.next().await {
-                Some(chunk) => self.buf.extend_from_slice(&chunk.map_err(SourceError::Sql)?),
+                Some(chunk) => {
+                    let chunk = chunk.map_err(SourceError::Sql)?;
+                    if self.carry.is_empty() {
+                        // Postgres sends a row per message: parsed in place.
+                        self.cur = chunk;
+                    } else {
+                        self.carry.extend_from_slice(&chunk);
+                        if memchr::memchr(b'\n', &chunk).is_some() {
+                            self.cur = self.carry.split().freeze();
+                        }
+                    }
+                }
                 None => self.done = true,
             }
         }
@@ -265,75 +284,86 @@ pub enum SnapshotError {
 pub fn parse_copy_row(line: &Bytes, ncols: usize) -> Result<Tuple, String> {
     let mut out = Vec::with_capacity(ncols);
     let mut start = 0;
-    for field in line.split(|&b| b == b'\t') {
-        let range = start..start + field.len();
-        start = range.end + 1;
-        if field == b"\\N" {
-            out.push(TupleValue::Null);
+    let mut escaped = false;
+    // One pass finds both the field ends (a raw tab is always one: tabs in
+    // values are escaped) and whether a field holds escapes.
+    for i in memchr::memchr2_iter(b'\t', b'\\', line) {
+        if line[i] == b'\\' {
+            escaped = true;
             continue;
         }
-        if !field.contains(&b'\\') {
-            out.push(TupleValue::Text(line.slice(range)));
-            continue;
-        }
-        let mut v = Vec::with_capacity(field.len());
-        let mut i = 0;
-        while i < field.len() {
-            if field[i] != b'\\' {
-                v.push(field[i]);
-                i += 1;
-                continue;
-            }
-            let next = *field.get(i + 1).ok_or("a backslash ends the field")?;
-            i += 2;
-            match next {
-                b'b' => v.push(8),
-                b'f' => v.push(12),
-                b'n' => v.push(b'\n'),
-                b'r' => v.push(b'\r'),
-                b't' => v.push(b'\t'),
-                b'v' => v.push(11),
-                b'0'..=b'7' => {
-                    let mut n = u32::from(next - b'0');
-                    for _ in 0..2 {
-                        match field.get(i) {
-                            Some(d @ b'0'..=b'7') => {
-                                n = n * 8 + u32::from(d - b'0');
-                                i += 1;
-                            }
-                            _ => break,
-                        }
-                    }
-                    v.push(n as u8);
-                }
-                b'x' => {
-                    let mut n = 0u32;
-                    let mut digits = 0;
-                    while digits < 2 {
-                        match field.get(i).and_then(|d| (*d as char).to_digit(16)) {
-                            Some(d) => {
-                                n = n * 16 + d;
-                                i += 1;
-                                digits += 1;
-                            }
-                            None => break,
-                        }
-                    }
-                    if digits == 0 {
-                        v.push(b'x');
-                    } else {
-                        v.push(n as u8);
-                    }
-                }
-                other => v.push(other),
-            }
-        }
-        out.push(TupleValue::Text(Bytes::from(v)));
+        out.push(copy_field(line, start, i, escaped)?);
+        start = i + 1;
+        escaped = false;
     }
+    out.push(copy_field(line, start, line.len(), escaped)?);
     if out.len() != ncols {
         return Err(format!("{} fields, expected {ncols}", out.len()));
     }
     Ok(out)
+}
+
+fn copy_field(line: &Bytes, start: usize, end: usize, escaped: bool) -> Result<TupleValue, String> {
+    let field = &line[start..end];
+    if !escaped {
+        return Ok(TupleValue::Text(line.slice(start..end)));
+    }
+    if field == b"\\N" {
+        return Ok(TupleValue::Null);
+    }
+    let mut v = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] != b'\\' {
+            v.push(field[i]);
+            i += 1;
+            continue;
+        }
+        let next = *field.get(i + 1).ok_or("a backslash ends the field")?;
+        i += 2;
+        match next {
+            b'b' => v.push(8),
+            b'f' => v.push(12),
+            b'n' => v.push(b'\n'),
+            b'r' => v.push(b'\r'),
+            b't' => v.push(b'\t'),
+            b'v' => v.push(11),
+            b'0'..=b'7' => {
+                let mut n = u32::from(next - b'0');
+                for _ in 0..2 {
+                    match field.get(i) {
+                        Some(d @ b'0'..=b'7') => {
+                            n = n * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                v.push(n as u8);
+            }
+            b'x' => {
+                let mut n = 0u32;
+                let mut digits = 0;
+                while digits < 2 {
+                    match field.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                        Some(d) => {
+                            n = n * 16 + d;
+                            i += 1;
+                            digits += 1;
+                        }
+                        None => break,
+                    }
+                }
+                if digits == 0 {
+                    v.push(b'x');
+                } else {
+                    v.push(n as u8);
+                }
+            }
+            other => v.push(other),
+        }
+    }
+    Ok(TupleValue::Text(Bytes::from(v)))
 }
 
 #[cfg(test)]
@@ -370,6 +400,10 @@ mod tests {
         assert_eq!(row(b"ab\t\tcd", 3).expect("row"), vec![t(b"ab"), t(b""), t(b"cd")]);
         assert_eq!(row(b"\\101\\x42\\x4", 1).expect("row"), vec![t(b"AB\x04")]);
         assert_eq!(row(b"", 1).expect("empty string"), vec![t(b"")]);
+        // The text `\N` (escaped) is not NULL; a trailing escaped backslash
+        // does not hide the tab after it.
+        assert_eq!(row(b"\\\\N\t\\N", 2).expect("row"), vec![t(b"\\N"), TupleValue::Null]);
+        assert_eq!(row(b"a\\\\\tb", 2).expect("row"), vec![t(b"a\\"), t(b"b")]);
         assert!(row(b"1\t2", 3).is_err());
         assert!(row(b"x\\", 1).is_err());
     }
