@@ -220,32 +220,26 @@ impl LoopState {
                         for tuple in batch {
                             rows_per_chunk[k] += 1;
                             let next = (relation.clone(), tuple, snapshot_ordinal(k, rows_per_chunk[k]));
-                            if let Some((r, row, ordinal)) = held.replace(next) {
+                            if let Some(prev) = held.replace(next) {
                                 sent += 1;
                                 if !self
-                                    .snapshot_row(dest, shutdown, &tx, ordinal, &r, &row, SnapshotMark::Row)
+                                    .release(dest, shutdown, &tx, prev, SnapshotMark::Row, &mut unclosed)
                                     .await?
                                 {
                                     return Ok(None);
-                                }
-                                for c in unclosed.drain(..) {
-                                    dest.end_transaction(chunk_unit(c)).await?;
                                 }
                             }
                         }
                     }
                     Some(Ok(Piece::Encoded(rows))) => {
                         // Encoded rows follow the held one in the plan.
-                        if let Some((r, row, ordinal)) = held.take() {
+                        if let Some(prev) = held.take() {
                             sent += 1;
                             if !self
-                                .snapshot_row(dest, shutdown, &tx, ordinal, &r, &row, SnapshotMark::Row)
+                                .release(dest, shutdown, &tx, prev, SnapshotMark::Row, &mut unclosed)
                                 .await?
                             {
                                 return Ok(None);
-                            }
-                            for c in unclosed.drain(..) {
-                                dest.end_transaction(chunk_unit(c)).await?;
                             }
                         }
                         if !self.snapshot_encoded(dest, shutdown, relation, &rows).await? {
@@ -286,17 +280,14 @@ impl LoopState {
                 );
             }
         }
-        if let Some((r, row, ordinal)) = held.take() {
+        if let Some(last) = held.take() {
             sent += 1;
             if !self
-                .snapshot_row(dest, shutdown, &tx, ordinal, &r, &row, SnapshotMark::Last)
+                .release(dest, shutdown, &tx, last, SnapshotMark::Last, &mut unclosed)
                 .await?
             {
                 return Ok(None);
             }
-        }
-        for c in unclosed.drain(..) {
-            dest.end_transaction(chunk_unit(c)).await?;
         }
         dest.end_transaction(consistent).await?;
         while dest.durable()? < consistent {
@@ -326,6 +317,31 @@ impl LoopState {
         // Ends the exported snapshot (a temporary slot goes with it).
         drop(exported);
         Ok(Some(consistent))
+    }
+}
+
+impl LoopState {
+    /// Sends the held-back row, then closes the chunks that ended while it
+    /// was held. False when shutdown came first.
+    async fn release<D: Destination>(
+        &mut self,
+        dest: &mut D,
+        shutdown: &mut watch::Receiver<bool>,
+        tx: &TxInfo,
+        (relation, row, ordinal): (Arc<Relation>, Tuple, u64),
+        mark: SnapshotMark,
+        unclosed: &mut Vec<usize>,
+    ) -> Result<bool, CaptureError> {
+        if !self
+            .snapshot_row(dest, shutdown, tx, ordinal, &relation, &row, mark)
+            .await?
+        {
+            return Ok(false);
+        }
+        for c in unclosed.drain(..) {
+            dest.end_transaction(chunk_unit(c)).await?;
+        }
+        Ok(true)
     }
 }
 
