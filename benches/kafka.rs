@@ -244,24 +244,39 @@ impl Bench {
 
     fn kafka(&self, prefix: &str) -> KafkaDestination {
         let config = self.config("unused", prefix, "small");
-        let kafka = config.kafka.expect("kafka");
+        let mut kafka = config.kafka.expect("kafka");
+        kafka.librdkafka.extend(extra_kafka_options());
         let registry = Arc::new(Registry::new(&kafka.registry).expect("registry"));
         KafkaDestination::new(&kafka, "bench", registry).expect("producer")
     }
 }
 
+/// librdkafka settings for both walhouse and the reference producer, to
+/// try others on the same broker: `WALHOUSE_BENCH_KAFKA_OPTIONS="k=v;k=v"`.
+fn extra_kafka_options() -> Vec<(String, String)> {
+    std::env::var("WALHOUSE_BENCH_KAFKA_OPTIONS")
+        .unwrap_or_default()
+        .split(';')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
 /// A plain librdkafka producer, same settings as walhouse's, `n` messages of `size` bytes.
 fn reference_producer(bootstrap: &str, n: u64, size: usize) -> Duration {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "100000")
-        .create()
-        .expect("producer");
+        .set("queue.buffering.max.messages", "100000");
+    for (k, v) in extra_kafka_options() {
+        config.set(k, v);
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
     let payload = vec![b'x'; size];
     let started = Instant::now();
     for i in 0..n {
