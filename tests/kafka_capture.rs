@@ -969,9 +969,9 @@ async fn fold_topic(env: &Env, records: &[Record]) -> (std::collections::BTreeMa
     let mut schemas: HashMap<u32, apache_avro::Schema> = HashMap::new();
     let mut decode = async |bytes: &[u8]| -> Value {
         let (id, mut body) = split_wire(bytes).expect("Confluent wire format");
-        if !schemas.contains_key(&id) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = schemas.entry(id) {
             let text = registry.schema(id).await.expect("schema by id");
-            schemas.insert(id, apache_avro::Schema::parse_str(&text).expect("schema parses"));
+            slot.insert(apache_avro::Schema::parse_str(&text).expect("schema parses"));
         }
         apache_avro::reader::datum::GenericDatumReader::builder(&schemas[&id])
             .build()
