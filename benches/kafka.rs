@@ -26,6 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use support::postgres::{PgOptions, PgServer};
@@ -37,7 +39,10 @@ use walhouse::kafka::encoder::{now_ms, RecordEncoder};
 use walhouse::kafka::producer::KafkaDestination;
 use walhouse::output::{Destination, DestinationStats, EncodedRows, OutputError, RowEncoder};
 use walhouse::postgres::catalog::RelationCache;
+use walhouse::postgres::conninfo::ConnInfo;
 use walhouse::postgres::pgoutput::Relation;
+use walhouse::postgres::publication::TableName;
+use walhouse::postgres::snapshot::{self, CopyRows, CopySession, PageRange};
 use walhouse::postgres::Lsn;
 use walhouse::registry::Registry;
 
@@ -121,7 +126,14 @@ struct EncodeOnly {
     encoder: RecordEncoder,
     durable: Lsn,
     bytes: u64,
+    /// The first records encoded, for the plain producer to send: the same
+    /// bytes compress as walhouse's do.
+    sample: Vec<(Vec<u8>, Vec<u8>)>,
 }
+
+/// Records kept by [`EncodeOnly`]: far more than a producer batch holds, so
+/// cycling through them compresses like the real stream.
+const SAMPLE_RECORDS: usize = 100_000;
 
 impl Destination for EncodeOnly {
     async fn relation(&mut self, r: &Arc<Relation>, c: &RelationCache) -> Result<(), OutputError> {
@@ -133,6 +145,9 @@ impl Destination for EncodeOnly {
     async fn send_encoded(&mut self, rows: &EncodedRows) -> Result<(), OutputError> {
         for (key, value) in rows.iter() {
             self.bytes += value.len() as u64 + key.map_or(0, |k| k.len() as u64);
+            if self.sample.len() < SAMPLE_RECORDS {
+                self.sample.push((key.unwrap_or_default().to_vec(), value.to_vec()));
+            }
         }
         Ok(())
     }
@@ -144,6 +159,10 @@ impl Destination for EncodeOnly {
                 .encode(id, e, op, now)
                 .map_err(|u| OutputError::Kafka(u.reason))?;
             self.bytes += rec.value.len() as u64 + rec.key.map_or(0, |k| k.len() as u64);
+            if self.sample.len() < SAMPLE_RECORDS {
+                self.sample
+                    .push((rec.key.unwrap_or_default().to_vec(), rec.value.to_vec()));
+            }
         }
         Ok(())
     }
@@ -196,14 +215,14 @@ impl Bench {
         CaptureConfig::resolve(CaptureArgs::try_parse_from(args).expect("args")).expect("config")
     }
 
-    /// An initial_only snapshot from a new slot into `dest`: (time, rows, dest).
+    /// An initial_only snapshot from a new slot into `dest`: (measures, rows, dest).
     async fn snapshot<D: Destination>(
         &self,
         slot: &str,
         prefix: &str,
         connections: &str,
         mut dest: D,
-    ) -> (Duration, u64, D) {
+    ) -> (Measured, u64, D) {
         let config = self.config_with(
             slot,
             prefix,
@@ -211,11 +230,9 @@ impl Bench {
             &["--snapshot-mode", "initial_only", "--snapshot-connections", connections],
         );
         let (_stop, rx) = watch::channel(false);
-        let started = Instant::now();
-        let cpu = cpu_seconds();
+        let meter = Meter::start();
         let summary = capture::run(&config, &mut dest, rx).await.expect("snapshot");
-        println!("  {slot}: walhouse used {:.2} CPU-s", cpu_seconds() - cpu);
-        (started.elapsed(), summary.events, dest)
+        (meter.stop(), summary.events, dest)
     }
 
     /// Runs capture from `slot` with `dest` until `events` changes are durable.
@@ -262,8 +279,11 @@ fn extra_kafka_options() -> Vec<(String, String)> {
         .collect()
 }
 
-/// A plain librdkafka producer, same settings as walhouse's, `n` messages of `size` bytes.
-fn reference_producer(bootstrap: &str, n: u64, size: usize) -> Duration {
+/// A plain librdkafka producer, same settings as walhouse's, sending `n`
+/// records cycled from `records` (walhouse's own keys and values) to a
+/// topic of `partitions` partitions, as walhouse's topics have, measured
+/// from the first send to the last acknowledgement.
+fn reference_producer(bootstrap: &str, n: u64, records: &[(Vec<u8>, Vec<u8>)], partitions: i32) -> Measured {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
@@ -277,11 +297,27 @@ fn reference_producer(bootstrap: &str, n: u64, size: usize) -> Duration {
         config.set(k, v);
     }
     let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
-    let payload = vec![b'x'; size];
-    let started = Instant::now();
-    for i in 0..n {
-        let key = (i as u32).to_be_bytes();
-        let mut rec = BaseRecord::to("reference").key(&key[..]).payload(&payload[..]);
+    let topic = format!("reference_{partitions}");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin");
+    let created = tokio::runtime::Handle::current().block_on(admin.create_topics(
+        [&NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ));
+    created.expect("create the reference topic");
+    // Connected, metadata fetched and the producer id obtained before the
+    // clock starts, as walhouse's producer is when its snapshot begins
+    // (this takes ~0.6 s against tansu): only the sending is timed.
+    producer
+        .send(BaseRecord::to(&topic).key(&b"warm-up"[..]).payload(&b"warm-up"[..]))
+        .map_err(|(e, _)| e)
+        .expect("warm-up");
+    producer.flush(Duration::from_secs(30)).expect("warm-up flush");
+    let meter = Meter::start();
+    for (key, value) in records.iter().cycle().take(n as usize) {
+        let mut rec = BaseRecord::to(&topic).key(&key[..]).payload(&value[..]);
         loop {
             match producer.send(rec) {
                 Ok(()) => break,
@@ -293,7 +329,70 @@ fn reference_producer(bootstrap: &str, n: u64, size: usize) -> Duration {
         }
     }
     producer.flush(Duration::from_secs(120)).expect("flush");
-    started.elapsed()
+    meter.stop()
+}
+
+/// Wall time and CPU seconds of one run: this process's own, and the
+/// whole machine's (Postgres and tansu included), which tells whether the
+/// run was bounded by the cores.
+#[derive(Clone, Copy)]
+struct Measured {
+    wall: Duration,
+    own_cpu: f64,
+    machine_cpu: f64,
+}
+
+impl Measured {
+    /// Each quantity's median over the rounds (the machine is shared and noisy).
+    fn median(mut runs: Vec<Measured>) -> Measured {
+        let mid = runs.len() / 2;
+        runs.sort_by_key(|m| m.wall);
+        let wall = runs[mid].wall;
+        runs.sort_by(|a, b| a.own_cpu.total_cmp(&b.own_cpu));
+        let own_cpu = runs[mid].own_cpu;
+        runs.sort_by(|a, b| a.machine_cpu.total_cmp(&b.machine_cpu));
+        Measured {
+            wall,
+            own_cpu,
+            machine_cpu: runs[mid].machine_cpu,
+        }
+    }
+}
+
+struct Meter {
+    started: Instant,
+    own: f64,
+    machine: f64,
+}
+
+impl Meter {
+    fn start() -> Meter {
+        Meter {
+            started: Instant::now(),
+            own: cpu_seconds(),
+            machine: machine_cpu_seconds(),
+        }
+    }
+
+    fn stop(self) -> Measured {
+        Measured {
+            wall: self.started.elapsed(),
+            own_cpu: cpu_seconds() - self.own,
+            machine_cpu: machine_cpu_seconds() - self.machine,
+        }
+    }
+}
+
+/// CPU time the whole machine spent busy so far (every process, every
+/// core), from the first line of /proc/stat.
+fn machine_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or_default();
+    // cpu user nice system idle iowait irq softirq steal …: all but idle
+    // and iowait are busy; 100 ticks a second.
+    let ticks: Vec<f64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| ticks.get(i)).sum();
+    busy / 100.0
 }
 
 /// CPU time of this process so far (user + system), from /proc.
@@ -378,13 +477,33 @@ async fn main() {
         ),
         durable: Lsn::ZERO,
         bytes: 0,
+        sample: Vec::new(),
     };
-    let mut times: [Vec<Duration>; 5] = Default::default();
+    let idle = Meter::start();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = idle.stop();
+    println!(
+        "idle for 1 s: this process used {:.2} CPU-s, the machine {:.2}",
+        idle.own_cpu, idle.machine_cpu
+    );
+    let mut runs: [Vec<Measured>; 8] = Default::default();
+    let small = TableName {
+        schema: "public".into(),
+        name: "small".into(),
+    };
+    let (small_relation, _) = snapshot::describe(&sql, &small, "bench_pub").await.expect("describe");
+    let source = ConnInfo::parse(&format!(
+        "postgres://postgres@127.0.0.1:{}/bench?sslmode=disable",
+        bench.pg.port
+    ))
+    .expect("url");
     let mut record_size = 0;
+    let mut sample = Arc::new(Vec::new());
+    let partitions = bench.config("x", "x", "small").kafka.expect("kafka").topic_partitions;
     for round in 0..rounds {
-        times[0].push({
+        let meter = Meter::start();
+        {
             use futures_util::StreamExt;
-            let started = Instant::now();
             let stream = sql.copy_out("COPY small TO STDOUT").await.expect("copy");
             futures_util::pin_mut!(stream);
             let mut bytes = 0usize;
@@ -392,9 +511,47 @@ async fn main() {
                 bytes += chunk.expect("chunk").len();
             }
             assert!(bytes > 0);
-            started.elapsed()
-        });
-        let (t, n, encoded) = bench
+        }
+        runs[0].push(meter.stop());
+        let meter = Meter::start();
+        let status = std::process::Command::new("psql")
+            .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "bench"])
+            .args(["-p", &bench.pg.port.to_string(), "-c", "COPY small TO STDOUT"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create("/dev/null").expect("/dev/null"))
+            .status()
+            .expect("psql runs");
+        assert!(status.success(), "psql failed: {status}");
+        runs[5].push(meter.stop());
+        // The two COPY readers alone, parsing rows but encoding nothing.
+        let everything = PageRange { from: 0, to: None };
+        let meter = Meter::start();
+        {
+            let reader = bench.pg.client("bench").await;
+            snapshot::begin(&reader, None).await.expect("begin");
+            let mut copy = CopyRows::start(&reader, &small_relation, everything, None)
+                .await
+                .expect("copy");
+            let mut n = 0u64;
+            while copy.next().await.expect("row").is_some() {
+                n += 1;
+            }
+            assert_eq!(n, rows);
+        }
+        runs[6].push(meter.stop());
+        let meter = Meter::start();
+        {
+            let mut session = CopySession::connect(&source).await.expect("session");
+            session.begin(None).await.expect("begin");
+            let mut copy = session.copy(&small_relation, everything, None).await.expect("copy");
+            let mut n = 0u64;
+            while copy.next().await.expect("row").is_some() {
+                n += 1;
+            }
+            assert_eq!(n, rows);
+        }
+        runs[7].push(meter.stop());
+        let (m, n, encoded) = bench
             .snapshot(
                 &format!("snap_avro1_{round}"),
                 "wh_snap_avro1",
@@ -403,9 +560,12 @@ async fn main() {
             )
             .await;
         assert_eq!(n, rows);
-        times[2].push(t);
+        runs[2].push(m);
         record_size = (encoded.bytes / rows.max(1)) as usize;
-        let (t, n, _) = bench
+        if sample.is_empty() {
+            sample = Arc::new(encoded.sample);
+        }
+        let (m, n, _) = bench
             .snapshot(
                 &format!("snap_avro_{round}"),
                 "wh_snap_avro",
@@ -414,49 +574,66 @@ async fn main() {
             )
             .await;
         assert_eq!(n, rows);
-        times[3].push(t);
+        runs[3].push(m);
         let prefix = format!("wh_snap_kafka{round}");
-        let (t, n, _) = bench
+        let (m, n, _) = bench
             .snapshot(&format!("snap_kafka_{round}"), &prefix, "2", bench.kafka(&prefix))
             .await;
         assert_eq!(n, rows);
-        times[4].push(t);
+        runs[4].push(m);
         let bootstrap = bench.broker.bootstrap();
-        times[1].push(
-            tokio::task::spawn_blocking(move || reference_producer(&bootstrap, rows, record_size))
+        let records = sample.clone();
+        runs[1].push(
+            tokio::task::spawn_blocking(move || reference_producer(&bootstrap, rows, &records, partitions))
                 .await
                 .expect("reference producer"),
         );
     }
-    let median = |v: &mut Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
-    };
-    let [copy_time, producer_time, avro1_time, avro2_time, kafka_time] = times.map(|mut v| median(&mut v));
+    // Each round's ratio to that round's COPY, then the median: the
+    // machine's speed drifts between rounds, less within one.
+    let ratios: Vec<f64> = runs
+        .iter()
+        .map(|path| {
+            let mut r: Vec<f64> = path
+                .iter()
+                .zip(&runs[0])
+                .map(|(m, copy)| copy.wall.as_secs_f64() / m.wall.as_secs_f64())
+                .collect();
+            r.sort_by(f64::total_cmp);
+            r[r.len() / 2]
+        })
+        .collect();
+    let [copy, producer, avro1, avro2, kafka, psql, read_tokio, read_wire] = runs.map(Measured::median);
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
     println!();
     println!(
-        "initial snapshot of {rows} rows (one table; chunks of 1024 pages; records of {record_size} B; median of {rounds} rounds)"
+        "initial snapshot of {rows} rows (one table; chunks of 1024 pages; records of {record_size} B; medians of {rounds} rounds; ratio: median of each round's COPY time / path time)"
     );
-    println!("| path                                          | seconds | rows/s  | ratio to COPY |");
-    println!("|-----------------------------------------------|---------|---------|---------------|");
-    for (name, t) in [
-        ("plain COPY small TO STDOUT (discarded)", copy_time),
-        ("plain producer into tansu, same records", producer_time),
-        ("walhouse snapshot + Avro, no producer, 1 conn", avro1_time),
-        ("walhouse snapshot + Avro, no producer, 2 conn", avro2_time),
-        ("walhouse snapshot into tansu (acked), 2 conn", kafka_time),
+    println!("| path                                          | seconds | rows/s  | ratio to COPY | own CPU-s | machine CPU-s | cores busy |");
+    println!("|-----------------------------------------------|---------|---------|---------------|-----------|---------------|------------|");
+    for (name, m, ratio) in [
+        ("plain COPY small TO STDOUT (discarded)", &copy, ratios[0]),
+        ("psql -c 'COPY small TO STDOUT' > /dev/null", &psql, ratios[5]),
+        ("rows parsed, read with tokio-postgres", &read_tokio, ratios[6]),
+        ("rows parsed, read with walhouse's wire", &read_wire, ratios[7]),
+        ("plain producer into tansu, same records", &producer, ratios[1]),
+        ("walhouse snapshot + Avro, no producer, 1 conn", &avro1, ratios[2]),
+        ("walhouse snapshot + Avro, no producer, 2 conn", &avro2, ratios[3]),
+        ("walhouse snapshot into tansu (acked), 2 conn", &kafka, ratios[4]),
     ] {
         println!(
-            "| {name:<45} | {:>7.2} | {:>7.0} | {:.2}          |",
-            t.as_secs_f64(),
-            rate(t),
-            copy_time.as_secs_f64() / t.as_secs_f64()
+            "| {name:<45} | {:>7.2} | {:>7.0} | {ratio:.2}          | {:>9.2} | {:>13.2} | {:>10.2} |",
+            m.wall.as_secs_f64(),
+            rate(m.wall),
+            m.own_cpu,
+            m.machine_cpu,
+            m.machine_cpu / m.wall.as_secs_f64(),
         );
     }
     println!(
-        "snapshot into tansu / slower of (COPY, plain producer): {:.2}",
-        copy_time.max(producer_time).as_secs_f64() / kafka_time.as_secs_f64()
+        "producing: walhouse {:.2} CPU-s (into tansu minus no producer, 2 conn), plain producer {:.2} CPU-s",
+        kafka.own_cpu - avro2.own_cpu,
+        producer.own_cpu
     );
     if std::env::var("WALHOUSE_BENCH_ONLY").as_deref() == Ok("snapshot") {
         return;
@@ -464,7 +641,7 @@ async fn main() {
 
     // 1. Catch-up: Avro without producer first (it finds the last commit),
     // then pg_recvlogical to the same commit, then end to end.
-    let (avro_time, avro_probe) = bench
+    let (avro_time, mut avro_probe) = bench
         .run(
             "avro",
             "wh_avro",
@@ -480,6 +657,7 @@ async fn main() {
                 ),
                 durable: Lsn::ZERO,
                 bytes: 0,
+                sample: Vec::new(),
             },
             rows,
         )
@@ -496,9 +674,11 @@ async fn main() {
     // 2. Reference producer: same count, same (average) value size.
     let bootstrap = bench.broker.bootstrap();
     let size = avg_bytes.round() as usize;
-    let ref_time = tokio::task::spawn_blocking(move || reference_producer(&bootstrap, rows, size))
-        .await
-        .expect("reference");
+    let records = std::mem::take(&mut avro_probe.inner.sample);
+    let Measured { wall: ref_time, .. } =
+        tokio::task::spawn_blocking(move || reference_producer(&bootstrap, rows, &records, partitions))
+            .await
+            .expect("reference");
 
     // 3. Latency at a steady 5k rows/s: 50-row transactions every 10 ms for 10 s.
     sql.batch_execute("SELECT pg_create_logical_replication_slot('lat', 'pgoutput')")

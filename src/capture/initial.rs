@@ -378,10 +378,10 @@ async fn copy_worker(
     out: mpsc::Sender<Result<Piece, SnapshotError>>,
 ) {
     let result: Result<(), SnapshotError> = async {
-        let (client, _driver) = client::connect(&source).await?;
-        snapshot::begin(&client, Some(&snapshot_name)).await?;
+        let mut session = snapshot::CopySession::connect(&source).await?;
+        session.begin(Some(&snapshot_name)).await?;
         for job in chunks {
-            let mut rows = snapshot::CopyRows::start(&client, &job.relation, job.pages, job.filter.as_deref()).await?;
+            let mut rows = session.copy(&job.relation, job.pages, job.filter.as_deref()).await?;
             let mut batch = Batcher::new(&job, tx);
             // Held back: the chunk's last row goes to the capture loop raw.
             let mut prev: Option<Tuple> = None;

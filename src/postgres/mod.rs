@@ -2,6 +2,7 @@
 //!
 //! - [`conninfo`]: the source URL, parsed once for both connections.
 //! - [`tls`]: libpq's `sslmode` on rustls.
+//! - `wire`: the protocol spoken directly (connect, auth, framing).
 //! - [`replication`]: the replication-protocol connection and stream.
 //! - [`pgoutput`]: bytes to typed messages, no I/O.
 //! - [`catalog`]: relations and type names seen on the stream.
@@ -23,6 +24,7 @@ pub mod slot;
 pub mod snapshot;
 pub mod snapshot_progress;
 pub mod tls;
+mod wire;
 
 pub use error::SourceError;
 pub use lsn::Lsn;

@@ -11,13 +11,15 @@
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use postgres_protocol::message::frontend;
 use tokio_postgres::Client;
 
-use super::error::SourceError;
+use super::conninfo::ConnInfo;
+use super::error::{ErrorContext, ServerError, SourceError};
 use super::pgoutput::{Relation, RelationColumn, ReplicaIdentity, Tuple, TupleValue};
 use super::publication::TableName;
 use super::quote_ident;
-use super::replication::OUTPUT_SETTINGS;
+use super::wire::{log_notice, unexpected, Session, Wire, OUTPUT_SETTINGS};
 
 /// A COPY text row that does not parse (a Postgres bug or a protocol mix-up).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -31,6 +33,11 @@ pub struct CopyRowError {
 /// the exported `snapshot` (or, with `None`, as of its first query), with
 /// the replication connection's output settings.
 pub async fn begin(client: &Client, snapshot: Option<&str>) -> Result<(), SourceError> {
+    client.batch_execute(&begin_sql(snapshot)).await?;
+    Ok(())
+}
+
+fn begin_sql(snapshot: Option<&str>) -> String {
     let mut sql = String::from("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; ");
     if let Some(snapshot) = snapshot {
         sql.push_str(&format!(
@@ -41,8 +48,7 @@ pub async fn begin(client: &Client, snapshot: Option<&str>) -> Result<(), Source
     for (name, value) in OUTPUT_SETTINGS {
         sql.push_str(&format!("SET LOCAL {name} = {}; ", super::quote_literal(value)));
     }
-    client.batch_execute(&sql).await?;
-    Ok(())
+    sql
 }
 
 /// The table as a Relation message would describe it, read from the
@@ -181,9 +187,116 @@ pub async fn current_snapshot(client: &Client) -> Result<String, SourceError> {
         .get(0))
 }
 
+/// Where COPY's data messages come from.
+pub trait CopySource: Send {
+    /// The next CopyData body, or `None` once the command completed.
+    fn next_data(&mut self) -> impl std::future::Future<Output = Result<Option<Bytes>, SourceError>> + Send;
+}
+
+impl CopySource for std::pin::Pin<Box<tokio_postgres::CopyOutStream>> {
+    async fn next_data(&mut self) -> Result<Option<Bytes>, SourceError> {
+        self.next().await.transpose().map_err(SourceError::Sql)
+    }
+}
+
+/// A plain connection that reads chunks under a snapshot, speaking the
+/// protocol itself: with tokio-postgres the client's share of a COPY cost
+/// as much CPU as parsing and encoding the rows (see [`super::wire`]).
+pub struct CopySession {
+    wire: Wire,
+    user: String,
+    dbname: String,
+}
+
+impl CopySession {
+    pub async fn connect(info: &ConnInfo) -> Result<Self, SourceError> {
+        let (wire, _) = Wire::connect(info, Session::Sql).await?;
+        Ok(CopySession {
+            wire,
+            user: info.user.clone(),
+            dbname: info.dbname.clone(),
+        })
+    }
+
+    fn server_error(&self, body: &[u8]) -> SourceError {
+        let ctx = ErrorContext {
+            user: &self.user,
+            dbname: &self.dbname,
+            ..Default::default()
+        };
+        SourceError::from_server(ServerError::parse(body), &ctx)
+    }
+
+    /// Opens the read-only transaction [`begin`] opens, on this session
+    /// (whose output settings were set at startup).
+    pub async fn begin(&mut self, snapshot: Option<&str>) -> Result<(), SourceError> {
+        self.query(&begin_sql(snapshot)).await?;
+        // The command returns no data: this reads to its outcome.
+        while self.next_data().await?.is_some() {}
+        Ok(())
+    }
+
+    async fn query(&mut self, sql: &str) -> Result<(), SourceError> {
+        frontend::query(sql, &mut self.wire.outbuf).map_err(|e| SourceError::Protocol(e.to_string()))?;
+        self.wire.flush_out().await
+    }
+
+    /// Starts the COPY of `pages` of `relation`, as [`CopyRows::start`] does.
+    pub async fn copy(
+        &mut self,
+        relation: &Relation,
+        pages: PageRange,
+        row_filter: Option<&str>,
+    ) -> Result<CopyRows<&mut CopySession>, SourceError> {
+        self.query(&copy_sql(relation, pages, row_filter)).await?;
+        Ok(CopyRows::new(self, relation))
+    }
+}
+
+impl<T: CopySource> CopySource for &mut T {
+    async fn next_data(&mut self) -> Result<Option<Bytes>, SourceError> {
+        (**self).next_data().await
+    }
+}
+
+impl CopySource for CopySession {
+    /// Reads to the end of the current command: its data messages, then
+    /// its outcome (an error is reported once the server is ready again,
+    /// so the session stays usable in step).
+    async fn next_data(&mut self) -> Result<Option<Bytes>, SourceError> {
+        let mut error = None;
+        loop {
+            let f = self.wire.read_frame().await?;
+            match f.tag {
+                b'd' if error.is_none() => return Ok(Some(f.body)),
+                b'E' => error = Some(self.server_error(&f.body)),
+                b'N' => log_notice(&f.body),
+                b'Z' => return error.map_or(Ok(None), Err),
+                b'd' | b'H' | b'c' | b'C' | b'I' | b'S' | b'A' => {}
+                other => return Err(unexpected(other, "a snapshot COPY")),
+            }
+        }
+    }
+}
+
+fn copy_sql(relation: &Relation, pages: PageRange, row_filter: Option<&str>) -> String {
+    let columns = relation
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "COPY (SELECT {columns} FROM {}.{}{}) TO STDOUT",
+        quote_ident(&relation.namespace),
+        quote_ident(&relation.name),
+        pages.predicate(row_filter)
+    )
+}
+
 /// A table's rows as COPY sends them, one tuple at a time.
-pub struct CopyRows {
-    stream: std::pin::Pin<Box<tokio_postgres::CopyOutStream>>,
+pub struct CopyRows<S> {
+    source: S,
     /// Received, not yet parsed.
     cur: Bytes,
     /// A row that spans messages, while it is being completed.
@@ -193,7 +306,7 @@ pub struct CopyRows {
     done: bool,
 }
 
-impl CopyRows {
+impl CopyRows<std::pin::Pin<Box<tokio_postgres::CopyOutStream>>> {
     /// Starts `COPY (SELECT <pgoutput's columns> FROM table WHERE <pages>)
     /// TO STDOUT` in the snapshot transaction of `client`.
     pub async fn start(
@@ -202,27 +315,21 @@ impl CopyRows {
         pages: PageRange,
         row_filter: Option<&str>,
     ) -> Result<Self, SourceError> {
-        let columns = relation
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "COPY (SELECT {columns} FROM {}.{}{}) TO STDOUT",
-            quote_ident(&relation.namespace),
-            quote_ident(&relation.name),
-            pages.predicate(row_filter)
-        );
-        let stream = client.copy_out(&sql).await?;
-        Ok(CopyRows {
-            stream: Box::pin(stream),
+        let stream = client.copy_out(&copy_sql(relation, pages, row_filter)).await?;
+        Ok(CopyRows::new(Box::pin(stream), relation))
+    }
+}
+
+impl<S: CopySource> CopyRows<S> {
+    fn new(source: S, relation: &Relation) -> Self {
+        CopyRows {
+            source,
             cur: Bytes::new(),
             carry: BytesMut::new(),
             ncols: relation.columns.len(),
             table: format!("{}.{}", relation.namespace, relation.name),
             done: false,
-        })
+        }
     }
 
     /// The next row, or `None` at the end of the table.
@@ -251,9 +358,8 @@ impl CopyRows {
                 }
                 return Ok(None);
             }
-            match self.stream.next().await {
+            match self.source.next_data().await? {
                 Some(chunk) => {
-                    let chunk = chunk.map_err(SourceError::Sql)?;
                     if self.carry.is_empty() {
                         // Postgres sends a row per message: parsed in place.
                         self.cur = chunk;
