@@ -635,6 +635,20 @@ async fn main() {
         kafka.own_cpu - avro2.own_cpu,
         producer.own_cpu
     );
+    // Into Kafka, any implementation does at least COPY's work and a plain
+    // producer's on the same cores: their CPU together, spread over every
+    // core, is a floor on the wall time.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let floor = (copy.machine_cpu + producer.machine_cpu) / cores;
+    let floor = floor.max(copy.wall.as_secs_f64()).max(producer.wall.as_secs_f64());
+    println!(
+        "into Kafka on {cores} cores: COPY's and the plain producer's CPU ({:.2} CPU-s) allow at best {:.2}x of COPY; \
+         walhouse reached {:.2}x ({:.2} of that floor)",
+        copy.machine_cpu + producer.machine_cpu,
+        copy.wall.as_secs_f64() / floor,
+        ratios[4],
+        floor / kafka.wall.as_secs_f64()
+    );
     if std::env::var("WALHOUSE_BENCH_ONLY").as_deref() == Ok("snapshot") {
         return;
     }
