@@ -4,7 +4,7 @@
 //!
 //! Rows are read with `COPY (SELECT …) TO STDOUT` in text format, in the
 //! same session settings as the replication connection
-//! ([`OUTPUT_SETTINGS`](super::replication::OUTPUT_SETTINGS)), so a
+//! ([`OUTPUT_SETTINGS`]), so a
 //! snapshot row's values are byte for byte what pgoutput would send, and
 //! the same encoders serve both. Columns are those pgoutput sends: not
 //! dropped, not generated, in `attnum` order.
@@ -200,8 +200,8 @@ impl CopySource for std::pin::Pin<Box<tokio_postgres::CopyOutStream>> {
 }
 
 /// A plain connection that reads chunks under a snapshot, speaking the
-/// protocol itself: with tokio-postgres the client's share of a COPY cost
-/// as much CPU as parsing and encoding the rows (see [`super::wire`]).
+/// protocol itself, which costs less CPU per row than tokio-postgres's
+/// `copy_out` (see the `wire` module).
 pub struct CopySession {
     wire: Wire,
     user: String,
@@ -242,6 +242,8 @@ impl CopySession {
     }
 
     /// Starts the COPY of `pages` of `relation`, as [`CopyRows::start`] does.
+    /// The rows must be read to the end before the session takes another
+    /// command: the session is borrowed until then.
     pub async fn copy(
         &mut self,
         relation: &Relation,

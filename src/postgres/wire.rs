@@ -4,9 +4,9 @@
 //!
 //! Two connections use it: the replication connection, which tokio-postgres
 //! cannot open, and the snapshot's COPY connections, where tokio-postgres
-//! hands every row message through its connection task and a channel,
-//! which costs more CPU than the rest of the snapshot path together. Here a
-//! row is a slice of a 256 KiB read buffer.
+//! hands every row message through its connection task and a channel. Here
+//! a row is a slice of a 256 KiB read buffer: reading and parsing a COPY
+//! measured 10–20 % less CPU (`cargo bench --bench kafka`).
 
 use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::{md5_hash, sasl};
