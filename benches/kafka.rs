@@ -42,7 +42,7 @@ use walhouse::postgres::catalog::RelationCache;
 use walhouse::postgres::conninfo::ConnInfo;
 use walhouse::postgres::pgoutput::Relation;
 use walhouse::postgres::publication::TableName;
-use walhouse::postgres::snapshot::{self, CopyRows, CopySession, PageRange};
+use walhouse::postgres::snapshot::{self, CopyRows, CopySession, CopySource, PageRange};
 use walhouse::postgres::Lsn;
 use walhouse::registry::Registry;
 
@@ -383,6 +383,15 @@ impl Meter {
     }
 }
 
+/// Reads a COPY to its end, parsing every row; returns how many.
+async fn count_rows<S: CopySource>(mut copy: CopyRows<S>) -> u64 {
+    let mut n = 0;
+    while copy.next().await.expect("row").is_some() {
+        n += 1;
+    }
+    n
+}
+
 /// CPU time the whole machine spent busy so far (every process, every
 /// core), from the first line of /proc/stat.
 fn machine_cpu_seconds() -> f64 {
@@ -529,26 +538,18 @@ async fn main() {
         {
             let reader = bench.pg.client("bench").await;
             snapshot::begin(&reader, None).await.expect("begin");
-            let mut copy = CopyRows::start(&reader, &small_relation, everything, None)
+            let copy = CopyRows::start(&reader, &small_relation, everything, None)
                 .await
                 .expect("copy");
-            let mut n = 0u64;
-            while copy.next().await.expect("row").is_some() {
-                n += 1;
-            }
-            assert_eq!(n, rows);
+            assert_eq!(count_rows(copy).await, rows);
         }
         runs[6].push(meter.stop());
         let meter = Meter::start();
         {
             let mut session = CopySession::connect(&source).await.expect("session");
             session.begin(None).await.expect("begin");
-            let mut copy = session.copy(&small_relation, everything, None).await.expect("copy");
-            let mut n = 0u64;
-            while copy.next().await.expect("row").is_some() {
-                n += 1;
-            }
-            assert_eq!(n, rows);
+            let copy = session.copy(&small_relation, everything, None).await.expect("copy");
+            assert_eq!(count_rows(copy).await, rows);
         }
         runs[7].push(meter.stop());
         let (m, n, encoded) = bench
