@@ -487,7 +487,11 @@ impl LoopState {
         // A renamed table keeps its id: name it afresh.
         self.table_names.remove(&id);
         let relation = self.cache.get(id)?.clone();
-        dest.relation(&relation, &self.cache).await?;
+        // walhouse's progress tables reach a FOR ALL TABLES stream too; their
+        // changes are dropped, so they get no schema subject and no topic.
+        if !self.is_own(&relation) {
+            dest.relation(&relation, &self.cache).await?;
+        }
         if change == RelationChange::Changed {
             // Relation messages are not WAL records (they arrive at 0/0):
             // name the transaction that carried the new shape instead.

@@ -163,3 +163,15 @@ pub fn produce(bootstrap: &str, topic: &str, messages: &[(Option<&str>, &[u8])])
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
 }
+
+/// The broker's topic names.
+pub fn topics(bootstrap: &str) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    metadata.topics().iter().map(|t| t.name().to_owned()).collect()
+}
