@@ -6,7 +6,8 @@
 //!    plain producer of as many records of the same size, interleaved over
 //!    `WALHOUSE_BENCH_ROUNDS` rounds (default 3), medians;
 //!    `WALHOUSE_BENCH_ONLY=snapshot` stops after it;
-//! 1. catch-up of 1M small rows (10k-row transactions): `pg_recvlogical`,
+//! 1. catch-up of 1M small rows (10k-row transactions), rounds interleaved
+//!    like the snapshot's, each path on its own slot: `pg_recvlogical`,
 //!    walhouse capture with Avro encoding but no producer, and walhouse
 //!    end to end into tansu (acknowledged by Kafka);
 //! 2. a plain reference producer (librdkafka, same settings) sending as
@@ -414,6 +415,18 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The median over rounds of `base / path` (each round's own ratio: the
+/// machine's speed drifts between rounds, less within one).
+fn median_ratio(base: &[Duration], path: &[Duration]) -> f64 {
+    let mut r: Vec<f64> = base
+        .iter()
+        .zip(path)
+        .map(|(b, p)| b.as_secs_f64() / p.as_secs_f64())
+        .collect();
+    r.sort_by(f64::total_cmp);
+    r[r.len() / 2]
+}
+
 fn percentile(v: &mut [i64], p: f64) -> f64 {
     v.sort_unstable();
     if v.is_empty() {
@@ -458,13 +471,21 @@ async fn main() {
     )
     .await
     .expect("schema");
-    // A slot cannot be created in a transaction that wrote: one statement each.
-    for slot in ["rl", "avro", "e2e"] {
-        sql.batch_execute(&format!(
-            "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
-        ))
-        .await
-        .expect("slot");
+    let rounds: usize = std::env::var("WALHOUSE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    // One slot per catch-up path and round, all before the rows are
+    // written, so every run reads the same WAL. A slot cannot be created
+    // in a transaction that wrote: one statement each.
+    for round in 0..rounds {
+        for path in ["rl", "avro", "e2e"] {
+            sql.batch_execute(&format!(
+                "SELECT pg_create_logical_replication_slot('{path}{round}', 'pgoutput')"
+            ))
+            .await
+            .expect("slot");
+        }
     }
     println!("writing {rows} rows in {TXN_ROWS}-row transactions …");
     support::postgres::insert_small_rows(&sql, "small", rows, TXN_ROWS).await;
@@ -473,10 +494,6 @@ async fn main() {
     // and a plain producer of as many records of the same size; every
     // path once per round, rounds interleaved, medians reported (the
     // machine is shared and noisy).
-    let rounds: usize = std::env::var("WALHOUSE_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
     let encode_only = |prefix: &str| EncodeOnly {
         encoder: RecordEncoder::new(
             Arc::new(Registry::new(&bench.config("x", prefix, "small").kafka.expect("k").registry).expect("r")),
@@ -592,17 +609,10 @@ async fn main() {
     }
     // Each round's ratio to that round's COPY, then the median: the
     // machine's speed drifts between rounds, less within one.
+    let walls = |path: &[Measured]| path.iter().map(|m| m.wall).collect::<Vec<_>>();
     let ratios: Vec<f64> = runs
         .iter()
-        .map(|path| {
-            let mut r: Vec<f64> = path
-                .iter()
-                .zip(&runs[0])
-                .map(|(m, copy)| copy.wall.as_secs_f64() / m.wall.as_secs_f64())
-                .collect();
-            r.sort_by(f64::total_cmp);
-            r[r.len() / 2]
-        })
+        .map(|path| median_ratio(&walls(&runs[0]), &walls(path)))
         .collect();
     let [copy, producer, avro1, avro2, kafka, psql, read_tokio, read_wire] = runs.map(Measured::median);
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
@@ -654,46 +664,50 @@ async fn main() {
         return;
     }
 
-    // 1. Catch-up: Avro without producer first (it finds the last commit),
-    // then pg_recvlogical to the same commit, then end to end.
-    let (avro_time, mut avro_probe) = bench
-        .run(
-            "avro",
-            "wh_avro",
-            "small",
-            EncodeOnly {
-                encoder: RecordEncoder::new(
-                    Arc::new(
-                        Registry::new(&bench.config("x", "wh_avro", "small").kafka.expect("k").registry).expect("r"),
-                    ),
-                    "wh_avro",
-                    "bench",
-                    Default::default(),
-                ),
-                durable: Lsn::ZERO,
-                bytes: 0,
-                sample: Vec::new(),
-            },
-            rows,
-        )
-        .await;
-    let stop_at = avro_probe.state.lock().expect("lock").stop_at.expect("stop point");
-    let avg_bytes = avro_probe.inner.bytes as f64 / rows as f64;
-    // pg_recvlogical's --endpos compares with XLogData start positions; the
-    // commit record starts before its end LSN, so stop at the last commit's
-    // end minus one byte: the same message walhouse stopped at.
-    let rl_time = bench.pg.recvlogical("bench", "bench_pub", "rl", Lsn(stop_at.0 - 1));
-    let (e2e_time, e2e_probe) = bench.run("e2e", "wh_e2e", "small", bench.kafka("wh_e2e"), rows).await;
-    assert!(e2e_probe.inner.produced() >= rows);
-
-    // 2. Reference producer: same count, same (average) value size.
-    let bootstrap = bench.broker.bootstrap();
-    let size = avg_bytes.round() as usize;
-    let records = std::mem::take(&mut avro_probe.inner.sample);
-    let Measured { wall: ref_time, .. } =
-        tokio::task::spawn_blocking(move || reference_producer(&bootstrap, rows, &records, partitions))
+    // 1. Catch-up, every path once per round on its own slot, rounds
+    // interleaved like the snapshot's: Avro without producer first (it
+    // finds the last commit), pg_recvlogical to the same commit, end to end
+    // into tansu, and (2.) a plain producer of walhouse's own records.
+    let mut catch_up: [Vec<Duration>; 4] = Default::default();
+    let mut avg_bytes = 0.0;
+    let mut catch_up_records = Arc::new(Vec::new());
+    for round in 0..rounds {
+        let prefix = format!("wh_avro{round}");
+        let (avro_time, mut avro_probe) = bench
+            .run(&format!("avro{round}"), &prefix, "small", encode_only(&prefix), rows)
+            .await;
+        let stop_at = avro_probe.state.lock().expect("lock").stop_at.expect("stop point");
+        avg_bytes = avro_probe.inner.bytes as f64 / rows as f64;
+        if catch_up_records.is_empty() {
+            catch_up_records = Arc::new(std::mem::take(&mut avro_probe.inner.sample));
+        }
+        // pg_recvlogical's --endpos compares with XLogData start positions;
+        // the commit record starts before its end LSN, so stop at the last
+        // commit's end minus one byte: the same message walhouse stopped at.
+        let rl_time = bench
+            .pg
+            .recvlogical("bench", "bench_pub", &format!("rl{round}"), Lsn(stop_at.0 - 1));
+        let prefix = format!("wh_e2e{round}");
+        let (e2e_time, e2e_probe) = bench
+            .run(&format!("e2e{round}"), &prefix, "small", bench.kafka(&prefix), rows)
+            .await;
+        assert!(e2e_probe.inner.produced() >= rows);
+        let bootstrap = bench.broker.bootstrap();
+        let records = catch_up_records.clone();
+        let reference = tokio::task::spawn_blocking(move || reference_producer(&bootstrap, rows, &records, partitions))
             .await
             .expect("reference");
+        println!(
+            "catch-up round {round}: pg_recvlogical {:.2} s, Avro no producer {:.2} s, plain producer {:.2} s, into tansu {:.2} s",
+            rl_time.as_secs_f64(),
+            avro_time.as_secs_f64(),
+            reference.wall.as_secs_f64(),
+            e2e_time.as_secs_f64()
+        );
+        for (path, time) in catch_up.iter_mut().zip([rl_time, avro_time, reference.wall, e2e_time]) {
+            path.push(time);
+        }
+    }
 
     // 3. Latency at a steady 5k rows/s: 50-row transactions every 10 ms for 10 s.
     sql.batch_execute("SELECT pg_create_logical_replication_slot('lat', 'pgoutput')")
@@ -744,35 +758,46 @@ async fn main() {
     let rss_peak = support::peak_rss_mib();
 
     println!();
+    let median = |path: &[Duration]| {
+        let mut v = path.to_vec();
+        v.sort();
+        v[v.len() / 2]
+    };
+    let [rl, avro, reference, e2e] = &catch_up;
+    // End to end cannot beat the slower of reading the slot and producing.
+    let bound: Vec<Duration> = rl.iter().zip(reference).map(|(a, b)| *a.max(b)).collect();
     println!(
-        "catch-up of {rows} rows ({} transactions), same WAL, one run each; avg Avro value {avg_bytes:.0} B",
+        "catch-up of {rows} rows ({} transactions), same WAL, medians of {rounds} rounds; avg Avro value {avg_bytes:.0} B; \
+         ratio: median of each round's baseline time / path time",
         rows / TXN_ROWS
     );
-    println!("| path                                   | seconds | rows/s  | ratio              |");
-    println!("|----------------------------------------|---------|---------|--------------------|");
-    println!(
-        "| pg_recvlogical (proto 1, /dev/null)    | {:>7.2} | {:>7.0} | 1.00               |",
-        rl_time.as_secs_f64(),
-        rate(rl_time)
-    );
-    println!(
-        "| walhouse capture + Avro, no producer   | {:>7.2} | {:>7.0} | {:.2} of recvlogical |",
-        avro_time.as_secs_f64(),
-        rate(avro_time),
-        rl_time.as_secs_f64() / avro_time.as_secs_f64()
-    );
-    println!(
-        "| plain librdkafka producer, {size} B msgs  | {:>7.2} | {:>7.0} | reference          |",
-        ref_time.as_secs_f64(),
-        rate(ref_time)
-    );
-    let floor = rl_time.max(ref_time);
-    println!(
-        "| walhouse end to end into tansu (acked) | {:>7.2} | {:>7.0} | {:.2} of min(above) |",
-        e2e_time.as_secs_f64(),
-        rate(e2e_time),
-        floor.as_secs_f64() / e2e_time.as_secs_f64()
-    );
+    println!("| path                                   | seconds | rows/s  | ratio                       |");
+    println!("|----------------------------------------|---------|---------|-----------------------------|");
+    for (name, path, ratio) in [
+        ("pg_recvlogical (proto 1, /dev/null)", rl, "1.00".to_string()),
+        (
+            "walhouse capture + Avro, no producer",
+            avro,
+            format!("{:.2} of recvlogical", median_ratio(rl, avro)),
+        ),
+        (
+            "plain producer, walhouse's records",
+            reference,
+            format!("{:.2} of recvlogical", median_ratio(rl, reference)),
+        ),
+        (
+            "walhouse end to end into tansu (acked)",
+            e2e,
+            format!("{:.2} of the slower above", median_ratio(&bound, e2e)),
+        ),
+    ] {
+        let t = median(path);
+        println!(
+            "| {name:<38} | {:>7.2} | {:>7.0} | {ratio:<27} |",
+            t.as_secs_f64(),
+            rate(t)
+        );
+    }
     println!();
     println!(
         "commit-to-Kafka-ack at 5k rows/s (50-row transactions every 10 ms), {} transactions:",
