@@ -668,14 +668,16 @@ async fn main() {
     // interleaved like the snapshot's: Avro without producer first (it
     // finds the last commit), pg_recvlogical to the same commit, end to end
     // into tansu, and (2.) a plain producer of walhouse's own records.
-    let mut catch_up: [Vec<Duration>; 4] = Default::default();
+    let mut catch_up: [Vec<Measured>; 4] = Default::default();
     let mut avg_bytes = 0.0;
     let mut catch_up_records = Arc::new(Vec::new());
     for round in 0..rounds {
         let prefix = format!("wh_avro{round}");
-        let (avro_time, mut avro_probe) = bench
+        let meter = Meter::start();
+        let (_, mut avro_probe) = bench
             .run(&format!("avro{round}"), &prefix, "small", encode_only(&prefix), rows)
             .await;
+        let avro = meter.stop();
         let stop_at = avro_probe.state.lock().expect("lock").stop_at.expect("stop point");
         avg_bytes = avro_probe.inner.bytes as f64 / rows as f64;
         if catch_up_records.is_empty() {
@@ -684,28 +686,40 @@ async fn main() {
         // pg_recvlogical's --endpos compares with XLogData start positions;
         // the commit record starts before its end LSN, so stop at the last
         // commit's end minus one byte: the same message walhouse stopped at.
-        let rl_time = bench
+        let meter = Meter::start();
+        bench
             .pg
             .recvlogical("bench", "bench_pub", &format!("rl{round}"), Lsn(stop_at.0 - 1));
+        let rl = meter.stop();
         let prefix = format!("wh_e2e{round}");
-        let (e2e_time, e2e_probe) = bench
+        let meter = Meter::start();
+        let (_, e2e_probe) = bench
             .run(&format!("e2e{round}"), &prefix, "small", bench.kafka(&prefix), rows)
             .await;
+        let e2e = meter.stop();
         assert!(e2e_probe.inner.produced() >= rows);
         let bootstrap = bench.broker.bootstrap();
         let records = catch_up_records.clone();
         let reference = tokio::task::spawn_blocking(move || reference_producer(&bootstrap, rows, &records, partitions))
             .await
             .expect("reference");
+        let line: Vec<String> = [&rl, &avro, &reference, &e2e]
+            .iter()
+            .map(|m| {
+                format!(
+                    "{:.2} s ({:.2}/{:.2} CPU-s)",
+                    m.wall.as_secs_f64(),
+                    m.own_cpu,
+                    m.machine_cpu
+                )
+            })
+            .collect();
         println!(
-            "catch-up round {round}: pg_recvlogical {:.2} s, Avro no producer {:.2} s, plain producer {:.2} s, into tansu {:.2} s",
-            rl_time.as_secs_f64(),
-            avro_time.as_secs_f64(),
-            reference.wall.as_secs_f64(),
-            e2e_time.as_secs_f64()
+            "catch-up round {round} (own/machine CPU): pg_recvlogical {}, Avro no producer {}, plain producer {}, into tansu {}",
+            line[0], line[1], line[2], line[3]
         );
-        for (path, time) in catch_up.iter_mut().zip([rl_time, avro_time, reference.wall, e2e_time]) {
-            path.push(time);
+        for (path, m) in catch_up.iter_mut().zip([rl, avro, reference, e2e]) {
+            path.push(m);
         }
     }
 
@@ -758,12 +772,12 @@ async fn main() {
     let rss_peak = support::peak_rss_mib();
 
     println!();
+    let [rl, avro, reference, e2e] = &catch_up.map(|path| path.iter().map(|m| m.wall).collect::<Vec<_>>());
     let median = |path: &[Duration]| {
         let mut v = path.to_vec();
         v.sort();
         v[v.len() / 2]
     };
-    let [rl, avro, reference, e2e] = &catch_up;
     // End to end cannot beat the slower of reading the slot and producing.
     let bound: Vec<Duration> = rl.iter().zip(reference).map(|(a, b)| *a.max(b)).collect();
     println!(
