@@ -800,10 +800,10 @@ async fn the_transaction_topic_brackets_each_transaction_with_counts() {
     assert_ne!(got[1].key, got[2].key);
 }
 
-async fn confirmed_lsn(sql: &tokio_postgres::Client, slot: &str) -> i64 {
+async fn confirmed(sql: &tokio_postgres::Client) -> i64 {
     sql.query_one(
-        "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
-        &[&slot],
+        "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = 'hb_slot'",
+        &[],
     )
     .await
     .expect("slot")
@@ -819,11 +819,11 @@ async fn heartbeats_advance_an_idle_slot_and_produce_nothing() {
         .expect("schema");
     let cap = env.spawn("hb_slot", &["--heartbeat-interval-ms", "200"]);
     env.wait_streaming("hb_slot").await;
-    let first = confirmed_lsn(&sql, "hb_slot").await;
+    let first = confirmed(&sql).await;
     let mut advanced = 0;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = confirmed_lsn(&sql, "hb_slot").await;
+        let now = confirmed(&sql).await;
         if now > first {
             advanced += 1;
             if advanced >= 2 {
