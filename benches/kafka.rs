@@ -772,12 +772,8 @@ async fn main() {
     let rss_peak = support::peak_rss_mib();
 
     println!();
-    let [rl, avro, reference, e2e] = &catch_up.map(|path| path.iter().map(|m| m.wall).collect::<Vec<_>>());
-    let median = |path: &[Duration]| {
-        let mut v = path.to_vec();
-        v.sort();
-        v[v.len() / 2]
-    };
+    let [rl, avro, reference, e2e] = &catch_up.clone().map(|path| walls(&path));
+    let [rl_median, avro_median, reference_median, e2e_median] = catch_up.map(|path| Measured::median(path).wall);
     // End to end cannot beat the slower of reading the slot and producing.
     let bound: Vec<Duration> = rl.iter().zip(reference).map(|(a, b)| *a.max(b)).collect();
     println!(
@@ -787,25 +783,24 @@ async fn main() {
     );
     println!("| path                                   | seconds | rows/s  | ratio                       |");
     println!("|----------------------------------------|---------|---------|-----------------------------|");
-    for (name, path, ratio) in [
-        ("pg_recvlogical (proto 1, /dev/null)", rl, "1.00".to_string()),
+    for (name, t, ratio) in [
+        ("pg_recvlogical (proto 1, /dev/null)", rl_median, "1.00".to_string()),
         (
             "walhouse capture + Avro, no producer",
-            avro,
+            avro_median,
             format!("{:.2} of recvlogical", median_ratio(rl, avro)),
         ),
         (
             "plain producer, walhouse's records",
-            reference,
+            reference_median,
             format!("{:.2} of recvlogical", median_ratio(rl, reference)),
         ),
         (
             "walhouse end to end into tansu (acked)",
-            e2e,
+            e2e_median,
             format!("{:.2} of the slower above", median_ratio(&bound, e2e)),
         ),
     ] {
-        let t = median(path);
         println!(
             "| {name:<38} | {:>7.2} | {:>7.0} | {ratio:<27} |",
             t.as_secs_f64(),
