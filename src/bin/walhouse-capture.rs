@@ -105,6 +105,14 @@ async fn print_status(config: CaptureConfig, json: bool) -> anyhow::Result<()> {
         or(report.safe_wal_size.map(|b| format!("{b} bytes")))
     );
     println!("max_slot_wal_keep_size  {}", report.max_slot_wal_keep_size);
+    // Postgres 16+ and 17+ report more about a slot; older servers say "-".
+    println!("invalidation_reason     {}", or(report.invalidation_reason.clone()));
+    println!("failover                {}", or(report.failover.map(|f| f.to_string())));
+    println!(
+        "conflicting             {}",
+        or(report.conflicting.map(|c| c.to_string()))
+    );
+    println!("inactive since          {}", or(report.inactive_since.clone()));
     println!(
         "snapshot                {} ({} of {} chunks done, {} rows)",
         report.snapshot, report.snapshot_chunks_done, report.snapshot_chunks, report.snapshot_rows
@@ -146,7 +154,7 @@ async fn request_snapshot(config: CaptureConfig, tables: Vec<String>) -> anyhow:
             &[&capture::SIGNAL_PREFIX, &signal],
         )
         .await?;
-    let lsn: String = row.get(0);
+    let lsn: String = row.try_get(0)?;
     println!(
         "snapshot of {} requested at {lsn}; the capture on slot {:?} reads it while streaming (see `walhouse-capture status`)",
         tables.join(", "),

@@ -25,6 +25,7 @@ use crate::config::{CaptureConfig, SnapshotMode};
 use crate::metrics::{Metrics, Phase};
 use crate::output::{Destination, EncodedRows, OutputError};
 use crate::postgres::catalog::{load_column_infos, load_type_infos, CatalogError, RelationCache, RelationChange};
+use crate::postgres::client::ReadColumn;
 use crate::postgres::pgoutput::{LogicalMessage, OldTuple, Relation, Tuple};
 use crate::postgres::replication::{ReplicationClient, ReplicationStream, StreamOptions};
 use crate::postgres::snapshot_progress::{self, Phase as SnapshotPhase, ProgressStore};
@@ -137,7 +138,7 @@ async fn run_inner<D: Destination>(
         .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
         .await
         .map_err(SourceError::Sql)?
-        .get(0);
+        .read("the max_slot_wal_keep_size query", 0)?;
     if keep == "-1" {
         tracing::warn!(
             "max_slot_wal_keep_size is unlimited: while walhouse is stopped or slow, the slot keeps every WAL \
@@ -157,6 +158,15 @@ async fn run_inner<D: Destination>(
     match slot::inspect(&sql, &config.slot).await? {
         Some(info) => {
             slot::check_usable(&info, &source.dbname)?;
+            if config.slot_failover && info.failover == Some(false) {
+                tracing::warn!(
+                    slot = %config.slot,
+                    "--slot-failover is on but the existing slot was created without it, so a promoted standby \
+                     will not have it. Fix: stop walhouse-capture and run ALTER_REPLICATION_SLOT \"{}\" (FAILOVER true) \
+                     on a replication connection (psql \"dbname=… replication=database\")",
+                    config.slot
+                );
+            }
             tracing::info!(slot = %config.slot, confirmed_flush = ?info.confirmed_flush.map(|l| l.to_string()), "resuming from existing slot");
             if let Some(p) = &progress {
                 adopt_slot(p, &sql, &tables, config.snapshot_chunk_pages).await?;
@@ -477,10 +487,10 @@ impl LoopState {
     ) -> Result<Arc<Relation>, CaptureError> {
         let missing = self.cache.missing_type_infos(&rel);
         if !missing.is_empty() {
-            let infos = load_type_infos(&self.sql, &missing).await.map_err(SourceError::Sql)?;
+            let infos = load_type_infos(&self.sql, &missing).await?;
             self.cache.insert_type_infos(infos);
         }
-        let columns_info = load_column_infos(&self.sql, rel.id).await.map_err(SourceError::Sql)?;
+        let columns_info = load_column_infos(&self.sql, rel.id).await?;
         self.cache.set_column_infos(rel.id, columns_info);
         let (id, name, columns) = (rel.id, format!("{}.{}", rel.namespace, rel.name), rel.columns.len());
         let change = self.cache.apply_relation(rel);

@@ -274,10 +274,13 @@ impl KafkaDestination {
 
     /// A change that cannot be keyed goes, as its JSON line with the
     /// reason, to `<prefix>.dead_letter`, keyed by the table's topic.
-    fn dead_letter(&mut self, topic: &str, event: &ChangeEvent<'_>, reason: &str) -> Result<(), OutputError> {
+    /// Created like every other topic: a cluster without automatic topic
+    /// creation would otherwise hold the record until it times out.
+    async fn dead_letter(&mut self, topic: &str, event: &ChangeEvent<'_>, reason: &str) -> Result<(), OutputError> {
         tracing::error!(topic, lsn = %event.lsn, "{reason}; sent to the dead-letter topic");
         let body = serde_json::json!({ "topic": topic, "reason": reason, "change": event });
         let dlq = format!("{}.dead_letter", self.config.topic_prefix);
+        self.ensure_topic(&dlq).await;
         let bytes = body.to_string().into_bytes();
         self.sender.produce(&dlq, Some(topic.as_bytes()), Some(&bytes))
     }
@@ -315,7 +318,7 @@ impl Destination for KafkaDestination {
                         self.sender.produce(record.topic, record.key, None)?;
                     }
                 }
-                Err(unkeyable) => self.dead_letter(&unkeyable.topic, event, &unkeyable.reason)?,
+                Err(unkeyable) => self.dead_letter(&unkeyable.topic, event, &unkeyable.reason).await?,
             }
         }
         Ok(())

@@ -12,6 +12,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::client::ReadColumn;
+use super::error::SourceError;
 use super::pgoutput::{Relation, TypeMessage};
 
 /// Whether a Relation message changed what the cache held.
@@ -281,7 +283,7 @@ pub struct ColumnInfo {
 pub async fn load_type_infos(
     client: &tokio_postgres::Client,
     oids: &[u32],
-) -> Result<Vec<(u32, TypeInfo)>, tokio_postgres::Error> {
+) -> Result<Vec<(u32, TypeInfo)>, SourceError> {
     let mut found: Vec<(u32, TypeInfo)> = Vec::new();
     let mut pending: Vec<u32> = oids.to_vec();
     // Domains of arrays of domains… nest only a few levels in practice.
@@ -303,23 +305,33 @@ pub async fn load_type_infos(
             .await?;
         pending.clear();
         for r in rows {
-            let oid: u32 = r.get(0);
-            let typtype: String = r.get(2);
-            let base: u32 = r.get(3);
-            let elem: u32 = r.get(5);
-            let category: String = r.get(6);
+            const QUERY: &str = "the pg_type query";
+            let oid: u32 = r.read(QUERY, 0)?;
+            let typtype: String = r.read(QUERY, 2)?;
+            let base: u32 = r.read(QUERY, 3)?;
+            let elem: u32 = r.read(QUERY, 5)?;
+            let category: String = r.read(QUERY, 6)?;
             let kind = if typtype == "e" {
-                TypeKind::Enum(r.get::<_, Option<Vec<String>>>(7).unwrap_or_default())
+                TypeKind::Enum(r.read::<Option<Vec<String>>>(QUERY, 7)?.unwrap_or_default())
             } else if typtype == "d" {
                 pending.push(base);
-                TypeKind::Domain { base, typmod: r.get(4) }
+                TypeKind::Domain {
+                    base,
+                    typmod: r.read(QUERY, 4)?,
+                }
             } else if category == "A" && elem != 0 {
                 pending.push(elem);
                 TypeKind::Array { element: elem }
             } else {
                 TypeKind::Other
             };
-            found.push((oid, TypeInfo { name: r.get(1), kind }));
+            found.push((
+                oid,
+                TypeInfo {
+                    name: r.read(QUERY, 1)?,
+                    kind,
+                },
+            ));
         }
     }
     Ok(found)
@@ -329,10 +341,11 @@ pub async fn load_type_infos(
 pub async fn load_column_infos(
     client: &tokio_postgres::Client,
     relation_id: u32,
-) -> Result<HashMap<String, ColumnInfo>, tokio_postgres::Error> {
+) -> Result<HashMap<String, ColumnInfo>, SourceError> {
     let rows = client
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attndims, \
+            // attndims is int4 up to Postgres 17 and int2 from 18 on.
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attndims::int4, \
                     COALESCE(a.attnum = ANY(i.indkey), false) \
              FROM pg_catalog.pg_attribute a \
              LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
@@ -340,17 +353,17 @@ pub async fn load_column_infos(
             &[&relation_id],
         )
         .await?;
-    Ok(rows
-        .iter()
+    const QUERY: &str = "the pg_attribute query";
+    rows.iter()
         .map(|r| {
-            (
-                r.get::<_, String>(0),
+            Ok((
+                r.read::<String>(QUERY, 0)?,
                 ColumnInfo {
-                    pg_type: r.get(1),
-                    array_dims: r.get(2),
-                    in_primary_key: r.get(3),
+                    pg_type: r.read(QUERY, 1)?,
+                    array_dims: r.read(QUERY, 2)?,
+                    in_primary_key: r.read(QUERY, 3)?,
                 },
-            )
+            ))
         })
-        .collect())
+        .collect()
 }

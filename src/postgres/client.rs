@@ -4,7 +4,8 @@
 
 use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode as PgSslMode;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::types::FromSql;
+use tokio_postgres::{Client, NoTls, Row};
 
 use super::conninfo::{ConnInfo, SslMode};
 use super::error::SourceError;
@@ -50,6 +51,21 @@ pub async fn connect(info: &ConnInfo) -> Result<(Client, JoinHandle<()>), Source
             let (client, conn) = config.connect(NoTls).await.map_err(classify)?;
             Ok((client, spawn_driver(conn, address)))
         }
+    }
+}
+
+/// Reads the columns of catalog answers without panicking: `Row::get`
+/// panics when a column's type differs from the one asked for, and server
+/// versions do change catalog types (Postgres 18 made
+/// `pg_attribute.attndims` an int2). The error names the query.
+pub trait ReadColumn {
+    fn read<'a, T: FromSql<'a>>(&'a self, query: &'static str, column: usize) -> Result<T, SourceError>;
+}
+
+impl ReadColumn for Row {
+    fn read<'a, T: FromSql<'a>>(&'a self, query: &'static str, column: usize) -> Result<T, SourceError> {
+        self.try_get(column)
+            .map_err(|source| SourceError::UnexpectedAnswer { query, column, source })
     }
 }
 

@@ -79,8 +79,12 @@ pub enum SourceError {
     SlotActive { slot: String, pid: Option<i32> },
     #[error("publication {publication:?} does not exist in database {dbname:?}. Fix: let walhouse create it (a role that owns the tables or is superuser), or CREATE PUBLICATION \"{publication}\" FOR TABLE …")]
     PublicationMissing { publication: String, dbname: String },
-    #[error("replication slot {slot:?} was invalidated (wal_status = lost): the WAL it needed was removed, so changes were lost for it. Fix: drop it (SELECT pg_drop_replication_slot('{slot}')) and start again with a new slot and a fresh snapshot; raise max_slot_wal_keep_size to keep this from recurring")]
-    SlotInvalidated { slot: String },
+    #[error("replication slot {slot:?} was invalidated{}, so changes were lost for it. Fix: drop it (SELECT pg_drop_replication_slot('{slot}')) and start again with a new slot and a fresh snapshot; {}", invalidation_cause(.reason.as_deref()), invalidation_prevention(.reason.as_deref()))]
+    SlotInvalidated {
+        slot: String,
+        /// `pg_replication_slots.invalidation_reason` (Postgres 17+).
+        reason: Option<String>,
+    },
     #[error("replication slot {slot:?} {problem}. Fix: use another --slot, or drop this one if it is not in use (SELECT pg_drop_replication_slot('{slot}'))")]
     SlotUnusable { slot: String, problem: String },
     #[error("table {table} does not exist in the source database. Fix: check --tables (schema.table, names are case-sensitive)")]
@@ -93,6 +97,12 @@ pub enum SourceError {
         user: String,
         source: tokio_postgres::Error,
     },
+    #[error("the source server answered {query} in an unexpected form (column {column}: {source}). Fix: none on your side; report it with the output of SELECT version(): this Postgres version changed a catalog that walhouse reads")]
+    UnexpectedAnswer {
+        query: &'static str,
+        column: usize,
+        source: tokio_postgres::Error,
+    },
     #[error("the source server answered: {0}")]
     Server(ServerError),
     #[error("the source database answered: {}", sql_message(.0))]
@@ -101,6 +111,43 @@ pub enum SourceError {
     Protocol(String),
     #[error("cannot decode the pgoutput message at {lsn}: {source}")]
     Decode { lsn: Lsn, source: DecodeError },
+}
+
+/// What an invalidation reason means, for the message.
+fn invalidation_cause(reason: Option<&str>) -> String {
+    match reason {
+        Some("wal_removed") | None => " (the WAL it needed was removed)".into(),
+        Some("rows_removed") => " (rows it still needed were vacuumed away: invalidation_reason = rows_removed)".into(),
+        Some("wal_level_insufficient") => {
+            " (the primary's wal_level dropped below logical: invalidation_reason = wal_level_insufficient)".into()
+        }
+        Some("idle_timeout") => {
+            " (nobody streamed from it for longer than idle_replication_slot_timeout: invalidation_reason = idle_timeout)"
+                .into()
+        }
+        Some(other) => format!(" (invalidation_reason = {other})"),
+    }
+}
+
+/// How to keep an invalidation from recurring, by its reason.
+fn invalidation_prevention(reason: Option<&str>) -> &'static str {
+    match reason {
+        Some("rows_removed") => {
+            "on a standby, turn on hot_standby_feedback and use a physical slot between primary and standby"
+        }
+        Some("wal_level_insufficient") => "keep wal_level = logical on the primary",
+        Some("idle_timeout") => {
+            "keep walhouse-capture running, or raise idle_replication_slot_timeout (0 turns it off)"
+        }
+        _ => "raise max_slot_wal_keep_size to keep this from recurring",
+    }
+}
+
+/// The reason in a server's invalidation message, e.g. `This replication
+/// slot has been invalidated due to "wal_removed".` (Postgres 17+).
+fn reason_in(text: &str) -> Option<String> {
+    let (_, rest) = text.split_once("invalidated due to \"")?;
+    rest.split_once('"').map(|(reason, _)| reason.to_owned())
 }
 
 /// tokio-postgres prints a server error as just "db error": name the code,
@@ -135,7 +182,14 @@ impl SourceError {
                 user: ctx.user.into(),
                 message: e.message,
             },
-            "42501" if msg.contains("replication") || msg.contains("walsender") => {
+            // 15: "must be superuser or replication role to start walsender";
+            // 16+: "permission denied to start WAL sender".
+            "42501"
+                if msg.contains("replication")
+                    || msg.contains("walsender")
+                    || msg.contains("WAL sender")
+                    || e.detail.as_deref().is_some_and(|d| d.contains("REPLICATION")) =>
+            {
                 SourceError::MissingReplicationPrivilege { user: ctx.user.into() }
             }
             "55006" => SourceError::SlotActive {
@@ -157,10 +211,36 @@ impl SourceError {
                     || msg.contains("can no longer get changes")
                     || e.detail.as_deref().is_some_and(|d| d.contains("invalidated")) =>
             {
-                SourceError::SlotInvalidated { slot: ctx.slot.into() }
+                SourceError::SlotInvalidated {
+                    slot: ctx.slot.into(),
+                    reason: reason_in(msg).or_else(|| e.detail.as_deref().and_then(reason_in)),
+                }
             }
             _ => SourceError::Server(e),
         }
+    }
+
+    /// A notice that means data would be lost if streaming went on. From
+    /// Postgres 18 on, pgoutput skips a publication that does not exist
+    /// with a WARNING (`skipped loading publication "p"`) and streams on
+    /// without the changes it would have published; earlier versions
+    /// failed with an error. walhouse stops as before: the skipped
+    /// changes would otherwise be acknowledged and gone.
+    pub fn from_notice(notice: &ServerError, ctx: &ErrorContext<'_>) -> Option<SourceError> {
+        // ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, raised in pgoutput's
+        // LoadPublications; the hint is checked too in case the message is
+        // translated.
+        let skipped = notice.code == "55000"
+            && (notice.message.contains("skipped loading publication")
+                || notice.hint.as_deref().is_some_and(|h| h.contains("publication")));
+        skipped.then(|| SourceError::PublicationMissing {
+            publication: notice
+                .message
+                .split('"')
+                .nth(1)
+                .map_or_else(|| ctx.publication.to_owned(), str::to_owned),
+            dbname: ctx.dbname.into(),
+        })
     }
 
     /// Whether reconnecting may help: a lost connection or a server that is
@@ -224,6 +304,25 @@ mod tests {
     }
 
     #[test]
+    fn a_skipped_publication_is_an_error_not_a_notice() {
+        let notice = ServerError {
+            severity: "WARNING".into(),
+            hint: Some("Create the publication if it does not exist.".into()),
+            detail: Some("The publication does not exist at this point in the WAL.".into()),
+            ..server("55000", "skipped loading publication \"orders_pub\"")
+        };
+        match SourceError::from_notice(&notice, &CTX) {
+            Some(SourceError::PublicationMissing { publication, .. }) => assert_eq!(publication, "orders_pub"),
+            other => panic!("expected PublicationMissing, got {other:?}"),
+        }
+        let harmless = ServerError {
+            severity: "NOTICE".into(),
+            ..server("00000", "something informative")
+        };
+        assert!(SourceError::from_notice(&harmless, &CTX).is_none());
+    }
+
+    #[test]
     fn classifies_the_errors_operators_meet() {
         let cases = [
             (
@@ -255,12 +354,28 @@ mod tests {
                 },
                 "new slot",
             ),
+            (
+                ServerError {
+                    detail: Some("This replication slot has been invalidated due to \"idle_timeout\".".into()),
+                    ..server("55000", "can no longer access replication slot \"walhouse\"")
+                },
+                "idle_replication_slot_timeout",
+            ),
         ];
         for (e, fix) in cases {
             let text = SourceError::from_server(e.clone(), &CTX).to_string();
             assert!(text.contains(fix), "{e:?} -> {text:?} should mention {fix:?}");
         }
         assert!(SourceError::from_server(server("57P01", "terminating"), &CTX).is_transient());
+        // Postgres 16+ words the missing REPLICATION attribute differently.
+        let denied = ServerError {
+            detail: Some("Only roles with the REPLICATION attribute may start a WAL sender process.".into()),
+            ..server("42501", "permission denied to start WAL sender")
+        };
+        assert!(matches!(
+            SourceError::from_server(denied, &CTX),
+            SourceError::MissingReplicationPrivilege { .. }
+        ));
         assert!(!SourceError::from_server(server("42601", "syntax"), &CTX).is_transient());
     }
 }

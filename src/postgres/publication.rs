@@ -10,6 +10,7 @@ use std::fmt;
 
 use tokio_postgres::Client;
 
+use super::client::ReadColumn;
 use super::error::SourceError;
 use super::quote_ident;
 
@@ -39,12 +40,13 @@ impl TableName {
         }
     }
 
-    /// From a catalog row: the schema in column `at`, the name in `at + 1`.
-    pub fn from_row(row: &tokio_postgres::Row, at: usize) -> Self {
-        TableName {
-            schema: row.get(at),
-            name: row.get(at + 1),
-        }
+    /// From a catalog row of `query`: the schema in column `at`, the name
+    /// in `at + 1`.
+    pub fn from_row(row: &tokio_postgres::Row, query: &'static str, at: usize) -> Result<Self, SourceError> {
+        Ok(TableName {
+            schema: row.read(query, at)?,
+            name: row.read(query, at + 1)?,
+        })
     }
 
     pub fn quoted(&self) -> String {
@@ -168,7 +170,7 @@ pub async fn ensure(
                 .await?;
             tracing::info!(publication, tables = %list, "created publication");
         }
-        (Some(row), TableSelection::Tables(tables)) if !row.get::<_, bool>(0) => {
+        (Some(row), TableSelection::Tables(tables)) if !row.read::<bool>("the pg_publication query", 0)? => {
             let published = published_tables(client, publication).await?;
             let missing: Vec<_> = tables.iter().filter(|t| !published.contains(t)).collect();
             if !missing.is_empty() {
@@ -228,7 +230,9 @@ pub async fn published_tables(client: &Client, publication: &str) -> Result<Vec<
             &[&publication],
         )
         .await?;
-    Ok(rows.iter().map(|r| TableName::from_row(r, 0)).collect())
+    rows.iter()
+        .map(|r| TableName::from_row(r, "the pg_publication_tables query", 0))
+        .collect()
 }
 
 /// The column list (`None`: all columns) and row filter of a published
@@ -241,7 +245,7 @@ pub async fn column_list_and_filter(
     let v15: bool = client
         .query_one("SELECT current_setting('server_version_num')::int >= 150000", &[])
         .await?
-        .get(0);
+        .read("the server_version_num query", 0)?;
     if !v15 {
         return Ok((None, None));
     }
@@ -258,11 +262,16 @@ pub async fn column_list_and_filter(
     Ok(match row {
         None => (None, None),
         Some(r) => {
-            let cols: Option<Vec<String>> = r.get(0);
-            let all: i64 = r.get(2);
-            // pg_publication_tables lists every column when there is no list.
+            const QUERY: &str = "the column list and row filter query";
+            let cols: Option<Vec<String>> = r.read(QUERY, 0)?;
+            let all: i64 = r.read(QUERY, 2)?;
+            // pg_publication_tables lists every column when there is no
+            // list. On Postgres 18 it lists stored generated columns too
+            // when the publication publishes them (publish_generated_columns
+            // = stored): they then count as a list, so the snapshot reads
+            // the columns the stream carries.
             let cols = cols.filter(|c| c.len() as i64 != all);
-            (cols, r.get(1))
+            (cols, r.read(QUERY, 1)?)
         }
     })
 }
@@ -281,13 +290,15 @@ pub async fn identity_warnings(client: &Client, publication: &str) -> Result<Vec
             &[&publication],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| IdentityWarning {
-            table: TableName::from_row(r, 0),
-            replica_identity: r.get::<_, String>(2).chars().next().unwrap_or('d'),
+    const QUERY: &str = "the replica identity query";
+    rows.iter()
+        .map(|r| {
+            Ok(IdentityWarning {
+                table: TableName::from_row(r, QUERY, 0)?,
+                replica_identity: r.read::<String>(QUERY, 2)?.chars().next().unwrap_or('d'),
+            })
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

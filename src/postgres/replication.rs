@@ -276,7 +276,7 @@ impl ReplicationClient {
             let f = self.wire.read_frame().await?;
             match f.tag {
                 b'W' => break,
-                b'N' => log_notice(&f.body),
+                b'N' => log_notice(&ServerError::parse(&f.body)),
                 b'E' => {
                     let e = SourceError::from_server(ServerError::parse(&f.body), &ctx);
                     return Err(slot_context(e, slot));
@@ -467,7 +467,11 @@ impl ReplicationStream {
             }
             b'E' => return Err(SourceError::from_server(ServerError::parse(&frame.body), &self.ctx())),
             b'N' => {
-                log_notice(&frame.body);
+                let notice = ServerError::parse(&frame.body);
+                if let Some(e) = SourceError::from_notice(&notice, &self.ctx()) {
+                    return Err(e);
+                }
+                log_notice(&notice);
                 return Ok(None);
             }
             // CommandComplete and ReadyForQuery follow the server's CopyDone.
@@ -592,7 +596,10 @@ pub fn validate_slot_name(slot: &str) -> Result<(), SourceError> {
 fn slot_context(e: SourceError, slot: &str) -> SourceError {
     match e {
         SourceError::SlotActive { pid, .. } => SourceError::SlotActive { slot: slot.into(), pid },
-        SourceError::SlotInvalidated { .. } => SourceError::SlotInvalidated { slot: slot.into() },
+        SourceError::SlotInvalidated { reason, .. } => SourceError::SlotInvalidated {
+            slot: slot.into(),
+            reason,
+        },
         SourceError::Server(s) if s.code == "42710" => SourceError::SlotUnusable {
             slot: slot.into(),
             problem: "already exists".into(),

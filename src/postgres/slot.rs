@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
+use super::client::ReadColumn;
 use super::error::SourceError;
 use super::lsn::Lsn;
 
@@ -24,6 +25,12 @@ pub struct SlotInfo {
     pub confirmed_flush: Option<Lsn>,
     /// `reserved`, `extended`, `unreserved` or `lost`.
     pub wal_status: Option<String>,
+    /// Why the server invalidated the slot (Postgres 17+: `wal_removed`,
+    /// `rows_removed`, `wal_level_insufficient`, `idle_timeout`); `None`
+    /// on older servers and for a valid slot.
+    pub invalidation_reason: Option<String>,
+    /// Whether the slot is synchronised to physical standbys (Postgres 17+).
+    pub failover: Option<bool>,
 }
 
 /// Fails with the fix when the server cannot serve logical replication to
@@ -36,11 +43,12 @@ pub async fn preflight(client: &Client, user: &str) -> Result<(), SourceError> {
             &[],
         )
         .await?;
-    let wal_level: String = row.get(0);
+    const QUERY: &str = "the preflight query (wal_level, REPLICATION)";
+    let wal_level: String = row.read(QUERY, 0)?;
     if wal_level != "logical" {
         return Err(SourceError::WalLevelNotLogical { actual: wal_level });
     }
-    let can_replicate: bool = row.get(1);
+    let can_replicate: bool = row.read(QUERY, 1)?;
     if !can_replicate {
         return Err(SourceError::MissingReplicationPrivilege { user: user.into() });
     }
@@ -56,7 +64,7 @@ pub async fn wal_sender_timeout(client: &Client) -> Result<Duration, SourceError
             &[],
         )
         .await?;
-    let ms: i64 = row.get(0);
+    let ms: i64 = row.read("the wal_sender_timeout query", 0)?;
     Ok(Duration::from_millis(ms.max(0) as u64))
 }
 
@@ -69,27 +77,41 @@ pub fn status_interval(wal_sender_timeout: Duration) -> Duration {
     (wal_sender_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
+/// The columns of `pg_replication_slots` that only newer servers have, read
+/// through `to_jsonb` so one query serves Postgres 15 to 18: a column the
+/// server lacks reads as NULL.
+const NEWER_SLOT_COLUMNS: &str = "to_jsonb(s)->>'invalidation_reason', (to_jsonb(s)->>'failover')::bool, \
+     (to_jsonb(s)->>'conflicting')::bool, (to_jsonb(s)->>'inactive_since')";
+
 pub async fn inspect(client: &Client, slot: &str) -> Result<Option<SlotInfo>, SourceError> {
-    let row = client
+    const QUERY: &str = "the pg_replication_slots query";
+    let Some(r) = client
         .query_opt(
-            "SELECT slot_name::text, plugin::text, slot_type, database::text, active_pid, \
-                    restart_lsn::text, confirmed_flush_lsn::text, wal_status \
-             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &format!(
+                "SELECT slot_name::text, plugin::text, slot_type, database::text, active_pid, \
+                        restart_lsn::text, confirmed_flush_lsn::text, wal_status, {NEWER_SLOT_COLUMNS} \
+                 FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1"
+            ),
             &[&slot],
         )
-        .await?;
-    Ok(row.map(|r| {
-        let lsn = |i: usize| r.get::<_, Option<String>>(i).and_then(|s| s.parse().ok());
-        SlotInfo {
-            name: r.get(0),
-            plugin: r.get(1),
-            slot_type: r.get(2),
-            database: r.get(3),
-            active_pid: r.get(4),
-            restart_lsn: lsn(5),
-            confirmed_flush: lsn(6),
-            wal_status: r.get(7),
-        }
+        .await?
+    else {
+        return Ok(None);
+    };
+    let lsn = |i: usize| -> Result<Option<Lsn>, SourceError> {
+        Ok(r.read::<Option<String>>(QUERY, i)?.and_then(|s| s.parse().ok()))
+    };
+    Ok(Some(SlotInfo {
+        name: r.read(QUERY, 0)?,
+        plugin: r.read(QUERY, 1)?,
+        slot_type: r.read(QUERY, 2)?,
+        database: r.read(QUERY, 3)?,
+        active_pid: r.read(QUERY, 4)?,
+        restart_lsn: lsn(5)?,
+        confirmed_flush: lsn(6)?,
+        wal_status: r.read(QUERY, 7)?,
+        invalidation_reason: r.read(QUERY, 8)?,
+        failover: r.read(QUERY, 9)?,
     }))
 }
 
@@ -101,6 +123,15 @@ pub struct StatusReport {
     pub active_pid: Option<i32>,
     pub confirmed_flush_lsn: Option<String>,
     pub wal_status: Option<String>,
+    /// Why the slot was invalidated (Postgres 17+; `None` before 17 and for
+    /// a valid slot).
+    pub invalidation_reason: Option<String>,
+    /// Whether a promoted standby will have the slot (Postgres 17+).
+    pub failover: Option<bool>,
+    /// Whether a standby's slot conflicts with recovery (Postgres 16+).
+    pub conflicting: Option<bool>,
+    /// Since when nobody streams from the slot (Postgres 17+).
+    pub inactive_since: Option<String>,
     /// WAL bytes the slot holds back (current WAL position minus confirmed).
     pub lag_bytes: Option<i64>,
     /// Bytes left before `max_slot_wal_keep_size` invalidates the slot
@@ -134,12 +165,18 @@ pub async fn status(
             &[&snapshot_slot],
         )
         .await?;
-    let (keep, snapshot_running): (String, bool) = (row.get(0), row.get(1));
+    let (keep, snapshot_running): (String, bool) = (
+        row.read("the max_slot_wal_keep_size query", 0)?,
+        row.read("the max_slot_wal_keep_size query", 1)?,
+    );
     let slot_row = client
         .query_opt(
-            "SELECT active_pid, confirmed_flush_lsn::text, wal_status, \
-                    (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, safe_wal_size \
-             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &format!(
+                "SELECT active_pid, confirmed_flush_lsn::text, wal_status, \
+                        (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, safe_wal_size, \
+                        {NEWER_SLOT_COLUMNS} \
+                 FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1"
+            ),
             &[&slot],
         )
         .await?;
@@ -154,6 +191,10 @@ pub async fn status(
         active_pid: None,
         confirmed_flush_lsn: None,
         wal_status: None,
+        invalidation_reason: None,
+        failover: None,
+        conflicting: None,
+        inactive_since: None,
         lag_bytes: None,
         safe_wal_size: None,
         max_slot_wal_keep_size: keep,
@@ -181,11 +222,16 @@ pub async fn status(
         }
     }
     if let Some(r) = slot_row {
-        report.active_pid = r.get(0);
-        report.confirmed_flush_lsn = r.get(1);
-        report.wal_status = r.get(2);
-        report.lag_bytes = r.get(3);
-        report.safe_wal_size = r.get(4);
+        const QUERY: &str = "the slot status query";
+        report.active_pid = r.read(QUERY, 0)?;
+        report.confirmed_flush_lsn = r.read(QUERY, 1)?;
+        report.wal_status = r.read(QUERY, 2)?;
+        report.lag_bytes = r.read(QUERY, 3)?;
+        report.safe_wal_size = r.read(QUERY, 4)?;
+        report.invalidation_reason = r.read(QUERY, 5)?;
+        report.failover = r.read(QUERY, 6)?;
+        report.conflicting = r.read(QUERY, 7)?;
+        report.inactive_since = r.read(QUERY, 8)?;
     }
     Ok(report)
 }
@@ -201,7 +247,9 @@ pub async fn lag(client: &Client, slot: &str) -> Result<Option<(i64, bool)>, Sou
             &[&slot],
         )
         .await?;
-    Ok(row.map(|r| (r.get::<_, Option<i64>>(0).unwrap_or(0), r.get(1))))
+    const QUERY: &str = "the slot lag query";
+    row.map(|r| Ok((r.read::<Option<i64>>(QUERY, 0)?.unwrap_or(0), r.read(QUERY, 1)?)))
+        .transpose()
 }
 
 /// Fails with the fix when `info` cannot be streamed from by walhouse into
@@ -211,9 +259,10 @@ pub fn check_usable(info: &SlotInfo, dbname: &str) -> Result<(), SourceError> {
         slot: info.name.clone(),
         problem,
     };
-    if info.wal_status.as_deref() == Some("lost") {
+    if info.wal_status.as_deref() == Some("lost") || info.invalidation_reason.is_some() {
         return Err(SourceError::SlotInvalidated {
             slot: info.name.clone(),
+            reason: info.invalidation_reason.clone(),
         });
     }
     if info.slot_type != "logical" {
@@ -254,6 +303,8 @@ mod tests {
             restart_lsn: None,
             confirmed_flush: None,
             wal_status: Some("reserved".into()),
+            invalidation_reason: None,
+            failover: None,
         }
     }
 

@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use postgres_protocol::message::frontend;
 use tokio_postgres::Client;
 
+use super::client::ReadColumn;
 use super::conninfo::ConnInfo;
 use super::error::{ErrorContext, ServerError, SourceError};
 use super::pgoutput::{Relation, RelationColumn, ReplicaIdentity, Tuple, TupleValue};
@@ -71,8 +72,9 @@ pub async fn describe(
         .ok_or_else(|| SourceError::TableMissing {
             table: table.to_string(),
         })?;
-    let id: u32 = rel.get(0);
-    let replica_identity = match rel.get::<_, String>(1).as_str() {
+    const QUERY: &str = "the relation query";
+    let id: u32 = rel.read(QUERY, 0)?;
+    let replica_identity = match rel.read::<String>(QUERY, 1)?.as_str() {
         "f" => ReplicaIdentity::Full,
         "n" => ReplicaIdentity::Nothing,
         "i" => ReplicaIdentity::Index,
@@ -83,30 +85,38 @@ pub async fn describe(
     let rows = client
         .query(
             "SELECT a.attname::text, a.atttypid, a.atttypmod, \
-                    COALESCE(a.attnum = ANY(i.indkey), false) \
+                    COALESCE(a.attnum = ANY(i.indkey), false), a.attgenerated::text \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
              LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid \
                   AND ((c.relreplident = 'i' AND i.indisreplident) OR (c.relreplident = 'd' AND i.indisprimary)) \
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> 'v' \
              ORDER BY a.attnum",
             &[&id],
         )
         .await?;
-    let columns = rows
-        .iter()
-        .filter(|r| {
-            column_list
-                .as_ref()
-                .is_none_or(|list| list.iter().any(|c| c.as_str() == r.get::<_, &str>(0)))
-        })
-        .map(|r| RelationColumn {
-            is_key: replica_identity == ReplicaIdentity::Full || r.get::<_, bool>(3),
-            name: r.get(0),
-            type_oid: r.get(1),
-            type_modifier: r.get(2),
-        })
-        .collect();
+    const COLUMNS: &str = "the relation columns query";
+    let mut columns = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let name: String = r.read(COLUMNS, 0)?;
+        // What pgoutput sends: the listed columns when the publication has
+        // a column list (which on Postgres 18 may name stored generated
+        // columns, or stand for publish_generated_columns = stored), else
+        // every column that is not generated. Virtual generated columns
+        // (Postgres 18) are never published.
+        let published = match &column_list {
+            Some(list) => list.contains(&name),
+            None => r.read::<String>(COLUMNS, 4)?.is_empty(),
+        };
+        if published {
+            columns.push(RelationColumn {
+                is_key: replica_identity == ReplicaIdentity::Full || r.read::<bool>(COLUMNS, 3)?,
+                name,
+                type_oid: r.read(COLUMNS, 1)?,
+                type_modifier: r.read(COLUMNS, 2)?,
+            });
+        }
+    }
     let relation = Relation {
         xid: None,
         id,
@@ -175,16 +185,17 @@ pub async fn table_pages(client: &Client, table_oid: u32) -> Result<(u64, u32), 
             &[&table_oid],
         )
         .await?;
-    Ok((row.get::<_, i64>(0).max(0) as u64, row.get(1)))
+    const QUERY: &str = "the table size query";
+    Ok((row.read::<i64>(QUERY, 0)?.max(0) as u64, row.read(QUERY, 1)?))
 }
 
 /// The transaction snapshot of `client`'s open transaction
 /// (`pg_current_snapshot()`), which also fixes it if no query ran yet.
 pub async fn current_snapshot(client: &Client) -> Result<String, SourceError> {
-    Ok(client
+    client
         .query_one("SELECT pg_catalog.pg_current_snapshot()::text", &[])
         .await?
-        .get(0))
+        .read("the pg_current_snapshot query", 0)
 }
 
 /// Where COPY's data messages come from.
@@ -272,7 +283,7 @@ impl CopySource for CopySession {
             match f.tag {
                 b'd' if error.is_none() => return Ok(Some(f.body)),
                 b'E' => error = Some(self.server_error(&f.body)),
-                b'N' => log_notice(&f.body),
+                b'N' => log_notice(&ServerError::parse(&f.body)),
                 b'Z' => return error.map_or(Ok(None), Err),
                 b'd' | b'H' | b'c' | b'C' | b'I' | b'S' | b'A' => {}
                 other => return Err(unexpected(other, "a snapshot COPY")),

@@ -15,6 +15,7 @@
 
 use tokio_postgres::Client;
 
+use super::client::ReadColumn;
 use super::error::SourceError;
 use super::publication::TableName;
 use super::snapshot::PageRange;
@@ -132,13 +133,13 @@ impl ProgressStore {
 
     /// Whether the progress tables exist (for read-only `status`).
     pub async fn exists(&self, client: &Client) -> Result<bool, SourceError> {
-        Ok(client
+        client
             .query_one(
                 "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
                 &[&self.table("snapshot_chunks")],
             )
             .await?
-            .get(0))
+            .read("the progress tables query", 0)
     }
 
     /// The slot's phase and consistent point, if a snapshot was recorded.
@@ -152,10 +153,12 @@ impl ProgressStore {
                 &[&self.slot],
             )
             .await?;
-        Ok(row.map(|r| {
-            let lsn: Option<String> = r.get(1);
-            (Phase::parse(r.get(0)), lsn.and_then(|l| l.parse().ok()))
-        }))
+        const QUERY: &str = "the snapshot phase query";
+        row.map(|r| {
+            let lsn: Option<String> = r.read(QUERY, 1)?;
+            Ok((Phase::parse(r.read(QUERY, 0)?), lsn.and_then(|l| l.parse().ok())))
+        })
+        .transpose()
     }
 
     /// Forgets any earlier snapshot of the slot and records a new one as
@@ -234,7 +237,7 @@ impl ProgressStore {
                 &[&self.slot],
             )
             .await?;
-        Ok(row.get::<_, i64>(0).max(1) as u64)
+        Ok(row.read::<i64>("the next chunk number query", 0)?.max(1) as u64)
     }
 
     /// Chunks not done yet, in plan order.
@@ -249,18 +252,20 @@ impl ProgressStore {
                 &[&self.slot],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Chunk {
-                seq: r.get::<_, i64>(0) as u64,
-                table: TableName::from_row(r, 1),
-                pages: PageRange {
-                    from: r.get::<_, i64>(3) as u64,
-                    to: r.get::<_, Option<i64>>(4).map(|t| t as u64),
-                },
-                relfilenode: r.get(5),
+        const QUERY: &str = "the pending chunks query";
+        rows.iter()
+            .map(|r| {
+                Ok(Chunk {
+                    seq: r.read::<i64>(QUERY, 0)? as u64,
+                    table: TableName::from_row(r, QUERY, 1)?,
+                    pages: PageRange {
+                        from: r.read::<i64>(QUERY, 3)? as u64,
+                        to: r.read::<Option<i64>>(QUERY, 4)?.map(|t| t as u64),
+                    },
+                    relfilenode: r.read(QUERY, 5)?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Tables that have chunks (planned or done): the ones snapshotted or
@@ -275,7 +280,9 @@ impl ProgressStore {
                 &[&self.slot],
             )
             .await?;
-        Ok(rows.iter().map(|r| TableName::from_row(r, 0)).collect())
+        rows.iter()
+            .map(|r| TableName::from_row(r, "the snapshotted tables query", 0))
+            .collect()
     }
 
     /// Marks chunks done with their row counts.
@@ -326,10 +333,11 @@ impl ProgressStore {
                 &[&self.slot],
             )
             .await?;
+        const QUERY: &str = "the snapshot counts query";
         Ok((
-            row.get::<_, i64>(0) as u64,
-            row.get::<_, i64>(1) as u64,
-            row.get::<_, i64>(2) as u64,
+            row.read::<i64>(QUERY, 0)? as u64,
+            row.read::<i64>(QUERY, 1)? as u64,
+            row.read::<i64>(QUERY, 2)? as u64,
         ))
     }
 }
@@ -362,5 +370,5 @@ pub async fn table_oid(client: &Client, table: &TableName) -> Result<Option<u32>
     let row = client
         .query_one("SELECT pg_catalog.to_regclass($1)::oid", &[&table.quoted()])
         .await?;
-    Ok(row.get(0))
+    row.read("the table oid query", 0)
 }

@@ -292,8 +292,7 @@ pub(super) fn unexpected(tag: u8, during: &str) -> SourceError {
     SourceError::Protocol(format!("unexpected message {:?} during {during}", tag as char))
 }
 
-pub(super) fn log_notice(body: &[u8]) {
-    let n = ServerError::parse(body);
+pub(super) fn log_notice(n: &ServerError) {
     tracing::info!(code = %n.code, "source server notice: {}", n.message);
 }
 

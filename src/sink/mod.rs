@@ -114,7 +114,15 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    /// librdkafka's global errors (broker down, a subscribed pattern that
+    /// matches no topic yet) are retried by librdkafka itself; without this
+    /// they would be logged as errors every few seconds.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        consumer_error(&error);
+        tracing::debug!(target: "librdkafka", "{reason}");
+    }
+}
 
 impl ConsumerContext for SinkContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -167,7 +167,11 @@ impl Warehouse for PostgresWarehouse {
             )
             .await
             .map_err(sql("reading columns"))?;
-        let cols: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let cols = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<Vec<(String, String)>, tokio_postgres::Error>>()
+            .map_err(sql("reading columns"))?;
         Ok((!cols.is_empty()).then_some(cols))
     }
 
@@ -180,7 +184,10 @@ impl Warehouse for PostgresWarehouse {
             )
             .await
             .map_err(sql("reading offsets"))?;
-        Ok(rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect())
+        rows.iter()
+            .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)))
+            .collect::<Result<_, tokio_postgres::Error>>()
+            .map_err(sql("reading offsets"))
     }
 
     async fn write(&mut self, consumer_group: &str, batch: &Batch) -> Result<(), WarehouseError> {
@@ -242,7 +249,7 @@ impl Warehouse for PostgresWarehouse {
             .query_one("SELECT count(*) FROM walhouse.file_loads WHERE sha256 = $1", &[&sha256])
             .await
             .map_err(sql("reading file loads"))?;
-        Ok(row.get::<_, i64>(0) > 0)
+        Ok(row.try_get::<_, i64>(0).map_err(sql("reading file loads"))? > 0)
     }
 
     async fn query_text(&mut self, sql_text: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError> {
