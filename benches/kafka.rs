@@ -2,14 +2,14 @@
 //! same run:
 //!
 //! 0. initial snapshot of a 1M-row table (no producer, 1 and 2
-//!    connections; into tansu) next to a plain `COPY … TO STDOUT` and a
+//!    connections; into Kafka) next to a plain `COPY … TO STDOUT` and a
 //!    plain producer of as many records of the same size, interleaved over
 //!    `WALHOUSE_BENCH_ROUNDS` rounds (default 3), medians;
 //!    `WALHOUSE_BENCH_ONLY=snapshot` stops after it;
 //! 1. catch-up of 1M small rows (10k-row transactions), rounds interleaved
 //!    like the snapshot's, each path on its own slot: `pg_recvlogical`,
 //!    walhouse capture with Avro encoding but no producer, and walhouse
-//!    end to end into tansu (acknowledged by Kafka);
+//!    end to end into Kafka (acknowledged by Kafka);
 //! 2. a plain reference producer (librdkafka, same settings) sending as
 //!    many messages of the same size to the same broker;
 //! 3. commit-to-ack latency at a steady 5k rows/s (Postgres commit time to
@@ -310,7 +310,7 @@ fn reference_producer(bootstrap: &str, n: u64, records: &[(Vec<u8>, Vec<u8>)], p
     created.expect("create the reference topic");
     // Connected, metadata fetched and the producer id obtained before the
     // clock starts, as walhouse's producer is when its snapshot begins
-    // (this takes ~0.6 s against tansu): only the sending is timed.
+    // (this takes ~0.6 s): only the sending is timed.
     producer
         .send(BaseRecord::to(&topic).key(&b"warm-up"[..]).payload(&b"warm-up"[..]))
         .map_err(|(e, _)| e)
@@ -334,7 +334,7 @@ fn reference_producer(bootstrap: &str, n: u64, records: &[(Vec<u8>, Vec<u8>)], p
 }
 
 /// Wall time and CPU seconds of one run: this process's own, and the
-/// whole machine's (Postgres and tansu included), which tells whether the
+/// whole machine's (Postgres and the broker included), which tells whether the
 /// run was bounded by the cores.
 #[derive(Clone, Copy)]
 struct Measured {
@@ -445,7 +445,11 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    println!("starting PostgreSQL 15, tansu and the dev registry …");
+    println!(
+        "starting Postgres {}, Apache Kafka {} and the dev registry …",
+        support::postgres::test_major(),
+        support::kafka::kafka_version()
+    );
     let bench = Bench {
         pg: PgServer::start_with(PgOptions {
             // synchronous_commit on (Postgres's default): with it off, commits
@@ -627,10 +631,10 @@ async fn main() {
         ("psql -c 'COPY small TO STDOUT' > /dev/null", &psql, ratios[5]),
         ("rows parsed, read with tokio-postgres", &read_tokio, ratios[6]),
         ("rows parsed, read with walhouse's wire", &read_wire, ratios[7]),
-        ("plain producer into tansu, same records", &producer, ratios[1]),
+        ("plain producer into Kafka, same records", &producer, ratios[1]),
         ("walhouse snapshot + Avro, no producer, 1 conn", &avro1, ratios[2]),
         ("walhouse snapshot + Avro, no producer, 2 conn", &avro2, ratios[3]),
-        ("walhouse snapshot into tansu (acked), 2 conn", &kafka, ratios[4]),
+        ("walhouse snapshot into Kafka (acked), 2 conn", &kafka, ratios[4]),
     ] {
         println!(
             "| {name:<45} | {:>7.2} | {:>7.0} | {ratio:.2}          | {:>9.2} | {:>13.2} | {:>10.2} |",
@@ -642,7 +646,7 @@ async fn main() {
         );
     }
     println!(
-        "producing: walhouse {:.2} CPU-s (into tansu minus no producer, 2 conn), plain producer {:.2} CPU-s",
+        "producing: walhouse {:.2} CPU-s (into Kafka minus no producer, 2 conn), plain producer {:.2} CPU-s",
         kafka.own_cpu - avro2.own_cpu,
         producer.own_cpu
     );
@@ -667,7 +671,7 @@ async fn main() {
     // 1. Catch-up, every path once per round on its own slot, rounds
     // interleaved like the snapshot's: Avro without producer first (it
     // finds the last commit), pg_recvlogical to the same commit, end to end
-    // into tansu, and (2.) a plain producer of walhouse's own records.
+    // into Kafka, and (2.) a plain producer of walhouse's own records.
     let mut catch_up: [Vec<Measured>; 4] = Default::default();
     let mut avg_bytes = 0.0;
     let mut catch_up_records = Arc::new(Vec::new());
@@ -715,7 +719,7 @@ async fn main() {
             })
             .collect();
         println!(
-            "catch-up round {round} (own/machine CPU): pg_recvlogical {}, Avro no producer {}, plain producer {}, into tansu {}",
+            "catch-up round {round} (own/machine CPU): pg_recvlogical {}, Avro no producer {}, plain producer {}, into Kafka {}",
             line[0], line[1], line[2], line[3]
         );
         for (path, m) in catch_up.iter_mut().zip([rl, avro, reference, e2e]) {
@@ -796,7 +800,7 @@ async fn main() {
             format!("{:.2} of recvlogical", median_ratio(rl, reference)),
         ),
         (
-            "walhouse end to end into tansu (acked)",
+            "walhouse end to end into Kafka (acked)",
             e2e_median,
             format!("{:.2} of the slower above", median_ratio(&bound, e2e)),
         ),

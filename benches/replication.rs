@@ -85,7 +85,7 @@ async fn walhouse_catch_up(pg: &PgServer, slot: &str, rows: u64, stop_at: Option
 }
 
 async fn run(rows: u64, rounds: usize) {
-    println!("starting PostgreSQL 15 …");
+    println!("starting Postgres {} …", support::postgres::test_major());
     let pg = PgServer::start_with(support::postgres::PgOptions {
         extra_conf: vec!["max_wal_size = '4GB'".into(), "checkpoint_timeout = '30min'".into()],
         ..Default::default()

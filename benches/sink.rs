@@ -5,7 +5,7 @@
 //! The topic is filled by walhouse-capture's initial snapshot of a table of
 //! `WALHOUSE_BENCH_ROWS` rows (default 1M): real Avro change envelopes.
 //! The sink's time is given two ways: from start (group join included,
-//! which on tansu takes seconds) and from its first committed batch
+//! which takes seconds) and from its first committed batch
 //! (steady state), the fair comparison with the consumer's assign-and-read.
 //!
 //! Run: `cargo bench --bench sink`
@@ -77,7 +77,11 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    println!("starting PostgreSQL 15, tansu and the dev registry …");
+    println!(
+        "starting Postgres {}, Apache Kafka {} and the dev registry …",
+        support::postgres::test_major(),
+        support::kafka::kafka_version()
+    );
     let pg = support::postgres::PgServer::start();
     pg.create_db("bench");
     let warehouse_url = pg.url("walhouse_scram", &pg.create_db("warehouse"));
@@ -146,7 +150,7 @@ async fn main() {
     let rate = |rows: u64, d: Duration| rows as f64 / d.as_secs_f64();
     let plain_rate = rate(n, plain);
     println!();
-    println!("{n} CDC records (Avro envelopes, 6 columns) from tansu on 127.0.0.1, same run");
+    println!("{n} CDC records (Avro envelopes, 6 columns) from Apache Kafka on 127.0.0.1, same run");
     println!("| path                                   | seconds | rows/s    | ratio to plain consumer |");
     println!("|----------------------------------------|---------|-----------|-------------------------|");
     println!(

@@ -1,6 +1,7 @@
 //! The main job, end to end on embedded defaults (a development tool, not
-//! a deployment). It starts a throwaway PostgreSQL 15 the way the tests do,
-//! a local Kafka-protocol broker (tansu), and the small Confluent-API
+//! a deployment). It starts a throwaway Postgres (18 unless `WALHOUSE_TEST_PG=15`) the way the tests do,
+//! a local Kafka-protocol broker (tansu: it listens within 50 ms and
+//! needs no JVM; the tests use Apache Kafka), and the small Confluent-API
 //! registry of the test support (a development stand-in for a real Schema
 //! Registry). It creates the backend schema of `sql/source/` with generated
 //! data, then runs walhouse's capture (the same code as `walhouse-capture
@@ -30,14 +31,17 @@ use walhouse::warehouse::Warehouse;
 async fn main() -> anyhow::Result<()> {
     walhouse::config::init_logging(walhouse::config::LogFormat::Text);
     let started = Instant::now();
-    println!("== starting a local PostgreSQL 15 (temp dir, wal_level=logical) …");
+    println!(
+        "== starting a local Postgres {} (temp dir, wal_level=logical) …",
+        support::postgres::test_major()
+    );
     let pg = support::postgres::PgServer::start();
     pg.create_db("backend");
     let sql = pg.client("backend").await;
     sql.batch_execute(BACKEND_SCHEMA).await.context("backend schema")?;
     sql.batch_execute(GENERATE).await.context("generate data")?;
     println!("== starting a local Kafka-protocol broker (tansu, memory storage) and a dev Schema Registry …");
-    let broker = support::kafka::Broker::start();
+    let broker = support::kafka::Tansu::start();
     let registry = support::registry::TestRegistry::start().await;
     println!(
         "   postgres 127.0.0.1:{}, broker {}, registry {} (test-support stand-in, not for production)",

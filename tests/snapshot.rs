@@ -1,4 +1,5 @@
-//! The initial snapshot against a real PostgreSQL 15: rows that existed
+//! The initial snapshot against a real Postgres (15 or 18, see
+//! `tests/support/postgres.rs`): rows that existed
 //! before capture started arrive as reads, and together with the streamed
 //! changes they give exactly the table's final state.
 
@@ -546,21 +547,144 @@ async fn keyless_tables_can_be_given_replica_identity_full() {
     assert_eq!(got[0]["after"]["b"], "y");
 }
 
+async fn server_version_num(sql: &tokio_postgres::Client) -> i32 {
+    sql.query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .expect("server_version_num")
+        .get(0)
+}
+
 #[tokio::test]
-async fn failover_slots_are_refused_before_postgres_17_with_the_reason() {
+async fn failover_slots_are_created_on_postgres_17_and_later_and_refused_before() {
     let pg = PgServer::start();
     let db = pg.create_db("failover");
+    let sql = pg.client(&db).await;
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+        .await
+        .expect("schema");
+    let version = server_version_num(&sql).await;
     let dir = tempfile::tempdir().expect("tmp");
     let out = dir.path().join("failover.jsonl");
-    let (_stop, task) = spawn(config(&pg, &db, "fo_slot", &["--slot-failover", "true"]), &out);
-    let err = tokio::time::timeout(Duration::from_secs(30), task)
+    let (stop, task) = spawn(config(&pg, &db, "fo_slot", &["--slot-failover", "true"]), &out);
+    if version < 170000 {
+        let err = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("stops by itself")
+            .expect("task")
+            .expect_err("no FAILOVER before Postgres 17");
+        let text = err.to_string();
+        assert!(
+            text.contains("Postgres 17") && text.contains(&version.to_string()),
+            "{text}"
+        );
+        assert!(!pg.slot_exists(&db, "fo_slot", false).await, "no slot left behind");
+        return;
+    }
+    assert!(
+        pg.wait_for_slot(&db, "fo_slot", true, Duration::from_secs(30)).await,
+        "no active slot"
+    );
+    let failover: bool = sql
+        .query_one(
+            "SELECT failover FROM pg_replication_slots WHERE slot_name = 'fo_slot'",
+            &[],
+        )
         .await
-        .expect("stops by itself")
-        .expect("task")
-        .expect_err("PG 15 has no FAILOVER");
-    let text = err.to_string();
-    assert!(text.contains("Postgres 17") && text.contains("150"), "{text}");
-    assert!(!pg.slot_exists(&db, "fo_slot", false).await, "no slot left behind");
+        .expect("slot row")
+        .get(0);
+    assert!(failover, "pg_replication_slots.failover is false");
+    // The slot streams like any other: the snapshot row, then a change.
+    sql.batch_execute("INSERT INTO t VALUES (2)").await.expect("insert");
+    assert!(
+        pg.wait_confirmed(&db, "fo_slot", Duration::from_secs(60)).await,
+        "fo_slot did not confirm"
+    );
+    let _ = stop.send(true);
+    task.await.expect("task").expect("capture");
+    let ops: Vec<(String, String)> = lines(&out)
+        .iter()
+        .map(|l| (l["op"].as_str().unwrap_or("").to_owned(), l["after"]["id"].to_string()))
+        .collect();
+    assert_eq!(
+        ops,
+        [("read".into(), "\"1\"".into()), ("insert".into(), "\"2\"".into())],
+        "{ops:?}"
+    );
+}
+
+/// Postgres 18 can publish stored generated columns
+/// (`publish_generated_columns = stored`): the snapshot then reads what the
+/// stream carries, and a publication without it leaves them out of both.
+/// Virtual generated columns (new in 18) are never published.
+#[tokio::test]
+async fn generated_columns_are_snapshotted_as_the_publication_streams_them() {
+    let pg = PgServer::start();
+    let db = pg.create_db("generated");
+    let sql = pg.client(&db).await;
+    if server_version_num(&sql).await < 180000 {
+        eprintln!("publish_generated_columns needs Postgres 18: nothing to test here");
+        return;
+    }
+    sql.batch_execute(
+        "CREATE TABLE g (id int PRIMARY KEY, n int, doubled int GENERATED ALWAYS AS (n * 2) STORED,
+                         tripled int GENERATED ALWAYS AS (n * 3) VIRTUAL);
+         INSERT INTO g (id, n) VALUES (1, 10);
+         CREATE PUBLICATION with_gen FOR TABLE g WITH (publish_generated_columns = stored);
+         CREATE PUBLICATION without_gen FOR TABLE g;",
+    )
+    .await
+    .expect("schema");
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut outs = Vec::new();
+    for (publication, slot) in [("with_gen", "gen_slot"), ("without_gen", "nogen_slot")] {
+        let out = dir.path().join(format!("{publication}.jsonl"));
+        let (stop, task) = spawn(config(&pg, &db, slot, &["--publication", publication]), &out);
+        assert!(
+            pg.wait_for_slot(&db, slot, true, Duration::from_secs(30)).await,
+            "no active {slot}"
+        );
+        outs.push((stop, task, out));
+    }
+    sql.batch_execute("INSERT INTO g (id, n) VALUES (2, 20)")
+        .await
+        .expect("insert");
+    let mut got = Vec::new();
+    for ((stop, task, out), slot) in outs.into_iter().zip(["gen_slot", "nogen_slot"]) {
+        assert!(
+            pg.wait_confirmed(&db, slot, Duration::from_secs(60)).await,
+            "{slot} did not confirm"
+        );
+        let _ = stop.send(true);
+        task.await.expect("task").expect("capture");
+        got.push(lines(&out));
+    }
+    let columns = |lines: &[Value]| -> Vec<(String, Vec<String>)> {
+        lines
+            .iter()
+            .map(|l| {
+                let after = l["after"].as_object().expect("after");
+                (
+                    l["op"].as_str().unwrap_or("").to_owned(),
+                    after
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let row = |op: &str, cols: &[&str]| (op.to_owned(), cols.iter().map(|c| c.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        columns(&got[0]),
+        [
+            row("read", &["doubled=20", "id=1", "n=10"]),
+            row("insert", &["doubled=40", "id=2", "n=20"])
+        ]
+    );
+    assert_eq!(
+        columns(&got[1]),
+        [row("read", &["id=1", "n=10"]), row("insert", &["id=2", "n=20"])]
+    );
 }
 
 #[tokio::test]

