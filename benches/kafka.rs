@@ -465,6 +465,11 @@ async fn main() {
         broker: support::kafka::Broker::start(),
         registry: support::registry::TestRegistry::start().await,
     };
+    println!(
+        "Apache Kafka answered {:.1} s after its JVM started; resident {:.0} MiB",
+        bench.broker.started_in.as_secs_f64(),
+        bench.broker.rss_mib()
+    );
     bench.pg.create_db("bench");
     let sql = bench.pg.client("bench").await;
     sql.batch_execute(
@@ -821,4 +826,5 @@ async fn main() {
     println!("| {:>6.1} | {:>6.1} | {:>6.1} |", lat.0, lat.1, lat.2);
     println!();
     println!("one transaction of {rows} rows into Kafka: {:.1} s, peak RSS of the capture process {rss_peak:.1} MiB (before: {rss_before:.1} MiB)", huge_time.as_secs_f64());
+    println!("Apache Kafka resident after the run: {:.0} MiB", bench.broker.rss_mib());
 }

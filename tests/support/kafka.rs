@@ -58,6 +58,9 @@ pub struct Broker {
     controller_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// From spawning the JVM to the first answered metadata request, at the
+    /// last (re)start.
+    pub started_in: Duration,
 }
 
 impl Broker {
@@ -71,6 +74,7 @@ impl Broker {
             controller_port: super::postgres::free_port(),
             dir,
             child: None,
+            started_in: Duration::ZERO,
         };
         copy_dir(formatted_log_dir(), &broker.log_dir());
         broker.resume();
@@ -100,6 +104,7 @@ impl Broker {
         )
         .expect("server.properties");
         let log = std::fs::File::create(self.dir.path().join("broker.log")).expect("broker.log");
+        let spawned = Instant::now();
         let child = java(&kafka_heap())
             .arg("kafka.Kafka")
             .arg(&properties)
@@ -122,6 +127,21 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        self.started_in = spawned.elapsed();
+    }
+
+    /// The broker's resident memory (VmRSS), in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        self.child
+            .as_ref()
+            .and_then(|c| std::fs::read_to_string(format!("/proc/{}/status", c.id())).ok())
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            })
+            .unwrap_or(0.0)
+            / 1024.0
     }
 
     /// Kills the broker (SIGKILL: an outage, not a clean shutdown); its log
