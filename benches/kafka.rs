@@ -34,13 +34,14 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use support::postgres::{PgOptions, PgServer};
 use tokio::sync::watch;
 use walhouse::capture;
+use walhouse::capture::config::{CaptureArgs, CaptureConfig};
+use walhouse::capture::destination::kafka::encoder::RecordEncoder;
+use walhouse::capture::destination::kafka::producer::KafkaDestination;
+use walhouse::capture::destination::{Destination, DestinationStats, EncodedRows, OutputError, RowEncoder};
 use walhouse::change::ChangeEvent;
-use walhouse::config::{CaptureArgs, CaptureConfig};
-use walhouse::kafka::encoder::{now_ms, RecordEncoder};
-use walhouse::kafka::producer::KafkaDestination;
-use walhouse::output::{Destination, DestinationStats, EncodedRows, OutputError, RowEncoder};
 use walhouse::postgres::catalog::RelationCache;
 use walhouse::postgres::conninfo::ConnInfo;
+use walhouse::postgres::pgoutput::PgTimestamp;
 use walhouse::postgres::pgoutput::Relation;
 use walhouse::postgres::publication::TableName;
 use walhouse::postgres::snapshot::{self, CopyRows, CopySession, CopySource, PageRange};
@@ -97,7 +98,7 @@ impl<D: Destination> Destination for Probe<D> {
     fn durable(&self) -> Result<Lsn, OutputError> {
         let d = self.inner.durable()?;
         let mut st = self.state.lock().expect("lock");
-        let now = now_ms() * 1000;
+        let now = PgTimestamp::now().unix_micros();
         while st.pending.front().is_some_and(|(ack, _)| *ack <= d) {
             if let Some((_, c)) = st.pending.pop_front() {
                 st.latencies_us.push(now - c);
@@ -153,7 +154,7 @@ impl Destination for EncodeOnly {
         Ok(())
     }
     async fn send(&mut self, e: &ChangeEvent<'_>) -> Result<(), OutputError> {
-        let now = now_ms();
+        let now = PgTimestamp::now().unix_millis();
         for (id, op) in self.encoder.ops(e)? {
             let rec = self
                 .encoder

@@ -29,7 +29,7 @@ use walhouse::warehouse::Warehouse;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    walhouse::config::init_logging(walhouse::config::LogFormat::Text);
+    walhouse::cli::init_logging(walhouse::cli::LogFormat::Text);
     let started = Instant::now();
     println!(
         "== starting a local Postgres {} (temp dir, wal_level=logical) …",

@@ -6,7 +6,7 @@
 //!   ([`postgres::replication`]) streams pgoutput messages, decoded without
 //!   I/O ([`postgres::pgoutput`]) and resolved against their relations
 //!   ([`postgres::catalog`]) into [`change::ChangeEvent`]s; the
-//!   [`capture`] loop hands them to an [`output::Destination`] and confirms
+//!   [`capture`] loop hands them to a [`capture::destination::Destination`] and confirms
 //!   an LSN to Postgres only once the destination says it is durable.
 //! - **sink** (`walhouse-sink`): the [`sink`] loop consumes the CDC topics
 //!   (decoded by [`sink::envelope`]), company events and insolvency CSVs
@@ -20,13 +20,11 @@
 pub mod avro;
 pub mod capture;
 pub mod change;
-pub mod config;
+pub mod cli;
 pub mod http;
-pub mod kafka;
 pub mod metrics;
-pub mod output;
 pub mod postgres;
+pub mod quote;
 pub mod registry;
 pub mod sink;
 pub mod warehouse;
-pub mod watermark;

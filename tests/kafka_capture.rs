@@ -18,10 +18,10 @@ use support::kafka::{read_all, read_topic, Broker, Record};
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
 use tokio::sync::watch;
+use walhouse::capture::config::{CaptureArgs, CaptureConfig};
+use walhouse::capture::destination::kafka::producer::KafkaDestination;
 use walhouse::capture::{self, CaptureError, CaptureSummary};
-use walhouse::config::{CaptureArgs, CaptureConfig};
 use walhouse::http::{request, BaseUrl};
-use walhouse::kafka::producer::KafkaDestination;
 use walhouse::registry::{split_wire, Registry, RegistryConfig};
 
 const LIMIT: Duration = Duration::from_secs(60);

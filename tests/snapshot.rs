@@ -12,9 +12,9 @@ use clap::Parser;
 use serde_json::Value;
 use support::postgres::PgServer;
 use tokio::sync::watch;
+use walhouse::capture::config::{CaptureArgs, CaptureConfig};
+use walhouse::capture::destination::stdout::JsonLines;
 use walhouse::capture::{self, CaptureError, CaptureSummary};
-use walhouse::config::{CaptureArgs, CaptureConfig};
-use walhouse::output::stdout::JsonLines;
 
 fn init_logs() {
     let _ = tracing_subscriber::fmt()

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use support::postgres::{PgOptions, PgServer, PASSWORD_URL};
 use walhouse::capture;
-use walhouse::config::{CaptureArgs, CaptureConfig};
-use walhouse::output::stdout::JsonLines;
+use walhouse::capture::config::{CaptureArgs, CaptureConfig};
+use walhouse::capture::destination::stdout::JsonLines;
 use walhouse::postgres::conninfo::ConnInfo;
 use walhouse::postgres::replication::{ReplicationClient, StreamOptions};
 use walhouse::postgres::{client, slot, Lsn, SourceError};

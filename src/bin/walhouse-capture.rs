@@ -6,11 +6,12 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio::sync::watch;
 use walhouse::capture;
-use walhouse::config::{init_logging, CaptureArgs, CaptureCommand, CaptureConfig, OutputKind};
-use walhouse::kafka::producer::KafkaDestination;
-use walhouse::output::stdout::JsonLines;
+use walhouse::capture::config::{CaptureArgs, CaptureCommand, CaptureConfig, OutputKind};
+use walhouse::capture::destination::kafka::producer::KafkaDestination;
+use walhouse::capture::destination::stdout::JsonLines;
+use walhouse::capture::snapshot_progress::ProgressStore;
+use walhouse::cli::{init_logging, shutdown_signal};
 use walhouse::postgres::publication::TableName;
-use walhouse::postgres::snapshot_progress::ProgressStore;
 use walhouse::registry::Registry;
 
 fn main() -> ExitCode {
@@ -72,14 +73,16 @@ fn runtime_block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -
 
 async fn print_status(config: CaptureConfig, json: bool) -> anyhow::Result<()> {
     let (sql, _driver) = walhouse::postgres::client::connect(&config.source).await?;
-    let report = walhouse::postgres::slot::status(
+    let mut report = walhouse::postgres::slot::status(
         &sql,
         &config.slot,
         &config.publication,
         &capture::snapshot_slot_name(&config.slot),
-        &ProgressStore::new(&config.state_schema, &config.slot),
     )
     .await?;
+    ProgressStore::new(&config.state_schema, &config.slot)
+        .fill_status(&sql, &mut report)
+        .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -166,7 +169,7 @@ async fn request_snapshot(config: CaptureConfig, tables: Vec<String>) -> anyhow:
 async fn run(config: CaptureConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        shutdown_signal().await;
         tracing::info!("stopping: acknowledging what was written");
         let _ = stop_tx.send(true);
     });
@@ -188,18 +191,4 @@ async fn run(config: CaptureConfig) -> anyhow::Result<()> {
         "stopped cleanly"
     );
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handlers the process still stops on SIGINT/SIGTERM,
-        // just without the clean acknowledgement.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

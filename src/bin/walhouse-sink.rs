@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tokio::sync::watch;
-use walhouse::config::init_logging;
+use walhouse::cli::{init_logging, shutdown_signal};
 use walhouse::sink::config::{SinkArgs, SinkCommand, SinkConfig, WarehouseTarget};
 use walhouse::sink::metrics::SinkMetrics;
 use walhouse::sink::tables::Tables;
@@ -93,26 +93,4 @@ async fn run<W: Warehouse + Send + 'static>(
     });
     Sink::new(settings, warehouse, metrics).await?.run(stopped).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

@@ -1,5 +1,5 @@
 //! Incremental snapshots: tables read in chunks while the slot streams,
-//! merged with the live changes by watermarks ([`crate::watermark`]).
+//! merged with the live changes by watermarks ([`super::watermark`]).
 //!
 //! Used for the chunks a cut-off initial snapshot did not finish, for
 //! tables added to the publication later (found at start and every lag
@@ -24,14 +24,14 @@ use tokio::task::JoinHandle;
 
 use super::initial::Pace;
 use super::{CaptureError, LoopState};
+use crate::capture::destination::Destination;
+use crate::capture::snapshot_progress::{self, Chunk, Phase, ProgressStore};
+use crate::capture::watermark::{self, Merge, Window, XidSnapshot};
 use crate::change::{SnapshotMark, TxInfo};
-use crate::output::Destination;
 use crate::postgres::pgoutput::{Message, PgTimestamp, Relation, Tuple};
 use crate::postgres::publication::TableName;
 use crate::postgres::snapshot::{self, SnapshotError};
-use crate::postgres::snapshot_progress::{self, Chunk, Phase, ProgressStore};
 use crate::postgres::{client, conninfo::ConnInfo, Lsn, SourceError};
-use crate::watermark::{self, Merge, Window, XidSnapshot};
 
 /// Prefix of the watermark messages.
 pub const WATERMARK_PREFIX: &str = "walhouse.watermark";

@@ -20,15 +20,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::{snapshot_slot_name, CaptureError, LoopState};
+use crate::capture::config::{CaptureConfig, SnapshotMode};
+use crate::capture::destination::{Destination, EncodedRows, RowEncoder};
+use crate::capture::snapshot_progress::{self, Chunk, Phase, ProgressStore};
 use crate::change::{ChangeEvent, ChangeKind, SnapshotMark, TxInfo};
-use crate::config::{CaptureConfig, SnapshotMode};
-use crate::kafka::encoder::now_ms;
-use crate::output::{Destination, EncodedRows, RowEncoder};
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::pgoutput::{PgTimestamp, Relation, Tuple};
 use crate::postgres::replication::ReplicationClient;
 use crate::postgres::snapshot::{self, PageRange, SnapshotError};
-use crate::postgres::snapshot_progress::{self, Chunk, Phase, ProgressStore};
 use crate::postgres::{client, Lsn, SourceError};
 
 /// Rows per message from a copy worker.
@@ -431,7 +430,7 @@ impl<'j> Batcher<'j> {
             job,
             tx,
             rows: 0,
-            now_ms: now_ms(),
+            now_ms: PgTimestamp::now().unix_millis(),
             raw: Vec::new(),
             encoded: None,
             ready: Vec::new(),
@@ -483,7 +482,7 @@ impl<'j> Batcher<'j> {
         if let Some(rows) = self.encoded.take().filter(|e| !e.is_empty()) {
             self.ready.push(Piece::Encoded(rows));
         }
-        self.now_ms = now_ms();
+        self.now_ms = PgTimestamp::now().unix_millis();
     }
 
     /// Everything left, the chunk's last row (raw) at the end.

@@ -10,8 +10,13 @@
 //! acknowledged LSN, a bounded number of times; any other error stops the
 //! capture with the operator's fix in the message.
 
+pub mod config;
+pub mod destination;
 mod incremental;
 mod initial;
+pub mod metrics;
+pub mod snapshot_progress;
+pub mod watermark;
 
 pub use incremental::{Signal, SIGNAL_PREFIX, WATERMARK_PREFIX};
 
@@ -20,17 +25,16 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use self::snapshot_progress::{Phase as SnapshotPhase, ProgressStore};
+use crate::capture::config::{CaptureConfig, SnapshotMode};
+use crate::capture::destination::{Destination, EncodedRows, OutputError};
+use crate::capture::metrics::{Metrics, Phase};
 use crate::change::{check_arity, ChangeEvent, ChangeKind, SnapshotMark, TxInfo};
-use crate::config::{CaptureConfig, SnapshotMode};
-use crate::metrics::{Metrics, Phase};
-use crate::output::{Destination, EncodedRows, OutputError};
 use crate::postgres::catalog::{load_column_infos, load_type_infos, CatalogError, RelationCache, RelationChange};
 use crate::postgres::client::ReadColumn;
 use crate::postgres::pgoutput::{LogicalMessage, OldTuple, Relation, Tuple};
 use crate::postgres::replication::{ReplicationClient, ReplicationStream, StreamOptions};
-use crate::postgres::snapshot_progress::{self, Phase as SnapshotPhase, ProgressStore};
 use crate::postgres::{client, publication, slot, Lsn, SourceError};
-use crate::watermark;
 use incremental::Incremental;
 
 #[derive(Debug, thiserror::Error)]

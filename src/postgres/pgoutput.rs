@@ -32,7 +32,12 @@ impl PgTimestamp {
         PgTimestamp(micros.saturating_sub(PG_EPOCH_OFFSET_MICROS))
     }
 
-    /// The wall clock now.
+    pub fn unix_millis(self) -> i64 {
+        self.unix_micros().div_euclid(1000)
+    }
+
+    /// The wall clock now: walhouse's one clock (the capture's event
+    /// times, the sink's ingestion times, status updates to Postgres).
     pub fn now() -> Self {
         let micros = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

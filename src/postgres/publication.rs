@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 
 use super::client::ReadColumn;
 use super::error::SourceError;
-use super::quote_ident;
+use crate::quote;
 
 /// A `schema.table` name, as configured by the user.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,7 +50,7 @@ impl TableName {
     }
 
     pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+        format!("{}.{}", quote::ident(&self.schema), quote::ident(&self.name))
     }
 }
 
@@ -106,7 +106,7 @@ impl TableOptions {
     pub fn spec(&self, table: &TableName) -> String {
         let mut spec = table.quoted();
         if let Some(cols) = self.columns.get(table) {
-            let cols = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+            let cols = cols.iter().map(|c| quote::ident(c)).collect::<Vec<_>>().join(", ");
             spec.push_str(&format!(" ({cols})"));
         }
         if let Some(filter) = self.filters.get(table) {
@@ -153,7 +153,7 @@ pub async fn ensure(
             &[&publication],
         )
         .await?;
-    let quoted = quote_ident(publication);
+    let quoted = quote::ident(publication);
     match (existing, selection) {
         (None, TableSelection::All) => {
             client

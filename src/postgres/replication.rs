@@ -254,13 +254,13 @@ impl ReplicationClient {
         let publications = options
             .publications
             .iter()
-            .map(|p| crate::postgres::quote_ident(p))
+            .map(|p| crate::quote::ident(p))
             .collect::<Vec<_>>()
             .join(",");
         let sql = format!(
             "START_REPLICATION SLOT {slot} LOGICAL {start} (proto_version '{}', publication_names {}, messages '{}')",
             options.proto_version,
-            crate::postgres::quote_literal(&publications),
+            crate::quote::literal(&publications),
             options.messages,
         );
         frontend::query(&sql, &mut self.wire.outbuf).map_err(|e| SourceError::Protocol(e.to_string()))?;

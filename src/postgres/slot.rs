@@ -150,13 +150,14 @@ pub struct StatusReport {
     pub tables: Vec<String>,
 }
 
-/// Reads the slot's state, its lag and the publication's tables.
+/// Reads the slot's state, its lag and the publication's tables; the
+/// snapshot fields say only whether a slot exists (capture's
+/// `ProgressStore::fill_status` adds what its progress tables know).
 pub async fn status(
     client: &Client,
     slot: &str,
     publication: &str,
     snapshot_slot: &str,
-    progress: &super::snapshot_progress::ProgressStore,
 ) -> Result<StatusReport, SourceError> {
     let row = client
         .query_one(
@@ -211,16 +212,6 @@ pub async fn status(
         publication: publication.into(),
         tables,
     };
-    if slot_row.is_some() && progress.exists(client).await? {
-        if let Some((phase, _)) = progress.phase(client).await? {
-            report.snapshot = phase.as_str().into();
-            (
-                report.snapshot_chunks_done,
-                report.snapshot_chunks,
-                report.snapshot_rows,
-            ) = progress.counts(client).await?;
-        }
-    }
     if let Some(r) = slot_row {
         const QUERY: &str = "the slot status query";
         report.active_pid = r.read(QUERY, 0)?;

@@ -19,8 +19,8 @@ use super::conninfo::ConnInfo;
 use super::error::{ErrorContext, ServerError, SourceError};
 use super::pgoutput::{Relation, RelationColumn, ReplicaIdentity, Tuple, TupleValue};
 use super::publication::TableName;
-use super::quote_ident;
 use super::wire::{log_notice, unexpected, Session, Wire, OUTPUT_SETTINGS};
+use crate::quote;
 
 /// A COPY text row that does not parse (a Postgres bug or a protocol mix-up).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -41,13 +41,10 @@ pub async fn begin(client: &Client, snapshot: Option<&str>) -> Result<(), Source
 fn begin_sql(snapshot: Option<&str>) -> String {
     let mut sql = String::from("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; ");
     if let Some(snapshot) = snapshot {
-        sql.push_str(&format!(
-            "SET TRANSACTION SNAPSHOT {}; ",
-            super::quote_literal(snapshot)
-        ));
+        sql.push_str(&format!("SET TRANSACTION SNAPSHOT {}; ", quote::literal(snapshot)));
     }
     for (name, value) in OUTPUT_SETTINGS {
-        sql.push_str(&format!("SET LOCAL {name} = {}; ", super::quote_literal(value)));
+        sql.push_str(&format!("SET LOCAL {name} = {}; ", quote::literal(value)));
     }
     sql
 }
@@ -296,13 +293,13 @@ fn copy_sql(relation: &Relation, pages: PageRange, row_filter: Option<&str>) -> 
     let columns = relation
         .columns
         .iter()
-        .map(|c| quote_ident(&c.name))
+        .map(|c| quote::ident(&c.name))
         .collect::<Vec<_>>()
         .join(", ");
     format!(
         "COPY (SELECT {columns} FROM {}.{}{}) TO STDOUT",
-        quote_ident(&relation.namespace),
-        quote_ident(&relation.name),
+        quote::ident(&relation.namespace),
+        quote::ident(&relation.name),
         pages.predicate(row_filter)
     )
 }

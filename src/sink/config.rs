@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::config::{ConfigError, LogFormat};
+use crate::cli::{ConfigError, LogFormat};
 use crate::postgres::conninfo::{ConnInfo, Secret};
 use crate::registry::RegistryConfig;
 
@@ -174,7 +174,7 @@ pub struct SinkConfig {
 impl SinkConfig {
     pub fn resolve(args: SinkArgs) -> Result<Self, ConfigError> {
         let file: FileConfig = match &args.config {
-            Some(path) => crate::config::read_file(path)?,
+            Some(path) => crate::cli::read_file(path)?,
             None => FileConfig::default(),
         };
         let warehouse = args.warehouse.or(file.warehouse).ok_or_else(|| {
@@ -208,7 +208,7 @@ impl SinkConfig {
                 .map(Secret::new),
             ca: args.schema_registry_ca.or(file.schema_registry_ca),
         };
-        let librdkafka = crate::config::librdkafka_options(file.kafka, &args.kafka_options)?;
+        let librdkafka = crate::cli::librdkafka_options(file.kafka, &args.kafka_options)?;
         let topic_pattern = args
             .topic_pattern
             .or(file.topic_pattern)

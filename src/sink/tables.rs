@@ -3,9 +3,10 @@
 //! views on top (latest state per CDC table, latest company, organizations
 //! with their insolvency).
 
+use crate::quote;
 use std::collections::{HashMap, HashSet};
 
-use crate::warehouse::{literal, quote, ColumnDef, SqlType, TableDef, TableRef, Warehouse, WarehouseError};
+use crate::warehouse::{ColumnDef, SqlType, TableDef, TableRef, Warehouse, WarehouseError};
 
 /// The CDC metadata columns of every raw change table, after the source's.
 pub const CDC_COLUMNS: [(&str, SqlType); 7] = [
@@ -63,7 +64,10 @@ impl Tables {
         let mut statements = Vec::new();
         match &existing {
             None => {
-                statements.push(format!("CREATE SCHEMA IF NOT EXISTS {}", quote(&def.table.schema)));
+                statements.push(format!(
+                    "CREATE SCHEMA IF NOT EXISTS {}",
+                    quote::ident(&def.table.schema)
+                ));
                 statements.push(dialect.create_table(def));
             }
             Some(cols) => {
@@ -129,14 +133,14 @@ impl Tables {
             .filter(|(n, _)| !is_metadata(n))
             .map(|(_, t)| toastable(t))
             .collect();
-        let mut statements = vec![format!("CREATE SCHEMA IF NOT EXISTS {}", quote(&view.schema))];
+        let mut statements = vec![format!("CREATE SCHEMA IF NOT EXISTS {}", quote::ident(&view.schema))];
         let organizations = view.name == "organizations";
         if organizations {
             // It selects o.*: a widened organizations view changes its
             // columns, which CREATE OR REPLACE may not do.
             statements.push(format!(
                 "DROP VIEW IF EXISTS {}.organizations_with_insolvency",
-                quote(&view.schema)
+                quote::ident(&view.schema)
             ));
         }
         statements.push(latest_view_sql(raw, view, key, &data, &toastable));
@@ -179,14 +183,14 @@ pub fn latest_view_sql(
     toastable: &[bool],
 ) -> String {
     let raw_q = raw.quoted();
-    let keys: Vec<String> = key.iter().map(|k| quote(k)).collect();
-    let same_key: Vec<String> = key.iter().map(|k| format!("p.{0} = o.{0}", quote(k))).collect();
+    let keys: Vec<String> = key.iter().map(|k| quote::ident(k)).collect();
+    let same_key: Vec<String> = key.iter().map(|k| format!("p.{0} = o.{0}", quote::ident(k))).collect();
     let select: Vec<String> = columns
         .iter()
         .zip(toastable)
         .map(|(c, t)| {
-            let q = quote(c);
-            let marker = literal(&format!("\"{}\"", c.replace('\\', "\\\\").replace('"', "\\\"")));
+            let q = quote::ident(c);
+            let marker = quote::literal(&format!("\"{}\"", c.replace('\\', "\\\\").replace('"', "\\\"")));
             if *t && !key.contains(c) {
                 format!(
                     "CASE WHEN strpos(o._unchanged_toast, {marker}) > 0 THEN (SELECT p.{q} FROM {raw_q} p \
@@ -222,7 +226,7 @@ fn organizations_with_insolvency_sql(schema: &str, source_has_column: bool) -> S
         "CAST(NULL AS TIMESTAMPTZ)"
     };
     template
-        .replace("{schema}", &quote(schema))
+        .replace("{schema}", &quote::ident(schema))
         .replace("{source_insolvency_ts}", source_ts)
 }
 

@@ -4,13 +4,14 @@
 //! DuckDB calls block; the sink's runtime is multi-threaded, so they run
 //! under `block_in_place` rather than stalling the Kafka client's polling.
 
+use crate::quote;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use duckdb::types::{TimeUnit, ToSqlOutput, Value, ValueRef};
 use duckdb::{appender_params_from_iter, Connection, ToSql};
 
-use super::{literal, quote, Batch, Cell, Dialect, Warehouse, WarehouseError};
+use super::{Batch, Cell, Dialect, Warehouse, WarehouseError};
 
 pub struct DuckDbWarehouse {
     path: PathBuf,
@@ -209,7 +210,7 @@ impl Warehouse for DuckDbWarehouse {
     async fn file_loaded(&mut self, sha256: &str) -> Result<bool, WarehouseError> {
         let sql = format!(
             "SELECT count(*) FROM walhouse.file_loads WHERE sha256 = {}",
-            literal(sha256)
+            quote::literal(sha256)
         );
         let conn = &self.conn;
         let n: i64 = tokio::task::block_in_place(|| conn.query_row(&sql, [], |r| r.get(0)))
@@ -222,7 +223,7 @@ impl Warehouse for DuckDbWarehouse {
         let wrapped = format!(
             "SELECT COLUMNS(*)::VARCHAR FROM ({}) AS {}",
             sql.trim().trim_end_matches(';'),
-            quote("q")
+            quote::ident("q")
         );
         let conn = &self.conn;
         tokio::task::block_in_place(|| {

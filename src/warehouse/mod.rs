@@ -9,6 +9,7 @@
 pub mod duckdb;
 pub mod postgres;
 
+use crate::quote;
 use std::collections::HashMap;
 
 /// The column types the sink creates. Wider source types map onto these
@@ -99,7 +100,7 @@ impl TableRef {
     }
 
     pub fn quoted(&self) -> String {
-        format!("{}.{}", quote(&self.schema), quote(&self.name))
+        format!("{}.{}", quote::ident(&self.schema), quote::ident(&self.name))
     }
 }
 
@@ -304,7 +305,7 @@ impl Dialect {
         let cols: Vec<String> = def
             .columns
             .iter()
-            .map(|c| format!("{} {}", quote(&c.name), self.type_name(&c.ty)))
+            .map(|c| format!("{} {}", quote::ident(&c.name), self.type_name(&c.ty)))
             .collect();
         format!(
             "CREATE TABLE IF NOT EXISTS {} ({})",
@@ -317,7 +318,7 @@ impl Dialect {
         format!(
             "ALTER TABLE {} ADD COLUMN {} {}",
             table.quoted(),
-            quote(&column.name),
+            quote::ident(&column.name),
             self.type_name(&column.ty)
         )
     }
@@ -346,16 +347,6 @@ impl Dialect {
             ),
         ]
     }
-}
-
-/// Quotes an identifier (both targets use SQL's double quotes).
-pub fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// Quotes a string literal.
-pub fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// What the sink needs of a warehouse. Every method is one round of work
@@ -464,7 +455,7 @@ mod tests {
             TableRef::new("raw_public", "a\"b").quoted(),
             "\"raw_public\".\"a\"\"b\""
         );
-        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(quote::literal("it's"), "'it''s'");
     }
 }
 

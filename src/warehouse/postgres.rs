@@ -5,6 +5,7 @@
 //! is written by its owner, and the fence on the stored offset rolls back a
 //! batch from an instance that lost its partition in a rebalance.
 
+use crate::quote;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
@@ -14,8 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use super::{
-    date_text, decimal_text, quote, time_text, timestamp_text, Batch, Cell, Dialect, TableRef, Warehouse,
-    WarehouseError,
+    date_text, decimal_text, time_text, timestamp_text, Batch, Cell, Dialect, TableRef, Warehouse, WarehouseError,
 };
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::error::sql_message;
@@ -128,7 +128,7 @@ async fn copy_in(
     data: String,
 ) -> Result<(), WarehouseError> {
     let context = format!("COPY into {table}");
-    let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+    let cols: Vec<String> = columns.iter().map(|c| quote::ident(c)).collect();
     let statement = format!("COPY {} ({}) FROM STDIN", table.quoted(), cols.join(", "));
     let sink = tx.copy_in::<_, Bytes>(&statement).await.map_err(sql(&context))?;
     futures_util::pin_mut!(sink);

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use tokio::sync::watch;
+use walhouse::capture::config::{CaptureArgs, CaptureConfig};
+use walhouse::capture::destination::kafka::producer::KafkaDestination;
 use walhouse::capture::{self, CaptureError, CaptureSummary};
-use walhouse::config::{CaptureArgs, CaptureConfig};
-use walhouse::kafka::producer::KafkaDestination;
 use walhouse::registry::Registry;
 use walhouse::sink::config::{SinkArgs, SinkConfig, WarehouseTarget};
 use walhouse::sink::metrics::SinkMetrics;

@@ -21,18 +21,16 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 
 use super::delivery::DeliveryTracker;
-use super::encoder::{now_ms, RecordEncoder};
+use super::encoder::RecordEncoder;
 use crate::avro::envelope::Op;
+use crate::capture::config::KafkaSettings;
+use crate::capture::destination::{Destination, DestinationStats, EncodedRows, OutputError, RowEncoder};
 use crate::change::ChangeEvent;
-use crate::config::KafkaSettings;
-use crate::output::{Destination, DestinationStats, EncodedRows, OutputError, RowEncoder};
 use crate::postgres::catalog::RelationCache;
+use crate::postgres::pgoutput::PgTimestamp;
 use crate::postgres::pgoutput::Relation;
 use crate::postgres::Lsn;
 use crate::registry::Registry;
-
-pub const DEFAULT_TOPIC_PREFIX: &str = "walhouse";
-pub const DEFAULT_MAX_IN_FLIGHT: u64 = 50_000;
 
 /// Routes librdkafka's delivery reports and logs.
 struct Context {
@@ -267,7 +265,7 @@ impl KafkaDestination {
             &id,
             status,
             end.then_some(&tx.counts),
-            now_ms(),
+            PgTimestamp::now().unix_millis(),
         );
         self.sender.produce(&topic, Some(&key), Some(&value))
     }
@@ -305,7 +303,7 @@ impl Destination for KafkaDestination {
     }
 
     async fn send(&mut self, event: &ChangeEvent<'_>) -> Result<(), OutputError> {
-        let now = now_ms();
+        let now = PgTimestamp::now().unix_millis();
         // Snapshot reads belong to no transaction (Debezium's shape too).
         if self.config.transaction_topic && event.snapshot.is_none() {
             self.track_transaction(event).await?;

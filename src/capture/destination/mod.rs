@@ -17,6 +17,7 @@
 //! ([`Destination::send_encoded`]), in the same order it would have sent
 //! the rows. One core then no longer bounds the snapshot.
 
+pub mod kafka;
 pub mod stdout;
 
 use std::sync::Arc;

@@ -7,15 +7,16 @@
 //! so a typo is an error rather than a silently ignored setting.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
 use crate::avro::types::NumericMode;
-use crate::kafka::producer::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_TOPIC_PREFIX};
-use crate::postgres::conninfo::{ConnInfo, ConnInfoError, Secret};
+use crate::cli::{librdkafka_options, read_file};
+pub use crate::cli::{ConfigError, LogFormat};
+use crate::postgres::conninfo::{ConnInfo, Secret};
 use crate::postgres::publication::{TableName, TableOptions, TableSelection};
 use crate::postgres::replication::validate_slot_name;
 use crate::registry::RegistryConfig;
@@ -28,6 +29,10 @@ pub const DEFAULT_SLOT_LAG_WARN_BYTES: u64 = 1 << 30;
 pub const DEFAULT_SNAPSHOT_CONNECTIONS: u32 = 2;
 pub const DEFAULT_SNAPSHOT_CHUNK_PAGES: u64 = 1024;
 pub const DEFAULT_STATE_SCHEMA: &str = "walhouse";
+pub const DEFAULT_TOPIC_PREFIX: &str = "walhouse";
+/// Records handed to librdkafka and not yet acknowledged before capture
+/// stops reading the slot.
+pub const DEFAULT_MAX_IN_FLIGHT: u64 = 50_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -50,14 +55,6 @@ pub enum SnapshotMode {
     /// Copy every published table, then stop.
     #[value(name = "initial_only")]
     InitialOnly,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -273,20 +270,6 @@ struct FileConfig {
     /// librdkafka settings passed through as they are.
     #[serde(default)]
     kafka: BTreeMap<String, toml::Value>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("no source database: give --source-url, WALHOUSE_SOURCE_URL or source_url in the config file")]
-    MissingSourceUrl,
-    #[error("source URL: {0}")]
-    SourceUrl(#[from] ConnInfoError),
-    #[error("{0}")]
-    Invalid(String),
 }
 
 /// The validated configuration of one capture (its `Debug` form hides
@@ -539,59 +522,6 @@ fn table_options(
         options.filters.insert(listed(&t)?, f);
     }
     Ok(options)
-}
-
-/// Reads a `--config` TOML file of either binary.
-pub(crate) fn read_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
-        message: e.message().to_owned(),
-    })
-}
-
-/// librdkafka settings: the file's `[kafka]` table, then `--kafka-option
-/// KEY=VALUE` flags over it.
-pub(crate) fn librdkafka_options(
-    file: BTreeMap<String, toml::Value>,
-    flags: &[String],
-) -> Result<BTreeMap<String, String>, ConfigError> {
-    let mut out = BTreeMap::new();
-    for (k, v) in file {
-        let v = match v {
-            toml::Value::String(s) => s,
-            other => other.to_string(),
-        };
-        out.insert(k, v);
-    }
-    for kv in flags {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| ConfigError::Invalid(format!("--kafka-option {kv:?} is not KEY=VALUE")))?;
-        out.insert(k.trim().to_owned(), v.trim().to_owned());
-    }
-    Ok(out)
-}
-
-/// Starts `tracing` on stderr (stdout may carry data). The level comes from
-/// `WALHOUSE_LOG`, then `RUST_LOG`, default `info`.
-pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("WALHOUSE_LOG")
-        .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
 
 #[cfg(test)]

@@ -15,11 +15,12 @@
 
 use tokio_postgres::Client;
 
-use super::client::ReadColumn;
-use super::error::SourceError;
-use super::publication::TableName;
-use super::snapshot::PageRange;
-use super::{quote_ident, Lsn};
+use crate::postgres::client::ReadColumn;
+use crate::postgres::error::SourceError;
+use crate::postgres::publication::TableName;
+use crate::postgres::snapshot::PageRange;
+use crate::postgres::Lsn;
+use crate::quote;
 
 /// Where a slot's snapshot stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +81,7 @@ impl ProgressStore {
     }
 
     fn table(&self, name: &str) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(name))
+        format!("{}.{}", quote::ident(&self.schema), quote::ident(name))
     }
 
     /// Creates the schema and tables when missing. Only missing objects are
@@ -100,7 +101,7 @@ impl ProgressStore {
             .get(0);
         if !exists {
             client
-                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&self.schema)))
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote::ident(&self.schema)))
                 .await
                 .map_err(wrap)?;
         }
@@ -321,6 +322,26 @@ impl ProgressStore {
         Ok(())
     }
 
+    /// Adds the recorded snapshot phase and chunk counts to a slot's status.
+    pub async fn fill_status(
+        &self,
+        client: &Client,
+        report: &mut crate::postgres::slot::StatusReport,
+    ) -> Result<(), SourceError> {
+        if !report.slot_exists || !self.exists(client).await? {
+            return Ok(());
+        }
+        if let Some((phase, _)) = self.phase(client).await? {
+            report.snapshot = phase.as_str().into();
+            (
+                report.snapshot_chunks_done,
+                report.snapshot_chunks,
+                report.snapshot_rows,
+            ) = self.counts(client).await?;
+        }
+        Ok(())
+    }
+
     /// `(done, total)` chunks and rows copied so far, for `status`.
     pub async fn counts(&self, client: &Client) -> Result<(u64, u64, u64), SourceError> {
         let row = client
@@ -350,7 +371,7 @@ pub async fn plan_table(
     chunk_pages: u64,
     seq: &mut u64,
 ) -> Result<Vec<Chunk>, SourceError> {
-    let (pages, relfilenode) = super::snapshot::table_pages(client, table_oid).await?;
+    let (pages, relfilenode) = crate::postgres::snapshot::table_pages(client, table_oid).await?;
     Ok(PageRange::split(pages, chunk_pages)
         .into_iter()
         .map(|pages| {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use crate::avro::envelope::{Op, SourceInfo, TableEnvelope};
 use crate::avro::types::NumericMode;
+use crate::capture::destination::{EncodedRows, OutputError, RowEncoder};
 use crate::change::{ChangeEvent, ChangeKind};
-use crate::output::{EncodedRows, OutputError, RowEncoder};
 use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::{Relation, Tuple};
 use crate::registry::{wire_header, Registry, RegistryError};
@@ -300,11 +300,4 @@ impl RecordEncoder {
             value: &self.value,
         })
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
