@@ -262,11 +262,11 @@ impl Bench {
     }
 
     fn kafka(&self, prefix: &str) -> KafkaDestination {
-        let config = self.config("unused", prefix, "small");
-        let mut kafka = config.kafka.expect("kafka");
-        kafka.librdkafka.extend(extra_kafka_options());
-        let registry = Arc::new(Registry::new(&kafka.registry).expect("registry"));
-        KafkaDestination::new(&kafka, "bench", registry).expect("producer")
+        let mut config = self.config("unused", prefix, "small");
+        if let Some(kafka) = config.kafka.as_mut() {
+            kafka.librdkafka.extend(extra_kafka_options());
+        }
+        capture::kafka_destination(&config).expect("producer")
     }
 }
 

@@ -193,6 +193,28 @@ async fn streams_json_lines_stops_cleanly_and_resumes_without_repeats() {
         .filter_map(Value::as_str)
         .collect();
     assert_eq!(tables, ["public.Odd Table", "public.organizations"]);
+    // Postgres 17+ reports whether the slot fails over; 15 and 16 do not.
+    let expected_failover = if report["failover"].is_null() { "-" } else { "false" };
+
+    // The text form says the same, one fact a line.
+    let out = command()
+        .args(["status", "--source-url", &pg.url("walhouse_scram", &db)])
+        .args(["--slot", "cli_slot", "--publication", "cli_pub"])
+        .output()
+        .await
+        .expect("status runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = |label: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(label).map(str::trim))
+            .unwrap_or_else(|| panic!("no {label:?} line in {text}"))
+            .to_owned()
+    };
+    assert_eq!(value("slot "), "cli_slot (exists)");
+    assert_eq!(value("failover "), expected_failover);
+    assert!(value("snapshot ").starts_with("done ("), "{text}");
+    assert!(text.contains("  public.organizations\n"), "{text}");
 }
 
 #[tokio::test]

@@ -9,7 +9,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use apache_avro::types::Value;
@@ -19,7 +18,6 @@ use support::postgres::PgServer;
 use support::registry::TestRegistry;
 use tokio::sync::watch;
 use walhouse::capture::config::{CaptureArgs, CaptureConfig};
-use walhouse::capture::destination::kafka::producer::KafkaDestination;
 use walhouse::capture::{self, CaptureError, CaptureSummary};
 use walhouse::http::{request, BaseUrl};
 use walhouse::registry::{split_wire, Registry, RegistryConfig};
@@ -100,9 +98,7 @@ impl Env {
     fn spawn(&self, slot: &str, extra: &[&str]) -> Running {
         let config =
             CaptureConfig::resolve(CaptureArgs::try_parse_from(self.args(slot, extra)).expect("args")).expect("config");
-        let kafka = config.kafka.clone().expect("kafka settings");
-        let registry = Arc::new(Registry::new(&kafka.registry).expect("registry"));
-        let mut dest = KafkaDestination::new(&kafka, &config.source.dbname, registry).expect("producer");
+        let mut dest = capture::kafka_destination(&config).expect("producer");
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(async move { capture::run(&config, &mut dest, rx).await });
         Running { stop, task }

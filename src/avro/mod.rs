@@ -1,10 +1,14 @@
-//! Postgres rows to Avro: the type mapping ([`types`]), exact text-to-binary
-//! encoding ([`value`]), and the Debezium-shaped key and envelope
-//! ([`envelope`]). Pure: no I/O, unit-tested against apache-avro's reader.
+//! Postgres rows to Avro and back, side by side: the type mapping
+//! ([`types`]) and exact text-to-binary encoding ([`value`]) that capture's
+//! [`writer`] builds its Debezium-shaped keys and envelopes from, and the
+//! sink's [`reader`], which decodes those envelopes by their writer schema
+//! into warehouse cells. Pure: no I/O; the writer is unit-tested against
+//! apache-avro's reader.
 
-pub mod envelope;
+pub mod reader;
 pub mod types;
 pub mod value;
+pub mod writer;
 
 /// Decodes `bytes` as one datum of `schema` with apache-avro, and checks
 /// nothing is left over: the independent reader the unit tests check

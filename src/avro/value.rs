@@ -14,6 +14,7 @@
 //! null in the typed field and the exact text beside it.
 
 use super::types::ColumnType;
+use crate::calendar;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ValueError {
@@ -183,17 +184,6 @@ fn bytea(text: &str) -> Result<Vec<u8>, ValueError> {
         .collect()
 }
 
-/// Days since 1970-01-01 in the proleptic Gregorian calendar.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = i64::from((month + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// Splits a trailing " BC" (Postgres's era marker) off.
 fn strip_bc(text: &str) -> (&str, bool) {
     match text.strip_suffix(" BC") {
@@ -223,7 +213,7 @@ fn date_days(text: &str) -> Result<i32, ValueError> {
     }
     let (s, bc) = strip_bc(text);
     let (y, m, d) = parse_ymd(s, bc, text)?;
-    i32::try_from(days_from_civil(y, m, d)).map_err(|_| malformed(text, "date"))
+    i32::try_from(calendar::days_from_civil(y, m, d)).map_err(|_| malformed(text, "date"))
 }
 
 /// `HH:MM:SS[.ffffff]` → microseconds (24:00:00 is valid in Postgres).
@@ -274,7 +264,7 @@ fn timestamp_micros(text: &str, with_zone: bool) -> Result<i64, ValueError> {
     } else {
         (rest, 0)
     };
-    let days = days_from_civil(y, m, d);
+    let days = calendar::days_from_civil(y, m, d);
     let time = time_micros(time).map_err(|_| err())?;
     let micros = days
         .checked_mul(86_400_000_000)

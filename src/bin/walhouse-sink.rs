@@ -7,13 +7,11 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio::sync::watch;
 use walhouse::cli::{init_logging, shutdown_signal};
-use walhouse::sink::config::{SinkArgs, SinkCommand, SinkConfig, WarehouseTarget};
+use walhouse::sink;
+use walhouse::sink::config::{SinkArgs, SinkCommand, SinkConfig};
 use walhouse::sink::metrics::SinkMetrics;
 use walhouse::sink::tables::Tables;
-use walhouse::sink::{insolvency, prepare, Sink};
-use walhouse::warehouse::duckdb::DuckDbWarehouse;
-use walhouse::warehouse::postgres::PostgresWarehouse;
-use walhouse::warehouse::Warehouse;
+use walhouse::sink::{insolvency, prepare};
 
 fn main() -> ExitCode {
     let args = SinkArgs::parse();
@@ -42,10 +40,17 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match config.warehouse.clone() {
-            WarehouseTarget::DuckDb(path) => run(config, DuckDbWarehouse::open(&path)?, load.as_deref()).await,
-            WarehouseTarget::Postgres(info) => {
-                run(config, PostgresWarehouse::connect(&info).await?, load.as_deref()).await
+        match load {
+            Some(path) => load_insolvencies(&config, &path).await,
+            None => {
+                let (stop, stopped) = watch::channel(false);
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    tracing::info!("stopping: writing the pending batch");
+                    let _ = stop.send(true);
+                });
+                sink::start(config, Arc::new(SinkMetrics::default()), stopped).await?;
+                Ok(())
             }
         }
     });
@@ -59,38 +64,20 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run<W: Warehouse + Send + 'static>(
-    config: SinkConfig,
-    mut warehouse: W,
-    load: Option<&Path>,
-) -> anyhow::Result<()> {
-    if let Some(path) = load {
-        prepare(&mut warehouse, &mut Tables::default()).await?;
-        for file in insolvency::files(path)? {
-            let report = insolvency::load_file(&mut warehouse, &file).await?;
-            if report.already_loaded {
-                println!("{}: loaded before, nothing added", report.file);
-            } else {
-                println!(
-                    "{}: {} rows, {} dead letters (see walhouse.dead_letters)",
-                    report.file, report.rows, report.dead_letters
-                );
-            }
+/// `load-insolvencies`: each CSV file of `path` into the warehouse, once.
+async fn load_insolvencies(config: &SinkConfig, path: &Path) -> anyhow::Result<()> {
+    let mut warehouse = config.warehouse.open().await?;
+    prepare(&mut warehouse, &mut Tables::default()).await?;
+    for file in insolvency::files(path)? {
+        let report = insolvency::load_file(&mut warehouse, &file).await?;
+        if report.already_loaded {
+            println!("{}: loaded before, nothing added", report.file);
+        } else {
+            println!(
+                "{}: {} rows, {} dead letters (see walhouse.dead_letters)",
+                report.file, report.rows, report.dead_letters
+            );
         }
-        return Ok(());
     }
-    let settings = config.consume.ok_or_else(|| anyhow::anyhow!("no Kafka settings"))?;
-    let metrics = Arc::new(SinkMetrics::default());
-    let _server = match settings.metrics_addr {
-        Some(addr) => Some(walhouse::metrics::serve(addr, metrics.clone()).await?),
-        None => None,
-    };
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("stopping: writing the pending batch");
-        let _ = stop.send(true);
-    });
-    Sink::new(settings, warehouse, metrics).await?.run(stopped).await?;
     Ok(())
 }

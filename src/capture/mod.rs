@@ -10,6 +10,7 @@
 //! acknowledged LSN, a bounded number of times; any other error stops the
 //! capture with the operator's fix in the message.
 
+pub mod admin;
 pub mod config;
 pub mod destination;
 mod incremental;
@@ -25,8 +26,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use self::config::{CaptureConfig, OutputKind, SnapshotMode};
+use self::destination::kafka::producer::KafkaDestination;
+use self::destination::stdout::JsonLines;
 use self::snapshot_progress::{Phase as SnapshotPhase, ProgressStore};
-use crate::capture::config::{CaptureConfig, SnapshotMode};
 use crate::capture::destination::{Destination, EncodedRows, OutputError};
 use crate::capture::metrics::{Metrics, Phase};
 use crate::change::{check_arity, ChangeEvent, ChangeKind, SnapshotMark, TxInfo};
@@ -35,6 +38,7 @@ use crate::postgres::client::ReadColumn;
 use crate::postgres::pgoutput::{LogicalMessage, OldTuple, Relation, Tuple};
 use crate::postgres::replication::{ReplicationClient, ReplicationStream, StreamOptions};
 use crate::postgres::{client, publication, slot, Lsn, SourceError};
+use crate::registry::Registry;
 use incremental::Incremental;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,16 @@ pub enum CaptureError {
     },
     #[error("the server sent a streamed-transaction message although walhouse asked for protocol 1 (at {lsn})")]
     UnexpectedStream { lsn: Lsn },
+    #[error("--output kafka needs --brokers and --schema-registry-url")]
+    NoKafkaSettings,
+    #[error("{table} is not in publication {publication:?}. Fix: add it (ALTER PUBLICATION … ADD TABLE {quoted}), which also snapshots it")]
+    NotPublished {
+        table: String,
+        quoted: String,
+        publication: String,
+    },
+    #[error("{0}")]
+    InvalidTable(String),
 }
 
 /// How a capture ended without error.
@@ -73,7 +87,25 @@ enum StreamEnd {
     ServerEnded,
 }
 
-/// Runs a capture until `shutdown` turns true or an error stops it.
+/// Runs capture into the destination its configuration names (Kafka, or
+/// JSON lines on stdout) until `shutdown` turns true or an error stops it:
+/// the binary's entry point.
+pub async fn start(config: &CaptureConfig, shutdown: watch::Receiver<bool>) -> Result<CaptureSummary, CaptureError> {
+    match config.output {
+        OutputKind::Kafka => run(config, &mut kafka_destination(config)?, shutdown).await,
+        OutputKind::Stdout => run(config, &mut JsonLines::new(tokio::io::stdout()), shutdown).await,
+    }
+}
+
+/// The Kafka destination of a configuration, with its registry client:
+/// for [`start`], and for tests and benches that watch the destination.
+pub fn kafka_destination(config: &CaptureConfig) -> Result<KafkaDestination, CaptureError> {
+    let kafka = config.kafka.as_ref().ok_or(CaptureError::NoKafkaSettings)?;
+    let registry = Arc::new(Registry::new(&kafka.registry).map_err(OutputError::from)?);
+    Ok(KafkaDestination::new(kafka, &config.source.dbname, registry)?)
+}
+
+/// Runs a capture into `dest` until `shutdown` turns true or an error stops it.
 pub async fn run<D: Destination>(
     config: &CaptureConfig,
     dest: &mut D,

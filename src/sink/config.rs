@@ -11,6 +11,9 @@ use serde::Deserialize;
 use crate::cli::{ConfigError, LogFormat};
 use crate::postgres::conninfo::{ConnInfo, Secret};
 use crate::registry::RegistryConfig;
+use crate::warehouse::duckdb::DuckDbWarehouse;
+use crate::warehouse::postgres::PostgresWarehouse;
+use crate::warehouse::{AnyWarehouse, WarehouseError};
 
 pub const DEFAULT_TOPIC_PATTERN: &str = "^walhouse\\..*";
 pub const DEFAULT_COMPANIES_TOPIC: &str = "companies";
@@ -130,6 +133,14 @@ pub enum WarehouseTarget {
 }
 
 impl WarehouseTarget {
+    /// Opens (DuckDB) or connects to (Postgres) the target.
+    pub async fn open(&self) -> Result<AnyWarehouse, WarehouseError> {
+        Ok(match self {
+            WarehouseTarget::DuckDb(path) => AnyWarehouse::DuckDb(DuckDbWarehouse::open(path)?),
+            WarehouseTarget::Postgres(info) => AnyWarehouse::Postgres(PostgresWarehouse::connect(info).await?),
+        })
+    }
+
     pub fn parse(url: &str) -> Result<Self, ConfigError> {
         if let Some(path) = url.strip_prefix("duckdb:") {
             let path = path.trim_start_matches("//");

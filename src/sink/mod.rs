@@ -11,7 +11,6 @@
 
 pub mod companies;
 pub mod config;
-pub mod envelope;
 pub mod insolvency;
 pub mod metrics;
 pub mod tables;
@@ -27,10 +26,10 @@ use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use self::config::ConsumeSettings;
-use self::envelope::EnvelopePlan;
+use self::config::{ConsumeSettings, SinkConfig};
 use self::metrics::SinkMetrics;
 use self::tables::{cdc_table_def, raw_schema, TableError, Tables};
+use crate::avro::reader::EnvelopePlan;
 use crate::registry::{split_wire, Registry, RegistryError};
 use crate::warehouse::{
     Batch, Cell, ColumnDef, DeadLetter, OffsetUpdate, SqlType, TableRef, TableRows, Warehouse, WarehouseError,
@@ -76,6 +75,34 @@ pub enum SinkError {
     Warehouse(#[from] WarehouseError),
     #[error("the task writing a batch panicked; nothing of it is counted as stored")]
     Lost,
+    #[error("no Kafka settings: give --brokers and --schema-registry-url")]
+    NoKafkaSettings,
+    #[error("cannot serve metrics on {addr}: {source}. Fix: choose a free --metrics-addr")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Runs the sink as configured until `shutdown` says stop: opens the
+/// warehouse its URL names, serves `/metrics` and `/health` when asked,
+/// then consumes. The one entry point of the binary, the tests and the demo.
+pub async fn start(
+    config: SinkConfig,
+    metrics: Arc<SinkMetrics>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), SinkError> {
+    let settings = config.consume.ok_or(SinkError::NoKafkaSettings)?;
+    let warehouse = config.warehouse.open().await?;
+    let _server = match settings.metrics_addr {
+        Some(addr) => Some(
+            crate::metrics::serve(addr, metrics.clone())
+                .await
+                .map_err(|source| SinkError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
+    Sink::new(settings, warehouse, metrics).await?.run(shutdown).await
 }
 
 fn kafka(context: &str) -> impl Fn(rdkafka::error::KafkaError) -> SinkError + '_ {

@@ -385,6 +385,71 @@ pub trait Warehouse {
     async fn query_text(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError>;
 }
 
+/// Either target, as the configuration names it at run time (the trait's
+/// async methods make it unfit for `dyn`).
+pub enum AnyWarehouse {
+    DuckDb(duckdb::DuckDbWarehouse),
+    Postgres(postgres::PostgresWarehouse),
+}
+
+impl Warehouse for AnyWarehouse {
+    fn dialect(&self) -> Dialect {
+        match self {
+            AnyWarehouse::DuckDb(w) => w.dialect(),
+            AnyWarehouse::Postgres(w) => w.dialect(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            AnyWarehouse::DuckDb(w) => w.describe(),
+            AnyWarehouse::Postgres(w) => w.describe(),
+        }
+    }
+
+    async fn execute(&mut self, statements: &[String]) -> Result<(), WarehouseError> {
+        match self {
+            AnyWarehouse::DuckDb(w) => w.execute(statements).await,
+            AnyWarehouse::Postgres(w) => w.execute(statements).await,
+        }
+    }
+
+    async fn columns(&mut self, table: &TableRef) -> Result<Option<Vec<(String, String)>>, WarehouseError> {
+        match self {
+            AnyWarehouse::DuckDb(w) => w.columns(table).await,
+            AnyWarehouse::Postgres(w) => w.columns(table).await,
+        }
+    }
+
+    async fn offsets(&mut self, consumer_group: &str) -> Result<HashMap<(String, i32), i64>, WarehouseError> {
+        match self {
+            AnyWarehouse::DuckDb(w) => w.offsets(consumer_group).await,
+            AnyWarehouse::Postgres(w) => w.offsets(consumer_group).await,
+        }
+    }
+
+    async fn write(&mut self, consumer_group: &str, batch: &Batch) -> Result<(), WarehouseError> {
+        match self {
+            AnyWarehouse::DuckDb(w) => w.write(consumer_group, batch).await,
+            AnyWarehouse::Postgres(w) => w.write(consumer_group, batch).await,
+        }
+    }
+
+    async fn file_loaded(&mut self, sha256: &str) -> Result<bool, WarehouseError> {
+        match self {
+            AnyWarehouse::DuckDb(w) => w.file_loaded(sha256).await,
+            AnyWarehouse::Postgres(w) => w.file_loaded(sha256).await,
+        }
+    }
+
+    async fn query_text(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError> {
+        match self {
+            AnyWarehouse::DuckDb(w) => w.query_text(sql).await,
+            AnyWarehouse::Postgres(w) => w.query_text(sql).await,
+        }
+    }
+}
+
 /// Formats a decimal's unscaled integer with its scale.
 pub fn decimal_text(unscaled: i128, scale: u8) -> String {
     let neg = unscaled < 0;
@@ -456,60 +521,5 @@ mod tests {
             "\"raw_public\".\"a\"\"b\""
         );
         assert_eq!(quote::literal("it's"), "'it''s'");
-    }
-}
-
-/// The date `days` after 1970-01-01 as `YYYY-MM-DD` (proleptic Gregorian;
-/// years before 1 get Postgres's ` BC` suffix).
-pub fn date_text(days: i64) -> String {
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    if y <= 0 {
-        format!("{:04}-{m:02}-{d:02} BC", 1 - y)
-    } else {
-        format!("{y:04}-{m:02}-{d:02}")
-    }
-}
-
-/// Microseconds since midnight as `HH:MM:SS.ffffff`.
-pub fn time_text(micros: i64) -> String {
-    let s = micros.div_euclid(1_000_000);
-    let us = micros.rem_euclid(1_000_000);
-    format!("{:02}:{:02}:{:02}.{us:06}", s / 3600, (s / 60) % 60, s % 60)
-}
-
-/// Microseconds since the epoch as `YYYY-MM-DD HH:MM:SS.ffffff`.
-pub fn timestamp_text(micros: i64) -> String {
-    let day = micros.div_euclid(86_400_000_000);
-    let rest = micros.rem_euclid(86_400_000_000);
-    let date = date_text(day);
-    match date.strip_suffix(" BC") {
-        Some(d) => format!("{d} {} BC", time_text(rest)),
-        None => format!("{date} {}", time_text(rest)),
-    }
-}
-
-#[cfg(test)]
-mod time_tests {
-    use super::*;
-
-    #[test]
-    fn dates_and_times_format_like_postgres() {
-        assert_eq!(date_text(0), "1970-01-01");
-        assert_eq!(date_text(19_723), "2024-01-01");
-        assert_eq!(date_text(-1), "1969-12-31");
-        assert_eq!(date_text(-719_163), "0001-12-31 BC");
-        assert_eq!(date_text(-719_162), "0001-01-01");
-        assert_eq!(time_text(3_723_000_004), "01:02:03.000004");
-        assert_eq!(timestamp_text(1_700_000_000_123_456), "2023-11-14 22:13:20.123456");
-        assert_eq!(timestamp_text(-1), "1969-12-31 23:59:59.999999");
     }
 }

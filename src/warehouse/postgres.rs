@@ -5,6 +5,7 @@
 //! is written by its owner, and the fence on the stored offset rolls back a
 //! batch from an instance that lost its partition in a rebalance.
 
+use crate::calendar::{date_text, time_text, timestamp_text};
 use crate::quote;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -14,9 +15,7 @@ use futures_util::SinkExt;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
-use super::{
-    date_text, decimal_text, time_text, timestamp_text, Batch, Cell, Dialect, TableRef, Warehouse, WarehouseError,
-};
+use super::{decimal_text, Batch, Cell, Dialect, TableRef, Warehouse, WarehouseError};
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::error::sql_message;
 

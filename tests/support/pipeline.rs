@@ -11,14 +11,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use tokio::sync::watch;
 use walhouse::capture::config::{CaptureArgs, CaptureConfig};
-use walhouse::capture::destination::kafka::producer::KafkaDestination;
 use walhouse::capture::{self, CaptureError, CaptureSummary};
-use walhouse::registry::Registry;
-use walhouse::sink::config::{SinkArgs, SinkConfig, WarehouseTarget};
+use walhouse::sink::config::{SinkArgs, SinkConfig};
 use walhouse::sink::metrics::SinkMetrics;
-use walhouse::sink::{Sink, SinkError};
-use walhouse::warehouse::duckdb::DuckDbWarehouse;
-use walhouse::warehouse::postgres::PostgresWarehouse;
+use walhouse::sink::{self, SinkError};
 use walhouse::warehouse::Warehouse;
 
 pub const BACKEND_SCHEMA: &str = include_str!("../../sql/source/backend_schema.sql");
@@ -74,9 +70,7 @@ pub fn start_capture(args: &[&str]) -> RunningCapture {
     let mut argv = vec!["walhouse-capture"];
     argv.extend_from_slice(args);
     let config = CaptureConfig::resolve(CaptureArgs::try_parse_from(argv).expect("capture args")).expect("config");
-    let kafka = config.kafka.clone().expect("kafka settings");
-    let registry = Arc::new(Registry::new(&kafka.registry).expect("registry"));
-    let mut dest = KafkaDestination::new(&kafka, &config.source.dbname, registry).expect("producer");
+    let mut dest = capture::kafka_destination(&config).expect("producer");
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         let summary = capture::run(&config, &mut dest, rx).await?;
@@ -131,22 +125,9 @@ pub async fn start_sink(args: &[&str]) -> RunningSink {
     let mut argv = vec!["walhouse-sink"];
     argv.extend_from_slice(args);
     let config = SinkConfig::resolve(SinkArgs::try_parse_from(argv).expect("sink args")).expect("config");
-    let settings = config.consume.clone().expect("consume settings");
     let metrics = Arc::new(SinkMetrics::default());
     let (stop, rx) = watch::channel(false);
-    let m = metrics.clone();
-    let task = match config.warehouse {
-        WarehouseTarget::DuckDb(path) => {
-            let w = DuckDbWarehouse::open(&path).expect("duckdb");
-            let sink = Sink::new(settings, w, m).await.expect("sink starts");
-            tokio::spawn(sink.run(rx))
-        }
-        WarehouseTarget::Postgres(info) => {
-            let w = PostgresWarehouse::connect(&info).await.expect("postgres warehouse");
-            let sink = Sink::new(settings, w, m).await.expect("sink starts");
-            tokio::spawn(sink.run(rx))
-        }
-    };
+    let task = tokio::spawn(sink::start(config, metrics.clone(), rx));
     RunningSink { metrics, stop, task }
 }
 

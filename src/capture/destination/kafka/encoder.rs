@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::avro::envelope::{Op, SourceInfo, TableEnvelope};
 use crate::avro::types::NumericMode;
+use crate::avro::writer::{Op, SourceInfo, TableEnvelope};
 use crate::capture::destination::{EncodedRows, OutputError, RowEncoder};
 use crate::change::{ChangeEvent, ChangeKind};
 use crate::postgres::catalog::RelationCache;
@@ -152,7 +152,7 @@ impl RecordEncoder {
         if let Some(ids) = self.transaction_ids {
             return Ok(ids);
         }
-        let (key, value) = crate::avro::envelope::transaction_schemas();
+        let (key, value) = crate::avro::writer::transaction_schemas();
         let key_id = self.register(&format!("{topic}-key"), &key, topic, &[]).await?;
         let value_id = self.register(&format!("{topic}-value"), &value, topic, &[]).await?;
         self.transaction_ids = Some((key_id, value_id));

@@ -22,7 +22,7 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 
 use super::delivery::DeliveryTracker;
 use super::encoder::RecordEncoder;
-use crate::avro::envelope::Op;
+use crate::avro::writer::Op;
 use crate::capture::config::KafkaSettings;
 use crate::capture::destination::{Destination, DestinationStats, EncodedRows, OutputError, RowEncoder};
 use crate::change::ChangeEvent;
@@ -259,7 +259,7 @@ impl KafkaDestination {
         self.ensure_topic(&topic).await;
         let id = format!("{}:{}", tx.xid, tx.commit_lsn);
         let end = status == "END";
-        let (key, value) = crate::avro::envelope::transaction_record(
+        let (key, value) = crate::avro::writer::transaction_record(
             key_id,
             value_id,
             &id,

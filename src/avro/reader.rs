@@ -15,7 +15,7 @@ use serde_json::Value as Json;
 use crate::warehouse::{decimal_text, Cell, ColumnDef, SqlType};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum EnvelopeError {
+pub enum ReadError {
     #[error("writer schema is not a walhouse change envelope: {0}")]
     NotAnEnvelope(String),
     #[error("writer schema: {0}")]
@@ -98,13 +98,12 @@ pub struct Change {
 }
 
 impl EnvelopePlan {
-    pub fn compile(schema_text: &str) -> Result<Self, EnvelopeError> {
-        let json: Json =
-            serde_json::from_str(schema_text).map_err(|e| EnvelopeError::Schema(format!("not JSON: {e}")))?;
+    pub fn compile(schema_text: &str) -> Result<Self, ReadError> {
+        let json: Json = serde_json::from_str(schema_text).map_err(|e| ReadError::Schema(format!("not JSON: {e}")))?;
         let mut named = HashMap::new();
         let root = parse(&json, "", &mut named)?;
         let Node::Record(top) = &root else {
-            return Err(EnvelopeError::NotAnEnvelope("the top level is not a record".into()));
+            return Err(ReadError::NotAnEnvelope("the top level is not a record".into()));
         };
         let mut fields = Vec::new();
         let mut columns = None;
@@ -125,7 +124,7 @@ impl EnvelopePlan {
         }
         for needed in [Field::Before, Field::After, Field::Source, Field::Op] {
             if !fields.iter().any(|(f, _)| *f == needed) {
-                return Err(EnvelopeError::NotAnEnvelope(format!("no {needed:?} field")));
+                return Err(ReadError::NotAnEnvelope(format!("no {needed:?} field")));
             }
         }
         Ok(EnvelopePlan {
@@ -141,7 +140,7 @@ impl EnvelopePlan {
             .collect()
     }
 
-    pub fn decode(&self, body: &[u8]) -> Result<Change, EnvelopeError> {
+    pub fn decode(&self, body: &[u8]) -> Result<Change, ReadError> {
         let mut r = Reader { buf: body, pos: 0 };
         let mut change = Change::default();
         let mut before = None;
@@ -179,7 +178,7 @@ impl EnvelopePlan {
         Ok(change)
     }
 
-    fn row(&self, r: &mut Reader<'_>, node: &Node) -> Result<Option<Vec<Cell>>, EnvelopeError> {
+    fn row(&self, r: &mut Reader<'_>, node: &Node) -> Result<Option<Vec<Cell>>, ReadError> {
         let node = match node {
             Node::Union(branches) => match &branches[r.branch(branches.len())?] {
                 Node::Null => return Ok(None),
@@ -188,7 +187,7 @@ impl EnvelopePlan {
             n => n,
         };
         let Node::Record(_) = node else {
-            return Err(EnvelopeError::NotAnEnvelope("row is not a record".into()));
+            return Err(ReadError::NotAnEnvelope("row is not a record".into()));
         };
         let mut cells = Vec::with_capacity(self.columns.len());
         for c in &self.columns {
@@ -199,13 +198,13 @@ impl EnvelopePlan {
 }
 
 /// The row record's fields, from the `after` field's schema JSON.
-fn row_columns(envelope: &Json, after: &Node) -> Result<Vec<PlanColumn>, EnvelopeError> {
+fn row_columns(envelope: &Json, after: &Node) -> Result<Vec<PlanColumn>, ReadError> {
     let Some(Node::Record(fields)) = (match after {
         Node::Union(b) => b.iter().find(|n| matches!(n, Node::Record(_))),
         n @ Node::Record(_) => Some(n),
         _ => None,
     }) else {
-        return Err(EnvelopeError::NotAnEnvelope("after is not a nullable record".into()));
+        return Err(ReadError::NotAnEnvelope("after is not a nullable record".into()));
     };
     // The row record is defined inline in `before` (walhouse's shape) or in
     // `after`; its JSON carries the annotations.
@@ -217,7 +216,7 @@ fn row_columns(envelope: &Json, after: &Node) -> Result<Vec<PlanColumn>, Envelop
         .filter_map(|f| f["type"].as_array())
         .flatten()
         .find(|t| t["type"] == "record")
-        .ok_or_else(|| EnvelopeError::NotAnEnvelope("no inline row record".into()))?;
+        .ok_or_else(|| ReadError::NotAnEnvelope("no inline row record".into()))?;
     let jsons: Vec<&Json> = record_json["fields"].as_array().into_iter().flatten().collect();
     let mut out = Vec::with_capacity(fields.len());
     for (i, (field_name, node)) in fields.iter().enumerate() {
@@ -264,7 +263,7 @@ fn sql_type(node: &Node, walhouse_type: Option<&str>) -> SqlType {
     }
 }
 
-fn parse(json: &Json, namespace: &str, named: &mut HashMap<String, Node>) -> Result<Node, EnvelopeError> {
+fn parse(json: &Json, namespace: &str, named: &mut HashMap<String, Node>) -> Result<Node, ReadError> {
     match json {
         Json::String(name) => primitive(name)
             .or_else(|| {
@@ -275,7 +274,7 @@ fn parse(json: &Json, namespace: &str, named: &mut HashMap<String, Node>) -> Res
                 };
                 named.get(&full).or_else(|| named.get(name)).cloned()
             })
-            .ok_or_else(|| EnvelopeError::Schema(format!("unknown type {name:?}"))),
+            .ok_or_else(|| ReadError::Schema(format!("unknown type {name:?}"))),
         Json::Array(branches) => Ok(Node::Union(
             branches
                 .iter()
@@ -342,9 +341,7 @@ fn parse(json: &Json, namespace: &str, named: &mut HashMap<String, Node>) -> Res
                         Node::Fixed(size)
                     }
                 }
-                other => {
-                    primitive(other).ok_or_else(|| EnvelopeError::Schema(format!("unsupported type {other:?}")))?
-                }
+                other => primitive(other).ok_or_else(|| ReadError::Schema(format!("unsupported type {other:?}")))?,
             };
             if !name.is_empty() {
                 named.insert(full, node.clone());
@@ -352,7 +349,7 @@ fn parse(json: &Json, namespace: &str, named: &mut HashMap<String, Node>) -> Res
             }
             Ok(node)
         }
-        other => Err(EnvelopeError::Schema(format!("unexpected {other}"))),
+        other => Err(ReadError::Schema(format!("unexpected {other}"))),
     }
 }
 
@@ -376,11 +373,11 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn fail(&self, what: &str) -> EnvelopeError {
-        EnvelopeError::Body(format!("{what} at byte {}", self.pos))
+    fn fail(&self, what: &str) -> ReadError {
+        ReadError::Body(format!("{what} at byte {}", self.pos))
     }
 
-    fn long(&mut self) -> Result<i64, EnvelopeError> {
+    fn long(&mut self) -> Result<i64, ReadError> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = *self.buf.get(self.pos).ok_or_else(|| self.fail("truncated number"))?;
@@ -393,7 +390,7 @@ impl<'a> Reader<'a> {
         Err(self.fail("overlong number"))
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], EnvelopeError> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ReadError> {
         let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len());
         let end = end.ok_or_else(|| self.fail("truncated value"))?;
         let s = &self.buf[self.pos..end];
@@ -401,18 +398,18 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], EnvelopeError> {
+    fn bytes(&mut self) -> Result<&'a [u8], ReadError> {
         let n = self.long()?;
         let n = usize::try_from(n).map_err(|_| self.fail("negative length"))?;
         self.take(n)
     }
 
-    fn string(&mut self) -> Result<String, EnvelopeError> {
+    fn string(&mut self) -> Result<String, ReadError> {
         let b = self.bytes()?;
         String::from_utf8(b.to_vec()).map_err(|_| self.fail("string is not UTF-8"))
     }
 
-    fn branch(&mut self, n: usize) -> Result<usize, EnvelopeError> {
+    fn branch(&mut self, n: usize) -> Result<usize, ReadError> {
         let b = self.long()?;
         usize::try_from(b)
             .ok()
@@ -421,7 +418,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Array and map blocks: calls `item` for each element.
-    fn blocks(&mut self, mut item: impl FnMut(&mut Self) -> Result<(), EnvelopeError>) -> Result<(), EnvelopeError> {
+    fn blocks(&mut self, mut item: impl FnMut(&mut Self) -> Result<(), ReadError>) -> Result<(), ReadError> {
         // A block count is bounded by the bytes left, so a hostile count
         // cannot make this loop run long.
         loop {
@@ -443,9 +440,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn source(r: &mut Reader<'_>, node: &Node, change: &mut Change) -> Result<(), EnvelopeError> {
+fn source(r: &mut Reader<'_>, node: &Node, change: &mut Change) -> Result<(), ReadError> {
     let Node::Record(fields) = node else {
-        return Err(EnvelopeError::NotAnEnvelope("source is not a record".into()));
+        return Err(ReadError::NotAnEnvelope("source is not a record".into()));
     };
     // Per message: read the few fields kept, skip the rest without
     // building values.
@@ -481,7 +478,7 @@ fn source(r: &mut Reader<'_>, node: &Node, change: &mut Change) -> Result<(), En
 }
 
 /// Advances past a value without decoding it.
-fn skip(r: &mut Reader<'_>, node: &Node) -> Result<(), EnvelopeError> {
+fn skip(r: &mut Reader<'_>, node: &Node) -> Result<(), ReadError> {
     match node {
         Node::Null => {}
         Node::Boolean => {
@@ -529,7 +526,7 @@ fn skip(r: &mut Reader<'_>, node: &Node) -> Result<(), EnvelopeError> {
 }
 
 /// Decodes one row field (a nullable union, or a bare type) to a cell.
-fn cell(r: &mut Reader<'_>, node: &Node) -> Result<Cell, EnvelopeError> {
+fn cell(r: &mut Reader<'_>, node: &Node) -> Result<Cell, ReadError> {
     Ok(match node {
         Node::Union(branches) => {
             let b = r.branch(branches.len())?;
@@ -593,7 +590,7 @@ fn cell(r: &mut Reader<'_>, node: &Node) -> Result<Cell, EnvelopeError> {
 
 /// Decodes any value to JSON (for nested values and fields the sink only
 /// skims).
-fn generic(r: &mut Reader<'_>, node: &Node, out: &mut Json) -> Result<(), EnvelopeError> {
+fn generic(r: &mut Reader<'_>, node: &Node, out: &mut Json) -> Result<(), ReadError> {
     *out = match node {
         Node::Union(branches) => {
             let b = r.branch(branches.len())?;
@@ -834,7 +831,7 @@ mod tests {
     fn other_schemas_are_refused() {
         assert!(matches!(
             EnvelopePlan::compile(r#"{"type":"record","name":"X","fields":[{"name":"a","type":"int"}]}"#),
-            Err(EnvelopeError::NotAnEnvelope(_))
+            Err(ReadError::NotAnEnvelope(_))
         ));
         assert!(EnvelopePlan::compile("not json").is_err());
     }

@@ -105,7 +105,7 @@ pub struct TableEnvelope {
 /// Why a change could not be encoded (only keys can fail: values fall back
 /// to `text_values`).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum EnvelopeError {
+pub enum WriteError {
     #[error("key column {column} of {table}: {reason}")]
     Key {
         table: String,
@@ -243,13 +243,13 @@ impl TableEnvelope {
     }
 
     /// The key record of a row, or `None` for a table without a key.
-    pub fn encode_key(&self, tuple: &Tuple, out: &mut Vec<u8>) -> Result<bool, EnvelopeError> {
+    pub fn encode_key(&self, tuple: &Tuple, out: &mut Vec<u8>) -> Result<bool, WriteError> {
         if self.key_columns.is_empty() {
             return Ok(false);
         }
         for &i in &self.key_columns {
             let c = &self.columns[i];
-            let fail = |reason: String| EnvelopeError::Key {
+            let fail = |reason: String| WriteError::Key {
                 table: format!("{}.{}", self.schema, self.table),
                 column: c.name.clone(),
                 reason,
