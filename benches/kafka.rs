@@ -19,14 +19,12 @@
 //! Run: `cargo bench --bench kafka` (env `WALHOUSE_BENCH_ROWS`, default
 //! 1000000). Prints tables; never asserts on time.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use walhouse_test_support as support;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -34,7 +32,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use support::postgres::{PgOptions, PgServer};
 use tokio::sync::watch;
 use walhouse::capture;
-use walhouse::capture::config::{CaptureArgs, CaptureConfig};
+use walhouse::capture::config::CaptureConfig;
 use walhouse::capture::destination::kafka::encoder::RecordEncoder;
 use walhouse::capture::destination::kafka::producer::KafkaDestination;
 use walhouse::capture::destination::{Destination, DestinationStats, EncodedRows, OutputError, RowEncoder};
@@ -195,7 +193,6 @@ impl Bench {
         let url = format!("postgres://postgres@127.0.0.1:{}/bench?sslmode=disable", self.pg.port);
         let brokers = self.broker.bootstrap();
         let mut args = vec![
-            "walhouse-capture",
             "--source-url",
             &url,
             "--slot",
@@ -214,7 +211,7 @@ impl Bench {
             prefix,
         ];
         args.extend_from_slice(extra);
-        CaptureConfig::resolve(CaptureArgs::try_parse_from(args).expect("args")).expect("config")
+        support::pipeline::capture_config(&args)
     }
 
     /// An initial_only snapshot from a new slot into `dest`: (measures, rows, dest).

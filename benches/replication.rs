@@ -6,8 +6,7 @@
 //! default 1000000; `WALHOUSE_BENCH_ROUNDS`, default 3). Prints a table;
 //! never asserts on time.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use walhouse_test_support as support;
 
 use std::time::{Duration, Instant};
 

@@ -10,8 +10,7 @@
 //!
 //! Run: `cargo bench --bench sink`
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use walhouse_test_support as support;
 
 use std::time::{Duration, Instant};
 

@@ -15,8 +15,7 @@
 //!
 //! Run: `cargo run --release --example demo`
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use walhouse_test_support as support;
 
 use std::time::{Duration, Instant};
 

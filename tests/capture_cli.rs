@@ -1,7 +1,7 @@
 //! `walhouse-capture --output stdout` end to end: the real binary against a
 //! real server, read back line by line.
 
-mod support;
+use walhouse_test_support as support;
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -6,18 +6,16 @@
 //! real one when `SCHEMA_REGISTRY_URL` is set: the whole suite then runs
 //! against it (subjects are unique per run).
 
-mod support;
+use walhouse_test_support as support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use apache_avro::types::Value;
-use clap::Parser;
 use support::kafka::{read_all, read_topic, Broker, Record};
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
 use tokio::sync::watch;
-use walhouse::capture::config::{CaptureArgs, CaptureConfig};
 use walhouse::capture::{self, CaptureError, CaptureSummary};
 use walhouse::http::{request, BaseUrl};
 use walhouse::registry::{split_wire, Registry, RegistryConfig};
@@ -71,7 +69,6 @@ impl Env {
 
     fn args(&self, slot: &str, extra: &[&str]) -> Vec<String> {
         let mut v: Vec<String> = [
-            "walhouse-capture",
             "--source-url",
             &self.pg.url("walhouse_scram", &self.db),
             "--slot",
@@ -96,8 +93,7 @@ impl Env {
 
     /// Runs capture in-process until the returned sender says stop.
     fn spawn(&self, slot: &str, extra: &[&str]) -> Running {
-        let config =
-            CaptureConfig::resolve(CaptureArgs::try_parse_from(self.args(slot, extra)).expect("args")).expect("config");
+        let config = support::pipeline::capture_config(&self.args(slot, extra));
         let mut dest = capture::kafka_destination(&config).expect("producer");
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(async move { capture::run(&config, &mut dest, rx).await });
@@ -633,7 +629,7 @@ async fn killed_mid_stream_and_restarted_every_change_arrives_in_key_order() {
         .expect("schema");
     let spawn_binary = || {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_walhouse-capture"));
-        cmd.args(&env.args("crash_slot", &["--topic-partitions", "3"])[1..])
+        cmd.args(env.args("crash_slot", &["--topic-partitions", "3"]))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());

@@ -1,7 +1,7 @@
 //! The replication core against a real Postgres (15 or 18): every assertion is on
 //! messages decoded from the server's own stream.
 
-mod support;
+use walhouse_test_support as support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! the test support (or a real one when `SCHEMA_REGISTRY_URL` is set).
 //! Every assertion reads back from the warehouse.
 
-mod support;
+use walhouse_test_support as support;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -3,16 +3,15 @@
 //! before capture started arrive as reads, and together with the streamed
 //! changes they give exactly the table's final state.
 
-mod support;
+use walhouse_test_support as support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use clap::Parser;
 use serde_json::Value;
 use support::postgres::PgServer;
 use tokio::sync::watch;
-use walhouse::capture::config::{CaptureArgs, CaptureConfig};
+use walhouse::capture::config::CaptureConfig;
 use walhouse::capture::destination::stdout::JsonLines;
 use walhouse::capture::{self, CaptureError, CaptureSummary};
 
@@ -25,17 +24,9 @@ fn init_logs() {
 
 fn config(pg: &PgServer, db: &str, slot: &str, extra: &[&str]) -> CaptureConfig {
     let url = pg.url("walhouse_scram", db);
-    let mut args = vec![
-        "walhouse-capture",
-        "--source-url",
-        &url,
-        "--slot",
-        slot,
-        "--status-interval-ms",
-        "200",
-    ];
+    let mut args = vec!["--source-url", &url, "--slot", slot, "--status-interval-ms", "200"];
     args.extend_from_slice(extra);
-    CaptureConfig::resolve(CaptureArgs::try_parse_from(args).expect("args")).expect("config")
+    support::pipeline::capture_config(&args)
 }
 
 type Task = tokio::task::JoinHandle<Result<CaptureSummary, CaptureError>>;

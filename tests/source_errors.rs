@@ -1,13 +1,12 @@
 //! Errors an operator meets, provoked on a real server: each must name its
 //! cause and fix. And TLS in every sslmode.
 
-mod support;
+use walhouse_test_support as support;
 
 use std::time::Duration;
 
 use support::postgres::{PgOptions, PgServer, PASSWORD_URL};
 use walhouse::capture;
-use walhouse::capture::config::{CaptureArgs, CaptureConfig};
 use walhouse::capture::destination::stdout::JsonLines;
 use walhouse::postgres::conninfo::ConnInfo;
 use walhouse::postgres::replication::{ReplicationClient, StreamOptions};
@@ -25,9 +24,7 @@ fn options() -> StreamOptions {
 }
 
 async fn capture_error(url: &str, slot: &str) -> capture::CaptureError {
-    use clap::Parser;
-    let args = CaptureArgs::try_parse_from(["walhouse-capture", "--source-url", url, "--slot", slot]).expect("args");
-    let config = CaptureConfig::resolve(args).expect("config");
+    let config = support::pipeline::capture_config(&["--source-url", url, "--slot", slot]);
     let (_stop, rx) = tokio::sync::watch::channel(false);
     let mut out = JsonLines::new(tokio::io::sink());
     tokio::time::timeout(Duration::from_secs(30), capture::run(&config, &mut out, rx))

@@ -9,8 +9,6 @@
 //! as on most production clusters), so whatever a test reads was created by
 //! walhouse or by the test itself.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -70,8 +68,8 @@ impl Broker {
             .tempdir()
             .expect("broker dir");
         let mut broker = Broker {
-            port: super::postgres::free_port(),
-            controller_port: super::postgres::free_port(),
+            port: crate::postgres::free_port(),
+            controller_port: crate::postgres::free_port(),
             dir,
             child: None,
             started_in: Duration::ZERO,
@@ -305,7 +303,7 @@ pub struct Tansu {
 
 impl Tansu {
     pub fn start() -> Tansu {
-        let port = super::postgres::free_port();
+        let port = crate::postgres::free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_bin())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])

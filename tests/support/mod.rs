@@ -1,7 +1,5 @@
 //! Shared harness for integration tests: real components started per test.
 
-#![allow(dead_code)]
-
 pub mod kafka;
 pub mod pipeline;
 pub mod postgres;

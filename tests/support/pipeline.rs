@@ -3,8 +3,6 @@
 //! same code as the binaries, and the seed's questions are asked of the
 //! source and of a warehouse.
 
-#![allow(dead_code)]
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,11 +63,17 @@ impl RunningCapture {
     }
 }
 
+/// A capture configuration from walhouse-capture's flags (without the
+/// program name), resolved as the binary resolves it: every test, bench
+/// and the demo build theirs here.
+pub fn capture_config<S: AsRef<str>>(args: &[S]) -> CaptureConfig {
+    let argv = std::iter::once("walhouse-capture").chain(args.iter().map(AsRef::as_ref));
+    CaptureConfig::resolve(CaptureArgs::try_parse_from(argv).expect("capture flags")).expect("capture config")
+}
+
 /// Starts capture into Kafka (`args` are walhouse-capture's flags).
 pub fn start_capture(args: &[&str]) -> RunningCapture {
-    let mut argv = vec!["walhouse-capture"];
-    argv.extend_from_slice(args);
-    let config = CaptureConfig::resolve(CaptureArgs::try_parse_from(argv).expect("capture args")).expect("config");
+    let config = capture_config(args);
     let mut dest = capture::kafka_destination(&config).expect("producer");
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(async move {

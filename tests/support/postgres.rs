@@ -12,8 +12,6 @@
 //! (trust), each with REPLICATION, and `walhouse_norepl` (SCRAM, no
 //! REPLICATION). `postgres` is the trusted superuser.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

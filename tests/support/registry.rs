@@ -11,8 +11,6 @@
 //! (fields added or removed with defaults; type promotions), answering 409
 //! with `{"error_code": 409, …}` otherwise.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
