@@ -9,35 +9,35 @@
 //! What cannot be a row goes to `walhouse.dead_letters` with the reason, in
 //! the same transaction, and its offset moves on like any other.
 
+mod batch;
 pub mod companies;
 pub mod config;
+mod decode;
 pub mod insolvency;
 pub mod metrics;
+mod position;
 pub mod tables;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
+use self::batch::{Pending, Settled, Writer};
 use self::config::{ConsumeSettings, SinkConfig};
+use self::decode::{Decoded, Decoder, Outcome, Target, COMPANIES};
 use self::metrics::SinkMetrics;
+use self::position::{Positions, SinkContext};
 use self::tables::{cdc_table_def, raw_schema, TableError, Tables};
 use crate::avro::reader::EnvelopePlan;
-use crate::registry::{split_wire, Registry, RegistryError};
-use crate::warehouse::{
-    Batch, Cell, ColumnDef, DeadLetter, OffsetUpdate, SqlType, TableRef, TableRows, Warehouse, WarehouseError,
-};
-
-/// Extra lookups of a schema id the registry does not know, before the
-/// record is a dead letter (0.25 s, 0.5 s, 0.75 s apart).
-const UNKNOWN_ID_RETRIES: u32 = 3;
+use crate::registry::{Registry, RegistryError};
+use crate::warehouse::{Cell, ColumnDef, DeadLetter, SqlType, TableRef, Warehouse, WarehouseError};
 
 /// The Kafka coordinates every raw table ends with.
 pub const KAFKA_COLUMNS: [(&str, SqlType); 4] = [
@@ -123,100 +123,6 @@ pub async fn prepare<W: Warehouse>(w: &mut W, tables: &mut Tables) -> Result<(),
     Ok(())
 }
 
-/// Partition changes, noted by the consumer's rebalance callback and acted
-/// on by the loop (which may await the warehouse; the callback may not).
-#[derive(Default)]
-struct SinkContext {
-    events: Mutex<Vec<Rebalanced>>,
-}
-
-enum Rebalanced {
-    Assigned(Vec<(String, i32)>),
-    Revoked(Vec<(String, i32)>),
-}
-
-fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
-    tpl.elements()
-        .iter()
-        .map(|e| (e.topic().to_owned(), e.partition()))
-        .collect()
-}
-
-impl ClientContext for SinkContext {
-    /// librdkafka's global errors (broker down, a subscribed pattern that
-    /// matches no topic yet) are retried by librdkafka itself; without this
-    /// they would be logged as errors every few seconds.
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        consumer_error(&error);
-        tracing::debug!(target: "librdkafka", "{reason}");
-    }
-}
-
-impl ConsumerContext for SinkContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let event = match rebalance {
-            Rebalance::Assign(tpl) => Rebalanced::Assigned(partitions(tpl)),
-            Rebalance::Revoke(tpl) => Rebalanced::Revoked(partitions(tpl)),
-            Rebalance::Error(e) => {
-                tracing::warn!("consumer group rebalance failed: {e}");
-                return;
-            }
-        };
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
-    }
-}
-
-/// A partition the loop has positioned.
-struct Position {
-    /// The next offset to store (everything below is in the warehouse or
-    /// in the pending batch).
-    next: i64,
-    /// What the warehouse holds, the fence for the next write.
-    stored: Option<i64>,
-}
-
-/// What one writer schema id turned out to be.
-#[derive(Clone)]
-enum Plan {
-    Envelope(Arc<EnvelopePlan>),
-    /// walhouse's transaction-boundary records: not rows.
-    TransactionMetadata,
-    Refused(String),
-}
-
-#[derive(Default)]
-struct Pending {
-    /// Rows by target (a CDC writer schema id, or the companies table).
-    tables: BTreeMap<u64, (Arc<Target>, Vec<Vec<Cell>>)>,
-    dead: Vec<DeadLetter>,
-    offsets: HashMap<(String, i32), OffsetUpdate>,
-    rows: usize,
-    bytes: usize,
-    since: Option<Instant>,
-}
-
-impl Pending {
-    fn is_empty(&self) -> bool {
-        self.offsets.is_empty()
-    }
-
-    fn advance(&mut self, partition: &(String, i32), stored: Option<i64>, offset: i64) {
-        self.since.get_or_insert_with(Instant::now);
-        // Looked up before inserting: the key is cloned once per batch, not per message.
-        if let Some(o) = self.offsets.get_mut(partition) {
-            o.next = offset + 1;
-            return;
-        }
-        let update = OffsetUpdate {
-            topic: partition.0.clone(),
-            partition: partition.1,
-            from: stored,
-            next: offset + 1,
-        };
-        self.offsets.insert(partition.clone(), update);
-    }
-}
-
 /// Errors the consumer reports while it goes on (it reconnects by itself).
 fn consumer_error(e: &rdkafka::error::KafkaError) {
     use rdkafka::types::RDKafkaErrorCode;
@@ -251,67 +157,24 @@ impl Record {
     }
 }
 
-/// Where rows of one writer schema (or of the company events) go: worked
-/// out once, so the per-message path allocates no names.
-struct Target {
-    key: u64,
-    /// The source table (schema, name); empty for company events.
-    source: (String, String),
-    table: TableRef,
-    /// The cells' column names, Kafka coordinates included.
-    columns: Vec<String>,
-}
-
-impl Target {
-    fn new(key: u64, source: (String, String), table: TableRef, columns: impl Iterator<Item = String>) -> Self {
-        Target {
-            key,
-            source,
-            table,
-            columns: columns
-                .chain(KAFKA_COLUMNS.iter().map(|(n, _)| n.to_string()))
-                .collect(),
-        }
-    }
-}
-
-/// The pending-batch key of the company events (CDC keys are schema ids).
-const COMPANIES: u64 = u64::MAX;
-
-/// One consumed record's fate.
-enum Outcome {
-    Row {
-        target: Arc<Target>,
-        cells: Vec<Cell>,
-    },
-    Dead(String),
-    Skip,
-    /// The topic cannot go on (incompatible schema change).
-    Stop(String),
-}
-
-/// A batch being written by its own task, with the warehouse it owns
-/// meanwhile.
-type InFlight<W> = tokio::task::JoinHandle<(W, Batch, Instant, Result<(), WarehouseError>)>;
-
+/// The consume loop. Its three parts: where each partition is read from
+/// ([`position`]), what each record becomes ([`decode`]) and the batch
+/// being gathered and written ([`batch`]); the loop itself owns the
+/// warehouse DDL that a new writer schema needs.
 pub struct Sink<W: Warehouse> {
     settings: ConsumeSettings,
     dialect: crate::warehouse::Dialect,
-    /// `None` while a batch is in flight (its task owns it).
-    warehouse: Option<W>,
-    in_flight: Option<InFlight<W>>,
-    registry: Registry,
     consumer: StreamConsumer<SinkContext>,
     metrics: Arc<SinkMetrics>,
+    positions: Positions,
+    decoder: Decoder,
+    writer: Writer<W>,
+    pending: Pending,
     tables: Tables,
-    plans: HashMap<u32, Plan>,
     targets: HashMap<u32, Arc<Target>>,
     companies: Arc<Target>,
-    key_columns: HashMap<u32, Vec<String>>,
-    positions: HashMap<(String, i32), Position>,
-    unpositioned: Vec<(String, i32)>,
+    /// Topics paused for good, with the reason.
     stopped: HashMap<String, String>,
-    pending: Pending,
 }
 
 impl<W: Warehouse + Send + 'static> Sink<W> {
@@ -355,15 +218,15 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             "sink started"
         );
         Ok(Sink {
-            settings,
             dialect: warehouse.dialect(),
-            warehouse: Some(warehouse),
-            in_flight: None,
-            registry,
+            writer: Writer::new(warehouse, settings.group_id.clone(), metrics.clone()),
+            settings,
             consumer,
             metrics,
+            positions: Positions::default(),
+            decoder: Decoder::new(registry),
+            pending: Pending::default(),
             tables,
-            plans: HashMap::new(),
             targets: HashMap::new(),
             companies: Arc::new(Target::new(
                 COMPANIES,
@@ -371,11 +234,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 companies::table(),
                 companies::column_names().into_iter(),
             )),
-            key_columns: HashMap::new(),
-            positions: HashMap::new(),
-            unpositioned: Vec::new(),
             stopped: HashMap::new(),
-            pending: Pending::default(),
         })
     }
 
@@ -395,12 +254,16 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 tracing::info!("sink stopped");
                 return Ok(());
             }
-            if self.in_flight.as_ref().is_some_and(|t| t.is_finished()) {
+            if self.writer.finished() {
                 self.settle().await?;
             }
-            self.rebalanced();
-            if !self.unpositioned.is_empty() {
-                self.position().await?;
+            if self.positions.apply(self.consumer.context()) {
+                self.pending = Pending::default();
+            }
+            if self.positions.needs_seek() {
+                let group = self.settings.group_id.clone();
+                let stored = self.warehouse().await?.offsets(&group).await?;
+                self.positions.seek(&self.consumer, &stored, &self.stopped)?;
             }
             let linger = match self.pending.since {
                 Some(t) => self.settings.batch_linger.saturating_sub(t.elapsed()),
@@ -442,83 +305,6 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 self.flush().await?;
             }
         }
-    }
-
-    /// Applies the rebalance events the consumer noted.
-    fn rebalanced(&mut self) {
-        let events = std::mem::take(&mut *self.consumer.context().events.lock().unwrap_or_else(|p| p.into_inner()));
-        for event in events {
-            match event {
-                Rebalanced::Revoked(list) => {
-                    // Rows not yet written may belong to partitions another
-                    // instance now owns: drop the batch, re-read what stays ours.
-                    tracing::info!(partitions = list.len(), "partitions revoked; pending batch dropped");
-                    self.pending = Pending::default();
-                    for p in &list {
-                        self.positions.remove(p);
-                        self.unpositioned.retain(|u| u != p);
-                    }
-                    self.unpositioned.extend(self.positions.drain().map(|(k, _)| k));
-                }
-                Rebalanced::Assigned(list) => {
-                    tracing::info!(partitions = list.len(), "partitions assigned");
-                    for p in list {
-                        if !self.unpositioned.contains(&p) && !self.positions.contains_key(&p) {
-                            self.unpositioned.push(p);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Seeks the unpositioned partitions to the offsets stored in the
-    /// warehouse (the beginning when none is stored).
-    async fn position(&mut self) -> Result<(), SinkError> {
-        let group = self.settings.group_id.clone();
-        let stored = self.warehouse().await?.offsets(&group).await?;
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in &self.unpositioned {
-            let offset = stored
-                .get(&(topic.clone(), *partition))
-                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
-            tpl.add_partition_offset(topic, *partition, offset)
-                .map_err(kafka("building a seek"))?;
-        }
-        let result = match self.consumer.seek_partitions(tpl, Duration::from_secs(10)) {
-            Ok(r) => r,
-            Err(e) => {
-                // Not fetching yet right after an assignment: try again on
-                // the next turn; nothing is read from these partitions meanwhile.
-                tracing::debug!("seek not possible yet: {e}");
-                return Ok(());
-            }
-        };
-        let mut still = Vec::new();
-        for e in result.elements() {
-            let key = (e.topic().to_owned(), e.partition());
-            if let Err(err) = e.error() {
-                tracing::debug!(topic = %key.0, partition = key.1, "seek not possible yet: {err}");
-                still.push(key);
-                continue;
-            }
-            let stored = stored.get(&key).copied();
-            tracing::info!(topic = %key.0, partition = key.1, offset = ?stored, "positioned at the warehouse's offset");
-            if self.stopped.contains_key(&key.0) {
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&key.0, key.1);
-                let _ = self.consumer.pause(&tpl);
-            }
-            self.positions.insert(
-                key,
-                Position {
-                    next: stored.unwrap_or(0),
-                    stored,
-                },
-            );
-        }
-        self.unpositioned = still;
-        Ok(())
     }
 
     async fn handle(&mut self, record: Record) -> Result<(), SinkError> {
@@ -565,7 +351,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 self.stopped.insert(topic.to_owned(), reason);
                 self.metrics.set_stopped_topics(self.stopped.len() as u64);
                 let mut tpl = TopicPartitionList::new();
-                for (t, p) in self.positions.keys().filter(|(t, _)| t == topic) {
+                for (t, p) in self.positions.of_topic(topic) {
                     tpl.add_partition(t, *p);
                 }
                 let _ = self.consumer.pause(&tpl);
@@ -574,8 +360,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             Outcome::Skip => self.metrics.count_skipped(),
             Outcome::Dead(error) => {
                 tracing::warn!(%topic, partition, offset, "dead letter: {error}");
-                self.pending.bytes += payload.as_ref().map_or(0, Vec::len);
-                self.pending.dead.push(DeadLetter {
+                self.pending.dead(DeadLetter {
                     source: if is_companies { "companies" } else { "cdc" }.into(),
                     topic: Some(topic.to_owned()),
                     partition: Some(partition),
@@ -592,20 +377,10 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 cells.push(Cell::Int(partition));
                 cells.push(Cell::Long(offset));
                 cells.push(Cell::TimestampTz(now_micros()));
-                self.pending.bytes += cells.iter().map(Cell::weight).sum::<usize>();
-                self.pending.rows += 1;
-                let key = target.key;
-                self.pending
-                    .tables
-                    .entry(key)
-                    .or_insert_with(|| (target, Vec::new()))
-                    .1
-                    .push(cells);
+                self.pending.row(target, cells);
             }
         }
-        if let Some(pos) = self.positions.get_mut(&at) {
-            pos.next = offset + 1;
-        }
+        self.positions.advance(&at, offset);
         self.pending.advance(&at, stored, offset);
         Ok(())
     }
@@ -613,19 +388,13 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
     /// Decodes a change event; creates or widens its raw table and view on
     /// first sight.
     async fn cdc(&mut self, payload: &[u8], key: Option<&[u8]>) -> Result<Outcome, SinkError> {
-        let Some((schema_id, body)) = split_wire(payload) else {
-            return Ok(Outcome::Dead(
-                "not in the Confluent wire format (magic byte 0 and a schema id expected)".into(),
-            ));
-        };
-        let plan = match self.plan(schema_id).await? {
-            Plan::Envelope(p) => p,
-            Plan::TransactionMetadata => return Ok(Outcome::Skip),
-            Plan::Refused(reason) => return Ok(Outcome::Dead(reason)),
-        };
-        let change = match plan.decode(body) {
-            Ok(c) => c,
-            Err(e) => return Ok(Outcome::Dead(format!("schema id {schema_id}: {e}"))),
+        let (schema_id, plan, change) = match self.decoder.decode(payload).await? {
+            Decoded::Change {
+                schema_id,
+                plan,
+                change,
+            } => (schema_id, plan, change),
+            Decoded::Outcome(outcome) => return Ok(outcome),
         };
         let target = match self.targets.get(&schema_id) {
             Some(t) if t.source.0 == change.schema && t.source.1 == change.table => t.clone(),
@@ -635,42 +404,19 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             },
         };
         if !self.tables.has_view(&target.table) {
-            if let Some(key_columns) = self.key_columns_of(key).await? {
+            if let Some(key_columns) = self.decoder.key_columns_of(key).await? {
                 let view = TableRef::new(&change.schema, &change.table);
                 self.settle().await?;
-                let Some(warehouse) = self.warehouse.as_mut() else {
-                    return Err(SinkError::Lost);
-                };
+                let warehouse = self.writer.warehouse()?;
                 self.tables
                     .ensure_view(warehouse, &target.table, &view, &key_columns)
                     .await?;
             }
         }
-        let mut cells = change.row.unwrap_or_else(|| vec![Cell::Null; plan.columns.len()]);
-        let json_list = |items: &[String]| {
-            (!items.is_empty()).then(|| Cell::Text(serde_json::Value::from(items.to_vec()).to_string()))
-        };
-        cells.push(Cell::Text(change.op));
-        cells.push(change.lsn.map_or(Cell::Null, Cell::Long));
-        cells.push(change.tx_id.map_or(Cell::Null, Cell::Long));
-        cells.push(
-            change
-                .commit_ts_ms
-                .map_or(Cell::Null, |ms| Cell::TimestampTz(ms.saturating_mul(1000))),
-        );
-        cells.push(Cell::Text(change.snapshot));
-        cells.push(json_list(&change.unchanged_toast).unwrap_or(Cell::Null));
-        cells.push(if change.text_values.is_empty() {
-            Cell::Null
-        } else {
-            let m: serde_json::Map<String, serde_json::Value> = change
-                .text_values
-                .into_iter()
-                .map(|(k, v)| (k, serde_json::Value::String(v)))
-                .collect();
-            Cell::Text(serde_json::Value::Object(m).to_string())
-        });
-        Ok(Outcome::Row { target, cells })
+        Ok(Outcome::Row {
+            target,
+            cells: decode::cells(&plan, change),
+        })
     }
 
     /// First sight of a writer schema: creates or widens its raw table
@@ -686,9 +432,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         let raw = TableRef::new(&raw_schema(schema), table);
         let def = cdc_table_def(&raw, plan.column_defs());
         self.settle().await?;
-        let Some(warehouse) = self.warehouse.as_mut() else {
-            return Err(SinkError::Lost);
-        };
+        let warehouse = self.writer.warehouse()?;
         let widened = match self.tables.ensure(warehouse, &def).await {
             Ok(w) => w,
             Err(e @ TableError::Incompatible { .. }) => return Ok(Err(Outcome::Stop(e.to_string()))),
@@ -711,145 +455,46 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         self.targets.insert(schema_id, target.clone());
         Ok(Ok(target))
     }
-    async fn plan(&mut self, id: u32) -> Result<Plan, SinkError> {
-        if let Some(p) = self.plans.get(&id) {
-            return Ok(p.clone());
-        }
-        // An id the registry does not know yet may be on its way (a
-        // registry replica behind its primary): ask a few times first.
-        let mut answer = self.registry.schema(id).await;
-        for attempt in 1..=UNKNOWN_ID_RETRIES {
-            if !matches!(answer, Err(RegistryError::UnknownId { .. })) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
-            answer = self.registry.schema(id).await;
-        }
-        let plan = match answer {
-            Ok(text) => match EnvelopePlan::compile(&text) {
-                Ok(p) => Plan::Envelope(Arc::new(p)),
-                Err(_) if text.contains("\"TransactionMetadataValue\"") => Plan::TransactionMetadata,
-                Err(e) => Plan::Refused(format!("schema id {id}: {e}")),
-            },
-            Err(RegistryError::UnknownId { id }) => {
-                // Not cached: the schema may be registered later.
-                return Ok(Plan::Refused(format!(
-                    "schema id {id} is unknown to the schema registry after {} attempts (is the sink pointed at the registry the producer used?)",
-                    UNKNOWN_ID_RETRIES + 1
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        self.plans.insert(id, plan.clone());
-        Ok(plan)
-    }
-
-    /// The key columns named by a message key's schema.
-    async fn key_columns_of(&mut self, key: Option<&[u8]>) -> Result<Option<Vec<String>>, SinkError> {
-        let Some((id, _)) = key.and_then(split_wire) else {
-            return Ok(None);
-        };
-        if let Some(k) = self.key_columns.get(&id) {
-            return Ok(Some(k.clone()));
-        }
-        let text = match self.registry.schema(id).await {
-            Ok(t) => t,
-            Err(RegistryError::UnknownId { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        let columns: Vec<String> = json["fields"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|f| f["walhouse.column"].as_str().or(f["name"].as_str()).map(str::to_owned))
-            .collect();
-        self.key_columns.insert(id, columns.clone());
-        Ok(Some(columns))
-    }
 
     /// The warehouse, once the batch in flight (if any) is settled.
     async fn warehouse(&mut self) -> Result<&mut W, SinkError> {
         self.settle().await?;
-        self.warehouse.as_mut().ok_or(SinkError::Lost)
+        self.writer.warehouse()
     }
 
-    /// Hands the pending batch to a task that writes it, rows and offsets
-    /// in one transaction, while the loop goes on consuming. One batch is
-    /// in flight at a time.
+    /// Hands the pending batch to the writer, which writes it while the
+    /// loop goes on consuming.
     async fn flush(&mut self) -> Result<(), SinkError> {
         self.settle().await?;
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
-        let batch = Batch {
-            tables: pending
-                .tables
-                .into_values()
-                .map(|(target, rows)| {
-                    let rows = TableRows {
-                        columns: target.columns.clone(),
-                        rows,
-                    };
-                    (target.table.clone(), rows)
-                })
-                .collect(),
-            dead_letters: pending.dead,
-            offsets: pending.offsets.into_values().collect(),
-            file: None,
-        };
+        let offsets = self.writer.write(std::mem::take(&mut self.pending))?;
         // The next batch continues from here; if this one fails, every
         // partition is positioned again from what the warehouse holds.
-        for o in &batch.offsets {
-            if let Some(p) = self.positions.get_mut(&(o.topic.clone(), o.partition)) {
-                p.stored = Some(o.next);
-            }
-        }
-        let mut warehouse = self.warehouse.take().ok_or(SinkError::Lost)?;
-        let group = self.settings.group_id.clone();
-        self.in_flight = Some(tokio::spawn(async move {
-            let started = Instant::now();
-            let result = warehouse.write(&group, &batch).await;
-            (warehouse, batch, started, result)
-        }));
+        self.positions.stored(&offsets);
         Ok(())
     }
 
-    /// Waits for the batch in flight and takes the warehouse back.
+    /// Waits for the batch in flight. A fenced batch drops what is pending
+    /// and positions every partition again; a written one's offsets go to
+    /// Kafka too, for monitoring only.
     async fn settle(&mut self) -> Result<(), SinkError> {
-        let Some(task) = self.in_flight.take() else {
-            return Ok(());
-        };
-        let (warehouse, batch, started, result) = task.await.map_err(|_| SinkError::Lost)?;
-        self.warehouse = Some(warehouse);
-        match result {
-            Ok(()) => {}
-            Err(e @ WarehouseError::Fenced { .. }) => {
-                tracing::warn!("{e}");
-                self.metrics.count_fenced();
+        match self.writer.settle().await? {
+            Settled::Idle => {}
+            Settled::Fenced => {
                 self.pending = Pending::default();
-                self.unpositioned.extend(self.positions.drain().map(|(k, _)| k));
-                return Ok(());
+                self.positions.reposition_all();
             }
-            Err(e) => return Err(e.into()),
-        }
-        let millis = started.elapsed().as_millis() as u64;
-        self.metrics
-            .count_batch(batch.rows() as u64, batch.dead_letters.len() as u64, millis);
-        tracing::debug!(
-            rows = batch.rows(),
-            dead = batch.dead_letters.len(),
-            millis,
-            "batch written"
-        );
-        let mut tpl = TopicPartitionList::new();
-        for o in &batch.offsets {
-            let _ = tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.next));
-        }
-        // Informative only: the warehouse's offsets are the ones used.
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-            tracing::debug!("committing offsets to Kafka (informative): {e}");
+            Settled::Written(offsets) => {
+                let mut tpl = TopicPartitionList::new();
+                for o in &offsets {
+                    let _ = tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.next));
+                }
+                if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                    tracing::debug!("committing offsets to Kafka (informative): {e}");
+                }
+            }
         }
         Ok(())
     }

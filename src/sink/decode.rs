@@ -1,0 +1,200 @@
+//! CDC decoding into outcomes: a consumed change record is looked up by its
+//! writer schema id (once per id, through the registry), decoded by
+//! [`EnvelopePlan`] and turned into the cells of its raw-table row, or into
+//! the reason it is a dead letter. No warehouse here: creating and widening
+//! the raw tables is the loop's, on a target's first sight.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::SinkError;
+use crate::avro::reader::{Change, EnvelopePlan};
+use crate::registry::{split_wire, Registry, RegistryError};
+use crate::warehouse::{Cell, TableRef};
+
+/// Extra lookups of a schema id the registry does not know, before the
+/// record is a dead letter (0.25 s, 0.5 s, 0.75 s apart).
+const UNKNOWN_ID_RETRIES: u32 = 3;
+
+/// The pending-batch key of the company events (CDC keys are schema ids).
+pub(super) const COMPANIES: u64 = u64::MAX;
+
+/// What one writer schema id turned out to be.
+#[derive(Clone)]
+enum Plan {
+    Envelope(Arc<EnvelopePlan>),
+    /// walhouse's transaction-boundary records: not rows.
+    TransactionMetadata,
+    Refused(String),
+}
+
+/// Where rows of one writer schema (or of the company events) go: worked
+/// out once, so the per-message path allocates no names.
+pub(super) struct Target {
+    pub key: u64,
+    /// The source table (schema, name); empty for company events.
+    pub source: (String, String),
+    pub table: TableRef,
+    /// The cells' column names, Kafka coordinates included.
+    pub columns: Vec<String>,
+}
+
+impl Target {
+    pub fn new(key: u64, source: (String, String), table: TableRef, columns: impl Iterator<Item = String>) -> Self {
+        Target {
+            key,
+            source,
+            table,
+            columns: columns
+                .chain(super::KAFKA_COLUMNS.iter().map(|(n, _)| n.to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// One consumed record's fate.
+pub(super) enum Outcome {
+    Row {
+        target: Arc<Target>,
+        cells: Vec<Cell>,
+    },
+    Dead(String),
+    Skip,
+    /// The topic cannot go on (incompatible schema change).
+    Stop(String),
+}
+
+/// A change record decoded under its writer schema.
+pub(super) enum Decoded {
+    Change {
+        schema_id: u32,
+        plan: Arc<EnvelopePlan>,
+        change: Change,
+    },
+    Outcome(Outcome),
+}
+
+/// Writer schemas by id, and the key columns named by key schemas.
+pub(super) struct Decoder {
+    registry: Registry,
+    plans: HashMap<u32, Plan>,
+    key_columns: HashMap<u32, Vec<String>>,
+}
+
+impl Decoder {
+    pub fn new(registry: Registry) -> Self {
+        Decoder {
+            registry,
+            plans: HashMap::new(),
+            key_columns: HashMap::new(),
+        }
+    }
+
+    /// Decodes a change record's value (Confluent wire format).
+    pub async fn decode(&mut self, payload: &[u8]) -> Result<Decoded, SinkError> {
+        let dead = |reason: String| Ok(Decoded::Outcome(Outcome::Dead(reason)));
+        let Some((schema_id, body)) = split_wire(payload) else {
+            return dead("not in the Confluent wire format (magic byte 0 and a schema id expected)".into());
+        };
+        let plan = match self.plan(schema_id).await? {
+            Plan::Envelope(p) => p,
+            Plan::TransactionMetadata => return Ok(Decoded::Outcome(Outcome::Skip)),
+            Plan::Refused(reason) => return dead(reason),
+        };
+        match plan.decode(body) {
+            Ok(change) => Ok(Decoded::Change {
+                schema_id,
+                plan,
+                change,
+            }),
+            Err(e) => dead(format!("schema id {schema_id}: {e}")),
+        }
+    }
+
+    async fn plan(&mut self, id: u32) -> Result<Plan, SinkError> {
+        if let Some(p) = self.plans.get(&id) {
+            return Ok(p.clone());
+        }
+        // An id the registry does not know yet may be on its way (a
+        // registry replica behind its primary): ask a few times first.
+        let mut answer = self.registry.schema(id).await;
+        for attempt in 1..=UNKNOWN_ID_RETRIES {
+            if !matches!(answer, Err(RegistryError::UnknownId { .. })) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+            answer = self.registry.schema(id).await;
+        }
+        let plan = match answer {
+            Ok(text) => match EnvelopePlan::compile(&text) {
+                Ok(p) => Plan::Envelope(Arc::new(p)),
+                Err(_) if text.contains("\"TransactionMetadataValue\"") => Plan::TransactionMetadata,
+                Err(e) => Plan::Refused(format!("schema id {id}: {e}")),
+            },
+            Err(RegistryError::UnknownId { id }) => {
+                // Not cached: the schema may be registered later.
+                return Ok(Plan::Refused(format!(
+                    "schema id {id} is unknown to the schema registry after {} attempts (is the sink pointed at the registry the producer used?)",
+                    UNKNOWN_ID_RETRIES + 1
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.plans.insert(id, plan.clone());
+        Ok(plan)
+    }
+
+    /// The key columns named by a message key's schema.
+    pub async fn key_columns_of(&mut self, key: Option<&[u8]>) -> Result<Option<Vec<String>>, SinkError> {
+        let Some((id, _)) = key.and_then(split_wire) else {
+            return Ok(None);
+        };
+        if let Some(k) = self.key_columns.get(&id) {
+            return Ok(Some(k.clone()));
+        }
+        let text = match self.registry.schema(id).await {
+            Ok(t) => t,
+            Err(RegistryError::UnknownId { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let columns: Vec<String> = json["fields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["walhouse.column"].as_str().or(f["name"].as_str()).map(str::to_owned))
+            .collect();
+        self.key_columns.insert(id, columns.clone());
+        Ok(Some(columns))
+    }
+}
+
+/// The cells of a change's raw-table row: its columns (all NULL for a
+/// truncate), then the change metadata in `CDC_COLUMNS` order.
+pub(super) fn cells(plan: &EnvelopePlan, change: Change) -> Vec<Cell> {
+    let mut cells = change.row.unwrap_or_else(|| vec![Cell::Null; plan.columns.len()]);
+    let json_list =
+        |items: &[String]| (!items.is_empty()).then(|| Cell::Text(serde_json::Value::from(items.to_vec()).to_string()));
+    cells.push(Cell::Text(change.op));
+    cells.push(change.lsn.map_or(Cell::Null, Cell::Long));
+    cells.push(change.tx_id.map_or(Cell::Null, Cell::Long));
+    cells.push(
+        change
+            .commit_ts_ms
+            .map_or(Cell::Null, |ms| Cell::TimestampTz(ms.saturating_mul(1000))),
+    );
+    cells.push(Cell::Text(change.snapshot));
+    cells.push(json_list(&change.unchanged_toast).unwrap_or(Cell::Null));
+    cells.push(if change.text_values.is_empty() {
+        Cell::Null
+    } else {
+        let m: serde_json::Map<String, serde_json::Value> = change
+            .text_values
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+        Cell::Text(serde_json::Value::Object(m).to_string())
+    });
+    cells
+}

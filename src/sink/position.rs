@@ -1,0 +1,206 @@
+//! Where the sink reads each partition from: the offsets stored in the
+//! warehouse, never Kafka's. The consumer's rebalance callback only notes
+//! what changed ([`SinkContext`]); the loop applies it ([`Positions::apply`])
+//! and seeks every newly assigned partition to its stored offset
+//! ([`Positions::seek`]) before any of its records count. Records of a
+//! partition not positioned yet, or below its position, are read again
+//! later or skipped.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::{consumer_error, kafka, SinkError};
+use crate::warehouse::OffsetUpdate;
+
+/// A topic and partition.
+pub(super) type Partition = (String, i32);
+
+/// Partition changes, noted by the consumer's rebalance callback and acted
+/// on by the loop (which may await the warehouse; the callback may not).
+#[derive(Default)]
+pub(super) struct SinkContext {
+    events: Mutex<Vec<Rebalanced>>,
+}
+
+enum Rebalanced {
+    Assigned(Vec<Partition>),
+    Revoked(Vec<Partition>),
+}
+
+impl SinkContext {
+    fn take(&self) -> Vec<Rebalanced> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<Partition> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for SinkContext {
+    /// librdkafka's global errors (broker down, a subscribed pattern that
+    /// matches no topic yet) are retried by librdkafka itself; without this
+    /// they would be logged as errors every few seconds.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        consumer_error(&error);
+        tracing::debug!(target: "librdkafka", "{reason}");
+    }
+}
+
+impl ConsumerContext for SinkContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let event = match rebalance {
+            Rebalance::Assign(tpl) => Rebalanced::Assigned(partitions(tpl)),
+            Rebalance::Revoke(tpl) => Rebalanced::Revoked(partitions(tpl)),
+            Rebalance::Error(e) => {
+                tracing::warn!("consumer group rebalance failed: {e}");
+                return;
+            }
+        };
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+    }
+}
+
+/// A partition the loop has positioned.
+pub(super) struct Position {
+    /// The next offset to store (everything below is in the warehouse or
+    /// in the pending batch).
+    pub next: i64,
+    /// What the warehouse holds, the fence for the next write.
+    pub stored: Option<i64>,
+}
+
+/// Every assigned partition: positioned, or waiting for its seek.
+#[derive(Default)]
+pub(super) struct Positions {
+    positioned: HashMap<Partition, Position>,
+    unpositioned: Vec<Partition>,
+}
+
+impl Positions {
+    /// Applies the rebalance events the consumer noted; returns whether
+    /// partitions were revoked, in which case the pending batch must be
+    /// dropped (its rows may belong to partitions another instance now
+    /// owns) and every partition kept is positioned again.
+    pub fn apply(&mut self, context: &SinkContext) -> bool {
+        let mut revoked = false;
+        for event in context.take() {
+            match event {
+                Rebalanced::Revoked(list) => {
+                    tracing::info!(partitions = list.len(), "partitions revoked; pending batch dropped");
+                    revoked = true;
+                    for p in &list {
+                        self.positioned.remove(p);
+                        self.unpositioned.retain(|u| u != p);
+                    }
+                    self.reposition_all();
+                }
+                Rebalanced::Assigned(list) => {
+                    tracing::info!(partitions = list.len(), "partitions assigned");
+                    for p in list {
+                        if !self.unpositioned.contains(&p) && !self.positioned.contains_key(&p) {
+                            self.unpositioned.push(p);
+                        }
+                    }
+                }
+            }
+        }
+        revoked
+    }
+
+    /// Every partition is sought again from what the warehouse holds (after
+    /// a revocation or a fenced write).
+    pub fn reposition_all(&mut self) {
+        self.unpositioned.extend(self.positioned.drain().map(|(k, _)| k));
+    }
+
+    pub fn needs_seek(&self) -> bool {
+        !self.unpositioned.is_empty()
+    }
+
+    /// Seeks the unpositioned partitions to `stored` (the warehouse's
+    /// offsets; the beginning when none is stored) and pauses those of
+    /// `stopped` topics. A partition the consumer cannot seek yet (not
+    /// fetching right after its assignment) is tried again next turn.
+    pub fn seek(
+        &mut self,
+        consumer: &StreamConsumer<SinkContext>,
+        stored: &HashMap<Partition, i64>,
+        stopped: &HashMap<String, String>,
+    ) -> Result<(), SinkError> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &self.unpositioned {
+            let offset = stored
+                .get(&(topic.clone(), *partition))
+                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            tpl.add_partition_offset(topic, *partition, offset)
+                .map_err(kafka("building a seek"))?;
+        }
+        let result = match consumer.seek_partitions(tpl, Duration::from_secs(10)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("seek not possible yet: {e}");
+                return Ok(());
+            }
+        };
+        let mut still = Vec::new();
+        for e in result.elements() {
+            let key = (e.topic().to_owned(), e.partition());
+            if let Err(err) = e.error() {
+                tracing::debug!(topic = %key.0, partition = key.1, "seek not possible yet: {err}");
+                still.push(key);
+                continue;
+            }
+            let stored = stored.get(&key).copied();
+            tracing::info!(topic = %key.0, partition = key.1, offset = ?stored, "positioned at the warehouse's offset");
+            if stopped.contains_key(&key.0) {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&key.0, key.1);
+                let _ = consumer.pause(&tpl);
+            }
+            self.positioned.insert(
+                key,
+                Position {
+                    next: stored.unwrap_or(0),
+                    stored,
+                },
+            );
+        }
+        self.unpositioned = still;
+        Ok(())
+    }
+
+    pub fn get(&self, at: &Partition) -> Option<&Position> {
+        self.positioned.get(at)
+    }
+
+    /// A record of `at` at `offset` was accounted for (row, dead letter or
+    /// skipped).
+    pub fn advance(&mut self, at: &Partition, offset: i64) {
+        if let Some(pos) = self.positioned.get_mut(at) {
+            pos.next = offset + 1;
+        }
+    }
+
+    /// The batch handed to the writer moves the fence: the next batch
+    /// continues from its offsets.
+    pub fn stored(&mut self, offsets: &[OffsetUpdate]) {
+        for o in offsets {
+            if let Some(p) = self.positioned.get_mut(&(o.topic.clone(), o.partition)) {
+                p.stored = Some(o.next);
+            }
+        }
+    }
+
+    /// The positioned partitions of `topic`.
+    pub fn of_topic<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Partition> + 'a {
+        self.positioned.keys().filter(move |(t, _)| t == topic)
+    }
+}
