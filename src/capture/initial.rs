@@ -26,6 +26,7 @@ use crate::capture::snapshot_progress::{self, Chunk, Phase, ProgressStore};
 use crate::change::{ChangeEvent, ChangeKind, SnapshotMark, TxInfo};
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::pgoutput::{PgTimestamp, Relation, Tuple};
+use crate::postgres::publication::TableName;
 use crate::postgres::replication::ReplicationClient;
 use crate::postgres::snapshot::{self, PageRange, SnapshotError};
 use crate::postgres::{client, Lsn, SourceError};
@@ -100,11 +101,13 @@ impl Pace {
 }
 
 impl LoopState {
-    /// Runs the initial snapshot. With `progress` the slot is created
-    /// permanent and chunks are recorded as they become durable; without
-    /// (`initial_only`), a temporary slot exports the snapshot and nothing
-    /// is kept. Returns the consistent point, or `None` when shutdown came
-    /// first.
+    /// Runs the initial snapshot: plan the chunks under the exported
+    /// snapshot, spawn the copy workers, drain their chunks in plan order
+    /// into the destination, wait until all of it is durable. With
+    /// `progress` the slot is created permanent and chunks are recorded as
+    /// they become durable; without (`initial_only`), a temporary slot
+    /// exports the snapshot and nothing is kept. Returns the consistent
+    /// point, or `None` when shutdown came first.
     pub(super) async fn initial_snapshot<D: Destination>(
         &mut self,
         config: &CaptureConfig,
@@ -112,14 +115,13 @@ impl LoopState {
         shutdown: &mut watch::Receiver<bool>,
         progress: Option<&ProgressStore>,
     ) -> Result<Option<Lsn>, CaptureError> {
-        let source = &config.source;
         let tables = self.captured_tables().await?;
         if let Some(p) = progress {
             // Before the slot exists: a slot without a finished snapshot is
             // then always recognisable as such.
             p.start(&self.sql).await?;
         }
-        let repl = ReplicationClient::connect(source)
+        let repl = ReplicationClient::connect(&config.source)
             .await?
             .with_failover(config.slot_failover && progress.is_some())?;
         let exported = match progress {
@@ -130,84 +132,114 @@ impl LoopState {
             }
         };
         let consistent = exported.slot().consistent_point;
-
-        // Plan under the snapshot: the tables as they were at its point.
-        let (planner, _driver) = client::connect(source).await?;
-        snapshot::begin(&planner, Some(exported.snapshot_name())).await?;
-        let mut relations = Vec::with_capacity(tables.len());
-        let mut chunks: Vec<(usize, Chunk)> = Vec::new();
-        let mut seq = 1;
-        for table in &tables {
-            let (relation, filter) = snapshot::describe(&planner, table, &config.publication).await?;
-            let relation = self.learn_relation(relation, dest).await?;
-            let encoder = dest.row_encoder(&relation);
-            let relation = (relation, filter.map(Arc::<str>::from), encoder);
-            for c in
-                snapshot_progress::plan_table(&planner, table, relation.0.id, config.snapshot_chunk_pages, &mut seq)
-                    .await?
-            {
-                chunks.push((relations.len(), c));
-            }
-            relations.push(relation);
-        }
-        drop(planner);
+        let plan = self
+            .plan_snapshot(config, dest, &tables, exported.snapshot_name())
+            .await?;
         if let Some(p) = progress {
-            let planned: Vec<Chunk> = chunks.iter().map(|(_, c)| c.clone()).collect();
+            let planned: Vec<Chunk> = plan.chunks.iter().map(|(_, c)| c.clone()).collect();
             p.plan(&self.sql, &planned).await?;
             p.set_phase(&self.sql, Phase::Copying, Some(consistent)).await?;
         }
-        let workers = (config.snapshot_connections as usize).clamp(1, chunks.len().max(1));
+        let workers = (config.snapshot_connections as usize).clamp(1, plan.chunks.len().max(1));
         tracing::info!(
             tables = tables.len(),
-            chunks = chunks.len(),
+            chunks = plan.chunks.len(),
             connections = workers,
             %consistent,
             "initial snapshot started"
         );
-
         let tx = TxInfo {
             xid: 0,
             commit_lsn: consistent,
             commit_time: PgTimestamp::now(),
         };
-        let mut receivers = Vec::with_capacity(workers);
-        for w in 0..workers {
-            let (sender, rx) = mpsc::channel(READ_AHEAD_BATCHES);
-            let mine: Vec<ChunkJob> = chunks
-                .iter()
-                .enumerate()
-                .skip(w)
-                .step_by(workers)
-                .map(|(k, (t, c))| ChunkJob {
-                    k,
-                    relation: relations[*t].0.clone(),
-                    filter: relations[*t].1.clone(),
-                    pages: c.pages,
-                    encoder: relations[*t].2.clone(),
-                })
-                .collect();
-            tokio::spawn(copy_worker(
-                source.clone(),
-                exported.snapshot_name().to_owned(),
-                tx,
-                mine,
-                sender,
-            ));
-            receivers.push(rx);
+        let mut receivers = spawn_copy_workers(&config.source, exported.snapshot_name(), tx, &plan, workers);
+        let Some(mut drained) = self
+            .drain_in_order(dest, shutdown, progress, &plan, &mut receivers, &tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if !self
+            .wait_durable(dest, shutdown, progress, &plan, &mut drained, consistent)
+            .await?
+        {
+            return Ok(None);
         }
+        tracing::info!(
+            rows = drained.sent,
+            seconds = drained.pace.started.elapsed().as_secs_f64(),
+            slot = %config.slot,
+            %consistent,
+            "initial snapshot durable{}",
+            if config.snapshot_mode == SnapshotMode::InitialOnly { "" } else { "; streaming starts at its consistent point" }
+        );
+        // Ends the exported snapshot (a temporary slot goes with it).
+        drop(exported);
+        Ok(Some(consistent))
+    }
 
-        let total = chunks.len() as u64;
-        let mut pace = Pace::new();
+    /// Describes every table and plans its chunks under the exported
+    /// snapshot: the tables as they were at its point.
+    async fn plan_snapshot<D: Destination>(
+        &mut self,
+        config: &CaptureConfig,
+        dest: &mut D,
+        tables: &[TableName],
+        snapshot_name: &str,
+    ) -> Result<SnapshotPlan, CaptureError> {
+        let (planner, _driver) = client::connect(&config.source).await?;
+        snapshot::begin(&planner, Some(snapshot_name)).await?;
+        let mut plan = SnapshotPlan {
+            relations: Vec::with_capacity(tables.len()),
+            chunks: Vec::new(),
+        };
+        let mut seq = 1;
+        for table in tables {
+            let (relation, filter) = snapshot::describe(&planner, table, &config.publication).await?;
+            let relation = self.learn_relation(relation, dest).await?;
+            let encoder = dest.row_encoder(&relation);
+            for c in snapshot_progress::plan_table(&planner, table, relation.id, config.snapshot_chunk_pages, &mut seq)
+                .await?
+            {
+                plan.chunks.push((plan.relations.len(), c));
+            }
+            plan.relations.push(PlannedTable {
+                relation,
+                filter: filter.map(Arc::<str>::from),
+                encoder,
+            });
+        }
+        Ok(plan)
+    }
+
+    /// Sends every chunk's rows in plan order (worker `k % workers` copies
+    /// chunk `k`), closing each chunk as a unit of the destination, and the
+    /// very last row marked `last`. `None` when shutdown came first.
+    async fn drain_in_order<D: Destination>(
+        &mut self,
+        dest: &mut D,
+        shutdown: &mut watch::Receiver<bool>,
+        progress: Option<&ProgressStore>,
+        plan: &SnapshotPlan,
+        receivers: &mut [mpsc::Receiver<Result<Piece, SnapshotError>>],
+        tx: &TxInfo,
+    ) -> Result<Option<Drained>, CaptureError> {
+        let total = plan.chunks.len() as u64;
+        let workers = receivers.len();
+        let mut drained = Drained {
+            rows_per_chunk: vec![0u64; plan.chunks.len()],
+            marked: 0,
+            sent: 0,
+            pace: Pace::new(),
+        };
         // One row is held back so the very last one can be marked as such;
         // chunks that ended while it was held close after it is sent.
         let mut held: Option<(Arc<Relation>, Tuple, u64)> = None;
         let mut unclosed: Vec<usize> = Vec::new();
-        let mut rows_per_chunk = vec![0u64; chunks.len()];
-        let mut marked = 0usize;
-        let mut sent = 0u64;
-        for (k, (t, chunk)) in chunks.iter().enumerate() {
+        for (k, (t, chunk)) in plan.chunks.iter().enumerate() {
             let rx = &mut receivers[k % workers];
-            let relation = &relations[*t].0;
+            let relation = &plan.relations[*t].relation;
             loop {
                 let piece = tokio::select! {
                     biased;
@@ -217,12 +249,12 @@ impl LoopState {
                 match piece {
                     Some(Ok(Piece::Rows(batch))) => {
                         for tuple in batch {
-                            rows_per_chunk[k] += 1;
-                            let next = (relation.clone(), tuple, snapshot_ordinal(k, rows_per_chunk[k]));
+                            drained.rows_per_chunk[k] += 1;
+                            let next = (relation.clone(), tuple, snapshot_ordinal(k, drained.rows_per_chunk[k]));
                             if let Some(prev) = held.replace(next) {
-                                sent += 1;
+                                drained.sent += 1;
                                 if !self
-                                    .release(dest, shutdown, &tx, prev, SnapshotMark::Row, &mut unclosed)
+                                    .release(dest, shutdown, tx, prev, SnapshotMark::Row, &mut unclosed)
                                     .await?
                                 {
                                     return Ok(None);
@@ -233,9 +265,9 @@ impl LoopState {
                     Some(Ok(Piece::Encoded(rows))) => {
                         // Encoded rows follow the held one in the plan.
                         if let Some(prev) = held.take() {
-                            sent += 1;
+                            drained.sent += 1;
                             if !self
-                                .release(dest, shutdown, &tx, prev, SnapshotMark::Row, &mut unclosed)
+                                .release(dest, shutdown, tx, prev, SnapshotMark::Row, &mut unclosed)
                                 .await?
                             {
                                 return Ok(None);
@@ -244,8 +276,8 @@ impl LoopState {
                         if !self.snapshot_encoded(dest, shutdown, relation, &rows).await? {
                             return Ok(None);
                         }
-                        rows_per_chunk[k] += rows.len() as u64;
-                        sent += rows.len() as u64;
+                        drained.rows_per_chunk[k] += rows.len() as u64;
+                        drained.sent += rows.len() as u64;
                     }
                     Some(Ok(Piece::End)) => break,
                     Some(Err(e)) => return Err(e.into()),
@@ -263,16 +295,24 @@ impl LoopState {
                 dest.end_transaction(chunk_unit(k)).await?;
             }
             if let Some(p) = progress {
-                marked = mark_durable(p, &self.sql, dest, &chunks, &rows_per_chunk, marked).await?;
+                drained.marked = mark_durable(
+                    p,
+                    &self.sql,
+                    dest,
+                    &plan.chunks,
+                    &drained.rows_per_chunk,
+                    drained.marked,
+                )
+                .await?;
             }
-            let (rate, left) = pace.estimate(sent, k as u64 + 1, total);
-            self.metrics.set_snapshot(total, marked as u64, rate, left);
-            if pace.should_log() {
+            let (rate, left) = drained.pace.estimate(drained.sent, k as u64 + 1, total);
+            self.metrics.set_snapshot(total, drained.marked as u64, rate, left);
+            if drained.pace.should_log() {
                 tracing::info!(
                     table = %chunk.table,
                     chunk = k + 1,
                     chunks = total,
-                    rows = sent,
+                    rows = drained.sent,
                     rows_per_s = rate,
                     seconds_left = left,
                     "snapshot progress"
@@ -280,43 +320,126 @@ impl LoopState {
             }
         }
         if let Some(last) = held.take() {
-            sent += 1;
+            drained.sent += 1;
             if !self
-                .release(dest, shutdown, &tx, last, SnapshotMark::Last, &mut unclosed)
+                .release(dest, shutdown, tx, last, SnapshotMark::Last, &mut unclosed)
                 .await?
             {
                 return Ok(None);
             }
         }
+        Ok(Some(drained))
+    }
+
+    /// Closes the snapshot at its consistent point and waits until the
+    /// destination made all of it durable, recording chunks as they become
+    /// so. False when shutdown came first.
+    async fn wait_durable<D: Destination>(
+        &mut self,
+        dest: &mut D,
+        shutdown: &mut watch::Receiver<bool>,
+        progress: Option<&ProgressStore>,
+        plan: &SnapshotPlan,
+        drained: &mut Drained,
+        consistent: Lsn,
+    ) -> Result<bool, CaptureError> {
         dest.end_transaction(consistent).await?;
         while dest.durable()? < consistent {
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => return Ok(None),
+                _ = shutdown.changed() => return Ok(false),
                 _ = dest.progressed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
             if let Some(p) = progress {
-                marked = mark_durable(p, &self.sql, dest, &chunks, &rows_per_chunk, marked).await?;
+                drained.marked = mark_durable(
+                    p,
+                    &self.sql,
+                    dest,
+                    &plan.chunks,
+                    &drained.rows_per_chunk,
+                    drained.marked,
+                )
+                .await?;
             }
         }
         if let Some(p) = progress {
-            mark_durable(p, &self.sql, dest, &chunks, &rows_per_chunk, marked).await?;
+            mark_durable(
+                p,
+                &self.sql,
+                dest,
+                &plan.chunks,
+                &drained.rows_per_chunk,
+                drained.marked,
+            )
+            .await?;
             p.set_phase(&self.sql, Phase::Done, None).await?;
         }
+        let total = plan.chunks.len() as u64;
         self.metrics.set_snapshot(total, total, 0, 0);
-        tracing::info!(
-            rows = sent,
-            seconds = pace.started.elapsed().as_secs_f64(),
-            slot = %config.slot,
-            %consistent,
-            "initial snapshot durable{}",
-            if config.snapshot_mode == SnapshotMode::InitialOnly { "" } else { "; streaming starts at its consistent point" }
-        );
-        // Ends the exported snapshot (a temporary slot goes with it).
-        drop(exported);
-        Ok(Some(consistent))
+        Ok(true)
     }
+}
+
+/// A table as the snapshot copies it.
+struct PlannedTable {
+    relation: Arc<Relation>,
+    /// The publication's row filter.
+    filter: Option<Arc<str>>,
+    /// The destination's encoder, when it offers one.
+    encoder: Option<Arc<dyn RowEncoder>>,
+}
+
+/// The snapshot's tables and their chunks, in the order they are sent
+/// (each chunk names its table by index).
+struct SnapshotPlan {
+    relations: Vec<PlannedTable>,
+    chunks: Vec<(usize, Chunk)>,
+}
+
+/// What draining the chunks left for the wait until durable.
+struct Drained {
+    rows_per_chunk: Vec<u64>,
+    /// Chunks recorded as done so far.
+    marked: usize,
+    sent: u64,
+    pace: Pace,
+}
+
+/// Starts `workers` copy connections under the exported snapshot; worker
+/// `w` copies chunks `w`, `w + workers`, … in that order, so the loop can
+/// read them back in plan order.
+fn spawn_copy_workers(
+    source: &ConnInfo,
+    snapshot_name: &str,
+    tx: TxInfo,
+    plan: &SnapshotPlan,
+    workers: usize,
+) -> Vec<mpsc::Receiver<Result<Piece, SnapshotError>>> {
+    let mut receivers = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let (sender, rx) = mpsc::channel(READ_AHEAD_BATCHES);
+        let mine: Vec<ChunkJob> = plan
+            .chunks
+            .iter()
+            .enumerate()
+            .skip(w)
+            .step_by(workers)
+            .map(|(k, (t, c))| {
+                let table = &plan.relations[*t];
+                ChunkJob {
+                    k,
+                    relation: table.relation.clone(),
+                    filter: table.filter.clone(),
+                    pages: c.pages,
+                    encoder: table.encoder.clone(),
+                }
+            })
+            .collect();
+        tokio::spawn(copy_worker(source.clone(), snapshot_name.to_owned(), tx, mine, sender));
+        receivers.push(rx);
+    }
+    receivers
 }
 
 impl LoopState {

@@ -151,25 +151,89 @@ async fn run_inner<D: Destination>(
     mut shutdown: watch::Receiver<bool>,
     metrics: &Arc<Metrics>,
 ) -> Result<CaptureSummary, CaptureError> {
+    let (sql, _driver) = client::connect(&config.source).await?;
+    let setup = set_up(config, &sql).await?;
+    let mut state = LoopState {
+        cache: RelationCache::new(),
+        sql,
+        heartbeat: config.heartbeat_interval,
+        metrics: metrics.clone(),
+        table_names: Default::default(),
+        slot: config.slot.clone(),
+        lag_warn_bytes: config.slot_lag_warn_bytes,
+        publication: config.publication.clone(),
+        state_schema: config.state_schema.clone(),
+        incremental: None,
+        tx: None,
+        tx_ordinal: 0,
+        events: 0,
+        transactions: 0,
+    };
+    if config.snapshot_mode == SnapshotMode::InitialOnly {
+        if !setup.needs_snapshot {
+            tracing::info!(slot = %config.slot, "the slot exists, so its snapshot was taken before: nothing to do");
+            return Ok(state.summary(Lsn::ZERO));
+        }
+        // No slot is kept, so no progress either: a cut-off run starts over.
+        let done = state.initial_snapshot(config, dest, &mut shutdown, None).await?;
+        return Ok(state.summary(done.unwrap_or(Lsn::ZERO)));
+    }
+    if setup.needs_snapshot {
+        let done = state
+            .initial_snapshot(config, dest, &mut shutdown, setup.progress.as_ref())
+            .await?;
+        if done.is_none() {
+            return Ok(state.summary(Lsn::ZERO));
+        }
+    }
+    if let Some(p) = setup.progress {
+        let published = state.captured_tables().await?;
+        let mut inc = Incremental::load(
+            p,
+            &config.source,
+            &config.publication,
+            config.snapshot_chunk_pages,
+            &state.sql,
+        )
+        .await?;
+        inc.refresh_tables(&state.sql, published).await?;
+        state.incremental = Some(inc);
+    }
+    state
+        .stream_with_reconnects(config, dest, &mut shutdown, setup.status_interval)
+        .await
+}
+
+/// What start-up found and made ready.
+struct Setup {
+    status_interval: Duration,
+    /// Where snapshot progress is kept (`initial` mode only).
+    progress: Option<ProgressStore>,
+    /// No slot exists yet: the initial snapshot creates it.
+    needs_snapshot: bool,
+}
+
+/// Checks the source, makes sure the publication exists (and, with
+/// `never`, the slot), warns about unbounded WAL retention and decides
+/// whether an initial snapshot is due.
+async fn set_up(config: &CaptureConfig, sql: &tokio_postgres::Client) -> Result<Setup, CaptureError> {
     let source = &config.source;
-    let (sql, _driver) = client::connect(source).await?;
-    slot::preflight(&sql, &source.user).await?;
+    slot::preflight(sql, &source.user).await?;
     // Progress is kept when a snapshot may have to resume: not for
     // `never` (no snapshot) nor `initial_only` (no slot to resume from).
     let progress =
         (config.snapshot_mode == SnapshotMode::Initial).then(|| ProgressStore::new(&config.state_schema, &config.slot));
-    // walhouse's own tables are never captured, whatever the mode (another
-    // capture on this database may keep its progress there).
-    let state_schema = config.state_schema.clone();
     let mut tables = publication::ensure(
-        &sql,
+        sql,
         &config.publication,
         &config.tables,
         &config.table_options,
         config.replica_identity_full,
     )
     .await?;
-    retain_captured(&mut tables, &state_schema);
+    // walhouse's own tables are never captured, whatever the mode (another
+    // capture on this database may keep its progress there).
+    retain_captured(&mut tables, &config.state_schema);
     let keep: String = sql
         .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
         .await
@@ -185,13 +249,13 @@ async fn run_inner<D: Destination>(
     tracing::info!(publication = %config.publication, tables = tables.len(), "publication ready");
     let status_interval = match config.status_interval {
         Some(i) => i,
-        None => slot::status_interval(slot::wal_sender_timeout(&sql).await?),
+        None => slot::status_interval(slot::wal_sender_timeout(sql).await?),
     };
     if let Some(p) = &progress {
-        p.ensure(&sql, &source.user).await?;
+        p.ensure(sql, &source.user).await?;
     }
     let mut needs_snapshot = false;
-    match slot::inspect(&sql, &config.slot).await? {
+    match slot::inspect(sql, &config.slot).await? {
         Some(info) => {
             slot::check_usable(&info, &source.dbname)?;
             if config.slot_failover && info.failover == Some(false) {
@@ -205,7 +269,7 @@ async fn run_inner<D: Destination>(
             }
             tracing::info!(slot = %config.slot, confirmed_flush = ?info.confirmed_flush.map(|l| l.to_string()), "resuming from existing slot");
             if let Some(p) = &progress {
-                adopt_slot(p, &sql, &tables, config.snapshot_chunk_pages).await?;
+                adopt_slot(p, sql, &tables, config.snapshot_chunk_pages).await?;
             }
         }
         None if config.snapshot_mode == SnapshotMode::Never => {
@@ -217,138 +281,11 @@ async fn run_inner<D: Destination>(
         }
         None => needs_snapshot = true,
     }
-
-    let mut state = LoopState {
-        cache: RelationCache::new(),
-        sql,
-        heartbeat: config.heartbeat_interval,
-        metrics: metrics.clone(),
-        table_names: Default::default(),
-        slot: config.slot.clone(),
-        lag_warn_bytes: config.slot_lag_warn_bytes,
-        publication: config.publication.clone(),
-        state_schema,
-        incremental: None,
-        tx: None,
-        tx_ordinal: 0,
-        events: 0,
-        transactions: 0,
-    };
-    if config.snapshot_mode == SnapshotMode::InitialOnly {
-        if !needs_snapshot {
-            tracing::info!(slot = %config.slot, "the slot exists, so its snapshot was taken before: nothing to do");
-            return Ok(CaptureSummary {
-                acknowledged: Lsn::ZERO,
-                events: 0,
-                transactions: 0,
-            });
-        }
-        // No slot is kept, so no progress either: a cut-off run starts over.
-        let done = state.initial_snapshot(config, dest, &mut shutdown, None).await?;
-        return Ok(CaptureSummary {
-            acknowledged: done.unwrap_or(Lsn::ZERO),
-            events: state.events,
-            transactions: state.transactions,
-        });
-    }
-    if needs_snapshot {
-        let done = state
-            .initial_snapshot(config, dest, &mut shutdown, progress.as_ref())
-            .await?;
-        if done.is_none() {
-            return Ok(CaptureSummary {
-                acknowledged: Lsn::ZERO,
-                events: state.events,
-                transactions: state.transactions,
-            });
-        }
-    }
-    if let Some(p) = progress {
-        let published = state.captured_tables().await?;
-        let mut inc =
-            Incremental::load(p, source, &config.publication, config.snapshot_chunk_pages, &state.sql).await?;
-        inc.refresh_tables(&state.sql, published).await?;
-        state.incremental = Some(inc);
-    }
-    let mut acknowledged = Lsn::ZERO;
-    let mut attempt = 0u32;
-    loop {
-        let options = StreamOptions {
-            publications: vec![config.publication.clone()],
-            status_interval,
-            ..StreamOptions::default()
-        };
-        let started = async {
-            let repl = ReplicationClient::connect(source).await?;
-            repl.start_replication(&config.slot, acknowledged, options).await
-        };
-        let result: Result<(), CaptureError> = match started.await {
-            Ok(mut stream) => {
-                tracing::info!(slot = %config.slot, from = %acknowledged, "streaming");
-                metrics.set_phase(Phase::Streaming);
-                let r = state.stream(&mut stream, dest, &mut shutdown, status_interval).await;
-                acknowledged = stream.progress().acknowledged;
-                match r {
-                    Ok(end) => {
-                        dest.flush().await?;
-                        stream.acknowledge(dest.durable()?);
-                        acknowledged = stream.stop().await?;
-                        if let StreamEnd::ServerEnded = end {
-                            tracing::warn!("the server ended the replication stream");
-                        }
-                        return Ok(CaptureSummary {
-                            acknowledged,
-                            events: state.events,
-                            transactions: state.transactions,
-                        });
-                    }
-                    Err(e) => {
-                        let transient = matches!(&e, CaptureError::Source(s) if s.is_transient());
-                        if !transient {
-                            // Stopping for good: still tell Postgres what is
-                            // durable, so a restart repeats as little as possible.
-                            if let Ok(durable) = dest.durable() {
-                                stream.acknowledge(durable);
-                            }
-                            if let Err(stop_err) = stream.stop().await {
-                                tracing::warn!("could not report the acknowledged LSN on the way out: {stop_err}");
-                            }
-                        }
-                        Err(e)
-                    }
-                }
-            }
-            Err(e) => Err(CaptureError::Source(e)),
-        };
-        let Err(err) = result else { continue };
-        let CaptureError::Source(source_err) = err else {
-            return Err(err);
-        };
-        if !source_err.is_transient() {
-            return Err(CaptureError::Source(source_err));
-        }
-        attempt += 1;
-        metrics.set_phase(Phase::Reconnecting);
-        metrics.count_reconnect();
-        if attempt > config.max_reconnect_attempts {
-            return Err(CaptureError::GaveUp {
-                attempts: attempt - 1,
-                last: source_err,
-            });
-        }
-        // An interrupted transaction is re-sent from its Begin.
-        if state.tx.take().is_some() {
-            dest.abandon_transaction();
-        }
-        let backoff = backoff(attempt, config.reconnect_backoff_max);
-        tracing::warn!(attempt, ?backoff, "{source_err}");
-        tokio::select! {
-            _ = shutdown.changed() => {
-                return Ok(CaptureSummary { acknowledged, events: state.events, transactions: state.transactions });
-            }
-            _ = tokio::time::sleep(backoff) => {}
-        }
-    }
+    Ok(Setup {
+        status_interval,
+        progress,
+        needs_snapshot,
+    })
 }
 
 /// The published tables, less walhouse's own progress tables (which a
@@ -450,6 +387,99 @@ struct LoopState {
 }
 
 impl LoopState {
+    fn summary(&self, acknowledged: Lsn) -> CaptureSummary {
+        CaptureSummary {
+            acknowledged,
+            events: self.events,
+            transactions: self.transactions,
+        }
+    }
+
+    /// Streams from the slot until shutdown, reconnecting after transient
+    /// failures (from the last acknowledged LSN, with backoff, a bounded
+    /// number of times); any other error stops capture.
+    async fn stream_with_reconnects<D: Destination>(
+        &mut self,
+        config: &CaptureConfig,
+        dest: &mut D,
+        shutdown: &mut watch::Receiver<bool>,
+        status_interval: Duration,
+    ) -> Result<CaptureSummary, CaptureError> {
+        let mut acknowledged = Lsn::ZERO;
+        let mut attempt = 0u32;
+        loop {
+            let options = StreamOptions {
+                publications: vec![config.publication.clone()],
+                status_interval,
+                ..StreamOptions::default()
+            };
+            let started = async {
+                let repl = ReplicationClient::connect(&config.source).await?;
+                repl.start_replication(&config.slot, acknowledged, options).await
+            };
+            let result: Result<(), CaptureError> = match started.await {
+                Ok(mut stream) => {
+                    tracing::info!(slot = %config.slot, from = %acknowledged, "streaming");
+                    self.metrics.set_phase(Phase::Streaming);
+                    let r = self.stream(&mut stream, dest, shutdown, status_interval).await;
+                    acknowledged = stream.progress().acknowledged;
+                    match r {
+                        Ok(end) => {
+                            dest.flush().await?;
+                            stream.acknowledge(dest.durable()?);
+                            acknowledged = stream.stop().await?;
+                            if let StreamEnd::ServerEnded = end {
+                                tracing::warn!("the server ended the replication stream");
+                            }
+                            return Ok(self.summary(acknowledged));
+                        }
+                        Err(e) => {
+                            let transient = matches!(&e, CaptureError::Source(s) if s.is_transient());
+                            if !transient {
+                                // Stopping for good: still tell Postgres what is
+                                // durable, so a restart repeats as little as possible.
+                                if let Ok(durable) = dest.durable() {
+                                    stream.acknowledge(durable);
+                                }
+                                if let Err(stop_err) = stream.stop().await {
+                                    tracing::warn!("could not report the acknowledged LSN on the way out: {stop_err}");
+                                }
+                            }
+                            Err(e)
+                        }
+                    }
+                }
+                Err(e) => Err(CaptureError::Source(e)),
+            };
+            let Err(err) = result else { continue };
+            let CaptureError::Source(source_err) = err else {
+                return Err(err);
+            };
+            if !source_err.is_transient() {
+                return Err(CaptureError::Source(source_err));
+            }
+            attempt += 1;
+            self.metrics.set_phase(Phase::Reconnecting);
+            self.metrics.count_reconnect();
+            if attempt > config.max_reconnect_attempts {
+                return Err(CaptureError::GaveUp {
+                    attempts: attempt - 1,
+                    last: source_err,
+                });
+            }
+            // An interrupted transaction is re-sent from its Begin.
+            if self.tx.take().is_some() {
+                dest.abandon_transaction();
+            }
+            let backoff = backoff(attempt, config.reconnect_backoff_max);
+            tracing::warn!(attempt, ?backoff, "{source_err}");
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(self.summary(acknowledged)),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+        }
+    }
+
     /// One prioritised loop: shutdown first, then delivery progress (acks),
     /// then status updates while paused, then new input. A full
     /// destination pauses reading (backpressure), never buffers.
