@@ -295,15 +295,7 @@ impl LoopState {
                 dest.end_transaction(chunk_unit(k)).await?;
             }
             if let Some(p) = progress {
-                drained.marked = mark_durable(
-                    p,
-                    &self.sql,
-                    dest,
-                    &plan.chunks,
-                    &drained.rows_per_chunk,
-                    drained.marked,
-                )
-                .await?;
+                drained.mark(p, &self.sql, dest, plan).await?;
             }
             let (rate, left) = drained.pace.estimate(drained.sent, k as u64 + 1, total);
             self.metrics.set_snapshot(total, drained.marked as u64, rate, left);
@@ -352,27 +344,11 @@ impl LoopState {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
             if let Some(p) = progress {
-                drained.marked = mark_durable(
-                    p,
-                    &self.sql,
-                    dest,
-                    &plan.chunks,
-                    &drained.rows_per_chunk,
-                    drained.marked,
-                )
-                .await?;
+                drained.mark(p, &self.sql, dest, plan).await?;
             }
         }
         if let Some(p) = progress {
-            mark_durable(
-                p,
-                &self.sql,
-                dest,
-                &plan.chunks,
-                &drained.rows_per_chunk,
-                drained.marked,
-            )
-            .await?;
+            drained.mark(p, &self.sql, dest, plan).await?;
             p.set_phase(&self.sql, Phase::Done, None).await?;
         }
         let total = plan.chunks.len() as u64;
@@ -404,6 +380,20 @@ struct Drained {
     marked: usize,
     sent: u64,
     pace: Pace,
+}
+
+impl Drained {
+    /// Records the chunks the destination made durable since last time.
+    async fn mark<D: Destination>(
+        &mut self,
+        store: &ProgressStore,
+        sql: &tokio_postgres::Client,
+        dest: &D,
+        plan: &SnapshotPlan,
+    ) -> Result<(), CaptureError> {
+        self.marked = mark_durable(store, sql, dest, &plan.chunks, &self.rows_per_chunk, self.marked).await?;
+        Ok(())
+    }
 }
 
 /// Starts `workers` copy connections under the exported snapshot; worker

@@ -374,16 +374,32 @@ pub struct Record {
     pub value: Option<Vec<u8>>,
 }
 
-/// Reads `topic` from the beginning of every partition until `expected`
-/// records arrived or `limit` passed; returns what arrived.
-pub fn read_topic(bootstrap: &str, topic: &str, expected: usize, limit: Duration) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
+impl Record {
+    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+        Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// A consumer that reads by assignment, committing nothing.
+fn reader(bootstrap: &str) -> BaseConsumer {
+    ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "walhouse-tests-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()
-        .expect("consumer");
+        .expect("consumer")
+}
+
+/// Reads `topic` from the beginning of every partition until `expected`
+/// records arrived or `limit` passed; returns what arrived.
+pub fn read_topic(bootstrap: &str, topic: &str, expected: usize, limit: Duration) -> Vec<Record> {
+    let consumer = reader(bootstrap);
     let deadline = Instant::now() + limit;
     let partitions = loop {
         let found = consumer
@@ -408,12 +424,7 @@ pub fn read_topic(bootstrap: &str, topic: &str, expected: usize, limit: Duration
     let mut out = Vec::new();
     while out.len() < expected && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => out.push(Record {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec),
-            }),
+            Some(Ok(m)) => out.push(Record::of(&m)),
             Some(Err(e)) => eprintln!("consumer: {e}"),
             None => {}
         }
@@ -427,13 +438,7 @@ pub fn read_topic(bootstrap: &str, topic: &str, expected: usize, limit: Duration
 /// when the topic does not exist. Panics if the records do not arrive
 /// within `limit`.
 pub fn read_all(bootstrap: &str, topic: &str, limit: Duration) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "walhouse-tests-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .expect("consumer");
+    let consumer = reader(bootstrap);
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("metadata");
@@ -475,12 +480,7 @@ pub fn read_all(bootstrap: &str, topic: &str, limit: Duration) -> Vec<Record> {
                 // Records written after the watermarks were read are not ours.
                 let Some(&end) = ends.get(&m.partition()) else { continue };
                 if m.offset() < end {
-                    out.push(Record {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        value: m.payload().map(<[u8]>::to_vec),
-                    });
+                    out.push(Record::of(&m));
                 }
                 if m.offset() + 1 >= end {
                     ends.remove(&m.partition());
