@@ -100,6 +100,11 @@ impl Env {
         Running { stop, task }
     }
 
+    /// Waits until capture streams from `slot`: the slot is active, and
+    /// its initial snapshot (if any) is done. The slot is active already
+    /// while the snapshot copies, and a test's DDL must not race the copy
+    /// (a column dropped before its COPY starts fails the snapshot; see the
+    /// README's known limits).
     async fn wait_streaming(&self, slot: &str) {
         assert!(
             self.pg
@@ -107,6 +112,25 @@ impl Env {
                 .await,
             "capture did not start streaming from {slot}"
         );
+        let sql = self.pg.client(&self.db).await;
+        let deadline = std::time::Instant::now() + LIMIT;
+        loop {
+            let phase: Option<String> = sql
+                .query_opt("SELECT phase FROM walhouse.snapshots WHERE slot = $1", &[&slot])
+                .await
+                .ok()
+                .flatten()
+                .map(|r| r.get(0));
+            // No progress table (an error here) or no row: no snapshot.
+            if phase.as_deref().is_none_or(|p| p == "done") {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the initial snapshot of {slot} did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn read(&self, table: &str, expected: usize) -> Vec<Decoded> {
