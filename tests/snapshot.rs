@@ -538,13 +538,6 @@ async fn keyless_tables_can_be_given_replica_identity_full() {
     assert_eq!(got[0]["after"]["b"], "y");
 }
 
-async fn server_version_num(sql: &tokio_postgres::Client) -> i32 {
-    sql.query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .expect("server_version_num")
-        .get(0)
-}
-
 #[tokio::test]
 async fn failover_slots_are_created_on_postgres_17_and_later_and_refused_before() {
     let pg = PgServer::start();
@@ -553,7 +546,7 @@ async fn failover_slots_are_created_on_postgres_17_and_later_and_refused_before(
     sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
         .await
         .expect("schema");
-    let version = server_version_num(&sql).await;
+    let version = pg.version_num();
     let dir = tempfile::tempdir().expect("tmp");
     let out = dir.path().join("failover.jsonl");
     let (stop, task) = spawn(config(&pg, &db, "fo_slot", &["--slot-failover", "true"]), &out);
@@ -612,7 +605,7 @@ async fn generated_columns_are_snapshotted_as_the_publication_streams_them() {
     let pg = PgServer::start();
     let db = pg.create_db("generated");
     let sql = pg.client(&db).await;
-    if server_version_num(&sql).await < 180000 {
+    if pg.version_num() < 180000 {
         eprintln!("publish_generated_columns needs Postgres 18: nothing to test here");
         return;
     }

@@ -177,11 +177,7 @@ async fn an_invalidated_slot_stops_with_the_remedy() {
     }
     assert!(lost, "the slot was not invalidated: {}", pg.server_log());
     // Postgres 17+ says why; older servers only say "lost".
-    let version: i32 = sql
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .expect("version")
-        .get(0);
+    let version = pg.version_num();
     let doomed = slot::inspect(&sql, "doomed").await.expect("inspect").expect("slot");
     let expected_reason = (version >= 170000).then(|| "wal_removed".to_string());
     assert_eq!(doomed.invalidation_reason, expected_reason);

@@ -98,7 +98,7 @@ impl ProgressStore {
                 &[&self.schema],
             )
             .await?
-            .get(0);
+            .read("the state schema query", 0)?;
         if !exists {
             client
                 .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote::ident(&self.schema)))

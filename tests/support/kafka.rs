@@ -113,7 +113,7 @@ impl Broker {
             .unwrap_or_else(|e| panic!("java: {e} (install a JDK 17+ and run .ci/install)"));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(90);
-        while !answers_metadata(&self.bootstrap()) {
+        while !answers_metadata(self.port) {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("Kafka exited with {status}:\n{}", self.server_log());
             }
@@ -271,19 +271,13 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn answers_metadata(bootstrap: &str) -> bool {
-    if bootstrap
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse::<u16>().ok())
-        .is_none_or(|port| {
-            std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_err()
-        })
-    {
+/// Whether the broker on `port` listens and answers a metadata request.
+fn answers_metadata(port: u16) -> bool {
+    if std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_err() {
         return false;
     }
     let Ok(consumer) = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+        .set("bootstrap.servers", format!("127.0.0.1:{port}"))
         .set("log_level", "0")
         .create::<BaseConsumer>()
     else {

@@ -283,6 +283,13 @@ impl PgServer {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// The server's `server_version_num` (e.g. 180006).
+    pub fn version_num(&self) -> i32 {
+        self.psql("SHOW server_version_num")
+            .parse()
+            .expect("server_version_num")
+    }
+
     /// A URL for `user` on database `db` (password included for password roles).
     pub fn url(&self, user: &str, db: &str) -> String {
         let pw = if matches!(user, "walhouse_scram" | "walhouse_md5" | "walhouse_norepl") {
