@@ -22,9 +22,11 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
+use super::emitter::Emitter;
 use super::initial::Pace;
-use super::{CaptureError, LoopState};
+use super::CaptureError;
 use crate::capture::destination::Destination;
+use crate::capture::metrics::Metrics;
 use crate::capture::snapshot_progress::{self, Chunk, Phase, ProgressStore};
 use crate::capture::watermark::{self, Merge, Window, XidSnapshot};
 use crate::change::{SnapshotMark, TxInfo};
@@ -214,44 +216,67 @@ impl Incremental {
 /// A finished reader task's result (opaque to the loop).
 pub(super) struct ChunkReadDone(Result<ChunkRead, SnapshotError>);
 
-impl LoopState {
+/// Whether `m` is one of walhouse's control messages: a watermark or a signal.
+pub(super) fn is_control(m: &Message) -> bool {
+    m.prefix == WATERMARK_PREFIX || m.prefix == SIGNAL_PREFIX
+}
+
+/// A control message that reached a capture keeping no snapshot state
+/// (`--snapshot-mode never`): a signal to this slot is refused aloud.
+pub(super) fn without_snapshots(m: &Message, slot: &str) {
+    if m.prefix != SIGNAL_PREFIX {
+        return;
+    }
+    if parse_signal(m).is_some_and(|s| s.slot == slot) {
+        tracing::warn!("a snapshot was requested, but --snapshot-mode never keeps no snapshot state: ignored");
+    }
+}
+
+fn parse_signal(m: &Message) -> Option<Signal> {
+    match serde_json::from_slice(&m.content) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(lsn = %m.lsn, "ignoring a malformed walhouse signal: {e}");
+            None
+        }
+    }
+}
+
+impl Incremental {
     /// Starts the next chunk: opens its window, then the reader.
-    pub(super) async fn start_chunk(&mut self) -> Result<(), CaptureError> {
-        let Some(inc) = self.incremental.as_mut() else {
+    pub(super) async fn start_chunk(&mut self, sql: &tokio_postgres::Client) -> Result<(), CaptureError> {
+        let Some(chunk) = self.queue.pop_front() else {
             return Ok(());
         };
-        let Some(chunk) = inc.queue.pop_front() else {
-            return Ok(());
-        };
-        if !inc.published.contains(&chunk.table) {
+        if !self.published.contains(&chunk.table) {
             tracing::info!(table = %chunk.table, "table left the publication: its snapshot chunks are dropped");
-            inc.store.forget_table(&self.sql, &chunk.table).await?;
-            inc.queue.retain(|c| c.table != chunk.table);
+            self.store.forget_table(sql, &chunk.table).await?;
+            self.queue.retain(|c| c.table != chunk.table);
             return Ok(());
         }
-        let Some(oid) = snapshot_progress::table_oid(&self.sql, &chunk.table).await? else {
-            inc.store.forget_table(&self.sql, &chunk.table).await?;
-            inc.queue.retain(|c| c.table != chunk.table);
+        let Some(oid) = snapshot_progress::table_oid(sql, &chunk.table).await? else {
+            self.store.forget_table(sql, &chunk.table).await?;
+            self.queue.retain(|c| c.table != chunk.table);
             return Ok(());
         };
-        if inc.reader.as_ref().is_none_or(|(c, _)| c.is_closed()) {
-            let (c, driver) = client::connect(&inc.source).await?;
-            inc.reader = Some((Arc::new(c), driver));
+        if self.reader.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+            let (c, driver) = client::connect(&self.source).await?;
+            self.reader = Some((Arc::new(c), driver));
         }
-        let Some((reader, _)) = inc.reader.as_ref() else {
+        let Some((reader, _)) = self.reader.as_ref() else {
             return Ok(());
         };
-        inc.next_id += 1;
+        self.next_id += 1;
         let task = tokio::spawn(read_chunk(
             reader.clone(),
             chunk.clone(),
-            inc.publication.clone(),
-            inc.nonce,
-            inc.next_id,
+            self.publication.clone(),
+            self.nonce,
+            self.next_id,
         ));
-        inc.active = Some(Active {
+        self.active = Some(Active {
             chunk,
-            id: inc.next_id,
+            id: self.next_id,
             window: Window::new(oid),
             task: Some(task),
             read: None,
@@ -261,74 +286,75 @@ impl LoopState {
 
     /// Takes in a finished reader: a failure puts the chunk back (or stops
     /// capture when retrying cannot help); a rewritten table is planned again.
-    pub(super) async fn chunk_read(&mut self, done: ChunkReadDone) -> Result<(), CaptureError> {
-        let Some(inc) = self.incremental.as_mut() else {
-            return Ok(());
-        };
+    pub(super) async fn chunk_read(
+        &mut self,
+        done: ChunkReadDone,
+        sql: &tokio_postgres::Client,
+    ) -> Result<(), CaptureError> {
         match done.0 {
             Ok(read) if read.rewritten => {
-                let Some(active) = inc.active.take() else { return Ok(()) };
+                let Some(active) = self.active.take() else {
+                    return Ok(());
+                };
                 tracing::info!(table = %active.chunk.table, "table was rewritten since its chunks were planned: planning it again");
-                inc.add_tables(&self.sql, std::slice::from_ref(&active.chunk.table))
-                    .await?;
+                self.add_tables(sql, std::slice::from_ref(&active.chunk.table)).await?;
             }
             Ok(read) => {
-                if let Some(a) = inc.active.as_mut() {
+                if let Some(a) = self.active.as_mut() {
                     a.read = Some(read);
                 }
             }
             Err(SnapshotError::Source(e)) if e.is_transient() => {
-                let Some(active) = inc.active.take() else { return Ok(()) };
+                let Some(active) = self.active.take() else {
+                    return Ok(());
+                };
                 tracing::warn!(table = %active.chunk.table, "snapshot chunk read failed, will retry: {e}");
-                inc.reader = None;
-                inc.queue.push_front(active.chunk);
+                self.reader = None;
+                self.queue.push_front(active.chunk);
             }
             Err(e) => return Err(CaptureError::Snapshot(e)),
         }
         Ok(())
     }
 
-    /// A `walhouse.*` logical message: a watermark of ours, or a signal.
-    /// Returns true when it was one (not forwarded to the destination).
+    /// A watermark or a signal ([`is_control`]): a watermark of ours
+    /// opens or merges the window, a signal to `slot` queues its tables.
     pub(super) async fn control_message<D: Destination>(
         &mut self,
         lsn: Lsn,
         m: &Message,
+        slot: &str,
+        emitter: &mut Emitter,
+        sql: &tokio_postgres::Client,
         dest: &mut D,
-    ) -> Result<bool, CaptureError> {
+    ) -> Result<(), CaptureError> {
         if m.prefix == SIGNAL_PREFIX {
-            self.signal(m).await?;
-            return Ok(true);
+            return self.signal(m, slot, sql).await;
         }
-        if m.prefix != WATERMARK_PREFIX {
-            return Ok(false);
-        }
-        let Some(inc) = self.incremental.as_mut() else {
-            return Ok(true);
-        };
         let Some((nonce, id, high)) = watermark::parse_watermark(&m.content) else {
-            return Ok(true);
+            return Ok(());
         };
-        let ours = inc.active.as_ref().is_some_and(|a| a.id == id) && nonce == inc.nonce;
+        let ours = self.active.as_ref().is_some_and(|a| a.id == id) && nonce == self.nonce;
         if !ours {
-            return Ok(true);
+            return Ok(());
         }
         if !high {
-            if let Some(a) = inc.active.as_mut() {
+            if let Some(a) = self.active.as_mut() {
                 a.window.low_watermark();
             }
-            return Ok(true);
+            return Ok(());
         }
-        self.merge_chunk(lsn, dest).await?;
-        Ok(true)
+        self.merge_chunk(lsn, emitter, dest).await
     }
 
     /// At the high watermark: sends the chunk's rows the window left valid.
-    async fn merge_chunk<D: Destination>(&mut self, lsn: Lsn, dest: &mut D) -> Result<(), CaptureError> {
-        let Some(inc) = self.incremental.as_mut() else {
-            return Ok(());
-        };
-        let Some(mut active) = inc.active.take() else {
+    async fn merge_chunk<D: Destination>(
+        &mut self,
+        lsn: Lsn,
+        emitter: &mut Emitter,
+        dest: &mut D,
+    ) -> Result<(), CaptureError> {
+        let Some(mut active) = self.active.take() else {
             return Ok(());
         };
         // The reader wrote this watermark as its last step, so its result
@@ -347,16 +373,14 @@ impl LoopState {
             (None, None) => return Ok(()),
         };
         // The rows must be encoded under the shape the stream uses now.
-        let relation = match self.cache.get(read.relation.id) {
-            Ok(cached) if same_shape(cached, &read.relation) => cached.clone(),
+        let relation = match emitter.relation(read.relation.id) {
+            Ok(cached) if same_shape(&cached, &read.relation) => cached,
             Ok(_) => {
                 tracing::info!(table = %active.chunk.table, "table shape changed while its chunk was read: reading it again");
-                if let Some(inc) = self.incremental.as_mut() {
-                    inc.queue.push_front(active.chunk);
-                }
+                self.queue.push_front(active.chunk);
                 return Ok(());
             }
-            Err(_) => self.learn_relation(read.relation, dest).await?,
+            Err(_) => emitter.learn_relation(read.relation, dest, None).await?,
         };
         let keys = relation.identity_positions();
         let read_rows = read.rows.len();
@@ -364,9 +388,7 @@ impl LoopState {
             Merge::Send(rows) => rows,
             Merge::Retry(reason) => {
                 tracing::info!(table = %active.chunk.table, "{reason}: reading the chunk again");
-                if let Some(inc) = self.incremental.as_mut() {
-                    inc.queue.push_front(active.chunk);
-                }
+                self.queue.push_front(active.chunk);
                 return Ok(());
             }
         };
@@ -379,44 +401,35 @@ impl LoopState {
             while dest.is_full() {
                 dest.progressed().await;
             }
-            self.send_read(dest, &tx, i as u64 + 1, &relation, row, SnapshotMark::Incremental)
+            emitter
+                .send_read(dest, &tx, i as u64 + 1, &relation, row, SnapshotMark::Incremental)
                 .await?;
         }
         let sent = rows.len() as u64;
-        if let Some(inc) = self.incremental.as_mut() {
-            inc.sent.push((lsn, active.chunk.seq, sent));
-            inc.rows += sent;
-            tracing::debug!(
-                table = %active.chunk.table,
-                chunk = active.chunk.seq,
-                read = read_rows,
-                sent,
-                "incremental chunk merged"
-            );
-        }
+        self.sent.push((lsn, active.chunk.seq, sent));
+        self.rows += sent;
+        tracing::debug!(
+            table = %active.chunk.table,
+            chunk = active.chunk.seq,
+            read = read_rows,
+            sent,
+            "incremental chunk merged"
+        );
         Ok(())
     }
 
     /// Acts on a `walhouse-capture snapshot` request addressed to this slot.
-    async fn signal(&mut self, m: &Message) -> Result<(), CaptureError> {
-        let signal: Signal = match serde_json::from_slice(&m.content) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(lsn = %m.lsn, "ignoring a malformed walhouse signal: {e}");
-                return Ok(());
-            }
+    async fn signal(&mut self, m: &Message, slot: &str, sql: &tokio_postgres::Client) -> Result<(), CaptureError> {
+        let Some(signal) = parse_signal(m) else {
+            return Ok(());
         };
-        if signal.slot != self.slot {
+        if signal.slot != slot {
             return Ok(());
         }
-        let Some(inc) = self.incremental.as_mut() else {
-            tracing::warn!("a snapshot was requested, but --snapshot-mode never keeps no snapshot state: ignored");
-            return Ok(());
-        };
         let mut tables = Vec::new();
         for t in &signal.snapshot {
             match TableName::parse(t) {
-                Ok(name) if inc.published.contains(&name) => tables.push(name),
+                Ok(name) if self.published.contains(&name) => tables.push(name),
                 Ok(name) => {
                     tracing::warn!(table = %name, "snapshot requested for a table not in the publication: ignored")
                 }
@@ -424,43 +437,45 @@ impl LoopState {
             }
         }
         tracing::info!(tables = ?signal.snapshot, "snapshot requested by signal");
-        inc.add_tables(&self.sql, &tables).await
+        self.add_tables(sql, &tables).await
     }
 
     /// Records chunks whose rows became durable; closes the snapshot when
     /// nothing is left.
-    pub(super) async fn chunks_durable(&mut self, durable: Lsn) -> Result<(), CaptureError> {
-        let Some(inc) = self.incremental.as_mut() else {
-            return Ok(());
-        };
-        let ready: Vec<(u64, u64)> = inc
+    pub(super) async fn chunks_durable(
+        &mut self,
+        durable: Lsn,
+        sql: &tokio_postgres::Client,
+        metrics: &Metrics,
+    ) -> Result<(), CaptureError> {
+        let ready: Vec<(u64, u64)> = self
             .sent
             .iter()
             .filter(|(lsn, _, _)| *lsn <= durable)
             .map(|&(_, seq, rows)| (seq, rows))
             .collect();
         if !ready.is_empty() {
-            inc.store.mark_done(&self.sql, &ready).await?;
-            inc.sent.retain(|(lsn, _, _)| *lsn > durable);
-            inc.finished += ready.len() as u64;
-            let (rate, left) = inc.pace.estimate(inc.rows, inc.finished, inc.total);
-            self.metrics.set_snapshot(inc.total, inc.finished, rate, left);
-            if inc.pace.should_log() {
+            self.store.mark_done(sql, &ready).await?;
+            self.sent.retain(|(lsn, _, _)| *lsn > durable);
+            self.finished += ready.len() as u64;
+            let (rate, left) = self.pace.estimate(self.rows, self.finished, self.total);
+            metrics.set_snapshot(self.total, self.finished, rate, left);
+            if self.pace.should_log() {
                 tracing::info!(
-                    chunks_done = inc.finished,
-                    chunks = inc.total,
+                    chunks_done = self.finished,
+                    chunks = self.total,
                     rows_per_s = rate,
                     seconds_left = left,
                     "incremental snapshot progress"
                 );
             }
         }
-        if !inc.done && inc.queue.is_empty() && inc.active.is_none() && inc.sent.is_empty() {
-            inc.store.set_phase(&self.sql, Phase::Done, None).await?;
-            inc.done = true;
-            self.metrics.set_snapshot(inc.total, inc.total, 0, 0);
+        if !self.done && self.queue.is_empty() && self.active.is_none() && self.sent.is_empty() {
+            self.store.set_phase(sql, Phase::Done, None).await?;
+            self.done = true;
+            metrics.set_snapshot(self.total, self.total, 0, 0);
             tracing::info!(
-                chunks = inc.total,
+                chunks = self.total,
                 "snapshot complete: every published table is covered"
             );
         }

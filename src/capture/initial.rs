@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::{snapshot_slot_name, CaptureError, LoopState};
+use super::emitter::{room_or_shutdown, Emitter};
+use super::{captured_tables, snapshot_slot_name, CaptureError};
 use crate::capture::config::{CaptureConfig, SnapshotMode};
 use crate::capture::destination::{Destination, EncodedRows, RowEncoder};
 use crate::capture::snapshot_progress::{self, Chunk, Phase, ProgressStore};
@@ -100,91 +101,101 @@ impl Pace {
     }
 }
 
-impl LoopState {
-    /// Runs the initial snapshot: plan the chunks under the exported
-    /// snapshot, spawn the copy workers, drain their chunks in plan order
-    /// into the destination, wait until all of it is durable. With
-    /// `progress` the slot is created permanent and chunks are recorded as
-    /// they become durable; without (`initial_only`), a temporary slot
-    /// exports the snapshot and nothing is kept. Returns the consistent
-    /// point, or `None` when shutdown came first.
-    pub(super) async fn initial_snapshot<D: Destination>(
-        &mut self,
-        config: &CaptureConfig,
-        dest: &mut D,
-        shutdown: &mut watch::Receiver<bool>,
-        progress: Option<&ProgressStore>,
-    ) -> Result<Option<Lsn>, CaptureError> {
-        let tables = self.captured_tables().await?;
-        if let Some(p) = progress {
-            // Before the slot exists: a slot without a finished snapshot is
-            // then always recognisable as such.
-            p.start(&self.sql).await?;
-        }
-        let repl = ReplicationClient::connect(&config.source)
-            .await?
-            .with_failover(config.slot_failover && progress.is_some())?;
-        let exported = match progress {
-            Some(_) => repl.create_slot_exporting_snapshot(&config.slot).await?,
-            None => {
-                repl.create_temporary_slot_exporting_snapshot(&snapshot_slot_name(&config.slot))
-                    .await?
-            }
-        };
-        let consistent = exported.slot().consistent_point;
-        let plan = self
-            .plan_snapshot(config, dest, &tables, exported.snapshot_name())
-            .await?;
-        if let Some(p) = progress {
-            let planned: Vec<Chunk> = plan.chunks.iter().map(|(_, c)| c.clone()).collect();
-            p.plan(&self.sql, &planned).await?;
-            p.set_phase(&self.sql, Phase::Copying, Some(consistent)).await?;
-        }
-        let workers = (config.snapshot_connections as usize).clamp(1, plan.chunks.len().max(1));
-        tracing::info!(
-            tables = tables.len(),
-            chunks = plan.chunks.len(),
-            connections = workers,
-            %consistent,
-            "initial snapshot started"
-        );
-        let tx = TxInfo {
-            xid: 0,
-            commit_lsn: consistent,
-            commit_time: PgTimestamp::now(),
-        };
-        let mut receivers = spawn_copy_workers(&config.source, exported.snapshot_name(), tx, &plan, workers);
-        let Some(mut drained) = self
-            .drain_in_order(dest, shutdown, progress, &plan, &mut receivers, &tx)
-            .await?
-        else {
-            return Ok(None);
-        };
-        if !self
-            .wait_durable(dest, shutdown, progress, &plan, &mut drained, consistent)
-            .await?
-        {
-            return Ok(None);
-        }
-        tracing::info!(
-            rows = drained.sent,
-            seconds = drained.pace.started.elapsed().as_secs_f64(),
-            slot = %config.slot,
-            %consistent,
-            "initial snapshot durable{}",
-            if config.snapshot_mode == SnapshotMode::InitialOnly { "" } else { "; streaming starts at its consistent point" }
-        );
-        // Ends the exported snapshot (a temporary slot goes with it).
-        drop(exported);
-        Ok(Some(consistent))
+/// Runs the initial snapshot: plan the chunks under the exported
+/// snapshot, spawn the copy workers, drain their chunks in plan order
+/// into the destination, wait until all of it is durable. With
+/// `progress` the slot is created permanent and chunks are recorded (on
+/// `sql`) as they become durable; without (`initial_only`), a temporary
+/// slot exports the snapshot and nothing is kept. Returns the consistent
+/// point, or `None` when shutdown came first.
+pub(super) async fn initial_snapshot<D: Destination>(
+    config: &CaptureConfig,
+    emitter: &mut Emitter,
+    sql: &tokio_postgres::Client,
+    dest: &mut D,
+    shutdown: &mut watch::Receiver<bool>,
+    progress: Option<&ProgressStore>,
+) -> Result<Option<Lsn>, CaptureError> {
+    let tables = captured_tables(sql, &config.publication, &config.state_schema).await?;
+    if let Some(p) = progress {
+        // Before the slot exists: a slot without a finished snapshot is
+        // then always recognisable as such.
+        p.start(sql).await?;
     }
+    let repl = ReplicationClient::connect(&config.source)
+        .await?
+        .with_failover(config.slot_failover && progress.is_some())?;
+    let exported = match progress {
+        Some(_) => repl.create_slot_exporting_snapshot(&config.slot).await?,
+        None => {
+            repl.create_temporary_slot_exporting_snapshot(&snapshot_slot_name(&config.slot))
+                .await?
+        }
+    };
+    let consistent = exported.slot().consistent_point;
+    let mut run = Run {
+        emitter,
+        sql,
+        dest,
+        shutdown,
+        progress,
+    };
+    let plan = run.plan(config, &tables, exported.snapshot_name()).await?;
+    if let Some(p) = progress {
+        let planned: Vec<Chunk> = plan.chunks.iter().map(|(_, c)| c.clone()).collect();
+        p.plan(sql, &planned).await?;
+        p.set_phase(sql, Phase::Copying, Some(consistent)).await?;
+    }
+    let workers = (config.snapshot_connections as usize).clamp(1, plan.chunks.len().max(1));
+    tracing::info!(
+        tables = tables.len(),
+        chunks = plan.chunks.len(),
+        connections = workers,
+        %consistent,
+        "initial snapshot started"
+    );
+    let tx = TxInfo {
+        xid: 0,
+        commit_lsn: consistent,
+        commit_time: PgTimestamp::now(),
+    };
+    let mut receivers = spawn_copy_workers(&config.source, exported.snapshot_name(), tx, &plan, workers);
+    let Some(mut drained) = run.drain_in_order(&plan, &mut receivers, &tx).await? else {
+        return Ok(None);
+    };
+    if !run.wait_durable(&plan, &mut drained, consistent).await? {
+        return Ok(None);
+    }
+    tracing::info!(
+        rows = drained.sent,
+        seconds = drained.pace.started.elapsed().as_secs_f64(),
+        slot = %config.slot,
+        %consistent,
+        "initial snapshot durable{}",
+        if config.snapshot_mode == SnapshotMode::InitialOnly { "" } else { "; streaming starts at its consistent point" }
+    );
+    // Ends the exported snapshot (a temporary slot goes with it).
+    drop(exported);
+    Ok(Some(consistent))
+}
 
+/// What the snapshot is handed: the emitter it sends through, the
+/// connection its progress is written on, the destination and the stop
+/// signal. Nothing else of the capture loop.
+struct Run<'a, D> {
+    emitter: &'a mut Emitter,
+    sql: &'a tokio_postgres::Client,
+    dest: &'a mut D,
+    shutdown: &'a mut watch::Receiver<bool>,
+    progress: Option<&'a ProgressStore>,
+}
+
+impl<D: Destination> Run<'_, D> {
     /// Describes every table and plans its chunks under the exported
     /// snapshot: the tables as they were at its point.
-    async fn plan_snapshot<D: Destination>(
+    async fn plan(
         &mut self,
         config: &CaptureConfig,
-        dest: &mut D,
         tables: &[TableName],
         snapshot_name: &str,
     ) -> Result<SnapshotPlan, CaptureError> {
@@ -197,8 +208,8 @@ impl LoopState {
         let mut seq = 1;
         for table in tables {
             let (relation, filter) = snapshot::describe(&planner, table, &config.publication).await?;
-            let relation = self.learn_relation(relation, dest).await?;
-            let encoder = dest.row_encoder(&relation);
+            let relation = self.emitter.learn_relation(relation, self.dest, None).await?;
+            let encoder = self.dest.row_encoder(&relation);
             for c in snapshot_progress::plan_table(&planner, table, relation.id, config.snapshot_chunk_pages, &mut seq)
                 .await?
             {
@@ -216,11 +227,8 @@ impl LoopState {
     /// Sends every chunk's rows in plan order (worker `k % workers` copies
     /// chunk `k`), closing each chunk as a unit of the destination, and the
     /// very last row marked `last`. `None` when shutdown came first.
-    async fn drain_in_order<D: Destination>(
+    async fn drain_in_order(
         &mut self,
-        dest: &mut D,
-        shutdown: &mut watch::Receiver<bool>,
-        progress: Option<&ProgressStore>,
         plan: &SnapshotPlan,
         receivers: &mut [mpsc::Receiver<Result<Piece, SnapshotError>>],
         tx: &TxInfo,
@@ -243,7 +251,7 @@ impl LoopState {
             loop {
                 let piece = tokio::select! {
                     biased;
-                    _ = shutdown.changed() => return Ok(None),
+                    _ = self.shutdown.changed() => return Ok(None),
                     p = rx.recv() => p,
                 };
                 match piece {
@@ -253,10 +261,7 @@ impl LoopState {
                             let next = (relation.clone(), tuple, snapshot_ordinal(k, drained.rows_per_chunk[k]));
                             if let Some(prev) = held.replace(next) {
                                 drained.sent += 1;
-                                if !self
-                                    .release(dest, shutdown, tx, prev, SnapshotMark::Row, &mut unclosed)
-                                    .await?
-                                {
+                                if !self.release(tx, prev, SnapshotMark::Row, &mut unclosed).await? {
                                     return Ok(None);
                                 }
                             }
@@ -266,14 +271,15 @@ impl LoopState {
                         // Encoded rows follow the held one in the plan.
                         if let Some(prev) = held.take() {
                             drained.sent += 1;
-                            if !self
-                                .release(dest, shutdown, tx, prev, SnapshotMark::Row, &mut unclosed)
-                                .await?
-                            {
+                            if !self.release(tx, prev, SnapshotMark::Row, &mut unclosed).await? {
                                 return Ok(None);
                             }
                         }
-                        if !self.snapshot_encoded(dest, shutdown, relation, &rows).await? {
+                        if !self
+                            .emitter
+                            .send_encoded(self.dest, self.shutdown, relation, &rows)
+                            .await?
+                        {
                             return Ok(None);
                         }
                         drained.rows_per_chunk[k] += rows.len() as u64;
@@ -292,13 +298,13 @@ impl LoopState {
             if held.is_some() {
                 unclosed.push(k);
             } else {
-                dest.end_transaction(chunk_unit(k)).await?;
+                self.dest.end_transaction(chunk_unit(k)).await?;
             }
-            if let Some(p) = progress {
-                drained.mark(p, &self.sql, dest, plan).await?;
-            }
+            self.mark(&mut drained, plan).await?;
             let (rate, left) = drained.pace.estimate(drained.sent, k as u64 + 1, total);
-            self.metrics.set_snapshot(total, drained.marked as u64, rate, left);
+            self.emitter
+                .metrics()
+                .set_snapshot(total, drained.marked as u64, rate, left);
             if drained.pace.should_log() {
                 tracing::info!(
                     table = %chunk.table,
@@ -313,10 +319,7 @@ impl LoopState {
         }
         if let Some(last) = held.take() {
             drained.sent += 1;
-            if !self
-                .release(dest, shutdown, tx, last, SnapshotMark::Last, &mut unclosed)
-                .await?
-            {
+            if !self.release(tx, last, SnapshotMark::Last, &mut unclosed).await? {
                 return Ok(None);
             }
         }
@@ -326,33 +329,66 @@ impl LoopState {
     /// Closes the snapshot at its consistent point and waits until the
     /// destination made all of it durable, recording chunks as they become
     /// so. False when shutdown came first.
-    async fn wait_durable<D: Destination>(
+    async fn wait_durable(
         &mut self,
-        dest: &mut D,
-        shutdown: &mut watch::Receiver<bool>,
-        progress: Option<&ProgressStore>,
         plan: &SnapshotPlan,
         drained: &mut Drained,
         consistent: Lsn,
     ) -> Result<bool, CaptureError> {
-        dest.end_transaction(consistent).await?;
-        while dest.durable()? < consistent {
+        self.dest.end_transaction(consistent).await?;
+        while self.dest.durable()? < consistent {
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => return Ok(false),
-                _ = dest.progressed() => {}
+                _ = self.shutdown.changed() => return Ok(false),
+                _ = self.dest.progressed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
-            if let Some(p) = progress {
-                drained.mark(p, &self.sql, dest, plan).await?;
-            }
+            self.mark(drained, plan).await?;
         }
-        if let Some(p) = progress {
-            drained.mark(p, &self.sql, dest, plan).await?;
-            p.set_phase(&self.sql, Phase::Done, None).await?;
+        self.mark(drained, plan).await?;
+        if let Some(p) = self.progress {
+            p.set_phase(self.sql, Phase::Done, None).await?;
         }
         let total = plan.chunks.len() as u64;
-        self.metrics.set_snapshot(total, total, 0, 0);
+        self.emitter.metrics().set_snapshot(total, total, 0, 0);
+        Ok(true)
+    }
+
+    /// Records the chunks the destination made durable since last time
+    /// (when progress is kept).
+    async fn mark(&mut self, drained: &mut Drained, plan: &SnapshotPlan) -> Result<(), CaptureError> {
+        if let Some(store) = self.progress {
+            drained.marked = mark_durable(
+                store,
+                self.sql,
+                &*self.dest,
+                &plan.chunks,
+                &drained.rows_per_chunk,
+                drained.marked,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the held-back row, then closes the chunks that ended while it
+    /// was held. False when shutdown came first.
+    async fn release(
+        &mut self,
+        tx: &TxInfo,
+        (relation, row, ordinal): (Arc<Relation>, Tuple, u64),
+        mark: SnapshotMark,
+        unclosed: &mut Vec<usize>,
+    ) -> Result<bool, CaptureError> {
+        if !room_or_shutdown(&*self.dest, self.shutdown).await {
+            return Ok(false);
+        }
+        self.emitter
+            .send_read(self.dest, tx, ordinal, &relation, &row, mark)
+            .await?;
+        for c in unclosed.drain(..) {
+            self.dest.end_transaction(chunk_unit(c)).await?;
+        }
         Ok(true)
     }
 }
@@ -380,20 +416,6 @@ struct Drained {
     marked: usize,
     sent: u64,
     pace: Pace,
-}
-
-impl Drained {
-    /// Records the chunks the destination made durable since last time.
-    async fn mark<D: Destination>(
-        &mut self,
-        store: &ProgressStore,
-        sql: &tokio_postgres::Client,
-        dest: &D,
-        plan: &SnapshotPlan,
-    ) -> Result<(), CaptureError> {
-        self.marked = mark_durable(store, sql, dest, &plan.chunks, &self.rows_per_chunk, self.marked).await?;
-        Ok(())
-    }
 }
 
 /// Starts `workers` copy connections under the exported snapshot; worker
@@ -430,31 +452,6 @@ fn spawn_copy_workers(
         receivers.push(rx);
     }
     receivers
-}
-
-impl LoopState {
-    /// Sends the held-back row, then closes the chunks that ended while it
-    /// was held. False when shutdown came first.
-    async fn release<D: Destination>(
-        &mut self,
-        dest: &mut D,
-        shutdown: &mut watch::Receiver<bool>,
-        tx: &TxInfo,
-        (relation, row, ordinal): (Arc<Relation>, Tuple, u64),
-        mark: SnapshotMark,
-        unclosed: &mut Vec<usize>,
-    ) -> Result<bool, CaptureError> {
-        if !self
-            .snapshot_row(dest, shutdown, tx, ordinal, &relation, &row, mark)
-            .await?
-        {
-            return Ok(false);
-        }
-        for c in unclosed.drain(..) {
-            dest.end_transaction(chunk_unit(c)).await?;
-        }
-        Ok(true)
-    }
 }
 
 /// The destination unit of chunk `k` (0-based): see the module doc.

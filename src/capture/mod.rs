@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod config;
 pub mod destination;
+mod emitter;
 mod incremental;
 mod initial;
 pub mod metrics;
@@ -30,15 +31,16 @@ use self::config::{CaptureConfig, OutputKind, SnapshotMode};
 use self::destination::kafka::producer::KafkaDestination;
 use self::destination::stdout::JsonLines;
 use self::snapshot_progress::{Phase as SnapshotPhase, ProgressStore};
-use crate::capture::destination::{Destination, EncodedRows, OutputError};
+use crate::capture::destination::{Destination, OutputError};
 use crate::capture::metrics::{Metrics, Phase};
-use crate::change::{check_arity, ChangeEvent, ChangeKind, SnapshotMark, TxInfo};
-use crate::postgres::catalog::{load_column_infos, load_type_infos, CatalogError, RelationCache, RelationChange};
+use crate::change::{check_arity, ChangeEvent, ChangeKind, TxInfo};
+use crate::postgres::catalog::CatalogError;
 use crate::postgres::client::ReadColumn;
-use crate::postgres::pgoutput::{LogicalMessage, OldTuple, Relation, Tuple};
+use crate::postgres::pgoutput::{LogicalMessage, Message, OldTuple, Relation, Tuple};
 use crate::postgres::replication::{ReplicationClient, ReplicationStream, StreamOptions};
 use crate::postgres::{client, publication, slot, Lsn, SourceError};
 use crate::registry::Registry;
+use emitter::Emitter;
 use incremental::Incremental;
 
 #[derive(Debug, thiserror::Error)]
@@ -153,20 +155,14 @@ async fn run_inner<D: Destination>(
 ) -> Result<CaptureSummary, CaptureError> {
     let (sql, _driver) = client::connect(&config.source).await?;
     let setup = set_up(config, &sql).await?;
+    let sql = Arc::new(sql);
     let mut state = LoopState {
-        cache: RelationCache::new(),
+        config,
+        emitter: Emitter::new(sql.clone(), metrics.clone(), &config.state_schema),
         sql,
-        heartbeat: config.heartbeat_interval,
-        metrics: metrics.clone(),
-        table_names: Default::default(),
-        slot: config.slot.clone(),
-        lag_warn_bytes: config.slot_lag_warn_bytes,
-        publication: config.publication.clone(),
-        state_schema: config.state_schema.clone(),
         incremental: None,
         tx: None,
         tx_ordinal: 0,
-        events: 0,
         transactions: 0,
     };
     if config.snapshot_mode == SnapshotMode::InitialOnly {
@@ -175,13 +171,19 @@ async fn run_inner<D: Destination>(
             return Ok(state.summary(Lsn::ZERO));
         }
         // No slot is kept, so no progress either: a cut-off run starts over.
-        let done = state.initial_snapshot(config, dest, &mut shutdown, None).await?;
+        let done = initial::initial_snapshot(config, &mut state.emitter, &state.sql, dest, &mut shutdown, None).await?;
         return Ok(state.summary(done.unwrap_or(Lsn::ZERO)));
     }
     if setup.needs_snapshot {
-        let done = state
-            .initial_snapshot(config, dest, &mut shutdown, setup.progress.as_ref())
-            .await?;
+        let done = initial::initial_snapshot(
+            config,
+            &mut state.emitter,
+            &state.sql,
+            dest,
+            &mut shutdown,
+            setup.progress.as_ref(),
+        )
+        .await?;
         if done.is_none() {
             return Ok(state.summary(Lsn::ZERO));
         }
@@ -200,7 +202,7 @@ async fn run_inner<D: Destination>(
         state.incremental = Some(inc);
     }
     state
-        .stream_with_reconnects(config, dest, &mut shutdown, setup.status_interval)
+        .stream_with_reconnects(dest, &mut shutdown, setup.status_interval)
         .await
 }
 
@@ -367,30 +369,25 @@ fn backoff(attempt: u32, max: Duration) -> Duration {
     Duration::from_millis(250u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(16))).min(max)
 }
 
-struct LoopState {
-    cache: RelationCache,
-    sql: tokio_postgres::Client,
-    heartbeat: Option<Duration>,
-    metrics: Arc<Metrics>,
-    /// `schema.table` by relation id, for metrics labels.
-    table_names: std::collections::HashMap<u32, String>,
-    slot: String,
-    lag_warn_bytes: u64,
-    publication: String,
-    /// Changes to walhouse's own progress tables are not captured.
-    state_schema: String,
+/// What the stream loop owns across reconnects.
+struct LoopState<'c> {
+    config: &'c CaptureConfig,
+    /// Everything sent leaves through it, snapshots' rows too.
+    emitter: Emitter,
+    /// For the loop's own queries: lag, heartbeats, snapshot progress.
+    sql: Arc<tokio_postgres::Client>,
     incremental: Option<Incremental>,
+    /// The open transaction, and its changes so far.
     tx: Option<TxInfo>,
     tx_ordinal: u64,
-    events: u64,
     transactions: u64,
 }
 
-impl LoopState {
+impl LoopState<'_> {
     fn summary(&self, acknowledged: Lsn) -> CaptureSummary {
         CaptureSummary {
             acknowledged,
-            events: self.events,
+            events: self.emitter.events(),
             transactions: self.transactions,
         }
     }
@@ -400,11 +397,11 @@ impl LoopState {
     /// number of times); any other error stops capture.
     async fn stream_with_reconnects<D: Destination>(
         &mut self,
-        config: &CaptureConfig,
         dest: &mut D,
         shutdown: &mut watch::Receiver<bool>,
         status_interval: Duration,
     ) -> Result<CaptureSummary, CaptureError> {
+        let config = self.config;
         let mut acknowledged = Lsn::ZERO;
         let mut attempt = 0u32;
         loop {
@@ -420,7 +417,7 @@ impl LoopState {
             let result: Result<(), CaptureError> = match started.await {
                 Ok(mut stream) => {
                     tracing::info!(slot = %config.slot, from = %acknowledged, "streaming");
-                    self.metrics.set_phase(Phase::Streaming);
+                    self.emitter.metrics().set_phase(Phase::Streaming);
                     let r = self.stream(&mut stream, dest, shutdown, status_interval).await;
                     acknowledged = stream.progress().acknowledged;
                     match r {
@@ -459,8 +456,8 @@ impl LoopState {
                 return Err(CaptureError::Source(source_err));
             }
             attempt += 1;
-            self.metrics.set_phase(Phase::Reconnecting);
-            self.metrics.count_reconnect();
+            self.emitter.metrics().set_phase(Phase::Reconnecting);
+            self.emitter.metrics().count_reconnect();
             if attempt > config.max_reconnect_attempts {
                 return Err(CaptureError::GaveUp {
                     attempts: attempt - 1,
@@ -492,7 +489,7 @@ impl LoopState {
     ) -> Result<StreamEnd, CaptureError> {
         let mut lag_check = tokio::time::interval(LAG_CHECK_EVERY);
         lag_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut heartbeat = self.heartbeat.map(|every| {
+        let mut heartbeat = self.config.heartbeat_interval.map(|every| {
             let mut i = tokio::time::interval(every);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
@@ -506,7 +503,11 @@ impl LoopState {
                     self.acknowledge_durable(stream, dest)?;
                     self.chunks_durable(dest.durable()?).await?;
                 }
-                done = reader_finished(&mut self.incremental) => self.chunk_read(done?).await?,
+                done = reader_finished(&mut self.incremental) => {
+                    if let Some(inc) = self.incremental.as_mut() {
+                        inc.chunk_read(done?, &self.sql).await?;
+                    }
+                }
                 _ = tokio::time::sleep(status_interval), if full => {
                     // Paused on the destination: keep the walsender from
                     // timing us out, and tell it what became durable.
@@ -515,14 +516,18 @@ impl LoopState {
                 }
                 _ = lag_check.tick() => {
                     self.check_lag().await?;
-                    if let Some(inc) = self.incremental.as_mut() {
-                        let published = captured_tables(&self.sql, &self.publication, &self.state_schema).await?;
-                        inc.refresh_tables(&self.sql, published).await?;
+                    if self.incremental.is_some() {
+                        let published = self.captured_tables().await?;
+                        if let Some(inc) = self.incremental.as_mut() {
+                            inc.refresh_tables(&self.sql, published).await?;
+                        }
                     }
                     self.chunks_durable(dest.durable()?).await?;
                 }
                 _ = std::future::ready(()), if !full && self.incremental.as_ref().is_some_and(Incremental::can_start) => {
-                    self.start_chunk().await?;
+                    if let Some(inc) = self.incremental.as_mut() {
+                        inc.start_chunk(&self.sql).await?;
+                    }
                 }
                 _ = tick(&mut heartbeat), if heartbeat.is_some() => {
                     self.sql
@@ -544,111 +549,17 @@ impl LoopState {
         }
     }
 
-    /// Takes in a table's shape (from a Relation message or the snapshot):
-    /// the catalog facts pgoutput does not send, the cache, the destination.
-    async fn learn_relation<D: Destination>(
-        &mut self,
-        rel: Relation,
-        dest: &mut D,
-    ) -> Result<Arc<Relation>, CaptureError> {
-        let missing = self.cache.missing_type_infos(&rel);
-        if !missing.is_empty() {
-            let infos = load_type_infos(&self.sql, &missing).await?;
-            self.cache.insert_type_infos(infos);
-        }
-        let columns_info = load_column_infos(&self.sql, rel.id).await?;
-        self.cache.set_column_infos(rel.id, columns_info);
-        let (id, name, columns) = (rel.id, format!("{}.{}", rel.namespace, rel.name), rel.columns.len());
-        let change = self.cache.apply_relation(rel);
-        // A renamed table keeps its id: name it afresh.
-        self.table_names.remove(&id);
-        let relation = self.cache.get(id)?.clone();
-        // walhouse's progress tables reach a FOR ALL TABLES stream too; their
-        // changes are dropped, so they get no schema subject and no topic.
-        if !self.is_own(&relation) {
-            dest.relation(&relation, &self.cache).await?;
-        }
-        if change == RelationChange::Changed {
-            // Relation messages are not WAL records (they arrive at 0/0):
-            // name the transaction that carried the new shape instead.
-            let commit_lsn = self.tx.map(|t| t.commit_lsn.to_string()).unwrap_or_default();
-            tracing::info!(table = %name, columns, %commit_lsn, "table shape changed");
-        }
-        Ok(relation)
-    }
-
-    /// Sends one snapshot row, waiting (not buffering) while the destination
-    /// is full. False when shutdown came first.
-    #[allow(clippy::too_many_arguments)]
-    async fn snapshot_row<D: Destination>(
-        &mut self,
-        dest: &mut D,
-        shutdown: &mut watch::Receiver<bool>,
-        tx: &TxInfo,
-        ordinal: u64,
-        relation: &Relation,
-        tuple: &Tuple,
-        mark: SnapshotMark,
-    ) -> Result<bool, CaptureError> {
-        if !room_or_shutdown(dest, shutdown).await {
-            return Ok(false);
-        }
-        self.send_read(dest, tx, ordinal, relation, tuple, mark).await?;
-        Ok(true)
-    }
-
-    /// Hands over snapshot rows a copy worker encoded, after backpressure
-    /// as for single rows. False when shutdown came first.
-    async fn snapshot_encoded<D: Destination>(
-        &mut self,
-        dest: &mut D,
-        shutdown: &mut watch::Receiver<bool>,
-        relation: &Relation,
-        rows: &EncodedRows,
-    ) -> Result<bool, CaptureError> {
-        if !room_or_shutdown(dest, shutdown).await {
-            return Ok(false);
-        }
-        dest.send_encoded(rows).await?;
-        self.events += rows.len() as u64;
-        self.count(relation, "read", rows.len() as u64);
-        Ok(true)
-    }
-
-    /// Sends a row read by a snapshot (initial or incremental) as an
-    /// insert marked `mark`, in the pseudo-transaction `tx`.
-    async fn send_read<D: Destination>(
-        &mut self,
-        dest: &mut D,
-        tx: &TxInfo,
-        ordinal: u64,
-        relation: &Relation,
-        tuple: &Tuple,
-        mark: SnapshotMark,
-    ) -> Result<(), CaptureError> {
-        let event = ChangeEvent {
-            lsn: tx.commit_lsn,
-            tx: Some(tx),
-            tx_ordinal: ordinal,
-            kind: ChangeKind::Insert { relation, new: tuple },
-            snapshot: Some(mark),
-        };
-        dest.send(&event).await?;
-        self.events += 1;
-        self.count(relation, "read", 1);
-        Ok(())
-    }
-
     /// Measures the WAL the slot holds back; warns past the threshold.
     async fn check_lag(&mut self) -> Result<(), CaptureError> {
-        let Some((lag, unlimited)) = slot::lag(&self.sql, &self.slot).await? else {
+        let slot_name = &self.config.slot;
+        let Some((lag, unlimited)) = slot::lag(&self.sql, slot_name).await? else {
             return Ok(());
         };
         let lag = lag.max(0) as u64;
-        self.metrics.set_slot_lag(lag);
-        if lag > self.lag_warn_bytes {
+        self.emitter.metrics().set_slot_lag(lag);
+        if lag > self.config.slot_lag_warn_bytes {
             tracing::warn!(
-                slot = %self.slot,
+                slot = %slot_name,
                 lag_bytes = lag,
                 "the slot holds back {:.1} GiB of WAL on the source{}",
                 lag as f64 / (1u64 << 30) as f64,
@@ -660,16 +571,6 @@ impl LoopState {
             );
         }
         Ok(())
-    }
-
-    /// Counts an event for metrics under `schema.table`, naming each
-    /// relation once rather than formatting per event.
-    fn count(&mut self, relation: &Relation, op: &str, n: u64) {
-        let name = self
-            .table_names
-            .entry(relation.id)
-            .or_insert_with(|| format!("{}.{}", relation.namespace, relation.name));
-        self.metrics.count_events(name, op, n);
     }
 
     /// Acknowledges whatever the destination reports durable, and
@@ -684,10 +585,10 @@ impl LoopState {
             stream.acknowledge(durable);
         }
         let p = stream.progress();
-        self.metrics.set_positions(p.received.0, p.acknowledged.0);
+        let metrics = self.emitter.metrics();
+        metrics.set_positions(p.received.0, p.acknowledged.0);
         let st = dest.stats();
-        self.metrics
-            .set_destination(st.in_flight, st.bytes_sent, st.registry_calls);
+        metrics.set_destination(st.in_flight, st.bytes_sent, st.registry_calls);
         Ok(())
     }
 
@@ -714,19 +615,19 @@ impl LoopState {
                 // carried nothing (Postgres itself skips empty ones).
                 if self.tx_ordinal > 0 {
                     self.transactions += 1;
-                    self.metrics.count_transaction();
+                    self.emitter.metrics().count_transaction();
                 }
                 return Ok(Some(c.end_lsn));
             }
             LogicalMessage::Relation(rel) => {
-                self.learn_relation(rel, dest).await?;
+                self.emitter.learn_relation(rel, dest, self.tx.as_ref()).await?;
             }
-            LogicalMessage::Type(t) => self.cache.apply_type(t),
+            LogicalMessage::Type(t) => self.emitter.learn_type(t),
             LogicalMessage::Origin(o) => tracing::debug!(origin = %o.name, "transaction from origin"),
             LogicalMessage::Insert(i) => {
-                let relation = self.cache.get(i.relation_id)?.clone();
+                let relation = self.emitter.relation(i.relation_id)?;
                 check_arity(&relation, &i.new)?;
-                if self.is_own(&relation) {
+                if self.emitter.is_own(&relation) {
                     return Ok(None);
                 }
                 self.watch(&relation, None, Some(&i.new));
@@ -741,12 +642,12 @@ impl LoopState {
                 .await?;
             }
             LogicalMessage::Update(u) => {
-                let relation = self.cache.get(u.relation_id)?.clone();
+                let relation = self.emitter.relation(u.relation_id)?;
                 check_arity(&relation, &u.new)?;
                 if let Some(OldTuple::Key(t) | OldTuple::Full(t)) = &u.old {
                     check_arity(&relation, t)?;
                 }
-                if self.is_own(&relation) {
+                if self.emitter.is_own(&relation) {
                     return Ok(None);
                 }
                 self.watch(&relation, u.old.as_ref(), Some(&u.new));
@@ -758,10 +659,10 @@ impl LoopState {
                 self.emit(lsn, kind, dest).await?;
             }
             LogicalMessage::Delete(d) => {
-                let relation = self.cache.get(d.relation_id)?.clone();
+                let relation = self.emitter.relation(d.relation_id)?;
                 let (OldTuple::Key(t) | OldTuple::Full(t)) = &d.old;
                 check_arity(&relation, t)?;
-                if self.is_own(&relation) {
+                if self.emitter.is_own(&relation) {
                     return Ok(None);
                 }
                 self.watch(&relation, Some(&d.old), None);
@@ -779,9 +680,9 @@ impl LoopState {
                 let relations = t
                     .relation_ids
                     .iter()
-                    .map(|id| self.cache.get(*id).cloned())
+                    .map(|id| self.emitter.relation(*id))
                     .collect::<Result<Vec<Arc<_>>, _>>()?;
-                let relations: Vec<Arc<Relation>> = relations.into_iter().filter(|r| !self.is_own(r)).collect();
+                let relations: Vec<Arc<Relation>> = relations.into_iter().filter(|r| !self.emitter.is_own(r)).collect();
                 if relations.is_empty() {
                     return Ok(None);
                 }
@@ -815,13 +716,36 @@ impl LoopState {
     }
 
     async fn captured_tables(&self) -> Result<Vec<publication::TableName>, CaptureError> {
-        captured_tables(&self.sql, &self.publication, &self.state_schema).await
+        captured_tables(&self.sql, &self.config.publication, &self.config.state_schema).await
     }
 
-    /// Whether `relation` is one of walhouse's progress tables (a
-    /// publication FOR ALL TABLES includes them).
-    fn is_own(&self, relation: &Relation) -> bool {
-        self.state_schema == relation.namespace
+    /// A `walhouse.*` logical message (a watermark or a signal) goes to the
+    /// incremental snapshot; true when it was one (not forwarded).
+    async fn control_message<D: Destination>(
+        &mut self,
+        lsn: Lsn,
+        m: &Message,
+        dest: &mut D,
+    ) -> Result<bool, CaptureError> {
+        if !incremental::is_control(m) {
+            return Ok(false);
+        }
+        match self.incremental.as_mut() {
+            Some(inc) => {
+                inc.control_message(lsn, m, &self.config.slot, &mut self.emitter, &self.sql, dest)
+                    .await?
+            }
+            None => incremental::without_snapshots(m, &self.config.slot),
+        }
+        Ok(true)
+    }
+
+    /// Records incremental chunks that became durable.
+    async fn chunks_durable(&mut self, durable: Lsn) -> Result<(), CaptureError> {
+        match self.incremental.as_mut() {
+            Some(inc) => inc.chunks_durable(durable, &self.sql, self.emitter.metrics()).await,
+            None => Ok(()),
+        }
     }
 
     /// Tells an open incremental-snapshot window about a change of its table.
@@ -858,37 +782,8 @@ impl LoopState {
             kind,
             snapshot: None,
         };
-        dest.send(&event).await?;
-        self.events += 1;
-        match &event.kind {
-            ChangeKind::Insert { relation, .. }
-            | ChangeKind::Update { relation, .. }
-            | ChangeKind::Delete { relation, .. } => self
-                .metrics
-                .count_event(&format!("{}.{}", relation.namespace, relation.name), event.op()),
-            ChangeKind::Truncate { relations, .. } => {
-                for r in relations.iter() {
-                    self.metrics
-                        .count_event(&format!("{}.{}", r.namespace, r.name), "truncate");
-                }
-            }
-            ChangeKind::Message(_) => {}
-        }
-        Ok(())
+        self.emitter.send(&event, dest).await
     }
-}
-
-/// Waits while the destination is full (backpressure); false when
-/// shutdown came first.
-async fn room_or_shutdown<D: Destination>(dest: &D, shutdown: &mut watch::Receiver<bool>) -> bool {
-    while dest.is_full() {
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => return false,
-            _ = dest.progressed() => {}
-        }
-    }
-    !*shutdown.borrow()
 }
 
 #[cfg(test)]
