@@ -13,12 +13,12 @@ use super::decode::Target;
 use super::metrics::SinkMetrics;
 use super::position::Partition;
 use super::SinkError;
-use crate::warehouse::{Batch, Cell, DeadLetter, OffsetUpdate, TableRows, Warehouse, WarehouseError};
+use crate::warehouse::{isolate, Batch, Cell, DeadLetter, OffsetUpdate, Origin, TableRows, Warehouse, WarehouseError};
 
 #[derive(Default)]
 pub(super) struct Pending {
     /// Rows by target (a CDC writer schema id, or the companies table).
-    tables: BTreeMap<u64, (Arc<Target>, Vec<Vec<Cell>>)>,
+    tables: BTreeMap<u64, (Arc<Target>, TableRows)>,
     dead: Vec<DeadLetter>,
     offsets: HashMap<Partition, OffsetUpdate>,
     pub rows: usize,
@@ -32,19 +32,24 @@ impl Pending {
         self.offsets.is_empty()
     }
 
-    pub fn row(&mut self, target: Arc<Target>, cells: Vec<Cell>) {
-        self.bytes += cells.iter().map(Cell::weight).sum::<usize>();
+    /// A row for `target`; `origin` is kept should the warehouse refuse it.
+    pub fn row(&mut self, target: Arc<Target>, cells: Vec<Cell>, origin: Origin) {
+        self.bytes += cells.iter().map(Cell::weight).sum::<usize>() + origin.weight();
         self.rows += 1;
         let key = target.key;
-        self.tables
-            .entry(key)
-            .or_insert_with(|| (target, Vec::new()))
-            .1
-            .push(cells);
+        let (_, rows) = self.tables.entry(key).or_insert_with(|| {
+            let rows = TableRows {
+                columns: target.columns.clone(),
+                ..TableRows::default()
+            };
+            (target, rows)
+        });
+        rows.rows.push(cells);
+        rows.origins.push(origin);
     }
 
     pub fn dead(&mut self, letter: DeadLetter) {
-        self.bytes += letter.raw.as_ref().map_or(0, Vec::len);
+        self.bytes += letter.origin.weight();
         self.dead.push(letter);
     }
 
@@ -71,13 +76,7 @@ impl Pending {
             tables: self
                 .tables
                 .into_values()
-                .map(|(target, rows)| {
-                    let rows = TableRows {
-                        columns: target.columns.clone(),
-                        rows,
-                    };
-                    (target.table.clone(), rows)
-                })
+                .map(|(target, rows)| (target.table.clone(), rows))
                 .collect(),
             dead_letters: self.dead,
             offsets: self.offsets.into_values().collect(),
@@ -88,7 +87,7 @@ impl Pending {
 
 /// A batch being written by its own task, with the warehouse it owns
 /// meanwhile.
-type InFlight<W> = tokio::task::JoinHandle<(W, Batch, Instant, Result<(), WarehouseError>)>;
+type InFlight<W> = tokio::task::JoinHandle<(W, Batch, Instant, Result<usize, WarehouseError>)>;
 
 /// How the batch in flight ended.
 pub(super) enum Settled {
@@ -133,7 +132,8 @@ impl<W: Warehouse + Send + 'static> Writer<W> {
         let group = self.group.clone();
         self.in_flight = Some(tokio::spawn(async move {
             let started = Instant::now();
-            let result = warehouse.write(&group, &batch).await;
+            let mut batch = batch;
+            let result = isolate::write(&mut warehouse, &group, &mut batch).await;
             (warehouse, batch, started, result)
         }));
         Ok(offsets)
@@ -147,7 +147,7 @@ impl<W: Warehouse + Send + 'static> Writer<W> {
         let (warehouse, batch, started, result) = task.await.map_err(|_| SinkError::Lost)?;
         self.warehouse = Some(warehouse);
         match result {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(e @ WarehouseError::Fenced { .. }) => {
                 tracing::warn!("{e}");
                 self.metrics.count_fenced();

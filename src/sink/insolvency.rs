@@ -12,7 +12,8 @@ use serde_json::{Map, Value as Json};
 
 use crate::avro::value::iso_timestamp_micros;
 use crate::warehouse::{
-    Batch, Cell, ColumnDef, DeadLetter, FileLoad, SqlType, TableDef, TableRef, TableRows, Warehouse, WarehouseError,
+    Batch, Cell, ColumnDef, DeadLetter, FileLoad, Origin, SqlType, TableDef, TableRef, TableRows, Warehouse,
+    WarehouseError,
 };
 
 pub const SCHEMA: &str = "raw";
@@ -113,6 +114,7 @@ pub async fn load_file<W: Warehouse>(warehouse: &mut W, path: &Path) -> Result<L
             TableRows {
                 columns: table_def().columns.into_iter().map(|c| c.name).collect(),
                 rows: parsed.rows,
+                origins: parsed.origins,
             },
         )],
         dead_letters: parsed.dead,
@@ -124,12 +126,19 @@ pub async fn load_file<W: Warehouse>(warehouse: &mut W, path: &Path) -> Result<L
             dead_letters: report.dead_letters,
         }),
     };
-    warehouse.write("", &batch).await?;
-    Ok(report)
+    let mut batch = batch;
+    let set_aside = crate::warehouse::isolate::write(warehouse, "", &mut batch).await? as i64;
+    Ok(LoadReport {
+        rows: report.rows - set_aside,
+        dead_letters: report.dead_letters + set_aside,
+        ..report
+    })
 }
 
 struct Parsed {
     rows: Vec<Vec<Cell>>,
+    /// Each row's line, should the warehouse refuse it.
+    origins: Vec<Origin>,
     dead: Vec<DeadLetter>,
 }
 
@@ -151,6 +160,7 @@ fn parse(text: &str, file: &str, sha256: &str, now: i64) -> Result<Parsed, Strin
     let (org_at, date_at) = (find("organization_id")?, find("insolvency_date")?);
     let mut out = Parsed {
         rows: Vec::new(),
+        origins: Vec::new(),
         dead: Vec::new(),
     };
     for (line, record) in records {
@@ -193,7 +203,10 @@ fn parse(text: &str, file: &str, sha256: &str, now: i64) -> Result<Parsed, Strin
             ])
         })();
         match row {
-            Ok(r) => out.rows.push(r),
+            Ok(r) => {
+                out.rows.push(r);
+                out.origins.push(origin(file, line, Some(raw_line(&fields))));
+            }
             Err(e) => out.dead.push(dead(file, line, Some(raw_line(&fields)), e)),
         }
     }
@@ -202,15 +215,18 @@ fn parse(text: &str, file: &str, sha256: &str, now: i64) -> Result<Parsed, Strin
 
 fn dead(file: &str, line: usize, raw: Option<String>, error: String) -> DeadLetter {
     DeadLetter {
-        source: "insolvency_csv".into(),
-        topic: None,
-        partition: None,
-        offset: None,
+        origin: origin(file, line, raw),
+        error,
+    }
+}
+
+fn origin(file: &str, line: usize, raw: Option<String>) -> Origin {
+    Origin {
+        source: "insolvency_csv",
         file: Some(file.to_owned()),
         line: Some(line as i64),
-        key: None,
         raw: raw.map(String::into_bytes),
-        error,
+        ..Origin::default()
     }
 }
 

@@ -37,7 +37,7 @@ use self::position::{Positions, SinkContext};
 use self::tables::{cdc_table_def, raw_schema, TableError, Tables};
 use crate::avro::reader::EnvelopePlan;
 use crate::registry::{Registry, RegistryError};
-use crate::warehouse::{Cell, ColumnDef, DeadLetter, SqlType, TableRef, Warehouse, WarehouseError};
+use crate::warehouse::{Cell, ColumnDef, DeadLetter, Origin, SqlType, TableRef, Warehouse, WarehouseError};
 
 /// The Kafka coordinates every raw table ends with.
 pub const KAFKA_COLUMNS: [(&str, SqlType); 4] = [
@@ -345,6 +345,15 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             Some(reason) => Outcome::Dead(reason.to_owned()),
             None => outcome,
         };
+        let origin = Origin {
+            source: if is_companies { "companies" } else { "cdc" },
+            topic: Some(topic.to_owned()),
+            partition: Some(partition),
+            offset: Some(offset),
+            key,
+            raw: payload,
+            ..Origin::default()
+        };
         match outcome {
             Outcome::Stop(reason) => {
                 tracing::error!(%topic, "topic stopped: {reason}");
@@ -360,24 +369,14 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             Outcome::Skip => self.metrics.count_skipped(),
             Outcome::Dead(error) => {
                 tracing::warn!(%topic, partition, offset, "dead letter: {error}");
-                self.pending.dead(DeadLetter {
-                    source: if is_companies { "companies" } else { "cdc" }.into(),
-                    topic: Some(topic.to_owned()),
-                    partition: Some(partition),
-                    offset: Some(offset),
-                    file: None,
-                    line: None,
-                    key,
-                    raw: payload,
-                    error,
-                });
+                self.pending.dead(DeadLetter { origin, error });
             }
             Outcome::Row { target, mut cells } => {
                 cells.push(Cell::Text(topic.to_owned()));
                 cells.push(Cell::Int(partition));
                 cells.push(Cell::Long(offset));
                 cells.push(Cell::TimestampTz(now_micros()));
-                self.pending.row(target, cells);
+                self.pending.row(target, cells, origin);
             }
         }
         self.positions.advance(&at, offset);

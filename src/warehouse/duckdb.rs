@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use duckdb::types::{TimeUnit, ToSqlOutput, Value, ValueRef};
 use duckdb::{appender_params_from_iter, Connection, ToSql};
 
-use super::{Batch, Cell, Dialect, Warehouse, WarehouseError};
+use super::{Batch, Cell, Dialect, Failure, TableRef, Warehouse, WarehouseError};
 
 pub struct DuckDbWarehouse {
     path: PathBuf,
@@ -39,9 +39,13 @@ impl DuckDbWarehouse {
     }
 
     fn sql_error(context: &str) -> impl Fn(duckdb::Error) -> WarehouseError + '_ {
-        move |e| WarehouseError::Sql {
-            context: context.to_owned(),
-            message: e.to_string(),
+        move |e| {
+            let message = e.to_string();
+            WarehouseError::Sql {
+                context: context.to_owned(),
+                failure: failure(&e, &message),
+                message,
+            }
         }
     }
 
@@ -67,6 +71,30 @@ impl DuckDbWarehouse {
                 }
             }
         })
+    }
+}
+
+/// DuckDB names the class of an error at the start of its message.
+fn failure(e: &duckdb::Error, message: &str) -> Failure {
+    const VALUE: [&str; 4] = [
+        "Conversion Error",
+        "Invalid Input Error",
+        "Out of Range Error",
+        "Constraint Error",
+    ];
+    const IO: [&str; 5] = [
+        "IO Error",
+        "Out of Memory Error",
+        "FATAL Error",
+        "INTERNAL Error",
+        "Interrupt Error",
+    ];
+    if matches!(e, duckdb::Error::ToSqlConversionFailure(_)) || VALUE.iter().any(|v| message.starts_with(v)) {
+        Failure::Value
+    } else if IO.iter().any(|v| message.starts_with(v)) {
+        Failure::Io
+    } else {
+        Failure::Statement
     }
 }
 
@@ -98,6 +126,16 @@ impl ToSql for Cell {
     }
 }
 
+/// Appends `rows` through DuckDB's appender (inside the caller's transaction).
+fn append(conn: &Connection, table: &TableRef, columns: &[String], rows: &[Vec<Cell>]) -> duckdb::Result<()> {
+    let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let mut app = conn.appender_with_columns_to_db(&table.name, &table.schema, &columns)?;
+    for row in rows {
+        app.append_row(appender_params_from_iter(row))?;
+    }
+    app.flush()
+}
+
 impl Warehouse for DuckDbWarehouse {
     fn dialect(&self) -> Dialect {
         Dialect::DuckDb
@@ -110,10 +148,7 @@ impl Warehouse for DuckDbWarehouse {
     async fn execute(&mut self, statements: &[String]) -> Result<(), WarehouseError> {
         self.in_transaction("DDL", |conn| {
             for s in statements {
-                conn.execute_batch(s).map_err(|e| WarehouseError::Sql {
-                    context: s.clone(),
-                    message: e.to_string(),
-                })?;
+                conn.execute_batch(s).map_err(Self::sql_error(s))?;
             }
             Ok(())
         })
@@ -158,16 +193,8 @@ impl Warehouse for DuckDbWarehouse {
                 if rows.rows.is_empty() {
                     continue;
                 }
-                let context = format!("appending to {table}");
-                let columns: Vec<&str> = rows.columns.iter().map(String::as_str).collect();
-                let mut app = conn
-                    .appender_with_columns_to_db(&table.name, &table.schema, &columns)
-                    .map_err(Self::sql_error(&context))?;
-                for row in &rows.rows {
-                    app.append_row(appender_params_from_iter(row))
-                        .map_err(Self::sql_error(&context))?;
-                }
-                app.flush().map_err(Self::sql_error(&context))?;
+                append(conn, table, &rows.columns, &rows.rows)
+                    .map_err(Self::sql_error(&format!("appending to {table}")))?;
             }
             for o in &batch.offsets {
                 let moved = match o.from {
@@ -182,18 +209,28 @@ impl Warehouse for DuckDbWarehouse {
                         duckdb::params![o.next, consumer_group, o.topic, o.partition, from],
                     ),
                 };
+                let fenced = || WarehouseError::Fenced {
+                    topic: o.topic.clone(),
+                    partition: o.partition,
+                    expected: o.from,
+                };
                 match moved {
                     Ok(1) => {}
-                    // A constraint error on insert, or no row at the
-                    // expected position: someone else moved it.
-                    Ok(_) | Err(duckdb::Error::DuckDBFailure(..)) => {
-                        return Err(WarehouseError::Fenced {
-                            topic: o.topic.clone(),
-                            partition: o.partition,
-                            expected: o.from,
-                        })
+                    // No row at the expected position: someone else moved it.
+                    Ok(_) => return Err(fenced()),
+                    Err(e) => {
+                        let e = Self::sql_error("storing offsets")(e);
+                        // A duplicate key on insert: someone else stored it
+                        // first. Any other failure is just that.
+                        return Err(match &e {
+                            WarehouseError::Sql { message, .. }
+                                if o.from.is_none() && message.starts_with("Constraint Error") =>
+                            {
+                                fenced()
+                            }
+                            _ => e,
+                        });
                     }
-                    Err(e) => return Err(Self::sql_error("storing offsets")(e)),
                 }
             }
             if let Some(f) = &batch.file {
@@ -204,6 +241,20 @@ impl Warehouse for DuckDbWarehouse {
                 .map_err(Self::sql_error("recording the file load"))?;
             }
             Ok(())
+        })
+    }
+
+    async fn probe(&mut self, table: &TableRef, columns: &[String], rows: &[Vec<Cell>]) -> Result<(), WarehouseError> {
+        let conn = &self.conn;
+        tokio::task::block_in_place(|| {
+            let context = format!("appending to {table}");
+            conn.execute_batch("BEGIN TRANSACTION")
+                .map_err(Self::sql_error(&context))?;
+            let result = append(conn, table, columns, rows).map_err(Self::sql_error(&context));
+            if let Err(r) = conn.execute_batch("ROLLBACK") {
+                tracing::warn!("DuckDB rollback after a probe failed: {r}");
+            }
+            result
         })
     }
 

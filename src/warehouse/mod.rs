@@ -7,6 +7,7 @@
 //! [`TableDef`]s in each target's [`Dialect`].
 
 pub mod duckdb;
+pub mod isolate;
 pub mod postgres;
 
 use crate::quote;
@@ -118,17 +119,20 @@ pub struct TableDef {
 
 /// Rows for one table; `columns` names the cells of every row, in order
 /// (a subset of the table's columns: missing ones stay NULL).
+/// `origins`, when given, says where each row came from (same order), so
+/// a row the target refuses can be set aside as a dead letter.
 #[derive(Clone, Debug, Default)]
 pub struct TableRows {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<Cell>>,
+    pub origins: Vec<Origin>,
 }
 
-/// A record that could not be stored as a row, with why.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DeadLetter {
+/// Where a record came from: a Kafka message or a line of a file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Origin {
     /// What fed it: `cdc`, `companies`, `insolvency_csv`.
-    pub source: String,
+    pub source: &'static str,
     pub topic: Option<String>,
     pub partition: Option<i32>,
     pub offset: Option<i64>,
@@ -136,6 +140,19 @@ pub struct DeadLetter {
     pub line: Option<i64>,
     pub key: Option<Vec<u8>>,
     pub raw: Option<Vec<u8>>,
+}
+
+impl Origin {
+    /// Its bytes as held in memory, for batching by bytes.
+    pub fn weight(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.raw.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// A record that could not be stored as a row, with why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    pub origin: Origin,
     pub error: String,
 }
 
@@ -180,6 +197,7 @@ impl Batch {
             let rows = TableRows {
                 columns: DEAD_LETTER_COLUMNS.iter().map(|c| c.to_string()).collect(),
                 rows: self.dead_letters.iter().map(DeadLetter::cells).collect(),
+                origins: Vec::new(),
             };
             (TableRef::new("walhouse", "dead_letters"), rows)
         })
@@ -201,16 +219,20 @@ const DEAD_LETTER_COLUMNS: [&str; 9] = [
 
 impl DeadLetter {
     fn cells(&self) -> Vec<Cell> {
+        let o = &self.origin;
+        // Text columns: a NUL (which Postgres refuses) is written escaped,
+        // so a dead letter can always be stored.
+        let text = |s: &str| Cell::Text(s.replace('\0', "\\u0000"));
         vec![
-            Cell::Text(self.source.clone()),
-            self.topic.clone().map_or(Cell::Null, Cell::Text),
-            self.partition.map_or(Cell::Null, Cell::Int),
-            self.offset.map_or(Cell::Null, Cell::Long),
-            self.file.clone().map_or(Cell::Null, Cell::Text),
-            self.line.map_or(Cell::Null, Cell::Long),
-            self.key.clone().map_or(Cell::Null, Cell::Bytes),
-            self.raw.clone().map_or(Cell::Null, Cell::Bytes),
-            Cell::Text(self.error.clone()),
+            Cell::Text(o.source.to_owned()),
+            o.topic.as_deref().map_or(Cell::Null, text),
+            o.partition.map_or(Cell::Null, Cell::Int),
+            o.offset.map_or(Cell::Null, Cell::Long),
+            o.file.as_deref().map_or(Cell::Null, text),
+            o.line.map_or(Cell::Null, Cell::Long),
+            o.key.clone().map_or(Cell::Null, Cell::Bytes),
+            o.raw.clone().map_or(Cell::Null, Cell::Bytes),
+            text(&self.error),
         ]
     }
 }
@@ -220,7 +242,11 @@ pub enum WarehouseError {
     #[error("cannot open the warehouse {target}: {message}")]
     Open { target: String, message: String },
     #[error("warehouse {context}: {message}")]
-    Sql { context: String, message: String },
+    Sql {
+        context: String,
+        message: String,
+        failure: Failure,
+    },
     #[error(
         "the stored offset of {topic}[{partition}] is no longer {expected:?}: another sink instance wrote it \
          (the batch was rolled back; positions are read again)"
@@ -232,6 +258,29 @@ pub enum WarehouseError {
     },
     #[error("warehouse URL {0:?}: use duckdb:<path> or postgres://…")]
     Url(String),
+}
+
+impl WarehouseError {
+    /// How a statement failed; `Io` for everything that is not a refusal.
+    pub fn failure(&self) -> Failure {
+        match self {
+            WarehouseError::Sql { failure, .. } => *failure,
+            _ => Failure::Io,
+        }
+    }
+}
+
+/// How a statement failed: it decides whether the sink sets one row aside
+/// (a value), pauses one topic (a definition the target cannot hold), or
+/// stops and retries from the stored offsets (anything else).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The target refused a value: out of range, too wide, malformed.
+    Value,
+    /// The target refused the statement itself: catalog, names, types.
+    Statement,
+    /// The target failed or could not be reached: connection, I/O, memory.
+    Io,
 }
 
 /// Where a target's SQL differs.
@@ -377,6 +426,15 @@ pub trait Warehouse {
         batch: &Batch,
     ) -> impl std::future::Future<Output = Result<(), WarehouseError>> + Send;
 
+    /// Appends `rows` to `table` in a transaction that is rolled back:
+    /// whether the target takes them (see [`isolate`]).
+    fn probe(
+        &mut self,
+        table: &TableRef,
+        columns: &[String],
+        rows: &[Vec<Cell>],
+    ) -> impl std::future::Future<Output = Result<(), WarehouseError>> + Send;
+
     /// Whether a file with this digest was loaded.
     async fn file_loaded(&mut self, sha256: &str) -> Result<bool, WarehouseError>;
 
@@ -432,6 +490,13 @@ impl Warehouse for AnyWarehouse {
         match self {
             AnyWarehouse::DuckDb(w) => w.write(consumer_group, batch).await,
             AnyWarehouse::Postgres(w) => w.write(consumer_group, batch).await,
+        }
+    }
+
+    async fn probe(&mut self, table: &TableRef, columns: &[String], rows: &[Vec<Cell>]) -> Result<(), WarehouseError> {
+        match self {
+            AnyWarehouse::DuckDb(w) => w.probe(table, columns, rows).await,
+            AnyWarehouse::Postgres(w) => w.probe(table, columns, rows).await,
         }
     }
 

@@ -15,7 +15,7 @@ use futures_util::SinkExt;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
-use super::{decimal_text, Batch, Cell, Dialect, TableRef, Warehouse, WarehouseError};
+use super::{decimal_text, Batch, Cell, Dialect, Failure, TableRef, Warehouse, WarehouseError};
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::error::sql_message;
 
@@ -29,6 +29,20 @@ fn sql(context: &str) -> impl Fn(tokio_postgres::Error) -> WarehouseError + '_ {
     move |e| WarehouseError::Sql {
         context: context.to_owned(),
         message: sql_message(&e),
+        failure: failure(&e),
+    }
+}
+
+/// Data exceptions (class 22), integrity violations (23) and program
+/// limits (54, e.g. a value too large) are a row's fault; other answers
+/// from the server refuse the statement; no answer is a failure.
+fn failure(e: &tokio_postgres::Error) -> Failure {
+    match e.as_db_error().map(|db| db.code().code()) {
+        Some(code) if code.starts_with("22") || code.starts_with("23") || code.starts_with("54") => Failure::Value,
+        // Out of disk, memory or connections: not the statement's fault.
+        Some(code) if code.starts_with("53") || code.starts_with("57") || code.starts_with("58") => Failure::Io,
+        Some(_) => Failure::Statement,
+        None => Failure::Io,
     }
 }
 
@@ -240,6 +254,14 @@ impl Warehouse for PostgresWarehouse {
             .map_err(sql("recording the file load"))?;
         }
         tx.commit().await.map_err(sql("COMMIT"))
+    }
+
+    async fn probe(&mut self, table: &TableRef, columns: &[String], rows: &[Vec<Cell>]) -> Result<(), WarehouseError> {
+        let data = rows_text(rows);
+        let tx = self.client.transaction().await.map_err(sql("BEGIN"))?;
+        let result = copy_in(&tx, table, columns, data).await;
+        tx.rollback().await.map_err(sql("ROLLBACK"))?;
+        result
     }
 
     async fn file_loaded(&mut self, sha256: &str) -> Result<bool, WarehouseError> {
