@@ -320,7 +320,7 @@ mod tests {
         let p = parse(text, "f.csv", "abc", 0).expect("parsed");
         assert_eq!(p.rows.len(), 1);
         assert_eq!(p.rows[0][2], Cell::Text(r#"{"court":"Paris"}"#.into()));
-        let lines: Vec<(Option<i64>, &str)> = p.dead.iter().map(|d| (d.line, d.error.as_str())).collect();
+        let lines: Vec<(Option<i64>, &str)> = p.dead.iter().map(|d| (d.origin.line, d.error.as_str())).collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0].0, Some(3));
         assert!(lines[0].1.contains("not a UUID"));
