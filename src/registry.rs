@@ -39,10 +39,12 @@ pub enum RegistryError {
     UnknownId { id: u32 },
     #[error("subject {subject} is unknown to the schema registry")]
     UnknownSubject { subject: String },
-    #[error("the schema registry answered HTTP {status}: {body}")]
+    #[error("the schema registry answered HTTP {status}: {body}{}", if *status == 404 { " (a 404 without Confluent's error code: is the URL's path that of the registry's API?)" } else { "" })]
     Status { status: u16, body: String },
     #[error("schema registry TLS: {0}")]
     Tls(String),
+    #[error("the server at the schema registry URL answered GET /config without a compatibility level: it does not speak Confluent's schema registry API (is the URL's path right?)")]
+    NotARegistry,
 }
 
 impl RegistryError {
@@ -171,6 +173,25 @@ impl Registry {
         }
     }
 
+    /// Asks the registry for its global compatibility level: a wrong URL,
+    /// a server that is not a schema registry, or refused credentials fail
+    /// here, at start, rather than on the first record.
+    pub async fn check(&self) -> Result<(), RegistryError> {
+        let (status, answer) = self.call("GET", "/config", None).await?;
+        let config: serde_json::Value = match status {
+            200 => serde_json::from_slice(&answer).unwrap_or_default(),
+            _ => return Err(status_error(status, &answer)),
+        };
+        if config
+            .get("compatibilityLevel")
+            .or(config.get("compatibility"))
+            .is_none()
+        {
+            return Err(RegistryError::NotARegistry);
+        }
+        Ok(())
+    }
+
     /// HTTP requests made so far (retries included).
     pub fn calls(&self) -> u64 {
         self.calls.load(std::sync::atomic::Ordering::Relaxed)
@@ -220,7 +241,7 @@ impl Registry {
                 lock(&self.by_id).insert(id, s.clone());
                 Ok(s)
             }
-            404 => Err(RegistryError::UnknownId { id }),
+            404 if error_code(&answer) == Some(40403) => Err(RegistryError::UnknownId { id }),
             _ => Err(status_error(status, &answer)),
         }
     }
@@ -232,7 +253,7 @@ impl Registry {
             .await?;
         match status {
             200 => parse(status, &answer),
-            404 => Err(RegistryError::UnknownSubject {
+            404 if error_code(&answer) == Some(40401) => Err(RegistryError::UnknownSubject {
                 subject: subject.into(),
             }),
             _ => Err(status_error(status, &answer)),
@@ -272,6 +293,15 @@ fn error_message(body: &[u8]) -> String {
         Ok(e) => e.message,
         Err(_) => String::from_utf8_lossy(body).into_owned(),
     }
+}
+
+/// Confluent's error code in an error answer. Only it tells "no such
+/// schema" (40403) or "no such subject" (40401) from a 404 of a wrong URL.
+fn error_code(body: &[u8]) -> Option<i64> {
+    serde_json::from_slice::<ErrorAnswer>(body)
+        .ok()
+        .map(|e| e.error_code)
+        .filter(|c| *c != 0)
 }
 
 fn status_error(status: u16, body: &[u8]) -> RegistryError {

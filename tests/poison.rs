@@ -6,11 +6,20 @@
 
 use walhouse_test_support as support;
 
+use std::time::Duration;
+
+use apache_avro::types::Value;
+use support::kafka::{produce, produce_bytes, read_all, Broker};
+use support::pipeline::{start_capture, start_sink};
 use support::postgres::PgServer;
+use support::registry::TestRegistry;
 use walhouse::postgres::conninfo::ConnInfo;
+use walhouse::registry::{Registry, RegistryConfig};
 use walhouse::warehouse::duckdb::DuckDbWarehouse;
 use walhouse::warehouse::postgres::PostgresWarehouse;
 use walhouse::warehouse::{isolate, Batch, Cell, OffsetUpdate, Origin, TableRef, TableRows, Warehouse};
+
+const LIMIT: Duration = Duration::from_secs(120);
 
 /// The batch of the warehouse-level test: three rows of `t (id, amount
 /// DECIMAL(5,2))`, the second one nine digits wide.
@@ -101,4 +110,259 @@ async fn a_value_the_target_refuses_is_set_aside_on_both_targets() {
         .await
         .expect("warehouse");
     refused_value_is_set_aside(&mut w).await;
+}
+
+/// `value` (a captured record in the wire format) with `field` of its row
+/// image replaced by `new`, encoded again under the same writer schema:
+/// valid bytes under a valid schema id, as a faulty producer would send.
+async fn poisoned(registry_url: &str, value: &[u8], field: &str, new: &Value) -> Vec<u8> {
+    let id = u32::from_be_bytes(value[1..5].try_into().expect("wire header"));
+    let registry = Registry::new(&RegistryConfig {
+        url: registry_url.into(),
+        user: None,
+        password: None,
+        ca: None,
+    })
+    .expect("registry");
+    let text = registry.schema(id).await.expect("writer schema");
+    let schema = apache_avro::Schema::parse_str(&text).expect("schema parses");
+    let mut datum = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+        .build()
+        .expect("reader")
+        .read_value(&mut &value[5..])
+        .expect("record decodes");
+    assert!(replace_field(&mut datum, field, new), "no {field} in {datum:?}");
+    let mut out = value[..5].to_vec();
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+        .build()
+        .expect("writer");
+    out.extend(writer.write_value_to_vec(datum).expect("record encodes"));
+    out
+}
+
+/// Replaces every non-null `field` in `v`; whether one was found.
+fn replace_field(v: &mut Value, field: &str, new: &Value) -> bool {
+    match v {
+        Value::Record(fields) => {
+            let mut found = false;
+            for (name, f) in fields.iter_mut() {
+                if name == field {
+                    match f {
+                        Value::Union(_, inner) if **inner == Value::Null => {}
+                        Value::Union(_, inner) => {
+                            **inner = new.clone();
+                            found = true;
+                        }
+                        other => {
+                            *other = new.clone();
+                            found = true;
+                        }
+                    }
+                } else {
+                    found |= replace_field(f, field, new);
+                }
+            }
+            found
+        }
+        Value::Union(_, inner) => replace_field(inner, field, new),
+        _ => false,
+    }
+}
+
+fn company(key: &str, id: &str, name: &str, created: i64) -> String {
+    serde_json::json!({
+        "idempotency_key": key, "event": "created", "id": id,
+        "organization_id": "a7e4d0c3-5b2f-4c8e-9a61-0f3e2d1c4b5a", "name": name,
+        "created_at": created, "updated_at": 1_700_000_000,
+        "changes": serde_json::json!({"name": {"from": null, "to": name}}).to_string(),
+    })
+    .to_string()
+}
+
+/// One sink run's view of the warehouse it wrote.
+async fn read_back<W: Warehouse>(
+    w: &mut W,
+) -> (
+    Vec<Vec<Option<String>>>,
+    Vec<Vec<Option<String>>>,
+    Vec<Vec<Option<String>>>,
+) {
+    let things = w
+        .query_text("SELECT id, amount FROM raw_public.things ORDER BY _offset")
+        .await
+        .expect("things");
+    let names = w
+        .query_text("SELECT name FROM raw.company_events ORDER BY _offset")
+        .await
+        .expect("company events");
+    let dead = w
+        .query_text(
+            "SELECT source, topic, \"offset\", error, CASE WHEN raw IS NULL THEN 'no' ELSE 'yes' END \
+             FROM walhouse.dead_letters ORDER BY topic, \"offset\"",
+        )
+        .await
+        .expect("dead letters");
+    (things, names, dead)
+}
+
+/// A CDC record with a decimal wider than its column, a CDC record in
+/// another table's topic, a table whose view the warehouse cannot create,
+/// and a company event older than Postgres's calendar: each costs only
+/// itself (or only its topic), on DuckDB and on Postgres. Before, the
+/// first and the last crash-looped the sink and the second wrote into the
+/// wrong table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_pills_cost_only_their_record_on_both_targets() {
+    let pg = PgServer::start();
+    pg.create_db("backend");
+    let broker = Broker::start();
+    let registry = TestRegistry::start().await;
+    let source = pg.client("backend").await;
+    source
+        .batch_execute(
+            "CREATE TABLE things (id int PRIMARY KEY, amount numeric(5,2)); \
+             INSERT INTO things VALUES (1, 1.50), (2, 2.50), (3, 3.50); \
+             CREATE TABLE others (id int PRIMARY KEY, v text); INSERT INTO others VALUES (1, 'one'); \
+             CREATE TABLE blocked (id int PRIMARY KEY); INSERT INTO blocked VALUES (1);",
+        )
+        .await
+        .expect("source tables");
+    let prefix = "walhouse.poison";
+    let capture = start_capture(&[
+        "--source-url",
+        &pg.url("walhouse_scram", "backend"),
+        "--output",
+        "kafka",
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        &registry.url,
+        "--topic-prefix",
+        prefix,
+        "--snapshot-mode",
+        "initial_only",
+    ]);
+    capture.finish(LIMIT).await;
+    let things_topic = format!("{prefix}.public.things");
+    let things = read_all(&broker.bootstrap(), &things_topic, LIMIT);
+    assert_eq!(things.len(), 3);
+    let value = |i: usize| things[i].value.clone().expect("value");
+    // 1234567.89 under decimal(5,2): nine digits where five fit.
+    let wide = Value::Decimal(apache_avro::Decimal::from(123_456_789i64.to_be_bytes().to_vec()));
+    let poison = poisoned(&registry.url, &value(1), "amount", &wide).await;
+    let key = things[2].key.clone();
+    produce_bytes(
+        &broker.bootstrap(),
+        &things_topic,
+        &[(key.as_deref(), &poison), (key.as_deref(), &value(2))],
+    );
+    // A record of `things` in the topic of `others`.
+    produce_bytes(
+        &broker.bootstrap(),
+        &format!("{prefix}.public.others"),
+        &[(things[0].key.as_deref(), &value(0))],
+    );
+    let events = [
+        company("a", "3b0c7f52-9d7e-4a51-8f0e-2c1d6a4b9e01", "Before", 1_700_000_000),
+        company("b", "3b0c7f52-9d7e-4a51-8f0e-2c1d6a4b9e02", "Ancient", -300_000_000_000),
+        company("c", "3b0c7f52-9d7e-4a51-8f0e-2c1d6a4b9e03", "After", 1_700_000_000),
+    ];
+    let messages: Vec<(Option<&str>, &[u8])> = events.iter().map(|e| (Some("k"), e.as_bytes())).collect();
+    produce(&broker.bootstrap(), "companies", &messages);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let duck_url = format!("duckdb:{}", dir.path().join("w.duckdb").display());
+    let pg_url = pg.url("walhouse_scram", &pg.create_db("warehouse"));
+    // An object where the sink would put the view of `blocked`.
+    let blocking = [
+        "CREATE SCHEMA IF NOT EXISTS public".to_string(),
+        "CREATE TABLE public.blocked (x int)".to_string(),
+    ];
+    pg.client("warehouse")
+        .await
+        .batch_execute(&blocking[1])
+        .await
+        .expect("blocking table");
+    DuckDbWarehouse::open(&dir.path().join("w.duckdb"))
+        .expect("duckdb")
+        .execute(&blocking)
+        .await
+        .expect("blocking table");
+    let pattern = format!("^{}\\..*", prefix.replace('.', "\\."));
+    for (warehouse, postgres) in [(duck_url.as_str(), false), (pg_url.as_str(), true)] {
+        let mut sink = start_sink(&[
+            "--warehouse",
+            warehouse,
+            "--brokers",
+            &broker.bootstrap(),
+            "--schema-registry-url",
+            &registry.url,
+            "--topic-pattern",
+            &pattern,
+            "--group-id",
+            if postgres { "poison-pg" } else { "poison-duck" },
+            "--batch-ms",
+            "200",
+        ])
+        .await;
+        // things: 3 + 2; others: 1 + 1; companies: 3; blocked: its topic stops.
+        assert!(sink.wait_for(10, LIMIT).await, "accounted {:?}", sink.accounted());
+        assert_eq!(sink.metrics.stopped_topics(), 1);
+        sink.stop().await;
+        let (things, names, dead) = if postgres {
+            let mut w = PostgresWarehouse::connect(&ConnInfo::parse(&pg_url).expect("url"))
+                .await
+                .expect("warehouse");
+            read_back(&mut w).await
+        } else {
+            read_back(&mut DuckDbWarehouse::open(&dir.path().join("w.duckdb")).expect("duckdb")).await
+        };
+        let row = |id: &str, amount: &str| vec![Some(id.to_string()), Some(amount.to_string())];
+        assert_eq!(
+            things,
+            vec![row("1", "1.50"), row("2", "2.50"), row("3", "3.50"), row("3", "3.50")]
+        );
+        let expected_names: Vec<Vec<Option<String>>> = if postgres {
+            vec![vec![Some("Before".into())], vec![Some("After".into())]]
+        } else {
+            // DuckDB's calendar reaches 290309 BC.
+            vec![
+                vec![Some("Before".into())],
+                vec![Some("Ancient".into())],
+                vec![Some("After".into())],
+            ]
+        };
+        assert_eq!(names, expected_names);
+        let errors: Vec<(String, String, String)> = dead
+            .iter()
+            .map(|d| {
+                let text = |i: usize| d[i].clone().unwrap_or_default();
+                (text(1), text(2), text(3))
+            })
+            .collect();
+        assert!(dead.iter().all(|d| d[4].as_deref() == Some("yes")), "{dead:?}");
+        let mut expected = 2;
+        if postgres {
+            expected += 1;
+            assert!(
+                errors
+                    .iter()
+                    .any(|(t, o, e)| t == "companies" && o == "1" && e.contains("created_at") && e.contains("4713 BC")),
+                "{errors:?}"
+            );
+        }
+        assert_eq!(errors.len(), expected, "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|(t, o, e)| *t == things_topic && o == "3" && e.contains("amount") && e.contains("precision")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|(t, o, e)| t.ends_with(".public.others") && o == "1" && e.contains("not what topic")),
+            "{errors:?}"
+        );
+    }
 }

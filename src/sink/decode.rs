@@ -17,6 +17,9 @@ use crate::warehouse::{Cell, TableRef};
 /// record is a dead letter (0.25 s, 0.5 s, 0.75 s apart).
 const UNKNOWN_ID_RETRIES: u32 = 3;
 
+/// How long a registry outage is waited out before the sink stops.
+const OUTAGE_WAIT: Duration = Duration::from_secs(600);
+
 /// The pending-batch key of the company events (CDC keys are schema ids).
 pub(super) const COMPANIES: u64 = u64::MAX;
 
@@ -38,6 +41,8 @@ pub(super) struct Target {
     pub table: TableRef,
     /// The cells' column names, Kafka coordinates included.
     pub columns: Vec<String>,
+    /// How the topics of its records end (empty: any topic).
+    pub topic_suffix: String,
 }
 
 impl Target {
@@ -49,6 +54,7 @@ impl Target {
             columns: columns
                 .chain(super::KAFKA_COLUMNS.iter().map(|(n, _)| n.to_string()))
                 .collect(),
+            topic_suffix: String::new(),
         }
     }
 }
@@ -118,13 +124,13 @@ impl Decoder {
         }
         // An id the registry does not know yet may be on its way (a
         // registry replica behind its primary): ask a few times first.
-        let mut answer = self.registry.schema(id).await;
+        let mut answer = self.schema_waiting(id).await;
         for attempt in 1..=UNKNOWN_ID_RETRIES {
             if !matches!(answer, Err(RegistryError::UnknownId { .. })) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
-            answer = self.registry.schema(id).await;
+            answer = self.schema_waiting(id).await;
         }
         let plan = match answer {
             Ok(text) => match EnvelopePlan::compile(&text) {
@@ -145,6 +151,23 @@ impl Decoder {
         Ok(plan)
     }
 
+    /// The schema with `id`, waiting out a registry outage (with backoff,
+    /// up to [`OUTAGE_WAIT`]) instead of stopping the sink.
+    async fn schema_waiting(&self, id: u32) -> Result<Arc<String>, RegistryError> {
+        let started = std::time::Instant::now();
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match self.registry.schema(id).await {
+                Err(e) if e.is_transient() && started.elapsed() < OUTAGE_WAIT => {
+                    tracing::warn!(schema_id = id, ?wait, "schema registry unavailable, waiting: {e}");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The key columns named by a message key's schema.
     pub async fn key_columns_of(&mut self, key: Option<&[u8]>) -> Result<Option<Vec<String>>, SinkError> {
         let Some((id, _)) = key.and_then(split_wire) else {
@@ -153,7 +176,7 @@ impl Decoder {
         if let Some(k) = self.key_columns.get(&id) {
             return Ok(Some(k.clone()));
         }
-        let text = match self.registry.schema(id).await {
+        let text = match self.schema_waiting(id).await {
             Ok(t) => t,
             Err(RegistryError::UnknownId { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),

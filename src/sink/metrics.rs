@@ -49,6 +49,10 @@ impl SinkMetrics {
     pub fn dead_letters(&self) -> u64 {
         self.dead_letters.load(Ordering::Relaxed)
     }
+
+    pub fn stopped_topics(&self) -> u64 {
+        self.stopped_topics.load(Ordering::Relaxed)
+    }
 }
 
 impl crate::metrics::Exposition for SinkMetrics {

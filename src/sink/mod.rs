@@ -36,8 +36,9 @@ use self::metrics::SinkMetrics;
 use self::position::{Positions, SinkContext};
 use self::tables::{cdc_table_def, raw_schema, TableError, Tables};
 use crate::avro::reader::EnvelopePlan;
+use crate::avro::writer::topic_part;
 use crate::registry::{Registry, RegistryError};
-use crate::warehouse::{Cell, ColumnDef, DeadLetter, Origin, SqlType, TableRef, Warehouse, WarehouseError};
+use crate::warehouse::{Cell, ColumnDef, DeadLetter, Failure, Origin, SqlType, TableRef, Warehouse, WarehouseError};
 
 /// The Kafka coordinates every raw table ends with.
 pub const KAFKA_COLUMNS: [(&str, SqlType); 4] = [
@@ -103,6 +104,30 @@ pub async fn start(
         None => None,
     };
     Sink::new(settings, warehouse, metrics).await?.run(shutdown).await
+}
+
+/// walhouse's own schema in the warehouse: never a source's.
+const STATE_SCHEMA: &str = "walhouse";
+
+/// How a CDC topic for `schema.table` ends (capture names it with
+/// `avro::writer::topic_name`).
+fn topic_suffix(schema: &str, table: &str) -> String {
+    format!(".{}.{}", topic_part(schema), topic_part(table))
+}
+
+/// A table or view definition the warehouse refuses (an incompatible
+/// change, a name it cannot hold) stops only its topic: `Ok(Err(stop))`.
+/// A failing warehouse stops the sink.
+fn refused_definition<T>(made: Result<T, TableError>) -> Result<Result<T, Outcome>, SinkError> {
+    match made {
+        Ok(v) => Ok(Ok(v)),
+        Err(e @ TableError::Incompatible { .. }) => Ok(Err(Outcome::Stop(e.to_string()))),
+        Err(TableError::Warehouse(e)) if e.failure() != Failure::Io => Ok(Err(Outcome::Stop(format!(
+            "{e}. Fix: make the warehouse accept the definition (a name or type it refuses, an object in the way), \
+             then restart the sink"
+        )))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn kafka(context: &str) -> impl Fn(rdkafka::error::KafkaError) -> SinkError + '_ {
@@ -175,6 +200,9 @@ pub struct Sink<W: Warehouse> {
     companies: Arc<Target>,
     /// Topics paused for good, with the reason.
     stopped: HashMap<String, String>,
+    /// Fenced batches so far: a record being handled when one is found
+    /// is dropped (it is read again once repositioned).
+    fences: u64,
 }
 
 impl<W: Warehouse + Send + 'static> Sink<W> {
@@ -184,6 +212,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         metrics: Arc<SinkMetrics>,
     ) -> Result<Self, SinkError> {
         let registry = Registry::new(&settings.registry)?;
+        registry.check().await?;
         let mut tables = Tables::default();
         prepare(&mut warehouse, &mut tables).await?;
         let mut config = ClientConfig::new();
@@ -235,6 +264,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 companies::column_names().into_iter(),
             )),
             stopped: HashMap::new(),
+            fences: 0,
         })
     }
 
@@ -324,6 +354,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             return Ok(());
         }
         let stored = pos.stored;
+        let fences = self.fences;
         let is_companies = self.settings.companies_topic.as_deref() == Some(topic);
         let outcome = match &payload {
             None if is_companies => Outcome::Dead("empty message (no value)".into()),
@@ -335,14 +366,24 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 },
                 Err(e) => Outcome::Dead(e),
             },
-            Some(p) => self.cdc(p, key.as_deref()).await?,
+            Some(p) => self.cdc(topic, p, key.as_deref()).await?,
         };
+        if self.fences != fences {
+            // A batch was fenced while this record was handled (settled for
+            // DDL): every position, this one's too, is read again.
+            return Ok(());
+        }
+        // Values the target would refuse cost their record here, before
+        // the batch (the writer sets aside what gets past this).
         let refused = match &outcome {
-            Outcome::Row { cells, .. } => cells.iter().find_map(|c| self.dialect.refuses(c)),
+            Outcome::Row { target, cells } => cells
+                .iter()
+                .zip(&target.columns)
+                .find_map(|(c, name)| self.dialect.refuses(c).map(|r| format!("column {name}: {r}"))),
             _ => None,
         };
         let outcome = match refused {
-            Some(reason) => Outcome::Dead(reason.to_owned()),
+            Some(reason) => Outcome::Dead(reason),
             None => outcome,
         };
         let origin = Origin {
@@ -386,7 +427,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
 
     /// Decodes a change event; creates or widens its raw table and view on
     /// first sight.
-    async fn cdc(&mut self, payload: &[u8], key: Option<&[u8]>) -> Result<Outcome, SinkError> {
+    async fn cdc(&mut self, topic: &str, payload: &[u8], key: Option<&[u8]>) -> Result<Outcome, SinkError> {
         let (schema_id, plan, change) = match self.decoder.decode(payload).await? {
             Decoded::Change {
                 schema_id,
@@ -395,21 +436,42 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             } => (schema_id, plan, change),
             Decoded::Outcome(outcome) => return Ok(outcome),
         };
+        // The body names its table; the topic, which the producer was
+        // allowed to write, decides. A record naming another topic's table
+        // (or walhouse's own schema) could otherwise write there.
+        let elsewhere = || {
+            Ok(Outcome::Dead(format!(
+                "the record names table {}.{}, which is not what topic {topic} carries",
+                change.schema, change.table
+            )))
+        };
         let target = match self.targets.get(&schema_id) {
             Some(t) if t.source.0 == change.schema && t.source.1 == change.table => t.clone(),
-            _ => match self.target(schema_id, &plan, &change.schema, &change.table).await? {
-                Ok(t) => t,
-                Err(stop) => return Ok(stop),
-            },
+            _ => {
+                if !topic.ends_with(&topic_suffix(&change.schema, &change.table)) || change.schema == STATE_SCHEMA {
+                    return elsewhere();
+                }
+                match self.target(schema_id, &plan, &change.schema, &change.table).await? {
+                    Ok(t) => t,
+                    Err(stop) => return Ok(stop),
+                }
+            }
         };
+        if !topic.ends_with(&target.topic_suffix) {
+            return elsewhere();
+        }
         if !self.tables.has_view(&target.table) {
             if let Some(key_columns) = self.decoder.key_columns_of(key).await? {
                 let view = TableRef::new(&change.schema, &change.table);
                 self.settle().await?;
                 let warehouse = self.writer.warehouse()?;
-                self.tables
+                let made = self
+                    .tables
                     .ensure_view(warehouse, &target.table, &view, &key_columns)
-                    .await?;
+                    .await;
+                if let Err(stop) = refused_definition(made)? {
+                    return Ok(stop);
+                }
             }
         }
         Ok(Outcome::Row {
@@ -432,10 +494,9 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         let def = cdc_table_def(&raw, plan.column_defs());
         self.settle().await?;
         let warehouse = self.writer.warehouse()?;
-        let widened = match self.tables.ensure(warehouse, &def).await {
+        let widened = match refused_definition(self.tables.ensure(warehouse, &def).await)? {
             Ok(w) => w,
-            Err(e @ TableError::Incompatible { .. }) => return Ok(Err(Outcome::Stop(e.to_string()))),
-            Err(e) => return Err(e.into()),
+            Err(stop) => return Ok(Err(stop)),
         };
         if widened {
             self.tables.forget_view(&raw);
@@ -445,12 +506,14 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             .iter()
             .map(|c| c.name.clone())
             .chain(tables::CDC_COLUMNS.iter().map(|(n, _)| n.to_string()));
-        let target = Arc::new(Target::new(
+        let mut target = Target::new(
             u64::from(schema_id),
             (schema.to_owned(), table.to_owned()),
             raw,
             columns,
-        ));
+        );
+        target.topic_suffix = topic_suffix(schema, table);
+        let target = Arc::new(target);
         self.targets.insert(schema_id, target.clone());
         Ok(Ok(target))
     }
@@ -482,6 +545,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         match self.writer.settle().await? {
             Settled::Idle => {}
             Settled::Fenced => {
+                self.fences += 1;
                 self.pending = Pending::default();
                 self.positions.reposition_all();
             }

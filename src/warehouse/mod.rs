@@ -342,9 +342,30 @@ impl Dialect {
     /// row joins a batch, so one such value is a dead letter instead of a
     /// failed batch.
     pub fn refuses(self, cell: &Cell) -> Option<&'static str> {
+        // Postgres's own bounds, in days and microseconds since 1970-01-01:
+        // 4714-11-24 BC (Julian day 0) to 5874897 AD for dates; from the
+        // same day for timestamps (their upper bound is past i64 here).
+        const PG_MIN_DAY: i32 = -2_440_588;
+        const PG_MAX_DAY: i32 = 2_145_042_906;
+        const PG_MIN_MICROS: i64 = -210_866_803_200_000_000;
         match (self, cell) {
             (Dialect::Postgres, Cell::Text(s)) if s.contains('\0') => {
                 Some("a text value holds a NUL character (\\u0000), which Postgres cannot store")
+            }
+            (
+                _,
+                Cell::Decimal {
+                    unscaled, precision, ..
+                },
+            ) if digits(*unscaled) > u32::from(*precision) => {
+                Some("a decimal value has more digits than its declared precision")
+            }
+            (_, Cell::Uuid(s)) if !is_uuid(s) => Some("a uuid value is not a UUID"),
+            (Dialect::Postgres, Cell::Date(d)) if !(PG_MIN_DAY..=PG_MAX_DAY).contains(d) => {
+                Some("a date is outside what Postgres stores (4713 BC to 5874897 AD)")
+            }
+            (Dialect::Postgres, Cell::Timestamp(t) | Cell::TimestampTz(t)) if *t < PG_MIN_MICROS => {
+                Some("a timestamp is before what Postgres stores (4713 BC)")
             }
             _ => None,
         }
@@ -515,6 +536,21 @@ impl Warehouse for AnyWarehouse {
     }
 }
 
+/// Decimal digits of `v` (1 for 0).
+fn digits(v: i128) -> u32 {
+    v.unsigned_abs().checked_ilog10().map_or(1, |d| d + 1)
+}
+
+/// Whether `s` is a UUID in the hyphenated form.
+fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
 /// Formats a decimal's unscaled integer with its scale.
 pub fn decimal_text(unscaled: i128, scale: u8) -> String {
     let neg = unscaled < 0;
@@ -569,6 +605,34 @@ mod tests {
         assert!(Dialect::Postgres.same_type("timestamp with time zone", &SqlType::TimestampTz));
         assert!(Dialect::DuckDb.same_type("UUID", &SqlType::Uuid));
         assert!(!Dialect::DuckDb.same_type("VARCHAR", &SqlType::BigInt));
+    }
+
+    #[test]
+    fn values_outside_a_target_are_refused_before_the_batch() {
+        let decimal = |unscaled| Cell::Decimal {
+            unscaled,
+            precision: 5,
+            scale: 2,
+        };
+        assert!(Dialect::DuckDb.refuses(&decimal(99_999)).is_none());
+        assert!(Dialect::DuckDb.refuses(&decimal(-99_999)).is_none());
+        assert!(Dialect::DuckDb.refuses(&decimal(0)).is_none());
+        assert!(Dialect::DuckDb.refuses(&decimal(100_000)).is_some());
+        assert!(Dialect::Postgres.refuses(&decimal(-123_456_789)).is_some());
+        assert!(Dialect::Postgres
+            .refuses(&Cell::Uuid("a7e4d0c3-5b2f-4c8e-9a61-0f3e2d1c4b5a".into()))
+            .is_none());
+        assert!(Dialect::DuckDb.refuses(&Cell::Uuid("not-a-uuid".into())).is_some());
+        // -300000000000 s: about 7500 BC.
+        let ancient = Cell::TimestampTz(-300_000_000_000 * 1_000_000);
+        assert!(Dialect::Postgres.refuses(&ancient).is_some());
+        assert!(Dialect::DuckDb.refuses(&ancient).is_none());
+        assert!(Dialect::Postgres
+            .refuses(&Cell::Timestamp(-210_866_803_200_000_000))
+            .is_none());
+        assert!(Dialect::Postgres.refuses(&Cell::Date(-2_440_589)).is_some());
+        assert!(Dialect::Postgres.refuses(&Cell::Date(i32::MAX)).is_some());
+        assert!(Dialect::Postgres.refuses(&Cell::Date(0)).is_none());
     }
 
     #[test]

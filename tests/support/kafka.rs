@@ -491,6 +491,12 @@ pub fn read_all(bootstrap: &str, topic: &str, limit: Duration) -> Vec<Record> {
 /// Produces `(key, payload)` messages to `topic` and waits until the
 /// broker has them all (bounded: 30 s per message queued, 30 s to flush).
 pub fn produce(bootstrap: &str, topic: &str, messages: &[(Option<&str>, &[u8])]) {
+    let bytes: Vec<(Option<&[u8]>, &[u8])> = messages.iter().map(|(k, v)| (k.map(str::as_bytes), *v)).collect();
+    produce_bytes(bootstrap, topic, &bytes);
+}
+
+/// [`produce`] with binary keys (Avro keys in the wire format).
+pub fn produce_bytes(bootstrap: &str, topic: &str, messages: &[(Option<&[u8]>, &[u8])]) {
     create_topic(bootstrap, topic, 1);
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -498,7 +504,7 @@ pub fn produce(bootstrap: &str, topic: &str, messages: &[(Option<&str>, &[u8])])
         .create()
         .expect("producer");
     for (key, payload) in messages {
-        let mut record = BaseRecord::<str, [u8]>::to(topic).payload(payload);
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
         if let Some(k) = key {
             record = record.key(k);
         }
