@@ -46,10 +46,7 @@ pub fn read_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Confi
 
 /// librdkafka settings: the file's `[kafka]` table, then `--kafka-option
 /// KEY=VALUE` flags over it.
-pub fn librdkafka_options(
-    file: BTreeMap<String, toml::Value>,
-    flags: &[String],
-) -> Result<BTreeMap<String, String>, ConfigError> {
+pub fn librdkafka_options(file: BTreeMap<String, toml::Value>, flags: &[String]) -> Result<KafkaOptions, ConfigError> {
     let mut out = BTreeMap::new();
     for (k, v) in file {
         let v = match v {
@@ -64,7 +61,58 @@ pub fn librdkafka_options(
             .ok_or_else(|| ConfigError::Invalid(format!("--kafka-option {kv:?} is not KEY=VALUE")))?;
         out.insert(k.trim().to_owned(), v.trim().to_owned());
     }
-    Ok(out)
+    Ok(KafkaOptions(out))
+}
+
+/// librdkafka settings as given. `Debug` (and so `--check`) shows the
+/// values of keys that hold secrets as `<redacted>`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaOptions(BTreeMap<String, String>);
+
+impl KafkaOptions {
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.0.get(key)
+    }
+}
+
+impl Extend<(String, String)> for KafkaOptions {
+    fn extend<I: IntoIterator<Item = (String, String)>>(&mut self, iter: I) {
+        self.0.extend(iter);
+    }
+}
+
+impl<'a> IntoIterator for &'a KafkaOptions {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl std::fmt::Debug for KafkaOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(k, v)| (k, if is_secret_option(k) { "<redacted>" } else { v.as_str() })),
+            )
+            .finish()
+    }
+}
+
+/// Whether a librdkafka key holds a secret: passwords, secrets, private
+/// keys, OAUTHBEARER and JAAS settings.
+pub fn is_secret_option(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password")
+        || k.contains("secret")
+        || k.contains("token")
+        || k.starts_with("ssl.key.")
+        || k == "ssl.key"
+        || k.starts_with("sasl.oauthbearer.")
+        || k == "sasl.jaas.config"
 }
 
 /// Starts `tracing` on stderr (stdout may carry data). The level comes from
@@ -107,5 +155,24 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secret_kafka_options_are_redacted_in_debug() {
+        let flags = [
+            "sasl.password=hunter2".to_string(),
+            "ssl.key.pem=hunter3".to_string(),
+            "sasl.oauthbearer.client.secret=hunter4".to_string(),
+            "ssl.keystore.password=hunter5".to_string(),
+            "linger.ms=5".to_string(),
+        ];
+        let options = super::librdkafka_options(Default::default(), &flags).expect("options");
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("hunter"), "{shown}");
+        assert!(shown.contains("\"linger.ms\": \"5\""), "{shown}");
+        assert_eq!(options.get("sasl.password").map(String::as_str), Some("hunter2"));
     }
 }

@@ -15,8 +15,10 @@ const MAX_BODY: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("invalid URL {0:?}: expected http://host[:port][/path] or https://…")]
-    Url(String),
+    #[error("invalid URL: expected http://host[:port][/path] or https://…")]
+    Url,
+    #[error("the URL carries credentials (user:password@), which would travel in logs and errors. Fix: give the host alone, and --schema-registry-user with --schema-registry-password (or WALHOUSE_SCHEMA_REGISTRY_PASSWORD)")]
+    Credentials,
     #[error("cannot reach {address}: {source}")]
     Connect { address: String, source: std::io::Error },
     #[error("request to {address} timed out after {after:?}")]
@@ -46,7 +48,8 @@ pub struct BaseUrl {
 
 impl BaseUrl {
     pub fn parse(url: &str) -> Result<Self, HttpError> {
-        let bad = || HttpError::Url(url.into());
+        // Never echoes the URL: it may carry credentials.
+        let bad = || HttpError::Url;
         let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
             (true, r)
         } else if let Some(r) = url.strip_prefix("http://") {
@@ -55,6 +58,9 @@ impl BaseUrl {
             return Err(bad());
         };
         let (hostport, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
+        if hostport.contains('@') {
+            return Err(HttpError::Credentials);
+        }
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().map_err(|_| bad())?),
             _ => (hostport, if tls { 443 } else { 80 }),

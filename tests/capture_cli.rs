@@ -244,3 +244,72 @@ async fn errors_exit_non_zero_with_a_one_line_cause() {
     let last = err.lines().last().unwrap_or_default();
     assert!(last.starts_with("walhouse-capture: wal_level is \"replica\""), "{err}");
 }
+
+/// `--check` prints the configuration, but no secret of it: the source
+/// password, the registry password, librdkafka's secret keys. A registry
+/// URL that carries credentials is refused without echoing them.
+#[tokio::test]
+async fn check_never_prints_a_secret() {
+    let common = [
+        "--brokers",
+        "127.0.0.1:9",
+        "--schema-registry-url",
+        "http://127.0.0.1:9",
+        "--schema-registry-user",
+        "u",
+        "--schema-registry-password",
+        "hunter2",
+        "--kafka-option",
+        "sasl.password=hunter3",
+        "--kafka-option",
+        "sasl.oauthbearer.client.secret=hunter4",
+        "--check",
+    ];
+    let mut capture = command();
+    capture
+        .args([
+            "--source-url",
+            "postgres://u:hunter1@127.0.0.1:9/d",
+            "--output",
+            "kafka",
+        ])
+        .args(common);
+    let mut sink = Command::new(env!("CARGO_BIN_EXE_walhouse-sink"));
+    sink.args(["--warehouse", "postgres://u:hunter1@127.0.0.1:9/w"])
+        .args(common)
+        .stdin(Stdio::null());
+    for mut cmd in [capture, sink] {
+        let out = cmd.stderr(Stdio::piped()).output().await.expect("runs");
+        let shown = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(0), "{shown}");
+        assert!(shown.contains("sasl.password"), "{shown}");
+        assert!(!shown.contains("hunter"), "{shown}");
+    }
+    let out = command()
+        .args([
+            "--source-url",
+            "postgres://u@127.0.0.1:9/d",
+            "--output",
+            "kafka",
+            "--brokers",
+            "127.0.0.1:9",
+            "--schema-registry-url",
+            "http://u:hunter5@127.0.0.1:9",
+            "--check",
+        ])
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("credentials") && err.contains("--schema-registry-password"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter5"), "{err}");
+}

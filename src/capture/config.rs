@@ -312,7 +312,7 @@ pub struct KafkaSettings {
     pub topic_partitions: i32,
     pub topic_replication: i32,
     pub transaction_topic: bool,
-    pub librdkafka: BTreeMap<String, String>,
+    pub librdkafka: crate::cli::KafkaOptions,
 }
 
 impl CaptureConfig {
@@ -372,7 +372,8 @@ impl CaptureConfig {
                             .into(),
                     )
                 })?;
-                crate::http::BaseUrl::parse(&url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                crate::http::BaseUrl::parse(&url)
+                    .map_err(|e| ConfigError::Invalid(format!("--schema-registry-url: {e}")))?;
                 let librdkafka = librdkafka_options(file.kafka, &args.kafka_options)?;
                 let topic_prefix = args
                     .topic_prefix

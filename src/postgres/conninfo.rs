@@ -34,7 +34,7 @@ impl SslMode {
             "require" => Self::Require,
             "verify-ca" => Self::VerifyCa,
             "verify-full" => Self::VerifyFull,
-            other => return Err(ConnInfoError::SslMode(other.to_owned())),
+            _ => return Err(ConnInfoError::SslMode),
         })
     }
 }
@@ -78,16 +78,18 @@ pub struct ConnInfo {
 pub enum ConnInfoError {
     #[error("source URL must start with postgres:// or postgresql://")]
     Scheme,
-    #[error("source URL has an invalid port {0:?}")]
-    Port(String),
-    #[error("source URL has an invalid percent-escape in {0:?}")]
-    Escape(String),
-    #[error("sslmode {0:?} is not one of disable, prefer, require, verify-ca, verify-full")]
-    SslMode(String),
+    // The URL may hold a password, and a malformed one may put it in any
+    // part: errors name the part, never its content.
+    #[error("source URL has an invalid port (a number from 1 to 65535 is needed; a password with ':' or '/' must be percent-escaped)")]
+    Port,
+    #[error("source URL has an invalid percent-escape in its {0} (%XX with two hex digits, UTF-8 text)")]
+    Escape(&'static str),
+    #[error("sslmode is not one of disable, prefer, require, verify-ca, verify-full")]
+    SslMode,
     #[error("source URL parameter {0:?} is not supported (supported: sslmode, sslrootcert, application_name, connect_timeout, user, password, dbname, host, port)")]
     UnknownParameter(String),
-    #[error("connect_timeout {0:?} is not a whole number of seconds")]
-    ConnectTimeout(String),
+    #[error("connect_timeout is not a whole number of seconds")]
+    ConnectTimeout,
 }
 
 impl ConnInfo {
@@ -126,9 +128,9 @@ impl ConnInfo {
                 None => (u, None),
             };
             if !user.is_empty() {
-                info.user = percent_decode(user)?;
+                info.user = percent_decode(user, "user")?;
             }
-            info.password = pass.map(percent_decode).transpose()?.map(Secret);
+            info.password = pass.map(|p| percent_decode(p, "password")).transpose()?.map(Secret);
         }
         // IPv6 literals come bracketed: [::1]:5432.
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
@@ -143,32 +145,32 @@ impl ConnInfo {
             }
         };
         if !host.is_empty() {
-            info.host = percent_decode(host)?;
+            info.host = percent_decode(host, "host")?;
         }
         if let Some(p) = port.filter(|p| !p.is_empty()) {
-            info.port = p.parse().map_err(|_| ConnInfoError::Port(p.into()))?;
+            info.port = p.parse().map_err(|_| ConnInfoError::Port)?;
         }
         info.dbname = if path.is_empty() {
             info.user.clone()
         } else {
-            percent_decode(path)?
+            percent_decode(path, "database name")?
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v)?;
+            let v = percent_decode(v, "parameters")?;
             match k {
                 "sslmode" => info.sslmode = SslMode::parse(&v)?,
                 "sslrootcert" => info.sslrootcert = Some(PathBuf::from(v)),
                 "application_name" => info.application_name = v,
                 "connect_timeout" => {
-                    let secs: u64 = v.parse().map_err(|_| ConnInfoError::ConnectTimeout(v))?;
+                    let secs: u64 = v.parse().map_err(|_| ConnInfoError::ConnectTimeout)?;
                     info.connect_timeout = Duration::from_secs(secs.max(1));
                 }
                 "user" => info.user = v,
                 "password" => info.password = Some(Secret(v)),
                 "dbname" => info.dbname = v,
                 "host" => info.host = v,
-                "port" => info.port = v.parse().map_err(|_| ConnInfoError::Port(v))?,
+                "port" => info.port = v.parse().map_err(|_| ConnInfoError::Port)?,
                 other => return Err(ConnInfoError::UnknownParameter(other.into())),
             }
         }
@@ -196,21 +198,21 @@ impl ConnInfo {
     }
 }
 
-fn percent_decode(s: &str) -> Result<String, ConnInfoError> {
+fn percent_decode(s: &str, part: &'static str) -> Result<String, ConnInfoError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).ok_or_else(|| ConnInfoError::Escape(s.into()))?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| ConnInfoError::Escape(s.into()))?);
+            let hex = s.get(i + 1..i + 3).ok_or(ConnInfoError::Escape(part))?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| ConnInfoError::Escape(part))?);
             i += 3;
         } else {
             out.push(bytes[i]);
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| ConnInfoError::Escape(s.into()))
+    String::from_utf8(out).map_err(|_| ConnInfoError::Escape(part))
 }
 
 #[cfg(test)]
@@ -253,11 +255,11 @@ mod tests {
         assert_eq!(ConnInfo::parse("mysql://h"), Err(ConnInfoError::Scheme));
         assert!(matches!(
             ConnInfo::parse("postgres://h:99999/d"),
-            Err(ConnInfoError::Port(_))
+            Err(ConnInfoError::Port)
         ));
         assert!(matches!(
             ConnInfo::parse("postgres://h/d?sslmode=allow"),
-            Err(ConnInfoError::SslMode(_))
+            Err(ConnInfoError::SslMode)
         ));
         assert!(matches!(
             ConnInfo::parse("postgres://h/d?bogus=1"),
@@ -265,7 +267,22 @@ mod tests {
         ));
         assert!(matches!(
             ConnInfo::parse("postgres://u%zz@h/d"),
-            Err(ConnInfoError::Escape(_))
+            Err(ConnInfoError::Escape("user"))
         ));
+    }
+
+    #[test]
+    fn errors_never_echo_the_url() {
+        for url in [
+            "postgres://u:hunter2/d",
+            "postgres://u:hunt%zzer2@h/d",
+            "postgres://u:hunter2@h:hunter2/d",
+            "postgres://h/d?password=x&connect_timeout=hunter2",
+            "postgres://h/d?sslmode=hunter2",
+            "postgres://h/d?port=hunter2",
+        ] {
+            let e = ConnInfo::parse(url).expect_err(url).to_string();
+            assert!(!e.contains("hunter2"), "{url}: {e}");
+        }
     }
 }

@@ -171,7 +171,7 @@ pub struct ConsumeSettings {
     pub batch_bytes: usize,
     pub batch_linger: Duration,
     pub metrics_addr: Option<std::net::SocketAddr>,
-    pub librdkafka: BTreeMap<String, String>,
+    pub librdkafka: crate::cli::KafkaOptions,
 }
 
 #[derive(Clone, Debug)]
@@ -209,7 +209,7 @@ impl SinkConfig {
         let url = args.schema_registry_url.or(file.schema_registry_url).ok_or_else(|| {
             ConfigError::Invalid("no schema registry: give --schema-registry-url (WALHOUSE_SCHEMA_REGISTRY_URL)".into())
         })?;
-        crate::http::BaseUrl::parse(&url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        crate::http::BaseUrl::parse(&url).map_err(|e| ConfigError::Invalid(format!("--schema-registry-url: {e}")))?;
         let registry = RegistryConfig {
             url,
             user: args.schema_registry_user.or(file.schema_registry_user),
