@@ -9,6 +9,7 @@
 //! time of a sink goes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::Value as Json;
 
@@ -48,12 +49,22 @@ enum Node {
     TimestampMicros,
     LocalTimestampMicros,
     Uuid,
-    Enum(Vec<String>),
-    Array(Box<Node>),
-    Map(Box<Node>),
-    Union(Vec<Node>),
-    Record(Vec<(String, Node)>),
+    // Shared, not owned: a named type used many times is one allocation
+    // however often a hostile schema refers to it.
+    Enum(Arc<[String]>),
+    Array(Arc<Node>),
+    Map(Arc<Node>),
+    Union(Arc<[Node]>),
+    Record(Arc<[(String, Node)]>),
 }
+
+/// Types in a writer schema once its named types are expanded where they
+/// are used. Each costs work per record, so a schema may not hold more.
+const MAX_SCHEMA_NODES: u64 = 50_000;
+/// Schema text accepted from the registry.
+const MAX_SCHEMA_BYTES: usize = 1 << 20;
+/// Postgres's largest `numeric` precision.
+const MAX_DECIMAL_PRECISION: u32 = 1000;
 
 /// One column of the row records, as the warehouse will store it.
 #[derive(Clone, Debug, PartialEq)]
@@ -99,15 +110,22 @@ pub struct Change {
 
 impl EnvelopePlan {
     pub fn compile(schema_text: &str) -> Result<Self, ReadError> {
+        if schema_text.len() > MAX_SCHEMA_BYTES {
+            return Err(ReadError::Schema(format!(
+                "{} bytes of schema, more than the {MAX_SCHEMA_BYTES} accepted",
+                schema_text.len()
+            )));
+        }
         let json: Json = serde_json::from_str(schema_text).map_err(|e| ReadError::Schema(format!("not JSON: {e}")))?;
         let mut named = HashMap::new();
-        let root = parse(&json, "", &mut named)?;
+        let mut nodes = 0;
+        let root = parse(&json, "", &mut named, &mut nodes)?;
         let Node::Record(top) = &root else {
             return Err(ReadError::NotAnEnvelope("the top level is not a record".into()));
         };
         let mut fields = Vec::new();
         let mut columns = None;
-        for (name, node) in top {
+        for (name, node) in top.iter() {
             let field = match name.as_str() {
                 "before" => Field::Before,
                 "after" => Field::After,
@@ -263,36 +281,74 @@ fn sql_type(node: &Node, walhouse_type: Option<&str>) -> SqlType {
     }
 }
 
-fn parse(json: &Json, namespace: &str, named: &mut HashMap<String, Node>) -> Result<Node, ReadError> {
+/// Counts `n` more expanded types against [`MAX_SCHEMA_NODES`].
+fn spend(nodes: &mut u64, n: u64) -> Result<(), ReadError> {
+    *nodes = nodes.saturating_add(n);
+    if *nodes > MAX_SCHEMA_NODES {
+        return Err(ReadError::Schema(format!(
+            "more than {MAX_SCHEMA_NODES} types once its named types are expanded: refused, as decoding it would cost too much per record"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses one schema node; `named` holds each named type with its
+/// expanded size, `nodes` counts the expanded size so far.
+fn parse(
+    json: &Json,
+    namespace: &str,
+    named: &mut HashMap<String, (Node, u64)>,
+    nodes: &mut u64,
+) -> Result<Node, ReadError> {
     match json {
-        Json::String(name) => primitive(name)
-            .or_else(|| {
-                let full = if name.contains('.') || namespace.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{namespace}.{name}")
-                };
-                named.get(&full).or_else(|| named.get(name)).cloned()
-            })
-            .ok_or_else(|| ReadError::Schema(format!("unknown type {name:?}"))),
-        Json::Array(branches) => Ok(Node::Union(
-            branches
-                .iter()
-                .map(|b| parse(b, namespace, named))
-                .collect::<Result<_, _>>()?,
-        )),
+        Json::String(name) => {
+            if let Some(p) = primitive(name) {
+                spend(nodes, 1)?;
+                return Ok(p);
+            }
+            let full = if name.contains('.') || namespace.is_empty() {
+                name.clone()
+            } else {
+                format!("{namespace}.{name}")
+            };
+            let (node, size) = named
+                .get(&full)
+                .or_else(|| named.get(name))
+                .cloned()
+                .ok_or_else(|| ReadError::Schema(format!("unknown type {name:?}")))?;
+            spend(nodes, size)?;
+            Ok(node)
+        }
+        Json::Array(branches) => {
+            spend(nodes, 1)?;
+            Ok(Node::Union(
+                branches
+                    .iter()
+                    .map(|b| parse(b, namespace, named, nodes))
+                    .collect::<Result<_, _>>()?,
+            ))
+        }
         Json::Object(o) => {
+            let before = *nodes;
+            spend(nodes, 1)?;
             let ty = o.get("type").and_then(Json::as_str).unwrap_or_default();
             let logical = o.get("logicalType").and_then(Json::as_str);
-            let num = |k: &str| o.get(k).and_then(Json::as_u64).unwrap_or(0) as u32;
-            match (ty, logical) {
-                ("bytes", Some("decimal")) => {
-                    return Ok(Node::Decimal {
-                        precision: num("precision"),
-                        scale: num("scale"),
-                        fixed: None,
-                    })
+            let num = |k: &str| u32::try_from(o.get(k).and_then(Json::as_u64).unwrap_or(0)).unwrap_or(u32::MAX);
+            let decimal = |fixed: Option<usize>| {
+                let (precision, scale) = (num("precision"), num("scale"));
+                if precision > MAX_DECIMAL_PRECISION || scale > precision {
+                    return Err(ReadError::Schema(format!(
+                        "decimal({precision},{scale}): precision above {MAX_DECIMAL_PRECISION} or scale above precision"
+                    )));
                 }
+                Ok(Node::Decimal {
+                    precision,
+                    scale,
+                    fixed,
+                })
+            };
+            match (ty, logical) {
+                ("bytes", Some("decimal")) => return decimal(None),
                 ("int", Some("date")) => return Ok(Node::Date),
                 ("int", Some("time-millis")) => return Ok(Node::TimeMillis),
                 ("long", Some("time-micros")) => return Ok(Node::TimeMicros),
@@ -315,9 +371,9 @@ fn parse(json: &Json, namespace: &str, named: &mut HashMap<String, Node>) -> Res
                     let mut fields = Vec::new();
                     for f in o.get("fields").and_then(Json::as_array).into_iter().flatten() {
                         let fname = f["name"].as_str().unwrap_or_default().to_owned();
-                        fields.push((fname, parse(&f["type"], &inner_ns, named)?));
+                        fields.push((fname, parse(&f["type"], &inner_ns, named, nodes)?));
                     }
-                    Node::Record(fields)
+                    Node::Record(fields.into())
                 }
                 "enum" => Node::Enum(
                     o.get("symbols")
@@ -327,16 +383,12 @@ fn parse(json: &Json, namespace: &str, named: &mut HashMap<String, Node>) -> Res
                         .filter_map(|s| s.as_str().map(str::to_owned))
                         .collect(),
                 ),
-                "array" => Node::Array(Box::new(parse(&o["items"], namespace, named)?)),
-                "map" => Node::Map(Box::new(parse(&o["values"], namespace, named)?)),
+                "array" => Node::Array(Arc::new(parse(&o["items"], namespace, named, nodes)?)),
+                "map" => Node::Map(Arc::new(parse(&o["values"], namespace, named, nodes)?)),
                 "fixed" => {
                     let size = num("size") as usize;
                     if logical == Some("decimal") {
-                        Node::Decimal {
-                            precision: num("precision"),
-                            scale: num("scale"),
-                            fixed: Some(size),
-                        }
+                        decimal(Some(size))?
                     } else {
                         Node::Fixed(size)
                     }
@@ -344,8 +396,9 @@ fn parse(json: &Json, namespace: &str, named: &mut HashMap<String, Node>) -> Res
                 other => primitive(other).ok_or_else(|| ReadError::Schema(format!("unsupported type {other:?}")))?,
             };
             if !name.is_empty() {
-                named.insert(full, node.clone());
-                named.insert(name.to_owned(), node.clone());
+                let size = *nodes - before;
+                named.insert(full, (node.clone(), size));
+                named.insert(name.to_owned(), (node.clone(), size));
             }
             Ok(node)
         }
@@ -434,7 +487,12 @@ impl<'a> Reader<'a> {
                 return Err(self.fail("block count exceeds the message"));
             }
             for _ in 0..count {
+                let at = self.pos;
                 item(self)?;
+                // Items that take no bytes would let a count run free.
+                if self.pos == at {
+                    return Err(self.fail("array or map items that take no bytes"));
+                }
             }
         }
     }
@@ -446,7 +504,7 @@ fn source(r: &mut Reader<'_>, node: &Node, change: &mut Change) -> Result<(), Re
     };
     // Per message: read the few fields kept, skip the rest without
     // building values.
-    for (name, node) in fields {
+    for (name, node) in fields.iter() {
         match name.as_str() {
             "schema" | "table" | "snapshot" => {
                 let text = match cell(r, node)? {
@@ -512,7 +570,7 @@ fn skip(r: &mut Reader<'_>, node: &Node) -> Result<(), ReadError> {
             skip(r, &branches[b])?;
         }
         Node::Record(fields) => {
-            for (_, n) in fields {
+            for (_, n) in fields.iter() {
                 skip(r, n)?;
             }
         }
@@ -562,6 +620,11 @@ fn cell(r: &mut Reader<'_>, node: &Node) -> Result<Cell, ReadError> {
                 Some(n) => r.take(*n)?,
                 None => r.bytes()?,
             };
+            // log2(10) bits a digit, a sign bit: more bytes than that is
+            // no value of this precision, and is refused before any work.
+            if b.len() as u64 > u64::from(*precision) * 3322 / 8000 + 2 {
+                return Err(r.fail("decimal longer than its precision allows"));
+            }
             let scale8 = u8::try_from(*scale).map_err(|_| r.fail("decimal scale"))?;
             match (twos_complement_i128(b), u8::try_from(*precision)) {
                 (Some(v), Ok(p)) if p <= 38 => Cell::Decimal {
@@ -619,7 +682,7 @@ fn generic(r: &mut Reader<'_>, node: &Node, out: &mut Json) -> Result<(), ReadEr
         }
         Node::Record(fields) => {
             let mut m = serde_json::Map::new();
-            for (name, n) in fields {
+            for (name, n) in fields.iter() {
                 let mut v = Json::Null;
                 generic(r, n, &mut v)?;
                 m.insert(name.clone(), v);
@@ -672,15 +735,31 @@ fn big_decimal_text(b: &[u8], scale: usize) -> String {
             }
         }
     }
+    // Nine digits per pass over the bytes, skipping leading zero bytes
+    // (the precision bounds the length, so this stays small).
+    const CHUNK: u64 = 1_000_000_000;
     let mut digits = Vec::new();
-    while mag.iter().any(|x| *x != 0) {
-        let mut rem: u32 = 0;
-        for x in mag.iter_mut() {
-            let cur = (rem << 8) | u32::from(*x);
-            *x = (cur / 10) as u8;
-            rem = cur % 10;
+    let mut start = 0;
+    while start < mag.len() {
+        let mut rem: u64 = 0;
+        for x in mag[start..].iter_mut() {
+            let cur = (rem << 8) | u64::from(*x);
+            *x = (cur / CHUNK) as u8;
+            rem = cur % CHUNK;
         }
-        digits.push(b'0' + rem as u8);
+        while start < mag.len() && mag[start] == 0 {
+            start += 1;
+        }
+        for _ in 0..9 {
+            digits.push(b'0' + (rem % 10) as u8);
+            rem /= 10;
+            if rem == 0 && start == mag.len() {
+                break;
+            }
+        }
+    }
+    while digits.len() > 1 && digits.last() == Some(&b'0') {
+        digits.pop();
     }
     while digits.len() <= scale {
         digits.push(b'0');
@@ -844,5 +923,145 @@ mod tests {
         let mut wide = vec![0u8; 20];
         wide[19] = 5;
         assert_eq!(big_decimal_text(&wide, 0), "5");
+    }
+
+    /// The digit-at-a-time division this replaced, as the reference.
+    fn reference_decimal_text(b: &[u8], scale: usize) -> String {
+        let negative = b.first().is_some_and(|x| x & 0x80 != 0);
+        let mut mag: Vec<u8> = b.to_vec();
+        if negative {
+            for x in mag.iter_mut() {
+                *x = !*x;
+            }
+            for x in mag.iter_mut().rev() {
+                let (v, carry) = x.overflowing_add(1);
+                *x = v;
+                if !carry {
+                    break;
+                }
+            }
+        }
+        let mut digits = Vec::new();
+        while mag.iter().any(|x| *x != 0) {
+            let mut rem: u32 = 0;
+            for x in mag.iter_mut() {
+                let cur = (rem << 8) | u32::from(*x);
+                *x = (cur / 10) as u8;
+                rem = cur % 10;
+            }
+            digits.push(b'0' + rem as u8);
+        }
+        while digits.len() <= scale {
+            digits.push(b'0');
+        }
+        digits.reverse();
+        let s = String::from_utf8(digits).unwrap_or_default();
+        let (int, frac) = s.split_at(s.len() - scale);
+        let sign = if negative { "-" } else { "" };
+        if scale == 0 {
+            format!("{sign}{int}")
+        } else {
+            format!("{sign}{int}.{frac}")
+        }
+    }
+
+    #[test]
+    fn big_decimals_match_the_reference_division() {
+        // A small linear congruential sequence: many lengths, both signs,
+        // leading zero bytes, zero itself.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for len in 0..60usize {
+            for round in 0..8 {
+                let mut b = Vec::with_capacity(len);
+                for _ in 0..len {
+                    x = x
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    b.push((x >> 56) as u8);
+                }
+                if round == 1 && len > 2 {
+                    b[0] = 0;
+                    b[1] = 0;
+                }
+                if round == 2 {
+                    b.iter_mut().for_each(|v| *v = 0);
+                }
+                for scale in [0, 3, 30] {
+                    assert_eq!(
+                        big_decimal_text(&b, scale),
+                        reference_decimal_text(&b, scale),
+                        "{b:?} scale {scale}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Each named type refers to the previous one twice: 2^40 types once
+    /// expanded, in a schema of about 3 KB.
+    fn doubling_schema(levels: usize) -> String {
+        let mut types = vec![r#"{"type":"record","name":"T0","fields":[{"name":"x","type":"null"}]}"#.to_string()];
+        for i in 1..=levels {
+            types.push(format!(
+                r#"{{"type":"record","name":"T{i}","fields":[{{"name":"a","type":"T{p}"}},{{"name":"b","type":"T{p}"}}]}}"#,
+                p = i - 1
+            ));
+        }
+        let fields: Vec<String> = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!(r#"{{"name":"f{i}","type":{t}}}"#))
+            .collect();
+        format!(
+            r#"{{"type":"record","name":"Envelope","fields":[{}]}}"#,
+            fields.join(",")
+        )
+    }
+
+    #[test]
+    fn a_schema_that_expands_without_bound_is_refused_at_once() {
+        let started = std::time::Instant::now();
+        let err = EnvelopePlan::compile(&doubling_schema(40)).expect_err("refused");
+        assert!(err.to_string().contains("expanded"), "{err}");
+        // Before, named types were deep-copied at each use: memory and time
+        // doubled per level.
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert!(EnvelopePlan::compile(&doubling_schema(5)).is_err_and(|e| !e.to_string().contains("expanded")));
+    }
+
+    #[test]
+    fn array_items_that_take_no_bytes_are_refused() {
+        let schema = SCHEMA.replace(
+            r#"{"type":"array","items":"string"}"#,
+            r#"{"type":"array","items":"null"}"#,
+        );
+        let plan = EnvelopePlan::compile(&schema).expect("plan");
+        let mut b = body("c", true);
+        // The unchanged_toast array, near the end: blocks of nulls, each
+        // count within the bytes left (which is all a count was checked
+        // against), so a message of n bytes held about n^2 items.
+        let at = b.len() - 2;
+        b.truncate(at);
+        for _ in 0..4 {
+            put_long(&mut b, 8);
+        }
+        put_long(&mut b, 0);
+        put_long(&mut b, 0);
+        let err = plan.decode(&b).expect_err("refused");
+        assert!(err.to_string().contains("no bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_decimal_longer_than_its_precision_is_refused() {
+        let plan = EnvelopePlan::compile(SCHEMA).expect("plan");
+        let b = body("c", true);
+        // amount: 1 byte (0x30) after its length 1 (zigzag 2); make it 40 bytes.
+        let at = b.windows(2).position(|w| w == [0x02, 0x30]).expect("amount");
+        let mut wide = b[..at].to_vec();
+        put_long(&mut wide, 40);
+        wide.extend(std::iter::repeat_n(0x11, 40));
+        wide.extend(&b[at + 2..]);
+        let err = plan.decode(&wide).expect_err("refused");
+        assert!(err.to_string().contains("precision"), "{err}");
     }
 }
