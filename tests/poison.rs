@@ -9,7 +9,7 @@ use walhouse_test_support as support;
 use std::time::Duration;
 
 use apache_avro::types::Value;
-use support::kafka::{produce, produce_bytes, read_all, Broker};
+use support::kafka::{delete_records, produce, produce_bytes, read_all, Broker};
 use support::pipeline::{start_capture, start_sink};
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
@@ -20,6 +20,13 @@ use walhouse::warehouse::postgres::PostgresWarehouse;
 use walhouse::warehouse::{isolate, Batch, Cell, OffsetUpdate, Origin, TableRef, TableRows, Warehouse};
 
 const LIMIT: Duration = Duration::from_secs(120);
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(std::env::var("WALHOUSE_LOG").unwrap_or_else(|_| "info".into()))
+        .try_init();
+}
 
 /// The batch of the warehouse-level test: three rows of `t (id, amount
 /// DECIMAL(5,2))`, the second one nine digits wide.
@@ -213,6 +220,7 @@ async fn read_back<W: Warehouse>(
 /// wrong table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_pills_cost_only_their_record_on_both_targets() {
+    init_logs();
     let pg = PgServer::start();
     pg.create_db("backend");
     let broker = Broker::start();
@@ -248,7 +256,7 @@ async fn poison_pills_cost_only_their_record_on_both_targets() {
     assert_eq!(things.len(), 3);
     let value = |i: usize| things[i].value.clone().expect("value");
     // 1234567.89 under decimal(5,2): nine digits where five fit.
-    let wide = Value::Decimal(apache_avro::Decimal::from(123_456_789i64.to_be_bytes().to_vec()));
+    let wide = Value::Decimal(apache_avro::Decimal::from(123_456_789i32.to_be_bytes().to_vec()));
     let poison = poisoned(&registry.url, &value(1), "amount", &wide).await;
     let key = things[2].key.clone();
     produce_bytes(
@@ -365,4 +373,100 @@ async fn poison_pills_cost_only_their_record_on_both_targets() {
             "{errors:?}"
         );
     }
+}
+
+/// Records deleted from Kafka before the sink stored them: by default the
+/// topic stops (nothing is skipped silently); with `--on-offset-gap
+/// skip-and-record` the sink goes on from the earliest offset and a dead
+/// letter names the range. Before, the consumer jumped ahead with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_deleted_before_they_were_stored_stop_the_topic_or_are_recorded() {
+    init_logs();
+    let broker = Broker::start();
+    let registry = TestRegistry::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("w.duckdb");
+    let url = format!("duckdb:{}", path.display());
+    let event = |i: u32| {
+        company(
+            &format!("k{i}"),
+            &format!("3b0c7f52-9d7e-4a51-8f0e-2c1d6a4b9e{i:02}"),
+            &format!("Co {i}"),
+            1_700_000_000,
+        )
+    };
+    let send = |from: u32, to: u32| {
+        let events: Vec<String> = (from..to).map(event).collect();
+        let messages: Vec<(Option<&str>, &[u8])> = events.iter().map(|e| (Some("k"), e.as_bytes())).collect();
+        produce(&broker.bootstrap(), "companies", &messages);
+    };
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--warehouse",
+            url.as_str(),
+            "--brokers",
+            &broker.bootstrap(),
+            "--schema-registry-url",
+            &registry.url,
+            "--batch-ms",
+            "200",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let start = |a: Vec<String>| async move { start_sink(&a.iter().map(String::as_str).collect::<Vec<_>>()).await };
+    send(0, 3);
+    let mut sink = start(args(&[])).await;
+    assert!(sink.wait_for(3, LIMIT).await, "accounted {:?}", sink.accounted());
+    sink.stop().await;
+    // Offsets 3 and 4 go before the sink reads them.
+    send(3, 6);
+    delete_records(&broker.bootstrap(), "companies", 0, 5);
+
+    let sink = start(args(&[])).await;
+    let deadline = std::time::Instant::now() + LIMIT;
+    while sink.metrics.stopped_topics() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sink.metrics.stopped_topics(), 1, "the topic with a gap stops");
+    // Time enough to read offset 5, had it gone on.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sink.accounted(), (0, 0, 0));
+    sink.stop().await;
+
+    let mut sink = start(args(&["--on-offset-gap", "skip-and-record"])).await;
+    assert!(sink.wait_for(2, LIMIT).await, "accounted {:?}", sink.accounted());
+    sink.stop().await;
+    let mut w = DuckDbWarehouse::open(&path).expect("duckdb");
+    let names = w
+        .query_text("SELECT name, _offset FROM raw.company_events ORDER BY _offset")
+        .await
+        .expect("rows");
+    let offsets: Vec<Option<String>> = names.iter().map(|r| r[1].clone()).collect();
+    assert_eq!(
+        offsets,
+        ["0", "1", "2", "5"]
+            .iter()
+            .map(|o| Some(o.to_string()))
+            .collect::<Vec<_>>()
+    );
+    let dead = w
+        .query_text("SELECT source, \"offset\", error FROM walhouse.dead_letters")
+        .await
+        .expect("dead letters");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0][0].as_deref(), Some("offset_gap"));
+    assert_eq!(dead[0][1].as_deref(), Some("3"));
+    let error = dead[0][2].clone().unwrap_or_default();
+    assert!(error.contains("records 3..4 were deleted"), "{error}");
+    assert_eq!(
+        w.offsets("walhouse-sink")
+            .await
+            .expect("offsets")
+            .get(&("companies".to_string(), 0)),
+        Some(&6)
+    );
 }

@@ -91,6 +91,12 @@ pub struct SinkArgs {
     #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
     pub kafka_options: Vec<String>,
 
+    /// When Kafka no longer holds a partition's stored offset (retention
+    /// deleted records before they were stored): stop that topic (default),
+    /// or skip to the earliest offset and record the gap as a dead letter.
+    #[arg(long, env = "WALHOUSE_ON_OFFSET_GAP", value_enum)]
+    pub on_offset_gap: Option<OffsetGap>,
+
     #[command(subcommand)]
     pub command: Option<SinkCommand>,
 }
@@ -121,8 +127,20 @@ struct FileConfig {
     batch_ms: Option<u64>,
     metrics_addr: Option<std::net::SocketAddr>,
     log_format: Option<LogFormat>,
+    on_offset_gap: Option<OffsetGap>,
     #[serde(default)]
     kafka: BTreeMap<String, toml::Value>,
+}
+
+/// What to do when records were deleted from Kafka before they were stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OffsetGap {
+    /// Stop the topic with an error that names the gap.
+    #[default]
+    Stop,
+    /// Go on from the earliest offset Kafka holds; a dead letter records the gap.
+    SkipAndRecord,
 }
 
 /// Where rows go.
@@ -172,6 +190,7 @@ pub struct ConsumeSettings {
     pub batch_linger: Duration,
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub librdkafka: crate::cli::KafkaOptions,
+    pub on_offset_gap: OffsetGap,
 }
 
 #[derive(Clone, Debug)]
@@ -255,6 +274,7 @@ impl SinkConfig {
                 batch_linger: Duration::from_millis(batch_ms),
                 metrics_addr: args.metrics_addr.or(file.metrics_addr),
                 librdkafka,
+                on_offset_gap: args.on_offset_gap.or(file.on_offset_gap).unwrap_or_default(),
             }),
         })
     }

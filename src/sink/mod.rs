@@ -30,10 +30,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use self::batch::{Pending, Settled, Writer};
-use self::config::{ConsumeSettings, SinkConfig};
+use self::config::{ConsumeSettings, OffsetGap, SinkConfig};
 use self::decode::{Decoded, Decoder, Outcome, Target, COMPANIES};
 use self::metrics::SinkMetrics;
-use self::position::{Positions, SinkContext};
+use self::position::{Gap, Positions, SinkContext};
 use self::tables::{cdc_table_def, raw_schema, TableError, Tables};
 use crate::avro::reader::EnvelopePlan;
 use crate::avro::writer::topic_part;
@@ -221,6 +221,9 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
+            // Every partition is sought explicitly; a position retention
+            // removed meanwhile resets to the earliest, and the jump is
+            // then found in `handle` (never skipped silently).
             .set("auto.offset.reset", "earliest")
             .set("allow.auto.create.topics", "false")
             // New CDC topics are found by pattern on metadata refresh.
@@ -293,7 +296,11 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             if self.positions.needs_seek() {
                 let group = self.settings.group_id.clone();
                 let stored = self.warehouse().await?.offsets(&group).await?;
-                self.positions.seek(&self.consumer, &stored, &self.stopped)?;
+                let skip = self.settings.on_offset_gap == OffsetGap::SkipAndRecord;
+                for gap in self.positions.seek(&self.consumer, &stored, &self.stopped, skip)? {
+                    let fence = Some(gap.stored);
+                    self.offset_gap(gap, fence, skip);
+                }
             }
             let linger = match self.pending.since {
                 Some(t) => self.settings.batch_linger.saturating_sub(t.elapsed()),
@@ -353,7 +360,24 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         if offset < pos.next || self.stopped.contains_key(topic) {
             return Ok(());
         }
-        let stored = pos.stored;
+        let (stored, next) = (pos.stored, pos.next);
+        if offset > next {
+            // A jump: compaction, or records deleted before they were read
+            // (the consumer then reset to the earliest offset). Only the
+            // earliest offset tells which.
+            if let Some(earliest) = position::earliest(&self.consumer, topic, partition).filter(|e| *e > next) {
+                let skip = self.settings.on_offset_gap == OffsetGap::SkipAndRecord;
+                let gap = Gap {
+                    partition: at.clone(),
+                    stored: next,
+                    earliest,
+                };
+                self.offset_gap(gap, stored, skip);
+                if !skip {
+                    return Ok(());
+                }
+            }
+        }
         let fences = self.fences;
         let is_companies = self.settings.companies_topic.as_deref() == Some(topic);
         let outcome = match &payload {
@@ -397,14 +421,8 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         };
         match outcome {
             Outcome::Stop(reason) => {
-                tracing::error!(%topic, "topic stopped: {reason}");
-                self.stopped.insert(topic.to_owned(), reason);
-                self.metrics.set_stopped_topics(self.stopped.len() as u64);
-                let mut tpl = TopicPartitionList::new();
-                for (t, p) in self.positions.of_topic(topic) {
-                    tpl.add_partition(t, *p);
-                }
-                let _ = self.consumer.pause(&tpl);
+                let topic = topic.to_owned();
+                self.stop_topic(&topic, reason);
                 return Ok(());
             }
             Outcome::Skip => self.metrics.count_skipped(),
@@ -423,6 +441,63 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         self.positions.advance(&at, offset);
         self.pending.advance(&at, stored, offset);
         Ok(())
+    }
+
+    /// Records deleted from Kafka before they were stored: with `skip`,
+    /// a dead letter names the range and the partition goes on from the
+    /// earliest offset (in the same batch, fenced on `fence`); otherwise
+    /// its topic stops.
+    fn offset_gap(&mut self, gap: Gap, fence: Option<i64>, skip: bool) {
+        let Gap {
+            partition: at,
+            stored,
+            earliest,
+        } = gap;
+        let what = format!(
+            "{}[{}]: offset {stored}, the next to store, is no longer in Kafka (its earliest is now {earliest}): \
+             records {stored}..{} were deleted, by retention, before the sink stored them",
+            at.0,
+            at.1,
+            earliest - 1
+        );
+        if !skip {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&at.0, at.1);
+            let _ = self.consumer.pause(&tpl);
+            self.stop_topic(
+                &at.0,
+                format!(
+                    "{what}. Fix: restore them to the warehouse from elsewhere, or restart with \
+                     --on-offset-gap skip-and-record to go on from {earliest} with the gap recorded as a dead letter"
+                ),
+            );
+            return;
+        }
+        tracing::error!("{what}; skipped and recorded in walhouse.dead_letters (--on-offset-gap skip-and-record)");
+        self.pending.dead(DeadLetter {
+            origin: Origin {
+                source: "offset_gap",
+                topic: Some(at.0.clone()),
+                partition: Some(at.1),
+                offset: Some(stored),
+                ..Origin::default()
+            },
+            error: what,
+        });
+        self.positions.advance(&at, earliest - 1);
+        self.pending.advance(&at, fence, earliest - 1);
+    }
+
+    /// Pauses every partition of `topic` for good (until a restart), with why.
+    fn stop_topic(&mut self, topic: &str, reason: String) {
+        tracing::error!(%topic, "topic stopped: {reason}");
+        self.stopped.insert(topic.to_owned(), reason);
+        self.metrics.set_stopped_topics(self.stopped.len() as u64);
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in self.positions.of_topic(topic) {
+            tpl.add_partition(t, *p);
+        }
+        let _ = self.consumer.pause(&tpl);
     }
 
     /// Decodes a change event; creates or widens its raw table and view on

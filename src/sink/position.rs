@@ -68,6 +68,27 @@ impl ConsumerContext for SinkContext {
     }
 }
 
+/// A partition whose stored offset Kafka no longer holds: the records
+/// `stored..earliest` were deleted (by retention) before they were stored.
+pub(super) struct Gap {
+    pub partition: Partition,
+    pub stored: i64,
+    pub earliest: i64,
+}
+
+/// The earliest offset Kafka holds for a partition (`None` when it cannot
+/// tell now: the seek then goes ahead as if there were no gap, and a fetch
+/// out of range comes back as a consumer error).
+pub(super) fn earliest(consumer: &StreamConsumer<SinkContext>, topic: &str, partition: i32) -> Option<i64> {
+    match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+        Ok((low, _)) => Some(low),
+        Err(e) => {
+            tracing::warn!(%topic, partition, "cannot read the partition's earliest offset: {e}");
+            None
+        }
+    }
+}
+
 /// A partition the loop has positioned.
 pub(super) struct Position {
     /// The next offset to store (everything below is in the warehouse or
@@ -129,25 +150,55 @@ impl Positions {
     /// offsets; the beginning when none is stored) and pauses those of
     /// `stopped` topics. A partition the consumer cannot seek yet (not
     /// fetching right after its assignment) is tried again next turn.
+    ///
+    /// A stored offset Kafka no longer holds is returned as a [`Gap`]: with
+    /// `skip`, the partition is sought to the earliest offset instead (the
+    /// caller records the gap); without, it is left unpositioned for the
+    /// caller to stop its topic.
     pub fn seek(
         &mut self,
         consumer: &StreamConsumer<SinkContext>,
         stored: &HashMap<Partition, i64>,
         stopped: &HashMap<String, String>,
-    ) -> Result<(), SinkError> {
+        skip: bool,
+    ) -> Result<Vec<Gap>, SinkError> {
         let mut tpl = TopicPartitionList::new();
+        let mut gaps = Vec::new();
+        let mut from: HashMap<Partition, i64> = HashMap::new();
         for (topic, partition) in &self.unpositioned {
-            let offset = stored
-                .get(&(topic.clone(), *partition))
-                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            let key = (topic.clone(), *partition);
+            let offset = match stored.get(&key) {
+                None => Offset::Beginning,
+                Some(&o) => match earliest(consumer, topic, *partition) {
+                    Some(earliest) if earliest > o => {
+                        gaps.push(Gap {
+                            partition: key.clone(),
+                            stored: o,
+                            earliest,
+                        });
+                        if !skip {
+                            continue;
+                        }
+                        from.insert(key, earliest);
+                        Offset::Offset(earliest)
+                    }
+                    _ => Offset::Offset(o),
+                },
+            };
             tpl.add_partition_offset(topic, *partition, offset)
                 .map_err(kafka("building a seek"))?;
+        }
+        if !skip {
+            self.unpositioned.retain(|p| !gaps.iter().any(|g| g.partition == *p));
+        }
+        if tpl.count() == 0 {
+            return Ok(gaps);
         }
         let result = match consumer.seek_partitions(tpl, Duration::from_secs(10)) {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!("seek not possible yet: {e}");
-                return Ok(());
+                return Ok(Vec::new());
             }
         };
         let mut still = Vec::new();
@@ -165,16 +216,13 @@ impl Positions {
                 tpl.add_partition(&key.0, key.1);
                 let _ = consumer.pause(&tpl);
             }
-            self.positioned.insert(
-                key,
-                Position {
-                    next: stored.unwrap_or(0),
-                    stored,
-                },
-            );
+            let next = from.get(&key).copied().or(stored).unwrap_or(0);
+            self.positioned.insert(key, Position { next, stored });
         }
         self.unpositioned = still;
-        Ok(())
+        // A gap skipped but not sought yet is found again next turn.
+        gaps.retain(|g| self.positioned.contains_key(&g.partition));
+        Ok(gaps)
     }
 
     pub fn get(&self, at: &Partition) -> Option<&Position> {

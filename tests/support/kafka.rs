@@ -359,6 +359,32 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     .expect("topic created");
 }
 
+/// Deletes the records of `topic`'s `partition` below `before`, as
+/// retention would (bounded: 30 s; on a thread of its own).
+pub fn delete_records(bootstrap: &str, topic: &str, partition: i32, before: i64) {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    std::thread::spawn(move || {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .expect("admin client");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(before))
+            .expect("partition");
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let done = rt.block_on(admin.delete_records(&tpl, &opts)).expect("delete_records");
+        for e in done.elements() {
+            assert!(e.error().is_ok(), "deleting records of {topic}: {:?}", e.error());
+        }
+    })
+    .join()
+    .expect("records deleted");
+}
+
 /// One record as read back.
 #[derive(Clone, Debug)]
 pub struct Record {
