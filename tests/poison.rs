@@ -187,13 +187,9 @@ fn company(key: &str, id: &str, name: &str, created: i64) -> String {
 }
 
 /// One sink run's view of the warehouse it wrote.
-async fn read_back<W: Warehouse>(
-    w: &mut W,
-) -> (
-    Vec<Vec<Option<String>>>,
-    Vec<Vec<Option<String>>>,
-    Vec<Vec<Option<String>>>,
-) {
+type Rows = Vec<Vec<Option<String>>>;
+
+async fn read_back<W: Warehouse>(w: &mut W) -> (Rows, Rows, Rows, Rows) {
     let things = w
         .query_text("SELECT id, amount FROM raw_public.things ORDER BY _offset")
         .await
@@ -209,7 +205,14 @@ async fn read_back<W: Warehouse>(
         )
         .await
         .expect("dead letters");
-    (things, names, dead)
+    let clash = w
+        .query_text(
+            "SELECT v.id, v._op_1, v.\"Name\", v.name_1, r._op FROM public.clash v \
+             JOIN raw_public.clash r ON r.id = v.id",
+        )
+        .await
+        .expect("clash");
+    (things, names, dead, clash)
 }
 
 /// A CDC record with a decimal wider than its column, a CDC record in
@@ -231,7 +234,9 @@ async fn poison_pills_cost_only_their_record_on_both_targets() {
             "CREATE TABLE things (id int PRIMARY KEY, amount numeric(5,2)); \
              INSERT INTO things VALUES (1, 1.50), (2, 2.50), (3, 3.50); \
              CREATE TABLE others (id int PRIMARY KEY, v text); INSERT INTO others VALUES (1, 'one'); \
-             CREATE TABLE blocked (id int PRIMARY KEY); INSERT INTO blocked VALUES (1);",
+             CREATE TABLE blocked (id int PRIMARY KEY); INSERT INTO blocked VALUES (1); \
+             CREATE TABLE clash (id int PRIMARY KEY, _op text, \"Name\" text, name text); \
+             INSERT INTO clash VALUES (1, 'x', 'Upper', 'lower');",
         )
         .await
         .expect("source tables");
@@ -313,11 +318,11 @@ async fn poison_pills_cost_only_their_record_on_both_targets() {
             "200",
         ])
         .await;
-        // things: 3 + 2; others: 1 + 1; companies: 3; blocked: its topic stops.
-        assert!(sink.wait_for(10, LIMIT).await, "accounted {:?}", sink.accounted());
+        // things: 3 + 2; others: 1 + 1; companies: 3; clash: 1; blocked: its topic stops.
+        assert!(sink.wait_for(11, LIMIT).await, "accounted {:?}", sink.accounted());
         assert_eq!(sink.metrics.stopped_topics(), 1);
         sink.stop().await;
-        let (things, names, dead) = if postgres {
+        let (things, names, dead, clash) = if postgres {
             let mut w = PostgresWarehouse::connect(&ConnInfo::parse(&pg_url).expect("url"))
                 .await
                 .expect("warehouse");
@@ -325,6 +330,13 @@ async fn poison_pills_cost_only_their_record_on_both_targets() {
         } else {
             read_back(&mut DuckDbWarehouse::open(&dir.path().join("w.duckdb")).expect("duckdb")).await
         };
+        // Source columns named like metadata, or alike but for case, keep
+        // their values under suffixed names, in the raw table and the view.
+        let clash_row: Vec<Option<String>> = ["1", "x", "Upper", "lower", "r"]
+            .iter()
+            .map(|v| Some(v.to_string()))
+            .collect();
+        assert_eq!(clash, vec![clash_row]);
         let row = |id: &str, amount: &str| vec![Some(id.to_string()), Some(amount.to_string())];
         assert_eq!(
             things,

@@ -43,6 +43,16 @@ pub(super) struct Target {
     pub columns: Vec<String>,
     /// How the topics of its records end (empty: any topic).
     pub topic_suffix: String,
+    /// Source columns stored under another name (see
+    /// [`super::tables::warehouse_column_names`]), source → warehouse.
+    pub renamed: HashMap<String, String>,
+}
+
+impl Target {
+    /// The warehouse name of a source column.
+    pub fn column<'a>(&'a self, source: &'a str) -> &'a str {
+        self.renamed.get(source).map_or(source, String::as_str)
+    }
 }
 
 impl Target {
@@ -55,6 +65,7 @@ impl Target {
                 .chain(super::KAFKA_COLUMNS.iter().map(|(n, _)| n.to_string()))
                 .collect(),
             topic_suffix: String::new(),
+            renamed: HashMap::new(),
         }
     }
 }
@@ -195,7 +206,7 @@ impl Decoder {
 
 /// The cells of a change's raw-table row: its columns (all NULL for a
 /// truncate), then the change metadata in `CDC_COLUMNS` order.
-pub(super) fn cells(plan: &EnvelopePlan, change: Change) -> Vec<Cell> {
+pub(super) fn cells(plan: &EnvelopePlan, target: &Target, change: Change) -> Vec<Cell> {
     let mut cells = change.row.unwrap_or_else(|| vec![Cell::Null; plan.columns.len()]);
     let json_list =
         |items: &[String]| (!items.is_empty()).then(|| Cell::Text(serde_json::Value::from(items.to_vec()).to_string()));
@@ -208,7 +219,12 @@ pub(super) fn cells(plan: &EnvelopePlan, change: Change) -> Vec<Cell> {
             .map_or(Cell::Null, |ms| Cell::TimestampTz(ms.saturating_mul(1000))),
     );
     cells.push(Cell::Text(change.snapshot));
-    cells.push(json_list(&change.unchanged_toast).unwrap_or(Cell::Null));
+    let unchanged: Vec<String> = change
+        .unchanged_toast
+        .iter()
+        .map(|c| target.column(c).to_owned())
+        .collect();
+    cells.push(json_list(&unchanged).unwrap_or(Cell::Null));
     cells.push(if change.text_values.is_empty() {
         Cell::Null
     } else {

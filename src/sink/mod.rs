@@ -540,6 +540,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 let view = TableRef::new(&change.schema, &change.table);
                 self.settle().await?;
                 let warehouse = self.writer.warehouse()?;
+                let key_columns: Vec<String> = key_columns.iter().map(|c| target.column(c).to_owned()).collect();
                 let made = self
                     .tables
                     .ensure_view(warehouse, &target.table, &view, &key_columns)
@@ -549,10 +550,8 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 }
             }
         }
-        Ok(Outcome::Row {
-            target,
-            cells: decode::cells(&plan, change),
-        })
+        let cells = decode::cells(&plan, &target, change);
+        Ok(Outcome::Row { target, cells })
     }
 
     /// First sight of a writer schema: creates or widens its raw table
@@ -566,7 +565,14 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         table: &str,
     ) -> Result<Result<Arc<Target>, Outcome>, SinkError> {
         let raw = TableRef::new(&raw_schema(schema), table);
-        let def = cdc_table_def(&raw, plan.column_defs());
+        let names = tables::warehouse_column_names(plan.columns.iter().map(|c| c.name.as_str()));
+        let defs = plan
+            .column_defs()
+            .into_iter()
+            .zip(&names)
+            .map(|(c, name)| ColumnDef::new(name, c.ty))
+            .collect();
+        let def = cdc_table_def(&raw, defs);
         self.settle().await?;
         let warehouse = self.writer.warehouse()?;
         let widened = match refused_definition(self.tables.ensure(warehouse, &def).await)? {
@@ -576,10 +582,15 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         if widened {
             self.tables.forget_view(&raw);
         }
-        let columns = plan
+        let renamed = plan
             .columns
             .iter()
-            .map(|c| c.name.clone())
+            .zip(&names)
+            .filter(|(c, n)| c.name != **n)
+            .map(|(c, n)| (c.name.clone(), n.clone()))
+            .collect();
+        let columns = names
+            .into_iter()
             .chain(tables::CDC_COLUMNS.iter().map(|(n, _)| n.to_string()));
         let mut target = Target::new(
             u64::from(schema_id),
@@ -588,6 +599,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             columns,
         );
         target.topic_suffix = topic_suffix(schema, table);
+        target.renamed = renamed;
         let target = Arc::new(target);
         self.targets.insert(schema_id, target.clone());
         Ok(Ok(target))

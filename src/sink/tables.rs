@@ -19,6 +19,30 @@ pub const CDC_COLUMNS: [(&str, SqlType); 7] = [
     ("_text_values", SqlType::Text),
 ];
 
+/// The warehouse names of a writer schema's columns, in order. A source
+/// column named like a metadata column (`_op`, `_offset`, …), or like an
+/// earlier column but for case (DuckDB's names ignore case), takes the
+/// first free `_<n>` suffix: `_op` is stored as `_op_1`.
+pub fn warehouse_column_names<'a>(source: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut taken: std::collections::HashSet<String> = CDC_COLUMNS
+        .iter()
+        .chain(super::KAFKA_COLUMNS.iter())
+        .map(|(n, _)| n.to_ascii_lowercase())
+        .collect();
+    let mut out = Vec::new();
+    for name in source {
+        let mut candidate = name.to_owned();
+        let mut n = 0;
+        while taken.contains(&candidate.to_lowercase()) {
+            n += 1;
+            candidate = format!("{name}_{n}");
+        }
+        taken.insert(candidate.to_lowercase());
+        out.push(candidate);
+    }
+    out
+}
+
 /// The schema of the raw table of a source schema.
 pub fn raw_schema(source_schema: &str) -> String {
     format!("raw_{source_schema}")
@@ -264,6 +288,12 @@ pub fn cdc_table_def(raw: &TableRef, source_columns: Vec<ColumnDef>) -> TableDef
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_columns_never_collide_with_metadata_or_by_case() {
+        let names = warehouse_column_names(["id", "_op", "Name", "name", "_OFFSET", "name_1"]);
+        assert_eq!(names, ["id", "_op_1", "Name", "name_1", "_OFFSET_1", "name_1_1"]);
+    }
 
     #[test]
     fn latest_view_orders_by_lsn_and_carries_toast_forward() {
