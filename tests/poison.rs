@@ -482,3 +482,96 @@ async fn records_deleted_before_they_were_stored_stop_the_topic_or_are_recorded(
         Some(&6)
     );
 }
+
+/// Values Avro cannot hold under their logical type (and mainstream
+/// clients cannot read) travel as null plus their exact text; the sink
+/// puts them back, typed, where the warehouse can hold them: infinite
+/// dates and timestamps as the target's infinity, a BC timestamp, `24:00`,
+/// an array deeper than declared as JSON. On DuckDB and on Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn values_avro_cannot_hold_land_typed_on_both_targets() {
+    init_logs();
+    let pg = PgServer::start();
+    pg.create_db("backend");
+    let broker = Broker::start();
+    let registry = TestRegistry::start().await;
+    pg.client("backend")
+        .await
+        .batch_execute(
+            "CREATE TABLE edge (id int PRIMARY KEY, d date, ts timestamp, tstz timestamptz, t time, arr int[]); \
+             INSERT INTO edge VALUES \
+               (1, 'infinity', '-infinity', '0044-03-15 12:00:00+00 BC', '24:00:00', '{{1,2},{3,NULL}}'), \
+               (2, '-infinity', 'infinity', 'infinity', '12:00:00', '{5}');",
+        )
+        .await
+        .expect("source");
+    let prefix = "walhouse.edges";
+    start_capture(&[
+        "--source-url",
+        &pg.url("walhouse_scram", "backend"),
+        "--output",
+        "kafka",
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        &registry.url,
+        "--topic-prefix",
+        prefix,
+        "--snapshot-mode",
+        "initial_only",
+    ])
+    .finish(LIMIT)
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let duck_path = dir.path().join("w.duckdb");
+    let duck_url = format!("duckdb:{}", duck_path.display());
+    let pg_url = pg.url("walhouse_scram", &pg.create_db("warehouse"));
+    let pattern = format!("^{}\\..*", prefix.replace('.', "\\."));
+    let query = "SELECT id, \
+         CASE WHEN d = DATE 'infinity' THEN 'inf' WHEN d = DATE '-infinity' THEN '-inf' ELSE 'other' END, \
+         CASE WHEN ts = TIMESTAMP 'infinity' THEN 'inf' WHEN ts = TIMESTAMP '-infinity' THEN '-inf' ELSE 'other' END, \
+         CASE WHEN tstz = TIMESTAMPTZ 'infinity' THEN 'inf' \
+              WHEN tstz < TIMESTAMPTZ '0001-01-01 00:00:00+00' \
+               AND tstz > TIMESTAMPTZ '0001-01-01 00:00:00+00' - INTERVAL '50 years' THEN 'BC' ELSE 'other' END, \
+         CASE WHEN t = TIME '24:00:00' THEN '24:00' WHEN t = TIME '12:00:00' THEN 'noon' ELSE 'other' END, \
+         replace(CAST(arr AS VARCHAR), ' ', '') \
+         FROM public.edge ORDER BY id";
+    let expected: Vec<Vec<Option<String>>> = vec![
+        ["1", "inf", "-inf", "BC", "24:00", "[[1,2],[3,null]]"]
+            .iter()
+            .map(|v| Some(v.to_string()))
+            .collect(),
+        ["2", "-inf", "inf", "inf", "noon", "[5]"]
+            .iter()
+            .map(|v| Some(v.to_string()))
+            .collect(),
+    ];
+    for (warehouse, postgres) in [(duck_url.as_str(), false), (pg_url.as_str(), true)] {
+        let mut sink = start_sink(&[
+            "--warehouse",
+            warehouse,
+            "--brokers",
+            &broker.bootstrap(),
+            "--schema-registry-url",
+            &registry.url,
+            "--topic-pattern",
+            &pattern,
+            "--batch-ms",
+            "200",
+        ])
+        .await;
+        assert!(sink.wait_for(2, LIMIT).await, "accounted {:?}", sink.accounted());
+        assert_eq!(sink.accounted(), (2, 0, 0));
+        sink.stop().await;
+        let rows = if postgres {
+            let mut w = PostgresWarehouse::connect(&ConnInfo::parse(&pg_url).expect("url"))
+                .await
+                .expect("warehouse");
+            w.query_text(query).await.expect("edge rows")
+        } else {
+            let mut w = DuckDbWarehouse::open(&duck_path).expect("duckdb");
+            w.query_text(query).await.expect("edge rows")
+        };
+        assert_eq!(rows, expected, "postgres: {postgres}");
+    }
+}

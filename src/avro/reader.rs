@@ -108,6 +108,62 @@ pub struct Change {
     pub text_values: Vec<(String, String)>,
 }
 
+impl PlanColumn {
+    /// What the warehouse's typed column can hold of a value Avro could
+    /// not (sent as null with its exact text): infinite, BC and far-future
+    /// dates and timestamps, `24:00:00`, an array deeper than declared (as
+    /// JSON). `None` leaves the column null (the text stays in
+    /// `_text_values`).
+    pub fn cell_from_text(&self, text: &str) -> Option<Cell> {
+        use crate::avro::value::{date_from_text, time_from_text, timestamp_from_text};
+        match (&self.ty, unwrap_null(&self.node)) {
+            (SqlType::Date, _) => date_from_text(text).map(Cell::Date),
+            (SqlType::Time, _) => time_from_text(text).map(Cell::Time),
+            (SqlType::Timestamp, _) => timestamp_from_text(text, false).map(Cell::Timestamp),
+            (SqlType::TimestampTz, _) => timestamp_from_text(text, true).map(Cell::TimestampTz),
+            (SqlType::Json, Node::Array(item)) => {
+                let parsed = crate::avro::value::parse_array(text).ok()?;
+                Some(Cell::Text(array_json(&parsed, leaf(item)).to_string()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `node` without its null branch.
+fn unwrap_null(node: &Node) -> &Node {
+    match node {
+        Node::Union(b) => b.iter().find(|n| **n != Node::Null).unwrap_or(&Node::Null),
+        n => n,
+    }
+}
+
+/// The element type under nested arrays and nullable unions.
+fn leaf(node: &Node) -> &Node {
+    match unwrap_null(node) {
+        Node::Array(item) => leaf(item),
+        n => n,
+    }
+}
+
+/// A Postgres array literal as JSON: numbers and booleans where the
+/// element type is one, strings otherwise.
+fn array_json(node: &crate::avro::value::ArrayNode, element: &Node) -> Json {
+    use crate::avro::value::ArrayNode;
+    match node {
+        ArrayNode::Null => Json::Null,
+        ArrayNode::List(items) => Json::Array(items.iter().map(|i| array_json(i, element)).collect()),
+        ArrayNode::Elem(text) => match element {
+            Node::Int | Node::Long | Node::Float | Node::Double | Node::Decimal { .. } => text
+                .parse::<serde_json::Number>()
+                .map(Json::Number)
+                .unwrap_or_else(|_| Json::String(text.clone())),
+            Node::Boolean => Json::Bool(text == "t" || text == "true"),
+            _ => Json::String(text.clone()),
+        },
+    }
+}
+
 impl EnvelopePlan {
     pub fn compile(schema_text: &str) -> Result<Self, ReadError> {
         if schema_text.len() > MAX_SCHEMA_BYTES {

@@ -72,10 +72,21 @@ pub fn encode_text(ty: &ColumnType, text: &str, out: &mut Vec<u8>) -> Result<(),
         }),
         ColumnType::Decimal { scale, .. } => put_bytes(out, &decimal_unscaled(text, *scale)?),
         ColumnType::Bytes => put_bytes(out, &bytea(text)?),
-        ColumnType::Date => put_long(out, date_days(text)?.into()),
-        ColumnType::TimeMicros => put_long(out, time_micros(text)?),
-        ColumnType::LocalTimestampMicros => put_long(out, timestamp_micros(text, false)?),
-        ColumnType::TimestampMicros => put_long(out, timestamp_micros(text, true)?),
+        ColumnType::Date => put_long(out, readable(date_days(text)?.into(), CLIENT_DAYS, text, "date")?),
+        ColumnType::TimeMicros => put_long(out, readable(time_micros(text)?, CLIENT_TIME, text, "time-micros")?),
+        ColumnType::LocalTimestampMicros => put_long(
+            out,
+            readable(
+                timestamp_micros(text, false)?,
+                CLIENT_MICROS,
+                text,
+                "local-timestamp-micros",
+            )?,
+        ),
+        ColumnType::TimestampMicros => put_long(
+            out,
+            readable(timestamp_micros(text, true)?, CLIENT_MICROS, text, "timestamp-micros")?,
+        ),
         ColumnType::Array { element, dims } => {
             let node = parse_array(text)?;
             encode_array(element, *dims, &node, text, out)?;
@@ -207,6 +218,25 @@ fn parse_ymd(s: &str, bc: bool, whole: &str) -> Result<(i64, u32, u32), ValueErr
     Ok((if bc { 1 - year } else { year }, month, day))
 }
 
+// What mainstream Avro libraries (Java's, fastavro under Confluent's
+// Python client, …) turn into their date and time types: years 1 to 9999,
+// times before 24:00. A logical-typed value outside makes the whole record
+// unreadable to them, so it goes as null plus its exact text instead.
+/// 0001-01-01 to 9999-12-31, in days since 1970-01-01.
+const CLIENT_DAYS: std::ops::RangeInclusive<i64> = -719_162..=2_932_896;
+/// 0001-01-01 00:00 to 9999-12-31 23:59:59.999999, in microseconds since 1970.
+const CLIENT_MICROS: std::ops::RangeInclusive<i64> = -62_135_596_800_000_000..=253_402_300_799_999_999;
+/// 00:00 to 23:59:59.999999 (Postgres also has 24:00:00).
+const CLIENT_TIME: std::ops::RangeInclusive<i64> = 0..=86_399_999_999;
+
+fn readable(v: i64, range: std::ops::RangeInclusive<i64>, text: &str, avro: &'static str) -> Result<i64, ValueError> {
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(unrepresentable(text, avro))
+    }
+}
+
 fn date_days(text: &str) -> Result<i32, ValueError> {
     if matches!(text, "infinity" | "-infinity") {
         return Err(unrepresentable(text, "date"));
@@ -292,6 +322,31 @@ pub fn iso_timestamp_micros(text: &str) -> Option<i64> {
         s.push_str("+00");
     }
     timestamp_micros(&s, true).ok()
+}
+
+/// Days since 1970 of a date's exact Postgres text, `±infinity` as the
+/// warehouses' own infinities.
+pub fn date_from_text(text: &str) -> Option<i32> {
+    match text {
+        "infinity" => Some(crate::warehouse::DATE_INFINITY),
+        "-infinity" => Some(crate::warehouse::DATE_NEG_INFINITY),
+        _ => date_days(text).ok(),
+    }
+}
+
+/// Microseconds since midnight of a time's exact text (`24:00:00` too).
+pub fn time_from_text(text: &str) -> Option<i64> {
+    time_micros(text).ok()
+}
+
+/// Microseconds since 1970 of a timestamp's exact text, `±infinity` as
+/// the warehouses' own infinities.
+pub fn timestamp_from_text(text: &str, with_zone: bool) -> Option<i64> {
+    match text {
+        "infinity" => Some(crate::warehouse::TIMESTAMP_INFINITY),
+        "-infinity" => Some(crate::warehouse::TIMESTAMP_NEG_INFINITY),
+        _ => timestamp_micros(text, with_zone).ok(),
+    }
 }
 
 /// A parsed Postgres array literal.
@@ -522,15 +577,25 @@ mod tests {
         let Value::Date(ad1) = enc(&ColumnType::Date, "0001-01-01") else {
             panic!()
         };
-        assert_eq!(enc(&ColumnType::Date, "0001-01-01 BC"), Value::Date(ad1 - 366));
+        assert_eq!(ad1, -719_162);
+        assert!(matches!(
+            encode_text(&ColumnType::Date, "0001-12-31 BC", &mut Vec::new()),
+            Err(ValueError::Unrepresentable { .. })
+        ));
+        assert!(matches!(
+            encode_text(&ColumnType::Date, "10000-01-01", &mut Vec::new()),
+            Err(ValueError::Unrepresentable { .. })
+        ));
+        assert_eq!(date_days("0001-01-01 BC"), Ok(ad1 as i32 - 366));
         assert_eq!(
             enc(&ColumnType::TimeMicros, "23:59:59.999999"),
             Value::TimeMicros(86_399_999_999)
         );
-        assert_eq!(
-            enc(&ColumnType::TimeMicros, "24:00:00"),
-            Value::TimeMicros(86_400_000_000)
-        );
+        assert_eq!(time_micros("24:00:00"), Ok(86_400_000_000));
+        assert!(matches!(
+            encode_text(&ColumnType::TimeMicros, "24:00:00", &mut Vec::new()),
+            Err(ValueError::Unrepresentable { .. })
+        ));
         assert_eq!(
             enc(&ColumnType::TimestampMicros, "2024-01-31 13:45:00.5+00"),
             Value::TimestampMicros(1_706_708_700_500_000)
@@ -549,9 +614,23 @@ mod tests {
             Value::TimestampMicros(253_402_300_799_999_999)
         );
         assert_eq!(
-            enc(&ColumnType::LocalTimestampMicros, "4713-01-01 00:00:00 BC"),
+            timestamp_micros("4713-01-01 00:00:00 BC", false),
             // Proleptic Gregorian, as Postgres: Julian Day 38, 2,440,550 days before 1970.
-            Value::LocalTimestampMicros(-2_440_550 * 86_400_000_000)
+            Ok(-2_440_550 * 86_400_000_000)
+        );
+        for (ty, text) in [
+            (ColumnType::LocalTimestampMicros, "4713-01-01 00:00:00 BC"),
+            (ColumnType::TimestampMicros, "0001-01-01 00:00:00+00 BC"),
+            (ColumnType::TimestampMicros, "10000-01-01 00:00:00+00"),
+        ] {
+            assert!(matches!(
+                encode_text(&ty, text, &mut Vec::new()),
+                Err(ValueError::Unrepresentable { .. })
+            ));
+        }
+        assert_eq!(
+            enc(&ColumnType::TimestampMicros, "0001-01-01 00:00:00+00"),
+            Value::TimestampMicros(-62_135_596_800_000_000)
         );
         assert!(matches!(
             encode_text(

@@ -208,6 +208,15 @@ impl Decoder {
 /// truncate), then the change metadata in `CDC_COLUMNS` order.
 pub(super) fn cells(plan: &EnvelopePlan, target: &Target, change: Change) -> Vec<Cell> {
     let mut cells = change.row.unwrap_or_else(|| vec![Cell::Null; plan.columns.len()]);
+    // A value Avro could not hold came as null plus its text: the typed
+    // column gets what the warehouse can hold of it.
+    for (name, text) in &change.text_values {
+        if let Some(i) = plan.columns.iter().position(|c| c.name == *name) {
+            if let (Some(Cell::Null), Some(cell)) = (cells.get(i), plan.columns[i].cell_from_text(text)) {
+                cells[i] = cell;
+            }
+        }
+    }
     let json_list =
         |items: &[String]| (!items.is_empty()).then(|| Cell::Text(serde_json::Value::from(items.to_vec()).to_string()));
     cells.push(Cell::Text(change.op));

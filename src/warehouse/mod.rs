@@ -33,6 +33,12 @@ pub enum SqlType {
     Json,
 }
 
+/// The warehouses' infinite dates and timestamps, as DuckDB stores them.
+pub const DATE_INFINITY: i32 = i32::MAX;
+pub const DATE_NEG_INFINITY: i32 = -i32::MAX;
+pub const TIMESTAMP_INFINITY: i64 = i64::MAX;
+pub const TIMESTAMP_NEG_INFINITY: i64 = -i64::MAX;
+
 /// One value of a row, already in the column's type.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Cell {
@@ -50,13 +56,13 @@ pub enum Cell {
     },
     Text(String),
     Bytes(Vec<u8>),
-    /// Days since 1970-01-01.
+    /// Days since 1970-01-01; `±i32::MAX` is ±infinity.
     Date(i32),
     /// Microseconds since midnight.
     Time(i64),
-    /// Microseconds since 1970-01-01 00:00 (no zone).
+    /// Microseconds since 1970-01-01 00:00 (no zone); `±i64::MAX` is ±infinity.
     Timestamp(i64),
-    /// Microseconds since 1970-01-01 00:00 UTC.
+    /// Microseconds since 1970-01-01 00:00 UTC; `±i64::MAX` is ±infinity.
     TimestampTz(i64),
     /// Canonical hyphenated text.
     Uuid(String),
@@ -361,6 +367,12 @@ impl Dialect {
                 Some("a decimal value has more digits than its declared precision")
             }
             (_, Cell::Uuid(s)) if !is_uuid(s) => Some("a uuid value is not a UUID"),
+            (_, Cell::Date(DATE_INFINITY | DATE_NEG_INFINITY)) => None,
+            (
+                _,
+                Cell::Timestamp(TIMESTAMP_INFINITY | TIMESTAMP_NEG_INFINITY)
+                | Cell::TimestampTz(TIMESTAMP_INFINITY | TIMESTAMP_NEG_INFINITY),
+            ) => None,
             (Dialect::Postgres, Cell::Date(d)) if !(PG_MIN_DAY..=PG_MAX_DAY).contains(d) => {
                 Some("a date is outside what Postgres stores (4713 BC to 5874897 AD)")
             }

@@ -15,7 +15,10 @@ use futures_util::SinkExt;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
-use super::{decimal_text, Batch, Cell, Dialect, Failure, TableRef, Warehouse, WarehouseError};
+use super::{
+    decimal_text, Batch, Cell, Dialect, Failure, TableRef, Warehouse, WarehouseError, DATE_INFINITY, DATE_NEG_INFINITY,
+    TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY,
+};
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::error::sql_message;
 
@@ -93,6 +96,13 @@ fn copy_text(cell: &Cell, out: &mut String) {
                 let _ = write!(out, "{x:02x}");
             }
         }
+        // The warehouses' infinities (see `Cell`).
+        Cell::Date(DATE_INFINITY) | Cell::Timestamp(TIMESTAMP_INFINITY) | Cell::TimestampTz(TIMESTAMP_INFINITY) => {
+            out.push_str("infinity")
+        }
+        Cell::Date(DATE_NEG_INFINITY)
+        | Cell::Timestamp(TIMESTAMP_NEG_INFINITY)
+        | Cell::TimestampTz(TIMESTAMP_NEG_INFINITY) => out.push_str("-infinity"),
         Cell::Date(d) => out.push_str(&date_text(i64::from(*d))),
         Cell::Time(t) => out.push_str(&time_text(*t)),
         Cell::Timestamp(t) => out.push_str(&timestamp_text(*t)),

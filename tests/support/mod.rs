@@ -3,6 +3,7 @@
 pub mod kafka;
 pub mod pipeline;
 pub mod postgres;
+pub mod python;
 pub mod registry;
 
 use std::time::Duration;
