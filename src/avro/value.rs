@@ -586,7 +586,7 @@ mod tests {
             encode_text(&ColumnType::Date, "10000-01-01", &mut Vec::new()),
             Err(ValueError::Unrepresentable { .. })
         ));
-        assert_eq!(date_days("0001-01-01 BC"), Ok(ad1 as i32 - 366));
+        assert_eq!(date_days("0001-01-01 BC"), Ok(ad1 - 366));
         assert_eq!(
             enc(&ColumnType::TimeMicros, "23:59:59.999999"),
             Value::TimeMicros(86_399_999_999)

@@ -643,7 +643,11 @@ mod tests {
             .refuses(&Cell::Timestamp(-210_866_803_200_000_000))
             .is_none());
         assert!(Dialect::Postgres.refuses(&Cell::Date(-2_440_589)).is_some());
-        assert!(Dialect::Postgres.refuses(&Cell::Date(i32::MAX)).is_some());
+        assert!(Dialect::Postgres.refuses(&Cell::Date(i32::MAX - 1)).is_some());
+        assert!(Dialect::Postgres.refuses(&Cell::Date(DATE_INFINITY)).is_none());
+        assert!(Dialect::Postgres
+            .refuses(&Cell::TimestampTz(TIMESTAMP_NEG_INFINITY))
+            .is_none());
         assert!(Dialect::Postgres.refuses(&Cell::Date(0)).is_none());
     }
 
