@@ -142,6 +142,13 @@ struct Parsed {
     dead: Vec<DeadLetter>,
 }
 
+/// What loading `text` would give, without a warehouse: (rows, dead
+/// letters), or why the whole file is refused. For dry runs and the fuzzer.
+pub fn inspect(text: &str) -> Result<(usize, usize), String> {
+    let parsed = parse(text, "-", "", 0)?;
+    Ok((parsed.rows.len(), parsed.dead.len()))
+}
+
 fn parse(text: &str, file: &str, sha256: &str, now: i64) -> Result<Parsed, String> {
     let mut records = records(text);
     let Some((_, header)) = records.next() else {
