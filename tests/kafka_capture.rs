@@ -34,10 +34,7 @@ struct Env {
 
 impl Env {
     async fn start(db: &str) -> Env {
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter(std::env::var("WALHOUSE_LOG").unwrap_or_else(|_| "info".into()))
-            .try_init();
+        support::init_logs();
         let pg = PgServer::start();
         pg.create_db(db);
         let broker = Broker::start();

@@ -21,11 +21,24 @@ use walhouse::warehouse::{isolate, Batch, Cell, OffsetUpdate, Origin, TableRef, 
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(std::env::var("WALHOUSE_LOG").unwrap_or_else(|_| "info".into()))
-        .try_init();
+/// Captures database `backend` once (`initial_only`) into `<prefix>.*` topics.
+async fn snapshot_into_kafka(pg: &PgServer, broker: &Broker, registry: &TestRegistry, prefix: &str) {
+    start_capture(&[
+        "--source-url",
+        &pg.url("walhouse_scram", "backend"),
+        "--output",
+        "kafka",
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        &registry.url,
+        "--topic-prefix",
+        prefix,
+        "--snapshot-mode",
+        "initial_only",
+    ])
+    .finish(LIMIT)
+    .await;
 }
 
 /// The batch of the warehouse-level test: three rows of `t (id, amount
@@ -223,7 +236,7 @@ async fn read_back<W: Warehouse>(w: &mut W) -> (Rows, Rows, Rows, Rows) {
 /// wrong table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_pills_cost_only_their_record_on_both_targets() {
-    init_logs();
+    support::init_logs();
     let pg = PgServer::start();
     pg.create_db("backend");
     let broker = Broker::start();
@@ -241,21 +254,7 @@ async fn poison_pills_cost_only_their_record_on_both_targets() {
         .await
         .expect("source tables");
     let prefix = "walhouse.poison";
-    let capture = start_capture(&[
-        "--source-url",
-        &pg.url("walhouse_scram", "backend"),
-        "--output",
-        "kafka",
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        &registry.url,
-        "--topic-prefix",
-        prefix,
-        "--snapshot-mode",
-        "initial_only",
-    ]);
-    capture.finish(LIMIT).await;
+    snapshot_into_kafka(&pg, &broker, &registry, prefix).await;
     let things_topic = format!("{prefix}.public.things");
     let things = read_all(&broker.bootstrap(), &things_topic, LIMIT);
     assert_eq!(things.len(), 3);
@@ -393,7 +392,7 @@ async fn poison_pills_cost_only_their_record_on_both_targets() {
 /// letter names the range. Before, the consumer jumped ahead with a warning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn records_deleted_before_they_were_stored_stop_the_topic_or_are_recorded() {
-    init_logs();
+    support::init_logs();
     let broker = Broker::start();
     let registry = TestRegistry::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -490,7 +489,7 @@ async fn records_deleted_before_they_were_stored_stop_the_topic_or_are_recorded(
 /// an array deeper than declared as JSON. On DuckDB and on Postgres.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn values_avro_cannot_hold_land_typed_on_both_targets() {
-    init_logs();
+    support::init_logs();
     let pg = PgServer::start();
     pg.create_db("backend");
     let broker = Broker::start();
@@ -506,22 +505,7 @@ async fn values_avro_cannot_hold_land_typed_on_both_targets() {
         .await
         .expect("source");
     let prefix = "walhouse.edges";
-    start_capture(&[
-        "--source-url",
-        &pg.url("walhouse_scram", "backend"),
-        "--output",
-        "kafka",
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        &registry.url,
-        "--topic-prefix",
-        prefix,
-        "--snapshot-mode",
-        "initial_only",
-    ])
-    .finish(LIMIT)
-    .await;
+    snapshot_into_kafka(&pg, &broker, &registry, prefix).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let duck_path = dir.path().join("w.duckdb");
     let duck_url = format!("duckdb:{}", duck_path.display());

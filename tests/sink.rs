@@ -20,13 +20,6 @@ use walhouse::warehouse::Warehouse;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(std::env::var("WALHOUSE_LOG").unwrap_or_else(|_| "info".into()))
-        .try_init();
-}
-
 async fn registry() -> (Option<TestRegistry>, String) {
     match std::env::var("SCHEMA_REGISTRY_URL") {
         Ok(url) if !url.is_empty() => (None, url),
@@ -52,7 +45,7 @@ async fn count<W: Warehouse>(w: &mut W, sql: &str) -> i64 {
 /// the source, on DuckDB and on a Postgres warehouse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_questions_match_on_the_source_and_both_warehouses() {
-    init_logs();
+    support::init_logs();
     let pg = PgServer::start();
     pg.create_db("backend");
     let warehouse_url = pg.url("walhouse_scram", &pg.create_db("warehouse"));
@@ -290,7 +283,7 @@ fn company(key: &str, event: &str, id: &str, org: &str, name: &str, created: i64
 /// header: all stored or dead-lettered with the reason, counts exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn company_events_are_stored_as_received_or_dead_lettered() {
-    init_logs();
+    support::init_logs();
     let broker = Broker::start();
     let (_reg, registry_url) = registry().await;
     let (a, b) = (
@@ -439,7 +432,7 @@ fn sink_binary(args: &[String]) -> Child {
 /// the same for DuckDB (read after the last run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_sink_neither_loses_nor_duplicates() {
-    init_logs();
+    support::init_logs();
     let pg = PgServer::start();
     let warehouse_url = pg.url("walhouse_scram", &pg.create_db("warehouse"));
     let broker = Broker::start();
@@ -707,7 +700,7 @@ async fn incompatible_column_changes_are_refused_and_new_columns_added() {
 /// string) is a dead letter, not a failed batch: the events around it land.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_value_postgres_cannot_store_is_a_dead_letter() {
-    init_logs();
+    support::init_logs();
     let pg = PgServer::start();
     let warehouse_url = pg.url("walhouse_scram", &pg.create_db("warehouse"));
     let broker = Broker::start();

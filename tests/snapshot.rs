@@ -15,13 +15,6 @@ use walhouse::capture::config::CaptureConfig;
 use walhouse::capture::destination::stdout::JsonLines;
 use walhouse::capture::{self, CaptureError, CaptureSummary};
 
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(std::env::var("WALHOUSE_LOG").unwrap_or_else(|_| "info".into()))
-        .try_init();
-}
-
 fn config(pg: &PgServer, db: &str, slot: &str, extra: &[&str]) -> CaptureConfig {
     let url = pg.url("walhouse_scram", db);
     let mut args = vec!["--source-url", &url, "--slot", slot, "--status-interval-ms", "200"];
@@ -33,7 +26,7 @@ type Task = tokio::task::JoinHandle<Result<CaptureSummary, CaptureError>>;
 
 /// Capture writing JSON lines to `path`, in-process.
 fn spawn(config: CaptureConfig, path: &std::path::Path) -> (watch::Sender<bool>, Task) {
-    init_logs();
+    support::init_logs();
     let (stop, rx) = watch::channel(false);
     let path = path.to_owned();
     let task = tokio::spawn(async move {

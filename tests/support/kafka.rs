@@ -332,21 +332,27 @@ impl Drop for Tansu {
     }
 }
 
+/// An admin client with a 30 s operation timeout, and a runtime to wait on it.
+fn admin(bootstrap: &str) -> (AdminClient<DefaultClientContext>, AdminOptions, tokio::runtime::Runtime) {
+    let admin = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    (admin, opts, rt)
+}
+
 /// Creates `topic` with `partitions` unless it exists (bounded: 30 s). On
 /// a thread of its own, so async tests can call it too.
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
     std::thread::spawn(move || {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .expect("admin client");
+        let (admin, opts, rt) = admin(&bootstrap);
         let new = NewTopic::new(&topic, partitions, TopicReplication::Fixed(1));
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
         let results = rt.block_on(admin.create_topics([&new], &opts)).expect("create_topics");
         for r in results {
             match r {
@@ -364,18 +370,10 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
 pub fn delete_records(bootstrap: &str, topic: &str, partition: i32, before: i64) {
     let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
     std::thread::spawn(move || {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .expect("admin client");
+        let (admin, opts, rt) = admin(&bootstrap);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&topic, partition, Offset::Offset(before))
             .expect("partition");
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
         let done = rt.block_on(admin.delete_records(&tpl, &opts)).expect("delete_records");
         for e in done.elements() {
             assert!(e.error().is_ok(), "deleting records of {topic}: {:?}", e.error());

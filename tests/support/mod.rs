@@ -74,3 +74,12 @@ pub fn peak_rss_mib() -> f64 {
 pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
+
+/// Logs of the code under test, in the test's output (`WALHOUSE_LOG`
+/// filters; default `info`).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(std::env::var("WALHOUSE_LOG").unwrap_or_else(|_| "info".into()))
+        .try_init();
+}
