@@ -1,5 +1,6 @@
 //! Shared harness for integration tests: real components started per test.
 
+pub mod debezium;
 pub mod kafka;
 pub mod pipeline;
 pub mod postgres;
