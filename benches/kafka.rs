@@ -14,7 +14,12 @@
 //!    many messages of the same size to the same broker;
 //! 3. commit-to-ack latency at a steady 5k rows/s (Postgres commit time to
 //!    Kafka acknowledgement);
-//! 4. peak RSS while one 1M-row transaction goes into Kafka.
+//! 4. peak RSS while one 1M-row transaction goes into Kafka;
+//! 5. the incumbent, in the same run on the same WAL and broker: Debezium
+//!    3.6.1's PostgreSQL connector on Kafka Connect standalone (its
+//!    defaults, JSON values without schemas, its own slot made before the
+//!    rows) catching up on the 1M rows in every round, and on the 1M-row
+//!    transaction; `WALHOUSE_BENCH_DEBEZIUM=0` leaves it out.
 //!
 //! Run: `cargo bench --bench kafka` (env `WALHOUSE_BENCH_ROWS`, default
 //! 1000000). Prints tables; never asserts on time.
@@ -342,6 +347,12 @@ struct Measured {
 }
 
 impl Measured {
+    fn median_of(runs: &[Duration]) -> Duration {
+        let mut sorted = runs.to_vec();
+        sorted.sort();
+        sorted[sorted.len() / 2]
+    }
+
     /// Each quantity's median over the rounds (the machine is shared and noisy).
     fn median(mut runs: Vec<Measured>) -> Measured {
         let mid = runs.len() / 2;
@@ -485,8 +496,9 @@ async fn main() {
     // One slot per catch-up path and round, all before the rows are
     // written, so every run reads the same WAL. A slot cannot be created
     // in a transaction that wrote: one statement each.
+    let with_debezium = std::env::var("WALHOUSE_BENCH_DEBEZIUM").as_deref() != Ok("0");
     for round in 0..rounds {
-        for path in ["rl", "avro", "e2e"] {
+        for path in ["rl", "avro", "e2e", "dbz"] {
             sql.batch_execute(&format!(
                 "SELECT pg_create_logical_replication_slot('{path}{round}', 'pgoutput')"
             ))
@@ -676,6 +688,7 @@ async fn main() {
     // finds the last commit), pg_recvlogical to the same commit, end to end
     // into Kafka, and (2.) a plain producer of walhouse's own records.
     let mut catch_up: [Vec<Measured>; 4] = Default::default();
+    let mut debezium: Vec<DebeziumRun> = Vec::new();
     let mut avg_bytes = 0.0;
     let mut catch_up_records = Arc::new(Vec::new());
     for round in 0..rounds {
@@ -728,6 +741,18 @@ async fn main() {
         for (path, m) in catch_up.iter_mut().zip([rl, avro, reference, e2e]) {
             path.push(m);
         }
+        if with_debezium {
+            let run = debezium_catch_up(&bench, &format!("dbz{round}"), "public.small", rows, partitions).await;
+            println!(
+                "catch-up round {round}: Debezium {:.2} s from its JVM's start, {:.2} s from its task running ({:.2} CPU-s of its JVM, {:.2} machine), {:.0} B a record",
+                run.from_start.as_secs_f64(),
+                run.from_running.as_secs_f64(),
+                run.jvm_cpu,
+                run.machine_cpu,
+                run.avg_bytes
+            );
+            debezium.push(run);
+        }
     }
 
     // 3. Latency at a steady 5k rows/s: 50-row transactions every 10 ms for 10 s.
@@ -768,6 +793,11 @@ async fn main() {
     sql.batch_execute("SELECT pg_create_logical_replication_slot('huge', 'pgoutput')")
         .await
         .expect("slot");
+    if with_debezium {
+        sql.batch_execute("SELECT pg_create_logical_replication_slot('dbz_huge', 'pgoutput')")
+            .await
+            .expect("slot");
+    }
     sql.batch_execute(&format!(
         "INSERT INTO huge SELECT g, g, g * 2, 'x' FROM generate_series(1, {rows}) g"
     ))
@@ -777,6 +807,11 @@ async fn main() {
     let rss_before = support::peak_rss_mib();
     let (huge_time, _) = bench.run("huge", "wh_huge", "huge", bench.kafka("wh_huge"), rows).await;
     let rss_peak = support::peak_rss_mib();
+    let dbz_huge = if with_debezium {
+        Some(debezium_catch_up(&bench, "dbz_huge", "public.huge", rows, partitions).await)
+    } else {
+        None
+    };
 
     println!();
     let [rl, avro, reference, e2e] = &catch_up.clone().map(|path| walls(&path));
@@ -824,5 +859,102 @@ async fn main() {
     println!("| {:>6.1} | {:>6.1} | {:>6.1} |", lat.0, lat.1, lat.2);
     println!();
     println!("one transaction of {rows} rows into Kafka: {:.1} s, peak RSS of the capture process {rss_peak:.1} MiB (before: {rss_before:.1} MiB)", huge_time.as_secs_f64());
+    if let Some(h) = &dbz_huge {
+        println!(
+            "the same transaction through Debezium: {:.1} s from its task running ({:.1} s from its JVM's start), peak RSS of the Connect JVM {:.1} MiB (-Xmx512m); walhouse {:.2}x its rate",
+            h.from_running.as_secs_f64(),
+            h.from_start.as_secs_f64(),
+            h.peak_rss_mib,
+            h.from_running.as_secs_f64() / huge_time.as_secs_f64()
+        );
+    }
+    if !debezium.is_empty() {
+        let from_running: Vec<Duration> = debezium.iter().map(|r| r.from_running).collect();
+        let from_start: Vec<Duration> = debezium.iter().map(|r| r.from_start).collect();
+        let mut sorted = from_running.clone();
+        sorted.sort();
+        let median = sorted[sorted.len() / 2];
+        println!();
+        println!(
+            "catch-up of {rows} rows against the incumbent, same WAL and broker, medians of {} rounds; ratio: median of each round's Debezium time / walhouse end-to-end time",
+            debezium.len()
+        );
+        println!("| path                                           | seconds | rows/s  | walhouse is     |");
+        println!("|------------------------------------------------|---------|---------|-----------------|");
+        println!(
+            "| walhouse end to end into Kafka (Avro, acked)   | {:>7.2} | {:>7.0} | 1.00            |",
+            e2e_median.as_secs_f64(),
+            rate(e2e_median)
+        );
+        println!(
+            "| Debezium on Connect, from its task running     | {:>7.2} | {:>7.0} | {:<15} |",
+            median.as_secs_f64(),
+            rate(median),
+            format!("{:.2}x faster", median_ratio(e2e, &from_running).recip())
+        );
+        println!(
+            "| Debezium on Connect, from its JVM's start      | {:>7.2} | {:>7.0} | {:<15} |",
+            Measured::median_of(&from_start).as_secs_f64(),
+            rate(Measured::median_of(&from_start)),
+            format!("{:.2}x faster", median_ratio(e2e, &from_start).recip())
+        );
+        let peak = debezium.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max);
+        println!("peak RSS of the Connect JVM during the catch-ups: {peak:.0} MiB (-Xmx512m, serial GC)");
+    }
     println!("Apache Kafka resident after the run: {:.0} MiB", bench.broker.rss_mib());
+}
+
+/// One Debezium catch-up.
+struct DebeziumRun {
+    from_start: Duration,
+    from_running: Duration,
+    jvm_cpu: f64,
+    machine_cpu: f64,
+    peak_rss_mib: f64,
+    avg_bytes: f64,
+}
+
+/// Starts Debezium on the existing slot `slot` (no snapshot, the bench's
+/// publication, table `table`) and waits until its topic holds `rows`
+/// records (bounded: 15 min); stops it.
+async fn debezium_catch_up(bench: &Bench, slot: &str, table: &str, rows: u64, partitions: i32) -> DebeziumRun {
+    let partitions = partitions.to_string();
+    let machine = machine_cpu_seconds();
+    let started = Instant::now();
+    let mut dbz = support::debezium::Debezium::start(
+        &bench.broker.bootstrap(),
+        &bench.pg,
+        "bench",
+        slot,
+        &[
+            ("snapshot.mode", "no_data"),
+            ("publication.name", "bench_pub"),
+            ("publication.autocreate.mode", "disabled"),
+            ("table.include.list", table),
+            ("topic.creation.default.partitions", &partitions),
+            ("value.converter", "org.apache.kafka.connect.json.JsonConverter"),
+            ("value.converter.schemas.enable", "false"),
+            ("key.converter", "org.apache.kafka.connect.json.JsonConverter"),
+            ("key.converter.schemas.enable", "false"),
+        ],
+    );
+    let running = Instant::now();
+    let topic = format!("{slot}.{table}");
+    let bootstrap = bench.broker.bootstrap();
+    let (count, bytes) = tokio::task::spawn_blocking(move || {
+        support::kafka::wait_for_records(&bootstrap, &topic, rows, Duration::from_secs(900))
+    })
+    .await
+    .expect("counter");
+    assert!(count >= rows, "Debezium wrote {count} of {rows} records:\n{}", dbz.log());
+    let run = DebeziumRun {
+        from_start: started.elapsed(),
+        from_running: running.elapsed(),
+        jvm_cpu: dbz.cpu_seconds(),
+        machine_cpu: machine_cpu_seconds() - machine,
+        peak_rss_mib: dbz.peak_rss_mib(),
+        avg_bytes: bytes as f64 / count.max(1) as f64,
+    };
+    dbz.stop();
+    run
 }

@@ -155,18 +155,44 @@ impl Debezium {
         }
     }
 
-    /// The worker's resident memory (VmRSS), in MiB.
-    pub fn rss_mib(&self) -> f64 {
+    fn status_mib(&self, key: &str) -> f64 {
         self.child
             .as_ref()
             .and_then(|c| std::fs::read_to_string(format!("/proc/{}/status", c.id())).ok())
             .and_then(|s| {
                 s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
+                    .find(|l| l.starts_with(key))
                     .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
             })
             .unwrap_or(0.0)
             / 1024.0
+    }
+
+    /// The worker's resident memory now (VmRSS), in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        self.status_mib("VmRSS:")
+    }
+
+    /// The worker's peak resident memory (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        self.status_mib("VmHWM:")
+    }
+
+    /// CPU seconds the worker used so far (user + system).
+    pub fn cpu_seconds(&self) -> f64 {
+        let Some(stat) = self
+            .child
+            .as_ref()
+            .and_then(|c| std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok())
+        else {
+            return 0.0;
+        };
+        // Fields after the command name, which is in parentheses.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime, fields 14 and 15 of the line, are 11 and 12 after the name.
+        (ticks(11) + ticks(12)) / 100.0
     }
 
     /// Stops the worker as an operator would (SIGTERM: Connect flushes its

@@ -365,6 +365,33 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     .expect("topic created");
 }
 
+/// Waits until `topic` holds `n` records (by its partitions' high
+/// watermarks, polled every 50 ms; bounded by `limit`); returns how many
+/// it holds then and an estimate of their bytes (the first 1000 records' mean).
+pub fn wait_for_records(bootstrap: &str, topic: &str, n: u64, limit: Duration) -> (u64, u64) {
+    let consumer = reader(bootstrap);
+    let deadline = Instant::now() + limit;
+    let count = |c: &BaseConsumer| -> u64 {
+        let Ok(m) = c.fetch_metadata(Some(topic), Duration::from_secs(5)) else { return 0 };
+        let partitions = m.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+        (0..partitions)
+            .filter_map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).ok())
+            .map(|(low, high)| (high - low).max(0) as u64)
+            .sum()
+    };
+    let mut held = count(&consumer);
+    while held < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        held = count(&consumer);
+    }
+    let sample = read_topic(bootstrap, topic, 1000, Duration::from_secs(30));
+    let sampled: u64 = sample
+        .iter()
+        .map(|r| (r.value.as_ref().map_or(0, Vec::len) + r.key.as_ref().map_or(0, Vec::len)) as u64)
+        .sum();
+    (held, sampled * held / sample.len().max(1) as u64)
+}
+
 /// Deletes the records of `topic`'s `partition` below `before`, as
 /// retention would (bounded: 30 s; on a thread of its own).
 pub fn delete_records(bootstrap: &str, topic: &str, partition: i32, before: i64) {
