@@ -485,7 +485,8 @@ async fn main() {
         "CREATE TABLE small (id int PRIMARY KEY, a int, b int, filler char(84));
          CREATE TABLE steady (id int PRIMARY KEY, a int, b int, filler char(84));
          CREATE TABLE huge (id int PRIMARY KEY, a int, b int, filler char(84));
-         CREATE PUBLICATION bench_pub FOR TABLE small, steady, huge;",
+         CREATE TABLE steady_dbz (id int PRIMARY KEY, a int, b int, filler char(84));
+         CREATE PUBLICATION bench_pub FOR TABLE small, steady, huge, steady_dbz;",
     )
     .await
     .expect("schema");
@@ -761,20 +762,7 @@ async fn main() {
         .expect("slot");
     let steady_rows = 50 * 1000;
     let lat = {
-        let writer_sql = bench.pg.client("bench").await;
-        let writer = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            for i in 0..1000u64 {
-                tick.tick().await;
-                let (a, b) = (i * 50 + 1, i * 50 + 50);
-                writer_sql
-                    .batch_execute(&format!(
-                        "INSERT INTO steady SELECT g, g, g, 'x' FROM generate_series({a}, {b}) g"
-                    ))
-                    .await
-                    .expect("steady insert");
-            }
-        });
+        let writer = steady_writer(&bench, "steady").await;
         let (_, probe) = bench
             .run("lat", "wh_lat", "steady", bench.kafka("wh_lat"), steady_rows)
             .await;
@@ -786,6 +774,59 @@ async fn main() {
             percentile(&mut l, 1.0),
             l.len(),
         )
+    };
+
+    // The same steady load through Debezium, live: per transaction, from
+    // its commit to the last of its records' Kafka timestamps (the
+    // producer's create time: a lower bound on its commit-to-ack).
+    let dbz_lat = if with_debezium {
+        sql.batch_execute("SELECT pg_create_logical_replication_slot('dbz_lat', 'pgoutput')")
+            .await
+            .expect("slot");
+        let mut dbz = start_debezium(&bench, "dbz_lat", "public.steady_dbz", partitions);
+        let writer = steady_writer(&bench, "steady_dbz").await;
+        writer.await.expect("writer");
+        let bootstrap = bench.broker.bootstrap();
+        let records = tokio::task::spawn_blocking(move || {
+            support::kafka::read_topic(
+                &bootstrap,
+                "dbz_lat.public.steady_dbz",
+                steady_rows as usize,
+                Duration::from_secs(300),
+            )
+        })
+        .await
+        .expect("reader");
+        dbz.stop();
+        let mut last: std::collections::HashMap<i64, (i64, i64)> = std::collections::HashMap::new();
+        for r in &records {
+            let Some(v) = r
+                .value
+                .as_deref()
+                .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+            else {
+                continue;
+            };
+            let (Some(tx), Some(commit_us), Some(at_ms)) = (
+                v["source"]["txId"].as_i64(),
+                v["source"]["ts_us"].as_i64(),
+                r.timestamp_ms,
+            ) else {
+                continue;
+            };
+            let e = last.entry(tx).or_insert((commit_us, at_ms));
+            e.1 = e.1.max(at_ms);
+        }
+        let mut l: Vec<i64> = last.values().map(|(commit, at)| at * 1000 - commit).collect();
+        Some((
+            percentile(&mut l, 0.5),
+            percentile(&mut l, 0.99),
+            percentile(&mut l, 1.0),
+            l.len(),
+            records.len(),
+        ))
+    } else {
+        None
     };
 
     // 4. Peak RSS of this process while one 1M-row transaction goes to Kafka.
@@ -857,6 +898,12 @@ async fn main() {
     println!("| p50 ms | p99 ms | max ms |");
     println!("|--------|--------|--------|");
     println!("| {:>6.1} | {:>6.1} | {:>6.1} |", lat.0, lat.1, lat.2);
+    if let Some(d) = dbz_lat {
+        println!(
+            "the same load through Debezium on Connect ({} transactions, {} records): commit to its records' Kafka timestamp p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            d.3, d.4, d.0, d.1, d.2
+        );
+    }
     println!();
     println!("one transaction of {rows} rows into Kafka: {:.1} s, peak RSS of the capture process {rss_peak:.1} MiB (before: {rss_before:.1} MiB)", huge_time.as_secs_f64());
     if let Some(h) = &dbz_huge {
@@ -904,24 +951,30 @@ async fn main() {
     println!("Apache Kafka resident after the run: {:.0} MiB", bench.broker.rss_mib());
 }
 
-/// One Debezium catch-up.
-struct DebeziumRun {
-    from_start: Duration,
-    from_running: Duration,
-    jvm_cpu: f64,
-    machine_cpu: f64,
-    peak_rss_mib: f64,
-    avg_bytes: f64,
+/// 50-row transactions into `table` every 10 ms, 1000 of them (5k rows/s).
+async fn steady_writer(bench: &Bench, table: &str) -> tokio::task::JoinHandle<()> {
+    let writer_sql = bench.pg.client("bench").await;
+    let table = table.to_owned();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        for i in 0..1000u64 {
+            tick.tick().await;
+            let (a, b) = (i * 50 + 1, i * 50 + 50);
+            writer_sql
+                .batch_execute(&format!(
+                    "INSERT INTO {table} SELECT g, g, g, 'x' FROM generate_series({a}, {b}) g"
+                ))
+                .await
+                .expect("steady insert");
+        }
+    })
 }
 
-/// Starts Debezium on the existing slot `slot` (no snapshot, the bench's
-/// publication, table `table`) and waits until its topic holds `rows`
-/// records (bounded: 15 min); stops it.
-async fn debezium_catch_up(bench: &Bench, slot: &str, table: &str, rows: u64, partitions: i32) -> DebeziumRun {
+/// Debezium on the existing slot `slot` (no snapshot, the bench's
+/// publication, table `table`), JSON values without schemas, running.
+fn start_debezium(bench: &Bench, slot: &str, table: &str, partitions: i32) -> support::debezium::Debezium {
     let partitions = partitions.to_string();
-    let machine = machine_cpu_seconds();
-    let started = Instant::now();
-    let mut dbz = support::debezium::Debezium::start(
+    support::debezium::Debezium::start(
         &bench.broker.bootstrap(),
         &bench.pg,
         "bench",
@@ -937,7 +990,26 @@ async fn debezium_catch_up(bench: &Bench, slot: &str, table: &str, rows: u64, pa
             ("key.converter", "org.apache.kafka.connect.json.JsonConverter"),
             ("key.converter.schemas.enable", "false"),
         ],
-    );
+    )
+}
+
+/// One Debezium catch-up.
+struct DebeziumRun {
+    from_start: Duration,
+    from_running: Duration,
+    jvm_cpu: f64,
+    machine_cpu: f64,
+    peak_rss_mib: f64,
+    avg_bytes: f64,
+}
+
+/// Starts Debezium on the existing slot `slot` (no snapshot, the bench's
+/// publication, table `table`) and waits until its topic holds `rows`
+/// records (bounded: 15 min); stops it.
+async fn debezium_catch_up(bench: &Bench, slot: &str, table: &str, rows: u64, partitions: i32) -> DebeziumRun {
+    let machine = machine_cpu_seconds();
+    let started = Instant::now();
+    let mut dbz = start_debezium(bench, slot, table, partitions);
     let running = Instant::now();
     let topic = format!("{slot}.{table}");
     let bootstrap = bench.broker.bootstrap();
@@ -946,7 +1018,11 @@ async fn debezium_catch_up(bench: &Bench, slot: &str, table: &str, rows: u64, pa
     })
     .await
     .expect("counter");
-    assert!(count >= rows, "Debezium wrote {count} of {rows} records:\n{}", dbz.log());
+    assert!(
+        count >= rows,
+        "Debezium wrote {count} of {rows} records:\n{}",
+        dbz.log()
+    );
     let run = DebeziumRun {
         from_start: started.elapsed(),
         from_running: running.elapsed(),

@@ -372,7 +372,9 @@ pub fn wait_for_records(bootstrap: &str, topic: &str, n: u64, limit: Duration) -
     let consumer = reader(bootstrap);
     let deadline = Instant::now() + limit;
     let count = |c: &BaseConsumer| -> u64 {
-        let Ok(m) = c.fetch_metadata(Some(topic), Duration::from_secs(5)) else { return 0 };
+        let Ok(m) = c.fetch_metadata(Some(topic), Duration::from_secs(5)) else {
+            return 0;
+        };
         let partitions = m.topics().first().map_or(0, |t| t.partitions().len()) as i32;
         (0..partitions)
             .filter_map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).ok())
@@ -417,6 +419,8 @@ pub struct Record {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
+    /// The record's timestamp (the producer's create time), in ms.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Record {
@@ -426,6 +430,7 @@ impl Record {
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().map(<[u8]>::to_vec),
+            timestamp_ms: m.timestamp().to_millis(),
         }
     }
 }
