@@ -9,7 +9,7 @@ use walhouse_test_support as support;
 use std::time::Duration;
 
 use apache_avro::types::Value;
-use support::kafka::{delete_records, produce, produce_bytes, read_all, Broker};
+use support::kafka::{create_topic, delete_records, produce, produce_bytes, read_all, Broker};
 use support::pipeline::{start_capture, start_sink};
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
@@ -558,4 +558,70 @@ async fn values_avro_cannot_hold_land_typed_on_both_targets() {
         };
         assert_eq!(rows, expected, "postgres: {postgres}");
     }
+}
+
+/// A registry outage longer than the client's own retries (about 6 s) is
+/// waited out: the sink keeps running, writes nothing it cannot decode,
+/// and goes on when the registry is back. Before, it exited with the
+/// registry's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_registry_outage_is_waited_out() {
+    support::init_logs();
+    let pg = PgServer::start();
+    pg.create_db("backend");
+    let broker = Broker::start();
+    let registry = TestRegistry::start().await;
+    pg.client("backend")
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 3);")
+        .await
+        .expect("source");
+    snapshot_into_kafka(&pg, &broker, &registry, "walhouse.first").await;
+    let captured = read_all(&broker.bootstrap(), "walhouse.first.public.t", LIMIT);
+    assert_eq!(captured.len(), 3);
+    // The same records in a topic of their own, so the sink meets their
+    // schema ids only during the outage.
+    let topic = "walhouse.outage.public.t";
+    create_topic(&broker.bootstrap(), topic, 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("duckdb:{}", dir.path().join("w.duckdb").display());
+    let mut sink = start_sink(&[
+        "--warehouse",
+        &url,
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        &registry.url,
+        "--topic-pattern",
+        "^walhouse\\.outage\\..*",
+        "--companies-topic",
+        "",
+        "--batch-ms",
+        "200",
+    ])
+    .await;
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !sink.metrics.is_up() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sink.metrics.is_up(), "the sink started");
+    // Time to join the group and be assigned the partition.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    registry.set_down(true);
+    let records: Vec<(Option<&[u8]>, &[u8])> = captured
+        .iter()
+        .map(|r| (r.key.as_deref(), r.value.as_deref().expect("value")))
+        .collect();
+    produce_bytes(&broker.bootstrap(), topic, &records);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!sink.has_ended(), "the sink waits out the outage");
+    assert_eq!(
+        sink.accounted(),
+        (0, 0, 0),
+        "nothing is written or dead-lettered meanwhile"
+    );
+    registry.set_down(false);
+    assert!(sink.wait_for(3, LIMIT).await, "accounted {:?}", sink.accounted());
+    assert_eq!(sink.accounted(), (3, 0, 0));
+    sink.stop().await;
 }

@@ -50,6 +50,11 @@ impl SinkMetrics {
         self.dead_letters.load(Ordering::Relaxed)
     }
 
+    /// Whether the sink is consuming (started, not stopped).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
     pub fn stopped_topics(&self) -> u64 {
         self.stopped_topics.load(Ordering::Relaxed)
     }

@@ -110,6 +110,11 @@ impl RunningSink {
         false
     }
 
+    /// Whether the sink task has ended (by error, or by a stop).
+    pub fn has_ended(&self) -> bool {
+        self.task.is_finished()
+    }
+
     pub fn accounted(&self) -> (u64, u64, u64) {
         (self.metrics.rows(), self.metrics.dead_letters(), self.metrics.skipped())
     }

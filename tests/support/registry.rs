@@ -25,6 +25,8 @@ struct State {
     subjects: HashMap<String, Vec<u32>>,
     global_level: String,
     subject_level: HashMap<String, String>,
+    /// An outage: every request is answered 503.
+    down: bool,
 }
 
 pub struct TestRegistry {
@@ -58,6 +60,11 @@ impl TestRegistry {
             }
         });
         TestRegistry { url, state, task }
+    }
+
+    /// Starts (`true`) or ends an outage: meanwhile every request gets 503.
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().expect("lock").down = down;
     }
 
     /// Number of versions registered under `subject`.
@@ -104,7 +111,15 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
     let mut first = head.lines().next().unwrap_or("").split_whitespace();
     let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
     let body: Value = serde_json::from_slice(&buf[head_end..]).unwrap_or(Value::Null);
-    let (status, answer) = route(&state, method, path, &body);
+    let down = state.lock().map(|s| s.down).unwrap_or(false);
+    let (status, answer) = if down {
+        (
+            503,
+            json!({"error_code": 50301, "message": "unavailable (a test outage)"}),
+        )
+    } else {
+        route(&state, method, path, &body)
+    };
     let text = answer.to_string();
     let reason = match status {
         200 => "OK",
