@@ -72,4 +72,42 @@ async fn debezium_snapshots_and_streams_into_the_tests_broker() {
     assert_eq!(first["payload"]["after"]["tstz"], "2024-01-31T13:45:00.500000Z");
     assert_eq!(first["payload"]["after"]["iv"], 93_600_000_000i64);
     assert_eq!(first["payload"]["source"]["connector"], "postgresql");
+
+    // What the AvroConverter would register for this envelope: the target
+    // of the Debezium format, field by field.
+    let avro = support::avro_data::from_connect(&first["schema"]);
+    assert_eq!(avro["name"], "dbz.public.edge.Envelope");
+    let fields: Vec<&str> = avro["fields"]
+        .as_array()
+        .expect("fields")
+        .iter()
+        .map(|f| f["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "before",
+            "after",
+            "source",
+            "transaction",
+            "op",
+            "ts_ms",
+            "ts_us",
+            "ts_ns"
+        ]
+    );
+    let after = &avro["fields"][1]["type"][1];
+    assert_eq!(after["name"], "dbz.public.edge.Value");
+    let tstz = after["fields"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["name"] == "tstz"))
+        .expect("tstz");
+    assert_eq!(
+        tstz["type"],
+        serde_json::json!(["null", {"type": "string", "connect.version": 1, "connect.name": "io.debezium.time.ZonedTimestamp"}])
+    );
+    assert_eq!(
+        avro["fields"][2]["type"]["connect.name"],
+        "io.debezium.connector.postgresql.Source"
+    );
 }

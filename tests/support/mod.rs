@@ -1,5 +1,6 @@
 //! Shared harness for integration tests: real components started per test.
 
+pub mod avro_data;
 pub mod debezium;
 pub mod kafka;
 pub mod pipeline;
