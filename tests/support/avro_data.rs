@@ -88,7 +88,7 @@ fn convert(s: &Value, unnamed: &mut usize, ignore_optional: bool) -> Value {
         }
         other => panic!("no Connect type {other:?} in {s}"),
     };
-    let mut with_meta = |props: &mut Map<String, Value>| {
+    let with_meta = |props: &mut Map<String, Value>| {
         if let Some(doc) = s.get("doc") {
             props.insert("connect.doc".into(), doc.clone());
         }
