@@ -211,6 +211,185 @@ fn expand_in(s: &Value, namespace: &str, named: &mut std::collections::HashMap<S
     }
 }
 
+/// A Connect value (a JsonConverter payload under `schema`) in the normal
+/// form values are compared in ([`normal_avro`] gives it for Avro):
+/// decimals as their exact text, bytes as lower-case hex, NaN and the
+/// infinities as strings, structs as objects by field name.
+pub fn normal_connect(schema: &Value, v: &Value) -> Value {
+    if v.is_null() {
+        return Value::Null;
+    }
+    match schema["type"].as_str().unwrap_or_default() {
+        "bytes" => {
+            let raw = base64_decode(v.as_str().unwrap_or_default());
+            if schema["name"] == DECIMAL {
+                let scale = schema["parameters"]["scale"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                json!(decimal_text(&raw, scale))
+            } else {
+                json!(hex(&raw))
+            }
+        }
+        "float32" | "float64" => match v {
+            Value::String(s) => json!(s),
+            Value::Number(n) => json!(float_text(n.as_f64().unwrap_or_default())),
+            other => other.clone(),
+        },
+        "array" => Value::Array(
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| normal_connect(&schema["items"], x))
+                .collect(),
+        ),
+        "map" => Value::Object(
+            v.as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, x)| (k.clone(), normal_connect(&schema["values"], x)))
+                .collect(),
+        ),
+        "struct" => Value::Object(
+            schema["fields"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| {
+                    let name = f["field"].as_str().unwrap_or_default().to_owned();
+                    let x = normal_connect(f, &v[&name]);
+                    (name, x)
+                })
+                .collect(),
+        ),
+        _ => v.clone(),
+    }
+}
+
+/// An Avro value decoded by apache-avro under `schema` (an [`expand`]ed
+/// schema), in the normal form of [`normal_connect`].
+pub fn normal_avro(schema: &Value, v: &apache_avro::types::Value) -> Value {
+    use apache_avro::types::Value as A;
+    match (schema, v) {
+        (_, A::Null) => Value::Null,
+        (Value::Array(branches), A::Union(i, inner)) => {
+            let branch = branches.get(*i as usize).unwrap_or(&Value::Null);
+            normal_avro(branch, inner)
+        }
+        (_, A::Union(_, inner)) => normal_avro(schema, inner),
+        (_, A::Boolean(b)) => json!(b),
+        (_, A::Int(i) | A::Date(i) | A::TimeMillis(i)) => json!(i),
+        (
+            _,
+            A::Long(l)
+            | A::TimeMicros(l)
+            | A::TimestampMillis(l)
+            | A::TimestampMicros(l)
+            | A::LocalTimestampMillis(l)
+            | A::LocalTimestampMicros(l),
+        ) => json!(l),
+        (_, A::Float(f)) => json!(float_text(f64::from(*f))),
+        (_, A::Double(f)) => json!(float_text(*f)),
+        (_, A::String(s) | A::Enum(_, s)) => json!(s),
+        (_, A::Uuid(u)) => json!(u.to_string()),
+        (_, A::Bytes(b) | A::Fixed(_, b)) => json!(hex(b)),
+        (_, A::Decimal(d)) => {
+            let raw: Vec<u8> = d.clone().try_into().unwrap_or_default();
+            json!(decimal_text(&raw, schema["scale"].as_u64().unwrap_or(0) as usize))
+        }
+        (_, A::Array(items)) => Value::Array(items.iter().map(|x| normal_avro(&schema["items"], x)).collect()),
+        (_, A::Map(m)) => Value::Object(
+            m.iter()
+                .map(|(k, x)| (k.clone(), normal_avro(&schema["values"], x)))
+                .collect(),
+        ),
+        (_, A::Record(fields)) => Value::Object(
+            fields
+                .iter()
+                .map(|(name, x)| {
+                    let f = schema["fields"]
+                        .as_array()
+                        .and_then(|fs| fs.iter().find(|f| f["name"] == name.as_str()))
+                        .map_or(Value::Null, |f| f["type"].clone());
+                    (name.clone(), normal_avro(&f, x))
+                })
+                .collect(),
+        ),
+        (_, other) => json!(format!("{other:?}")),
+    }
+}
+
+fn float_text(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f.is_infinite() {
+        if f > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else {
+        format!("{f:?}")
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A two's-complement big-endian unscaled integer with `scale` decimals.
+fn decimal_text(raw: &[u8], scale: usize) -> String {
+    let negative = raw.first().is_some_and(|b| b & 0x80 != 0);
+    let mut mag: Vec<u8> = raw.to_vec();
+    if negative {
+        mag.iter_mut().for_each(|b| *b = !*b);
+        for b in mag.iter_mut().rev() {
+            let (v, carry) = b.overflowing_add(1);
+            *b = v;
+            if !carry {
+                break;
+            }
+        }
+    }
+    let mut digits = Vec::new();
+    while mag.iter().any(|b| *b != 0) {
+        let mut rem = 0u32;
+        for b in mag.iter_mut() {
+            let cur = (rem << 8) | u32::from(*b);
+            *b = (cur / 10) as u8;
+            rem = cur % 10;
+        }
+        digits.push(b'0' + rem as u8);
+    }
+    while digits.len() <= scale {
+        digits.push(b'0');
+    }
+    digits.reverse();
+    let text = String::from_utf8(digits).unwrap_or_default();
+    let (int, frac) = text.split_at(text.len() - scale);
+    let sign = if negative { "-" } else { "" };
+    if scale == 0 {
+        format!("{sign}{int}")
+    } else {
+        format!("{sign}{int}.{frac}")
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let Some(v) = ALPHABET.iter().position(|a| *a == c) else {
+            continue;
+        };
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +421,24 @@ mod tests {
             json!({"type":"record","name":"dbz.public.edge.Key","fields":[{"name":"id","type":"int"}],
                 "connect.name":"dbz.public.edge.Key"})
         );
+    }
+
+    #[test]
+    fn debeziums_json_values_in_the_normal_form() {
+        // Values as Debezium 3.6.1 wrote them for 9999999999999999999999999999.9999999999
+        // (numeric(38,10)), 123.45 (numeric(5,2)), money 12.34, bytea \x00ff.
+        let dec = |scale: &str| json!({"type":"bytes","name":DECIMAL,"parameters":{"scale":scale}});
+        assert_eq!(
+            normal_connect(&dec("10"), &json!("SztMqFqGxHoJiiI//////w==")),
+            json!("9999999999999999999999999999.9999999999")
+        );
+        assert_eq!(normal_connect(&dec("2"), &json!("MDk=")), json!("123.45"));
+        assert_eq!(normal_connect(&dec("2"), &json!("BNI=")), json!("12.34"));
+        assert_eq!(normal_connect(&json!({"type":"bytes"}), &json!("AP8=")), json!("00ff"));
+        assert_eq!(normal_connect(&json!({"type":"float32"}), &json!("NaN")), json!("NaN"));
+        let avro_dec = json!({"type":"bytes","logicalType":"decimal","precision":5,"scale":2});
+        let v = apache_avro::types::Value::Decimal(apache_avro::Decimal::from(vec![0x30, 0x39]));
+        assert_eq!(normal_avro(&avro_dec, &v), json!("123.45"));
     }
 
     #[test]
