@@ -7,10 +7,15 @@ use walhouse_test_support as support;
 
 use std::time::Duration;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde_json::Value;
 use support::debezium::Debezium;
-use support::kafka::{read_topic, Broker};
+use support::kafka::{read_all, read_topic, wait_for_records, Broker};
+use support::pipeline::start_capture;
 use support::postgres::PgServer;
+use support::registry::TestRegistry;
+use walhouse::registry::{split_wire, Registry, RegistryConfig};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -109,5 +114,154 @@ async fn debezium_snapshots_and_streams_into_the_tests_broker() {
     assert_eq!(
         avro["fields"][2]["type"]["connect.name"],
         "io.debezium.connector.postgresql.Source"
+    );
+}
+
+/// Inserts ids `from..=to` into `orders`, ten per transaction.
+async fn insert_orders(sql: &tokio_postgres::Client, from: i32, to: i32) {
+    let mut a = from;
+    while a <= to {
+        let b = (a + 9).min(to);
+        sql.batch_execute(&format!(
+            "INSERT INTO orders SELECT g, g FROM generate_series({a}, {b}) g"
+        ))
+        .await
+        .expect("insert");
+        a = b + 1;
+    }
+}
+
+/// Decodes walhouse's records (Confluent wire format) into (id, source.lsn, op).
+async fn walhouse_changes(registry_url: &str, records: &[support::kafka::Record]) -> Vec<(i64, i64, String)> {
+    let registry = Registry::new(&RegistryConfig {
+        url: registry_url.into(),
+        ..Default::default()
+    })
+    .expect("registry");
+    let mut out = Vec::new();
+    for r in records {
+        let Some(bytes) = r.value.as_deref() else { continue };
+        let (id, mut body) = split_wire(bytes).expect("wire format");
+        let schema = apache_avro::Schema::parse_str(&registry.schema(id).await.expect("schema")).expect("parses");
+        let v = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+            .build()
+            .expect("reader")
+            .read_value(&mut body)
+            .expect("decodes");
+        let json: Value = v.try_into().expect("as JSON");
+        let id = json["after"]["id"]
+            .as_i64()
+            .or_else(|| json["after"]["int"]["id"].as_i64());
+        let lsn = json["source"]["lsn"]
+            .as_i64()
+            .or_else(|| json["source"]["lsn"]["long"].as_i64());
+        out.push((
+            id.unwrap_or(-1),
+            lsn.unwrap_or(-1),
+            json["op"].as_str().unwrap_or_default().to_owned(),
+        ));
+    }
+    out
+}
+
+/// The migration path off Debezium: Debezium streams, is stopped, and
+/// walhouse-capture starts on Debezium's own slot and publication with
+/// `--snapshot-mode never`. The stream continues with no gap and no
+/// re-snapshot; a change both delivered is allowed only from Debezium's
+/// last flushed LSN on, and counted. (In walhouse's native format until the
+/// Debezium format lands; the slot takeover itself is the same.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn walhouse_takes_over_debeziums_slot_without_gap_or_resnapshot() {
+    support::init_logs();
+    let pg = PgServer::start();
+    pg.create_db("shop");
+    let broker = Broker::start();
+    let registry = TestRegistry::start().await;
+    let sql = pg.client("shop").await;
+    sql.batch_execute("CREATE TABLE orders (id int PRIMARY KEY, v int); INSERT INTO orders VALUES (1, 1);")
+        .await
+        .expect("source");
+    let mut dbz = Debezium::start(&broker.bootstrap(), &pg, "shop", "dbz", &[]);
+    insert_orders(&sql, 2, 200).await;
+    let bootstrap = broker.bootstrap();
+    let (held, _) = tokio::task::spawn_blocking(move || {
+        wait_for_records(&bootstrap, "dbz.public.orders", 200, Duration::from_secs(120))
+    })
+    .await
+    .expect("counter");
+    assert_eq!(held, 200, "Connect's log:\n{}", dbz.log());
+    // An operator's stop: Connect flushes its offsets, Debezium confirms.
+    dbz.stop();
+    let flushed = pg.confirmed_flush_when_inactive("shop", "dbz").await;
+    // Changes made while nothing reads the slot.
+    insert_orders(&sql, 201, 300).await;
+
+    let capture = start_capture(&[
+        "--source-url",
+        &pg.url("walhouse_scram", "shop"),
+        "--output",
+        "kafka",
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        &registry.url,
+        "--topic-prefix",
+        "wh",
+        "--slot",
+        "dbz",
+        "--publication",
+        "dbz_pub",
+        "--snapshot-mode",
+        "never",
+        "--status-interval-ms",
+        "200",
+    ]);
+    assert!(
+        pg.wait_for_slot("shop", "dbz", true, LIMIT).await,
+        "walhouse streams from Debezium's slot"
+    );
+    insert_orders(&sql, 301, 350).await;
+    assert!(
+        pg.wait_confirmed("shop", "dbz", LIMIT).await,
+        "walhouse confirms past the last change"
+    );
+    capture.stop().await;
+
+    let dbz_records = read_all(&broker.bootstrap(), "dbz.public.orders", LIMIT);
+    let dbz_ids: BTreeSet<i64> = dbz_records
+        .iter()
+        .filter_map(|r| r.value.as_deref())
+        .filter_map(|v| serde_json::from_slice::<Value>(v).ok())
+        .filter_map(|v| v["payload"]["after"]["id"].as_i64())
+        .collect();
+    let wh = walhouse_changes(&registry.url, &read_all(&broker.bootstrap(), "wh.public.orders", LIMIT)).await;
+    assert!(wh.iter().all(|(_, _, op)| op != "r"), "no re-snapshot: {wh:?}");
+    let wh_ids: BTreeMap<i64, i64> = wh.iter().map(|(id, lsn, _)| (*id, *lsn)).collect();
+    assert_eq!(wh_ids.len(), wh.len(), "walhouse delivered each change once");
+    let all: BTreeSet<i64> = dbz_ids.iter().copied().chain(wh_ids.keys().copied()).collect();
+    assert_eq!(
+        all,
+        (1..=350).collect::<BTreeSet<i64>>(),
+        "no gap between Debezium and walhouse"
+    );
+    let flushed = flushed.parse::<walhouse::postgres::Lsn>().expect("confirmed_flush_lsn").0 as i64;
+    let both: Vec<(i64, i64)> = wh_ids
+        .iter()
+        .filter(|(id, _)| dbz_ids.contains(id))
+        .map(|(id, lsn)| (*id, *lsn))
+        .collect();
+    // Debezium confirms the LSN of the last change it processed, which may
+    // lie inside a transaction; Postgres then sends that transaction again
+    // from that change on. So the change at the flushed LSN itself comes
+    // twice, and nothing before it.
+    assert!(
+        both.iter().all(|(_, lsn)| *lsn >= flushed),
+        "changes delivered twice must lie at or past Debezium's flushed LSN {flushed}: {both:?}"
+    );
+    println!(
+        "takeover: Debezium delivered {} changes, walhouse {}, both {} (from Debezium's flushed LSN on)",
+        dbz_ids.len(),
+        wh_ids.len(),
+        both.len()
     );
 }
