@@ -244,7 +244,10 @@ async fn walhouse_takes_over_debeziums_slot_without_gap_or_resnapshot() {
         (1..=350).collect::<BTreeSet<i64>>(),
         "no gap between Debezium and walhouse"
     );
-    let flushed = flushed.parse::<walhouse::postgres::Lsn>().expect("confirmed_flush_lsn").0 as i64;
+    let flushed = flushed
+        .parse::<walhouse::postgres::Lsn>()
+        .expect("confirmed_flush_lsn")
+        .0 as i64;
     let both: Vec<(i64, i64)> = wh_ids
         .iter()
         .filter(|(id, _)| dbz_ids.contains(id))

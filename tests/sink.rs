@@ -749,3 +749,104 @@ async fn a_value_postgres_cannot_store_is_a_dead_letter() {
     );
     assert_eq!(dead[0][1].as_deref(), Some("t"));
 }
+
+/// Several sink instances of one consumer group share one Postgres
+/// warehouse while partitions move between them: instances started,
+/// stopped cleanly and crashed (aborted) between waves of events. Every
+/// event lands exactly once, the stored offsets cover every message, and
+/// the fenced batches are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sinks_in_one_group_share_a_postgres_warehouse_through_rebalances() {
+    support::init_logs();
+    let pg = PgServer::start();
+    let warehouse_url = pg.url("walhouse_scram", &pg.create_db("warehouse"));
+    let broker = Broker::start();
+    let (_reg, registry_url) = registry().await;
+    support::kafka::create_topic(&broker.bootstrap(), "companies", 4);
+    const WAVE: usize = 4_000;
+    let wave = |w: usize| {
+        let bodies: Vec<(String, String)> = (w * WAVE..(w + 1) * WAVE)
+            .map(|i| {
+                (
+                    format!("key{i}"),
+                    company(
+                        &format!("k{i}"),
+                        "created",
+                        &format!("id-{i}"),
+                        "org",
+                        &format!("n{i}"),
+                        1,
+                        1,
+                    ),
+                )
+            })
+            .collect();
+        let messages: Vec<(Option<&str>, &[u8])> =
+            bodies.iter().map(|(k, b)| (Some(k.as_str()), b.as_bytes())).collect();
+        produce(&broker.bootstrap(), "companies", &messages);
+    };
+    let args = [
+        "--warehouse",
+        &warehouse_url,
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        &registry_url,
+        "--group-id",
+        "shared",
+        "--batch-rows",
+        "300",
+        "--batch-ms",
+        "100",
+    ];
+    let mut w = PostgresWarehouse::connect(&ConnInfo::parse(&warehouse_url).expect("url"))
+        .await
+        .expect("warehouse");
+    let mut fenced = 0;
+    let a = start_sink(&args).await;
+    wave(0);
+    assert!(wait_rows(&mut w, WAVE / 2).await, "A stores");
+    let b = start_sink(&args).await;
+    wave(1);
+    assert!(wait_rows(&mut w, WAVE + WAVE / 2).await, "A and B store");
+    let c = start_sink(&args).await;
+    wave(2);
+    // A leaves cleanly mid-wave; B crashes.
+    fenced += a.metrics.fenced();
+    a.stop().await;
+    assert!(wait_rows(&mut w, 2 * WAVE + WAVE / 2).await, "B and C store");
+    fenced += b.metrics.fenced();
+    b.abort();
+    wave(3);
+    let d = start_sink(&args).await;
+    assert!(wait_rows(&mut w, 4 * WAVE).await, "C and D store everything");
+    // Settle: every partition's stored offset reaches its end.
+    let deadline = Instant::now() + LIMIT;
+    while count_or_zero(
+        &mut w,
+        "SELECT coalesce(sum(next_offset), 0) FROM walhouse.offsets WHERE consumer_group = 'shared'",
+    )
+    .await
+        < (4 * WAVE) as i64
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fenced += c.metrics.fenced() + d.metrics.fenced();
+    c.stop().await;
+    d.stop().await;
+    assert_exactly_once(&mut w, 4 * WAVE).await;
+    println!("4 sink instances, 4 waves of {WAVE} events over 4 partitions: {fenced} fenced batches");
+}
+
+/// Waits (bounded) until `raw.company_events` holds at least `n` rows.
+async fn wait_rows<W: Warehouse>(w: &mut W, n: usize) -> bool {
+    let deadline = Instant::now() + LIMIT;
+    while Instant::now() < deadline {
+        if count_or_zero(w, "SELECT count(*) FROM raw.company_events").await >= n as i64 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

@@ -50,6 +50,10 @@ impl SinkMetrics {
         self.dead_letters.load(Ordering::Relaxed)
     }
 
+    pub fn fenced(&self) -> u64 {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
     /// Whether the sink is consuming (started, not stopped).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)

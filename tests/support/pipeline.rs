@@ -110,6 +110,13 @@ impl RunningSink {
         false
     }
 
+    /// Ends the sink abruptly, as a crash would: no pending batch is
+    /// written, no offset is committed (a batch already handed to the
+    /// writer may still commit, as one committed just before a kill).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+
     /// Whether the sink task has ended (by error, or by a stop).
     pub fn has_ended(&self) -> bool {
         self.task.is_finished()
