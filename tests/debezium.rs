@@ -15,6 +15,8 @@ use support::kafka::{read_all, read_topic, wait_for_records, Broker};
 use support::pipeline::start_capture;
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
+use walhouse::avro::debezium::{connect_type, ConnectType};
+use walhouse::postgres::catalog::load_type_infos;
 use walhouse::registry::{split_wire, Registry, RegistryConfig};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -267,4 +269,130 @@ async fn walhouse_takes_over_debeziums_slot_without_gap_or_resnapshot() {
         wh_ids.len(),
         both.len()
     );
+}
+
+/// `t` as JsonConverter writes a Connect schema (without `optional` and
+/// `field`, which belong to the column, not its type).
+fn connect_json(t: &ConnectType) -> Value {
+    let mut o = serde_json::Map::new();
+    let ty = match t.ty {
+        "float32" => "float",
+        "float64" => "double",
+        other => other,
+    };
+    o.insert("type".into(), Value::from(ty));
+    if let Some(n) = t.name {
+        o.insert("name".into(), Value::from(n));
+    }
+    if let Some(v) = t.version {
+        o.insert("version".into(), Value::from(v));
+    }
+    if let Some(d) = t.doc {
+        o.insert("doc".into(), Value::from(d));
+    }
+    if !t.parameters.is_empty() {
+        let p: serde_json::Map<String, Value> = t
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(v.clone())))
+            .collect();
+        o.insert("parameters".into(), Value::Object(p));
+    }
+    match t.ty {
+        "array" => {
+            let (_, item, optional) = &t.fields[0];
+            let mut item = connect_json(item);
+            item["optional"] = Value::from(*optional);
+            o.insert("items".into(), item);
+        }
+        "struct" => {
+            let fields: Vec<Value> = t
+                .fields
+                .iter()
+                .map(|(name, f, optional)| {
+                    let mut f = connect_json(f);
+                    f["optional"] = Value::from(*optional);
+                    f["field"] = Value::from(*name);
+                    f
+                })
+                .collect();
+            o.insert("fields".into(), Value::Array(fields));
+        }
+        _ => {}
+    }
+    Value::Object(o)
+}
+
+/// Every built-in type the Debezium format maps, one column each: the
+/// Connect type walhouse gives each column is the one Debezium 3.6.1 gives
+/// it, in name, version, parameters, doc and nested fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debeziums_connect_type_of_every_column_is_reproduced() {
+    support::init_logs();
+    let pg = PgServer::start();
+    pg.create_db("shop");
+    let broker = Broker::start();
+    let sql = pg.client("shop").await;
+    let xml = if support::postgres::built_with("--with-libxml") {
+        ", x xml"
+    } else {
+        ""
+    };
+    sql.batch_execute(&format!(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok'); CREATE DOMAIN posint AS int CHECK (VALUE > 0); \
+         CREATE TABLE edge (id int PRIMARY KEY, i2 smallint, i8 bigint, r real, f8 double precision, b boolean, \
+           n38 numeric(38,10), n52 numeric(5,2), nfree numeric, m money, txt text, vc varchar(10), ch char(3), \
+           by bytea, d date, t time, t0 time(0), t3 time(3), t4 time(4), ttz timetz, ts timestamp, ts0 timestamp(0), \
+           ts3 timestamp(3), ts5 timestamp(5), tstz timestamptz, iv interval, u uuid, j json, jb jsonb, e mood, \
+           b1 bit(1), bt bit(3), vb varbit, vb5 varbit(5), arr int[], tarr text[], ip inet, cidr cidr, \
+           mac macaddr, pt point, rng int4range, dom posint{xml}); \
+         INSERT INTO edge (id) VALUES (1);"
+    ))
+    .await
+    .expect("source");
+    let dbz = Debezium::start(&broker.bootstrap(), &pg, "shop", "dbz", &[]);
+    let (bootstrap, topic) = (broker.bootstrap(), "dbz.public.edge".to_string());
+    let records = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, 1, LIMIT))
+        .await
+        .expect("reader");
+    assert_eq!(records.len(), 1, "Connect's log:\n{}", dbz.log());
+    let record: Value = serde_json::from_slice(records[0].value.as_deref().expect("value")).expect("JSON");
+    let after = record["schema"]["fields"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["field"] == "after"))
+        .expect("after")
+        .clone();
+
+    let columns = sql
+        .query(
+            "SELECT attname::text, atttypid::oid, atttypmod FROM pg_attribute \
+             WHERE attrelid = 'edge'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[],
+        )
+        .await
+        .expect("columns");
+    let oids: Vec<u32> = columns.iter().map(|r| r.get::<_, u32>(1)).collect();
+    let infos: std::collections::HashMap<u32, walhouse::postgres::catalog::TypeInfo> = load_type_infos(&sql, &oids)
+        .await
+        .expect("type infos")
+        .into_iter()
+        .collect();
+    let lookup = |oid: u32| infos.get(&oid);
+    let mut compared = 0;
+    for row in &columns {
+        let (name, oid, typmod): (String, u32, i32) = (row.get(0), row.get(1), row.get(2));
+        let mut theirs = after["fields"]
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["field"] == name.as_str()))
+            .unwrap_or_else(|| panic!("Debezium has no column {name}"))
+            .clone();
+        let theirs = theirs.as_object_mut().expect("object");
+        theirs.remove("optional");
+        theirs.remove("field");
+        let ours = connect_json(&connect_type(oid, typmod, &lookup));
+        assert_eq!(ours, Value::Object(theirs.clone()), "column {name}");
+        compared += 1;
+    }
+    assert_eq!(compared, columns.len());
+    println!("{compared} columns: walhouse's Connect type equals Debezium's for each");
 }

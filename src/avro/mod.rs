@@ -3,8 +3,10 @@
 //! [`writer`] builds its Debezium-shaped keys and envelopes from, and the
 //! sink's [`reader`], which decodes those envelopes by their writer schema
 //! into warehouse cells. Pure: no I/O; the writer is unit-tested against
-//! apache-avro's reader.
+//! apache-avro's reader. [`debezium`] holds the Connect types of
+//! Debezium's format.
 
+pub mod debezium;
 pub mod reader;
 pub mod types;
 pub mod value;

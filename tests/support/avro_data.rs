@@ -35,8 +35,9 @@ fn convert(s: &Value, unnamed: &mut usize, ignore_optional: bool) -> Value {
         }
         "int32" => json!("int"),
         "int64" => json!("long"),
-        "float32" => json!("float"),
-        "float64" => json!("double"),
+        // JsonConverter writes Connect's FLOAT32 and FLOAT64 so.
+        "float" | "float32" => json!("float"),
+        "double" | "float64" => json!("double"),
         "boolean" => json!("boolean"),
         "string" => json!("string"),
         "bytes" => {
@@ -232,7 +233,7 @@ pub fn normal_connect(schema: &Value, v: &Value) -> Value {
                 json!(hex(&raw))
             }
         }
-        "float32" | "float64" => match v {
+        "float" | "double" | "float32" | "float64" => match v {
             Value::String(s) => json!(s),
             Value::Number(n) => json!(float_text(n.as_f64().unwrap_or_default())),
             other => other.clone(),
