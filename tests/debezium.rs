@@ -15,7 +15,7 @@ use support::kafka::{read_all, read_topic, wait_for_records, Broker};
 use support::pipeline::start_capture;
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
-use walhouse::avro::debezium::{connect_type, ConnectType};
+use walhouse::avro::debezium::{connect_type, value_record, ConnectType};
 use walhouse::postgres::catalog::load_type_infos;
 use walhouse::registry::{split_wire, Registry, RegistryConfig};
 
@@ -365,7 +365,7 @@ async fn debeziums_connect_type_of_every_column_is_reproduced() {
 
     let columns = sql
         .query(
-            "SELECT attname::text, atttypid::oid, atttypmod FROM pg_attribute \
+            "SELECT attname::text, atttypid::oid, atttypmod, attnotnull FROM pg_attribute \
              WHERE attrelid = 'edge'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             &[],
         )
@@ -379,6 +379,7 @@ async fn debeziums_connect_type_of_every_column_is_reproduced() {
         .collect();
     let lookup = |oid: u32| infos.get(&oid);
     let mut compared = 0;
+    let mut ours_all = Vec::new();
     for row in &columns {
         let (name, oid, typmod): (String, u32, i32) = (row.get(0), row.get(1), row.get(2));
         let mut theirs = after["fields"]
@@ -389,10 +390,25 @@ async fn debeziums_connect_type_of_every_column_is_reproduced() {
         let theirs = theirs.as_object_mut().expect("object");
         theirs.remove("optional");
         theirs.remove("field");
-        let ours = connect_json(&connect_type(oid, typmod, &lookup));
+        let t = connect_type(oid, typmod, &lookup);
+        let ours = connect_json(&t);
         assert_eq!(ours, Value::Object(theirs.clone()), "column {name}");
         compared += 1;
+        ours_all.push((name, t, !row.get::<_, bool>(3)));
     }
     assert_eq!(compared, columns.len());
     println!("{compared} columns: walhouse's Connect type equals Debezium's for each");
+
+    // And as Avro: the row record walhouse writes is what the AvroConverter
+    // registers for Debezium's (AvroData's rules, from its source).
+    let theirs = support::avro_data::from_connect(&after);
+    let ours = support::avro_data::expand(&value_record("dbz.public.edge.Value", &ours_all));
+    let (ours_fields, theirs_fields) = (
+        ours["fields"].as_array().expect("fields"),
+        theirs[1]["fields"].as_array().expect("fields"),
+    );
+    for (o, t) in ours_fields.iter().zip(theirs_fields) {
+        assert_eq!(o, t, "the Avro field {}", o["name"]);
+    }
+    assert_eq!(ours, theirs[1], "the whole row record");
 }

@@ -5,8 +5,12 @@
 //! `money.fraction.digits=2`): the type half of the Debezium format,
 //! proven column by column against Debezium itself (`tests/debezium.rs`).
 //!
-//! Only the mapping lives here; writing records in the format (the
+//! [`avro_schema`] writes a Connect type as Avro the way Confluent's
+//! AvroData (behind the AvroConverter, default settings) does: the schema a
+//! Debezium deployment registers. Writing records in the format (the
 //! envelope, the source block, values) is still to come (issue 15).
+
+use serde_json::{json, Map, Value as Json};
 
 use crate::postgres::catalog::{TypeInfo, TypeKind};
 
@@ -136,6 +140,114 @@ fn map<'a>(oid: u32, typmod: i32, lookup: &impl Fn(u32) -> Option<&'a TypeInfo>,
             _ => C::plain("string"),
         },
     }
+}
+
+/// AvroData's precision for a Decimal schema without one.
+const DEFAULT_DECIMAL_PRECISION: u64 = 64;
+
+/// The Avro schema AvroData writes for `t`; `optional` makes it a union
+/// with null first. Records are named by their Connect name.
+pub fn avro_schema(t: &ConnectType, optional: bool) -> Json {
+    let mut props = Map::new();
+    let base = match t.ty {
+        "int16" | "int8" => {
+            props.insert("connect.type".into(), json!(t.ty));
+            json!("int")
+        }
+        "int32" => json!("int"),
+        "int64" => json!("long"),
+        "float32" => json!("float"),
+        "float64" => json!("double"),
+        "boolean" => json!("boolean"),
+        "string" => json!("string"),
+        "bytes" => {
+            if t.name == Some("org.apache.kafka.connect.data.Decimal") {
+                let param = |k: &str| {
+                    t.parameters
+                        .iter()
+                        .find(|(p, _)| *p == k)
+                        .and_then(|(_, v)| v.parse::<u64>().ok())
+                };
+                props.insert("scale".into(), json!(param("scale").unwrap_or(0)));
+                props.insert(
+                    "precision".into(),
+                    json!(param("connect.decimal.precision").unwrap_or(DEFAULT_DECIMAL_PRECISION)),
+                );
+                props.insert("logicalType".into(), json!("decimal"));
+            }
+            json!("bytes")
+        }
+        "array" => {
+            let (_, item, item_optional) = &t.fields[0];
+            json!({"type": "array", "items": avro_schema(item, *item_optional)})
+        }
+        "struct" => {
+            let fields: Vec<Json> = t
+                .fields
+                .iter()
+                .map(|(name, f, field_optional)| field(name, avro_schema(f, *field_optional), *field_optional))
+                .collect();
+            json!({"type": "record", "name": t.name.unwrap_or("io.confluent.connect.avro.ConnectDefault"), "fields": fields})
+        }
+        other => json!(other),
+    };
+    if let Some(d) = t.doc {
+        props.insert("connect.doc".into(), json!(d));
+    }
+    if let Some(v) = t.version {
+        props.insert("connect.version".into(), json!(v));
+    }
+    if !t.parameters.is_empty() {
+        let p: Map<String, Json> = t.parameters.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        props.insert("connect.parameters".into(), Json::Object(p));
+    }
+    if let Some(n) = t.name {
+        props.insert("connect.name".into(), json!(n));
+    }
+    let base = with_props(base, props);
+    if optional {
+        json!(["null", base])
+    } else {
+        base
+    }
+}
+
+/// A record field; an optional one defaults to null.
+pub fn field(name: &str, schema: Json, optional: bool) -> Json {
+    if optional {
+        json!({"name": name, "type": schema, "default": null})
+    } else {
+        json!({"name": name, "type": schema})
+    }
+}
+
+/// A primitive with properties becomes an object; others take them in.
+fn with_props(base: Json, props: Map<String, Json>) -> Json {
+    if props.is_empty() {
+        return base;
+    }
+    let mut object = match base {
+        Json::String(t) => {
+            let mut m = Map::new();
+            m.insert("type".into(), Json::String(t));
+            m
+        }
+        Json::Object(m) => m,
+        other => return other,
+    };
+    object.extend(props);
+    Json::Object(object)
+}
+
+/// The `Value` record of a table's rows, as Debezium names it
+/// (`<prefix>.<schema>.<table>.Value`): each column with its Connect type,
+/// optional where the column may be null.
+pub fn value_record(record_name: &str, columns: &[(String, ConnectType, bool)]) -> Json {
+    let fields: Vec<Json> = columns
+        .iter()
+        .map(|(name, t, optional)| field(name, avro_schema(t, *optional), *optional))
+        .collect();
+    json!({"type": "record", "name": record_name, "fields": fields, "connect.name": record_name})
 }
 
 #[cfg(test)]
