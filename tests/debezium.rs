@@ -15,7 +15,7 @@ use support::kafka::{read_all, read_topic, wait_for_records, Broker};
 use support::pipeline::start_capture;
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
-use walhouse::avro::debezium::{connect_type, value_record, ConnectType};
+use walhouse::avro::debezium::{connect_type, envelope_schema, value_record, ConnectType};
 use walhouse::postgres::catalog::load_type_infos;
 use walhouse::registry::{split_wire, Registry, RegistryConfig};
 
@@ -411,4 +411,19 @@ async fn debeziums_connect_type_of_every_column_is_reproduced() {
         assert_eq!(o, t, "the Avro field {}", o["name"]);
     }
     assert_eq!(ours, theirs[1], "the whole row record");
+    // The envelope around it: before, after, source, transaction, op, ts_*.
+    let theirs = support::avro_data::from_connect(&record["schema"]);
+    let ours = support::avro_data::expand(&envelope_schema(
+        "dbz.public.edge",
+        &value_record("dbz.public.edge.Value", &ours_all),
+    ));
+    for (o, t) in ours["fields"]
+        .as_array()
+        .expect("fields")
+        .iter()
+        .zip(theirs["fields"].as_array().expect("fields"))
+    {
+        assert_eq!(o, t, "the envelope field {}", o["name"]);
+    }
+    assert_eq!(ours, theirs, "the whole envelope");
 }

@@ -24,6 +24,8 @@ pub struct ConnectType {
     pub name: Option<&'static str>,
     pub version: Option<u32>,
     pub doc: Option<&'static str>,
+    /// A default value (Debezium gives one only to `source.snapshot`).
+    pub default: Option<&'static str>,
     pub parameters: Vec<(&'static str, String)>,
     /// A struct's fields (name, type, optional), or an array's one item.
     pub fields: Vec<(&'static str, ConnectType, bool)>,
@@ -36,6 +38,7 @@ impl ConnectType {
             name: None,
             version: None,
             doc: None,
+            default: None,
             parameters: Vec::new(),
             fields: Vec::new(),
         }
@@ -185,7 +188,7 @@ pub fn avro_schema(t: &ConnectType, optional: bool) -> Json {
             let fields: Vec<Json> = t
                 .fields
                 .iter()
-                .map(|(name, f, field_optional)| field(name, avro_schema(f, *field_optional), *field_optional))
+                .map(|(name, f, field_optional)| field(name, f, *field_optional))
                 .collect();
             json!({"type": "record", "name": t.name.unwrap_or("io.confluent.connect.avro.ConnectDefault"), "fields": fields})
         }
@@ -201,23 +204,29 @@ pub fn avro_schema(t: &ConnectType, optional: bool) -> Json {
         let p: Map<String, Json> = t.parameters.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
         props.insert("connect.parameters".into(), Json::Object(p));
     }
+    if let Some(d) = t.default {
+        props.insert("connect.default".into(), json!(d));
+    }
     if let Some(n) = t.name {
         props.insert("connect.name".into(), json!(n));
     }
     let base = with_props(base, props);
-    if optional {
-        json!(["null", base])
-    } else {
-        base
+    match (optional, t.default) {
+        // A union's first branch types its default.
+        (true, Some(_)) => json!([base, "null"]),
+        (true, None) => json!(["null", base]),
+        (false, _) => base,
     }
 }
 
-/// A record field; an optional one defaults to null.
-pub fn field(name: &str, schema: Json, optional: bool) -> Json {
-    if optional {
-        json!({"name": name, "type": schema, "default": null})
-    } else {
-        json!({"name": name, "type": schema})
+/// A record field of type `t`: an optional one defaults to null, unless
+/// the type has a default of its own.
+pub fn field(name: &str, t: &ConnectType, optional: bool) -> Json {
+    let schema = avro_schema(t, optional);
+    match (t.default, optional) {
+        (Some(d), _) => json!({"name": name, "type": schema, "default": d}),
+        (None, true) => json!({"name": name, "type": schema, "default": null}),
+        (None, false) => json!({"name": name, "type": schema}),
     }
 }
 
@@ -245,9 +254,79 @@ fn with_props(base: Json, props: Map<String, Json>) -> Json {
 pub fn value_record(record_name: &str, columns: &[(String, ConnectType, bool)]) -> Json {
     let fields: Vec<Json> = columns
         .iter()
-        .map(|(name, t, optional)| field(name, avro_schema(t, *optional), *optional))
+        .map(|(name, t, optional)| field(name, t, *optional))
         .collect();
     json!({"type": "record", "name": record_name, "fields": fields, "connect.name": record_name})
+}
+
+/// The source block of Debezium's PostgreSQL connector.
+pub fn source_type() -> ConnectType {
+    use ConnectType as C;
+    let snapshot = ConnectType {
+        default: Some("false"),
+        ..C::named("string", "io.debezium.data.Enum").with(
+            "allowed",
+            "true,first,first_in_data_collection,last_in_data_collection,last,false,incremental",
+        )
+    };
+    ConnectType {
+        fields: vec![
+            ("version", C::plain("string"), false),
+            ("connector", C::plain("string"), false),
+            ("name", C::plain("string"), false),
+            ("ts_ms", C::plain("int64"), false),
+            ("snapshot", snapshot, true),
+            ("db", C::plain("string"), false),
+            ("sequence", C::plain("string"), true),
+            ("ts_us", C::plain("int64"), true),
+            ("ts_ns", C::plain("int64"), true),
+            ("schema", C::plain("string"), false),
+            ("table", C::plain("string"), false),
+            ("txId", C::plain("int64"), true),
+            ("lsn", C::plain("int64"), true),
+            ("xmin", C::plain("int64"), true),
+            ("origin", C::plain("string"), true),
+            ("origin_lsn", C::plain("int64"), true),
+        ],
+        ..C::named("struct", "io.debezium.connector.postgresql.Source")
+    }
+}
+
+/// The transaction block (`event.block`).
+pub fn transaction_type() -> ConnectType {
+    use ConnectType as C;
+    ConnectType {
+        fields: vec![
+            ("id", C::plain("string"), false),
+            ("total_order", C::plain("int64"), false),
+            ("data_collection_order", C::plain("int64"), false),
+        ],
+        ..C::named("struct", "event.block")
+    }
+}
+
+/// The envelope record of a table's topic (`<record_prefix>.Envelope`,
+/// Connect version 2), around its `Value` record.
+pub fn envelope_schema(record_prefix: &str, value: &Json) -> Json {
+    let name = format!("{record_prefix}.Envelope");
+    let optional_value = json!(["null", value]);
+    let long = ConnectType::plain("int64");
+    json!({
+        "type": "record",
+        "name": name,
+        "fields": [
+            {"name": "before", "type": optional_value, "default": null},
+            {"name": "after", "type": optional_value, "default": null},
+            field("source", &source_type(), false),
+            field("transaction", &transaction_type(), true),
+            field("op", &ConnectType::plain("string"), false),
+            field("ts_ms", &long, true),
+            field("ts_us", &long, true),
+            field("ts_ns", &long, true),
+        ],
+        "connect.version": 2,
+        "connect.name": name,
+    })
 }
 
 #[cfg(test)]
