@@ -15,7 +15,7 @@ use support::kafka::{read_all, read_topic, wait_for_records, Broker};
 use support::pipeline::start_capture;
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
-use walhouse::avro::debezium::{connect_type, envelope_schema, value_record, ConnectType};
+use walhouse::avro::debezium::{connect_type, envelope_schema, key_record, value_record, ConnectType};
 use walhouse::postgres::catalog::load_type_infos;
 use walhouse::registry::{split_wire, Registry, RegistryConfig};
 
@@ -426,4 +426,16 @@ async fn debeziums_connect_type_of_every_column_is_reproduced() {
         assert_eq!(o, t, "the envelope field {}", o["name"]);
     }
     assert_eq!(ours, theirs, "the whole envelope");
+    // The key: the primary key's columns.
+    let key: Value = serde_json::from_slice(records[0].key.as_deref().expect("key")).expect("JSON key");
+    let id = ours_all
+        .iter()
+        .find(|(n, _, _)| n == "id")
+        .map(|(_, t, _)| t.clone())
+        .expect("id");
+    assert_eq!(
+        support::avro_data::expand(&key_record("dbz.public.edge", &[("id".to_string(), id)])),
+        support::avro_data::from_connect(&key["schema"]),
+        "the key record"
+    );
 }

@@ -259,6 +259,14 @@ pub fn value_record(record_name: &str, columns: &[(String, ConnectType, bool)]) 
     json!({"type": "record", "name": record_name, "fields": fields, "connect.name": record_name})
 }
 
+/// The key record of a table's topic (`<record_prefix>.Key`): its key
+/// columns (the primary key), none of them optional.
+pub fn key_record(record_prefix: &str, key_columns: &[(String, ConnectType)]) -> Json {
+    let name = format!("{record_prefix}.Key");
+    let fields: Vec<Json> = key_columns.iter().map(|(n, t)| field(n, t, false)).collect();
+    json!({"type": "record", "name": name, "fields": fields, "connect.name": name})
+}
+
 /// The source block of Debezium's PostgreSQL connector.
 pub fn source_type() -> ConnectType {
     use ConnectType as C;
