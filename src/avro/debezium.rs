@@ -12,6 +12,10 @@
 
 use serde_json::{json, Map, Value as Json};
 
+use crate::avro::value::{
+    bytea, date_days, decimal_unscaled, parse_float, put_bytes, put_long, put_str, time_micros, timestamp_micros,
+    ValueError,
+};
 use crate::postgres::catalog::{TypeInfo, TypeKind};
 
 /// A Connect schema: its type, and for Debezium's semantic types the name,
@@ -335,6 +339,183 @@ pub fn envelope_schema(record_prefix: &str, value: &Json) -> Json {
         "connect.version": 2,
         "connect.name": name,
     })
+}
+
+/// Debezium's month in `MicroDuration`: 365.25 / 12 days, in seconds.
+const MONTH_SECONDS: i64 = 2_629_800;
+
+/// Encodes one non-null value of a column of Connect type `t` (declared
+/// modifier `typmod`) from its Postgres text form (the replication
+/// connection's settings: ISO dates, UTC, ISO-8601 intervals) as the Avro
+/// datum of [`avro_schema`]`(t, false)`, the value Debezium writes.
+pub fn encode_value(t: &ConnectType, typmod: i32, text: &str, out: &mut Vec<u8>) -> Result<(), ValueError> {
+    let bad = || ValueError::Malformed {
+        text: text.to_owned(),
+        avro: "Debezium value",
+    };
+    match (t.ty, t.name) {
+        ("int16" | "int32" | "int64", None) => put_long(out, text.parse::<i64>().map_err(|_| bad())?),
+        ("float32", None) => out.extend_from_slice(&parse_float::<f32>(text)?.to_le_bytes()),
+        ("float64", None) => out.extend_from_slice(&parse_float::<f64>(text)?.to_le_bytes()),
+        ("boolean", None) => out.push(match text {
+            "t" | "true" | "1" => 1,
+            "f" | "false" | "0" => 0,
+            _ => return Err(bad()),
+        }),
+        ("string", None) => put_str(out, text),
+        ("bytes", None) => put_bytes(out, &bytea(text)?),
+        ("bytes", Some("org.apache.kafka.connect.data.Decimal")) => {
+            let scale = t
+                .parameters
+                .iter()
+                .find(|(k, _)| *k == "scale")
+                .and_then(|(_, v)| v.parse::<u32>().ok())
+                .unwrap_or(0);
+            put_bytes(out, &decimal_unscaled(&plain_decimal(text), scale)?);
+        }
+        ("struct", Some("io.debezium.data.VariableScaleDecimal")) => {
+            let scale = text.split_once('.').map_or(0, |(_, f)| f.len()) as u32;
+            put_long(out, i64::from(scale));
+            put_bytes(out, &decimal_unscaled(text, scale)?);
+        }
+        ("int32", Some("io.debezium.time.Date")) => put_long(out, i64::from(date_days(text)?)),
+        ("int32", Some("io.debezium.time.Time")) => put_long(out, time_micros(text)?.div_euclid(1000)),
+        ("int64", Some("io.debezium.time.MicroTime")) => put_long(out, time_micros(text)?),
+        ("int64", Some("io.debezium.time.Timestamp")) => put_long(out, timestamp_micros(text, false)?.div_euclid(1000)),
+        ("int64", Some("io.debezium.time.MicroTimestamp")) => put_long(out, timestamp_micros(text, false)?),
+        ("string", Some("io.debezium.time.ZonedTimestamp")) => {
+            put_str(out, &zoned_timestamp(text, typmod).ok_or_else(bad)?)
+        }
+        ("string", Some("io.debezium.time.ZonedTime")) => put_str(out, &zoned_time(text).ok_or_else(bad)?),
+        ("int64", Some("io.debezium.time.MicroDuration")) => put_long(out, duration_micros(text).ok_or_else(bad)?),
+        ("bytes", Some("io.debezium.data.Bits")) => put_bytes(out, &bits(text).ok_or_else(bad)?),
+        ("struct", Some("io.debezium.data.geometry.Point")) => {
+            let (x, y) = point(text).ok_or_else(bad)?;
+            out.extend_from_slice(&x.to_le_bytes());
+            out.extend_from_slice(&y.to_le_bytes());
+            // wkb: the union's second branch, then well-known binary.
+            put_long(out, 1);
+            let mut wkb = vec![1u8, 1, 0, 0, 0];
+            wkb.extend_from_slice(&x.to_le_bytes());
+            wkb.extend_from_slice(&y.to_le_bytes());
+            put_bytes(out, &wkb);
+            // srid: null.
+            put_long(out, 0);
+        }
+        ("string", Some(_)) => put_str(out, text),
+        _ => return Err(bad()),
+    }
+    Ok(())
+}
+
+/// `money`'s text (`$1,234.56`, `-$12.34`) as a plain decimal.
+fn plain_decimal(text: &str) -> String {
+    let negative = text.starts_with('-') || text.starts_with('(');
+    let digits: String = text.chars().filter(|c| c.is_ascii_digit() || *c == '.').collect();
+    if negative {
+        format!("-{digits}")
+    } else {
+        digits
+    }
+}
+
+/// `2024-01-31 13:45:00.5+00` as Debezium's ZonedTimestamp: ISO-8601 in
+/// UTC with as many fraction digits as the column's precision (6 when
+/// undeclared).
+fn zoned_timestamp(text: &str, typmod: i32) -> Option<String> {
+    let micros = timestamp_micros(text, true).ok()?;
+    let precision = if typmod < 0 { 6 } else { typmod.min(6) } as usize;
+    let plain = crate::calendar::timestamp_text(micros);
+    let (date, time) = plain.split_once(' ')?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut frac = frac.to_owned();
+    frac.extend(std::iter::repeat_n('0', 6usize.saturating_sub(frac.len())));
+    let fraction = if precision == 0 {
+        String::new()
+    } else {
+        format!(".{}", &frac[..precision])
+    };
+    Some(format!("{date}T{hms}{fraction}Z"))
+}
+
+/// `13:45:00+02` as Debezium's ZonedTime: the time in UTC, `Z`.
+fn zoned_time(text: &str) -> Option<String> {
+    let at = text.rfind(['+', '-'])?;
+    let (time, offset) = text.split_at(at);
+    let sign = if offset.starts_with('-') { -1 } else { 1 };
+    let mut offset_secs = 0i64;
+    for (i, part) in offset[1..].split(':').enumerate() {
+        offset_secs += part.parse::<i64>().ok()? * [3600, 60, 1].get(i)?;
+    }
+    let micros = (time_micros(time).ok()? - sign * offset_secs * 1_000_000).rem_euclid(86_400_000_000);
+    let text = crate::calendar::time_text(micros);
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    Some(format!("{text}Z"))
+}
+
+/// An ISO-8601 interval (`P1Y2M3DT4H5M6.789S`, as `IntervalStyle=iso_8601`
+/// prints it) in microseconds, a month being 365.25/12 days.
+fn duration_micros(text: &str) -> Option<i64> {
+    let body = text.strip_prefix('P')?;
+    let (date, time) = body.split_once('T').unwrap_or((body, ""));
+    let mut micros: i64 = 0;
+    for (part, is_time) in [(date, false), (time, true)] {
+        let mut number = String::new();
+        for c in part.chars() {
+            if c.is_ascii_digit() || c == '.' || c == '-' {
+                number.push(c);
+                continue;
+            }
+            let seconds: i64 = match (c, is_time) {
+                ('Y', false) => 12 * MONTH_SECONDS,
+                ('M', false) => MONTH_SECONDS,
+                ('W', false) => 7 * 86_400,
+                ('D', false) => 86_400,
+                ('H', true) => 3_600,
+                ('M', true) => 60,
+                ('S', true) => 1,
+                _ => return None,
+            };
+            let (whole, frac) = number.split_once('.').unwrap_or((&number, ""));
+            let negative = whole.starts_with('-');
+            let whole: i64 = whole.parse().ok()?;
+            let mut frac_micros: i64 = 0;
+            if !frac.is_empty() {
+                let padded: String = frac.chars().chain(std::iter::repeat('0')).take(6).collect();
+                frac_micros = padded.parse::<i64>().ok()? * seconds;
+                if negative {
+                    frac_micros = -frac_micros;
+                }
+            }
+            micros += whole * seconds * 1_000_000 + frac_micros;
+            number.clear();
+        }
+    }
+    Some(micros)
+}
+
+/// A bit string (`101`) as Debezium's `Bits`: the bits as a number (the
+/// last character is bit 0), its bytes little-endian, without trailing
+/// zero bytes.
+fn bits(text: &str) -> Option<Vec<u8>> {
+    let mut bytes = vec![0u8; text.len().div_ceil(8)];
+    for (i, c) in text.bytes().rev().enumerate() {
+        match c {
+            b'1' => bytes[i / 8] |= 1 << (i % 8),
+            b'0' => {}
+            _ => return None,
+        }
+    }
+    while bytes.last() == Some(&0) {
+        bytes.pop();
+    }
+    Some(bytes)
+}
+
+/// `(1.5,-2)` as (x, y).
+fn point(text: &str) -> Option<(f64, f64)> {
+    let (x, y) = text.strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
+    Some((x.parse().ok()?, y.parse().ok()?))
 }
 
 #[cfg(test)]

@@ -102,7 +102,7 @@ pub fn encode_text(ty: &ColumnType, text: &str, out: &mut Vec<u8>) -> Result<(),
     Ok(())
 }
 
-fn parse_float<F: std::str::FromStr>(text: &str) -> Result<F, ValueError> {
+pub(crate) fn parse_float<F: std::str::FromStr>(text: &str) -> Result<F, ValueError> {
     // Rust reads "NaN", "Infinity" and "-Infinity" as Postgres prints them.
     text.parse::<F>().map_err(|_| malformed(text, "float"))
 }
@@ -184,7 +184,7 @@ fn twos_complement(mut magnitude: Vec<u8>, negative: bool) -> Vec<u8> {
     magnitude
 }
 
-fn bytea(text: &str) -> Result<Vec<u8>, ValueError> {
+pub(crate) fn bytea(text: &str) -> Result<Vec<u8>, ValueError> {
     let hex = text.strip_prefix("\\x").ok_or_else(|| malformed(text, "bytes"))?;
     if hex.len() % 2 != 0 {
         return Err(malformed(text, "bytes"));
@@ -237,7 +237,7 @@ fn readable(v: i64, range: std::ops::RangeInclusive<i64>, text: &str, avro: &'st
     }
 }
 
-fn date_days(text: &str) -> Result<i32, ValueError> {
+pub(crate) fn date_days(text: &str) -> Result<i32, ValueError> {
     if matches!(text, "infinity" | "-infinity") {
         return Err(unrepresentable(text, "date"));
     }
@@ -247,7 +247,7 @@ fn date_days(text: &str) -> Result<i32, ValueError> {
 }
 
 /// `HH:MM:SS[.ffffff]` → microseconds (24:00:00 is valid in Postgres).
-fn time_micros(text: &str) -> Result<i64, ValueError> {
+pub(crate) fn time_micros(text: &str) -> Result<i64, ValueError> {
     let err = || malformed(text, "time");
     let (hms, frac) = text.split_once('.').unwrap_or((text, ""));
     let mut p = hms.splitn(3, ':');
@@ -268,7 +268,7 @@ fn time_micros(text: &str) -> Result<i64, ValueError> {
 
 /// `YYYY-MM-DD HH:MM:SS[.f][±HH[:MM[:SS]]][ BC]` → microseconds since the
 /// Unix epoch (UTC when `with_zone`, wall-clock otherwise).
-fn timestamp_micros(text: &str, with_zone: bool) -> Result<i64, ValueError> {
+pub(crate) fn timestamp_micros(text: &str, with_zone: bool) -> Result<i64, ValueError> {
     let avro = if with_zone {
         "timestamp-micros"
     } else {
