@@ -459,14 +459,16 @@ async fn debeziums_values_are_reproduced() {
            vc varchar(10), ch char(3), by bytea, d date, d0 date, t time, t24 time, t3 time(3), ttz timetz, \
            ts timestamp, ts3 timestamp(3), ts0 timestamp(0), tstz timestamptz, tstz3 timestamptz(3), iv interval, \
            ivneg interval, u uuid, j json, jb jsonb, e mood, b1 bit(1), bt bit(3), bt2 bit(10), vb varbit, \
-           ip inet, mac macaddr, pt point, rng int4range); \
+           ip inet, mac macaddr, pt point, rng int4range, arr int[], tarr text[], arr2 int[], narr numeric(5,2)[], \
+           earr int[]); \
          INSERT INTO v VALUES (1, -32768, 9223372036854775807, 'NaN', '-Infinity', true, \
            9999999999999999999999999999.9999999999, 123.45, -0.05, 3.14159, 12.34, -1234.5, 'héllo ☃', 'v', 'ab', \
            '\\x00ff', '2024-01-31', '1969-07-20', '13:45:00.123456', '24:00:00', '13:45:00.123', '13:45:00+02', \
            '2024-01-31 13:45:00.123456', '2024-01-31 13:45:00.123', '1969-07-20 20:17:40', \
            '2024-01-31 13:45:00.5+00', '2024-01-31 13:45:00.25+02', '1 year 2 mons 3 days 04:05:06.789', \
            '-1 days -02:00:00', 'a7e4d0c3-5b2f-4c8e-9a61-0f3e2d1c4b5a', '{\"a\":1}', '{\"b\": 2}', 'ok', \
-           B'1', B'110', B'1000000001', B'11', '10.0.0.1/8', '08:00:2b:01:02:03', '(1.5,-2)', '[1,10)');",
+           B'1', B'110', B'1000000001', B'11', '10.0.0.1/8', '08:00:2b:01:02:03', '(1.5,-2)', '[1,10)', \
+           '{1,NULL,3}', '{a,NULL,\"b c\"}', '{{1,NULL},{3,4}}', '{1.5,-2.25}', '{}');",
     )
     .await
     .expect("source");

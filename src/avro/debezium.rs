@@ -13,8 +13,8 @@
 use serde_json::{json, Map, Value as Json};
 
 use crate::avro::value::{
-    bytea, date_days, decimal_unscaled, parse_float, put_bytes, put_long, put_str, time_micros, timestamp_micros,
-    ValueError,
+    bytea, date_days, decimal_unscaled, parse_array, parse_float, put_bytes, put_long, put_str, time_micros,
+    timestamp_micros, ArrayNode, ValueError,
 };
 use crate::postgres::catalog::{TypeInfo, TypeKind};
 
@@ -400,6 +400,27 @@ pub fn encode_value(t: &ConnectType, typmod: i32, text: &str, out: &mut Vec<u8>)
             wkb.extend_from_slice(&y.to_le_bytes());
             put_bytes(out, &wkb);
             // srid: null.
+            put_long(out, 0);
+        }
+        ("array", None) => {
+            let (_, item, _) = t.fields.first().ok_or_else(bad)?;
+            let ArrayNode::List(elements) = parse_array(text)? else {
+                return Err(bad());
+            };
+            if !elements.is_empty() {
+                put_long(out, elements.len() as i64);
+                for e in &elements {
+                    match e {
+                        ArrayNode::Elem(text) => {
+                            put_long(out, 1);
+                            encode_value(item, typmod, text, out)?;
+                        }
+                        // Debezium writes an element that is itself an array
+                        // (a value deeper than its column declares) as null.
+                        ArrayNode::Null | ArrayNode::List(_) => put_long(out, 0),
+                    }
+                }
+            }
             put_long(out, 0);
         }
         ("string", Some(_)) => put_str(out, text),
