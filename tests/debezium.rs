@@ -273,6 +273,57 @@ async fn walhouse_takes_over_debeziums_slot_without_gap_or_resnapshot() {
     );
 }
 
+/// Starts Debezium on database `shop` and returns the first record of
+/// `dbz.public.<table>` (JSON with its Connect schema), and Debezium.
+async fn first_debezium_record(pg: &PgServer, broker: &Broker, table: &str) -> (Value, Option<Vec<u8>>, Debezium) {
+    let dbz = Debezium::start(&broker.bootstrap(), pg, "shop", "dbz", &[]);
+    let (bootstrap, topic) = (broker.bootstrap(), format!("dbz.public.{table}"));
+    let records = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, 1, LIMIT))
+        .await
+        .expect("reader");
+    assert_eq!(records.len(), 1, "Connect's log:\n{}", dbz.log());
+    let record: Value = serde_json::from_slice(records[0].value.as_deref().expect("value")).expect("JSON");
+    (record, records[0].key.clone(), dbz)
+}
+
+/// The `after` field's schema of a Debezium record.
+fn after_schema(record: &Value) -> Value {
+    record["schema"]["fields"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["field"] == "after"))
+        .expect("after")
+        .clone()
+}
+
+/// A column as the catalog describes it: name, type, modifier, NOT NULL.
+type Column = (String, u32, i32, bool);
+
+/// `table`'s columns, with the type facts of their types loaded.
+async fn columns_of(
+    sql: &tokio_postgres::Client,
+    table: &str,
+) -> (
+    Vec<Column>,
+    std::collections::HashMap<u32, walhouse::postgres::catalog::TypeInfo>,
+) {
+    let rows = sql
+        .query(
+            "SELECT attname::text, atttypid::oid, atttypmod, attnotnull FROM pg_attribute \
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&table],
+        )
+        .await
+        .expect("columns");
+    let columns: Vec<Column> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    let oids: Vec<u32> = columns.iter().map(|c| c.1).collect();
+    let infos = load_type_infos(sql, &oids)
+        .await
+        .expect("type infos")
+        .into_iter()
+        .collect();
+    (columns, infos)
+}
+
 /// `t` as JsonConverter writes a Connect schema (without `optional` and
 /// `field`, which belong to the column, not its type).
 fn connect_json(t: &ConnectType) -> Value {
@@ -352,38 +403,14 @@ async fn debeziums_connect_type_of_every_column_is_reproduced() {
     ))
     .await
     .expect("source");
-    let dbz = Debezium::start(&broker.bootstrap(), &pg, "shop", "dbz", &[]);
-    let (bootstrap, topic) = (broker.bootstrap(), "dbz.public.edge".to_string());
-    let records = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, 1, LIMIT))
-        .await
-        .expect("reader");
-    assert_eq!(records.len(), 1, "Connect's log:\n{}", dbz.log());
-    let record: Value = serde_json::from_slice(records[0].value.as_deref().expect("value")).expect("JSON");
-    let after = record["schema"]["fields"]
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["field"] == "after"))
-        .expect("after")
-        .clone();
-
-    let columns = sql
-        .query(
-            "SELECT attname::text, atttypid::oid, atttypmod, attnotnull FROM pg_attribute \
-             WHERE attrelid = 'edge'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[],
-        )
-        .await
-        .expect("columns");
-    let oids: Vec<u32> = columns.iter().map(|r| r.get::<_, u32>(1)).collect();
-    let infos: std::collections::HashMap<u32, walhouse::postgres::catalog::TypeInfo> = load_type_infos(&sql, &oids)
-        .await
-        .expect("type infos")
-        .into_iter()
-        .collect();
+    let (record, key, _dbz) = first_debezium_record(&pg, &broker, "edge").await;
+    let after = after_schema(&record);
+    let (columns, infos) = columns_of(&sql, "edge").await;
     let lookup = |oid: u32| infos.get(&oid);
     let mut compared = 0;
     let mut ours_all = Vec::new();
-    for row in &columns {
-        let (name, oid, typmod): (String, u32, i32) = (row.get(0), row.get(1), row.get(2));
+    for (name, oid, typmod, not_null) in &columns {
+        let (oid, typmod) = (*oid, *typmod);
         let mut theirs = after["fields"]
             .as_array()
             .and_then(|f| f.iter().find(|f| f["field"] == name.as_str()))
@@ -396,7 +423,7 @@ async fn debeziums_connect_type_of_every_column_is_reproduced() {
         let ours = connect_json(&t);
         assert_eq!(ours, Value::Object(theirs.clone()), "column {name}");
         compared += 1;
-        ours_all.push((name, t, !row.get::<_, bool>(3)));
+        ours_all.push((name.clone(), t, !not_null));
     }
     assert_eq!(compared, columns.len());
     println!("{compared} columns: walhouse's Connect type equals Debezium's for each");
@@ -429,7 +456,7 @@ async fn debeziums_connect_type_of_every_column_is_reproduced() {
     }
     assert_eq!(ours, theirs, "the whole envelope");
     // The key: the primary key's columns.
-    let key: Value = serde_json::from_slice(records[0].key.as_deref().expect("key")).expect("JSON key");
+    let key: Value = serde_json::from_slice(key.as_deref().expect("key")).expect("JSON key");
     let id = ours_all
         .iter()
         .find(|(n, _, _)| n == "id")
@@ -472,18 +499,8 @@ async fn debeziums_values_are_reproduced() {
     )
     .await
     .expect("source");
-    let dbz = Debezium::start(&broker.bootstrap(), &pg, "shop", "dbz", &[]);
-    let (bootstrap, topic) = (broker.bootstrap(), "dbz.public.v".to_string());
-    let records = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, 1, LIMIT))
-        .await
-        .expect("reader");
-    assert_eq!(records.len(), 1, "Connect's log:\n{}", dbz.log());
-    let record: Value = serde_json::from_slice(records[0].value.as_deref().expect("value")).expect("JSON");
-    let after_schema = record["schema"]["fields"]
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["field"] == "after"))
-        .expect("after")
-        .clone();
+    let (record, _, _dbz) = first_debezium_record(&pg, &broker, "v").await;
+    let after_schema = after_schema(&record);
     let payload = &record["payload"]["after"];
     // The replication connection's settings, so the text is what pgoutput sends.
     sql.batch_execute(
@@ -492,24 +509,11 @@ async fn debeziums_values_are_reproduced() {
     )
     .await
     .expect("settings");
-    let columns = sql
-        .query(
-            "SELECT attname::text, atttypid::oid, atttypmod FROM pg_attribute \
-             WHERE attrelid = 'v'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[],
-        )
-        .await
-        .expect("columns");
-    let oids: Vec<u32> = columns.iter().map(|r| r.get::<_, u32>(1)).collect();
-    let infos: std::collections::HashMap<u32, walhouse::postgres::catalog::TypeInfo> = load_type_infos(&sql, &oids)
-        .await
-        .expect("type infos")
-        .into_iter()
-        .collect();
+    let (columns, infos) = columns_of(&sql, "v").await;
     let lookup = |oid: u32| infos.get(&oid);
     let mut compared = 0;
-    for row in &columns {
-        let (name, oid, typmod): (String, u32, i32) = (row.get(0), row.get(1), row.get(2));
+    for (name, oid, typmod, _) in &columns {
+        let (oid, typmod) = (*oid, *typmod);
         // The type's own output (the simple protocol's text), as pgoutput sends it.
         let answer = sql
             .simple_query(&format!("SELECT \"{name}\" FROM v"))
