@@ -1,6 +1,6 @@
 //! What both binaries share before their pipelines start: reading a
-//! `--config` file and librdkafka options, logging, configuration errors
-//! and the shutdown signal.
+//! `--config` file, the registry settings and librdkafka options, logging,
+//! configuration errors and the shutdown signal.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use clap::ValueEnum;
 use serde::Deserialize;
 
-use crate::postgres::conninfo::ConnInfoError;
+use crate::postgres::conninfo::{ConnInfoError, Secret};
+use crate::registry::RegistryConfig;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,6 +47,48 @@ pub fn read_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Confi
 
 /// librdkafka settings: the file's `[kafka]` table, then `--kafka-option
 /// KEY=VALUE` flags over it.
+/// The Schema Registry flags both binaries take (a config file holds the
+/// same four keys).
+#[derive(Debug, Default, clap::Args)]
+pub struct RegistryArgs {
+    /// Confluent-compatible Schema Registry, http(s)://host:port.
+    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_URL")]
+    pub schema_registry_url: Option<String>,
+
+    /// Schema Registry basic-auth user.
+    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_USER")]
+    pub schema_registry_user: Option<String>,
+
+    /// Schema Registry basic-auth password.
+    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub schema_registry_password: Option<String>,
+
+    /// CA bundle for an https Schema Registry [default: the system bundle].
+    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_CA")]
+    pub schema_registry_ca: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    /// These settings over `file`'s: the URL is required (`missing` says
+    /// how to give it) and checked, and never echoed.
+    pub fn resolve(self, file: RegistryArgs, missing: &str) -> Result<RegistryConfig, ConfigError> {
+        let url = self
+            .schema_registry_url
+            .or(file.schema_registry_url)
+            .ok_or_else(|| ConfigError::Invalid(missing.into()))?;
+        crate::http::BaseUrl::parse(&url).map_err(|e| ConfigError::Invalid(format!("--schema-registry-url: {e}")))?;
+        Ok(RegistryConfig {
+            url,
+            user: self.schema_registry_user.or(file.schema_registry_user),
+            password: self
+                .schema_registry_password
+                .or(file.schema_registry_password)
+                .map(Secret::new),
+            ca: self.schema_registry_ca.or(file.schema_registry_ca),
+        })
+    }
+}
+
 pub fn librdkafka_options(file: BTreeMap<String, toml::Value>, flags: &[String]) -> Result<KafkaOptions, ConfigError> {
     let mut out = BTreeMap::new();
     for (k, v) in file {

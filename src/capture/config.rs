@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::avro::types::NumericMode;
 use crate::cli::{librdkafka_options, read_file};
 pub use crate::cli::{ConfigError, LogFormat};
-use crate::postgres::conninfo::{ConnInfo, Secret};
+use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::publication::{TableName, TableOptions, TableSelection};
 use crate::postgres::replication::validate_slot_name;
 use crate::registry::RegistryConfig;
@@ -182,21 +182,8 @@ pub struct CaptureArgs {
     #[arg(long, env = "WALHOUSE_BROKERS")]
     pub brokers: Option<String>,
 
-    /// Confluent-compatible Schema Registry, http(s)://host:port (--output kafka).
-    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_URL")]
-    pub schema_registry_url: Option<String>,
-
-    /// Schema Registry basic-auth user.
-    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_USER")]
-    pub schema_registry_user: Option<String>,
-
-    /// Schema Registry basic-auth password.
-    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_PASSWORD", hide_env_values = true)]
-    pub schema_registry_password: Option<String>,
-
-    /// CA bundle for an https Schema Registry [default: the system bundle].
-    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_CA")]
-    pub schema_registry_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: crate::cli::RegistryArgs,
 
     /// Topics are <prefix>.<schema>.<table> [default: walhouse].
     #[arg(long, env = "WALHOUSE_TOPIC_PREFIX")]
@@ -366,14 +353,15 @@ impl CaptureConfig {
                 let brokers = args.brokers.or(file.brokers).ok_or_else(|| {
                     ConfigError::Invalid("--output kafka needs --brokers (WALHOUSE_BROKERS, brokers)".into())
                 })?;
-                let url = args.schema_registry_url.or(file.schema_registry_url).ok_or_else(|| {
-                    ConfigError::Invalid(
-                        "--output kafka needs --schema-registry-url (WALHOUSE_SCHEMA_REGISTRY_URL, schema_registry_url)"
-                            .into(),
-                    )
-                })?;
-                crate::http::BaseUrl::parse(&url)
-                    .map_err(|e| ConfigError::Invalid(format!("--schema-registry-url: {e}")))?;
+                let registry = args.registry.resolve(
+                    crate::cli::RegistryArgs {
+                        schema_registry_url: file.schema_registry_url,
+                        schema_registry_user: file.schema_registry_user,
+                        schema_registry_password: file.schema_registry_password,
+                        schema_registry_ca: file.schema_registry_ca,
+                    },
+                    "--output kafka needs --schema-registry-url (WALHOUSE_SCHEMA_REGISTRY_URL, schema_registry_url)",
+                )?;
                 let librdkafka = librdkafka_options(file.kafka, &args.kafka_options)?;
                 let topic_prefix = args
                     .topic_prefix
@@ -390,15 +378,7 @@ impl CaptureConfig {
                 }
                 Some(KafkaSettings {
                     brokers,
-                    registry: RegistryConfig {
-                        url,
-                        user: args.schema_registry_user.or(file.schema_registry_user),
-                        password: args
-                            .schema_registry_password
-                            .or(file.schema_registry_password)
-                            .map(Secret::new),
-                        ca: args.schema_registry_ca.or(file.schema_registry_ca),
-                    },
+                    registry,
                     topic_prefix,
                     tombstones: args.tombstones.or(file.tombstones).unwrap_or(true),
                     numeric_mode: args.numeric_mode.or(file.numeric_mode).unwrap_or_default(),

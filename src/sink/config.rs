@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::cli::{ConfigError, LogFormat};
-use crate::postgres::conninfo::{ConnInfo, Secret};
+use crate::postgres::conninfo::ConnInfo;
 use crate::registry::RegistryConfig;
 use crate::warehouse::duckdb::DuckDbWarehouse;
 use crate::warehouse::postgres::PostgresWarehouse;
@@ -42,19 +42,8 @@ pub struct SinkArgs {
     #[arg(long, env = "WALHOUSE_BROKERS")]
     pub brokers: Option<String>,
 
-    /// Confluent-compatible Schema Registry URL.
-    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_URL")]
-    pub schema_registry_url: Option<String>,
-
-    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_USER")]
-    pub schema_registry_user: Option<String>,
-
-    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_PASSWORD", hide_env_values = true)]
-    pub schema_registry_password: Option<String>,
-
-    /// CA certificate (PEM) for an https registry.
-    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_CA")]
-    pub schema_registry_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: crate::cli::RegistryArgs,
 
     /// Regular expression of the CDC topics (default `^walhouse\..*`).
     #[arg(long, env = "WALHOUSE_TOPIC_PATTERN")]
@@ -225,19 +214,15 @@ impl SinkConfig {
             .brokers
             .or(file.brokers)
             .ok_or_else(|| ConfigError::Invalid("no brokers: give --brokers (WALHOUSE_BROKERS)".into()))?;
-        let url = args.schema_registry_url.or(file.schema_registry_url).ok_or_else(|| {
-            ConfigError::Invalid("no schema registry: give --schema-registry-url (WALHOUSE_SCHEMA_REGISTRY_URL)".into())
-        })?;
-        crate::http::BaseUrl::parse(&url).map_err(|e| ConfigError::Invalid(format!("--schema-registry-url: {e}")))?;
-        let registry = RegistryConfig {
-            url,
-            user: args.schema_registry_user.or(file.schema_registry_user),
-            password: args
-                .schema_registry_password
-                .or(file.schema_registry_password)
-                .map(Secret::new),
-            ca: args.schema_registry_ca.or(file.schema_registry_ca),
-        };
+        let registry = args.registry.resolve(
+            crate::cli::RegistryArgs {
+                schema_registry_url: file.schema_registry_url,
+                schema_registry_user: file.schema_registry_user,
+                schema_registry_password: file.schema_registry_password,
+                schema_registry_ca: file.schema_registry_ca,
+            },
+            "no schema registry: give --schema-registry-url (WALHOUSE_SCHEMA_REGISTRY_URL)",
+        )?;
         let librdkafka = crate::cli::librdkafka_options(file.kafka, &args.kafka_options)?;
         let topic_pattern = args
             .topic_pattern
