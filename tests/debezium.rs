@@ -469,8 +469,8 @@ async fn debeziums_connect_type_of_every_column_is_reproduced() {
     );
 }
 
-/// Values: for a row holding a value of every scalar type the format maps
-/// (arrays aside), the Avro datum walhouse encodes from Postgres's text is,
+/// Values: for a row holding a value of every type the format maps
+/// (arrays included), the Avro datum walhouse encodes from Postgres's text is,
 /// decoded, the value Debezium 3.6.1 wrote (both in one normal form).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debeziums_values_are_reproduced() {

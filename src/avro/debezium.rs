@@ -13,8 +13,8 @@
 use serde_json::{json, Map, Value as Json};
 
 use crate::avro::value::{
-    bytea, date_days, decimal_unscaled, parse_array, parse_float, put_bytes, put_long, put_str, time_micros,
-    timestamp_micros, ArrayNode, ValueError,
+    bytea, date_days, decimal_unscaled, parse_array, parse_float, put_bytes, put_long, put_str, split_offset,
+    time_micros, timestamp_micros, ArrayNode, ValueError,
 };
 use crate::postgres::catalog::{TypeInfo, TypeKind};
 
@@ -461,14 +461,8 @@ fn zoned_timestamp(text: &str, typmod: i32) -> Option<String> {
 
 /// `13:45:00+02` as Debezium's ZonedTime: the time in UTC, `Z`.
 fn zoned_time(text: &str) -> Option<String> {
-    let at = text.rfind(['+', '-'])?;
-    let (time, offset) = text.split_at(at);
-    let sign = if offset.starts_with('-') { -1 } else { 1 };
-    let mut offset_secs = 0i64;
-    for (i, part) in offset[1..].split(':').enumerate() {
-        offset_secs += part.parse::<i64>().ok()? * [3600, 60, 1].get(i)?;
-    }
-    let micros = (time_micros(time).ok()? - sign * offset_secs * 1_000_000).rem_euclid(86_400_000_000);
+    let (time, offset_secs) = split_offset(text)?;
+    let micros = (time_micros(time).ok()? - offset_secs * 1_000_000).rem_euclid(86_400_000_000);
     let text = crate::calendar::time_text(micros);
     let text = text.trim_end_matches('0').trim_end_matches('.');
     Some(format!("{text}Z"))

@@ -301,10 +301,7 @@ fn row_columns(envelope: &Json, after: &Node) -> Result<Vec<PlanColumn>, ReadErr
             other => other.clone(),
         };
         let walhouse_type = value_json["walhouse.type"].as_str();
-        let inner = match node {
-            Node::Union(b) => b.iter().find(|n| **n != Node::Null).unwrap_or(&Node::Null),
-            n => n,
-        };
+        let inner = unwrap_null(node);
         out.push(PlanColumn {
             name,
             ty: sql_type(inner, walhouse_type),

@@ -282,15 +282,7 @@ pub(crate) fn timestamp_micros(text: &str, with_zone: bool) -> Result<i64, Value
     let (date, rest) = s.split_once(' ').ok_or_else(err)?;
     let (y, m, d) = parse_ymd(date, bc, text).map_err(|_| err())?;
     let (time, offset_secs) = if with_zone {
-        let at = rest.rfind(['+', '-']).ok_or_else(err)?;
-        let (time, off) = rest.split_at(at);
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let mut secs = 0i64;
-        for (i, part) in off[1..].split(':').enumerate() {
-            let v: i64 = part.parse().map_err(|_| err())?;
-            secs += v * [3600, 60, 1].get(i).copied().ok_or_else(err)?;
-        }
-        (time, sign * secs)
+        split_offset(rest).ok_or_else(err)?
     } else {
         (rest, 0)
     };
@@ -303,6 +295,19 @@ pub(crate) fn timestamp_micros(text: &str, with_zone: bool) -> Result<i64, Value
         // Postgres reaches 294276 AD; Avro's i64 microseconds since 1970 stop in 294247.
         .ok_or_else(|| unrepresentable(text, avro))?;
     Ok(micros)
+}
+
+/// Splits a UTC offset (`+05:30`, `-08`, `+00:00:30`) off the end of a
+/// time: (the time, the offset in seconds east of UTC).
+pub(crate) fn split_offset(text: &str) -> Option<(&str, i64)> {
+    let at = text.rfind(['+', '-'])?;
+    let (time, off) = text.split_at(at);
+    let sign = if off.starts_with('-') { -1 } else { 1 };
+    let mut secs = 0i64;
+    for (i, part) in off[1..].split(':').enumerate() {
+        secs += part.parse::<i64>().ok()? * [3600, 60, 1].get(i)?;
+    }
+    Some((time, sign * secs))
 }
 
 /// An ISO-8601 date or timestamp as written in files (`2024-05-01`,
