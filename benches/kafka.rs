@@ -161,7 +161,7 @@ impl Destination for EncodeOnly {
         for (id, op) in self.encoder.ops(e)? {
             let rec = self
                 .encoder
-                .encode(id, e, op, now)
+                .encode(id, e, op, now, false)
                 .map_err(|u| OutputError::Kafka(u.reason))?;
             self.bytes += rec.value.len() as u64 + rec.key.map_or(0, |k| k.len() as u64);
             if self.sample.len() < SAMPLE_RECORDS {

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 use support::debezium::Debezium;
-use support::kafka::{read_all, read_topic, wait_for_records, Broker};
+use support::kafka::{read_all, read_topic, wait_for_count, Broker};
 use support::pipeline::start_capture;
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
@@ -188,8 +188,8 @@ async fn walhouse_takes_over_debeziums_slot_without_gap_or_resnapshot() {
     let mut dbz = Debezium::start(&broker.bootstrap(), &pg, "shop", "dbz", &[]);
     insert_orders(&sql, 2, 200).await;
     let bootstrap = broker.bootstrap();
-    let (held, _) = tokio::task::spawn_blocking(move || {
-        wait_for_records(&bootstrap, "dbz.public.orders", 200, Duration::from_secs(120))
+    let held = tokio::task::spawn_blocking(move || {
+        wait_for_count(&bootstrap, "dbz.public.orders", 200, Duration::from_secs(120))
     })
     .await
     .expect("counter");
@@ -463,24 +463,15 @@ async fn debeziums_connect_type_of_every_column_is_reproduced() {
         .map(|(_, t, _)| t.clone())
         .expect("id");
     assert_eq!(
-        support::avro_data::expand(&key_record("dbz.public.edge", &[("id".to_string(), id)])),
+        support::avro_data::expand(&key_record("dbz.public.edge", &[("id".to_string(), id, false)])),
         support::avro_data::from_connect(&key["schema"]),
         "the key record"
     );
 }
 
-/// Values: for a row holding a value of every type the format maps
-/// (arrays included), the Avro datum walhouse encodes from Postgres's text is,
-/// decoded, the value Debezium 3.6.1 wrote (both in one normal form).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debeziums_values_are_reproduced() {
-    support::init_logs();
-    let pg = PgServer::start();
-    pg.create_db("shop");
-    let broker = Broker::start();
-    let sql = pg.client("shop").await;
-    sql.batch_execute(
-        "CREATE TYPE mood AS ENUM ('sad', 'ok'); \
+/// A table `v` with a value of every type the format maps (arrays
+/// included), in row 1.
+const VALUES_TABLE: &str = "CREATE TYPE mood AS ENUM ('sad', 'ok'); \
          CREATE TABLE v (id int PRIMARY KEY, i2 smallint, i8 bigint, r real, f8 double precision, b boolean, \
            n38 numeric(38,10), n52 numeric(5,2), nneg numeric(5,2), nfree numeric, m money, mneg money, txt text, \
            vc varchar(10), ch char(3), by bytea, d date, d0 date, t time, t24 time, t3 time(3), ttz timetz, \
@@ -495,10 +486,19 @@ async fn debeziums_values_are_reproduced() {
            '2024-01-31 13:45:00.5+00', '2024-01-31 13:45:00.25+02', '1 year 2 mons 3 days 04:05:06.789', \
            '-1 days -02:00:00', 'a7e4d0c3-5b2f-4c8e-9a61-0f3e2d1c4b5a', '{\"a\":1}', '{\"b\": 2}', 'ok', \
            B'1', B'110', B'1000000001', B'11', '10.0.0.1/8', '08:00:2b:01:02:03', '(1.5,-2)', '[1,10)', \
-           '{1,NULL,3}', '{a,NULL,\"b c\"}', '{{1,NULL},{3,4}}', '{1.5,-2.25}', '{}');",
-    )
-    .await
-    .expect("source");
+           '{1,NULL,3}', '{a,NULL,\"b c\"}', '{{1,NULL},{3,4}}', '{1.5,-2.25}', '{}');";
+
+/// Values: for a row holding a value of every type the format maps
+/// (arrays included), the Avro datum walhouse encodes from Postgres's text is,
+/// decoded, the value Debezium 3.6.1 wrote (both in one normal form).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debeziums_values_are_reproduced() {
+    support::init_logs();
+    let pg = PgServer::start();
+    pg.create_db("shop");
+    let broker = Broker::start();
+    let sql = pg.client("shop").await;
+    sql.batch_execute(VALUES_TABLE).await.expect("source");
     let (record, _, _dbz) = first_debezium_record(&pg, &broker, "v").await;
     let after_schema = after_schema(&record);
     let payload = &record["payload"]["after"];
@@ -546,4 +546,250 @@ async fn debeziums_values_are_reproduced() {
         compared += 1;
     }
     println!("{compared} values: walhouse's equals Debezium's for each");
+}
+
+/// A record of either side in one normal form: key, value and the
+/// Debezium key-change header, each as JSON (null when absent).
+#[derive(Debug, PartialEq)]
+struct Normal {
+    key: Value,
+    value: Value,
+    header: Option<(String, Value)>,
+}
+
+/// Debezium's record (JSON with Connect schemas) in normal form, with the
+/// Avro schemas AvroData would register for its key and value.
+fn debezium_normal(r: &support::kafka::Record) -> (Normal, Option<Value>, Option<Value>) {
+    let parse = |b: Option<&[u8]>| b.map(|b| serde_json::from_slice::<Value>(b).expect("JSON"));
+    let (key, value) = (parse(r.key.as_deref()), parse(r.value.as_deref()));
+    let normal = |v: &Option<Value>| {
+        v.as_ref().map_or(Value::Null, |v| {
+            support::avro_data::normal_connect(&v["schema"], &v["payload"])
+        })
+    };
+    let schema = |v: &Option<Value>| v.as_ref().map(|v| support::avro_data::from_connect(&v["schema"]));
+    let header = r
+        .headers
+        .iter()
+        .find(|(k, _)| k == "__debezium.oldkey" || k == "__debezium.newkey")
+        .map(|(k, v)| {
+            let v: Value = serde_json::from_slice(v.as_deref().unwrap_or(b"null")).expect("header JSON");
+            (k.clone(), v)
+        });
+    (
+        Normal {
+            key: normal(&key),
+            value: normal(&value),
+            header,
+        },
+        schema(&key),
+        schema(&value),
+    )
+}
+
+/// walhouse's record (Confluent wire format) in normal form, with its
+/// registered key and value schemas.
+async fn walhouse_normal(registry: &Registry, r: &support::kafka::Record) -> (Normal, Option<Value>, Option<Value>) {
+    async fn decode(registry: &Registry, bytes: Option<&[u8]>) -> (Value, Option<Value>) {
+        let Some(bytes) = bytes else { return (Value::Null, None) };
+        let (id, mut body) = split_wire(bytes).expect("wire format");
+        let text = registry.schema(id).await.expect("schema");
+        let json: Value = serde_json::from_str(&text).expect("schema JSON");
+        let schema = apache_avro::Schema::parse_str(&text).expect("parses");
+        let datum = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+            .build()
+            .expect("reader")
+            .read_value(&mut body)
+            .expect("decodes");
+        assert!(body.is_empty(), "bytes left after the datum");
+        let expanded = support::avro_data::expand(&json);
+        (support::avro_data::normal_avro(&expanded, &datum), Some(expanded))
+    }
+    let (key, key_schema) = decode(registry, r.key.as_deref()).await;
+    let (value, value_schema) = decode(registry, r.value.as_deref()).await;
+    let mut header = None;
+    for (k, v) in &r.headers {
+        if k == "__debezium.oldkey" || k == "__debezium.newkey" {
+            header = Some((k.clone(), decode(registry, v.as_deref()).await.0));
+        }
+    }
+    (Normal { key, value, header }, key_schema, value_schema)
+}
+
+/// What the two sides may differ in and still be the same record: the
+/// prefix (in names and `source.name`), processing times, the connector's
+/// version, and for snapshot reads the snapshot they come from (LSN,
+/// transaction, times) and Debezium's per-table first/last marks.
+fn comparable(mut v: Value, prefix: &str) -> Value {
+    fn rename(v: &mut Value, prefix: &str) {
+        match v {
+            Value::String(s) if s == prefix => *s = "PREFIX".into(),
+            Value::String(s) if s.starts_with(&format!("{prefix}.")) => {
+                *s = format!("PREFIX{}", &s[prefix.len()..]);
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| rename(x, prefix)),
+            Value::Object(o) => o.values_mut().for_each(|x| rename(x, prefix)),
+            _ => {}
+        }
+    }
+    rename(&mut v, prefix);
+    let Some(o) = v.as_object_mut() else { return v };
+    for f in ["ts_ms", "ts_us", "ts_ns"] {
+        if o.get(f).is_some_and(|x| !x.is_null()) {
+            o.insert(f.into(), "set".into());
+        }
+    }
+    let read = o.get("op").and_then(Value::as_str) == Some("r");
+    if let Some(source) = o.get_mut("source").and_then(Value::as_object_mut) {
+        source.insert("version".into(), "VERSION".into());
+        if read {
+            for f in ["ts_ms", "ts_us", "ts_ns", "lsn", "txId", "sequence"] {
+                source.insert(f.into(), "SNAPSHOT".into());
+            }
+            if let Some(Value::String(mark)) = source.get_mut("snapshot") {
+                if matches!(
+                    mark.as_str(),
+                    "first" | "first_in_data_collection" | "last_in_data_collection"
+                ) {
+                    *mark = "true".into();
+                }
+            }
+        }
+    }
+    v
+}
+
+/// The Debezium format, record for record: the same edge values, TOAST
+/// columns left unchanged (placeholder, and FULL identity's fill), a
+/// NOT NULL column missing from a delete's old row, a key change (delete,
+/// tombstone, create, with the old-key and new-key headers), a table keyed
+/// by its unique index, a skipped truncate and the transaction block go
+/// through Debezium 3.6.1 and through `walhouse-capture --format debezium`;
+/// every record's key, value, headers and Avro schemas are Debezium's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn walhouse_writes_debeziums_records_record_for_record() {
+    support::init_logs();
+    let pg = PgServer::start();
+    pg.create_db("shop");
+    let broker = Broker::start();
+    let registry = TestRegistry::start().await;
+    let sql = pg.client("shop").await;
+    sql.batch_execute(VALUES_TABLE).await.expect("values table");
+    sql.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, nn text NOT NULL, big text, bb bytea, ta text[], n int); \
+         ALTER TABLE t ALTER COLUMN big SET STORAGE EXTERNAL, ALTER COLUMN bb SET STORAGE EXTERNAL, \
+           ALTER COLUMN ta SET STORAGE EXTERNAL; \
+         CREATE TABLE f (id int PRIMARY KEY, big text, arr text[], b bytea, j jsonb); \
+         ALTER TABLE f REPLICA IDENTITY FULL, ALTER COLUMN big SET STORAGE EXTERNAL; \
+         CREATE TABLE u (a int NOT NULL, b text, c int); \
+         CREATE UNIQUE INDEX u_z ON u (c); CREATE UNIQUE INDEX u_a ON u (a); ALTER TABLE u REPLICA IDENTITY FULL; \
+         INSERT INTO t VALUES (1, 'x', repeat('y', 5000), decode(repeat('ab', 5000), 'hex'), \
+           ARRAY[repeat('z', 5000)], 1), (2, 'z', NULL, NULL, NULL, 2); \
+         INSERT INTO u VALUES (1, 'one', 10);",
+    )
+    .await
+    .expect("tables");
+    let dbz = Debezium::start(
+        &broker.bootstrap(),
+        &pg,
+        "shop",
+        "dbz",
+        &[("provide.transaction.metadata", "true")],
+    );
+    let capture = start_capture(&[
+        "--source-url",
+        &pg.url("walhouse_scram", "shop"),
+        "--output",
+        "kafka",
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        &registry.url,
+        "--topic-prefix",
+        "wh",
+        "--format",
+        "debezium",
+        "--transaction-topic",
+        "true",
+    ]);
+    // Both snapshots complete before the changes.
+    for (table, rows) in [("v", 1), ("t", 2), ("u", 1)] {
+        for prefix in ["dbz", "wh"] {
+            let (bootstrap, topic) = (broker.bootstrap(), format!("{prefix}.public.{table}"));
+            let held = tokio::task::spawn_blocking(move || wait_for_count(&bootstrap, &topic, rows, LIMIT))
+                .await
+                .expect("counter");
+            assert_eq!(
+                held,
+                rows,
+                "{prefix} snapshot of {table}; Connect's log:\n{}",
+                dbz.log()
+            );
+        }
+    }
+    for statement in [
+        "BEGIN; UPDATE t SET n = 10 WHERE id = 1; \
+         INSERT INTO f VALUES (1, repeat('q', 5000), ARRAY['a', NULL], '\\x7879', '{\"a\": 1}'); COMMIT",
+        "UPDATE f SET b = '\\x7a7a' WHERE id = 1",
+        "UPDATE t SET id = 3 WHERE id = 2",
+        "DELETE FROM t WHERE id = 1",
+        "INSERT INTO u VALUES (2, 'two', NULL)",
+        "UPDATE u SET b = 'uno' WHERE a = 1",
+        "TRUNCATE u",
+        "INSERT INTO v (id) VALUES (2)",
+        "UPDATE v SET i2 = 1, txt = NULL WHERE id = 1",
+        "DELETE FROM v WHERE id = 2",
+        "INSERT INTO t VALUES (9, 'end', NULL, NULL, NULL, 9)",
+    ] {
+        sql.batch_execute(statement).await.expect(statement);
+    }
+    // Per topic: snapshot reads, then changes (tombstones included).
+    let expected = [("t", 9), ("f", 2), ("u", 3), ("v", 5)];
+    let reader = Registry::new(&RegistryConfig {
+        url: registry.url.clone(),
+        ..Default::default()
+    })
+    .expect("registry");
+    let mut compared = 0;
+    for (table, n) in expected {
+        let mut sides = Vec::new();
+        for prefix in ["dbz", "wh"] {
+            let (bootstrap, topic) = (broker.bootstrap(), format!("{prefix}.public.{table}"));
+            let records = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, n, LIMIT))
+                .await
+                .expect("reader");
+            assert_eq!(
+                records.len(),
+                n,
+                "{prefix}.public.{table}; Connect's log:\n{}",
+                dbz.log()
+            );
+            sides.push(records);
+        }
+        for (i, (d, w)) in sides[0].iter().zip(&sides[1]).enumerate() {
+            let (theirs, their_key_schema, their_value_schema) = debezium_normal(d);
+            let (ours, our_key_schema, our_value_schema) = walhouse_normal(&reader, w).await;
+            let at = format!("{table} record {i}");
+            assert_eq!(comparable(ours.key, "wh"), comparable(theirs.key, "dbz"), "{at}: key");
+            assert_eq!(
+                comparable(ours.value, "wh"),
+                comparable(theirs.value, "dbz"),
+                "{at}: value"
+            );
+            assert_eq!(ours.header, theirs.header, "{at}: key-change header");
+            assert_eq!(
+                our_key_schema.map(|s| comparable(s, "wh")),
+                their_key_schema.map(|s| comparable(s, "dbz")),
+                "{at}: key schema"
+            );
+            assert_eq!(
+                our_value_schema.map(|s| comparable(s, "wh")),
+                their_value_schema.map(|s| comparable(s, "dbz")),
+                "{at}: value schema"
+            );
+            compared += 1;
+        }
+    }
+    capture.stop().await;
+    println!("{compared} records: walhouse's equal Debezium's, schemas included");
 }

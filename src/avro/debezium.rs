@@ -7,8 +7,10 @@
 //!
 //! [`avro_schema`] writes a Connect type as Avro the way Confluent's
 //! AvroData (behind the AvroConverter, default settings) does: the schema a
-//! Debezium deployment registers. Writing records in the format (the
-//! envelope, the source block, values) is still to come (issue 15).
+//! Debezium deployment registers. [`envelope`] puts types and values
+//! together into a table's records.
+
+pub mod envelope;
 
 use serde_json::{json, Map, Value as Json};
 
@@ -264,10 +266,13 @@ pub fn value_record(record_name: &str, columns: &[(String, ConnectType, bool)]) 
 }
 
 /// The key record of a table's topic (`<record_prefix>.Key`): its key
-/// columns (the primary key), none of them optional.
-pub fn key_record(record_prefix: &str, key_columns: &[(String, ConnectType)]) -> Json {
+/// columns (the primary key's are never optional; a unique index's may be).
+pub fn key_record(record_prefix: &str, key_columns: &[(String, ConnectType, bool)]) -> Json {
     let name = format!("{record_prefix}.Key");
-    let fields: Vec<Json> = key_columns.iter().map(|(n, t)| field(n, t, false)).collect();
+    let fields: Vec<Json> = key_columns
+        .iter()
+        .map(|(n, t, optional)| field(n, t, *optional))
+        .collect();
     json!({"type": "record", "name": name, "fields": fields, "connect.name": name})
 }
 
@@ -322,13 +327,15 @@ pub fn transaction_type() -> ConnectType {
 pub fn envelope_schema(record_prefix: &str, value: &Json) -> Json {
     let name = format!("{record_prefix}.Envelope");
     let optional_value = json!(["null", value]);
+    // `after` names the record `before` defines (a name is defined once).
+    let value_name = value["name"].clone();
     let long = ConnectType::plain("int64");
     json!({
         "type": "record",
         "name": name,
         "fields": [
             {"name": "before", "type": optional_value, "default": null},
-            {"name": "after", "type": optional_value, "default": null},
+            {"name": "after", "type": ["null", value_name], "default": null},
             field("source", &source_type(), false),
             field("transaction", &transaction_type(), true),
             field("op", &ConnectType::plain("string"), false),

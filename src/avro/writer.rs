@@ -467,7 +467,7 @@ impl<'a> Op<'a> {
     /// The ops an event becomes: a primary-key update is a delete of the
     /// old key and a create of the new one, as Debezium does, so compacted
     /// topics keep no stale key.
-    pub fn of(event: &'a ChangeEvent<'a>, envelope: &TableEnvelope) -> Vec<Op<'a>> {
+    pub fn of(event: &'a ChangeEvent<'a>, key_changed: impl Fn(&Tuple, &Tuple) -> bool) -> Vec<Op<'a>> {
         match &event.kind {
             ChangeKind::Insert { new, .. } if event.snapshot.is_some() => vec![Op::Read(new)],
             ChangeKind::Insert { new, .. } => vec![Op::Create(new)],
@@ -476,7 +476,7 @@ impl<'a> Op<'a> {
                     OldTuple::Key(t) | OldTuple::Full(t) => t,
                 });
                 match before {
-                    Some(b) if envelope.key_changed(b, new) => vec![Op::Delete(b), Op::Create(new)],
+                    Some(b) if key_changed(b, new) => vec![Op::Delete(b), Op::Create(new)],
                     _ => vec![Op::Update { before, after: new }],
                 }
             }
@@ -610,6 +610,8 @@ mod tests {
                 pg_type: "integer".into(),
                 array_dims: 0,
                 in_primary_key: true,
+                in_unique_key: false,
+                not_null: true,
             },
         );
         m
@@ -668,7 +670,7 @@ mod tests {
             },
             snapshot: None,
         };
-        let ops = Op::of(&event, &env);
+        let ops = Op::of(&event, |a, b| env.key_changed(a, b));
         assert_eq!(ops.len(), 1);
         let source = SourceInfo {
             version: "0.1.0",
@@ -749,7 +751,10 @@ mod tests {
             },
             snapshot: None,
         };
-        let codes: Vec<_> = Op::of(&event, &env).iter().map(|o| o.code()).collect();
+        let codes: Vec<_> = Op::of(&event, |a, b| env.key_changed(a, b))
+            .iter()
+            .map(|o| o.code())
+            .collect();
         assert_eq!(codes, ["d", "c"]);
     }
 

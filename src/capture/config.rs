@@ -43,6 +43,41 @@ pub enum OutputKind {
     Kafka,
 }
 
+/// What Debezium writes for an unchanged TOAST value it cannot fill in.
+pub const DEFAULT_TOAST_PLACEHOLDER: &str = "__debezium_unavailable_value";
+
+/// The shape of the Kafka records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// walhouse's envelope: Avro logical types, `unchanged_toast` and
+    /// `text_values` beside the row.
+    #[default]
+    Walhouse,
+    /// What Debezium's PostgreSQL connector writes with Confluent's
+    /// AvroConverter under its defaults: drop-in for its consumers.
+    Debezium,
+}
+
+/// `c,u,d,t` (any order, commas optional) or `none`.
+fn parse_skipped_operations(text: &str) -> Result<Vec<char>, ConfigError> {
+    if text.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    let mut ops = Vec::new();
+    for c in text.chars().filter(|c| !matches!(c, ',' | ' ')) {
+        if !matches!(c, 'c' | 'u' | 'd' | 't') {
+            return Err(ConfigError::Invalid(format!(
+                "skipped operations {text:?}: {c:?} is none of c (create), u (update), d (delete), t (truncate); 'none' skips nothing"
+            )));
+        }
+        if !ops.contains(&c) {
+            ops.push(c);
+        }
+    }
+    Ok(ops)
+}
+
 /// What to do with the rows that exist when capture first starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -197,6 +232,21 @@ pub struct CaptureArgs {
     #[arg(long, env = "WALHOUSE_NUMERIC_MODE", value_enum)]
     pub numeric_mode: Option<NumericMode>,
 
+    /// The records' format: walhouse's own, or what Debezium's PostgreSQL
+    /// connector writes through Confluent's AvroConverter [default: walhouse].
+    #[arg(long, env = "WALHOUSE_FORMAT", value_enum)]
+    pub format: Option<Format>,
+
+    /// Operations not written, as letters: c, u, d, t, or none
+    /// [default: t in the Debezium format, none in walhouse's].
+    #[arg(long, env = "WALHOUSE_SKIPPED_OPERATIONS")]
+    pub skipped_operations: Option<String>,
+
+    /// What a Debezium-format record holds for a TOAST value the update left
+    /// unchanged and the old row does not carry [default: __debezium_unavailable_value].
+    #[arg(long, env = "WALHOUSE_TOAST_PLACEHOLDER")]
+    pub toast_placeholder: Option<String>,
+
     /// Unacknowledged Kafka messages before reading the slot pauses [default: 50000].
     #[arg(long, env = "WALHOUSE_MAX_IN_FLIGHT_MESSAGES")]
     pub max_in_flight_messages: Option<u64>,
@@ -250,6 +300,9 @@ struct FileConfig {
     topic_prefix: Option<String>,
     tombstones: Option<bool>,
     numeric_mode: Option<NumericMode>,
+    format: Option<Format>,
+    skipped_operations: Option<String>,
+    toast_placeholder: Option<String>,
     max_in_flight_messages: Option<u64>,
     topic_partitions: Option<i32>,
     topic_replication_factor: Option<i32>,
@@ -295,6 +348,10 @@ pub struct KafkaSettings {
     pub topic_prefix: String,
     pub tombstones: bool,
     pub numeric_mode: NumericMode,
+    pub format: Format,
+    /// Operation codes not written (`c`, `u`, `d`, `t`).
+    pub skipped_operations: Vec<char>,
+    pub toast_placeholder: String,
     pub max_in_flight: u64,
     pub topic_partitions: i32,
     pub topic_replication: i32,
@@ -348,6 +405,11 @@ impl CaptureConfig {
         }
         let output = args.output.or(file.output).unwrap_or(OutputKind::Stdout);
         let kafka = match output {
+            OutputKind::Stdout if args.format.or(file.format) == Some(Format::Debezium) => {
+                return Err(ConfigError::Invalid(
+                    "--format debezium applies to --output kafka: stdout writes JSON lines".into(),
+                ))
+            }
             OutputKind::Stdout => None,
             OutputKind::Kafka => {
                 let brokers = args.brokers.or(file.brokers).ok_or_else(|| {
@@ -376,8 +438,30 @@ impl CaptureConfig {
                         "topic prefix {topic_prefix:?} may only hold letters, digits, '.', '_' and '-'"
                     )));
                 }
+                let format = args.format.or(file.format).unwrap_or_default();
+                let skipped_operations = parse_skipped_operations(
+                    args.skipped_operations
+                        .or(file.skipped_operations)
+                        .as_deref()
+                        .unwrap_or(match format {
+                            Format::Walhouse => "none",
+                            Format::Debezium => "t",
+                        }),
+                )?;
+                let toast_placeholder = args
+                    .toast_placeholder
+                    .or(file.toast_placeholder)
+                    .unwrap_or_else(|| DEFAULT_TOAST_PLACEHOLDER.into());
+                if format == Format::Walhouse && toast_placeholder != DEFAULT_TOAST_PLACEHOLDER {
+                    return Err(ConfigError::Invalid(
+                        "--toast-placeholder applies to --format debezium only: walhouse's format lists unchanged TOAST columns in unchanged_toast".into(),
+                    ));
+                }
                 Some(KafkaSettings {
                     brokers,
+                    format,
+                    skipped_operations,
+                    toast_placeholder,
                     registry,
                     topic_prefix,
                     tombstones: args.tombstones.or(file.tombstones).unwrap_or(true),
@@ -521,6 +605,15 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().expect("tempfile");
         f.write_all(text.as_bytes()).expect("write");
         f
+    }
+
+    #[test]
+    fn skipped_operations_parse_and_refuse_unknown_letters() {
+        assert_eq!(parse_skipped_operations("none").expect("none"), Vec::<char>::new());
+        assert_eq!(parse_skipped_operations("t").expect("t"), vec!['t']);
+        assert_eq!(parse_skipped_operations("c, u,u").expect("c,u"), vec!['c', 'u']);
+        let e = parse_skipped_operations("tx").expect_err("x").to_string();
+        assert!(e.contains("'x'"), "{e}");
     }
 
     #[test]

@@ -276,6 +276,10 @@ pub struct ColumnInfo {
     /// Declared array dimensions (`int[][]` is 2; 0 when undeclared).
     pub array_dims: i32,
     pub in_primary_key: bool,
+    /// In the first unique index (by name) of plain columns, when there is
+    /// no primary key: Debezium's key for such a table.
+    pub in_unique_key: bool,
+    pub not_null: bool,
 }
 
 /// Looks up `oids` and, recursively, the domain bases and array elements
@@ -346,9 +350,16 @@ pub async fn load_column_infos(
         .query(
             // attndims is int4 up to Postgres 17 and int2 from 18 on.
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attndims::int4, \
-                    COALESCE(a.attnum = ANY(i.indkey), false) \
+                    COALESCE(a.attnum = ANY(i.indkey), false), \
+                    i.indexrelid IS NULL AND COALESCE(a.attnum = ANY(u.indkey), false), a.attnotnull \
              FROM pg_catalog.pg_attribute a \
              LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
+             LEFT JOIN LATERAL ( \
+               SELECT ui.indkey FROM pg_catalog.pg_index ui \
+               JOIN pg_catalog.pg_class c ON c.oid = ui.indexrelid \
+               WHERE ui.indrelid = a.attrelid AND ui.indisunique AND NOT ui.indisprimary \
+                 AND NOT (0 = ANY(ui.indkey)) \
+               ORDER BY c.relname LIMIT 1) u ON true \
              WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped",
             &[&relation_id],
         )
@@ -362,6 +373,8 @@ pub async fn load_column_infos(
                     pg_type: r.read(QUERY, 1)?,
                     array_dims: r.read(QUERY, 2)?,
                     in_primary_key: r.read(QUERY, 3)?,
+                    in_unique_key: r.read(QUERY, 4)?,
+                    not_null: r.read(QUERY, 5)?,
                 },
             ))
         })

@@ -369,6 +369,19 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
 /// watermarks, polled every 50 ms; bounded by `limit`); returns how many
 /// it holds then and an estimate of their bytes (the first 1000 records' mean).
 pub fn wait_for_records(bootstrap: &str, topic: &str, n: u64, limit: Duration) -> (u64, u64) {
+    let held = wait_for_count(bootstrap, topic, n, limit);
+    let sample = read_topic(bootstrap, topic, 1000, Duration::from_secs(30));
+    let sampled: u64 = sample
+        .iter()
+        .map(|r| (r.value.as_ref().map_or(0, Vec::len) + r.key.as_ref().map_or(0, Vec::len)) as u64)
+        .sum();
+    (held, sampled * held / sample.len().max(1) as u64)
+}
+
+/// Waits until `topic` holds `n` records (by its partitions' high
+/// watermarks, polled every 50 ms; bounded by `limit`); returns how many
+/// it holds then.
+pub fn wait_for_count(bootstrap: &str, topic: &str, n: u64, limit: Duration) -> u64 {
     let consumer = reader(bootstrap);
     let deadline = Instant::now() + limit;
     let count = |c: &BaseConsumer| -> u64 {
@@ -386,12 +399,7 @@ pub fn wait_for_records(bootstrap: &str, topic: &str, n: u64, limit: Duration) -
         std::thread::sleep(Duration::from_millis(50));
         held = count(&consumer);
     }
-    let sample = read_topic(bootstrap, topic, 1000, Duration::from_secs(30));
-    let sampled: u64 = sample
-        .iter()
-        .map(|r| (r.value.as_ref().map_or(0, Vec::len) + r.key.as_ref().map_or(0, Vec::len)) as u64)
-        .sum();
-    (held, sampled * held / sample.len().max(1) as u64)
+    held
 }
 
 /// Deletes the records of `topic`'s `partition` below `before`, as
@@ -421,16 +429,27 @@ pub struct Record {
     pub value: Option<Vec<u8>>,
     /// The record's timestamp (the producer's create time), in ms.
     pub timestamp_ms: Option<i64>,
+    /// Its headers, in order (a header without a value has none).
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl Record {
     fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+        use rdkafka::message::Headers;
         Record {
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().map(<[u8]>::to_vec),
             timestamp_ms: m.timestamp().to_millis(),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }

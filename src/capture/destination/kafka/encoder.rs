@@ -1,5 +1,6 @@
 //! Change events to Kafka records: topic, key and value in the Confluent
-//! wire format, with schemas registered as table shapes arrive.
+//! wire format, with schemas registered as table shapes arrive, in
+//! walhouse's format or Debezium's ([`Format`]).
 //!
 //! Separate from the producer so encoding can be measured and reused on
 //! its own (the benchmark runs capture with encoding but no producer).
@@ -7,18 +8,77 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use serde_json::Value as Json;
+
+use crate::avro::debezium::envelope::{DebeziumTable, RecordContext};
 use crate::avro::types::NumericMode;
 use crate::avro::writer::{Op, SourceInfo, TableEnvelope};
+use crate::capture::config::Format;
 use crate::capture::destination::{EncodedRows, OutputError, RowEncoder};
 use crate::change::{ChangeEvent, ChangeKind};
 use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::{Relation, Tuple};
+use crate::postgres::Lsn;
 use crate::registry::{wire_header, Registry, RegistryError};
 
-/// A table's envelope with its registered schema ids; shared with the
+/// A table's records in one of the two formats.
+enum Shape {
+    Walhouse(TableEnvelope),
+    Debezium(DebeziumTable),
+}
+
+impl Shape {
+    fn topic(&self) -> &str {
+        match self {
+            Shape::Walhouse(e) => &e.topic,
+            Shape::Debezium(d) => &d.topic,
+        }
+    }
+
+    fn schemas(&self) -> (Option<&Json>, &Json) {
+        match self {
+            Shape::Walhouse(e) => (e.key_schema.as_ref(), &e.value_schema),
+            Shape::Debezium(d) => (d.key_schema.as_ref(), &d.value_schema),
+        }
+    }
+
+    fn changed_columns(&self, newer: &Shape) -> Vec<String> {
+        match (self, newer) {
+            (Shape::Walhouse(a), Shape::Walhouse(b)) => a.changed_columns(b),
+            (Shape::Debezium(a), Shape::Debezium(b)) => a.changed_columns(b),
+            _ => Vec::new(),
+        }
+    }
+
+    fn key_changed(&self, old: &Tuple, new: &Tuple) -> bool {
+        match self {
+            Shape::Walhouse(e) => e.key_changed(old, new),
+            Shape::Debezium(d) => d.key_changed(old, new),
+        }
+    }
+
+    fn encode_key(&self, tuple: &Tuple, out: &mut Vec<u8>) -> Result<bool, String> {
+        match self {
+            Shape::Walhouse(e) => e.encode_key(tuple, out).map_err(|e| e.to_string()),
+            Shape::Debezium(d) => d.encode_key(tuple, out),
+        }
+    }
+}
+
+/// What a Debezium-format record needs beyond its change.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sequence {
+    /// End LSN of the last transaction committed in this run.
+    pub last_commit: Option<Lsn>,
+    /// Position in the transaction and in its table, when the records
+    /// carry the `transaction` block.
+    pub transaction: Option<(u64, u64)>,
+}
+
+/// A table's shape with its registered schema ids; shared with the
 /// snapshot's copy workers, which encode with it on their own threads.
 struct TableState {
-    envelope: TableEnvelope,
+    envelope: Shape,
     topic: Arc<str>,
     key_id: Option<u32>,
     value_id: u32,
@@ -35,6 +95,17 @@ impl TableState {
         }
     }
 
+    fn context(&self, now_ms: i64, sequence: Sequence) -> RecordContext<'_> {
+        RecordContext {
+            name: &self.prefix,
+            db: &self.db,
+            version: env!("CARGO_PKG_VERSION"),
+            last_commit: sequence.last_commit,
+            now_ns: now_ms.saturating_mul(1_000_000),
+            transaction: sequence.transaction,
+        }
+    }
+
     /// Writes the wire-format key of `tuple` to `key` (false: the table has
     /// no key) and the value of `op` to `value`.
     fn encode(
@@ -42,26 +113,34 @@ impl TableState {
         event: &ChangeEvent<'_>,
         op: Op<'_>,
         now_ms: i64,
+        sequence: Sequence,
         key: &mut Vec<u8>,
         value: &mut Vec<u8>,
     ) -> Result<bool, Unkeyable> {
         wire_header(self.value_id, value);
-        self.envelope.encode_value(event, op, &self.source(), now_ms, value);
+        match &self.envelope {
+            Shape::Walhouse(e) => e.encode_value(event, op, &self.source(), now_ms, value),
+            Shape::Debezium(d) => d.encode_value(event, op, &self.context(now_ms, sequence), value),
+        }
         let key_tuple: Option<&Tuple> = match op {
             Op::Create(t) | Op::Read(t) | Op::Delete(t) => Some(t),
             Op::Update { after, .. } => Some(after),
             Op::Truncate => None,
         };
-        match (key_tuple, self.key_id) {
-            (Some(t), Some(id)) => {
-                wire_header(id, key);
-                self.envelope.encode_key(t, key).map_err(|e| Unkeyable {
-                    topic: self.envelope.topic.clone(),
-                    reason: e.to_string(),
-                })
-            }
-            _ => Ok(false),
+        match key_tuple {
+            Some(t) => self.encode_key(t, key),
+            None => Ok(false),
         }
+    }
+
+    /// The wire-format key of `tuple` (false: the table has no key).
+    fn encode_key(&self, tuple: &Tuple, key: &mut Vec<u8>) -> Result<bool, Unkeyable> {
+        let Some(id) = self.key_id else { return Ok(false) };
+        wire_header(id, key);
+        self.envelope.encode_key(tuple, key).map_err(|reason| Unkeyable {
+            topic: self.topic.to_string(),
+            reason,
+        })
     }
 }
 
@@ -76,30 +155,36 @@ impl RowEncoder for TableState {
         };
         // Key then value, straight into the shared buffer.
         let start = out.buf.len();
-        if let Some(id) = self.key_id {
-            wire_header(id, &mut out.buf);
-            if !matches!(self.envelope.encode_key(new, &mut out.buf), Ok(true)) {
-                out.buf.truncate(start);
-                return false;
-            }
+        if self.key_id.is_some() && !matches!(self.encode_key(new, &mut out.buf), Ok(true)) {
+            out.buf.truncate(start);
+            return false;
         }
         let key_end = out.buf.len();
         wire_header(self.value_id, &mut out.buf);
+        let envelope = match &self.envelope {
+            Shape::Walhouse(e) => e,
+            Shape::Debezium(d) => {
+                d.encode_value(
+                    event,
+                    Op::Read(new),
+                    &self.context(now_ms, Sequence::default()),
+                    &mut out.buf,
+                );
+                out.spans.push((start, key_end, out.buf.len()));
+                return true;
+            }
+        };
         match event.tx {
             Some(tx) => {
                 let this = Some((event.lsn, *tx, event.snapshot));
                 if out.shared_for != this {
                     out.shared.clear();
-                    self.envelope
-                        .encode_source_head(event, &self.source(), now_ms, &mut out.shared);
+                    envelope.encode_source_head(event, &self.source(), now_ms, &mut out.shared);
                     out.shared_for = this;
                 }
-                self.envelope
-                    .encode_value_with_head(event, Op::Read(new), &out.shared, now_ms, &mut out.buf);
+                envelope.encode_value_with_head(event, Op::Read(new), &out.shared, now_ms, &mut out.buf);
             }
-            None => self
-                .envelope
-                .encode_value(event, Op::Read(new), &self.source(), now_ms, &mut out.buf),
+            None => envelope.encode_value(event, Op::Read(new), &self.source(), now_ms, &mut out.buf),
         }
         out.spans.push((start, key_end, out.buf.len()));
         true
@@ -127,10 +212,22 @@ pub struct RecordEncoder {
     prefix: Arc<str>,
     db: Arc<str>,
     numeric_mode: NumericMode,
+    format: Format,
+    toast_placeholder: String,
     tables: HashMap<u32, Arc<TableState>>,
     key: Vec<u8>,
     value: Vec<u8>,
     transaction_ids: Option<(u32, u32)>,
+    /// The Debezium format's `source.sequence` and `transaction` block.
+    last_commit: Option<Lsn>,
+    orders: Option<TransactionOrders>,
+}
+
+/// Records written so far in the open transaction, in all and per table.
+struct TransactionOrders {
+    xid: u32,
+    total: u64,
+    per_table: HashMap<u32, u64>,
 }
 
 impl RecordEncoder {
@@ -140,11 +237,34 @@ impl RecordEncoder {
             prefix: prefix.into(),
             db: db.into(),
             numeric_mode,
+            format: Format::Walhouse,
+            toast_placeholder: crate::capture::config::DEFAULT_TOAST_PLACEHOLDER.into(),
             tables: HashMap::new(),
             key: Vec::with_capacity(64),
             value: Vec::with_capacity(1024),
             transaction_ids: None,
+            last_commit: None,
+            orders: None,
         }
+    }
+
+    /// Writes `format` instead of walhouse's, with `toast_placeholder` for
+    /// unchanged TOAST values in the Debezium format.
+    pub fn with_format(mut self, format: Format, toast_placeholder: &str) -> Self {
+        self.format = format;
+        self.toast_placeholder = toast_placeholder.to_owned();
+        self
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// A transaction ended at `end_lsn`: the next ones name it in
+    /// `source.sequence`.
+    pub fn end_transaction(&mut self, end_lsn: Lsn) {
+        self.last_commit = Some(end_lsn);
+        self.orders = None;
     }
 
     /// Key and value schema ids of the transaction topic (registered once).
@@ -166,16 +286,26 @@ impl RecordEncoder {
     /// Builds the table's envelope and registers its schemas when they
     /// changed; returns its topic.
     pub async fn relation(&mut self, relation: &Arc<Relation>, cache: &RelationCache) -> Result<String, OutputError> {
-        let envelope = TableEnvelope::new(
-            &self.prefix,
-            relation,
-            cache.column_infos(relation.id),
-            self.numeric_mode,
-            &|oid| cache.type_info(oid),
-        );
+        let lookup = |oid| cache.type_info(oid);
+        let envelope = match self.format {
+            Format::Walhouse => Shape::Walhouse(TableEnvelope::new(
+                &self.prefix,
+                relation,
+                cache.column_infos(relation.id),
+                self.numeric_mode,
+                &lookup,
+            )),
+            Format::Debezium => Shape::Debezium(DebeziumTable::new(
+                &self.prefix,
+                relation,
+                cache.column_infos(relation.id),
+                &self.toast_placeholder,
+                &lookup,
+            )),
+        };
         if let Some(old) = self.tables.get(&relation.id) {
-            if old.envelope.value_schema == envelope.value_schema && old.envelope.key_schema == envelope.key_schema {
-                return Ok(envelope.topic);
+            if old.envelope.schemas() == envelope.schemas() {
+                return Ok(envelope.topic().to_owned());
             }
         }
         let table = format!("{}.{}", relation.namespace, relation.name);
@@ -184,7 +314,9 @@ impl RecordEncoder {
             .get(&relation.id)
             .map(|old| old.envelope.changed_columns(&envelope))
             .unwrap_or_default();
-        if envelope.key_schema.is_none() {
+        let (key_schema, value_schema) = envelope.schemas();
+        let topic = envelope.topic().to_owned();
+        if key_schema.is_none() {
             tracing::warn!(
                 %table,
                 "table has no primary key: its events get a null key, so Kafka spreads them over partitions \
@@ -192,22 +324,13 @@ impl RecordEncoder {
             );
         }
         let value_id = self
-            .register(
-                &format!("{}-value", envelope.topic),
-                &envelope.value_schema,
-                &table,
-                &changed,
-            )
+            .register(&format!("{topic}-value"), value_schema, &table, &changed)
             .await?;
-        let key_id = match &envelope.key_schema {
-            Some(k) => Some(
-                self.register(&format!("{}-key", envelope.topic), k, &table, &changed)
-                    .await?,
-            ),
+        let key_id = match key_schema {
+            Some(k) => Some(self.register(&format!("{topic}-key"), k, &table, &changed).await?),
             None => None,
         };
-        tracing::info!(%table, topic = %envelope.topic, value_id, ?key_id, "schema registered");
-        let topic = envelope.topic.clone();
+        tracing::info!(%table, %topic, value_id, ?key_id, "schema registered");
         self.tables.insert(
             relation.id,
             Arc::new(TableState {
@@ -261,7 +384,7 @@ impl RecordEncoder {
                     relation.namespace, relation.name
                 ))
             })?;
-            Ok(Op::of(event, &state.envelope)
+            Ok(Op::of(event, |a, b| state.envelope.key_changed(a, b))
                 .into_iter()
                 .map(|op| (relation.id, op))
                 .collect())
@@ -284,6 +407,7 @@ impl RecordEncoder {
         event: &ChangeEvent<'_>,
         op: Op<'_>,
         now_ms: i64,
+        with_transaction: bool,
     ) -> Result<Encoded<'_>, Unkeyable> {
         let Some(state) = self.tables.get(&relation_id) else {
             return Err(Unkeyable {
@@ -291,13 +415,39 @@ impl RecordEncoder {
                 reason: format!("no schema for relation {relation_id}"),
             });
         };
+        let mut sequence = Sequence {
+            last_commit: self.last_commit,
+            transaction: None,
+        };
+        if let (true, Some(tx), None) = (with_transaction, event.tx, event.snapshot) {
+            let orders = match &mut self.orders {
+                Some(o) if o.xid == tx.xid => o,
+                slot => slot.insert(TransactionOrders {
+                    xid: tx.xid,
+                    total: 0,
+                    per_table: HashMap::new(),
+                }),
+            };
+            orders.total += 1;
+            let in_table = orders.per_table.entry(relation_id).or_default();
+            *in_table += 1;
+            sequence.transaction = Some((orders.total, *in_table));
+        }
         self.value.clear();
         self.key.clear();
-        let has_key = state.encode(event, op, now_ms, &mut self.key, &mut self.value)?;
+        let has_key = state.encode(event, op, now_ms, sequence, &mut self.key, &mut self.value)?;
         Ok(Encoded {
             topic: &state.topic,
             key: has_key.then_some(&self.key[..]),
             value: &self.value,
         })
+    }
+
+    /// The wire-format key of `tuple` in `relation_id`'s topic, for the
+    /// Debezium format's old-key and new-key headers.
+    pub fn key_of(&self, relation_id: u32, tuple: &Tuple) -> Option<Vec<u8>> {
+        let state = self.tables.get(&relation_id)?;
+        let mut key = Vec::new();
+        matches!(state.encode_key(tuple, &mut key), Ok(true)).then_some(key)
     }
 }

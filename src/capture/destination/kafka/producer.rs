@@ -17,20 +17,25 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::DeliveryResult;
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 
 use super::delivery::DeliveryTracker;
 use super::encoder::RecordEncoder;
 use crate::avro::writer::Op;
-use crate::capture::config::KafkaSettings;
+use crate::capture::config::{Format, KafkaSettings};
 use crate::capture::destination::{Destination, DestinationStats, EncodedRows, OutputError, RowEncoder};
-use crate::change::ChangeEvent;
+use crate::change::{ChangeEvent, ChangeKind};
 use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::PgTimestamp;
 use crate::postgres::pgoutput::Relation;
 use crate::postgres::Lsn;
 use crate::registry::Registry;
+
+/// Debezium's headers on the two records of a key change: the delete
+/// names the new key, the create the old one.
+const NEW_KEY_HEADER: &str = "__debezium.newkey";
+const OLD_KEY_HEADER: &str = "__debezium.oldkey";
 
 /// Routes librdkafka's delivery reports and logs.
 struct Context {
@@ -79,10 +84,27 @@ struct Sender {
 impl Sender {
     /// Hands one record to librdkafka, registered with the tracker.
     fn produce(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<(), OutputError> {
+        self.produce_with(topic, key, value, None)
+    }
+
+    /// As [`Self::produce`], with one header.
+    fn produce_with(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        header: Option<(&str, &[u8])>,
+    ) -> Result<(), OutputError> {
         let unit = self.tracker.sent();
         let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, unit as usize);
         if let Some(k) = key {
             record = record.key(k);
+        }
+        if let Some((name, value)) = header {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: name,
+                value: Some(value),
+            }));
         }
         if let Some(v) = value {
             record = record.payload(v);
@@ -172,7 +194,8 @@ impl KafkaDestination {
             }
         }
         let admin = admin_config.create().map_err(kafka_err)?;
-        let encoder = RecordEncoder::new(registry, &config.topic_prefix, db, config.numeric_mode);
+        let encoder = RecordEncoder::new(registry, &config.topic_prefix, db, config.numeric_mode)
+            .with_format(config.format, &config.toast_placeholder);
         Ok(KafkaDestination {
             sender: Sender {
                 producer,
@@ -186,6 +209,19 @@ impl KafkaDestination {
             topics: HashSet::new(),
             open_tx: None,
         })
+    }
+
+    /// Whether `--skipped-operations` leaves `event` out (snapshot reads
+    /// never are).
+    fn skipped(&self, event: &ChangeEvent<'_>) -> bool {
+        let code = match (&event.kind, event.snapshot) {
+            (ChangeKind::Insert { .. }, None) => 'c',
+            (ChangeKind::Update { .. }, _) => 'u',
+            (ChangeKind::Delete { .. }, _) => 'd',
+            (ChangeKind::Truncate { .. }, _) => 't',
+            _ => return false,
+        };
+        self.config.skipped_operations.contains(&code)
     }
 
     /// Records handed to librdkafka (tombstones included).
@@ -303,17 +339,37 @@ impl Destination for KafkaDestination {
     }
 
     async fn send(&mut self, event: &ChangeEvent<'_>) -> Result<(), OutputError> {
+        if self.skipped(event) {
+            return Ok(());
+        }
         let now = PgTimestamp::now().unix_millis();
         // Snapshot reads belong to no transaction (Debezium's shape too).
         if self.config.transaction_topic && event.snapshot.is_none() {
             self.track_transaction(event).await?;
         }
-        for (relation_id, op) in self.encoder.ops(event)? {
-            match self.encoder.encode(relation_id, event, op, now) {
+        let ops = self.encoder.ops(event)?;
+        // A key change is a delete and a create; in the Debezium format each
+        // names the other's key in a header.
+        let key_change = match (ops.as_slice(), self.config.format) {
+            ([(id, Op::Delete(old)), (_, Op::Create(new))], Format::Debezium) => Some((
+                self.encoder.key_of(*id, old).unwrap_or_default(),
+                self.encoder.key_of(*id, new).unwrap_or_default(),
+            )),
+            _ => None,
+        };
+        let with_transaction = self.config.transaction_topic;
+        for (relation_id, op) in ops {
+            let header = match (&key_change, op) {
+                (Some((_, new)), Op::Delete(_)) => Some((NEW_KEY_HEADER, new.as_slice())),
+                (Some((old, _)), Op::Create(_)) => Some((OLD_KEY_HEADER, old.as_slice())),
+                _ => None,
+            };
+            match self.encoder.encode(relation_id, event, op, now, with_transaction) {
                 Ok(record) => {
-                    self.sender.produce(record.topic, record.key, Some(record.value))?;
+                    self.sender
+                        .produce_with(record.topic, record.key, Some(record.value), header)?;
                     if matches!(op, Op::Delete(_)) && self.config.tombstones && record.key.is_some() {
-                        self.sender.produce(record.topic, record.key, None)?;
+                        self.sender.produce_with(record.topic, record.key, None, header)?;
                     }
                 }
                 Err(unkeyable) => self.dead_letter(&unkeyable.topic, event, &unkeyable.reason).await?,
@@ -326,6 +382,7 @@ impl Destination for KafkaDestination {
         if let Some(tx) = self.open_tx.take() {
             self.transaction_record(&tx, "END").await?;
         }
+        self.encoder.end_transaction(ack_lsn);
         self.sender.tracker.close_unit(ack_lsn);
         Ok(())
     }
