@@ -45,6 +45,18 @@ async fn count<W: Warehouse>(w: &mut W, sql: &str) -> i64 {
 /// the source, on DuckDB and on a Postgres warehouse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_questions_match_on_the_source_and_both_warehouses() {
+    seed_questions_match_in_format("walhouse").await;
+}
+
+/// The same through topics in the Debezium format (truncates included):
+/// the sink reads Debezium's semantic types, its TOAST placeholder and its
+/// envelope, so it can stand behind an existing Debezium.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_questions_match_through_the_debezium_format() {
+    seed_questions_match_in_format("debezium").await;
+}
+
+async fn seed_questions_match_in_format(format: &str) {
     support::init_logs();
     let pg = PgServer::start();
     pg.create_db("backend");
@@ -79,6 +91,10 @@ async fn seed_questions_match_on_the_source_and_both_warehouses() {
         &prefix,
         "--status-interval-ms",
         "200",
+        "--format",
+        format,
+        "--skipped-operations",
+        "none",
     ]);
     assert!(
         pg.wait_for_slot("backend", "walhouse", true, Duration::from_secs(60))

@@ -1,5 +1,7 @@
-//! Reads walhouse's change envelopes (Avro, by their writer schema) into
-//! warehouse cells.
+//! Reads change envelopes (Avro, by their writer schema) into warehouse
+//! cells: walhouse's own, and Debezium's (whose semantic types, named by
+//! `connect.name`, become the warehouse types they stand for, and whose
+//! TOAST placeholder becomes an unchanged-TOAST mark).
 //!
 //! A plan is compiled once per writer schema id from the schema's JSON, so
 //! walhouse's own annotations (`walhouse.column` for the original column
@@ -47,7 +49,12 @@ enum Node {
     TimeMicros,
     TimestampMillis,
     TimestampMicros,
+    LocalTimestampMillis,
     LocalTimestampMicros,
+    /// Debezium's `ZonedTimestamp`: an ISO-8601 string in UTC.
+    ZonedTimestamp,
+    /// Debezium's `VariableScaleDecimal`: `{scale: int, value: bytes}`.
+    VariableDecimal,
     Uuid,
     // Shared, not owned: a named type used many times is one allocation
     // however often a hostile schema refers to it.
@@ -65,6 +72,8 @@ const MAX_SCHEMA_NODES: u64 = 50_000;
 const MAX_SCHEMA_BYTES: usize = 1 << 20;
 /// Postgres's largest `numeric` precision.
 const MAX_DECIMAL_PRECISION: u32 = 1000;
+/// What Debezium writes for a TOAST value an update left unchanged.
+pub const DEBEZIUM_TOAST_PLACEHOLDER: &str = "__debezium_unavailable_value";
 
 /// One column of the row records, as the warehouse will store it.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,6 +88,9 @@ pub struct PlanColumn {
 pub struct EnvelopePlan {
     pub columns: Vec<PlanColumn>,
     fields: Vec<(Field, Node)>,
+    /// Debezium's envelope (no `unchanged_toast` list): unchanged TOAST
+    /// values are its placeholder.
+    placeholders: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -201,9 +213,11 @@ impl EnvelopePlan {
                 return Err(ReadError::NotAnEnvelope(format!("no {needed:?} field")));
             }
         }
+        let placeholders = !fields.iter().any(|(f, _)| *f == Field::UnchangedToast);
         Ok(EnvelopePlan {
             columns: columns.unwrap_or_default(),
             fields,
+            placeholders,
         })
     }
 
@@ -249,6 +263,16 @@ impl EnvelopePlan {
             }
         }
         change.row = if change.op == "d" { before } else { after };
+        if self.placeholders {
+            if let Some(row) = change.row.as_mut() {
+                for (c, cell) in self.columns.iter().zip(row.iter_mut()) {
+                    if is_placeholder(cell) {
+                        *cell = Cell::Null;
+                        change.unchanged_toast.push(c.name.clone());
+                    }
+                }
+            }
+        }
         Ok(change)
     }
 
@@ -268,6 +292,22 @@ impl EnvelopePlan {
             cells.push(cell(r, &c.node)?);
         }
         Ok(Some(cells))
+    }
+}
+
+/// Whether a cell holds Debezium's TOAST placeholder (as text, as bytes,
+/// or as the one element of an array).
+fn is_placeholder(cell: &Cell) -> bool {
+    match cell {
+        Cell::Text(t) => {
+            t == DEBEZIUM_TOAST_PLACEHOLDER
+                || (t.len() == DEBEZIUM_TOAST_PLACEHOLDER.len() + 4
+                    && t.strip_prefix("[\"")
+                        .and_then(|t| t.strip_suffix("\"]"))
+                        .is_some_and(|t| t == DEBEZIUM_TOAST_PLACEHOLDER))
+        }
+        Cell::Bytes(b) => b == DEBEZIUM_TOAST_PLACEHOLDER.as_bytes(),
+        _ => false,
     }
 }
 
@@ -300,7 +340,9 @@ fn row_columns(envelope: &Json, after: &Node) -> Result<Vec<PlanColumn>, ReadErr
             Json::Array(branches) => branches.iter().find(|b| *b != "null").cloned().unwrap_or(Json::Null),
             other => other.clone(),
         };
-        let walhouse_type = value_json["walhouse.type"].as_str();
+        let walhouse_type = value_json["walhouse.type"]
+            .as_str()
+            .or_else(|| (value_json["connect.name"] == "io.debezium.data.Json").then_some("json"));
         let inner = unwrap_null(node);
         out.push(PlanColumn {
             name,
@@ -326,8 +368,8 @@ fn sql_type(node: &Node, walhouse_type: Option<&str>) -> SqlType {
         Node::String if walhouse_type == Some("json") => SqlType::Json,
         Node::Date => SqlType::Date,
         Node::TimeMillis | Node::TimeMicros => SqlType::Time,
-        Node::TimestampMillis | Node::TimestampMicros => SqlType::TimestampTz,
-        Node::LocalTimestampMicros => SqlType::Timestamp,
+        Node::TimestampMillis | Node::TimestampMicros | Node::ZonedTimestamp => SqlType::TimestampTz,
+        Node::LocalTimestampMillis | Node::LocalTimestampMicros => SqlType::Timestamp,
         Node::Uuid => SqlType::Uuid,
         Node::Array(_) | Node::Map(_) | Node::Record(_) => SqlType::Json,
         _ => SqlType::Text,
@@ -409,6 +451,18 @@ fn parse(
                 ("long", Some("timestamp-micros")) => return Ok(Node::TimestampMicros),
                 ("long", Some("local-timestamp-micros")) => return Ok(Node::LocalTimestampMicros),
                 ("string", Some("uuid")) => return Ok(Node::Uuid),
+                _ => {}
+            }
+            // Debezium's semantic types, by their Connect name.
+            match (ty, o.get("connect.name").and_then(Json::as_str)) {
+                ("int", Some("io.debezium.time.Date")) => return Ok(Node::Date),
+                ("int", Some("io.debezium.time.Time")) => return Ok(Node::TimeMillis),
+                ("long", Some("io.debezium.time.MicroTime")) => return Ok(Node::TimeMicros),
+                ("long", Some("io.debezium.time.Timestamp")) => return Ok(Node::LocalTimestampMillis),
+                ("long", Some("io.debezium.time.MicroTimestamp")) => return Ok(Node::LocalTimestampMicros),
+                ("string", Some("io.debezium.time.ZonedTimestamp")) => return Ok(Node::ZonedTimestamp),
+                ("string", Some("io.debezium.data.Uuid")) => return Ok(Node::Uuid),
+                ("record", Some("io.debezium.data.VariableScaleDecimal")) => return Ok(Node::VariableDecimal),
                 _ => {}
             }
             let name = o.get("name").and_then(Json::as_str).unwrap_or_default();
@@ -602,9 +656,14 @@ fn skip(r: &mut Reader<'_>, node: &Node) -> Result<(), ReadError> {
         | Node::TimeMicros
         | Node::TimestampMillis
         | Node::TimestampMicros
+        | Node::LocalTimestampMillis
         | Node::LocalTimestampMicros
         | Node::Enum(_) => {
             r.long()?;
+        }
+        Node::VariableDecimal => {
+            r.long()?;
+            r.bytes()?;
         }
         Node::Float => {
             r.take(4)?;
@@ -612,7 +671,7 @@ fn skip(r: &mut Reader<'_>, node: &Node) -> Result<(), ReadError> {
         Node::Double => {
             r.take(8)?;
         }
-        Node::Bytes | Node::String | Node::Uuid | Node::Decimal { fixed: None, .. } => {
+        Node::Bytes | Node::String | Node::Uuid | Node::ZonedTimestamp | Node::Decimal { fixed: None, .. } => {
             r.bytes()?;
         }
         Node::Fixed(n) | Node::Decimal { fixed: Some(n), .. } => {
@@ -694,7 +753,28 @@ fn cell(r: &mut Reader<'_>, node: &Node) -> Result<Cell, ReadError> {
         Node::TimeMicros => Cell::Time(r.long()?),
         Node::TimestampMillis => Cell::TimestampTz(r.long()?.saturating_mul(1000)),
         Node::TimestampMicros => Cell::TimestampTz(r.long()?),
+        Node::LocalTimestampMillis => Cell::Timestamp(r.long()?.saturating_mul(1000)),
         Node::LocalTimestampMicros => Cell::Timestamp(r.long()?),
+        Node::ZonedTimestamp => {
+            let text = r.string()?;
+            match zoned_timestamp_micros(&text) {
+                Some(micros) => Cell::TimestampTz(micros),
+                // Debezium's placeholder, or what it writes for infinity.
+                None => Cell::Text(text),
+            }
+        }
+        Node::VariableDecimal => {
+            let scale = r.long()?;
+            let b = r.bytes()?;
+            let scale = usize::try_from(scale)
+                .ok()
+                .filter(|s| *s <= MAX_DECIMAL_PRECISION as usize)
+                .ok_or_else(|| r.fail("variable decimal scale"))?;
+            if b.len() > MAX_DECIMAL_PRECISION as usize {
+                return Err(r.fail("variable decimal longer than any numeric"));
+            }
+            Cell::Text(big_decimal_text(b, scale))
+        }
         Node::Uuid => Cell::Uuid(r.string()?),
         Node::Array(_) | Node::Map(_) | Node::Record(_) => {
             let mut v = Json::Null;
@@ -702,6 +782,12 @@ fn cell(r: &mut Reader<'_>, node: &Node) -> Result<Cell, ReadError> {
             Cell::Text(v.to_string())
         }
     })
+}
+
+/// Debezium's ZonedTimestamp (`2024-01-31T13:45:00.5Z`) in microseconds.
+fn zoned_timestamp_micros(text: &str) -> Option<i64> {
+    let plain = text.strip_suffix('Z')?.replacen('T', " ", 1);
+    crate::avro::value::timestamp_from_text(&format!("{plain}+00"), true)
 }
 
 /// Decodes any value to JSON (for nested values and fields the sink only

@@ -146,7 +146,8 @@ impl Decoder {
         let plan = match answer {
             Ok(text) => match EnvelopePlan::compile(&text) {
                 Ok(p) => Plan::Envelope(Arc::new(p)),
-                Err(_) if text.contains("\"TransactionMetadataValue\"") => Plan::TransactionMetadata,
+                // walhouse's and Debezium's transaction-boundary records.
+                Err(_) if text.contains("TransactionMetadataValue\"") => Plan::TransactionMetadata,
                 Err(e) => Plan::Refused(format!("schema id {id}: {e}")),
             },
             Err(RegistryError::UnknownId { id }) => {
