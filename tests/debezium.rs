@@ -172,8 +172,8 @@ async fn walhouse_changes(registry_url: &str, records: &[support::kafka::Record]
 /// walhouse-capture starts on Debezium's own slot and publication with
 /// `--snapshot-mode never`. The stream continues with no gap and no
 /// re-snapshot; a change both delivered is allowed only from Debezium's
-/// last flushed LSN on, and counted. (In walhouse's native format until the
-/// Debezium format lands; the slot takeover itself is the same.)
+/// last flushed LSN on, and counted. walhouse writes the Debezium format,
+/// so Debezium's consumers read on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn walhouse_takes_over_debeziums_slot_without_gap_or_resnapshot() {
     support::init_logs();
@@ -211,6 +211,8 @@ async fn walhouse_takes_over_debeziums_slot_without_gap_or_resnapshot() {
         &registry.url,
         "--topic-prefix",
         "wh",
+        "--format",
+        "debezium",
         "--slot",
         "dbz",
         "--publication",
@@ -548,6 +550,30 @@ async fn debeziums_values_are_reproduced() {
     println!("{compared} values: walhouse's equals Debezium's for each");
 }
 
+/// Where two JSON values first differ (a path and both sides), for
+/// assertion messages that point at the field.
+fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                first_difference(
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    &format!("{path}.{k}"),
+                )
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (p, q))| first_difference(p, q, &format!("{path}[{i}]"))),
+        _ if a == b => None,
+        _ => Some(format!("{path}: walhouse {a} / Debezium {b}")),
+    }
+}
+
 /// A record of either side in one normal form: key, value and the
 /// Debezium key-change header, each as JSON (null when absent).
 #[derive(Debug, PartialEq)]
@@ -685,7 +711,15 @@ async fn walhouse_writes_debeziums_records_record_for_record() {
          CREATE UNIQUE INDEX u_z ON u (c); CREATE UNIQUE INDEX u_a ON u (a); ALTER TABLE u REPLICA IDENTITY FULL; \
          INSERT INTO t VALUES (1, 'x', repeat('y', 5000), decode(repeat('ab', 5000), 'hex'), \
            ARRAY[repeat('z', 5000)], 1), (2, 'z', NULL, NULL, NULL, 2); \
-         INSERT INTO u VALUES (1, 'one', 10);",
+         INSERT INTO u VALUES (1, 'one', 10); \
+         CREATE TABLE dflt (id serial PRIMARY KEY, cur char(3) NOT NULL DEFAULT 'EUR', \
+           bal numeric(19,4) NOT NULL DEFAULT 0, neg numeric(5,2) DEFAULT -1.5, created timestamptz NOT NULL DEFAULT now(), \
+           at3 timestamptz(3) DEFAULT '2024-01-31 10:00:00+00', flag boolean NOT NULL DEFAULT true, \
+           n int DEFAULT -1, big bigint DEFAULT 9223372036854775807, f float8 DEFAULT 1.5, d date DEFAULT '2024-01-31', \
+           ts timestamp DEFAULT '2024-01-31 10:00:00', ts3 timestamp(3) DEFAULT now(), t time DEFAULT '10:00', \
+           note text NOT NULL DEFAULT 'it''s', j jsonb DEFAULT '{}', u uuid DEFAULT gen_random_uuid(), \
+           e mood NOT NULL DEFAULT 'ok', nfree numeric DEFAULT 1.5, m money DEFAULT 0, nul text DEFAULT NULL); \
+         INSERT INTO dflt DEFAULT VALUES;",
     )
     .await
     .expect("tables");
@@ -713,7 +747,7 @@ async fn walhouse_writes_debeziums_records_record_for_record() {
         "true",
     ]);
     // Both snapshots complete before the changes.
-    for (table, rows) in [("v", 1), ("t", 2), ("u", 1)] {
+    for (table, rows) in [("v", 1), ("t", 2), ("u", 1), ("dflt", 1)] {
         for prefix in ["dbz", "wh"] {
             let (bootstrap, topic) = (broker.bootstrap(), format!("{prefix}.public.{table}"));
             let held = tokio::task::spawn_blocking(move || wait_for_count(&bootstrap, &topic, rows, LIMIT))
@@ -739,12 +773,15 @@ async fn walhouse_writes_debeziums_records_record_for_record() {
         "INSERT INTO v (id) VALUES (2)",
         "UPDATE v SET i2 = 1, txt = NULL WHERE id = 1",
         "DELETE FROM v WHERE id = 2",
+        "INSERT INTO dflt DEFAULT VALUES",
+        "INSERT INTO dflt (n, note, at3) VALUES (NULL, 'x', NULL)",
+        "DELETE FROM dflt WHERE id = 1",
         "INSERT INTO t VALUES (9, 'end', NULL, NULL, NULL, 9)",
     ] {
         sql.batch_execute(statement).await.expect(statement);
     }
     // Per topic: snapshot reads, then changes (tombstones included).
-    let expected = [("t", 9), ("f", 2), ("u", 3), ("v", 5)];
+    let expected = [("t", 9), ("f", 2), ("u", 3), ("v", 5), ("dflt", 5)];
     let reader = Registry::new(&RegistryConfig {
         url: registry.url.clone(),
         ..Default::default()
@@ -770,23 +807,28 @@ async fn walhouse_writes_debeziums_records_record_for_record() {
             let (theirs, their_key_schema, their_value_schema) = debezium_normal(d);
             let (ours, our_key_schema, our_value_schema) = walhouse_normal(&reader, w).await;
             let at = format!("{table} record {i}");
-            assert_eq!(comparable(ours.key, "wh"), comparable(theirs.key, "dbz"), "{at}: key");
-            assert_eq!(
-                comparable(ours.value, "wh"),
-                comparable(theirs.value, "dbz"),
-                "{at}: value"
-            );
+            let pairs = [
+                ("key", comparable(ours.key, "wh"), comparable(theirs.key, "dbz")),
+                ("value", comparable(ours.value, "wh"), comparable(theirs.value, "dbz")),
+                (
+                    "key schema",
+                    our_key_schema.map_or(Value::Null, |s| comparable(s, "wh")),
+                    their_key_schema.map_or(Value::Null, |s| comparable(s, "dbz")),
+                ),
+                (
+                    "value schema",
+                    our_value_schema.map_or(Value::Null, |s| comparable(s, "wh")),
+                    their_value_schema.map_or(Value::Null, |s| comparable(s, "dbz")),
+                ),
+            ];
+            for (what, a, b) in pairs {
+                assert!(
+                    a == b,
+                    "{at}: {what} differs at {}",
+                    first_difference(&a, &b, "").unwrap_or_default()
+                );
+            }
             assert_eq!(ours.header, theirs.header, "{at}: key-change header");
-            assert_eq!(
-                our_key_schema.map(|s| comparable(s, "wh")),
-                their_key_schema.map(|s| comparable(s, "dbz")),
-                "{at}: key schema"
-            );
-            assert_eq!(
-                our_value_schema.map(|s| comparable(s, "wh")),
-                their_value_schema.map(|s| comparable(s, "dbz")),
-                "{at}: value schema"
-            );
             compared += 1;
         }
     }

@@ -30,8 +30,9 @@ pub struct ConnectType {
     pub name: Option<&'static str>,
     pub version: Option<u32>,
     pub doc: Option<&'static str>,
-    /// A default value (Debezium gives one only to `source.snapshot`).
-    pub default: Option<&'static str>,
+    /// A default value, as AvroData writes it in JSON (a column's
+    /// `DEFAULT`, see [`column_default`]; `source.snapshot`'s "false").
+    pub default: Option<Json>,
     pub parameters: Vec<(&'static str, String)>,
     /// A struct's fields (name, type, optional), or an array's one item.
     pub fields: Vec<(&'static str, ConnectType, bool)>,
@@ -210,14 +211,14 @@ pub fn avro_schema(t: &ConnectType, optional: bool) -> Json {
         let p: Map<String, Json> = t.parameters.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
         props.insert("connect.parameters".into(), Json::Object(p));
     }
-    if let Some(d) = t.default {
-        props.insert("connect.default".into(), json!(d));
+    if let Some(d) = &t.default {
+        props.insert("connect.default".into(), d.clone());
     }
     if let Some(n) = t.name {
         props.insert("connect.name".into(), json!(n));
     }
     let base = with_props(base, props);
-    match (optional, t.default) {
+    match (optional, &t.default) {
         // A union's first branch types its default.
         (true, Some(_)) => json!([base, "null"]),
         (true, None) => json!(["null", base]),
@@ -229,7 +230,7 @@ pub fn avro_schema(t: &ConnectType, optional: bool) -> Json {
 /// the type has a default of its own.
 pub fn field(name: &str, t: &ConnectType, optional: bool) -> Json {
     let schema = avro_schema(t, optional);
-    match (t.default, optional) {
+    match (&t.default, optional) {
         (Some(d), _) => json!({"name": name, "type": schema, "default": d}),
         (None, true) => json!({"name": name, "type": schema, "default": null}),
         (None, false) => json!({"name": name, "type": schema}),
@@ -280,7 +281,7 @@ pub fn key_record(record_prefix: &str, key_columns: &[(String, ConnectType, bool
 pub fn source_type() -> ConnectType {
     use ConnectType as C;
     let snapshot = ConnectType {
-        default: Some("false"),
+        default: Some(json!("false")),
         ..C::named("string", "io.debezium.data.Enum").with(
             "allowed",
             "true,first,first_in_data_collection,last_in_data_collection,last,false,incremental",
@@ -346,6 +347,118 @@ pub fn envelope_schema(record_prefix: &str, value: &Json) -> Json {
         "connect.version": 2,
         "connect.name": name,
     })
+}
+
+/// The default Debezium gives a column of type `oid` (its Connect type `t`)
+/// whose `DEFAULT` is `expr` (as `pg_get_expr` prints it), in AvroData's
+/// JSON, following Debezium's PostgresDefaultValueConverter: literals are
+/// taken as they are, a function call (`now()`, `nextval(…)`,
+/// `gen_random_uuid()`) stands for the type's placeholder (0, "",
+/// 1970-01-01, …), `NULL` and what it does not parse give no default.
+/// Types it has no mapper for (money, intervals, bit strings, arrays,
+/// geometry, …) and unconstrained numerics (a struct) get none either.
+pub fn column_default<'a>(
+    oid: u32,
+    typmod: i32,
+    t: &ConnectType,
+    expr: &str,
+    lookup: &impl Fn(u32) -> Option<&'a TypeInfo>,
+) -> Option<Json> {
+    let expr = expr.trim();
+    let text = |placeholder: &str| -> Option<String> {
+        let lower = expr.to_ascii_lowercase();
+        if is_function_call(expr)
+            || [
+                "current_timestamp",
+                "current_time",
+                "current_date",
+                "localtime",
+                "localtimestamp",
+            ]
+            .contains(&lower.as_str())
+        {
+            return Some(placeholder.to_owned());
+        }
+        literal(expr)
+    };
+    match oid {
+        16 => text("false").map(|v| json!(v.eq_ignore_ascii_case("true"))),
+        1042 | 1043 | 25 | 142 => text("").map(Json::String),
+        114 | 3802 => text("{}").map(Json::String),
+        2950 => text("00000000-0000-0000-0000-000000000000").map(Json::String),
+        21 | 23 | 20 => text("0").and_then(|v| v.parse::<i64>().ok()).map(|v| json!(v)),
+        700 | 701 => text("0.0").and_then(|v| v.parse::<f64>().ok()).map(|v| json!(v)),
+        1700 if t.name == Some("org.apache.kafka.connect.data.Decimal") => {
+            let scale = t
+                .parameters
+                .iter()
+                .find(|(k, _)| *k == "scale")
+                .and_then(|(_, v)| v.parse::<u32>().ok())
+                .unwrap_or(0);
+            let bytes = decimal_unscaled(&text("0.0")?, scale).ok()?;
+            // AvroData writes bytes as the ISO-8859-1 string of them.
+            Some(json!(bytes.iter().map(|&b| char::from(b)).collect::<String>()))
+        }
+        1082 => text("1970-01-01").and_then(|v| date_days(&v).ok()).map(|v| json!(v)),
+        1083 => {
+            let micros = time_micros(&text("00:00")?).ok()?;
+            Some(json!(if t.ty == "int32" {
+                micros.div_euclid(1000)
+            } else {
+                micros
+            }))
+        }
+        1114 => {
+            let v = text("1970-01-01")?;
+            let v = if v.contains(' ') { v } else { format!("{v} 00:00:00") };
+            let micros = timestamp_micros(&v, false).ok()?;
+            Some(json!(if t.name == Some("io.debezium.time.Timestamp") {
+                micros.div_euclid(1000)
+            } else {
+                micros
+            }))
+        }
+        1184 => {
+            let v = text("1970-01-01")?;
+            let v = if v.contains(' ') { v } else { format!("{v} 00:00:00+00") };
+            zoned_timestamp(&v, typmod).map(|v| json!(v))
+        }
+        _ => match lookup(oid) {
+            Some(TypeInfo {
+                kind: TypeKind::Enum(_),
+                name,
+            }) => {
+                // `'ok'::mood`: a literal cast to this very enum.
+                let (value, cast) = expr.rsplit_once("::")?;
+                let cast = cast.rsplit_once('.').map_or(cast, |(_, n)| n).trim_matches('"');
+                let quoted = value.starts_with('\'') && value.ends_with('\'') && value.len() >= 2;
+                (cast == name.as_str() && quoted).then(|| json!(&value[1..value.len() - 1]))
+            }
+            _ => None,
+        },
+    }
+}
+
+/// Whether a default expression starts as a function call (`now()`,
+/// `nextval('s'::regclass)`), as Debezium's pattern tells it.
+fn is_function_call(expr: &str) -> bool {
+    let body = expr.strip_prefix('(').unwrap_or(expr);
+    let name_end = body
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .unwrap_or(body.len());
+    name_end > 0 && body[name_end..].starts_with('(') && body.contains(')')
+}
+
+/// The value of a default: the first quoted literal (`'EUR'::bpchar`),
+/// else the expression as it is; `NULL::…` is none. Debezium 3.6 ends a
+/// literal at its first quote (`'it''s'` gives `it`), and so does this.
+fn literal(expr: &str) -> Option<String> {
+    if !expr.contains('\'') {
+        return (!expr.starts_with("NULL::")).then(|| expr.to_owned());
+    }
+    let (_, rest) = expr.split_once('\'')?;
+    let (value, _) = rest.split_once('\'')?;
+    Some(value.to_owned())
 }
 
 /// Debezium's month in `MicroDuration`: 365.25 / 12 days, in seconds.

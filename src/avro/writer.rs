@@ -612,6 +612,7 @@ mod tests {
                 in_primary_key: true,
                 in_unique_key: false,
                 not_null: true,
+                default_expr: None,
             },
         );
         m

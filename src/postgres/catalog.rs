@@ -280,6 +280,8 @@ pub struct ColumnInfo {
     /// no primary key: Debezium's key for such a table.
     pub in_unique_key: bool,
     pub not_null: bool,
+    /// The column's `DEFAULT`, as `pg_get_expr` prints it.
+    pub default_expr: Option<String>,
 }
 
 /// Looks up `oids` and, recursively, the domain bases and array elements
@@ -351,8 +353,10 @@ pub async fn load_column_infos(
             // attndims is int4 up to Postgres 17 and int2 from 18 on.
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attndims::int4, \
                     COALESCE(a.attnum = ANY(i.indkey), false), \
-                    i.indexrelid IS NULL AND COALESCE(a.attnum = ANY(u.indkey), false), a.attnotnull \
+                    i.indexrelid IS NULL AND COALESCE(a.attnum = ANY(u.indkey), false), a.attnotnull, \
+                    CASE WHEN a.attgenerated = '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END \
              FROM pg_catalog.pg_attribute a \
+             LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
              LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
              LEFT JOIN LATERAL ( \
                SELECT ui.indkey FROM pg_catalog.pg_index ui \
@@ -375,6 +379,7 @@ pub async fn load_column_infos(
                     in_primary_key: r.read(QUERY, 3)?,
                     in_unique_key: r.read(QUERY, 4)?,
                     not_null: r.read(QUERY, 5)?,
+                    default_expr: r.read(QUERY, 6)?,
                 },
             ))
         })

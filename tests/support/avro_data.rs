@@ -78,7 +78,7 @@ fn convert(s: &Value, unnamed: &mut usize, ignore_optional: bool) -> Value {
                     field.insert("name".into(), f["field"].clone());
                     field.insert("type".into(), convert(f, unnamed, false));
                     if let Some(d) = f.get("default") {
-                        field.insert("default".into(), d.clone());
+                        field.insert("default".into(), avro_default(f, d));
                     } else if f["optional"].as_bool().unwrap_or(false) {
                         field.insert("default".into(), Value::Null);
                     }
@@ -100,7 +100,7 @@ fn convert(s: &Value, unnamed: &mut usize, ignore_optional: bool) -> Value {
             props.insert("connect.parameters".into(), Value::Object(p.clone()));
         }
         if let Some(d) = s.get("default").filter(|d| !d.is_null()) {
-            props.insert("connect.default".into(), d.clone());
+            props.insert("connect.default".into(), avro_default(s, d));
         }
         if let Some(n) = s.get("name") {
             props.insert("connect.name".into(), n.clone());
@@ -112,6 +112,17 @@ fn convert(s: &Value, unnamed: &mut usize, ignore_optional: bool) -> Value {
         optional_union(s, base)
     } else {
         base
+    }
+}
+
+/// A default as AvroData writes it: JsonConverter's base64 bytes become
+/// one character per byte (ISO-8859-1); other JSON stays.
+fn avro_default(s: &Value, d: &Value) -> Value {
+    match (s["type"].as_str(), d) {
+        (Some("bytes"), Value::String(b64)) => {
+            json!(base64_decode(b64).iter().map(|&b| char::from(b)).collect::<String>())
+        }
+        _ => d.clone(),
     }
 }
 

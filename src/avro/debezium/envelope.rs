@@ -17,7 +17,7 @@
 
 use serde_json::Value as Json;
 
-use super::{connect_type, encode_value, envelope_schema, key_record, value_record, ConnectType};
+use super::{column_default, connect_type, encode_value, envelope_schema, key_record, value_record, ConnectType};
 use crate::avro::value::{put_bytes, put_long, put_str};
 use crate::avro::writer::Op;
 use crate::change::{ChangeEvent, SnapshotMark};
@@ -57,6 +57,37 @@ struct Column {
     typmod: i32,
     optional: bool,
     toast: Toast,
+}
+
+impl Column {
+    /// An optional column's union is `[null, type]`, or `[type, null]`
+    /// when it has a default (a union's first branch types its default).
+    fn put_value_branch(&self, out: &mut Vec<u8>) {
+        if self.optional {
+            put_long(out, if self.ty.default.is_some() { 0 } else { 1 });
+        }
+    }
+
+    /// What Kafka Connect writes for a missing or NULL value: the column's
+    /// default when it has one (a Connect struct reads a null field as its
+    /// schema default, and the AvroConverter writes that, even for a
+    /// nullable column), else null, else for a NOT NULL column Debezium's
+    /// fallback value.
+    fn put_null(&self, out: &mut Vec<u8>) {
+        if let Some(d) = &self.ty.default {
+            let mark = out.len();
+            self.put_value_branch(out);
+            if put_default(&self.ty, d, out) {
+                return;
+            }
+            out.truncate(mark);
+        }
+        if self.optional {
+            put_long(out, if self.ty.default.is_some() { 1 } else { 0 });
+        } else {
+            fallback(&self.ty, out);
+        }
+    }
 }
 
 /// Where a record sits, beside what its change says.
@@ -152,7 +183,10 @@ impl DebeziumTable {
             .iter()
             .map(|c| {
                 let info = column_infos.get(&c.name);
-                let ty = connect_type(c.type_oid, c.type_modifier, lookup);
+                let mut ty = connect_type(c.type_oid, c.type_modifier, lookup);
+                ty.default = info
+                    .and_then(|i| i.default_expr.as_deref())
+                    .and_then(|e| column_default(c.type_oid, c.type_modifier, &ty, e, lookup));
                 let mut field = avro_adjusted(&c.name);
                 let mut n = 1;
                 while !used.insert(field.clone()) {
@@ -246,12 +280,10 @@ impl DebeziumTable {
             match tuple.get(i) {
                 Some(TupleValue::Text(t)) => {
                     let text = std::str::from_utf8(t).map_err(|_| format!("key column {}: not UTF-8", c.name))?;
-                    if c.optional {
-                        put_long(out, 1);
-                    }
+                    c.put_value_branch(out);
                     encode_value(&c.ty, c.typmod, text, out).map_err(|e| format!("key column {}: {e}", c.name))?;
                 }
-                Some(TupleValue::Null) if c.optional => put_long(out, 0),
+                Some(TupleValue::Null) if c.optional => c.put_null(out),
                 _ => return Err(format!("key column {}: no value (NULL or not sent)", c.name)),
             }
         }
@@ -314,9 +346,7 @@ impl DebeziumTable {
             };
             let start = out.len();
             if let Some(text) = text {
-                if c.optional {
-                    put_long(out, 1);
-                }
+                c.put_value_branch(out);
                 if encode_value(&c.ty, c.typmod, text, out).is_ok() {
                     continue;
                 }
@@ -324,21 +354,13 @@ impl DebeziumTable {
                 // decimal, infinite dates) it writes as null.
                 out.truncate(start);
             }
-            if c.optional {
-                put_long(out, 0);
-            } else {
-                fallback(&c.ty, out);
-            }
+            c.put_null(out);
         }
     }
 
     fn put_placeholder(&self, c: &Column, out: &mut Vec<u8>) {
         let p = self.placeholder.as_str();
-        let branch = |out: &mut Vec<u8>| {
-            if c.optional {
-                put_long(out, 1);
-            }
-        };
+        let branch = |out: &mut Vec<u8>| c.put_value_branch(out);
         match c.toast {
             Toast::Text => {
                 branch(out);
@@ -373,8 +395,7 @@ impl DebeziumTable {
                 branch(out);
                 put_str(out, &serde_json::json!({ p: p }).to_string());
             }
-            Toast::None if c.optional => put_long(out, 0),
-            Toast::None => fallback(&c.ty, out),
+            Toast::None => c.put_null(out),
         }
     }
 
@@ -406,6 +427,33 @@ impl DebeziumTable {
         opt_long(out, None);
         opt_str(out, None);
         opt_long(out, None);
+    }
+}
+
+/// Writes a default (AvroData's JSON of it) as the Avro datum of `t`;
+/// false when it is no value of that type.
+fn put_default(t: &ConnectType, d: &Json, out: &mut Vec<u8>) -> bool {
+    match (t.ty, d) {
+        ("int16" | "int32" | "int64", Json::Number(n)) => n.as_i64().map(|v| put_long(out, v)).is_some(),
+        ("boolean", Json::Bool(b)) => {
+            out.push(u8::from(*b));
+            true
+        }
+        ("float32", Json::Number(n)) => n
+            .as_f64()
+            .map(|v| out.extend_from_slice(&(v as f32).to_le_bytes()))
+            .is_some(),
+        ("float64", Json::Number(n)) => n.as_f64().map(|v| out.extend_from_slice(&v.to_le_bytes())).is_some(),
+        ("string", Json::String(v)) => {
+            put_str(out, v);
+            true
+        }
+        // AvroData's bytes: one char per byte.
+        ("bytes", Json::String(v)) => {
+            let bytes: Option<Vec<u8>> = v.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
+            bytes.map(|b| put_bytes(out, &b)).is_some()
+        }
+        _ => false,
     }
 }
 
