@@ -18,6 +18,8 @@ use crate::postgres::Lsn;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TxInfo {
     pub xid: u32,
+    /// Where the transaction's decoding began (its Begin message's LSN).
+    pub begin_lsn: Lsn,
     /// LSN of the commit record.
     pub commit_lsn: Lsn,
     pub commit_time: PgTimestamp,
@@ -281,6 +283,7 @@ mod tests {
         ];
         let tx = TxInfo {
             xid: 9,
+            begin_lsn: Lsn(0x10),
             commit_lsn: Lsn(0x20),
             commit_time: PgTimestamp::from_unix_micros(1_700_000_000_123_456),
         };

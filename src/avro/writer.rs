@@ -655,6 +655,7 @@ mod tests {
         assert_eq!(env.key_columns, vec![0]);
         let tx = TxInfo {
             xid: 42,
+            begin_lsn: Lsn(0x100),
             commit_lsn: Lsn(0x200),
             commit_time: PgTimestamp::from_unix_micros(1_700_000_000_123_000),
         };

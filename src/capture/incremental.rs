@@ -394,6 +394,7 @@ impl Incremental {
         };
         let tx = TxInfo {
             xid: 0,
+            begin_lsn: lsn,
             commit_lsn: lsn,
             commit_time: PgTimestamp::now(),
         };

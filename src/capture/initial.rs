@@ -156,6 +156,7 @@ pub(super) async fn initial_snapshot<D: Destination>(
     );
     let tx = TxInfo {
         xid: 0,
+        begin_lsn: consistent,
         commit_lsn: consistent,
         commit_time: PgTimestamp::now(),
     };

@@ -604,6 +604,7 @@ impl LoopState<'_> {
             LogicalMessage::Begin(b) => {
                 self.tx = Some(TxInfo {
                     xid: b.xid,
+                    begin_lsn: lsn,
                     commit_lsn: b.final_lsn,
                     commit_time: b.commit_time,
                 });

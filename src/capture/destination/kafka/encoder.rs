@@ -272,7 +272,10 @@ impl RecordEncoder {
         if let Some(ids) = self.transaction_ids {
             return Ok(ids);
         }
-        let (key, value) = crate::avro::writer::transaction_schemas();
+        let (key, value) = match self.format {
+            Format::Walhouse => crate::avro::writer::transaction_schemas(),
+            Format::Debezium => crate::avro::debezium::transaction::schemas(),
+        };
         let key_id = self.register(&format!("{topic}-key"), &key, topic, &[]).await?;
         let value_id = self.register(&format!("{topic}-value"), &value, topic, &[]).await?;
         self.transaction_ids = Some((key_id, value_id));

@@ -30,7 +30,7 @@ use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::PgTimestamp;
 use crate::postgres::pgoutput::Relation;
 use crate::postgres::Lsn;
-use crate::registry::Registry;
+use crate::registry::{wire_header, Registry};
 
 /// Debezium's headers on the two records of a key change: the delete
 /// names the new key, the create the old one.
@@ -145,11 +145,14 @@ pub struct KafkaDestination {
     open_tx: Option<OpenTransaction>,
 }
 
-/// Events of the transaction in progress, by table.
+/// Records of the transaction in progress, by table in order of first
+/// appearance.
 struct OpenTransaction {
     xid: u32,
+    begin_lsn: Lsn,
     commit_lsn: Lsn,
-    counts: BTreeMap<String, u64>,
+    commit_ms: i64,
+    counts: Vec<(String, u64)>,
 }
 
 fn client_config(config: &KafkaSettings) -> ClientConfig {
@@ -262,47 +265,74 @@ impl KafkaDestination {
     }
 
     /// Opens the transaction record on the first event of a transaction and
-    /// counts events per table.
-    async fn track_transaction(&mut self, event: &ChangeEvent<'_>) -> Result<(), OutputError> {
+    /// counts its `records` for the event's table.
+    async fn track_transaction(&mut self, event: &ChangeEvent<'_>, records: u64) -> Result<(), OutputError> {
         let Some(tx) = event.tx else { return Ok(()) };
         if self.open_tx.as_ref().map(|o| o.xid) != Some(tx.xid) {
             let open = OpenTransaction {
                 xid: tx.xid,
+                begin_lsn: tx.begin_lsn,
                 commit_lsn: tx.commit_lsn,
-                counts: BTreeMap::new(),
+                commit_ms: tx.commit_time.unix_millis(),
+                counts: Vec::new(),
             };
-            self.transaction_record(&open, "BEGIN").await?;
+            self.transaction_record(&open, None).await?;
             self.open_tx = Some(open);
         }
         let table = match &event.kind {
-            crate::change::ChangeKind::Insert { relation, .. }
-            | crate::change::ChangeKind::Update { relation, .. }
-            | crate::change::ChangeKind::Delete { relation, .. } => format!("{}.{}", relation.namespace, relation.name),
-            crate::change::ChangeKind::Truncate { .. } | crate::change::ChangeKind::Message(_) => return Ok(()),
+            ChangeKind::Insert { relation, .. }
+            | ChangeKind::Update { relation, .. }
+            | ChangeKind::Delete { relation, .. } => format!("{}.{}", relation.namespace, relation.name),
+            ChangeKind::Truncate { .. } | ChangeKind::Message(_) => return Ok(()),
         };
-        if let Some(open) = self.open_tx.as_mut() {
-            *open.counts.entry(table).or_default() += 1;
+        if let Some(open) = self.open_tx.as_mut().filter(|_| records > 0) {
+            match open.counts.iter_mut().find(|(t, _)| *t == table) {
+                Some((_, n)) => *n += records,
+                None => open.counts.push((table, records)),
+            }
         }
         Ok(())
     }
 
-    /// A BEGIN or END record on `<prefix>.transaction`, in Debezium's shape:
-    /// key `{id}`, value `{status, id, event_count, data_collections, ts_ms}`.
-    /// The id is `<xid>:<commit_lsn>` (xids wrap; the pair does not).
-    async fn transaction_record(&mut self, tx: &OpenTransaction, status: &str) -> Result<(), OutputError> {
+    /// A BEGIN record (`end` is `None`) or the END one (the transaction's
+    /// end LSN) on `<prefix>.transaction`, in Debezium's shape: key `{id}`,
+    /// value `{status, id, event_count, data_collections, ts_ms}`. walhouse's
+    /// format names it `<xid>:<commit_lsn>` (xids wrap; the pair does not),
+    /// Debezium's `<xid>:<lsn>` with the BEGIN's and the END's own LSNs.
+    async fn transaction_record(&mut self, tx: &OpenTransaction, end: Option<Lsn>) -> Result<(), OutputError> {
         let topic = format!("{}.transaction", self.config.topic_prefix);
         let (key_id, value_id) = self.encoder.transaction_schema_ids(&topic).await?;
         self.ensure_topic(&topic).await;
-        let id = format!("{}:{}", tx.xid, tx.commit_lsn);
-        let end = status == "END";
-        let (key, value) = crate::avro::writer::transaction_record(
-            key_id,
-            value_id,
-            &id,
-            status,
-            end.then_some(&tx.counts),
-            PgTimestamp::now().unix_millis(),
-        );
+        let status = if end.is_some() { "END" } else { "BEGIN" };
+        let (key, value) = match self.config.format {
+            Format::Walhouse => {
+                let counts: BTreeMap<String, u64> = tx.counts.iter().cloned().collect();
+                crate::avro::writer::transaction_record(
+                    key_id,
+                    value_id,
+                    &format!("{}:{}", tx.xid, tx.commit_lsn),
+                    status,
+                    end.is_some().then_some(&counts),
+                    PgTimestamp::now().unix_millis(),
+                )
+            }
+            Format::Debezium => {
+                let lsn = end.unwrap_or(tx.begin_lsn);
+                let (k, v) = crate::avro::debezium::transaction::record(
+                    &format!("{}:{}", tx.xid, lsn.0),
+                    status,
+                    end.is_some().then_some(tx.counts.as_slice()),
+                    tx.commit_ms,
+                );
+                let mut key = Vec::with_capacity(k.len() + 5);
+                wire_header(key_id, &mut key);
+                key.extend_from_slice(&k);
+                let mut value = Vec::with_capacity(v.len() + 5);
+                wire_header(value_id, &mut value);
+                value.extend_from_slice(&v);
+                (key, value)
+            }
+        };
         self.sender.produce(&topic, Some(&key), Some(&value))
     }
 
@@ -340,14 +370,24 @@ impl Destination for KafkaDestination {
 
     async fn send(&mut self, event: &ChangeEvent<'_>) -> Result<(), OutputError> {
         if self.skipped(event) {
+            // Debezium still opens the transaction: its END then counts
+            // nothing for the skipped change.
+            if self.config.transaction_topic && event.snapshot.is_none() {
+                self.track_transaction(event, 0).await?;
+            }
             return Ok(());
         }
         let now = PgTimestamp::now().unix_millis();
-        // Snapshot reads belong to no transaction (Debezium's shape too).
-        if self.config.transaction_topic && event.snapshot.is_none() {
-            self.track_transaction(event).await?;
-        }
         let ops = self.encoder.ops(event)?;
+        // Snapshot reads belong to no transaction (Debezium's shape too).
+        // Debezium counts records (a key change is two), walhouse changes.
+        if self.config.transaction_topic && event.snapshot.is_none() {
+            let records = match self.config.format {
+                Format::Walhouse => 1,
+                Format::Debezium => ops.len() as u64,
+            };
+            self.track_transaction(event, records).await?;
+        }
         // A key change is a delete and a create; in the Debezium format each
         // names the other's key in a header.
         let key_change = match (ops.as_slice(), self.config.format) {
@@ -380,7 +420,7 @@ impl Destination for KafkaDestination {
 
     async fn end_transaction(&mut self, ack_lsn: Lsn) -> Result<(), OutputError> {
         if let Some(tx) = self.open_tx.take() {
-            self.transaction_record(&tx, "END").await?;
+            self.transaction_record(&tx, Some(ack_lsn)).await?;
         }
         self.encoder.end_transaction(ack_lsn);
         self.sender.tracker.close_unit(ack_lsn);
