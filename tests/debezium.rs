@@ -550,6 +550,19 @@ async fn debeziums_values_are_reproduced() {
     println!("{compared} values: walhouse's equals Debezium's for each");
 }
 
+/// `v` with every name under `from.` moved under `to.`.
+fn renamed(v: Value, from: &str, to: &str) -> Value {
+    match v {
+        Value::String(s) => match s.strip_prefix(&format!("{from}.")) {
+            Some(rest) => Value::String(format!("{to}.{rest}")),
+            None => Value::String(s),
+        },
+        Value::Array(a) => Value::Array(a.into_iter().map(|x| renamed(x, from, to)).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, x)| (k, renamed(x, from, to))).collect()),
+        other => other,
+    }
+}
+
 /// Where two JSON values first differ (a path and both sides), for
 /// assertion messages that point at the field.
 fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
@@ -730,6 +743,37 @@ async fn walhouse_writes_debeziums_records_record_for_record() {
         "dbz",
         &[("provide.transaction.metadata", "true")],
     );
+    // Debezium's snapshot first: its schemas, as the AvroConverter would
+    // have registered them, become the first version of each subject
+    // walhouse writes (names under walhouse's prefix), so walhouse's own
+    // registration goes through the registry's BACKWARD check, as in a
+    // migration onto Debezium's subjects.
+    let debezium_snapshot = [("v", 1), ("t", 2), ("u", 1), ("dflt", 1)];
+    let client = Registry::new(&RegistryConfig {
+        url: registry.url.clone(),
+        ..Default::default()
+    })
+    .expect("registry");
+    for (table, rows) in debezium_snapshot {
+        let (bootstrap, topic) = (broker.bootstrap(), format!("dbz.public.{table}"));
+        let records = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, rows as usize, LIMIT))
+            .await
+            .expect("reader");
+        assert_eq!(
+            records.len(),
+            rows as usize,
+            "Debezium's snapshot of {table}; Connect's log:\n{}",
+            dbz.log()
+        );
+        let (_, key_schema, value_schema) = debezium_normal(&records[0]);
+        for (suffix, schema) in [("key", key_schema), ("value", value_schema)] {
+            let schema = renamed(schema.expect("a schema"), "dbz", "wh");
+            client
+                .register(&format!("wh.public.{table}-{suffix}"), &schema.to_string())
+                .await
+                .unwrap_or_else(|e| panic!("registering Debezium's {table}-{suffix}: {e}"));
+        }
+    }
     let capture = start_capture(&[
         "--source-url",
         &pg.url("walhouse_scram", "shop"),
@@ -746,18 +790,19 @@ async fn walhouse_writes_debeziums_records_record_for_record() {
         "--transaction-topic",
         "true",
     ]);
-    // Both snapshots complete before the changes.
-    for (table, rows) in [("v", 1), ("t", 2), ("u", 1), ("dflt", 1)] {
-        for prefix in ["dbz", "wh"] {
-            let (bootstrap, topic) = (broker.bootstrap(), format!("{prefix}.public.{table}"));
-            let held = tokio::task::spawn_blocking(move || wait_for_count(&bootstrap, &topic, rows, LIMIT))
-                .await
-                .expect("counter");
-            assert_eq!(
-                held,
-                rows,
-                "{prefix} snapshot of {table}; Connect's log:\n{}",
-                dbz.log()
+    for (table, rows) in debezium_snapshot {
+        let (bootstrap, topic) = (broker.bootstrap(), format!("wh.public.{table}"));
+        let held = tokio::task::spawn_blocking(move || wait_for_count(&bootstrap, &topic, rows, LIMIT))
+            .await
+            .expect("counter");
+        assert_eq!(held, rows, "walhouse's snapshot of {table}");
+    }
+    for (table, _) in debezium_snapshot {
+        for suffix in ["key", "value"] {
+            let versions = registry.versions(&format!("wh.public.{table}-{suffix}"));
+            assert!(
+                (1..=2).contains(&versions),
+                "wh.public.{table}-{suffix}: walhouse's schema is Debezium's or a BACKWARD-compatible next version ({versions} versions)"
             );
         }
     }
