@@ -264,7 +264,12 @@ impl Bench {
     }
 
     fn kafka(&self, prefix: &str) -> KafkaDestination {
-        let mut config = self.config("unused", prefix, "small");
+        self.kafka_with(prefix, &[])
+    }
+
+    /// A destination with more capture flags (`--format debezium`).
+    fn kafka_with(&self, prefix: &str, extra: &[&str]) -> KafkaDestination {
+        let mut config = self.config_with("unused", prefix, "small", extra);
         if let Some(kafka) = config.kafka.as_mut() {
             kafka.librdkafka.extend(extra_kafka_options());
         }
@@ -499,7 +504,7 @@ async fn main() {
     // in a transaction that wrote: one statement each.
     let with_debezium = std::env::var("WALHOUSE_BENCH_DEBEZIUM").as_deref() != Ok("0");
     for round in 0..rounds {
-        for path in ["rl", "avro", "e2e", "dbz"] {
+        for path in ["rl", "avro", "e2e", "dbzf", "dbz"] {
             sql.batch_execute(&format!(
                 "SELECT pg_create_logical_replication_slot('{path}{round}', 'pgoutput')"
             ))
@@ -690,6 +695,8 @@ async fn main() {
     // into Kafka, and (2.) a plain producer of walhouse's own records.
     let mut catch_up: [Vec<Measured>; 4] = Default::default();
     let mut debezium: Vec<DebeziumRun> = Vec::new();
+    // walhouse end to end in the Debezium format, per round.
+    let mut in_debezium_format: Vec<Measured> = Vec::new();
     let mut avg_bytes = 0.0;
     let mut catch_up_records = Arc::new(Vec::new());
     for round in 0..rounds {
@@ -742,6 +749,26 @@ async fn main() {
         for (path, m) in catch_up.iter_mut().zip([rl, avro, reference, e2e]) {
             path.push(m);
         }
+        let prefix = format!("wh_dbzf{round}");
+        let meter = Meter::start();
+        let (_, dbzf_probe) = bench
+            .run(
+                &format!("dbzf{round}"),
+                &prefix,
+                "small",
+                bench.kafka_with(&prefix, &["--format", "debezium"]),
+                rows,
+            )
+            .await;
+        let dbzf = meter.stop();
+        assert!(dbzf_probe.inner.produced() >= rows);
+        println!(
+            "catch-up round {round}: walhouse into Kafka in the Debezium format {:.2} s ({:.2}/{:.2} CPU-s)",
+            dbzf.wall.as_secs_f64(),
+            dbzf.own_cpu,
+            dbzf.machine_cpu
+        );
+        in_debezium_format.push(dbzf);
         if with_debezium {
             let run = debezium_catch_up(&bench, &format!("dbz{round}"), "public.small", rows, partitions).await;
             println!(
@@ -933,6 +960,14 @@ async fn main() {
             e2e_median.as_secs_f64(),
             rate(e2e_median)
         );
+        let dbzf_walls: Vec<Duration> = in_debezium_format.iter().map(|m| m.wall).collect();
+        let dbzf_median = Measured::median_of(&dbzf_walls);
+        println!(
+            "| walhouse end to end, Debezium format (acked)   | {:>7.2} | {:>7.0} | {:<15} |",
+            dbzf_median.as_secs_f64(),
+            rate(dbzf_median),
+            format!("{:.2} of its rate", median_ratio(e2e, &dbzf_walls))
+        );
         println!(
             "| Debezium on Connect, from its task running     | {:>7.2} | {:>7.0} | {:<15} |",
             median.as_secs_f64(),
@@ -944,6 +979,10 @@ async fn main() {
             Measured::median_of(&from_start).as_secs_f64(),
             rate(Measured::median_of(&from_start)),
             format!("{:.2}x faster", median_ratio(e2e, &from_start).recip())
+        );
+        println!(
+            "walhouse in the Debezium format against Debezium from its task running: {:.2}x faster (median of each round's ratio)",
+            median_ratio(&dbzf_walls, &from_running).recip()
         );
         let peak = debezium.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max);
         println!("peak RSS of the Connect JVM during the catch-ups: {peak:.0} MiB (-Xmx512m, serial GC)");
