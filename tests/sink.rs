@@ -866,3 +866,168 @@ async fn wait_rows<W: Warehouse>(w: &mut W, n: usize) -> bool {
     }
     false
 }
+
+/// Capture's resends (a restarted capture sends again from its last
+/// confirmed LSN) are stored once. Made deterministic with a second slot,
+/// created before the workload, whose capture sends every change again into
+/// the same topic after the first capture's: the same changes at the same
+/// source positions. The sink stores the first copies, stops, and on
+/// restart loads its high-water positions from the warehouse and skips
+/// every resent one; a key change's two records, a multi-row statement and
+/// a truncate keep their own positions. Both warehouse targets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_sent_again_are_stored_once() {
+    support::init_logs();
+    let pg = PgServer::start();
+    pg.create_db("backend");
+    let warehouse_url = pg.url("walhouse_scram", &pg.create_db("warehouse"));
+    let broker = Broker::start();
+    let (_reg, registry_url) = registry().await;
+    let source = pg.client("backend").await;
+    source
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
+        .await
+        .expect("table");
+    // A slot cannot be made in a transaction that wrote.
+    source
+        .batch_execute("SELECT pg_create_logical_replication_slot('again', 'pgoutput')")
+        .await
+        .expect("second slot");
+    let prefix = format!("walhouse.again{}", std::process::id());
+    let source_url = pg.url("walhouse_scram", "backend");
+    let capture_args = |slot: &'static str| -> Vec<String> {
+        [
+            "--source-url",
+            &source_url,
+            "--output",
+            "kafka",
+            "--brokers",
+            &broker.bootstrap(),
+            "--schema-registry-url",
+            &registry_url,
+            "--topic-prefix",
+            &prefix,
+            "--slot",
+            slot,
+            "--snapshot-mode",
+            "never",
+            "--topic-partitions",
+            "3",
+            "--status-interval-ms",
+            "200",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let first = capture_args("walhouse");
+    let capture = start_capture(&first.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(pg.wait_for_slot("backend", "walhouse", true, LIMIT).await);
+    for sql in [
+        "INSERT INTO t SELECT g, g FROM generate_series(1, 300) g",
+        "UPDATE t SET v = v + 1 WHERE id % 3 = 0",
+        "UPDATE t SET id = id + 1000 WHERE id % 50 = 0",
+        "DELETE FROM t WHERE id % 7 = 0",
+        "BEGIN; INSERT INTO t VALUES (5000, 1); UPDATE t SET v = 2 WHERE id = 5000; UPDATE t SET v = 3 WHERE id = 5000; COMMIT",
+        "TRUNCATE t",
+        "INSERT INTO t SELECT g, -g FROM generate_series(1, 40) g",
+    ] {
+        source.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    assert!(pg.wait_confirmed("backend", "walhouse", LIMIT).await);
+    let (_, produced) = capture.stop().await;
+
+    for (name, warehouse) in [
+        (
+            "duckdb",
+            format!(
+                "duckdb:{}",
+                tempfile::tempdir().expect("dir").keep().join("w.duckdb").display()
+            ),
+        ),
+        ("postgres", warehouse_url.clone()),
+    ] {
+        let group = format!("again-{name}");
+        let sink_args: Vec<String> = [
+            "--warehouse",
+            &warehouse,
+            "--brokers",
+            &broker.bootstrap(),
+            "--schema-registry-url",
+            &registry_url,
+            "--topic-pattern",
+            &format!("^{}\\..*", prefix.replace('.', "\\.")),
+            "--group-id",
+            &group,
+            "--batch-ms",
+            "100",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let args: Vec<&str> = sink_args.iter().map(String::as_str).collect();
+        // DuckDB's sink reads the first copies, stops, and meets the resent
+        // ones after a restart; Postgres's reads both in one run.
+        let in_topic = if name == "duckdb" { produced } else { 2 * produced };
+        let mut sink = start_sink(&args).await;
+        assert!(
+            sink.wait_for(in_topic, LIMIT).await,
+            "{name}: {:?} of {in_topic}",
+            sink.accounted()
+        );
+        let (rows, _, _) = sink.accounted();
+        let mut duplicates = sink.metrics.duplicates();
+        sink.stop().await;
+        if name == "duckdb" {
+            assert_eq!(duplicates, 0, "nothing was sent twice yet");
+            // The second slot's capture sends every change again.
+            let again = capture_args("again");
+            let resend = start_capture(&again.iter().map(String::as_str).collect::<Vec<_>>());
+            assert!(pg.wait_confirmed("backend", "again", LIMIT).await);
+            let (_, resent) = resend.stop().await;
+            assert_eq!(resent, produced, "the second capture sent every record again");
+            let mut sink = start_sink(&args).await;
+            assert!(
+                sink.wait_for(produced, LIMIT).await,
+                "{name}: {:?} of the resent {produced}",
+                sink.accounted()
+            );
+            let (rows_after, dead, _) = sink.accounted();
+            duplicates += sink.metrics.duplicates();
+            sink.stop().await;
+            assert_eq!(dead, 0, "{name}: no dead letters");
+            assert_eq!(rows_after, 0, "{name}: nothing stored from the resent records");
+        }
+        assert_eq!(
+            duplicates, rows,
+            "{name}: every stored change came again once and was skipped"
+        );
+        let check = |raw: i64, distinct: i64, latest: i64| {
+            assert_eq!(raw, rows as i64, "{name}: one raw row per change");
+            assert_eq!(distinct, raw, "{name}: no two raw rows share a source position");
+            assert_eq!(latest, 40, "{name}: the latest state is the source's");
+        };
+        let raw_sql = "SELECT count(*) FROM raw_public.t";
+        let distinct_sql = "SELECT count(*) FROM (SELECT DISTINCT _commit_lsn, _tx_ordinal FROM raw_public.t) d";
+        let latest_sql = "SELECT count(*) FROM public.t WHERE v < 0";
+        if name == "duckdb" {
+            let path = warehouse.trim_start_matches("duckdb:");
+            let mut d = open_duckdb(Path::new(path)).await;
+            check(
+                count(&mut d, raw_sql).await,
+                count(&mut d, distinct_sql).await,
+                count(&mut d, latest_sql).await,
+            );
+        } else {
+            let mut p = PostgresWarehouse::connect(&ConnInfo::parse(&warehouse).expect("url"))
+                .await
+                .expect("warehouse");
+            check(
+                count(&mut p, raw_sql).await,
+                count(&mut p, distinct_sql).await,
+                count(&mut p, latest_sql).await,
+            );
+        }
+        println!("{name}: {rows} changes stored once, {duplicates} resent records skipped as stored");
+    }
+}

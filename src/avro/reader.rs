@@ -116,6 +116,10 @@ pub struct Change {
     pub tx_id: Option<i64>,
     pub lsn: Option<i64>,
     pub commit_ts_ms: Option<i64>,
+    /// walhouse's format: the transaction's commit LSN and the record's
+    /// ordinal in it, its source position.
+    pub commit_lsn: Option<i64>,
+    pub tx_ordinal: Option<i64>,
     pub unchanged_toast: Vec<String>,
     pub text_values: Vec<(String, String)>,
 }
@@ -624,7 +628,7 @@ fn source(r: &mut Reader<'_>, node: &Node, change: &mut Change) -> Result<(), Re
                     _ => change.snapshot = text,
                 }
             }
-            "txId" | "lsn" | "ts_ms" => {
+            "txId" | "lsn" | "ts_ms" | "commit_lsn" | "tx_ordinal" => {
                 let v = match cell(r, node)? {
                     Cell::Long(v) => Some(v),
                     Cell::Int(v) => Some(i64::from(v)),
@@ -633,6 +637,8 @@ fn source(r: &mut Reader<'_>, node: &Node, change: &mut Change) -> Result<(), Re
                 match name.as_str() {
                     "txId" => change.tx_id = v,
                     "lsn" => change.lsn = v,
+                    "commit_lsn" => change.commit_lsn = v,
+                    "tx_ordinal" => change.tx_ordinal = v,
                     _ => change.commit_ts_ms = v,
                 }
             }

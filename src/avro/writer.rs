@@ -392,7 +392,7 @@ impl TableEnvelope {
         out: &mut Vec<u8>,
     ) {
         let (unchanged, text_values) = (&extras.unchanged, &extras.text_values);
-        put_long(out, event.tx_ordinal as i64);
+        put_long(out, record_ordinal(event, op) as i64);
         put_str(out, op.code());
         opt_long(out, Some(now_ms));
         if !unchanged.is_empty() {
@@ -411,6 +411,15 @@ impl TableEnvelope {
         }
         put_long(out, 0);
     }
+}
+
+/// `source.tx_ordinal`: the record's place in its transaction. Each change
+/// takes two, so a key change's second record (the create of the new key)
+/// has one of its own between its delete and the next change: with
+/// `commit_lsn`, no two records share a position.
+pub fn record_ordinal(event: &ChangeEvent<'_>, op: Op<'_>) -> u64 {
+    let second = matches!(event.kind, ChangeKind::Update { .. }) && matches!(op, Op::Create(_));
+    event.tx_ordinal.saturating_mul(2) + u64::from(second)
 }
 
 /// An Avro `["null", "long"]` union value.

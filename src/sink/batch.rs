@@ -13,7 +13,9 @@ use super::decode::Target;
 use super::metrics::SinkMetrics;
 use super::position::Partition;
 use super::SinkError;
-use crate::warehouse::{isolate, Batch, Cell, DeadLetter, OffsetUpdate, Origin, TableRows, Warehouse, WarehouseError};
+use crate::warehouse::{
+    isolate, Batch, Cell, DeadLetter, OffsetUpdate, Origin, SourcePosition, TableRows, Warehouse, WarehouseError,
+};
 
 #[derive(Default)]
 pub(super) struct Pending {
@@ -55,11 +57,12 @@ impl Pending {
 
     /// Records that `partition` is accounted for up to `offset`; `stored`
     /// is the warehouse's offset the write is fenced on.
-    pub fn advance(&mut self, partition: &Partition, stored: Option<i64>, offset: i64) {
+    pub fn advance(&mut self, partition: &Partition, stored: Option<i64>, offset: i64, high: Option<SourcePosition>) {
         self.since.get_or_insert_with(Instant::now);
         // Looked up before inserting: the key is cloned once per batch, not per message.
         if let Some(o) = self.offsets.get_mut(partition) {
             o.next = offset + 1;
+            o.high = high;
             return;
         }
         let update = OffsetUpdate {
@@ -67,6 +70,7 @@ impl Pending {
             partition: partition.1,
             from: stored,
             next: offset + 1,
+            high,
         };
         self.offsets.insert(partition.clone(), update);
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::SinkError;
 use crate::avro::reader::{Change, EnvelopePlan};
 use crate::registry::{split_wire, Registry, RegistryError};
-use crate::warehouse::{Cell, TableRef};
+use crate::warehouse::{Cell, SourcePosition, TableRef};
 
 /// Extra lookups of a schema id the registry does not know, before the
 /// record is a dead letter (0.25 s, 0.5 s, 0.75 s apart).
@@ -75,14 +75,21 @@ pub(super) enum Outcome {
     Row {
         target: Arc<Target>,
         cells: Vec<Cell>,
+        /// The change's source position (walhouse's format carries it).
+        position: Option<SourcePosition>,
     },
     Dead(String),
     Skip,
+    /// A change whose source position was stored already.
+    Duplicate,
     /// The topic cannot go on (incompatible schema change).
     Stop(String),
 }
 
 /// A change record decoded under its writer schema.
+// The large variant is the common one, moved out at once: boxing it would
+// cost an allocation per record.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Decoded {
     Change {
         schema_id: u32,
@@ -229,6 +236,8 @@ pub(super) fn cells(plan: &EnvelopePlan, target: &Target, change: Change) -> Vec
             .map_or(Cell::Null, |ms| Cell::TimestampTz(ms.saturating_mul(1000))),
     );
     cells.push(Cell::Text(change.snapshot));
+    cells.push(change.commit_lsn.map_or(Cell::Null, Cell::Long));
+    cells.push(change.tx_ordinal.map_or(Cell::Null, Cell::Long));
     let unchanged: Vec<String> = change
         .unchanged_toast
         .iter()

@@ -11,6 +11,7 @@ pub struct SinkMetrics {
     skipped: AtomicU64,
     stopped_topics: AtomicU64,
     fenced: AtomicU64,
+    duplicates: AtomicU64,
     last_batch_ms: AtomicU64,
 }
 
@@ -28,6 +29,17 @@ impl SinkMetrics {
 
     pub fn count_skipped(&self) {
         self.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A change stored already (sent again after a capture restart): also
+    /// a skipped record.
+    pub fn count_duplicate(&self) {
+        self.duplicates.fetch_add(1, Ordering::Relaxed);
+        self.count_skipped();
+    }
+
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
     }
 
     pub fn count_fenced(&self) {
@@ -97,9 +109,15 @@ impl crate::metrics::Exposition for SinkMetrics {
         );
         line(
             "walhouse_sink_skipped_total",
-            "Records consumed but not stored by design (tombstones, transaction metadata).",
+            "Records consumed but not stored by design (tombstones, transaction metadata, changes stored already).",
             "counter",
             get(&self.skipped),
+        );
+        line(
+            "walhouse_sink_duplicates_total",
+            "Changes not stored again: their source position was stored already (capture sent them again).",
+            "counter",
+            get(&self.duplicates),
         );
         line(
             "walhouse_sink_stopped_topics",

@@ -38,7 +38,9 @@ use self::tables::{cdc_table_def, raw_schema, TableError, Tables};
 use crate::avro::reader::EnvelopePlan;
 use crate::avro::writer::topic_part;
 use crate::registry::{Registry, RegistryError};
-use crate::warehouse::{Cell, ColumnDef, DeadLetter, Failure, Origin, SqlType, TableRef, Warehouse, WarehouseError};
+use crate::warehouse::{
+    Cell, ColumnDef, DeadLetter, Failure, Origin, SourcePosition, SqlType, TableRef, Warehouse, WarehouseError,
+};
 
 /// The Kafka coordinates every raw table ends with.
 pub const KAFKA_COLUMNS: [(&str, SqlType); 4] = [
@@ -360,7 +362,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         if offset < pos.next || self.stopped.contains_key(topic) {
             return Ok(());
         }
-        let (stored, next) = (pos.stored, pos.next);
+        let (stored, next, high) = (pos.stored, pos.next, pos.high);
         if offset > next {
             // A jump: compaction, or records deleted before they were read
             // (the consumer then reset to the earliest offset). Only the
@@ -387,6 +389,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 Ok(cells) => Outcome::Row {
                     target: self.companies.clone(),
                     cells,
+                    position: None,
                 },
                 Err(e) => Outcome::Dead(e),
             },
@@ -400,7 +403,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         // Values the target would refuse cost their record here, before
         // the batch (the writer sets aside what gets past this).
         let refused = match &outcome {
-            Outcome::Row { target, cells } => cells
+            Outcome::Row { target, cells, .. } => cells
                 .iter()
                 .zip(&target.columns)
                 .find_map(|(c, name)| self.dialect.refuses(c).map(|r| format!("column {name}: {r}"))),
@@ -410,6 +413,13 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             Some(reason) => Outcome::Dead(reason),
             None => outcome,
         };
+        // A change at or below the partition's highest stored position was
+        // stored already: capture sent it again after a restart.
+        let outcome = match outcome {
+            Outcome::Row { position: Some(p), .. } if high.is_some_and(|h| p <= h) => Outcome::Duplicate,
+            other => other,
+        };
+        let mut position = None;
         let origin = Origin {
             source: if is_companies { "companies" } else { "cdc" },
             topic: Some(topic.to_owned()),
@@ -426,11 +436,17 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 return Ok(());
             }
             Outcome::Skip => self.metrics.count_skipped(),
+            Outcome::Duplicate => self.metrics.count_duplicate(),
             Outcome::Dead(error) => {
                 tracing::warn!(%topic, partition, offset, "dead letter: {error}");
                 self.pending.dead(DeadLetter { origin, error });
             }
-            Outcome::Row { target, mut cells } => {
+            Outcome::Row {
+                target,
+                mut cells,
+                position: at_position,
+            } => {
+                position = at_position;
                 cells.push(Cell::Text(topic.to_owned()));
                 cells.push(Cell::Int(partition));
                 cells.push(Cell::Long(offset));
@@ -438,8 +454,8 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 self.pending.row(target, cells, origin);
             }
         }
-        self.positions.advance(&at, offset);
-        self.pending.advance(&at, stored, offset);
+        let high = self.positions.advance(&at, offset, position);
+        self.pending.advance(&at, stored, offset, high);
         Ok(())
     }
 
@@ -484,8 +500,8 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             },
             error: what,
         });
-        self.positions.advance(&at, earliest - 1);
-        self.pending.advance(&at, fence, earliest - 1);
+        let high = self.positions.advance(&at, earliest - 1, None);
+        self.pending.advance(&at, fence, earliest - 1, high);
     }
 
     /// Pauses every partition of `topic` for good (until a restart), with why.
@@ -550,8 +566,16 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 }
             }
         }
+        let position = match (change.commit_lsn, change.tx_ordinal) {
+            (Some(commit_lsn), Some(tx_ordinal)) => Some(SourcePosition { commit_lsn, tx_ordinal }),
+            _ => None,
+        };
         let cells = decode::cells(&plan, &target, change);
-        Ok(Outcome::Row { target, cells })
+        Ok(Outcome::Row {
+            target,
+            cells,
+            position,
+        })
     }
 
     /// First sight of a writer schema: creates or widens its raw table

@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{consumer_error, kafka, SinkError};
-use crate::warehouse::OffsetUpdate;
+use crate::warehouse::{OffsetUpdate, SourcePosition, StoredOffset};
 
 /// A topic and partition.
 pub(super) type Partition = (String, i32);
@@ -96,6 +96,9 @@ pub(super) struct Position {
     pub next: i64,
     /// What the warehouse holds, the fence for the next write.
     pub stored: Option<i64>,
+    /// The highest source position stored or pending from this partition:
+    /// a change at or below it is one stored already (sent again).
+    pub high: Option<SourcePosition>,
 }
 
 /// Every assigned partition: positioned, or waiting for its seek.
@@ -158,7 +161,7 @@ impl Positions {
     pub fn seek(
         &mut self,
         consumer: &StreamConsumer<SinkContext>,
-        stored: &HashMap<Partition, i64>,
+        stored: &HashMap<Partition, StoredOffset>,
         stopped: &HashMap<String, String>,
         skip: bool,
     ) -> Result<Vec<Gap>, SinkError> {
@@ -167,9 +170,9 @@ impl Positions {
         let mut from: HashMap<Partition, i64> = HashMap::new();
         for (topic, partition) in &self.unpositioned {
             let key = (topic.clone(), *partition);
-            let offset = match stored.get(&key) {
+            let offset = match stored.get(&key).map(|s| s.next) {
                 None => Offset::Beginning,
-                Some(&o) => match earliest(consumer, topic, *partition) {
+                Some(o) => match earliest(consumer, topic, *partition) {
                     Some(earliest) if earliest > o => {
                         gaps.push(Gap {
                             partition: key.clone(),
@@ -209,15 +212,16 @@ impl Positions {
                 still.push(key);
                 continue;
             }
-            let stored = stored.get(&key).copied();
-            tracing::info!(topic = %key.0, partition = key.1, offset = ?stored, "positioned at the warehouse's offset");
+            let high = stored.get(&key).and_then(|s| s.high);
+            let stored = stored.get(&key).map(|s| s.next);
+            tracing::info!(topic = %key.0, partition = key.1, offset = ?stored, ?high, "positioned at the warehouse's offset");
             if stopped.contains_key(&key.0) {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&key.0, key.1);
                 let _ = consumer.pause(&tpl);
             }
             let next = from.get(&key).copied().or(stored).unwrap_or(0);
-            self.positioned.insert(key, Position { next, stored });
+            self.positioned.insert(key, Position { next, stored, high });
         }
         self.unpositioned = still;
         // A gap skipped but not sought yet is found again next turn.
@@ -230,11 +234,13 @@ impl Positions {
     }
 
     /// A record of `at` at `offset` was accounted for (row, dead letter or
-    /// skipped).
-    pub fn advance(&mut self, at: &Partition, offset: i64) {
-        if let Some(pos) = self.positioned.get_mut(at) {
-            pos.next = offset + 1;
-        }
+    /// skipped), a change at `position` among them; returns the partition's
+    /// highest position now.
+    pub fn advance(&mut self, at: &Partition, offset: i64, position: Option<SourcePosition>) -> Option<SourcePosition> {
+        let pos = self.positioned.get_mut(at)?;
+        pos.next = offset + 1;
+        pos.high = pos.high.max(position);
+        pos.high
     }
 
     /// The batch handed to the writer moves the fence: the next batch

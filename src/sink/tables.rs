@@ -9,12 +9,16 @@ use std::collections::{HashMap, HashSet};
 use crate::warehouse::{ColumnDef, SqlType, TableDef, TableRef, Warehouse, WarehouseError};
 
 /// The CDC metadata columns of every raw change table, after the source's.
-pub const CDC_COLUMNS: [(&str, SqlType); 7] = [
+pub const CDC_COLUMNS: [(&str, SqlType); 9] = [
     ("_op", SqlType::Text),
     ("_lsn", SqlType::BigInt),
     ("_tx_id", SqlType::BigInt),
     ("_commit_ts", SqlType::TimestampTz),
     ("_snapshot", SqlType::Text),
+    // The change's source position (see `SourcePosition`): with the two,
+    // no raw table holds one change twice.
+    ("_commit_lsn", SqlType::BigInt),
+    ("_tx_ordinal", SqlType::BigInt),
     ("_unchanged_toast", SqlType::Text),
     ("_text_values", SqlType::Text),
 ];

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use duckdb::types::{TimeUnit, ToSqlOutput, Value, ValueRef};
 use duckdb::{appender_params_from_iter, Connection, ToSql};
 
-use super::{Batch, Cell, Dialect, Failure, TableRef, Warehouse, WarehouseError};
+use super::{Batch, Cell, Dialect, Failure, SourcePosition, StoredOffset, TableRef, Warehouse, WarehouseError};
 
 pub struct DuckDbWarehouse {
     path: PathBuf,
@@ -172,14 +172,23 @@ impl Warehouse for DuckDbWarehouse {
         Ok((!rows.is_empty()).then_some(rows))
     }
 
-    async fn offsets(&mut self, consumer_group: &str) -> Result<HashMap<(String, i32), i64>, WarehouseError> {
+    async fn offsets(&mut self, consumer_group: &str) -> Result<HashMap<(String, i32), StoredOffset>, WarehouseError> {
         let conn = &self.conn;
         tokio::task::block_in_place(|| {
             let mut stmt = conn
-                .prepare("SELECT topic, \"partition\", next_offset FROM walhouse.offsets WHERE consumer_group = ?")
+                .prepare(
+                    "SELECT topic, \"partition\", next_offset, high_commit_lsn, high_tx_ordinal \
+                     FROM walhouse.offsets WHERE consumer_group = ?",
+                )
                 .map_err(Self::sql_error("reading offsets"))?;
             let rows = stmt
-                .query_map([consumer_group], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
+                .query_map([consumer_group], |r| {
+                    let high = match (r.get::<_, Option<i64>>(3)?, r.get::<_, Option<i64>>(4)?) {
+                        (Some(commit_lsn), Some(tx_ordinal)) => Some(SourcePosition { commit_lsn, tx_ordinal }),
+                        _ => None,
+                    };
+                    Ok(((r.get(0)?, r.get(1)?), StoredOffset { next: r.get(2)?, high }))
+                })
                 .map_err(Self::sql_error("reading offsets"))?;
             rows.collect::<Result<HashMap<_, _>, _>>()
                 .map_err(Self::sql_error("reading offsets"))
@@ -199,14 +208,30 @@ impl Warehouse for DuckDbWarehouse {
             for o in &batch.offsets {
                 let moved = match o.from {
                     None => conn.execute(
-                        "INSERT INTO walhouse.offsets (consumer_group, topic, \"partition\", next_offset) \
-                         VALUES (?, ?, ?, ?)",
-                        duckdb::params![consumer_group, o.topic, o.partition, o.next],
+                        "INSERT INTO walhouse.offsets (consumer_group, topic, \"partition\", next_offset, \
+                         high_commit_lsn, high_tx_ordinal) VALUES (?, ?, ?, ?, ?, ?)",
+                        duckdb::params![
+                            consumer_group,
+                            o.topic,
+                            o.partition,
+                            o.next,
+                            o.high.map(|h| h.commit_lsn),
+                            o.high.map(|h| h.tx_ordinal)
+                        ],
                     ),
                     Some(from) => conn.execute(
-                        "UPDATE walhouse.offsets SET next_offset = ?, updated_at = current_timestamp \
+                        "UPDATE walhouse.offsets SET next_offset = ?, high_commit_lsn = ?, high_tx_ordinal = ?, \
+                         updated_at = current_timestamp \
                          WHERE consumer_group = ? AND topic = ? AND \"partition\" = ? AND next_offset = ?",
-                        duckdb::params![o.next, consumer_group, o.topic, o.partition, from],
+                        duckdb::params![
+                            o.next,
+                            o.high.map(|h| h.commit_lsn),
+                            o.high.map(|h| h.tx_ordinal),
+                            consumer_group,
+                            o.topic,
+                            o.partition,
+                            from
+                        ],
                     ),
                 };
                 let fenced = || WarehouseError::Fenced {

@@ -162,6 +162,25 @@ pub struct DeadLetter {
     pub error: String,
 }
 
+/// Where a change stands in the source's history: its transaction's
+/// commit LSN, then its record's ordinal in the transaction. Positions
+/// order changes as the source committed them, so a change sent again
+/// (capture resends from its last confirmed LSN) has a position no higher
+/// than one already stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SourcePosition {
+    pub commit_lsn: i64,
+    pub tx_ordinal: i64,
+}
+
+/// What the warehouse holds of a partition: the next offset to read, and
+/// the highest source position stored from it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredOffset {
+    pub next: i64,
+    pub high: Option<SourcePosition>,
+}
+
 /// A partition's consumed position after a batch, fenced by the position
 /// the batch started from: the write fails if another writer moved it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,6 +190,9 @@ pub struct OffsetUpdate {
     /// The stored position the batch continues from (`None`: none stored).
     pub from: Option<i64>,
     pub next: i64,
+    /// The highest source position stored from the partition, this batch
+    /// included (kept with the offset, in the same transaction).
+    pub high: Option<SourcePosition>,
 }
 
 /// A loaded file, recorded in the same transaction as its rows.
@@ -418,6 +440,10 @@ impl Dialect {
                  \"partition\" INTEGER NOT NULL, next_offset BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT {now}, \
                  PRIMARY KEY (consumer_group, topic, \"partition\"))"
             ),
+            // Added after the table's first release: warehouses made before
+            // get them here.
+            "ALTER TABLE walhouse.offsets ADD COLUMN IF NOT EXISTS high_commit_lsn BIGINT".into(),
+            "ALTER TABLE walhouse.offsets ADD COLUMN IF NOT EXISTS high_tx_ordinal BIGINT".into(),
             format!(
                 "CREATE TABLE IF NOT EXISTS walhouse.dead_letters (source VARCHAR NOT NULL, topic VARCHAR, \"partition\" INTEGER, \
                  \"offset\" BIGINT, file VARCHAR, line BIGINT, \"key\" {bytes}, raw {bytes}, error VARCHAR NOT NULL, \
@@ -447,8 +473,9 @@ pub trait Warehouse {
     /// does not exist.
     async fn columns(&mut self, table: &TableRef) -> Result<Option<Vec<(String, String)>>, WarehouseError>;
 
-    /// The stored next offset of every partition of `consumer_group`.
-    async fn offsets(&mut self, consumer_group: &str) -> Result<HashMap<(String, i32), i64>, WarehouseError>;
+    /// The stored next offset and highest source position of every
+    /// partition of `consumer_group`.
+    async fn offsets(&mut self, consumer_group: &str) -> Result<HashMap<(String, i32), StoredOffset>, WarehouseError>;
 
     /// Appends the batch's rows and dead letters and moves its offsets, in
     /// one transaction. (`Send`: the sink writes on its own task while it
@@ -512,7 +539,7 @@ impl Warehouse for AnyWarehouse {
         }
     }
 
-    async fn offsets(&mut self, consumer_group: &str) -> Result<HashMap<(String, i32), i64>, WarehouseError> {
+    async fn offsets(&mut self, consumer_group: &str) -> Result<HashMap<(String, i32), StoredOffset>, WarehouseError> {
         match self {
             AnyWarehouse::DuckDb(w) => w.offsets(consumer_group).await,
             AnyWarehouse::Postgres(w) => w.offsets(consumer_group).await,

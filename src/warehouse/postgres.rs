@@ -16,8 +16,8 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use super::{
-    decimal_text, Batch, Cell, Dialect, Failure, TableRef, Warehouse, WarehouseError, DATE_INFINITY, DATE_NEG_INFINITY,
-    TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY,
+    decimal_text, Batch, Cell, Dialect, Failure, SourcePosition, StoredOffset, TableRef, Warehouse, WarehouseError,
+    DATE_INFINITY, DATE_NEG_INFINITY, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY,
 };
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::error::sql_message;
@@ -198,17 +198,30 @@ impl Warehouse for PostgresWarehouse {
         Ok((!cols.is_empty()).then_some(cols))
     }
 
-    async fn offsets(&mut self, consumer_group: &str) -> Result<HashMap<(String, i32), i64>, WarehouseError> {
+    async fn offsets(&mut self, consumer_group: &str) -> Result<HashMap<(String, i32), StoredOffset>, WarehouseError> {
         let rows = self
             .client
             .query(
-                "SELECT topic, \"partition\", next_offset FROM walhouse.offsets WHERE consumer_group = $1",
+                "SELECT topic, \"partition\", next_offset, high_commit_lsn, high_tx_ordinal \
+                 FROM walhouse.offsets WHERE consumer_group = $1",
                 &[&consumer_group],
             )
             .await
             .map_err(sql("reading offsets"))?;
         rows.iter()
-            .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)))
+            .map(|r| {
+                let high = match (r.try_get::<_, Option<i64>>(3)?, r.try_get::<_, Option<i64>>(4)?) {
+                    (Some(commit_lsn), Some(tx_ordinal)) => Some(SourcePosition { commit_lsn, tx_ordinal }),
+                    _ => None,
+                };
+                Ok((
+                    (r.try_get(0)?, r.try_get(1)?),
+                    StoredOffset {
+                        next: r.try_get(2)?,
+                        high,
+                    },
+                ))
+            })
             .collect::<Result<_, tokio_postgres::Error>>()
             .map_err(sql("reading offsets"))
     }
@@ -231,17 +244,33 @@ impl Warehouse for PostgresWarehouse {
             let moved = match o.from {
                 None => {
                     tx.execute(
-                        "INSERT INTO walhouse.offsets (consumer_group, topic, \"partition\", next_offset) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                        &[&consumer_group, &o.topic, &o.partition, &o.next],
+                        "INSERT INTO walhouse.offsets (consumer_group, topic, \"partition\", next_offset, \
+                         high_commit_lsn, high_tx_ordinal) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                        &[
+                            &consumer_group,
+                            &o.topic,
+                            &o.partition,
+                            &o.next,
+                            &o.high.map(|h| h.commit_lsn),
+                            &o.high.map(|h| h.tx_ordinal),
+                        ],
                     )
                     .await
                 }
                 Some(from) => {
                     tx.execute(
-                        "UPDATE walhouse.offsets SET next_offset = $1, updated_at = now() \
+                        "UPDATE walhouse.offsets SET next_offset = $1, high_commit_lsn = $6, high_tx_ordinal = $7, \
+                         updated_at = now() \
                          WHERE consumer_group = $2 AND topic = $3 AND \"partition\" = $4 AND next_offset = $5",
-                        &[&o.next, &consumer_group, &o.topic, &o.partition, &from],
+                        &[
+                            &o.next,
+                            &consumer_group,
+                            &o.topic,
+                            &o.partition,
+                            &from,
+                            &o.high.map(|h| h.commit_lsn),
+                            &o.high.map(|h| h.tx_ordinal),
+                        ],
                     )
                     .await
                 }

@@ -1,6 +1,7 @@
 //! Shared harness for integration tests: real components started per test.
 
 pub mod avro_data;
+pub mod chaos;
 pub mod debezium;
 pub mod kafka;
 pub mod pipeline;

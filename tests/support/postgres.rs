@@ -416,6 +416,32 @@ impl PgServer {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// Starts the server again on its data dir and port after
+    /// [`PgServer::stop`] (a crash recovery: `stop` is `-m immediate`).
+    pub fn resume(&mut self) {
+        if self.pid.is_some() {
+            return;
+        }
+        let data = self.dir.path().join("data");
+        let mut start = pg_command("pg_ctl");
+        start
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .args(["-w", "-t", "60", "start"]);
+        let out = start.stdin(Stdio::null()).output().expect("pg_ctl");
+        assert!(out.status.success(), "pg_ctl start again:\n{}", self.server_log());
+        self.pid = std::fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
+    }
+
+    /// Whether the server runs (not stopped by [`PgServer::stop`]).
+    pub fn is_running(&self) -> bool {
+        self.pid.is_some()
+    }
+
     pub fn stop(&mut self) {
         if self.pid.take().is_some() {
             let mut stop = pg_command("pg_ctl");
