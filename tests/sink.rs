@@ -1031,3 +1031,44 @@ async fn changes_sent_again_are_stored_once() {
         println!("{name}: {rows} changes stored once, {duplicates} resent records skipped as stored");
     }
 }
+
+/// A sink killed right after it made or altered its DuckDB tables opens the
+/// file again: DuckDB cannot replay DDL from its WAL when the file is the
+/// default database (duckdb/duckdb#19712, #20543), so the warehouse is
+/// attached to an in-memory default one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_killed_after_its_ddl_opens_its_duckdb_again() {
+    support::init_logs();
+    let broker = Broker::start();
+    let (_reg, registry_url) = registry().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ddl.duckdb");
+    let args: Vec<String> = [
+        "--warehouse",
+        &format!("duckdb:{}", path.display()),
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        &registry_url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for round in 0..2 {
+        let mut child = sink_binary(&args);
+        // Until its tables exist (the WAL then holds its DDL), bounded.
+        let deadline = Instant::now() + LIMIT;
+        while !path.with_extension("duckdb.wal").exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut w = DuckDbWarehouse::open(&path).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(
+            count(&mut w, "SELECT count(*) FROM walhouse.offsets").await,
+            0,
+            "round {round}"
+        );
+    }
+}

@@ -42,6 +42,11 @@ impl Emitter {
         }
     }
 
+    /// The catalog connection to use from now on (the last one was lost).
+    pub(super) fn set_catalog(&mut self, catalog: Arc<tokio_postgres::Client>) {
+        self.catalog = catalog;
+    }
+
     pub(super) fn events(&self) -> u64 {
         self.events
     }

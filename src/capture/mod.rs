@@ -410,6 +410,19 @@ impl LoopState<'_> {
                 status_interval,
                 ..StreamOptions::default()
             };
+            // The SQL connection goes down with the server too (a restart,
+            // a failover): without a new one, every reconnect would fail on
+            // its first catalog query.
+            if self.sql.is_closed() {
+                match client::connect(&config.source).await {
+                    Ok((sql, _driver)) => {
+                        tracing::info!("SQL connection to the source opened again");
+                        self.sql = Arc::new(sql);
+                        self.emitter.set_catalog(self.sql.clone());
+                    }
+                    Err(e) => tracing::debug!("SQL connection not back yet: {e}"),
+                }
+            }
             let started = async {
                 let repl = ReplicationClient::connect(&config.source).await?;
                 repl.start_replication(&config.slot, acknowledged, options).await

@@ -26,12 +26,29 @@ impl DuckDbWarehouse {
                 message: format!("cannot create {}: {e}", dir.display()),
             })?;
         }
-        let conn = Connection::open(path).map_err(|e| WarehouseError::Open {
+        let open_error = |e: duckdb::Error| {
+            WarehouseError::Open {
             target: path.display().to_string(),
             message: format!(
                 "{e} (DuckDB allows one writing process per file: is another walhouse-sink or a DuckDB shell holding it?)"
             ),
-        })?;
+        }
+        };
+        // The file is attached to an in-memory default database rather than
+        // opened as the default: DuckDB replays DDL left in the file's WAL
+        // by a killed process only when a default database exists
+        // (duckdb/duckdb#19712, #20543); opened as the default, the file
+        // would not open again after a kill that followed an ALTER.
+        let conn = Connection::open_in_memory().map_err(open_error)?;
+        let catalog = path
+            .file_stem()
+            .map_or_else(|| "warehouse".to_owned(), |s| s.to_string_lossy().into_owned());
+        conn.execute_batch(&format!(
+            "ATTACH {} AS {catalog_q}; USE {catalog_q};",
+            quote::literal(&path.display().to_string()),
+            catalog_q = quote::ident(&catalog)
+        ))
+        .map_err(open_error)?;
         Ok(DuckDbWarehouse {
             path: path.to_owned(),
             conn,

@@ -178,11 +178,14 @@ pub async fn run(bins: &Binaries, seconds: u64, seed: u64) -> Report {
     pg.create_db("backend");
     let mut broker = Broker::start();
     let registry = TestRegistry::start().await;
+    // Kept when a check fails (its path is in the message), removed after a
+    // passing run.
     let dir = tempfile::Builder::new()
         .prefix("walhouse-chaos-")
         .tempdir()
-        .expect("dir");
-    let duck = dir.path().join("warehouse.duckdb");
+        .expect("dir")
+        .keep();
+    let duck = dir.join("warehouse.duckdb");
     let source_url = pg.url("walhouse_scram", "backend");
     {
         let sql = pg.client("backend").await;
@@ -218,7 +221,7 @@ pub async fn run(bins: &Binaries, seconds: u64, seed: u64) -> Report {
         .iter()
         .map(|s| s.to_string())
         .collect(),
-        log: dir.path().join("capture.log"),
+        log: dir.join("capture.log"),
         child: None,
         starts: 0,
     };
@@ -242,7 +245,7 @@ pub async fn run(bins: &Binaries, seconds: u64, seed: u64) -> Report {
         .iter()
         .map(|s| s.to_string())
         .collect(),
-        log: dir.path().join("sink.log"),
+        log: dir.join("sink.log"),
         child: None,
         starts: 0,
     };
@@ -331,8 +334,9 @@ pub async fn run(bins: &Binaries, seconds: u64, seed: u64) -> Report {
     report.transactions = committed.load(Ordering::Relaxed);
     let failure = |what: &str, report: &Report, capture: &Service, sink: &Service| {
         format!(
-            "{what} (seed {seed}; kills: {:#?})\ncapture's log:\n{}\nsink's log:\n{}",
+            "{what} (seed {seed}; kills: {:#?}; logs in {})\ncapture's log:\n{}\nsink's log:\n{}",
             report.kills,
+            dir.display(),
             capture.log_tail(),
             sink.log_tail()
         )
@@ -512,6 +516,7 @@ pub async fn run(bins: &Binaries, seconds: u64, seed: u64) -> Report {
         capture.starts,
         sink.starts
     );
+    let _ = std::fs::remove_dir_all(&dir);
     report
 }
 
