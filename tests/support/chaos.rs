@@ -30,7 +30,7 @@ use walhouse::warehouse::duckdb::DuckDbWarehouse;
 use walhouse::warehouse::postgres::PostgresWarehouse;
 use walhouse::warehouse::Warehouse;
 
-use crate::kafka::{read_all, topics, Broker};
+use crate::kafka::{committed_sum, read_all, topics, Broker};
 use crate::pipeline::{ask, BACKEND_SCHEMA, GENERATE};
 use crate::postgres::PgServer;
 use crate::registry::TestRegistry;
@@ -377,33 +377,35 @@ pub async fn run(bins: &Binaries, seconds: u64, seed: u64) -> Report {
         }
         m
     };
-    let total: i64 = in_kafka
-        .values()
-        .flat_map(|records| {
-            let mut ends: HashMap<i32, i64> = HashMap::new();
-            for r in records {
-                let e = ends.entry(r.partition).or_default();
-                *e = (*e).max(r.offset + 1);
-            }
-            ends.into_values()
-        })
-        .sum();
-    let mut stored = 0;
-    while Instant::now() < settle_until {
-        sink.ensure();
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        sink.terminate();
-        let mut w = DuckDbWarehouse::open(&duck).expect("warehouse");
-        stored = count(
-            &mut w,
-            &format!("SELECT coalesce(sum(next_offset), 0) FROM walhouse.offsets WHERE consumer_group = '{GROUP}'"),
-        )
-        .await;
-        drop(w);
-        if stored >= total {
-            break;
+    let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for (topic, records) in &in_kafka {
+        for r in records {
+            let e = ends.entry((topic.clone(), r.partition)).or_default();
+            *e = (*e).max(r.offset + 1);
         }
     }
+    let total: i64 = ends.values().sum();
+    let partitions: Vec<(String, i32)> = ends.keys().cloned().collect();
+    // The sink's progress while it runs: the offsets it commits to Kafka
+    // after each batch (its warehouse file is its own until it stops).
+    let mut caught_up = false;
+    while !caught_up && Instant::now() < settle_until {
+        sink.ensure();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (bootstrap, partitions) = (broker.bootstrap(), partitions.clone());
+        let committed = tokio::task::spawn_blocking(move || committed_sum(&bootstrap, GROUP, &partitions))
+            .await
+            .expect("committed offsets");
+        caught_up = committed.is_some_and(|c| c >= total);
+    }
+    sink.terminate();
+    let mut w = DuckDbWarehouse::open(&duck).expect("warehouse");
+    let stored = count(
+        &mut w,
+        &format!("SELECT coalesce(sum(next_offset), 0) FROM walhouse.offsets WHERE consumer_group = '{GROUP}'"),
+    )
+    .await;
+    drop(w);
     assert_eq!(
         stored,
         total,

@@ -608,3 +608,30 @@ pub fn topics(bootstrap: &str) -> Vec<String> {
         .expect("metadata");
     metadata.topics().iter().map(|t| t.name().to_owned()).collect()
 }
+
+/// The offsets `group` committed to Kafka for `partitions` (topic,
+/// partition), summed; the sink commits them after each batch, for
+/// monitoring. `None` while the broker cannot tell.
+pub fn committed_sum(bootstrap: &str, group: &str, partitions: &[(String, i32)]) -> Option<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .ok()?;
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in partitions {
+        tpl.add_partition(t, *p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).ok()?;
+    Some(
+        committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum(),
+    )
+}
