@@ -1276,3 +1276,135 @@ async fn sinks_scale_out_over_cdc_topics_through_kills_and_freezes() {
          {total} records, every change stored once, {fenced} fenced batches"
     );
 }
+
+/// Snapshot reads are observations of their own, never taken for changes
+/// sent again: an initial snapshot, changes, an incremental re-read of the
+/// table (`walhouse-capture snapshot`) and a new slot's snapshot of it all
+/// land (each read at a later position than what it repeats), nothing is
+/// skipped as a duplicate, no two raw rows share a position, and the view
+/// is the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_reads_are_stored_beside_the_changes_they_repeat() {
+    support::init_logs();
+    let pg = PgServer::start();
+    pg.create_db("backend");
+    let broker = Broker::start();
+    let (_reg, registry_url) = registry().await;
+    let source = pg.client("backend").await;
+    source
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 100) g",
+        )
+        .await
+        .expect("table");
+    let prefix = format!("walhouse.reread{}", std::process::id());
+    let source_url = pg.url("walhouse_scram", "backend");
+    let args = |slot: &str, mode: &str| -> Vec<String> {
+        [
+            "--source-url",
+            &source_url,
+            "--output",
+            "kafka",
+            "--brokers",
+            &broker.bootstrap(),
+            "--schema-registry-url",
+            &registry_url,
+            "--topic-prefix",
+            &prefix,
+            "--slot",
+            slot,
+            "--snapshot-mode",
+            mode,
+            "--status-interval-ms",
+            "200",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let first = args("walhouse", "initial");
+    let capture = start_capture(&first.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(pg.wait_for_slot("backend", "walhouse", true, LIMIT).await);
+    source
+        .batch_execute("UPDATE t SET v = -v WHERE id % 2 = 0; DELETE FROM t WHERE id > 80")
+        .await
+        .expect("changes");
+    assert!(pg.wait_confirmed("backend", "walhouse", LIMIT).await);
+    // The table read again through the slot, while capture streams.
+    let asked = Command::new(env!("CARGO_BIN_EXE_walhouse-capture"))
+        .args([
+            "--source-url",
+            &source_url,
+            "--slot",
+            "walhouse",
+            "snapshot",
+            "--tables",
+            "public.t",
+        ])
+        .output()
+        .expect("walhouse-capture snapshot");
+    assert!(asked.status.success(), "{}", String::from_utf8_lossy(&asked.stderr));
+    let topic = format!("{prefix}.public.t");
+    // 100 reads, 50 updates, 20 deletes (+ tombstones), 80 reads again.
+    let expected = 100 + 50 + 40 + 80;
+    let bootstrap = broker.bootstrap();
+    let t2 = topic.clone();
+    let held = tokio::task::spawn_blocking(move || support::kafka::wait_for_count(&bootstrap, &t2, expected, LIMIT))
+        .await
+        .expect("counter");
+    assert_eq!(held, expected, "the re-read arrived");
+    let (_, produced) = capture.stop().await;
+    // A new slot's snapshot of the same table, into the same topic.
+    let second = args("another", "initial_only");
+    let (_, resnapshot) = start_capture(&second.iter().map(String::as_str).collect::<Vec<_>>())
+        .finish(LIMIT)
+        .await;
+    assert_eq!(resnapshot, 80, "the new slot read every row");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("w.duckdb");
+    let warehouse = format!("duckdb:{}", path.display());
+    let mut sink = start_sink(&[
+        "--warehouse",
+        &warehouse,
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        &registry_url,
+        "--topic-pattern",
+        &format!("^{}\\..*", prefix.replace('.', "\\.")),
+        "--batch-ms",
+        "100",
+    ])
+    .await;
+    let total = produced + resnapshot;
+    assert!(sink.wait_for(total, LIMIT).await, "{:?} of {total}", sink.accounted());
+    let duplicates = sink.metrics.duplicates();
+    sink.stop().await;
+    assert_eq!(duplicates, 0, "no read taken for a change sent again");
+    let mut w = open_duckdb(&path).await;
+    let reads = count(&mut w, "SELECT count(*) FROM raw_public.t WHERE _op = 'r'").await;
+    assert_eq!(
+        reads,
+        100 + 80 + 80,
+        "initial, incremental and new-slot reads all stored"
+    );
+    let rows = count(&mut w, "SELECT count(*) FROM raw_public.t").await;
+    let positions = count(
+        &mut w,
+        "SELECT count(*) FROM (SELECT DISTINCT _commit_lsn, _tx_ordinal FROM raw_public.t) p",
+    )
+    .await;
+    assert_eq!(positions, rows, "no two raw rows share a position");
+    let source_sum: i64 = source
+        .query_one("SELECT sum(v)::int8 FROM t", &[])
+        .await
+        .expect("sum")
+        .get(0);
+    let got = w
+        .query_text("SELECT count(*), sum(v) FROM public.t")
+        .await
+        .expect("view");
+    assert_eq!(got[0][0], Some("80".to_string()), "the view holds the source's rows");
+    assert_eq!(got[0][1], Some(source_sum.to_string()), "the view sums like the source");
+}
