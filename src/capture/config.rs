@@ -608,6 +608,43 @@ mod tests {
     }
 
     #[test]
+    fn the_debezium_format_takes_its_own_defaults_and_needs_kafka() {
+        let kafka = [
+            "--source-url",
+            "postgres://u@h/db",
+            "--output",
+            "kafka",
+            "--brokers",
+            "b:9092",
+            "--schema-registry-url",
+            "http://r:8081",
+        ];
+        let k = |extra: &[&str]| {
+            let mut a = kafka.to_vec();
+            a.extend_from_slice(extra);
+            CaptureConfig::resolve(args(&a))
+        };
+        let native = k(&[]).expect("native").kafka.expect("kafka");
+        assert_eq!(
+            (native.format, native.skipped_operations.clone()),
+            (Format::Walhouse, vec![])
+        );
+        let dbz = k(&["--format", "debezium"]).expect("debezium").kafka.expect("kafka");
+        assert_eq!(
+            (dbz.format, dbz.skipped_operations.clone()),
+            (Format::Debezium, vec!['t'])
+        );
+        assert_eq!(dbz.toast_placeholder, DEFAULT_TOAST_PLACEHOLDER);
+        let all = k(&["--format", "debezium", "--skipped-operations", "none"]).expect("none");
+        assert!(all.kafka.expect("kafka").skipped_operations.is_empty());
+        let e = k(&["--toast-placeholder", "x"]).expect_err("walhouse format has no placeholder");
+        assert!(e.to_string().contains("--format debezium"), "{e}");
+        let e = CaptureConfig::resolve(args(&["--source-url", "postgres://u@h/db", "--format", "debezium"]))
+            .expect_err("stdout has no Debezium format");
+        assert!(e.to_string().contains("--output kafka"), "{e}");
+    }
+
+    #[test]
     fn skipped_operations_parse_and_refuse_unknown_letters() {
         assert_eq!(parse_skipped_operations("none").expect("none"), Vec::<char>::new());
         assert_eq!(parse_skipped_operations("t").expect("t"), vec!['t']);
