@@ -867,6 +867,34 @@ async fn wait_rows<W: Warehouse>(w: &mut W, n: usize) -> bool {
     false
 }
 
+/// walhouse-capture's flags into Kafka under `prefix`, then `extra`.
+fn capture_into_kafka(
+    source_url: &str,
+    broker: &Broker,
+    registry_url: &str,
+    prefix: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    [
+        "--source-url",
+        source_url,
+        "--output",
+        "kafka",
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        registry_url,
+        "--topic-prefix",
+        prefix,
+        "--status-interval-ms",
+        "200",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// Capture's resends (a restarted capture sends again from its last
 /// confirmed LSN) are stored once. Made deterministic with a second slot,
 /// created before the workload, whose capture sends every change again into
@@ -895,30 +923,14 @@ async fn changes_sent_again_are_stored_once() {
         .expect("second slot");
     let prefix = format!("walhouse.again{}", std::process::id());
     let source_url = pg.url("walhouse_scram", "backend");
-    let capture_args = |slot: &'static str| -> Vec<String> {
-        [
-            "--source-url",
+    let capture_args = |slot: &str| -> Vec<String> {
+        capture_into_kafka(
             &source_url,
-            "--output",
-            "kafka",
-            "--brokers",
-            &broker.bootstrap(),
-            "--schema-registry-url",
+            &broker,
             &registry_url,
-            "--topic-prefix",
             &prefix,
-            "--slot",
-            slot,
-            "--snapshot-mode",
-            "never",
-            "--topic-partitions",
-            "3",
-            "--status-interval-ms",
-            "200",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+            &["--slot", slot, "--snapshot-mode", "never", "--topic-partitions", "3"],
+        )
     };
     let first = capture_args("walhouse");
     let capture = start_capture(&first.iter().map(String::as_str).collect::<Vec<_>>());
@@ -1300,27 +1312,13 @@ async fn snapshot_reads_are_stored_beside_the_changes_they_repeat() {
     let prefix = format!("walhouse.reread{}", std::process::id());
     let source_url = pg.url("walhouse_scram", "backend");
     let args = |slot: &str, mode: &str| -> Vec<String> {
-        [
-            "--source-url",
+        capture_into_kafka(
             &source_url,
-            "--output",
-            "kafka",
-            "--brokers",
-            &broker.bootstrap(),
-            "--schema-registry-url",
+            &broker,
             &registry_url,
-            "--topic-prefix",
             &prefix,
-            "--slot",
-            slot,
-            "--snapshot-mode",
-            mode,
-            "--status-interval-ms",
-            "200",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+            &["--slot", slot, "--snapshot-mode", mode],
+        )
     };
     let first = args("walhouse", "initial");
     let capture = start_capture(&first.iter().map(String::as_str).collect::<Vec<_>>());

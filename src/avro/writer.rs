@@ -532,32 +532,52 @@ pub fn transaction_record(
 ) -> (Vec<u8>, Vec<u8>) {
     let mut key = Vec::new();
     crate::registry::wire_header(key_id, &mut key);
-    put_str(&mut key, id);
     let mut value = Vec::new();
     crate::registry::wire_header(value_id, &mut value);
-    put_str(&mut value, status);
-    put_str(&mut value, id);
+    let counts: Option<Vec<(&str, u64)>> = counts.map(|c| c.iter().map(|(t, n)| (t.as_str(), *n)).collect());
+    put_transaction(id, status, counts.as_deref(), false, now_ms, &mut key, &mut value);
+    (key, value)
+}
+
+/// The bodies of a transaction-topic record, in the shape both formats
+/// share: key `{id}`, value `{status, id, event_count, data_collections,
+/// ts_ms}`; `counts` (END only) per table in the order given, each item a
+/// union's value branch when `optional_items`.
+pub fn put_transaction(
+    id: &str,
+    status: &str,
+    counts: Option<&[(&str, u64)]>,
+    optional_items: bool,
+    ts_ms: i64,
+    key: &mut Vec<u8>,
+    value: &mut Vec<u8>,
+) {
+    put_str(key, id);
+    put_str(value, status);
+    put_str(value, id);
     match counts {
         Some(counts) => {
-            put_long(&mut value, 1);
-            put_long(&mut value, counts.values().sum::<u64>() as i64);
-            put_long(&mut value, 1);
+            put_long(value, 1);
+            put_long(value, counts.iter().map(|(_, n)| *n).sum::<u64>() as i64);
+            put_long(value, 1);
             if !counts.is_empty() {
-                put_long(&mut value, counts.len() as i64);
+                put_long(value, counts.len() as i64);
                 for (table, n) in counts {
-                    put_str(&mut value, table);
-                    put_long(&mut value, *n as i64);
+                    if optional_items {
+                        put_long(value, 1);
+                    }
+                    put_str(value, table);
+                    put_long(value, *n as i64);
                 }
             }
-            put_long(&mut value, 0);
+            put_long(value, 0);
         }
         None => {
-            put_long(&mut value, 0);
-            put_long(&mut value, 0);
+            put_long(value, 0);
+            put_long(value, 0);
         }
     }
-    put_long(&mut value, now_ms);
-    (key, value)
+    put_long(value, ts_ms);
 }
 
 fn source_schema() -> Json {

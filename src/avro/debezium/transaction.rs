@@ -7,7 +7,7 @@
 use serde_json::Value as Json;
 
 use super::{avro_schema, ConnectType};
-use crate::avro::value::{put_long, put_str};
+use crate::avro::writer::put_transaction;
 
 /// Key and value schemas, as AvroData writes Debezium's Connect schemas.
 pub fn schemas() -> (Json, Json) {
@@ -44,37 +44,17 @@ pub fn schemas() -> (Json, Json) {
 
 /// The key and value bodies (without the wire header) of a BEGIN (no
 /// counts) or END record; `counts` are per `schema.table`, in the order
-/// the tables first appeared in the transaction; `commit_ms` is the
-/// transaction's commit time.
+/// the tables first appeared in the transaction (written in Debezium's);
+/// `commit_ms` is the transaction's commit time.
 pub fn record(id: &str, status: &str, counts: Option<&[(String, u64)]>, commit_ms: i64) -> (Vec<u8>, Vec<u8>) {
-    let mut key = Vec::new();
-    put_str(&mut key, id);
-    let mut value = Vec::new();
-    put_str(&mut value, status);
-    put_str(&mut value, id);
-    match counts {
-        Some(counts) => {
-            put_long(&mut value, 1);
-            put_long(&mut value, counts.iter().map(|(_, n)| *n).sum::<u64>() as i64);
-            put_long(&mut value, 1);
-            if !counts.is_empty() {
-                put_long(&mut value, counts.len() as i64);
-                for i in java_hash_map_order(counts.iter().map(|(t, _)| t.as_str())) {
-                    let (table, n) = &counts[i];
-                    // Each item is the value branch of an optional record.
-                    put_long(&mut value, 1);
-                    put_str(&mut value, table);
-                    put_long(&mut value, *n as i64);
-                }
-            }
-            put_long(&mut value, 0);
-        }
-        None => {
-            put_long(&mut value, 0);
-            put_long(&mut value, 0);
-        }
-    }
-    put_long(&mut value, commit_ms);
+    let ordered: Option<Vec<(&str, u64)>> = counts.map(|c| {
+        java_hash_map_order(c.iter().map(|(t, _)| t.as_str()))
+            .into_iter()
+            .map(|i| (c[i].0.as_str(), c[i].1))
+            .collect()
+    });
+    let (mut key, mut value) = (Vec::new(), Vec::new());
+    put_transaction(id, status, ordered.as_deref(), true, commit_ms, &mut key, &mut value);
     (key, value)
 }
 
