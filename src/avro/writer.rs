@@ -68,6 +68,18 @@ pub fn topic_part(s: &str) -> String {
     }
 }
 
+/// `base`, or `base_<n>` with the first `n` from 2 not in `used` yet (the
+/// last resort that keeps two columns' field names apart); marked used.
+pub fn unique_field(used: &mut std::collections::HashSet<String>, base: String) -> String {
+    let mut field = base.clone();
+    let mut n = 1;
+    while !used.insert(field.clone()) {
+        n += 1;
+        field = format!("{base}_{n}");
+    }
+    field
+}
+
 pub fn topic_name(prefix: &str, schema: &str, table: &str) -> String {
     format!("{prefix}.{}.{}", topic_part(schema), topic_part(table))
 }
@@ -135,14 +147,8 @@ impl TableEnvelope {
                     mode,
                     lookup,
                 );
-                let mut field = avro_name(&c.name);
-                // Distinct columns can sanitise alike only via the hash; keep
-                // a counter as the last resort so names never collide.
-                let mut n = 1;
-                while !used.insert(field.clone()) {
-                    n += 1;
-                    field = format!("{}_{n}", avro_name(&c.name));
-                }
+                // Distinct columns can sanitise alike only via the hash.
+                let field = unique_field(&mut used, avro_name(&c.name));
                 EnvelopeColumn {
                     name: c.name.clone(),
                     field,

@@ -437,11 +437,6 @@ impl PgServer {
             .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
     }
 
-    /// Whether the server runs (not stopped by [`PgServer::stop`]).
-    pub fn is_running(&self) -> bool {
-        self.pid.is_some()
-    }
-
     pub fn stop(&mut self) {
         if self.pid.take().is_some() {
             let mut stop = pg_command("pg_ctl");

@@ -19,7 +19,7 @@ use serde_json::Value as Json;
 
 use super::{column_default, connect_type, encode_value, envelope_schema, key_record, value_record, ConnectType};
 use crate::avro::value::{put_bytes, put_long, put_str};
-use crate::avro::writer::Op;
+use crate::avro::writer::{unique_field, Op};
 use crate::change::{ChangeEvent, SnapshotMark};
 use crate::postgres::catalog::{ColumnInfo, TypeInfo, TypeKind};
 use crate::postgres::pgoutput::{Relation, Tuple, TupleValue};
@@ -187,12 +187,7 @@ impl DebeziumTable {
                 ty.default = info
                     .and_then(|i| i.default_expr.as_deref())
                     .and_then(|e| column_default(c.type_oid, c.type_modifier, &ty, e, lookup));
-                let mut field = avro_adjusted(&c.name);
-                let mut n = 1;
-                while !used.insert(field.clone()) {
-                    n += 1;
-                    field = format!("{}_{n}", avro_adjusted(&c.name));
-                }
+                let field = unique_field(&mut used, avro_adjusted(&c.name));
                 Column {
                     name: c.name.clone(),
                     field,

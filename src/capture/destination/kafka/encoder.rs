@@ -256,10 +256,6 @@ impl RecordEncoder {
         self
     }
 
-    pub fn format(&self) -> Format {
-        self.format
-    }
-
     /// A transaction ended at `end_lsn`: the next ones name it in
     /// `source.sequence`.
     pub fn end_transaction(&mut self, end_lsn: Lsn) {
