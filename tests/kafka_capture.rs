@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use apache_avro::types::Value;
 use support::kafka::{read_all, read_topic, Broker, Record};
-use support::postgres::PgServer;
+use support::postgres::{PgOptions, PgServer};
 use support::registry::TestRegistry;
 use tokio::sync::watch;
 use walhouse::capture::{self, CaptureError, CaptureSummary};
@@ -34,8 +34,12 @@ struct Env {
 
 impl Env {
     async fn start(db: &str) -> Env {
+        Self::start_with(db, PgOptions::default()).await
+    }
+
+    async fn start_with(db: &str, options: PgOptions) -> Env {
         support::init_logs();
-        let pg = PgServer::start();
+        let pg = PgServer::start_with(options);
         pg.create_db(db);
         let broker = Broker::start();
         let (test_registry, registry_url) = match std::env::var("SCHEMA_REGISTRY_URL") {
@@ -613,7 +617,20 @@ async fn columns_added_and_dropped_mid_stream_make_new_schema_versions() {
 
 #[tokio::test]
 async fn an_incompatible_schema_stops_capture_and_loses_nothing() {
-    let env = Env::start("compat").await;
+    // A commit waiting for a synchronous standby is in the WAL, so the
+    // walsender decodes it, but other sessions do not see it yet: the
+    // window in which capture reads the catalog for the new shape. A
+    // standby that never comes holds the window open until the test ends
+    // the wait; every other session commits asynchronously (the server's
+    // default here) and never waits.
+    let env = Env::start_with(
+        "compat",
+        PgOptions {
+            extra_conf: vec!["synchronous_standby_names = 'walhouse_never_connects'".into()],
+            ..PgOptions::default()
+        },
+    )
+    .await;
     let sql = env.pg.client(&env.db).await;
     sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY, n int)")
         .await
@@ -623,9 +640,44 @@ async fn an_incompatible_schema_stops_capture_and_loses_nothing() {
     sql.batch_execute("INSERT INTO t VALUES (1, 10)").await.expect("insert");
     assert_eq!(env.read("t", 1).await.len(), 1);
     // int -> text is not BACKWARD compatible.
-    sql.batch_execute("ALTER TABLE t ALTER COLUMN n TYPE text; INSERT INTO t VALUES (2, 'twenty')")
+    let retyper = env.pg.client(&env.db).await;
+    let retyper_pid: i32 = retyper
+        .query_one("SELECT pg_backend_pid()", &[])
         .await
-        .expect("retype");
+        .expect("pid")
+        .get(0);
+    let retype = tokio::spawn(async move {
+        retyper
+            .batch_execute(
+                "SET synchronous_commit = on; \
+                 BEGIN; ALTER TABLE t ALTER COLUMN n TYPE text; INSERT INTO t VALUES (2, 'twenty'); COMMIT",
+            )
+            .await
+    });
+    let deadline = std::time::Instant::now() + LIMIT;
+    while sql
+        .query_opt(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'",
+            &[&retyper_pid],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retype never waited for its standby"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Capture has the Relation message well within this; it must not
+    // describe the new shape from the catalog that predates it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sql.query_one("SELECT pg_cancel_backend($1)", &[&retyper_pid])
+        .await
+        .expect("end the wait: the commit becomes visible");
+    // Ending the wait leaves the commit in place (with a warning).
+    let _ = retype.await.expect("retype task");
     let err = tokio::time::timeout(LIMIT, cap.task)
         .await
         .expect("capture stops by itself")

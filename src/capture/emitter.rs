@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -15,8 +16,13 @@ use super::CaptureError;
 use crate::capture::destination::{Destination, EncodedRows};
 use crate::capture::metrics::Metrics;
 use crate::change::{ChangeEvent, ChangeKind, SnapshotMark, TxInfo};
-use crate::postgres::catalog::{load_column_infos, load_type_infos, RelationCache, RelationChange};
+use crate::postgres::catalog::{load_column_infos, load_type_infos, ColumnFacts, RelationCache, RelationChange};
 use crate::postgres::pgoutput::{Relation, Tuple, TypeMessage};
+
+/// How long a shape change waits for the catalog to show it. The commit
+/// is normally visible within microseconds of its decoding; a synchronous
+/// standby that answers late holds it back longer.
+const CATALOG_CATCH_UP: Duration = Duration::from_secs(10);
 
 pub(super) struct Emitter {
     cache: RelationCache,
@@ -84,8 +90,8 @@ impl Emitter {
             let infos = load_type_infos(&self.catalog, &missing).await?;
             self.cache.insert_type_infos(infos);
         }
-        let columns_info = load_column_infos(&self.catalog, rel.id).await?;
-        self.cache.set_column_infos(rel.id, columns_info);
+        let facts = self.column_facts(&rel).await?;
+        self.cache.set_column_infos(rel.id, facts.infos);
         let (id, name, columns) = (rel.id, format!("{}.{}", rel.namespace, rel.name), rel.columns.len());
         let change = self.cache.apply_relation(rel);
         // A renamed table keeps its id: name it afresh.
@@ -103,6 +109,37 @@ impl Emitter {
             tracing::info!(table = %name, columns, %commit_lsn, "table shape changed");
         }
         Ok(relation)
+    }
+
+    /// The catalog's facts of `rel`'s columns once the catalog shows the
+    /// shape the message describes. A commit is decoded before other
+    /// sessions see it (see [`load_column_infos`]), so a catalog that lags
+    /// is read again for up to [`CATALOG_CATCH_UP`]; one that still
+    /// differs then was changed again by a later commit, and its facts
+    /// (keys, NOT NULL, defaults) are used with a warning. The column
+    /// types always come from the message.
+    async fn column_facts(&self, rel: &Relation) -> Result<ColumnFacts, CaptureError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let facts = load_column_infos(&self.catalog, rel).await?;
+            if facts.unmatched.is_empty() {
+                return Ok(facts);
+            }
+            if started.elapsed() >= CATALOG_CATCH_UP {
+                tracing::warn!(
+                    table = %format!("{}.{}", rel.namespace, rel.name),
+                    columns = %facts.unmatched.join(", "),
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "the catalog does not show these columns as the stream describes them (a later ALTER TABLE \
+                     committed already, or this change is still invisible to other sessions): their types come \
+                     from the stream, their keys, NOT NULL and defaults from the catalog as it is now"
+                );
+                return Ok(facts);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
     }
 
     /// Sends one change event and counts it.

@@ -343,19 +343,40 @@ pub async fn load_type_infos(
     Ok(found)
 }
 
-/// Column facts of table `relation_id` from the current catalog, by name.
-pub async fn load_column_infos(
-    client: &tokio_postgres::Client,
-    relation_id: u32,
-) -> Result<HashMap<String, ColumnInfo>, SourceError> {
+/// Catalog facts of a Relation message's columns, by name.
+#[derive(Debug, Default)]
+pub struct ColumnFacts {
+    pub infos: HashMap<String, ColumnInfo>,
+    /// Columns the catalog does not show as the message describes them
+    /// (missing, or of another type or typmod).
+    pub unmatched: Vec<String>,
+}
+
+/// Column facts of `rel`'s columns from the current catalog.
+///
+/// The catalog can disagree with the message: pgoutput sends a transaction
+/// once its commit record is flushed, which is before the committing
+/// backend leaves the proc array, so for a moment (or, under synchronous
+/// replication, until the standby answers) other sessions still see the
+/// table as it was; or a later `ALTER TABLE` has committed already. So
+/// `pg_type` is always the message's own type (`format_type` of its oid
+/// and typmod), and the columns the catalog shows otherwise are listed in
+/// `unmatched` for the caller to wait on.
+pub async fn load_column_infos(client: &tokio_postgres::Client, rel: &Relation) -> Result<ColumnFacts, SourceError> {
+    let names: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
+    let oids: Vec<u32> = rel.columns.iter().map(|c| c.type_oid).collect();
+    let typmods: Vec<i32> = rel.columns.iter().map(|c| c.type_modifier).collect();
     let rows = client
         .query(
             // attndims is int4 up to Postgres 17 and int2 from 18 on.
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attndims::int4, \
+            "SELECT m.name, format_type(m.oid, m.typmod), COALESCE(a.attndims::int4, 0), \
                     COALESCE(a.attnum = ANY(i.indkey), false), \
-                    i.indexrelid IS NULL AND COALESCE(a.attnum = ANY(u.indkey), false), a.attnotnull, \
-                    CASE WHEN a.attgenerated = '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END \
-             FROM pg_catalog.pg_attribute a \
+                    i.indexrelid IS NULL AND COALESCE(a.attnum = ANY(u.indkey), false), COALESCE(a.attnotnull, false), \
+                    CASE WHEN a.attgenerated = '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END, \
+                    COALESCE(a.atttypid = m.oid AND a.atttypmod = m.typmod, false) \
+             FROM unnest($2::text[], $3::oid[], $4::int4[]) AS m(name, oid, typmod) \
+             LEFT JOIN pg_catalog.pg_attribute a \
+               ON a.attrelid = $1::oid AND a.attname = m.name AND a.attnum > 0 AND NOT a.attisdropped \
              LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
              LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
              LEFT JOIN LATERAL ( \
@@ -363,25 +384,28 @@ pub async fn load_column_infos(
                JOIN pg_catalog.pg_class c ON c.oid = ui.indexrelid \
                WHERE ui.indrelid = a.attrelid AND ui.indisunique AND NOT ui.indisprimary \
                  AND NOT (0 = ANY(ui.indkey)) \
-               ORDER BY c.relname LIMIT 1) u ON true \
-             WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&relation_id],
+               ORDER BY c.relname LIMIT 1) u ON true",
+            &[&rel.id, &names, &oids, &typmods],
         )
         .await?;
     const QUERY: &str = "the pg_attribute query";
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.read::<String>(QUERY, 0)?,
-                ColumnInfo {
-                    pg_type: r.read(QUERY, 1)?,
-                    array_dims: r.read(QUERY, 2)?,
-                    in_primary_key: r.read(QUERY, 3)?,
-                    in_unique_key: r.read(QUERY, 4)?,
-                    not_null: r.read(QUERY, 5)?,
-                    default_expr: r.read(QUERY, 6)?,
-                },
-            ))
-        })
-        .collect()
+    let mut facts = ColumnFacts::default();
+    for r in &rows {
+        let name: String = r.read(QUERY, 0)?;
+        if !r.read::<bool>(QUERY, 7)? {
+            facts.unmatched.push(name.clone());
+        }
+        facts.infos.insert(
+            name,
+            ColumnInfo {
+                pg_type: r.read(QUERY, 1)?,
+                array_dims: r.read(QUERY, 2)?,
+                in_primary_key: r.read(QUERY, 3)?,
+                in_unique_key: r.read(QUERY, 4)?,
+                not_null: r.read(QUERY, 5)?,
+                default_expr: r.read(QUERY, 6)?,
+            },
+        );
+    }
+    Ok(facts)
 }
