@@ -628,6 +628,13 @@ fn source(r: &mut Reader<'_>, node: &Node, change: &mut Change) -> Result<(), Re
                     _ => change.snapshot = text,
                 }
             }
+            // Debezium's incremental reads carry no `lsn`; their place in
+            // the stream (the high watermark) is `sequence`'s last element.
+            "sequence" if change.snapshot == "incremental" => {
+                if let Cell::Text(t) = cell(r, node)? {
+                    change.lsn = change.lsn.or_else(|| sequence_position(&t));
+                }
+            }
             "txId" | "lsn" | "ts_ms" | "commit_lsn" | "tx_ordinal" => {
                 let v = match cell(r, node)? {
                     Cell::Long(v) => Some(v),
@@ -636,7 +643,7 @@ fn source(r: &mut Reader<'_>, node: &Node, change: &mut Change) -> Result<(), Re
                 };
                 match name.as_str() {
                     "txId" => change.tx_id = v,
-                    "lsn" => change.lsn = v,
+                    "lsn" => change.lsn = v.or(change.lsn),
                     "commit_lsn" => change.commit_lsn = v,
                     "tx_ordinal" => change.tx_ordinal = v,
                     _ => change.commit_ts_ms = v,
@@ -646,6 +653,14 @@ fn source(r: &mut Reader<'_>, node: &Node, change: &mut Change) -> Result<(), Re
         }
     }
     Ok(())
+}
+
+/// The last LSN of Debezium's `source.sequence` (`["<lsn>","<lsn>"]`,
+/// either may be null), as a signed 64-bit number like `source.lsn`.
+fn sequence_position(sequence: &str) -> Option<i64> {
+    let inner = sequence.trim().strip_prefix('[')?.strip_suffix(']')?;
+    let last = inner.rsplit(',').next()?.trim();
+    last.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
 }
 
 /// Advances past a value without decoding it.
@@ -924,6 +939,15 @@ fn big_decimal_text(b: &[u8], scale: usize) -> String {
 mod tests {
     use super::*;
     use crate::avro::value::{put_long, put_str};
+
+    #[test]
+    fn a_debezium_sequence_gives_its_last_lsn() {
+        assert_eq!(sequence_position(r#"[null,"24023128"]"#), Some(24_023_128));
+        assert_eq!(sequence_position(r#"["22","24023128"]"#), Some(24_023_128));
+        assert_eq!(sequence_position(r#"["22",null]"#), None);
+        assert_eq!(sequence_position("not a sequence"), None);
+        assert_eq!(sequence_position(r#"[,"99999999999999999999"]"#), None);
+    }
 
     const SCHEMA: &str = r#"{"type":"record","name":"Envelope","namespace":"w.public.t","fields":[
         {"name":"before","type":["null",{"type":"record","name":"Value","fields":[

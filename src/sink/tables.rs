@@ -197,12 +197,11 @@ fn toastable(declared: &str) -> bool {
         .any(|t| d.starts_with(t))
 }
 
-/// The last version of every row by key: events ordered by LSN (then
-/// offset), deletes removed, rows before the last truncate dropped, and a
-/// column that Postgres sent as unchanged TOAST taken from the newest
-/// earlier version that carried it.
-/// One text serves both targets (`strpos`, window functions and
-/// correlated subqueries mean the same in DuckDB and Postgres).
+/// The latest-state view of a raw CDC table: the text of
+/// [`sql/warehouse/latest_state.sql`](../../sql/warehouse/latest_state.sql),
+/// which says how source order is decided, filled in. One text serves both
+/// targets (`strpos`, window functions and correlated subqueries mean the
+/// same in DuckDB and Postgres).
 pub fn latest_view_sql(
     raw: &TableRef,
     view: &TableRef,
@@ -210,7 +209,6 @@ pub fn latest_view_sql(
     columns: &[String],
     toastable: &[bool],
 ) -> String {
-    let raw_q = raw.quoted();
     let keys: Vec<String> = key.iter().map(|k| quote::ident(k)).collect();
     let same_key: Vec<String> = key.iter().map(|k| format!("p.{0} = o.{0}", quote::ident(k))).collect();
     let select: Vec<String> = columns
@@ -221,10 +219,10 @@ pub fn latest_view_sql(
             let marker = quote::literal(&format!("\"{}\"", c.replace('\\', "\\\\").replace('"', "\\\"")));
             if *t && !key.contains(c) {
                 format!(
-                    "CASE WHEN strpos(o._unchanged_toast, {marker}) > 0 THEN (SELECT p.{q} FROM {raw_q} p \
-                     WHERE {same} AND p._lsn < o._lsn AND p._op IN ('c', 'r', 'u') \
+                    "CASE WHEN strpos(o._unchanged_toast, {marker}) > 0 THEN (SELECT p.{q} FROM ordered p \
+                     WHERE {same} AND p._version < o._version AND p._op IN ('c', 'r', 'u') \
                      AND (p._unchanged_toast IS NULL OR strpos(p._unchanged_toast, {marker}) = 0) \
-                     ORDER BY p._lsn DESC, p._offset DESC LIMIT 1) ELSE o.{q} END AS {q}",
+                     ORDER BY p._version DESC LIMIT 1) ELSE o.{q} END AS {q}",
                     same = same_key.join(" AND ")
                 )
             } else {
@@ -232,16 +230,49 @@ pub fn latest_view_sql(
             }
         })
         .collect();
-    format!(
-        "CREATE OR REPLACE VIEW {view} AS \
-         WITH ordered AS (SELECT r.*, row_number() OVER (PARTITION BY {keys} ORDER BY r._lsn DESC, r._offset DESC) AS _rank \
-         FROM {raw_q} r WHERE r._op <> 't' \
-         AND r._lsn > COALESCE((SELECT max(t._lsn) FROM {raw_q} t WHERE t._op = 't'), -1)) \
-         SELECT {select} FROM ordered o WHERE o._rank = 1 AND o._op <> 'd'",
-        view = view.quoted(),
-        keys = keys.join(", "),
-        select = select.join(", "),
+    let template: String = include_str!("../../sql/warehouse/latest_state.sql")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    fill(
+        &template,
+        &[
+            ("view", &view.quoted()),
+            ("raw", &raw.quoted()),
+            ("keys", &keys.join(", ")),
+            ("columns", &select.join(", ")),
+        ],
     )
+}
+
+/// `template` with each `{name}` replaced in one pass, so a value that
+/// reads like a placeholder (a table named `{keys}`) stays as it is.
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let hit = values.iter().find_map(|(name, value)| {
+            after
+                .strip_prefix(name)
+                .and_then(|t| t.strip_prefix('}'))
+                .map(|t| (value, t))
+        });
+        match hit {
+            Some((value, tail)) => {
+                out.push_str(value);
+                rest = tail;
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Organizations with the latest insolvency known from either the source
@@ -300,7 +331,15 @@ mod tests {
     }
 
     #[test]
-    fn latest_view_orders_by_lsn_and_carries_toast_forward() {
+    fn placeholders_are_filled_once() {
+        assert_eq!(
+            fill("{view} ON {keys} {x}", &[("view", "\"{keys}\""), ("keys", "id")]),
+            "\"{keys}\" ON id {x}"
+        );
+    }
+
+    #[test]
+    fn latest_view_orders_by_source_position_and_carries_toast_forward() {
         let sql = latest_view_sql(
             &TableRef::new("raw_public", "t"),
             &TableRef::new("public", "t"),
@@ -308,10 +347,12 @@ mod tests {
             &["id".to_string(), "doc".to_string(), "n".to_string()],
             &[false, true, false],
         );
+        assert!(sql.contains("PARTITION BY \"id\""), "{sql}");
         assert!(
-            sql.contains("PARTITION BY \"id\" ORDER BY r._lsn DESC, r._offset DESC"),
+            sql.contains("ORDER BY k._commit_lsn ASC NULLS FIRST, k._op <> 'r',"),
             "{sql}"
         );
+        assert!(!sql.contains('{'), "every placeholder filled: {sql}");
         assert!(sql.contains("strpos(o._unchanged_toast, '\"doc\"') > 0"), "{sql}");
         assert!(sql.contains("o.\"n\""), "{sql}");
         assert!(sql.contains("o._op <> 'd'"), "{sql}");

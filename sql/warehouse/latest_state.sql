@@ -1,0 +1,61 @@
+-- The latest state of one CDC table: the last version of every row by key,
+-- in source order; deletes removed; rows at or before the last truncate
+-- dropped. The sink creates one per raw table, for DuckDB and Postgres
+-- alike; for another engine, fill in the placeholders:
+--   {view}     the view, e.g. public.transfers
+--   {raw}      its raw table, e.g. raw_public.transfers
+--   {keys}     the primary key's columns, e.g. id
+--   {columns}  the source's columns as o.<column>, except a variable-length
+--              one Postgres may send as unchanged TOAST, which takes the
+--              newest earlier version that carried it:
+--                CASE WHEN strpos(o._unchanged_toast, '"<column>"') > 0
+--                THEN (SELECT p.<column> FROM ordered p
+--                      WHERE p.<key> = o.<key> AND p._version < o._version
+--                        AND p._op IN ('c', 'r', 'u')
+--                        AND (p._unchanged_toast IS NULL
+--                             OR strpos(p._unchanged_toast, '"<column>"') = 0)
+--                      ORDER BY p._version DESC LIMIT 1)
+--                ELSE o.<column> END AS <column>
+--
+-- Source order is the commit position, not a change's own _lsn: a
+-- transaction open across a snapshot point (the initial snapshot's
+-- consistent point, an incremental snapshot's high watermark) wrote its
+-- changes below that point but commits above it, so the row read at the
+-- point ranks below them. Rows order by _commit_lsn (a snapshot read, at
+-- its point, before a transaction committing at the same position), then
+-- _tx_ordinal, then the Kafka offset. Records without positions (the
+-- Debezium format) order by offset, as capture writes a key's records to
+-- one partition in source order, and rank below positioned ones (a stream
+-- taken over from Debezium continues in walhouse's format). Against a
+-- truncate they compare by _lsn (a truncate holds the table's lock, so no
+-- change of the table straddles it); a record without any position is
+-- never dropped by one.
+CREATE OR REPLACE VIEW {view} AS
+WITH last_truncate AS (
+    SELECT t._commit_lsn AS commit_lsn, t._tx_ordinal AS tx_ordinal, t._lsn AS lsn
+      FROM {raw} AS t
+     WHERE t._op = 't'
+     ORDER BY COALESCE(t._commit_lsn, t._lsn) DESC, t._tx_ordinal DESC NULLS LAST
+     LIMIT 1
+), kept AS (
+    SELECT r.*
+      FROM {raw} AS r
+     WHERE r._op <> 't'
+       AND NOT EXISTS (
+           SELECT 1 FROM last_truncate AS t
+            WHERE CASE WHEN r._commit_lsn IS NOT NULL AND t.commit_lsn IS NOT NULL
+                       THEN r._commit_lsn < t.commit_lsn
+                            OR (r._commit_lsn = t.commit_lsn
+                                AND (r._op = 'r' OR r._tx_ordinal < t.tx_ordinal))
+                       ELSE r._lsn <= t.lsn END)
+), ordered AS (
+    SELECT k.*,
+           row_number() OVER (PARTITION BY {keys}
+                              ORDER BY k._commit_lsn ASC NULLS FIRST, k._op <> 'r',
+                                       k._tx_ordinal ASC NULLS FIRST, k._offset ASC) AS _version,
+           count(*) OVER (PARTITION BY {keys}) AS _versions
+      FROM kept AS k
+)
+SELECT {columns}
+  FROM ordered AS o
+ WHERE o._version = o._versions AND o._op <> 'd'
