@@ -161,8 +161,10 @@ impl WarehouseTarget {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(WarehouseTarget::Postgres(ConnInfo::parse(url)?));
         }
+        // Only the scheme: the rest of an unknown URL may hold a password.
+        let scheme = url.split_once(':').map_or("", |(s, _)| s);
         Err(ConfigError::Invalid(format!(
-            "--warehouse {url:?}: use duckdb:<path> (embedded) or postgres://user@host/db"
+            "--warehouse: unknown kind {scheme:?}; use duckdb:<path> (embedded) or postgres://user@host/db"
         )))
     }
 }
@@ -309,6 +311,9 @@ mod tests {
             Ok(WarehouseTarget::Postgres(_))
         ));
         assert!(WarehouseTarget::parse("mysql://x").is_err());
+        let refused = WarehouseTarget::parse("clickhouse://u:hunter2@h/db").expect_err("unknown kind");
+        let text = refused.to_string();
+        assert!(text.contains("\"clickhouse\"") && !text.contains("hunter2"), "{text}");
         assert!(WarehouseTarget::parse("duckdb:").is_err());
     }
 

@@ -40,9 +40,10 @@ impl DuckDbWarehouse {
         // (duckdb/duckdb#19712, #20543); opened as the default, the file
         // would not open again after a kill that followed an ALTER.
         let conn = Connection::open_in_memory().map_err(open_error)?;
-        let catalog = path
+        let stem = path
             .file_stem()
             .map_or_else(|| "warehouse".to_owned(), |s| s.to_string_lossy().into_owned());
+        let catalog = free_catalog_name(&conn, &stem).map_err(open_error)?;
         conn.execute_batch(&format!(
             "ATTACH {} AS {catalog_q}; USE {catalog_q};",
             quote::literal(&path.display().to_string()),
@@ -333,5 +334,52 @@ impl Warehouse for DuckDbWarehouse {
             }
             Ok(out)
         })
+    }
+}
+
+/// The file's stem as its catalog's name, as DuckDB names a file it opens,
+/// unless DuckDB holds that name for a catalog of its own (`memory`,
+/// `system`, `temp`, matched without case) or reserves it (`main`): then
+/// the first free `<stem>_<n>`.
+fn free_catalog_name(conn: &Connection, stem: &str) -> Result<String, duckdb::Error> {
+    let mut stmt = conn.prepare("SELECT lower(database_name) FROM duckdb_databases()")?;
+    let mut taken: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    taken.push("main".into());
+    let mut name = stem.to_owned();
+    let mut n = 0;
+    while taken.contains(&name.to_lowercase()) {
+        n += 1;
+        name = format!("{stem}_{n}");
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file's stem names its catalog, and DuckDB keeps some names for
+    /// its own catalogs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_named_like_duckdbs_own_catalogs_open_and_keep_their_tables() {
+        let dir = tempfile::tempdir().expect("dir");
+        for name in ["memory", "system", "temp", "main", "Memory", "warehouse"] {
+            let path = dir.path().join(format!("{name}.duckdb"));
+            let mut w = DuckDbWarehouse::open(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            w.execute(&[
+                "CREATE SCHEMA IF NOT EXISTS s".into(),
+                "CREATE TABLE s.t (n int)".into(),
+                "INSERT INTO s.t VALUES (7)".into(),
+            ])
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            drop(w);
+            let mut again = DuckDbWarehouse::open(&path).unwrap_or_else(|e| panic!("{name} again: {e}"));
+            let rows = again
+                .query_text("SELECT n FROM s.t")
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(rows, vec![vec![Some("7".to_string())]], "{name}");
+        }
     }
 }
