@@ -5,6 +5,7 @@
 
 use walhouse_test_support as support;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use support::kafka::{produce, Broker};
 use support::pipeline::{ask, start_capture, start_sink, BACKEND_SCHEMA, GENERATE};
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
+use walhouse::metrics::Exposition;
 use walhouse::postgres::conninfo::ConnInfo;
 use walhouse::warehouse::duckdb::DuckDbWarehouse;
 use walhouse::warehouse::postgres::PostgresWarehouse;
@@ -899,10 +901,12 @@ fn capture_into_kafka(
 /// confirmed LSN) are stored once. Made deterministic with a second slot,
 /// created before the workload, whose capture sends every change again into
 /// the same topic after the first capture's: the same changes at the same
-/// source positions. The sink stores the first copies, stops, and on
-/// restart loads its high-water positions from the warehouse and skips
-/// every resent one; a key change's two records, a multi-row statement and
-/// a truncate keep their own positions. Both warehouse targets.
+/// source positions, then new changes behind them in the same partitions.
+/// The sink stores the first copies, stops, and on restart loads its
+/// high-water positions from the warehouse, skips every resent one and
+/// stores the new ones; a key change's two records, a multi-row statement
+/// and a truncate keep their own positions. A `test_decoding` slot made
+/// before anything ran counts the WAL's changes. Both warehouse targets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_sent_again_are_stored_once() {
     support::init_logs();
@@ -921,6 +925,10 @@ async fn changes_sent_again_are_stored_once() {
         .batch_execute("SELECT pg_create_logical_replication_slot('again', 'pgoutput')")
         .await
         .expect("second slot");
+    source
+        .batch_execute("SELECT pg_create_logical_replication_slot('oracle', 'test_decoding')")
+        .await
+        .expect("oracle slot");
     let prefix = format!("walhouse.again{}", std::process::id());
     let source_url = pg.url("walhouse_scram", "backend");
     let capture_args = |slot: &str| -> Vec<String> {
@@ -948,8 +956,9 @@ async fn changes_sent_again_are_stored_once() {
     }
     assert!(pg.wait_confirmed("backend", "walhouse", LIMIT).await);
     let (_, produced) = capture.stop().await;
-
-    for (name, warehouse) in [
+    // Records: one per change, plus a tombstone after each delete.
+    let first_changes = wal_records(&source).await as u64;
+    let warehouses = [
         (
             "duckdb",
             format!(
@@ -958,11 +967,11 @@ async fn changes_sent_again_are_stored_once() {
             ),
         ),
         ("postgres", warehouse_url.clone()),
-    ] {
-        let group = format!("again-{name}");
-        let sink_args: Vec<String> = [
+    ];
+    let sink_args = |name: &str, warehouse: &str| -> Vec<String> {
+        [
             "--warehouse",
-            &warehouse,
+            warehouse,
             "--brokers",
             &broker.bootstrap(),
             "--schema-registry-url",
@@ -970,78 +979,144 @@ async fn changes_sent_again_are_stored_once() {
             "--topic-pattern",
             &format!("^{}\\..*", prefix.replace('.', "\\.")),
             "--group-id",
-            &group,
+            &format!("again-{name}"),
             "--batch-ms",
             "100",
+            "--batch-rows",
+            // Small batches: a batch boundary falls inside the resent run.
+            "50",
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect();
-        let args: Vec<&str> = sink_args.iter().map(String::as_str).collect();
-        // DuckDB's sink reads the first copies, stops, and meets the resent
-        // ones after a restart; Postgres's reads both in one run.
-        let in_topic = if name == "duckdb" { produced } else { 2 * produced };
+        .collect()
+    };
+    // One sink run until `records` are accounted for: (rows stored,
+    // changes skipped as stored, skipped per partition label).
+    let run_sink = |args: Vec<String>, records: u64| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut sink = start_sink(&args).await;
         assert!(
-            sink.wait_for(in_topic, LIMIT).await,
-            "{name}: {:?} of {in_topic}",
+            sink.wait_for(records, LIMIT).await,
+            "{:?} of {records}",
             sink.accounted()
         );
-        let (rows, _, _) = sink.accounted();
-        let mut duplicates = sink.metrics.duplicates();
-        sink.stop().await;
-        if name == "duckdb" {
-            assert_eq!(duplicates, 0, "nothing was sent twice yet");
-            // The second slot's capture sends every change again.
-            let again = capture_args("again");
-            let resend = start_capture(&again.iter().map(String::as_str).collect::<Vec<_>>());
-            assert!(pg.wait_confirmed("backend", "again", LIMIT).await);
-            let (_, resent) = resend.stop().await;
-            assert_eq!(resent, produced, "the second capture sent every record again");
-            let mut sink = start_sink(&args).await;
-            assert!(
-                sink.wait_for(produced, LIMIT).await,
-                "{name}: {:?} of the resent {produced}",
-                sink.accounted()
-            );
-            let (rows_after, dead, _) = sink.accounted();
-            duplicates += sink.metrics.duplicates();
-            sink.stop().await;
-            assert_eq!(dead, 0, "{name}: no dead letters");
-            assert_eq!(rows_after, 0, "{name}: nothing stored from the resent records");
+        let (stored, dead, _) = sink.accounted();
+        assert_eq!(dead, 0, "no dead letters");
+        let mut per_partition: BTreeMap<String, u64> = BTreeMap::new();
+        for line in sink.metrics.render().lines() {
+            if let Some(rest) = line.strip_prefix("walhouse_sink_duplicates_total{") {
+                let (labels, n) = rest.split_once("} ").expect("a sample");
+                *per_partition.entry(labels.to_owned()).or_default() += n.parse::<u64>().expect("a count");
+            }
         }
+        let duplicates = sink.metrics.duplicates();
+        sink.stop().await;
+        (stored, duplicates, per_partition)
+    };
+    // DuckDB's sink stores the first copies, stops, and meets the resent
+    // and new ones after a restart (its marks loaded from the warehouse).
+    let (duck_rows, duck_duplicates, _) = run_sink(sink_args("duckdb", &warehouses[0].1), produced).await;
+    assert_eq!(
+        (duck_rows, duck_duplicates),
+        (first_changes, 0),
+        "nothing was sent twice yet"
+    );
+    // The second slot's capture sends every change again, then the new
+    // ones after them, in the same partitions.
+    let again = capture_args("again");
+    let resend = start_capture(&again.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(pg.wait_confirmed("backend", "again", LIMIT).await);
+    for sql in [
+        "UPDATE t SET v = v - 1 WHERE id <= 20",
+        "INSERT INTO t SELECT g, -g FROM generate_series(41, 60) g",
+        "UPDATE t SET id = id + 2000 WHERE id = 2",
+        "DELETE FROM t WHERE id = 1",
+    ] {
+        source.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    assert!(pg.wait_confirmed("backend", "again", LIMIT).await);
+    let (_, resent) = resend.stop().await;
+    let changes = wal_records(&source).await;
+    let new = changes as u64 - first_changes;
+    assert!(new >= 40, "new changes followed the resent ones ({new})");
+    assert!(
+        resent >= produced + new,
+        "the second capture sent every record again, then the new ones"
+    );
+    let source_state: (i64, i64) = {
+        let r = source
+            .query_one("SELECT count(*), COALESCE(sum(v), 0)::int8 FROM t", &[])
+            .await
+            .expect("state");
+        (r.get(0), r.get(1))
+    };
+    let (duck_more, duck_skipped, duck_partitions) = run_sink(sink_args("duckdb", &warehouses[0].1), resent).await;
+    // Postgres's sink reads everything in one run.
+    let pg_run = run_sink(sink_args("postgres", &warehouses[1].1), produced + resent).await;
+    for ((name, warehouse), (rows, duplicates, per_partition)) in warehouses
+        .iter()
+        .zip([(duck_rows + duck_more, duck_skipped, duck_partitions), pg_run])
+    {
+        assert_eq!(duplicates, first_changes, "{name}: every resent change was skipped");
         assert_eq!(
-            duplicates, rows,
-            "{name}: every stored change came again once and was skipped"
+            rows,
+            first_changes + new,
+            "{name}: the first copies and the new changes were stored"
         );
-        let check = |raw: i64, distinct: i64, latest: i64| {
-            assert_eq!(raw, rows as i64, "{name}: one raw row per change");
-            assert_eq!(distinct, raw, "{name}: no two raw rows share a source position");
-            assert_eq!(latest, 40, "{name}: the latest state is the source's");
-        };
+        assert_eq!(
+            per_partition.len(),
+            3,
+            "{name}: skipped changes are counted per partition: {per_partition:?}"
+        );
+        assert_eq!(
+            per_partition.values().sum::<u64>(),
+            duplicates,
+            "{name}: {per_partition:?}"
+        );
         let raw_sql = "SELECT count(*) FROM raw_public.t";
         let distinct_sql = "SELECT count(*) FROM (SELECT DISTINCT _commit_lsn, _tx_ordinal FROM raw_public.t) d";
-        let latest_sql = "SELECT count(*) FROM public.t WHERE v < 0";
-        if name == "duckdb" {
+        let latest_sql = "SELECT count(*), COALESCE(sum(v), 0) FROM public.t";
+        let (raw, distinct, latest) = if *name == "duckdb" {
             let path = warehouse.trim_start_matches("duckdb:");
             let mut d = open_duckdb(Path::new(path)).await;
-            check(
+            (
                 count(&mut d, raw_sql).await,
                 count(&mut d, distinct_sql).await,
-                count(&mut d, latest_sql).await,
-            );
+                d.query_text(latest_sql).await.expect("view"),
+            )
         } else {
-            let mut p = PostgresWarehouse::connect(&ConnInfo::parse(&warehouse).expect("url"))
+            let mut p = PostgresWarehouse::connect(&ConnInfo::parse(warehouse).expect("url"))
                 .await
                 .expect("warehouse");
-            check(
+            (
                 count(&mut p, raw_sql).await,
                 count(&mut p, distinct_sql).await,
-                count(&mut p, latest_sql).await,
-            );
-        }
+                p.query_text(latest_sql).await.expect("view"),
+            )
+        };
+        assert_eq!(raw, changes, "{name}: one raw row per change in the WAL");
+        assert_eq!(distinct, raw, "{name}: no two raw rows share a source position");
+        assert_eq!(
+            (latest[0][0].clone(), latest[0][1].clone()),
+            (Some(source_state.0.to_string()), Some(source_state.1.to_string())),
+            "{name}: the latest state is the source's"
+        );
         println!("{name}: {rows} changes stored once, {duplicates} resent records skipped as stored");
     }
+}
+
+/// The records capture writes for the WAL's changes so far, by the
+/// `oracle` test_decoding slot: one per change, and two for an update that
+/// changes the key (a delete and a create).
+async fn wal_records(sql: &tokio_postgres::Client) -> i64 {
+    sql.query_one(
+        "SELECT count(*) + count(*) FILTER (WHERE data LIKE '%: UPDATE: old-key:%') \
+         FROM pg_logical_slot_peek_changes('oracle', NULL, NULL) WHERE data LIKE 'table public.t: %'",
+        &[],
+    )
+    .await
+    .expect("oracle")
+    .get(0)
 }
 
 /// A sink killed right after it made or altered its DuckDB tables opens the

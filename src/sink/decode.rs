@@ -80,8 +80,8 @@ pub(super) enum Outcome {
     },
     Dead(String),
     Skip,
-    /// A change whose source position was stored already.
-    Duplicate,
+    /// A change whose source position (this one) was stored already.
+    Duplicate(SourcePosition),
     /// The topic cannot go on (incompatible schema change).
     Stop(String),
 }

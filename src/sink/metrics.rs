@@ -1,6 +1,8 @@
 //! The sink's Prometheus metrics (served by [`crate::metrics::serve`]).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 #[derive(Default)]
 pub struct SinkMetrics {
@@ -11,7 +13,9 @@ pub struct SinkMetrics {
     skipped: AtomicU64,
     stopped_topics: AtomicU64,
     fenced: AtomicU64,
-    duplicates: AtomicU64,
+    /// Per topic and partition: a skipped change is looked for where it
+    /// was skipped.
+    duplicates: Mutex<BTreeMap<(String, i32), u64>>,
     last_batch_ms: AtomicU64,
 }
 
@@ -33,13 +37,21 @@ impl SinkMetrics {
 
     /// A change stored already (sent again after a capture restart): also
     /// a skipped record.
-    pub fn count_duplicate(&self) {
-        self.duplicates.fetch_add(1, Ordering::Relaxed);
+    pub fn count_duplicate(&self, topic: &str, partition: i32) {
+        let mut by_partition = self.duplicates.lock().unwrap_or_else(|p| p.into_inner());
+        match by_partition.get_mut(&(topic.to_owned(), partition)) {
+            Some(n) => *n += 1,
+            None => {
+                by_partition.insert((topic.to_owned(), partition), 1);
+            }
+        }
+        drop(by_partition);
         self.count_skipped();
     }
 
+    /// Changes skipped as stored already, over every partition.
     pub fn duplicates(&self) -> u64 {
-        self.duplicates.load(Ordering::Relaxed)
+        self.duplicates.lock().unwrap_or_else(|p| p.into_inner()).values().sum()
     }
 
     pub fn count_fenced(&self) {
@@ -114,12 +126,6 @@ impl crate::metrics::Exposition for SinkMetrics {
             get(&self.skipped),
         );
         line(
-            "walhouse_sink_duplicates_total",
-            "Changes not stored again: their source position was stored already (capture sent them again).",
-            "counter",
-            get(&self.duplicates),
-        );
-        line(
             "walhouse_sink_stopped_topics",
             "Topics stopped by an incompatible schema change.",
             "gauge",
@@ -137,6 +143,17 @@ impl crate::metrics::Exposition for SinkMetrics {
             "gauge",
             get(&self.last_batch_ms),
         );
+        out.push_str(
+            "# HELP walhouse_sink_duplicates_total Changes not stored again: their source position was stored \
+             already (capture sent them again), per topic and partition.\n\
+             # TYPE walhouse_sink_duplicates_total counter\n",
+        );
+        for ((topic, partition), n) in self.duplicates.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            // Kafka topic names hold only [a-zA-Z0-9._-]: nothing to escape.
+            out.push_str(&format!(
+                "walhouse_sink_duplicates_total{{topic=\"{topic}\",partition=\"{partition}\"}} {n}\n"
+            ));
+        }
         out
     }
 

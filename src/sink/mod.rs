@@ -416,7 +416,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         // A change at or below the partition's highest stored position was
         // stored already: capture sent it again after a restart.
         let outcome = match outcome {
-            Outcome::Row { position: Some(p), .. } if high.is_some_and(|h| p <= h) => Outcome::Duplicate,
+            Outcome::Row { position: Some(p), .. } if high.is_some_and(|h| p <= h) => Outcome::Duplicate(p),
             other => other,
         };
         let mut position = None;
@@ -436,7 +436,10 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 return Ok(());
             }
             Outcome::Skip => self.metrics.count_skipped(),
-            Outcome::Duplicate => self.metrics.count_duplicate(),
+            Outcome::Duplicate(p) => {
+                self.metrics.count_duplicate(topic, partition);
+                self.positions.skipped(&at, offset, p);
+            }
             Outcome::Dead(error) => {
                 tracing::warn!(%topic, partition, offset, "dead letter: {error}");
                 self.pending.dead(DeadLetter { origin, error });

@@ -99,6 +99,18 @@ pub(super) struct Position {
     /// The highest source position stored or pending from this partition:
     /// a change at or below it is one stored already (sent again).
     pub high: Option<SourcePosition>,
+    /// The changes skipped as stored already since the last one stored.
+    skipping: Option<SkipRun>,
+}
+
+/// Consecutive changes of a partition skipped as stored already: logged
+/// when the run starts and when it ends, so no change is left out unseen.
+#[derive(Clone, Copy, Debug)]
+struct SkipRun {
+    first_offset: i64,
+    last_offset: i64,
+    first: SourcePosition,
+    count: u64,
 }
 
 /// Every assigned partition: positioned, or waiting for its seek.
@@ -121,7 +133,9 @@ impl Positions {
                     tracing::info!(partitions = list.len(), "partitions revoked; pending batch dropped");
                     revoked = true;
                     for p in &list {
-                        self.positioned.remove(p);
+                        if let Some(mut pos) = self.positioned.remove(p) {
+                            end_skip_run(p, &mut pos);
+                        }
                         self.unpositioned.retain(|u| u != p);
                     }
                     self.reposition_all();
@@ -142,7 +156,10 @@ impl Positions {
     /// Every partition is sought again from what the warehouse holds (after
     /// a revocation or a fenced write).
     pub fn reposition_all(&mut self) {
-        self.unpositioned.extend(self.positioned.drain().map(|(k, _)| k));
+        self.unpositioned.extend(self.positioned.drain().map(|(k, mut pos)| {
+            end_skip_run(&k, &mut pos);
+            k
+        }));
     }
 
     pub fn needs_seek(&self) -> bool {
@@ -221,7 +238,15 @@ impl Positions {
                 let _ = consumer.pause(&tpl);
             }
             let next = from.get(&key).copied().or(stored).unwrap_or(0);
-            self.positioned.insert(key, Position { next, stored, high });
+            self.positioned.insert(
+                key,
+                Position {
+                    next,
+                    stored,
+                    high,
+                    skipping: None,
+                },
+            );
         }
         self.unpositioned = still;
         // A gap skipped but not sought yet is found again next turn.
@@ -238,9 +263,43 @@ impl Positions {
     /// highest position now.
     pub fn advance(&mut self, at: &Partition, offset: i64, position: Option<SourcePosition>) -> Option<SourcePosition> {
         let pos = self.positioned.get_mut(at)?;
+        if position.is_some() {
+            end_skip_run(at, pos);
+        }
         pos.next = offset + 1;
         pos.high = pos.high.max(position);
         pos.high
+    }
+
+    /// A change of `at` at `offset` and `position` was skipped: its
+    /// position is at or below the partition's mark, stored already.
+    pub fn skipped(&mut self, at: &Partition, offset: i64, position: SourcePosition) {
+        let Some(pos) = self.positioned.get_mut(at) else {
+            return;
+        };
+        match &mut pos.skipping {
+            Some(run) => {
+                run.count += 1;
+                run.last_offset = offset;
+            }
+            None => {
+                tracing::info!(
+                    topic = %at.0,
+                    partition = at.1,
+                    offset,
+                    position = %position,
+                    mark = ?pos.high.map(|h| h.to_string()),
+                    "skipping changes stored already (sent again): from this one on, until one past the mark"
+                );
+                pos.skipping = Some(SkipRun {
+                    first_offset: offset,
+                    last_offset: offset,
+                    first: position,
+                    count: 1,
+                });
+            }
+        }
+        pos.next = offset + 1;
     }
 
     /// The batch handed to the writer moves the fence: the next batch
@@ -256,5 +315,19 @@ impl Positions {
     /// The positioned partitions of `topic`.
     pub fn of_topic<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Partition> + 'a {
         self.positioned.keys().filter(move |(t, _)| t == topic)
+    }
+}
+
+/// Logs the end of a partition's run of skipped changes, if one is open.
+fn end_skip_run(at: &Partition, pos: &mut Position) {
+    if let Some(run) = pos.skipping.take() {
+        tracing::info!(
+            topic = %at.0,
+            partition = at.1,
+            skipped = run.count,
+            offsets = %format!("{}..={}", run.first_offset, run.last_offset),
+            first = %run.first,
+            "skipped changes stored already (sent again); storing from here on"
+        );
     }
 }

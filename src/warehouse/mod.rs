@@ -173,6 +173,19 @@ pub struct SourcePosition {
     pub tx_ordinal: i64,
 }
 
+impl std::fmt::Display for SourcePosition {
+    /// `<commit LSN>#<ordinal>`, the LSN as Postgres prints it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The column is signed; the LSN's bits are the same.
+        write!(
+            f,
+            "{}#{}",
+            crate::postgres::Lsn(self.commit_lsn as u64),
+            self.tx_ordinal
+        )
+    }
+}
+
 /// What the warehouse holds of a partition: the next offset to read, and
 /// the highest source position stored from it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
