@@ -533,6 +533,58 @@ async fn edge_values_round_trip_value_for_value() {
     assert_eq!(decoded[2]["after"]["d"], serde_json::json!("1970-01-01"));
 }
 
+/// The Debezium format writes what Debezium's converters cannot carry as
+/// null (as Debezium does); each such value is counted by table and column.
+#[tokio::test]
+async fn values_the_debezium_format_cannot_carry_are_counted_per_column() {
+    let env = Env::start("replaced").await;
+    let sql = env.pg.client(&env.db).await;
+    sql.batch_execute("CREATE TABLE replaced_values (id int PRIMARY KEY, n numeric(10,2), d date, ok text)")
+        .await
+        .expect("schema");
+    let metrics_addr = format!("127.0.0.1:{}", support::postgres::free_port());
+    let cap = env.spawn(
+        "replaced_slot",
+        &["--format", "debezium", "--metrics-addr", &metrics_addr],
+    );
+    env.wait_streaming("replaced_slot").await;
+    sql.batch_execute(
+        "INSERT INTO replaced_values VALUES (1, 'NaN', 'infinity', 'a'), (2, 'NaN', '2020-01-01', 'b'), \
+         (3, 1.5, '2020-01-02', 'c')",
+    )
+    .await
+    .expect("insert");
+    let got = env.read("replaced_values", 3).await;
+    assert_eq!(got.len(), 3);
+    let nulls: Vec<(bool, bool)> = got
+        .iter()
+        .map(|d| (opt(after(d), "n").is_none(), opt(after(d), "d").is_none()))
+        .collect();
+    assert_eq!(
+        nulls,
+        [(true, true), (true, false), (false, false)],
+        "written as null, as Debezium does"
+    );
+    let url = BaseUrl::parse(&format!("http://{metrics_addr}")).expect("url");
+    let metrics = request(&url, None, "GET", "/metrics", &[], None, Duration::from_secs(5))
+        .await
+        .expect("metrics endpoint answers");
+    cap.stop().await;
+    let text = String::from_utf8(metrics.body).expect("utf8");
+    let counted: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("walhouse_capture_replaced_values_total{table=\"public.replaced_values\""))
+        .collect();
+    assert_eq!(
+        counted,
+        [
+            "walhouse_capture_replaced_values_total{table=\"public.replaced_values\",column=\"d\"} 1",
+            "walhouse_capture_replaced_values_total{table=\"public.replaced_values\",column=\"n\"} 2",
+        ],
+        "{text}"
+    );
+}
+
 async fn latest_version(env: &Env, subject: &str) -> i32 {
     Registry::new(&RegistryConfig {
         url: env.registry_url.clone(),

@@ -11,6 +11,7 @@
 //! together into a table's records.
 
 pub mod envelope;
+pub mod replaced;
 pub mod transaction;
 
 use serde_json::{json, Map, Value as Json};

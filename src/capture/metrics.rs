@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
+use crate::avro::debezium::replaced::replacements;
 use crate::metrics::Exposition;
 
 /// Where capture stands, for `/health`.
@@ -214,15 +215,33 @@ impl Metrics {
         out.push_str("# TYPE walhouse_capture_events_total counter\n");
         let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
         for (table, counts) in events.iter() {
-            let label = table.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let label = label_value(table);
             for (op, n) in OPS.iter().zip(counts).filter(|(_, n)| **n > 0) {
                 out.push_str(&format!(
                     "walhouse_capture_events_total{{table=\"{label}\",op=\"{op}\"}} {n}\n"
                 ));
             }
         }
+        drop(events);
+        out.push_str(
+            "# HELP walhouse_capture_replaced_values_total Values the Debezium format wrote as null, the default \
+             or a fallback (as Debezium does), by table and column.\n\
+             # TYPE walhouse_capture_replaced_values_total counter\n",
+        );
+        for ((table, column), n) in replacements().counts() {
+            out.push_str(&format!(
+                "walhouse_capture_replaced_values_total{{table=\"{}\",column=\"{}\"}} {n}\n",
+                label_value(&table),
+                label_value(&column)
+            ));
+        }
         out
     }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Exposition for Metrics {

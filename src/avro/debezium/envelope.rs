@@ -17,6 +17,7 @@
 
 use serde_json::Value as Json;
 
+use super::replaced::{replacements, Why};
 use super::{column_default, connect_type, encode_value, envelope_schema, key_record, value_record, ConnectType};
 use crate::avro::value::{put_bytes, put_long, put_str};
 use crate::avro::writer::{unique_field, Op};
@@ -336,7 +337,13 @@ impl DebeziumTable {
                 v => v,
             };
             let text = match value {
-                Some(TupleValue::Text(t)) => std::str::from_utf8(t).ok(),
+                Some(TupleValue::Text(t)) => match std::str::from_utf8(t) {
+                    Ok(text) => Some(text),
+                    Err(_) => {
+                        self.replaced(c, Why::NotUtf8);
+                        None
+                    }
+                },
                 _ => None,
             };
             let start = out.len();
@@ -348,6 +355,7 @@ impl DebeziumTable {
                 // What Debezium's converters cannot represent (NaN in a
                 // decimal, infinite dates) it writes as null.
                 out.truncate(start);
+                self.replaced(c, Why::NotRepresentable);
             }
             c.put_null(out);
         }
@@ -390,8 +398,15 @@ impl DebeziumTable {
                 branch(out);
                 put_str(out, &serde_json::json!({ p: p }).to_string());
             }
-            Toast::None => c.put_null(out),
+            Toast::None => {
+                self.replaced(c, Why::UnchangedToast);
+                c.put_null(out);
+            }
         }
+    }
+
+    fn replaced(&self, c: &Column, why: Why) {
+        replacements().count(&format!("{}.{}", self.schema, self.table), &c.name, why);
     }
 
     fn encode_source(&self, event: &ChangeEvent<'_>, ctx: &RecordContext<'_>, out: &mut Vec<u8>) {
