@@ -6,6 +6,8 @@
 #   cargo install cargo-fuzz && rustup toolchain install nightly
 #   bash fuzz/run.sh 300
 #
+# Built with debug assertions and overflow checks, so arithmetic that would
+# wrap in a release build is a finding too.
 # Limits: 5 s per input (a slower one is a finding), 1 GiB per allocation
 # and 2 GiB resident.
 set -uo pipefail
@@ -23,14 +25,15 @@ seed avro_schema '{"type":"record","name":"Envelope","fields":[{"name":"before",
 seed pgoutput '\x15B\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x07'
 seed copy_text '\x03 1\tabc\\tdef\t\\N'
 seed avro_body '\x00\x02\x02\x02'
+seed value_text '\x21\xff\xff2024-05-01 10:00:00.5+05:30'
 
 printf '| target | seconds | executions | findings |\n|---|---|---|---|\n'
 status=0
-for t in avro_body avro_schema company_events insolvency_csv pgoutput copy_text; do
+for t in avro_body avro_schema company_events insolvency_csv pgoutput copy_text value_text; do
   log="logs/$t.log"
   mkdir -p logs "artifacts/$t"
   before=$(find "artifacts/$t" -type f | wc -l)
-  cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -timeout=5 \
+  cargo +nightly fuzz run --debug-assertions "$t" -- -max_total_time="$secs" -timeout=5 \
     -malloc_limit_mb=1024 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1 || status=1
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
   found=$(( $(find "artifacts/$t" -type f | wc -l) - before ))

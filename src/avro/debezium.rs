@@ -584,7 +584,10 @@ fn zoned_timestamp(text: &str, typmod: i32) -> Option<String> {
 /// `13:45:00+02` as Debezium's ZonedTime: the time in UTC, `Z`.
 fn zoned_time(text: &str) -> Option<String> {
     let (time, offset_secs) = split_offset(text)?;
-    let micros = (time_micros(time).ok()? - offset_secs * 1_000_000).rem_euclid(86_400_000_000);
+    let micros = time_micros(time)
+        .ok()?
+        .checked_sub(offset_secs.checked_mul(1_000_000)?)?
+        .rem_euclid(86_400_000_000);
     let text = crate::calendar::time_text(micros);
     let text = text.trim_end_matches('0').trim_end_matches('.');
     Some(format!("{text}Z"))
@@ -619,12 +622,18 @@ fn duration_micros(text: &str) -> Option<i64> {
             let mut frac_micros: i64 = 0;
             if !frac.is_empty() {
                 let padded: String = frac.chars().chain(std::iter::repeat('0')).take(6).collect();
-                frac_micros = padded.parse::<i64>().ok()? * seconds;
+                frac_micros = padded.parse::<i64>().ok()?.checked_mul(seconds)?;
                 if negative {
                     frac_micros = -frac_micros;
                 }
             }
-            micros += whole * seconds * 1_000_000 + frac_micros;
+            // Postgres's intervals reach 178 million years; microseconds
+            // in an i64 stop at 292 thousand: past that there is no value.
+            micros = whole
+                .checked_mul(seconds)
+                .and_then(|v| v.checked_mul(1_000_000))
+                .and_then(|v| v.checked_add(frac_micros))
+                .and_then(|v| v.checked_add(micros))?;
             number.clear();
         }
     }
@@ -658,6 +667,17 @@ fn point(text: &str) -> Option<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arithmetic_on_untrusted_text_never_wraps() {
+        assert_eq!(duration_micros("P1D"), Some(86_400_000_000));
+        assert_eq!(duration_micros("PT-1.5S"), Some(-1_500_000));
+        // 300,000 years exceed an i64 of microseconds: no value, not a wrap.
+        assert_eq!(duration_micros("P300000Y"), None);
+        assert_eq!(duration_micros("P200000YT9223372036854775807H"), None);
+        assert_eq!(zoned_time("10:00:00+02"), Some("08:00:00Z".into()));
+        assert_eq!(zoned_time("10:00:00+9999999999999999"), None);
+    }
 
     #[test]
     fn numeric_typmods_give_precision_and_scale() {

@@ -770,7 +770,7 @@ fn cell(r: &mut Reader<'_>, node: &Node) -> Result<Cell, ReadError> {
             }
         }
         Node::Date => Cell::Date(i32::try_from(r.long()?).map_err(|_| r.fail("date out of range"))?),
-        Node::TimeMillis => Cell::Time(r.long()? * 1000),
+        Node::TimeMillis => Cell::Time(r.long()?.checked_mul(1000).ok_or_else(|| r.fail("time out of range"))?),
         Node::TimeMicros => Cell::Time(r.long()?),
         Node::TimestampMillis => Cell::TimestampTz(r.long()?.saturating_mul(1000)),
         Node::TimestampMicros => Cell::TimestampTz(r.long()?),

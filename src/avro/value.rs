@@ -254,16 +254,33 @@ pub(crate) fn time_micros(text: &str) -> Result<i64, ValueError> {
     let (Some(h), Some(m), Some(s)) = (p.next(), p.next(), p.next()) else {
         return Err(err());
     };
-    let n = |x: &str| x.parse::<i64>().map_err(|_| err());
+    // Digits only (no sign), and arithmetic that cannot wrap: the text may
+    // come from a Kafka record rather than from Postgres.
+    let n = |x: &str| digits(x).ok_or_else(err);
     let micros = if frac.is_empty() {
         0
     } else {
-        if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        if frac.len() > 6 {
             return Err(err());
         }
         n(frac)? * 10i64.pow(6 - frac.len() as u32)
     };
-    Ok(((n(h)? * 60 + n(m)?) * 60 + n(s)?) * 1_000_000 + micros)
+    n(h)?
+        .checked_mul(60)
+        .and_then(|v| v.checked_add(n(m).ok()?))
+        .and_then(|v| v.checked_mul(60))
+        .and_then(|v| v.checked_add(n(s).ok()?))
+        .and_then(|v| v.checked_mul(1_000_000))
+        .and_then(|v| v.checked_add(micros))
+        .ok_or_else(err)
+}
+
+/// A non-empty run of ASCII digits as a number (`None` past `i64`).
+fn digits(text: &str) -> Option<i64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// `YYYY-MM-DD HH:MM:SS[.f][±HH[:MM[:SS]]][ BC]` → microseconds since the
@@ -291,7 +308,7 @@ pub(crate) fn timestamp_micros(text: &str, with_zone: bool) -> Result<i64, Value
     let micros = days
         .checked_mul(86_400_000_000)
         .and_then(|v| v.checked_add(time))
-        .and_then(|v| v.checked_sub(offset_secs * 1_000_000))
+        .and_then(|v| v.checked_sub(offset_secs.checked_mul(1_000_000)?))
         // Postgres reaches 294276 AD; Avro's i64 microseconds since 1970 stop in 294247.
         .ok_or_else(|| unrepresentable(text, avro))?;
     Ok(micros)
@@ -305,7 +322,7 @@ pub(crate) fn split_offset(text: &str) -> Option<(&str, i64)> {
     let sign = if off.starts_with('-') { -1 } else { 1 };
     let mut secs = 0i64;
     for (i, part) in off[1..].split(':').enumerate() {
-        secs += part.parse::<i64>().ok()? * [3600, 60, 1].get(i)?;
+        secs = secs.checked_add(digits(part)?.checked_mul(*[3600, 60, 1].get(i)?)?)?;
     }
     Some((time, sign * secs))
 }
@@ -316,7 +333,7 @@ pub(crate) fn split_offset(text: &str) -> Option<(&str, i64)> {
 pub fn iso_timestamp_micros(text: &str) -> Option<i64> {
     let t = text.trim();
     if t.len() == 10 {
-        return date_days(t).ok().map(|d| i64::from(d) * 86_400_000_000);
+        return date_days(t).ok().and_then(|d| i64::from(d).checked_mul(86_400_000_000));
     }
     let mut s = t.replacen('T', " ", 1);
     if let Some(stripped) = s.strip_suffix('Z') {
@@ -486,6 +503,10 @@ mod tests {
         assert_eq!(iso_timestamp_micros("1970-01-01T00:00:00.5"), Some(500_000));
         assert_eq!(iso_timestamp_micros("yesterday"), None);
         assert_eq!(iso_timestamp_micros("2024-13-01"), None);
+        // Out of range, not wrapped.
+        assert_eq!(iso_timestamp_micros("9999999-01-01"), None);
+        assert_eq!(iso_timestamp_micros("1970-01-01 00:00:00+99999999999999999"), None);
+        assert_eq!(iso_timestamp_micros("1970-01-01 9999999999999:00:00+00"), None);
     }
 
     fn decode(ty: &ColumnType, bytes: &[u8]) -> Value {
@@ -597,6 +618,14 @@ mod tests {
             Value::TimeMicros(86_399_999_999)
         );
         assert_eq!(time_micros("24:00:00"), Ok(86_400_000_000));
+        // Untrusted text: no wrap, no sign.
+        assert!(time_micros("9223372036854775807:00:00").is_err());
+        assert!(time_micros("3000000000000:00:00").is_err());
+        assert!(time_micros("-1:00:00").is_err());
+        assert!(time_micros("+1:00:00").is_err());
+        assert_eq!(split_offset("10:00:00+99999999999999999:00"), None);
+        assert_eq!(split_offset("10:00:00+5x"), None);
+        assert_eq!(split_offset("10:00:00+05:30"), Some(("10:00:00", 19_800)));
         assert!(matches!(
             encode_text(&ColumnType::TimeMicros, "24:00:00", &mut Vec::new()),
             Err(ValueError::Unrepresentable { .. })
