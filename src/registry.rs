@@ -55,6 +55,19 @@ impl RegistryError {
             _ => false,
         }
     }
+
+    /// An answer about one schema that gives no schema, from a registry
+    /// that otherwise answers (a body that does not parse, a 4xx other than
+    /// those about credentials, a 404 without Confluent's code): it costs
+    /// the records of that schema, not the reader. The registry's API was
+    /// checked at start (`GET /config`), so a wrong URL is not this.
+    pub fn is_about_one_schema(&self) -> bool {
+        match self {
+            RegistryError::Status { status, .. } => *status < 500,
+            RegistryError::UnknownId { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// How to reach the registry.
@@ -349,6 +362,21 @@ fn base64(input: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_about_one_schema_cost_only_its_records() {
+        let status = |status, body: &str| RegistryError::Status {
+            status,
+            body: body.into(),
+        };
+        assert!(status(200, "unexpected answer").is_about_one_schema());
+        assert!(status(404, "<html>").is_about_one_schema());
+        assert!(status(422, "x").is_about_one_schema());
+        assert!(!status(503, "x").is_about_one_schema());
+        assert!(RegistryError::UnknownId { id: 7 }.is_about_one_schema());
+        assert!(!RegistryError::Unauthorized { status: 401 }.is_about_one_schema());
+        assert!(!RegistryError::NotARegistry.is_about_one_schema());
+    }
 
     #[test]
     fn base64_matches_rfc4648() {

@@ -297,13 +297,15 @@ fn company(key: &str, event: &str, id: &str, org: &str, name: &str, created: i64
 }
 
 /// Company events with every inconsistency the spec lists, duplicates and
-/// malformed messages; CDC records with an unknown schema id and no wire
-/// header: all stored or dead-lettered with the reason, counts exact.
+/// malformed messages; CDC records with an unknown schema id, no wire
+/// header, or a schema id the registry answers for with no schema (a 200
+/// it cannot parse, a bare 404): all stored or dead-lettered with the
+/// reason, counts exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn company_events_are_stored_as_received_or_dead_lettered() {
     support::init_logs();
     let broker = Broker::start();
-    let (_reg, registry_url) = registry().await;
+    let (reg, registry_url) = registry().await;
     let (a, b) = (
         "3b0c7f52-9d7e-4a51-8f0e-2c1d6a4b9e01",
         "9e1d2c3b-0000-4000-8000-00000000000b",
@@ -345,11 +347,18 @@ async fn company_events_are_stored_as_received_or_dead_lettered() {
     produce(&broker.bootstrap(), "companies", &messages);
     // A CDC topic: an unknown schema id, and a message without the wire header.
     let unknown_id: &[u8] = &[0, 0x7F, 0xFF, 0xFF, 0xF0, 1, 2, 3];
-    produce(
-        &broker.bootstrap(),
-        "walhouse.public.ghost",
-        &[(None, unknown_id), (None, b"plain text")],
-    );
+    let mut cdc: Vec<(Option<&str>, &[u8])> = vec![(None, unknown_id), (None, b"plain text")];
+    // A registry broken for one schema id each: a 200 whose body is no
+    // schema answer, and a 404 without Confluent's error code.
+    let broken_200: &[u8] = &[0, 0x7F, 0xFF, 0xFF, 0xF1, 1, 2, 3];
+    let bare_404: &[u8] = &[0, 0x7F, 0xFF, 0xFF, 0xF2, 1, 2, 3];
+    if let Some(r) = &reg {
+        r.break_id(0x7FFF_FFF1, 200, "<html>welcome</html>");
+        r.break_id(0x7FFF_FFF2, 404, "<html>Not Found</html>");
+        cdc.extend([(None, broken_200), (None, bare_404)]);
+    }
+    let cdc_bad = cdc.len();
+    produce(&broker.bootstrap(), "walhouse.public.ghost", &cdc);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("companies.duckdb");
@@ -365,14 +374,14 @@ async fn company_events_are_stored_as_received_or_dead_lettered() {
         "200",
     ])
     .await;
-    let total = (good.len() + bad.len() + 2) as u64;
+    let total = (good.len() + bad.len() + cdc_bad) as u64;
     assert!(
         sink.wait_for(total, LIMIT).await,
         "accounted {:?} of {total}",
         sink.accounted()
     );
     let (rows, dead, _) = sink.accounted();
-    assert_eq!((rows, dead), (good.len() as u64, (bad.len() + 2) as u64));
+    assert_eq!((rows, dead), (good.len() as u64, (bad.len() + cdc_bad) as u64));
     sink.stop().await;
 
     let mut w = open_duckdb(&path).await;
@@ -403,7 +412,7 @@ async fn company_events_are_stored_as_received_or_dead_lettered() {
         .query_text("SELECT source, topic, error FROM walhouse.dead_letters ORDER BY topic, \"offset\"")
         .await
         .expect("dead letters");
-    assert_eq!(letters.len(), bad.len() + 2);
+    assert_eq!(letters.len(), bad.len() + cdc_bad);
     // Unkeyed messages spread over partitions: match reasons, not order.
     let companies: Vec<&str> = letters
         .iter()
@@ -426,6 +435,15 @@ async fn company_events_are_stored_as_received_or_dead_lettered() {
         "{cdc:?}"
     );
     assert!(cdc.iter().any(|e| e.contains("Confluent wire format")), "{cdc:?}");
+    if cdc_bad > 2 {
+        for (id, says) in [(0x7FFF_FFF1u32, "unexpected answer"), (0x7FFF_FFF2, "HTTP 404")] {
+            assert!(
+                cdc.iter()
+                    .any(|e| e.contains(&format!("schema id {id}")) && e.contains(says)),
+                "no dead letter for schema id {id} says {says}: {cdc:?}"
+            );
+        }
+    }
     // Offsets stored in the warehouse cover every message.
     assert_eq!(
         count(&mut w, "SELECT sum(next_offset) FROM walhouse.offsets").await,

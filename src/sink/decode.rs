@@ -154,7 +154,7 @@ impl Decoder {
             Ok(text) => match EnvelopePlan::compile(&text) {
                 Ok(p) => Plan::Envelope(Arc::new(p)),
                 // walhouse's and Debezium's transaction-boundary records.
-                Err(_) if text.contains("TransactionMetadataValue\"") => Plan::TransactionMetadata,
+                Err(_) if is_transaction_metadata(&text) => Plan::TransactionMetadata,
                 Err(e) => Plan::Refused(format!("schema id {id}: {e}")),
             },
             Err(RegistryError::UnknownId { id }) => {
@@ -164,6 +164,8 @@ impl Decoder {
                     UNKNOWN_ID_RETRIES + 1
                 )));
             }
+            // Not cached either: the registry may be mended.
+            Err(e) if e.is_about_one_schema() => return Ok(Plan::Refused(format!("schema id {id}: {e}"))),
             Err(e) => return Err(e.into()),
         };
         self.plans.insert(id, plan.clone());
@@ -197,7 +199,14 @@ impl Decoder {
         }
         let text = match self.schema_waiting(id).await {
             Ok(t) => t,
-            Err(RegistryError::UnknownId { .. }) => return Ok(None),
+            // No view for now; the record itself goes by its value's schema.
+            Err(e) if e.is_about_one_schema() => {
+                tracing::warn!(
+                    schema_id = id,
+                    "the key's schema cannot be read, so no latest-state view yet: {e}"
+                );
+                return Ok(None);
+            }
             Err(e) => return Err(e.into()),
         };
         let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
@@ -210,6 +219,30 @@ impl Decoder {
         self.key_columns.insert(id, columns.clone());
         Ok(Some(columns))
     }
+}
+
+/// The full names of the transaction-boundary records' schemas (walhouse's
+/// format, Debezium's): their records are skipped, not stored.
+const TRANSACTION_METADATA: [&str; 2] = [
+    "walhouse.TransactionMetadataValue",
+    "io.debezium.connector.common.TransactionMetadataValue",
+];
+
+/// Whether a writer schema is a transaction-boundary record's, by its full
+/// name (Avro's: a dotted name, or the namespace and the name), so no
+/// other schema is skipped for mentioning one.
+fn is_transaction_metadata(text: &str) -> bool {
+    let Ok(schema) = serde_json::from_str::<serde_json::Value>(text) else {
+        return false;
+    };
+    let (Some(name), namespace) = (schema["name"].as_str(), schema["namespace"].as_str()) else {
+        return false;
+    };
+    let full = match namespace {
+        Some(ns) if !name.contains('.') && !ns.is_empty() => format!("{ns}.{name}"),
+        _ => name.to_owned(),
+    };
+    schema["type"] == "record" && TRANSACTION_METADATA.contains(&full.as_str())
 }
 
 /// The cells of a change's raw-table row: its columns (all NULL for a
@@ -255,4 +288,28 @@ pub(super) fn cells(plan: &EnvelopePlan, target: &Target, change: Change) -> Vec
         Cell::Text(serde_json::Value::Object(m).to_string())
     });
     cells
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_records_are_known_by_their_full_name_only() {
+        // As each format registers them.
+        let walhouse = crate::avro::writer::transaction_schemas().1.to_string();
+        assert!(is_transaction_metadata(&walhouse), "{walhouse}");
+        let debezium = crate::avro::debezium::transaction::schemas().1.to_string();
+        assert!(is_transaction_metadata(&debezium), "{debezium}");
+        let dotted = r#"{"type":"record","name":"walhouse.TransactionMetadataValue","fields":[]}"#;
+        assert!(is_transaction_metadata(dotted));
+        // A schema that only mentions the name (which the old substring
+        // test took for transaction metadata and skipped every record of).
+        let mentions = r#"{"type":"record","name":"Orders","namespace":"shop","doc":"see "TransactionMetadataValue"","fields":[{"name":"TransactionMetadataValue","type":"string"}]}"#;
+        assert!(mentions.contains("TransactionMetadataValue\""));
+        assert!(!is_transaction_metadata(mentions));
+        let elsewhere = r#"{"type":"record","name":"TransactionMetadataValue","namespace":"shop","fields":[]}"#;
+        assert!(!is_transaction_metadata(elsewhere));
+        assert!(!is_transaction_metadata("not json"));
+    }
 }

@@ -27,6 +27,8 @@ struct State {
     subject_level: HashMap<String, String>,
     /// An outage: every request is answered 503.
     down: bool,
+    /// Schema ids answered with a status and a raw body of the test's.
+    broken: HashMap<u32, (u16, String)>,
 }
 
 pub struct TestRegistry {
@@ -65,6 +67,16 @@ impl TestRegistry {
     /// Starts (`true`) or ends an outage: meanwhile every request gets 503.
     pub fn set_down(&self, down: bool) {
         self.state.lock().expect("lock").down = down;
+    }
+
+    /// From now on `GET /schemas/ids/{id}` is answered `status` with
+    /// `body` as it is: a registry broken for one schema.
+    pub fn break_id(&self, id: u32, status: u16, body: &str) {
+        self.state
+            .lock()
+            .expect("lock")
+            .broken
+            .insert(id, (status, body.to_owned()));
     }
 
     /// Number of versions registered under `subject`.
@@ -112,15 +124,21 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
     let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
     let body: Value = serde_json::from_slice(&buf[head_end..]).unwrap_or(Value::Null);
     let down = state.lock().map(|s| s.down).unwrap_or(false);
-    let (status, answer) = if down {
+    let broken = path
+        .strip_prefix("/schemas/ids/")
+        .and_then(|id| id.parse::<u32>().ok())
+        .and_then(|id| state.lock().ok()?.broken.get(&id).cloned());
+    let (status, text) = if let Some(answer) = broken {
+        answer
+    } else if down {
         (
             503,
-            json!({"error_code": 50301, "message": "unavailable (a test outage)"}),
+            json!({"error_code": 50301, "message": "unavailable (a test outage)"}).to_string(),
         )
     } else {
-        route(&state, method, path, &body)
+        let (status, answer) = route(&state, method, path, &body);
+        (status, answer.to_string())
     };
-    let text = answer.to_string();
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
