@@ -22,6 +22,7 @@ pub mod calendar;
 pub mod capture;
 pub mod change;
 pub mod cli;
+pub mod failpoint;
 pub mod http;
 pub mod metrics;
 pub mod postgres;

@@ -1223,8 +1223,16 @@ async fn sinks_scale_out_over_cdc_topics_through_kills_and_freezes() {
     assert!(pg.wait_for_slot("backend", "walhouse", true, LIMIT).await);
     let dir = tempfile::tempdir().expect("dir");
     let pattern = format!("^{prefix}\\.public\\..*");
+    // A's writes can be held at the writer's boundary (after the batch is
+    // made, before its transaction) while this file exists.
+    let hold = dir.path().join("hold-a");
     let spawn = |name: &str, batch_ms: &str| -> Child {
         let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("log");
+        let failpoints = if name == "a" {
+            format!("sink.before_write=pause-while:{}", hold.display())
+        } else {
+            String::new()
+        };
         Command::new(env!("CARGO_BIN_EXE_walhouse-sink"))
             .args([
                 "--warehouse",
@@ -1247,6 +1255,7 @@ async fn sinks_scale_out_over_cdc_topics_through_kills_and_freezes() {
                 "heartbeat.interval.ms=1000",
             ])
             .env("WALHOUSE_LOG", "info")
+            .env("WALHOUSE_FAILPOINTS", failpoints)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -1292,14 +1301,34 @@ async fn sinks_scale_out_over_cdc_topics_through_kills_and_freezes() {
     let _ = b.kill();
     let _ = b.wait();
     source.batch_execute(&wave(3)).await.expect("wave 3");
-    // A frozen past its session timeout, mid-batch: the group moves its
-    // partitions and another instance stores them; thawed, A's batch from
-    // before must be fenced.
+    // A holds its next batch at the writer's boundary and is frozen past
+    // its session timeout: the group moves its partitions, C stores them
+    // (wave 4 whole); thawed and let go, A's batch from before is fenced.
+    std::fs::write(&hold, b"").expect("hold file");
     source.batch_execute(&wave(4)).await.expect("wave 4");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let reached = walhouse::failpoint::reached(&hold);
+    let deadline = Instant::now() + LIMIT;
+    while !reached.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reached.exists(), "A made a batch of wave 4 and holds it");
     let _ = Command::new("kill").args(["-STOP", &a.id().to_string()]).status();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    let through_wave_4: i64 = source
+        .query_one(
+            "SELECT count(*) FROM pg_logical_slot_peek_changes('audit', NULL, NULL) \
+             WHERE data LIKE 'table public.a:%' OR data LIKE 'table public.b:%'",
+            &[],
+        )
+        .await
+        .expect("audit")
+        .get(0);
+    // Only once A is out of the group (past its session) can C store them.
+    assert!(
+        wait_rows(through_wave_4).await,
+        "C stored A's partitions through wave 4"
+    );
     let _ = Command::new("kill").args(["-CONT", &a.id().to_string()]).status();
+    std::fs::remove_file(&hold).expect("let A's write go");
     let mut d = spawn("d", "100");
     source.batch_execute(&wave(5)).await.expect("wave 5");
     assert!(pg.wait_confirmed("backend", "walhouse", LIMIT).await);
@@ -1334,15 +1363,15 @@ async fn sinks_scale_out_over_cdc_topics_through_kills_and_freezes() {
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         let _ = child.wait();
     }
-    let fenced: usize = ["a", "b", "c", "d"]
-        .iter()
-        .map(|n| {
-            std::fs::read_to_string(dir.path().join(format!("{n}.log")))
-                .unwrap_or_default()
-                .matches("another sink instance wrote it")
-                .count()
-        })
-        .sum();
+    let fenced = |n: &str| {
+        std::fs::read_to_string(dir.path().join(format!("{n}.log")))
+            .unwrap_or_default()
+            .matches("another sink instance wrote it")
+            .count()
+    };
+    let fenced_a = fenced("a");
+    let fenced: usize = ["a", "b", "c", "d"].iter().map(|n| fenced(n)).sum();
+    assert!(fenced_a >= 1, "A's held batch was fenced");
 
     let audit = source
         .query(
@@ -1377,8 +1406,8 @@ async fn sinks_scale_out_over_cdc_topics_through_kills_and_freezes() {
         );
     }
     println!(
-        "scale-out: sinks A+B, then C, B killed, A frozen 10 s past its 6 s session and thawed, D joined: \
-         {total} records, every change stored once, {fenced} fenced batches"
+        "scale-out: sinks A+B, then C, B killed, A holding a batch frozen past its 6 s session and thawed, \
+         D joined: {total} records, every change stored once, {fenced} fenced batches ({fenced_a} of A's)"
     );
 }
 

@@ -135,6 +135,7 @@ impl<W: Warehouse + Send + 'static> Writer<W> {
         let mut warehouse = self.warehouse.take().ok_or(SinkError::Lost)?;
         let group = self.group.clone();
         self.in_flight = Some(tokio::spawn(async move {
+            crate::failpoint::pause("sink.before_write").await;
             let started = Instant::now();
             let mut batch = batch;
             let result = isolate::write(&mut warehouse, &group, &mut batch).await;

@@ -367,15 +367,37 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             // A jump: compaction, or records deleted before they were read
             // (the consumer then reset to the earliest offset). Only the
             // earliest offset tells which.
-            if let Some(earliest) = position::earliest(&self.consumer, topic, partition).filter(|e| *e > next) {
-                let skip = self.settings.on_offset_gap == OffsetGap::SkipAndRecord;
-                let gap = Gap {
-                    partition: at.clone(),
-                    stored: next,
-                    earliest,
-                };
-                self.offset_gap(gap, stored, skip);
-                if !skip {
+            match position::earliest(&self.consumer, topic, partition) {
+                Some(earliest) if earliest > next => {
+                    let skip = self.settings.on_offset_gap == OffsetGap::SkipAndRecord;
+                    let gap = Gap {
+                        partition: at.clone(),
+                        stored: next,
+                        earliest,
+                    };
+                    self.offset_gap(gap, stored, skip);
+                    if !skip {
+                        return Ok(());
+                    }
+                }
+                // Compaction: the records between were superseded.
+                Some(_) => {}
+                None => {
+                    // Compaction and retention cannot be told apart: the jump
+                    // is not taken. Every partition is read again from what
+                    // the warehouse holds (the pending batch with it, as
+                    // after a rebalance), after a pause, as the earliest
+                    // offset may be readable by then.
+                    tracing::warn!(
+                        %topic,
+                        partition,
+                        "the consumer jumped from offset {next} to {offset}, and the partition's earliest offset \
+                         cannot be read to tell compaction from deleted records: not taken; reading again from \
+                         the warehouse's offsets"
+                    );
+                    self.pending = Pending::default();
+                    self.positions.reposition_all();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     return Ok(());
                 }
             }

@@ -80,6 +80,9 @@ pub(super) struct Gap {
 /// tell now: the seek then goes ahead as if there were no gap, and a fetch
 /// out of range comes back as a consumer error).
 pub(super) fn earliest(consumer: &StreamConsumer<SinkContext>, topic: &str, partition: i32) -> Option<i64> {
+    if crate::failpoint::fails("sink.earliest") {
+        return None;
+    }
     match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
         Ok((low, _)) => Some(low),
         Err(e) => {
