@@ -48,6 +48,8 @@ const PREFIX: &str = "chaos";
 const GROUP: &str = "chaos";
 /// How long the pipeline may take to settle after the last kill.
 const SETTLE: Duration = Duration::from_secs(240);
+/// The workload's floor: runs here commit about 40 a second.
+const MIN_TRANSACTIONS_PER_SECOND: u64 = 5;
 
 /// The binaries under test (integration tests know their paths).
 pub struct Binaries {
@@ -164,6 +166,8 @@ enum Victim {
 #[derive(Debug, Default)]
 pub struct Report {
     pub kills: Vec<String>,
+    /// Which components were killed.
+    pub killed: BTreeSet<String>,
     pub transactions: u64,
     pub changes: u64,
     pub duplicates_in_kafka: u64,
@@ -194,6 +198,13 @@ pub async fn run(bins: &Binaries, seconds: u64, seed: u64) -> Report {
         sql.batch_execute("SELECT pg_create_logical_replication_slot('audit', 'test_decoding')")
             .await
             .expect("audit slot");
+        // A second pgoutput slot from before anything ran: at the end a
+        // capture on it sends every change again, so the sink's skipping of
+        // changes stored already is exercised in every run, whatever the
+        // kills happened to cause.
+        sql.batch_execute("SELECT pg_create_logical_replication_slot('replay', 'pgoutput')")
+            .await
+            .expect("replay slot");
     }
     let mut capture = Service {
         name: "capture",
@@ -273,10 +284,15 @@ pub async fn run(bins: &Binaries, seconds: u64, seed: u64) -> Report {
     }
     let mut next_kill = started + Duration::from_millis(rng.range(3_000, 6_000));
     let mut kills = 0usize;
-    while Instant::now() < deadline {
+    // Every component is killed at least once: past `deadline` the kills
+    // go on until each had its turn (bounded), since slow restarts on a
+    // loaded machine can stretch the first four.
+    let every_one_by = deadline + Duration::from_secs(120);
+    while Instant::now() < deadline || (kills < order.len() && Instant::now() < every_one_by) {
         capture.ensure();
         sink.ensure();
-        if Instant::now() < next_kill || Instant::now() + Duration::from_secs(3) > deadline {
+        let last_seconds = Instant::now() + Duration::from_secs(3) > deadline && kills >= order.len();
+        if Instant::now() < next_kill || last_seconds {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
@@ -294,6 +310,7 @@ pub async fn run(bins: &Binaries, seconds: u64, seed: u64) -> Report {
         );
         println!("chaos: {line}");
         report.kills.push(line);
+        report.killed.insert(format!("{victim:?}"));
         match victim {
             Victim::Capture => {
                 capture.kill();
@@ -357,6 +374,29 @@ pub async fn run(bins: &Binaries, seconds: u64, seed: u64) -> Report {
         failure("capture did not confirm the WAL", &report, &capture, &sink)
     );
     capture.terminate();
+    // Every change sent again, at the same positions, into the same topics.
+    let mut replay = Service {
+        name: "replay",
+        program: bins.capture.clone(),
+        args: capture
+            .args
+            .iter()
+            .cloned()
+            .chain(["--slot", "replay", "--snapshot-mode", "never"].map(String::from))
+            .collect(),
+        log: dir.join("replay.log"),
+        child: None,
+        starts: 0,
+    };
+    replay.start();
+    let replayed = pg.wait_confirmed("backend", "replay", SETTLE).await;
+    replay.terminate();
+    assert!(
+        replayed,
+        "{}\nreplay's log:\n{}",
+        failure("the replay did not confirm the WAL", &report, &capture, &sink),
+        replay.log_tail()
+    );
     let cdc_topics: Vec<String> = {
         let bootstrap = broker.bootstrap();
         tokio::task::spawn_blocking(move || topics(&bootstrap))
@@ -508,6 +548,43 @@ pub async fn run(bins: &Binaries, seconds: u64, seed: u64) -> Report {
         got == expected,
         "{}",
         failure("the seed's questions differ", &report, &capture, &sink)
+    );
+    // The run did what it claims: each component went down, the workload
+    // committed, and every change came twice (the replay) and was stored
+    // once (checks 1 and 2).
+    for victim in ["Capture", "Sink", "Broker", "Postgres"] {
+        assert!(
+            report.killed.contains(victim),
+            "{}",
+            failure(&format!("{victim} was never killed"), &report, &capture, &sink)
+        );
+    }
+    let at_least = seconds * MIN_TRANSACTIONS_PER_SECOND;
+    assert!(
+        report.transactions >= at_least,
+        "{}",
+        failure(
+            &format!(
+                "only {} transactions committed (at least {at_least})",
+                report.transactions
+            ),
+            &report,
+            &capture,
+            &sink
+        )
+    );
+    assert!(
+        report.changes > 0 && report.duplicates_in_kafka >= report.changes,
+        "{}",
+        failure(
+            &format!(
+                "{} records held twice for {} changes: the replay did not send every change again",
+                report.duplicates_in_kafka, report.changes
+            ),
+            &report,
+            &capture,
+            &sink
+        )
     );
     println!(
         "chaos: {} kills, {} transactions, {} changes, each stored once ({} records Kafka holds twice were skipped); capture started {} times, the sink {}",
