@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use apache_avro::types::Value;
-use support::kafka::{create_topic, delete_records, produce, produce_bytes, read_all, Broker};
+use support::kafka::{create_topic, delete_records, produce, produce_bytes, read_all, read_topic, Broker};
 use support::pipeline::{start_capture, start_sink};
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
@@ -387,6 +387,130 @@ async fn poison_pills_cost_only_their_record_on_both_targets() {
                 .iter()
                 .any(|(t, o, e)| t.ends_with(".public.others") && o == "1" && e.contains("not what topic")),
             "{errors:?}"
+        );
+    }
+}
+
+/// The high-water mark belongs to the system that wrote it: a change of
+/// another database system with a far higher position (two databases under
+/// one topic prefix, a faulty producer) is a dead letter with the reason
+/// and the fix, and does not move the mark; the next real change is stored.
+/// Before, it was stored and moved the mark, and every later change of the
+/// partition was skipped as "sent again". On both targets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_of_another_system_is_refused_and_moves_no_mark() {
+    support::init_logs();
+    let pg = PgServer::start();
+    pg.create_db("backend");
+    let broker = Broker::start();
+    let registry = TestRegistry::start().await;
+    let source = pg.client("backend").await;
+    source
+        .batch_execute("CREATE TABLE m (id int PRIMARY KEY, v int); INSERT INTO m VALUES (1, 1)")
+        .await
+        .expect("table");
+    let prefix = "walhouse.systems";
+    let capture_args = [
+        "--source-url",
+        &pg.url("walhouse_scram", "backend"),
+        "--output",
+        "kafka",
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        &registry.url,
+        "--topic-prefix",
+        prefix,
+    ];
+    let capture = start_capture(&capture_args);
+    let topic = format!("{prefix}.public.m");
+    let first = read_topic(&broker.bootstrap(), &topic, 1, LIMIT);
+    assert_eq!(first.len(), 1, "the snapshot's row");
+    let real = first[0].value.clone().expect("value");
+    let forged = poisoned(&registry.url, &real, "system_id", &Value::String("12345".into())).await;
+    let forged = poisoned(&registry.url, &forged, "commit_lsn", &Value::Long(i64::MAX / 2)).await;
+    produce_bytes(&broker.bootstrap(), &topic, &[(first[0].key.as_deref(), &forged)]);
+    source
+        .batch_execute("UPDATE m SET v = 2 WHERE id = 1; INSERT INTO m VALUES (2, 2)")
+        .await
+        .expect("changes after the forged one");
+    assert!(pg.wait_confirmed("backend", "walhouse", LIMIT).await);
+    capture.stop().await;
+    let system_id: String = source
+        .query_one("SELECT system_identifier::text FROM pg_control_system()", &[])
+        .await
+        .expect("system id")
+        .get(0);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let duck_path = dir.path().join("w.duckdb");
+    let duck_url = format!("duckdb:{}", duck_path.display());
+    let pg_url = pg.url("walhouse_scram", &pg.create_db("warehouse"));
+    let pattern = format!("^{}\\..*", prefix.replace('.', "\\."));
+    for (warehouse, postgres) in [(duck_url.as_str(), false), (pg_url.as_str(), true)] {
+        let mut sink = start_sink(&[
+            "--warehouse",
+            warehouse,
+            "--brokers",
+            &broker.bootstrap(),
+            "--schema-registry-url",
+            &registry.url,
+            "--topic-pattern",
+            &pattern,
+            "--group-id",
+            if postgres { "systems-pg" } else { "systems-duck" },
+            "--batch-ms",
+            "100",
+        ])
+        .await;
+        assert!(sink.wait_for(4, LIMIT).await, "accounted {:?}", sink.accounted());
+        let accounted = sink.accounted();
+        sink.stop().await;
+        let queries = [
+            "SELECT count(*) FROM raw_public.m",
+            "SELECT count(*) || ':' || sum(v) FROM public.m",
+            "SELECT error FROM walhouse.dead_letters",
+            "SELECT high_system_id FROM walhouse.offsets",
+        ];
+        let answers: Vec<Vec<Vec<Option<String>>>> = if postgres {
+            let mut w = PostgresWarehouse::connect(&ConnInfo::parse(&pg_url).expect("url"))
+                .await
+                .expect("warehouse");
+            let mut out = Vec::new();
+            for q in queries {
+                out.push(w.query_text(q).await.expect(q));
+            }
+            out
+        } else {
+            let mut w = DuckDbWarehouse::open(&duck_path).expect("duckdb");
+            let mut out = Vec::new();
+            for q in queries {
+                out.push(w.query_text(q).await.expect(q));
+            }
+            out
+        };
+        let name = if postgres { "postgres" } else { "duckdb" };
+        assert_eq!(
+            accounted,
+            (3, 1, 0),
+            "{name}: three changes stored, the forged one set aside"
+        );
+        assert_eq!(answers[0][0][0].as_deref(), Some("3"), "{name}: raw rows");
+        assert_eq!(
+            answers[1][0][0].as_deref(),
+            Some("2:4"),
+            "{name}: the view has the later changes"
+        );
+        assert_eq!(answers[2].len(), 1, "{name}: one dead letter");
+        let error = answers[2][0][0].clone().unwrap_or_default();
+        assert!(
+            error.contains("a change of database system 12345") && error.contains(&format!("by system {system_id}")),
+            "{name}: {error}"
+        );
+        assert_eq!(
+            answers[3][0][0].as_deref(),
+            Some(system_id.as_str()),
+            "{name}: the mark is the source's"
         );
     }
 }

@@ -120,6 +120,8 @@ pub struct Change {
     /// ordinal in it, its source position.
     pub commit_lsn: Option<i64>,
     pub tx_ordinal: Option<i64>,
+    /// walhouse's format: the source's database system identifier.
+    pub system_id: Option<String>,
     pub unchanged_toast: Vec<String>,
     pub text_values: Vec<(String, String)>,
 }
@@ -617,6 +619,11 @@ fn source(r: &mut Reader<'_>, node: &Node, change: &mut Change) -> Result<(), Re
     // building values.
     for (name, node) in fields.iter() {
         match name.as_str() {
+            "system_id" => {
+                if let Cell::Text(t) = cell(r, node)? {
+                    change.system_id = Some(t);
+                }
+            }
             "schema" | "table" | "snapshot" => {
                 let text = match cell(r, node)? {
                     Cell::Text(t) => t,

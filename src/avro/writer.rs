@@ -99,6 +99,9 @@ pub struct SourceInfo<'a> {
     pub version: &'a str,
     pub name: &'a str,
     pub db: &'a str,
+    /// The database system identifier (`IDENTIFY_SYSTEM`), which scopes
+    /// the positions: LSNs of two systems do not compare.
+    pub system_id: Option<&'a str>,
 }
 
 /// The schemas and encoders of one table's topic.
@@ -365,6 +368,13 @@ impl TableEnvelope {
         put_long(out, tx.map_or(now_ms, |t| t.commit_time.unix_micros().div_euclid(1000)));
         put_str(out, crate::change::SnapshotMark::as_str(event.snapshot));
         put_str(out, source.db);
+        match source.system_id {
+            Some(id) => {
+                put_long(out, 1);
+                put_str(out, id);
+            }
+            None => put_long(out, 0),
+        }
         put_str(out, &self.schema);
         put_str(out, &self.table);
         opt_long(out, tx.map(|t| i64::from(t.xid)));
@@ -596,6 +606,7 @@ fn source_schema() -> Json {
             {"name": "ts_ms", "type": "long"},
             {"name": "snapshot", "type": "string", "default": "false"},
             {"name": "db", "type": "string"},
+            {"name": "system_id", "type": ["null", "string"], "default": null},
             {"name": "schema", "type": "string"},
             {"name": "table", "type": "string"},
             {"name": "txId", "type": ["null", "long"], "default": null},
@@ -713,6 +724,7 @@ mod tests {
             version: "0.1.0",
             name: "walhouse",
             db: "shop",
+            system_id: Some("7300000000000000001"),
         };
         let mut out = Vec::new();
         env.encode_value(&event, ops[0], &source, 1_800_000_000_000, &mut out);

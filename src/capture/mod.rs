@@ -155,6 +155,14 @@ async fn run_inner<D: Destination>(
 ) -> Result<CaptureSummary, CaptureError> {
     let (sql, _driver) = client::connect(&config.source).await?;
     let setup = set_up(config, &sql).await?;
+    // Which system the positions belong to; asked again on each reconnect
+    // (a failover to a promoted standby keeps it).
+    let identity = ReplicationClient::connect(&config.source)
+        .await?
+        .identify_system()
+        .await?;
+    tracing::info!(system_id = %identity.system_id, timeline = identity.timeline, "source identified");
+    dest.system_id(&identity.system_id);
     let sql = Arc::new(sql);
     let mut state = LoopState {
         config,
@@ -424,7 +432,9 @@ impl LoopState<'_> {
                 }
             }
             let started = async {
-                let repl = ReplicationClient::connect(&config.source).await?;
+                let mut repl = ReplicationClient::connect(&config.source).await?;
+                let identity = repl.identify_system().await?;
+                dest.system_id(&identity.system_id);
                 repl.start_replication(&config.slot, acknowledged, options).await
             };
             let result: Result<(), CaptureError> = match started.await {

@@ -14,7 +14,7 @@ use super::metrics::SinkMetrics;
 use super::position::Partition;
 use super::SinkError;
 use crate::warehouse::{
-    isolate, Batch, Cell, DeadLetter, OffsetUpdate, Origin, SourcePosition, TableRows, Warehouse, WarehouseError,
+    isolate, Batch, Cell, DeadLetter, Mark, OffsetUpdate, Origin, TableRows, Warehouse, WarehouseError,
 };
 
 #[derive(Default)]
@@ -57,7 +57,7 @@ impl Pending {
 
     /// Records that `partition` is accounted for up to `offset`; `stored`
     /// is the warehouse's offset the write is fenced on.
-    pub fn advance(&mut self, partition: &Partition, stored: Option<i64>, offset: i64, high: Option<SourcePosition>) {
+    pub fn advance(&mut self, partition: &Partition, stored: Option<i64>, offset: i64, high: Option<Mark>) {
         self.since.get_or_insert_with(Instant::now);
         // Looked up before inserting: the key is cloned once per batch, not per message.
         if let Some(o) = self.offsets.get_mut(partition) {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::SinkError;
 use crate::avro::reader::{Change, EnvelopePlan};
 use crate::registry::{split_wire, Registry, RegistryError};
-use crate::warehouse::{Cell, SourcePosition, TableRef};
+use crate::warehouse::{Cell, Mark, SourcePosition, TableRef};
 
 /// Extra lookups of a schema id the registry does not know, before the
 /// record is a dead letter (0.25 s, 0.5 s, 0.75 s apart).
@@ -75,8 +75,9 @@ pub(super) enum Outcome {
     Row {
         target: Arc<Target>,
         cells: Vec<Cell>,
-        /// The change's source position (walhouse's format carries it).
-        position: Option<SourcePosition>,
+        /// The change's source position and system (walhouse's format
+        /// carries them).
+        position: Option<Mark>,
     },
     Dead(String),
     Skip,

@@ -39,7 +39,7 @@ use crate::avro::reader::EnvelopePlan;
 use crate::avro::writer::topic_part;
 use crate::registry::{Registry, RegistryError};
 use crate::warehouse::{
-    Cell, ColumnDef, DeadLetter, Failure, Origin, SourcePosition, SqlType, TableRef, Warehouse, WarehouseError,
+    Cell, ColumnDef, DeadLetter, Failure, Mark, Origin, SourcePosition, SqlType, TableRef, Warehouse, WarehouseError,
 };
 
 /// The Kafka coordinates every raw table ends with.
@@ -120,6 +120,29 @@ fn topic_suffix(schema: &str, table: &str) -> String {
 /// A table or view definition the warehouse refuses (an incompatible
 /// change, a name it cannot hold) stops only its topic: `Ok(Err(stop))`.
 /// A failing warehouse stops the sink.
+/// Why a change of another source system than the one that wrote its
+/// partition's mark is a dead letter, with the fix.
+fn foreign_change(at: &position::Partition, change: Mark, mark: Mark, group: &str) -> String {
+    let system = |m: Mark| m.system_id.map_or_else(|| "?".into(), |s| s.to_string());
+    format!(
+        "a change of database system {} at {}, but {}[{}]'s high-water mark ({}) was written by system {}: \
+         positions of two systems do not compare, so the change is refused rather than measured against the \
+         mark or moving it. Two databases write under one topic prefix, or the source was replaced by another \
+         system. Fix: give each database its own --topic-prefix; if the source was replaced on purpose, stop \
+         the sink and reset the mark: UPDATE walhouse.offsets SET high_commit_lsn = NULL, high_tx_ordinal = \
+         NULL, high_system_id = NULL WHERE consumer_group = '{}' AND topic = '{}' AND \"partition\" = {}",
+        system(change),
+        change.position,
+        at.0,
+        at.1,
+        mark.position,
+        system(mark),
+        group.replace('\'', "''"),
+        at.0.replace('\'', "''"),
+        at.1
+    )
+}
+
 fn refused_definition<T>(made: Result<T, TableError>) -> Result<Result<T, Outcome>, SinkError> {
     match made {
         Ok(v) => Ok(Ok(v)),
@@ -435,11 +458,20 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             Some(reason) => Outcome::Dead(reason),
             None => outcome,
         };
-        // A change at or below the partition's highest stored position was
-        // stored already: capture sent it again after a restart.
-        let outcome = match outcome {
-            Outcome::Row { position: Some(p), .. } if high.is_some_and(|h| p <= h) => Outcome::Duplicate(p),
-            other => other,
+        // A change of another system than the one that wrote the mark: its
+        // position says nothing against the mark, and must not move it.
+        // A change at or below the mark was stored already: capture sent it
+        // again after a restart.
+        let outcome = match (outcome, high) {
+            (Outcome::Row { position: Some(p), .. }, Some(h))
+                if p.system_id.zip(h.system_id).is_some_and(|(a, b)| a != b) =>
+            {
+                Outcome::Dead(foreign_change(&at, p, h, &self.settings.group_id))
+            }
+            (Outcome::Row { position: Some(p), .. }, Some(h)) if p.position <= h.position => {
+                Outcome::Duplicate(p.position)
+            }
+            (other, _) => other,
         };
         let mut position = None;
         let origin = Origin {
@@ -591,8 +623,21 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 }
             }
         }
+        let system_id = match change.system_id.as_deref().map(str::parse::<u64>) {
+            None => None,
+            Some(Ok(id)) => Some(id),
+            Some(Err(_)) => {
+                return Ok(Outcome::Dead(format!(
+                    "source.system_id {:?} is not a database system identifier",
+                    change.system_id.unwrap_or_default()
+                )))
+            }
+        };
         let position = match (change.commit_lsn, change.tx_ordinal) {
-            (Some(commit_lsn), Some(tx_ordinal)) => Some(SourcePosition { commit_lsn, tx_ordinal }),
+            (Some(commit_lsn), Some(tx_ordinal)) => Some(Mark {
+                position: SourcePosition { commit_lsn, tx_ordinal },
+                system_id,
+            }),
             _ => None,
         };
         let cells = decode::cells(&plan, &target, change);

@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{consumer_error, kafka, SinkError};
-use crate::warehouse::{OffsetUpdate, SourcePosition, StoredOffset};
+use crate::warehouse::{Mark, OffsetUpdate, SourcePosition, StoredOffset};
 
 /// A topic and partition.
 pub(super) type Partition = (String, i32);
@@ -99,9 +99,10 @@ pub(super) struct Position {
     pub next: i64,
     /// What the warehouse holds, the fence for the next write.
     pub stored: Option<i64>,
-    /// The highest source position stored or pending from this partition:
-    /// a change at or below it is one stored already (sent again).
-    pub high: Option<SourcePosition>,
+    /// The highest source position stored or pending from this partition,
+    /// and its system: a change of that system at or below it is one
+    /// stored already (sent again).
+    pub high: Option<Mark>,
     /// The changes skipped as stored already since the last one stored.
     skipping: Option<SkipRun>,
 }
@@ -264,13 +265,24 @@ impl Positions {
     /// A record of `at` at `offset` was accounted for (row, dead letter or
     /// skipped), a change at `position` among them; returns the partition's
     /// highest position now.
-    pub fn advance(&mut self, at: &Partition, offset: i64, position: Option<SourcePosition>) -> Option<SourcePosition> {
+    pub fn advance(&mut self, at: &Partition, offset: i64, position: Option<Mark>) -> Option<Mark> {
         let pos = self.positioned.get_mut(at)?;
-        if position.is_some() {
+        if let Some(p) = position {
             end_skip_run(at, pos);
+            // A change of another system never gets here (the caller
+            // refuses it); one with no system keeps the mark's.
+            match pos.high {
+                Some(h) if p.position <= h.position => {}
+                Some(h) => {
+                    pos.high = Some(Mark {
+                        system_id: p.system_id.or(h.system_id),
+                        ..p
+                    })
+                }
+                None => pos.high = Some(p),
+            }
         }
         pos.next = offset + 1;
-        pos.high = pos.high.max(position);
         pos.high
     }
 
@@ -291,7 +303,7 @@ impl Positions {
                     partition = at.1,
                     offset,
                     position = %position,
-                    mark = ?pos.high.map(|h| h.to_string()),
+                    mark = ?pos.high.map(|h| h.position.to_string()),
                     "skipping changes stored already (sent again): from this one on, until one past the mark"
                 );
                 pos.skipping = Some(SkipRun {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use duckdb::types::{TimeUnit, ToSqlOutput, Value, ValueRef};
 use duckdb::{appender_params_from_iter, Connection, ToSql};
 
-use super::{Batch, Cell, Dialect, Failure, SourcePosition, StoredOffset, TableRef, Warehouse, WarehouseError};
+use super::{Batch, Cell, Dialect, Failure, Mark, StoredOffset, TableRef, Warehouse, WarehouseError};
 
 pub struct DuckDbWarehouse {
     path: PathBuf,
@@ -195,16 +195,13 @@ impl Warehouse for DuckDbWarehouse {
         tokio::task::block_in_place(|| {
             let mut stmt = conn
                 .prepare(
-                    "SELECT topic, \"partition\", next_offset, high_commit_lsn, high_tx_ordinal \
+                    "SELECT topic, \"partition\", next_offset, high_commit_lsn, high_tx_ordinal, high_system_id \
                      FROM walhouse.offsets WHERE consumer_group = ?",
                 )
                 .map_err(Self::sql_error("reading offsets"))?;
             let rows = stmt
                 .query_map([consumer_group], |r| {
-                    let high = match (r.get::<_, Option<i64>>(3)?, r.get::<_, Option<i64>>(4)?) {
-                        (Some(commit_lsn), Some(tx_ordinal)) => Some(SourcePosition { commit_lsn, tx_ordinal }),
-                        _ => None,
-                    };
+                    let high = Mark::from_columns(r.get(3)?, r.get(4)?, r.get(5)?);
                     Ok(((r.get(0)?, r.get(1)?), StoredOffset { next: r.get(2)?, high }))
                 })
                 .map_err(Self::sql_error("reading offsets"))?;
@@ -224,27 +221,30 @@ impl Warehouse for DuckDbWarehouse {
                     .map_err(Self::sql_error(&format!("appending to {table}")))?;
             }
             for o in &batch.offsets {
+                let (commit_lsn, tx_ordinal, system_id) = Mark::columns(o.high);
                 let moved = match o.from {
                     None => conn.execute(
                         "INSERT INTO walhouse.offsets (consumer_group, topic, \"partition\", next_offset, \
-                         high_commit_lsn, high_tx_ordinal) VALUES (?, ?, ?, ?, ?, ?)",
+                         high_commit_lsn, high_tx_ordinal, high_system_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         duckdb::params![
                             consumer_group,
                             o.topic,
                             o.partition,
                             o.next,
-                            o.high.map(|h| h.commit_lsn),
-                            o.high.map(|h| h.tx_ordinal)
+                            commit_lsn,
+                            tx_ordinal,
+                            system_id
                         ],
                     ),
                     Some(from) => conn.execute(
                         "UPDATE walhouse.offsets SET next_offset = ?, high_commit_lsn = ?, high_tx_ordinal = ?, \
-                         updated_at = current_timestamp \
+                         high_system_id = ?, updated_at = current_timestamp \
                          WHERE consumer_group = ? AND topic = ? AND \"partition\" = ? AND next_offset = ?",
                         duckdb::params![
                             o.next,
-                            o.high.map(|h| h.commit_lsn),
-                            o.high.map(|h| h.tx_ordinal),
+                            commit_lsn,
+                            tx_ordinal,
+                            system_id,
                             consumer_group,
                             o.topic,
                             o.partition,

@@ -186,12 +186,50 @@ impl std::fmt::Display for SourcePosition {
     }
 }
 
+/// A partition's high-water mark: the highest source position stored from
+/// it, and the source system that wrote it. Positions of two systems do
+/// not compare (each counts its own LSNs), so a change from another
+/// system is never measured against the mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub position: SourcePosition,
+    /// The database system identifier; `None` for records from before
+    /// capture wrote it.
+    pub system_id: Option<u64>,
+}
+
+impl Mark {
+    /// From the offsets table's columns (the system identifier as text:
+    /// it is an unsigned 64-bit number).
+    pub fn from_columns(commit_lsn: Option<i64>, tx_ordinal: Option<i64>, system_id: Option<String>) -> Option<Mark> {
+        Some(Mark {
+            position: SourcePosition {
+                commit_lsn: commit_lsn?,
+                tx_ordinal: tx_ordinal?,
+            },
+            system_id: system_id.and_then(|s| s.parse().ok()),
+        })
+    }
+
+    /// The offsets table's columns of `mark`.
+    pub fn columns(mark: Option<Mark>) -> (Option<i64>, Option<i64>, Option<String>) {
+        match mark {
+            Some(m) => (
+                Some(m.position.commit_lsn),
+                Some(m.position.tx_ordinal),
+                m.system_id.map(|s| s.to_string()),
+            ),
+            None => (None, None, None),
+        }
+    }
+}
+
 /// What the warehouse holds of a partition: the next offset to read, and
-/// the highest source position stored from it.
+/// its high-water mark.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoredOffset {
     pub next: i64,
-    pub high: Option<SourcePosition>,
+    pub high: Option<Mark>,
 }
 
 /// A partition's consumed position after a batch, fenced by the position
@@ -203,9 +241,9 @@ pub struct OffsetUpdate {
     /// The stored position the batch continues from (`None`: none stored).
     pub from: Option<i64>,
     pub next: i64,
-    /// The highest source position stored from the partition, this batch
-    /// included (kept with the offset, in the same transaction).
-    pub high: Option<SourcePosition>,
+    /// The partition's high-water mark, this batch included (kept with the
+    /// offset, in the same transaction).
+    pub high: Option<Mark>,
 }
 
 /// A loaded file, recorded in the same transaction as its rows.
@@ -457,6 +495,7 @@ impl Dialect {
             // get them here.
             "ALTER TABLE walhouse.offsets ADD COLUMN IF NOT EXISTS high_commit_lsn BIGINT".into(),
             "ALTER TABLE walhouse.offsets ADD COLUMN IF NOT EXISTS high_tx_ordinal BIGINT".into(),
+            "ALTER TABLE walhouse.offsets ADD COLUMN IF NOT EXISTS high_system_id VARCHAR".into(),
             format!(
                 "CREATE TABLE IF NOT EXISTS walhouse.dead_letters (source VARCHAR NOT NULL, topic VARCHAR, \"partition\" INTEGER, \
                  \"offset\" BIGINT, file VARCHAR, line BIGINT, \"key\" {bytes}, raw {bytes}, error VARCHAR NOT NULL, \

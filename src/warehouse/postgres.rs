@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use super::{
-    decimal_text, Batch, Cell, Dialect, Failure, SourcePosition, StoredOffset, TableRef, Warehouse, WarehouseError,
+    decimal_text, Batch, Cell, Dialect, Failure, Mark, StoredOffset, TableRef, Warehouse, WarehouseError,
     DATE_INFINITY, DATE_NEG_INFINITY, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY,
 };
 use crate::postgres::conninfo::ConnInfo;
@@ -202,7 +202,7 @@ impl Warehouse for PostgresWarehouse {
         let rows = self
             .client
             .query(
-                "SELECT topic, \"partition\", next_offset, high_commit_lsn, high_tx_ordinal \
+                "SELECT topic, \"partition\", next_offset, high_commit_lsn, high_tx_ordinal, high_system_id \
                  FROM walhouse.offsets WHERE consumer_group = $1",
                 &[&consumer_group],
             )
@@ -210,10 +210,7 @@ impl Warehouse for PostgresWarehouse {
             .map_err(sql("reading offsets"))?;
         rows.iter()
             .map(|r| {
-                let high = match (r.try_get::<_, Option<i64>>(3)?, r.try_get::<_, Option<i64>>(4)?) {
-                    (Some(commit_lsn), Some(tx_ordinal)) => Some(SourcePosition { commit_lsn, tx_ordinal }),
-                    _ => None,
-                };
+                let high = Mark::from_columns(r.try_get(3)?, r.try_get(4)?, r.try_get(5)?);
                 Ok((
                     (r.try_get(0)?, r.try_get(1)?),
                     StoredOffset {
@@ -241,18 +238,21 @@ impl Warehouse for PostgresWarehouse {
             copy_in(&tx, table, columns, data).await?;
         }
         for o in &batch.offsets {
+            let (commit_lsn, tx_ordinal, system_id) = Mark::columns(o.high);
             let moved = match o.from {
                 None => {
                     tx.execute(
                         "INSERT INTO walhouse.offsets (consumer_group, topic, \"partition\", next_offset, \
-                         high_commit_lsn, high_tx_ordinal) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                         high_commit_lsn, high_tx_ordinal, high_system_id) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                         ON CONFLICT DO NOTHING",
                         &[
                             &consumer_group,
                             &o.topic,
                             &o.partition,
                             &o.next,
-                            &o.high.map(|h| h.commit_lsn),
-                            &o.high.map(|h| h.tx_ordinal),
+                            &commit_lsn,
+                            &tx_ordinal,
+                            &system_id,
                         ],
                     )
                     .await
@@ -260,7 +260,7 @@ impl Warehouse for PostgresWarehouse {
                 Some(from) => {
                     tx.execute(
                         "UPDATE walhouse.offsets SET next_offset = $1, high_commit_lsn = $6, high_tx_ordinal = $7, \
-                         updated_at = now() \
+                         high_system_id = $8, updated_at = now() \
                          WHERE consumer_group = $2 AND topic = $3 AND \"partition\" = $4 AND next_offset = $5",
                         &[
                             &o.next,
@@ -268,8 +268,9 @@ impl Warehouse for PostgresWarehouse {
                             &o.topic,
                             &o.partition,
                             &from,
-                            &o.high.map(|h| h.commit_lsn),
-                            &o.high.map(|h| h.tx_ordinal),
+                            &commit_lsn,
+                            &tx_ordinal,
+                            &system_id,
                         ],
                     )
                     .await

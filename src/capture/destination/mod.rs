@@ -118,6 +118,10 @@ pub struct DestinationStats {
 
 #[allow(async_fn_in_trait)]
 pub trait Destination {
+    /// The source's database system identifier, before any event: the
+    /// scope of the positions records carry.
+    fn system_id(&mut self, _system_id: &str) {}
+
     /// A table's shape, sent before its first change and after each change
     /// of shape. `cache` holds the type and column facts of the catalog.
     async fn relation(&mut self, _relation: &Arc<Relation>, _cache: &RelationCache) -> Result<(), OutputError> {

@@ -84,6 +84,7 @@ struct TableState {
     value_id: u32,
     prefix: Arc<str>,
     db: Arc<str>,
+    system_id: Option<Arc<str>>,
 }
 
 impl TableState {
@@ -92,6 +93,7 @@ impl TableState {
             version: env!("CARGO_PKG_VERSION"),
             name: &self.prefix,
             db: &self.db,
+            system_id: self.system_id.as_deref(),
         }
     }
 
@@ -211,6 +213,8 @@ pub struct RecordEncoder {
     registry: Arc<Registry>,
     prefix: Arc<str>,
     db: Arc<str>,
+    /// The source's system identifier, once capture has asked for it.
+    system_id: Option<Arc<str>>,
     numeric_mode: NumericMode,
     format: Format,
     toast_placeholder: String,
@@ -236,6 +240,7 @@ impl RecordEncoder {
             registry,
             prefix: prefix.into(),
             db: db.into(),
+            system_id: None,
             numeric_mode,
             format: Format::Walhouse,
             toast_placeholder: crate::capture::config::DEFAULT_TOAST_PLACEHOLDER.into(),
@@ -254,6 +259,16 @@ impl RecordEncoder {
         self.format = format;
         self.toast_placeholder = toast_placeholder.to_owned();
         self
+    }
+
+    /// The source's database system identifier, written into every record
+    /// of walhouse's format from now on. Another one (capture pointed at
+    /// another system) makes every table's record state anew.
+    pub fn set_system_id(&mut self, system_id: &str) {
+        if self.system_id.as_deref() != Some(system_id) {
+            self.system_id = Some(system_id.into());
+            self.tables.clear();
+        }
     }
 
     /// A transaction ended at `end_lsn`: the next ones name it in
@@ -339,6 +354,7 @@ impl RecordEncoder {
                 value_id,
                 prefix: self.prefix.clone(),
                 db: self.db.clone(),
+                system_id: self.system_id.clone(),
             }),
         );
         Ok(topic)

@@ -351,6 +351,10 @@ impl KafkaDestination {
 }
 
 impl Destination for KafkaDestination {
+    fn system_id(&mut self, system_id: &str) {
+        self.encoder.set_system_id(system_id);
+    }
+
     async fn relation(&mut self, relation: &Arc<Relation>, cache: &RelationCache) -> Result<(), OutputError> {
         let topic = self.encoder.relation(relation, cache).await?;
         self.ensure_topic(&topic).await;
