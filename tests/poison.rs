@@ -678,6 +678,94 @@ async fn records_deleted_before_they_were_stored_stop_the_topic_or_are_recorded(
     );
 }
 
+/// A partition the sink cannot position at the warehouse's offset (here a
+/// failpoint makes every seek fail) is not left waiting unseen: a warning
+/// after 10 s and the `walhouse_sink_waiting_partitions` gauge, nothing
+/// stored meanwhile; once the seek works, every record is stored. Before,
+/// the seeks failed at debug level only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_cannot_be_positioned_is_said() {
+    support::init_logs();
+    let broker = Broker::start();
+    let registry = TestRegistry::start().await;
+    let events: Vec<String> = (0..3)
+        .map(|i| {
+            company(
+                &format!("s{i}"),
+                &format!("3b0c7f52-9d7e-4a51-8f0e-2c1d6a4b9e{i:02}"),
+                "Co",
+                1_700_000_000,
+            )
+        })
+        .collect();
+    let messages: Vec<(Option<&str>, &[u8])> = events.iter().map(|e| (Some("k"), e.as_bytes())).collect();
+    produce(&broker.bootstrap(), "companies", &messages);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stuck = dir.path().join("seek-fails");
+    std::fs::write(&stuck, b"").expect("failpoint file");
+    let log = dir.path().join("sink.log");
+    let metrics_addr = format!("127.0.0.1:{}", support::postgres::free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_walhouse-sink"))
+        .args([
+            "--warehouse",
+            &format!("duckdb:{}", dir.path().join("w.duckdb").display()),
+            "--brokers",
+            &broker.bootstrap(),
+            "--schema-registry-url",
+            &registry.url,
+            "--batch-ms",
+            "100",
+            "--metrics-addr",
+            &metrics_addr,
+        ])
+        .env("WALHOUSE_LOG", "info")
+        .env(
+            "WALHOUSE_FAILPOINTS",
+            format!("sink.seek=fail-while:{}", stuck.display()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("walhouse-sink starts");
+    let url = walhouse::http::BaseUrl::parse(&format!("http://{metrics_addr}")).expect("url");
+    let metric = |name: &'static str| {
+        let url = url.clone();
+        async move {
+            let answer = walhouse::http::request(&url, None, "GET", "/metrics", &[], None, Duration::from_secs(5))
+                .await
+                .ok()?;
+            String::from_utf8_lossy(&answer.body)
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse::<u64>().ok())
+        }
+    };
+    let logged = |text: &str| std::fs::read_to_string(&log).unwrap_or_default().contains(text);
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !logged("could not be positioned") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(logged("could not be positioned"), "the wait was said");
+    assert_eq!(metric("walhouse_sink_waiting_partitions").await, Some(1));
+    assert_eq!(
+        metric("walhouse_sink_rows_total").await,
+        Some(0),
+        "nothing stored unpositioned"
+    );
+    std::fs::remove_file(&stuck).expect("failpoint off");
+    while metric("walhouse_sink_rows_total").await != Some(3) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (rows, waiting) = (
+        metric("walhouse_sink_rows_total").await,
+        metric("walhouse_sink_waiting_partitions").await,
+    );
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    assert_eq!((rows, waiting), (Some(3), Some(0)), "positioned, every record stored");
+    assert!(logged("every partition positioned again"));
+}
+
 /// Values Avro cannot hold under their logical type (and mainstream
 /// clients cannot read) travel as null plus their exact text; the sink
 /// puts them back, typed, where the warehouse can hold them: infinite

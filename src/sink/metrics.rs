@@ -12,6 +12,7 @@ pub struct SinkMetrics {
     batches: AtomicU64,
     skipped: AtomicU64,
     stopped_topics: AtomicU64,
+    waiting_partitions: AtomicU64,
     fenced: AtomicU64,
     /// Per topic and partition: a skipped change is looked for where it
     /// was skipped.
@@ -56,6 +57,10 @@ impl SinkMetrics {
 
     pub fn count_fenced(&self) {
         self.fenced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_waiting_partitions(&self, n: u64) {
+        self.waiting_partitions.store(n, Ordering::Relaxed);
     }
 
     pub fn set_stopped_topics(&self, n: u64) {
@@ -130,6 +135,12 @@ impl crate::metrics::Exposition for SinkMetrics {
             "Topics stopped by an incompatible schema change.",
             "gauge",
             get(&self.stopped_topics),
+        );
+        line(
+            "walhouse_sink_waiting_partitions",
+            "Assigned partitions not yet positioned at the warehouse's offsets (their records wait).",
+            "gauge",
+            get(&self.waiting_partitions),
         );
         line(
             "walhouse_sink_fenced_total",

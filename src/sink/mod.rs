@@ -326,6 +326,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                     let fence = Some(gap.stored);
                     self.offset_gap(gap, fence, skip);
                 }
+                self.metrics.set_waiting_partitions(self.positions.waiting() as u64);
             }
             let linger = match self.pending.since {
                 Some(t) => self.settings.batch_linger.saturating_sub(t.elapsed()),

@@ -117,11 +117,19 @@ struct SkipRun {
     count: u64,
 }
 
+/// How long partitions may wait for their seek before the wait is worth a
+/// warning: right after an assignment a seek fails until the consumer
+/// fetches, for a moment; longer, the partitions' records are not stored.
+const SEEK_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Every assigned partition: positioned, or waiting for its seek.
 #[derive(Default)]
 pub(super) struct Positions {
     positioned: HashMap<Partition, Position>,
     unpositioned: Vec<Partition>,
+    /// Since when some partition has waited for its seek, and whether
+    /// that was said.
+    waiting_since: Option<(std::time::Instant, bool)>,
 }
 
 impl Positions {
@@ -218,18 +226,23 @@ impl Positions {
         if tpl.count() == 0 {
             return Ok(gaps);
         }
-        let result = match consumer.seek_partitions(tpl, Duration::from_secs(10)) {
+        let failed = crate::failpoint::fails("sink.seek")
+            .then(|| rdkafka::error::KafkaError::Seek("a failpoint (sink.seek)".into()));
+        let result = match failed.map_or_else(|| consumer.seek_partitions(tpl, Duration::from_secs(10)), Err) {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!("seek not possible yet: {e}");
+                self.still_waiting(&e.to_string());
                 return Ok(Vec::new());
             }
         };
         let mut still = Vec::new();
+        let mut last_error = String::new();
         for e in result.elements() {
             let key = (e.topic().to_owned(), e.partition());
             if let Err(err) = e.error() {
                 tracing::debug!(topic = %key.0, partition = key.1, "seek not possible yet: {err}");
+                last_error = err.to_string();
                 still.push(key);
                 continue;
             }
@@ -253,9 +266,37 @@ impl Positions {
             );
         }
         self.unpositioned = still;
+        if self.unpositioned.is_empty() {
+            if let Some((since, true)) = self.waiting_since {
+                tracing::info!(seconds = since.elapsed().as_secs(), "every partition positioned again");
+            }
+            self.waiting_since = None;
+        } else {
+            self.still_waiting(&last_error);
+        }
         // A gap skipped but not sought yet is found again next turn.
         gaps.retain(|g| self.positioned.contains_key(&g.partition));
         Ok(gaps)
+    }
+
+    /// Partitions waiting for their seek (their records are not stored).
+    pub fn waiting(&self) -> usize {
+        self.unpositioned.len()
+    }
+
+    /// A seek failed again: past [`SEEK_PATIENCE`], said once as a warning.
+    fn still_waiting(&mut self, error: &str) {
+        let (since, said) = self.waiting_since.get_or_insert((std::time::Instant::now(), false));
+        if !*said && since.elapsed() >= SEEK_PATIENCE {
+            *said = true;
+            let names: Vec<String> = self.unpositioned.iter().map(|(t, p)| format!("{t}[{p}]")).collect();
+            tracing::warn!(
+                partitions = %names.join(", "),
+                seconds = since.elapsed().as_secs(),
+                "partitions could not be positioned at the warehouse's offsets, so their records are not stored \
+                 until they are (walhouse_sink_waiting_partitions); retrying: {error}"
+            );
+        }
     }
 
     pub fn get(&self, at: &Partition) -> Option<&Position> {
