@@ -1,6 +1,6 @@
 //! A value's text under every builtin type, as each format encodes it and
 //! as the sink reads text back: the first byte picks the type, the next
-//! two its typmod, the rest is the text. Built with overflow checks
+//! two its typmod (in the forms Postgres sends), the rest is the text. Built with overflow checks
 //! (`fuzz/run.sh` passes `--debug-assertions`), so a wrapping parse is a
 //! finding.
 #![no_main]
@@ -21,8 +21,15 @@ fuzz_target!(|data: &[u8]| {
     let [pick, m1, m2, rest @ ..] = data else { return };
     let Ok(text) = std::str::from_utf8(rest) else { return };
     let oid = OIDS[usize::from(*pick) % OIDS.len()];
-    // -1 (no typmod) or a small one, as Postgres sends them.
-    let typmod = i32::from(i16::from_le_bytes([*m1, *m2]));
+    // Typmods as Postgres forms them (a numeric's precision is at most
+    // 1000; a random 16-bit one would be a scale of thousands of digits
+    // that no server sends, and spend the run on it).
+    let typmod = match m1 % 4 {
+        0 => -1,
+        1 => i32::from(*m2) + 4,                                         // varchar(n), bit(n)
+        2 => (((i32::from(*m2) % 40 + 1) << 16) | (i32::from(*m2) % 20)) + 4, // numeric(p,s)
+        _ => i32::from(m2 % 7),                                          // time(p), timestamp(p)
+    };
     let lookup = |_: u32| -> Option<&TypeInfo> { None };
     let mut out = Vec::new();
     for mode in [NumericMode::Decimal, NumericMode::String] {
