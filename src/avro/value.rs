@@ -189,9 +189,11 @@ pub(crate) fn bytea(text: &str) -> Result<Vec<u8>, ValueError> {
     if hex.len() % 2 != 0 {
         return Err(malformed(text, "bytes"));
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| malformed(text, "bytes")))
+    // By bytes: text that is not ASCII has no char boundary every two bytes.
+    let digit = |b: u8| char::from(b).to_digit(16).ok_or_else(|| malformed(text, "bytes"));
+    hex.as_bytes()
+        .chunks_exact(2)
+        .map(|pair| Ok((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
         .collect()
 }
 
@@ -618,6 +620,11 @@ mod tests {
             Value::TimeMicros(86_399_999_999)
         );
         assert_eq!(time_micros("24:00:00"), Ok(86_400_000_000));
+        // Found by fuzz/value_text: a multi-byte character where a hex pair
+        // is expected panicked on a char boundary.
+        assert!(bytea("\\x1\u{4bf}2").is_err());
+        assert_eq!(bytea("\\x00fF"), Ok(vec![0, 255]));
+        assert!(bytea("\\x+1").is_err());
         // Untrusted text: no wrap, no sign.
         assert!(time_micros("9223372036854775807:00:00").is_err());
         assert!(time_micros("3000000000000:00:00").is_err());
