@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use apache_avro::types::Value;
 use support::kafka::{create_topic, delete_records, produce, produce_bytes, read_all, read_topic, Broker};
-use support::pipeline::{start_capture, start_sink};
+use support::pipeline::{capture_flags, sink_flags, start_capture, start_sink};
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
 use walhouse::postgres::conninfo::ConnInfo;
@@ -410,19 +410,14 @@ async fn a_change_of_another_system_is_refused_and_moves_no_mark() {
         .await
         .expect("table");
     let prefix = "walhouse.systems";
-    let capture_args = [
-        "--source-url",
+    let capture_args = capture_flags(
         &pg.url("walhouse_scram", "backend"),
-        "--output",
-        "kafka",
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
+        &broker,
         &registry.url,
-        "--topic-prefix",
         prefix,
-    ];
-    let capture = start_capture(&capture_args);
+        &[],
+    );
+    let capture = start_capture(&capture_args.iter().map(String::as_str).collect::<Vec<_>>());
     let topic = format!("{prefix}.public.m");
     let first = read_topic(&broker.bootstrap(), &topic, 1, LIMIT);
     assert_eq!(first.len(), 1, "the snapshot's row");
@@ -446,23 +441,10 @@ async fn a_change_of_another_system_is_refused_and_moves_no_mark() {
     let duck_path = dir.path().join("w.duckdb");
     let duck_url = format!("duckdb:{}", duck_path.display());
     let pg_url = pg.url("walhouse_scram", &pg.create_db("warehouse"));
-    let pattern = format!("^{}\\..*", prefix.replace('.', "\\."));
     for (warehouse, postgres) in [(duck_url.as_str(), false), (pg_url.as_str(), true)] {
-        let mut sink = start_sink(&[
-            "--warehouse",
-            warehouse,
-            "--brokers",
-            &broker.bootstrap(),
-            "--schema-registry-url",
-            &registry.url,
-            "--topic-pattern",
-            &pattern,
-            "--group-id",
-            if postgres { "systems-pg" } else { "systems-duck" },
-            "--batch-ms",
-            "100",
-        ])
-        .await;
+        let group = if postgres { "systems-pg" } else { "systems-duck" };
+        let flags = sink_flags(warehouse, &broker, &registry.url, prefix, group, &[]);
+        let mut sink = start_sink(&flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
         assert!(sink.wait_for(4, LIMIT).await, "accounted {:?}", sink.accounted());
         let accounted = sink.accounted();
         sink.stop().await;
@@ -512,6 +494,71 @@ async fn a_change_of_another_system_is_refused_and_moves_no_mark() {
             Some(system_id.as_str()),
             "{name}: the mark is the source's"
         );
+    }
+}
+
+/// walhouse-sink as a binary with one failpoint armed, its log in a file
+/// and its metrics on a free port: for behaviour only a fault shows.
+struct SinkProcess {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    metrics: walhouse::http::BaseUrl,
+}
+
+impl SinkProcess {
+    fn spawn(mut args: Vec<String>, failpoint: &str, log: std::path::PathBuf) -> SinkProcess {
+        let addr = format!("127.0.0.1:{}", support::postgres::free_port());
+        args.extend(["--metrics-addr".to_string(), addr.clone()]);
+        let child = Command::new(env!("CARGO_BIN_EXE_walhouse-sink"))
+            .args(args)
+            .env("WALHOUSE_LOG", "info")
+            .env("WALHOUSE_FAILPOINTS", failpoint)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("walhouse-sink starts");
+        let metrics = walhouse::http::BaseUrl::parse(&format!("http://{addr}")).expect("url");
+        SinkProcess { child, log, metrics }
+    }
+
+    fn logged(&self, text: &str) -> bool {
+        std::fs::read_to_string(&self.log).unwrap_or_default().contains(text)
+    }
+
+    /// Waits (bounded) until the log says `text`.
+    async fn wait_logged(&self, text: &str) -> bool {
+        let deadline = std::time::Instant::now() + LIMIT;
+        while !self.logged(text) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.logged(text)
+    }
+
+    /// An unlabelled metric's value, if the endpoint answers.
+    async fn metric(&self, name: &str) -> Option<u64> {
+        let answer = walhouse::http::request(
+            &self.metrics,
+            None,
+            "GET",
+            "/metrics",
+            &[],
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .ok()?;
+        String::from_utf8_lossy(&answer.body)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse::<u64>().ok())
+    }
+
+    fn terminate(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -619,49 +666,28 @@ async fn records_deleted_before_they_were_stored_stop_the_topic_or_are_recorded(
     delete_records(&broker.bootstrap(), "companies", 0, 8);
     let unreadable = dir.path().join("earliest-unreadable");
     std::fs::write(&unreadable, b"").expect("failpoint file");
-    let log = dir.path().join("sink.log");
-    let metrics_addr = format!("127.0.0.1:{}", support::postgres::free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walhouse-sink"))
-        .args(args(&["--metrics-addr", &metrics_addr]))
-        .env("WALHOUSE_LOG", "info")
-        .env(
-            "WALHOUSE_FAILPOINTS",
-            format!("sink.earliest=fail-while:{}", unreadable.display()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("walhouse-sink starts");
-    let logged = |text: &str| std::fs::read_to_string(&log).unwrap_or_default().contains(text);
-    let deadline = std::time::Instant::now() + LIMIT;
-    while !logged("positioned at the warehouse's offset") && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let sink = SinkProcess::spawn(
+        args(&[]),
+        &format!("sink.earliest=fail-while:{}", unreadable.display()),
+        dir.path().join("sink.log"),
+    );
+    assert!(sink.wait_logged("positioned at the warehouse's offset").await);
     // Time enough to read and store offset 8, had the jump been taken.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let url = walhouse::http::BaseUrl::parse(&format!("http://{metrics_addr}")).expect("url");
-    let metrics = walhouse::http::request(&url, None, "GET", "/metrics", &[], None, Duration::from_secs(5))
-        .await
-        .expect("metrics");
-    let metrics = String::from_utf8_lossy(&metrics.body).to_string();
-    assert!(
-        metrics.contains("walhouse_sink_rows_total 0\n"),
-        "nothing stored past an unchecked jump: {metrics}"
+    assert_eq!(
+        sink.metric("walhouse_sink_rows_total").await,
+        Some(0),
+        "nothing stored past an unchecked jump"
     );
-    assert!(logged("cannot be read to tell compaction"), "the jump was met and said");
+    assert!(
+        sink.logged("cannot be read to tell compaction"),
+        "the jump was met and said"
+    );
     // Readable again: the gap is found and, by default, stops the topic.
     std::fs::remove_file(&unreadable).expect("failpoint off");
-    while !logged("were deleted, by retention") && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let _ = child.wait();
-    assert!(
-        logged("records 6..7 were deleted"),
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    sink.wait_logged("were deleted, by retention").await;
+    let log = sink.terminate();
+    assert!(log.contains("records 6..7 were deleted"), "{log}");
     let mut w = DuckDbWarehouse::open(&path).expect("duckdb");
     let stored = w
         .query_text("SELECT count(*) FROM raw.company_events")
@@ -703,10 +729,8 @@ async fn a_partition_that_cannot_be_positioned_is_said() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stuck = dir.path().join("seek-fails");
     std::fs::write(&stuck, b"").expect("failpoint file");
-    let log = dir.path().join("sink.log");
-    let metrics_addr = format!("127.0.0.1:{}", support::postgres::free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walhouse-sink"))
-        .args([
+    let sink = SinkProcess::spawn(
+        [
             "--warehouse",
             &format!("duckdb:{}", dir.path().join("w.duckdb").display()),
             "--brokers",
@@ -715,55 +739,31 @@ async fn a_partition_that_cannot_be_positioned_is_said() {
             &registry.url,
             "--batch-ms",
             "100",
-            "--metrics-addr",
-            &metrics_addr,
-        ])
-        .env("WALHOUSE_LOG", "info")
-        .env(
-            "WALHOUSE_FAILPOINTS",
-            format!("sink.seek=fail-while:{}", stuck.display()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("walhouse-sink starts");
-    let url = walhouse::http::BaseUrl::parse(&format!("http://{metrics_addr}")).expect("url");
-    let metric = |name: &'static str| {
-        let url = url.clone();
-        async move {
-            let answer = walhouse::http::request(&url, None, "GET", "/metrics", &[], None, Duration::from_secs(5))
-                .await
-                .ok()?;
-            String::from_utf8_lossy(&answer.body)
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse::<u64>().ok())
-        }
-    };
-    let logged = |text: &str| std::fs::read_to_string(&log).unwrap_or_default().contains(text);
-    let deadline = std::time::Instant::now() + LIMIT;
-    while !logged("could not be positioned") && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(logged("could not be positioned"), "the wait was said");
-    assert_eq!(metric("walhouse_sink_waiting_partitions").await, Some(1));
+        ]
+        .map(String::from)
+        .to_vec(),
+        &format!("sink.seek=fail-while:{}", stuck.display()),
+        dir.path().join("sink.log"),
+    );
+    assert!(sink.wait_logged("could not be positioned").await, "the wait was said");
+    assert_eq!(sink.metric("walhouse_sink_waiting_partitions").await, Some(1));
     assert_eq!(
-        metric("walhouse_sink_rows_total").await,
+        sink.metric("walhouse_sink_rows_total").await,
         Some(0),
         "nothing stored unpositioned"
     );
     std::fs::remove_file(&stuck).expect("failpoint off");
-    while metric("walhouse_sink_rows_total").await != Some(3) && std::time::Instant::now() < deadline {
+    let deadline = std::time::Instant::now() + LIMIT;
+    while sink.metric("walhouse_sink_rows_total").await != Some(3) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (rows, waiting) = (
-        metric("walhouse_sink_rows_total").await,
-        metric("walhouse_sink_waiting_partitions").await,
+        sink.metric("walhouse_sink_rows_total").await,
+        sink.metric("walhouse_sink_waiting_partitions").await,
     );
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let _ = child.wait();
+    let log = sink.terminate();
     assert_eq!((rows, waiting), (Some(3), Some(0)), "positioned, every record stored");
-    assert!(logged("every partition positioned again"));
+    assert!(log.contains("every partition positioned again"), "{log}");
 }
 
 /// Values Avro cannot hold under their logical type (and mainstream

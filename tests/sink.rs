@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::kafka::{produce, Broker};
-use support::pipeline::{ask, start_capture, start_sink, BACKEND_SCHEMA, GENERATE};
+use support::pipeline::{ask, capture_flags, sink_flags, start_capture, start_sink, BACKEND_SCHEMA, GENERATE};
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
 use walhouse::metrics::Exposition;
@@ -887,34 +887,6 @@ async fn wait_rows<W: Warehouse>(w: &mut W, n: usize) -> bool {
     false
 }
 
-/// walhouse-capture's flags into Kafka under `prefix`, then `extra`.
-fn capture_into_kafka(
-    source_url: &str,
-    broker: &Broker,
-    registry_url: &str,
-    prefix: &str,
-    extra: &[&str],
-) -> Vec<String> {
-    [
-        "--source-url",
-        source_url,
-        "--output",
-        "kafka",
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        registry_url,
-        "--topic-prefix",
-        prefix,
-        "--status-interval-ms",
-        "200",
-    ]
-    .iter()
-    .chain(extra)
-    .map(|s| s.to_string())
-    .collect()
-}
-
 /// Capture's resends (a restarted capture sends again from its last
 /// confirmed LSN) are stored once. Made deterministic with a second slot,
 /// created before the workload, whose capture sends every change again into
@@ -950,7 +922,7 @@ async fn changes_sent_again_are_stored_once() {
     let prefix = format!("walhouse.again{}", std::process::id());
     let source_url = pg.url("walhouse_scram", "backend");
     let capture_args = |slot: &str| -> Vec<String> {
-        capture_into_kafka(
+        capture_flags(
             &source_url,
             &broker,
             &registry_url,
@@ -987,26 +959,16 @@ async fn changes_sent_again_are_stored_once() {
         ("postgres", warehouse_url.clone()),
     ];
     let sink_args = |name: &str, warehouse: &str| -> Vec<String> {
-        [
-            "--warehouse",
+        // Small batches: a batch boundary falls inside the resent run.
+        let extra = ["--batch-rows", "50"];
+        sink_flags(
             warehouse,
-            "--brokers",
-            &broker.bootstrap(),
-            "--schema-registry-url",
+            &broker,
             &registry_url,
-            "--topic-pattern",
-            &format!("^{}\\..*", prefix.replace('.', "\\.")),
-            "--group-id",
+            &prefix,
             &format!("again-{name}"),
-            "--batch-ms",
-            "100",
-            "--batch-rows",
-            // Small batches: a batch boundary falls inside the resent run.
-            "50",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+            &extra,
+        )
     };
     // One sink run until `records` are accounted for: (rows stored,
     // changes skipped as stored, skipped per partition label).
@@ -1434,7 +1396,7 @@ async fn snapshot_reads_are_stored_beside_the_changes_they_repeat() {
     let prefix = format!("walhouse.reread{}", std::process::id());
     let source_url = pg.url("walhouse_scram", "backend");
     let args = |slot: &str, mode: &str| -> Vec<String> {
-        capture_into_kafka(
+        capture_flags(
             &source_url,
             &broker,
             &registry_url,
@@ -1544,26 +1506,12 @@ async fn sink_into_both(
     let duck_path = dir.join("w.duckdb");
     let duck_url = format!("duckdb:{}", duck_path.display());
     let pg_url = pg.url("walhouse_scram", &pg.create_db(warehouse_db));
-    let pattern = format!("^{}\\..*", prefix.replace('.', "\\."));
     for (warehouse, group) in [
         (duck_url.as_str(), "by-position-duck"),
         (pg_url.as_str(), "by-position-pg"),
     ] {
-        let mut sink = start_sink(&[
-            "--warehouse",
-            warehouse,
-            "--brokers",
-            &broker.bootstrap(),
-            "--schema-registry-url",
-            registry_url,
-            "--topic-pattern",
-            &pattern,
-            "--group-id",
-            group,
-            "--batch-ms",
-            "100",
-        ])
-        .await;
+        let flags = sink_flags(warehouse, broker, registry_url, prefix, group, &[]);
+        let mut sink = start_sink(&flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
         assert!(
             sink.wait_for(records, LIMIT).await,
             "{group}: {:?} of {records}",
@@ -1595,7 +1543,7 @@ async fn an_update_open_across_a_snapshot_shows_its_committed_value() {
         .expect("table");
     let prefix = format!("walhouse.open{}", std::process::id());
     let source_url = pg.url("walhouse_scram", "backend");
-    let args = capture_into_kafka(&source_url, &broker, &registry_url, &prefix, &[]);
+    let args = capture_flags(&source_url, &broker, &registry_url, &prefix, &[]);
     let capture = start_capture(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let topic = format!("{prefix}.public.t");
     let held = |n: u64| {
@@ -1678,7 +1626,7 @@ async fn a_table_added_later_shows_every_row_in_both_formats() {
     for format in ["walhouse", "debezium"] {
         let prefix = format!("walhouse.later{}{format}", std::process::id());
         let slot = format!("later_{format}");
-        let args = capture_into_kafka(
+        let args = capture_flags(
             &source_url,
             &broker,
             &registry_url,

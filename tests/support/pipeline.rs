@@ -15,6 +15,8 @@ use walhouse::sink::metrics::SinkMetrics;
 use walhouse::sink::{self, SinkError};
 use walhouse::warehouse::Warehouse;
 
+use crate::kafka::Broker;
+
 pub const BACKEND_SCHEMA: &str = include_str!("../../sql/source/backend_schema.sql");
 pub const GENERATE: &str = include_str!("../../sql/source/generate.sql");
 
@@ -61,6 +63,66 @@ impl RunningCapture {
             .expect("task")
             .expect("clean stop")
     }
+}
+
+/// walhouse-capture's flags into Kafka under `prefix` (status every
+/// 200 ms), then `extra`.
+pub fn capture_flags(
+    source_url: &str,
+    broker: &Broker,
+    registry_url: &str,
+    prefix: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    [
+        "--source-url",
+        source_url,
+        "--output",
+        "kafka",
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        registry_url,
+        "--topic-prefix",
+        prefix,
+        "--status-interval-ms",
+        "200",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// walhouse-sink's flags for consumer group `group` over every topic under
+/// `prefix` (batches of 100 ms), then `extra`.
+pub fn sink_flags(
+    warehouse: &str,
+    broker: &Broker,
+    registry_url: &str,
+    prefix: &str,
+    group: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let pattern = format!("^{}\\..*", prefix.replace('.', "\\."));
+    [
+        "--warehouse",
+        warehouse,
+        "--brokers",
+        &broker.bootstrap(),
+        "--schema-registry-url",
+        registry_url,
+        "--topic-pattern",
+        &pattern,
+        "--group-id",
+        group,
+        "--batch-ms",
+        "100",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// A capture configuration from walhouse-capture's flags (without the
