@@ -117,9 +117,6 @@ fn topic_suffix(schema: &str, table: &str) -> String {
     format!(".{}.{}", topic_part(schema), topic_part(table))
 }
 
-/// A table or view definition the warehouse refuses (an incompatible
-/// change, a name it cannot hold) stops only its topic: `Ok(Err(stop))`.
-/// A failing warehouse stops the sink.
 /// Why a change of another source system than the one that wrote its
 /// partition's mark is a dead letter, with the fix.
 fn foreign_change(at: &position::Partition, change: Mark, mark: Mark, group: &str) -> String {
@@ -143,6 +140,9 @@ fn foreign_change(at: &position::Partition, change: Mark, mark: Mark, group: &st
     )
 }
 
+/// A table or view definition the warehouse refuses (an incompatible
+/// change, a name it cannot hold) stops only its topic: `Ok(Err(stop))`.
+/// A failing warehouse stops the sink.
 fn refused_definition<T>(made: Result<T, TableError>) -> Result<Result<T, Outcome>, SinkError> {
     match made {
         Ok(v) => Ok(Ok(v)),

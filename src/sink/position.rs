@@ -151,6 +151,7 @@ impl Positions {
                         self.unpositioned.retain(|u| u != p);
                     }
                     self.reposition_all();
+                    self.note_waiting("");
                 }
                 Rebalanced::Assigned(list) => {
                     tracing::info!(partitions = list.len(), "partitions assigned");
@@ -224,6 +225,7 @@ impl Positions {
             self.unpositioned.retain(|p| !gaps.iter().any(|g| g.partition == *p));
         }
         if tpl.count() == 0 {
+            self.note_waiting("");
             return Ok(gaps);
         }
         let failed = crate::failpoint::fails("sink.seek")
@@ -232,7 +234,7 @@ impl Positions {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!("seek not possible yet: {e}");
-                self.still_waiting(&e.to_string());
+                self.note_waiting(&e.to_string());
                 return Ok(Vec::new());
             }
         };
@@ -266,14 +268,7 @@ impl Positions {
             );
         }
         self.unpositioned = still;
-        if self.unpositioned.is_empty() {
-            if let Some((since, true)) = self.waiting_since {
-                tracing::info!(seconds = since.elapsed().as_secs(), "every partition positioned again");
-            }
-            self.waiting_since = None;
-        } else {
-            self.still_waiting(&last_error);
-        }
+        self.note_waiting(&last_error);
         // A gap skipped but not sought yet is found again next turn.
         gaps.retain(|g| self.positioned.contains_key(&g.partition));
         Ok(gaps)
@@ -284,8 +279,17 @@ impl Positions {
         self.unpositioned.len()
     }
 
-    /// A seek failed again: past [`SEEK_PATIENCE`], said once as a warning.
-    fn still_waiting(&mut self, error: &str) {
+    /// Notes whether partitions still wait for their seek (`error`: the
+    /// last failure): a wait past [`SEEK_PATIENCE`] is said once as a
+    /// warning, and its end when it was.
+    fn note_waiting(&mut self, error: &str) {
+        if self.unpositioned.is_empty() {
+            if let Some((since, true)) = self.waiting_since {
+                tracing::info!(seconds = since.elapsed().as_secs(), "every partition positioned again");
+            }
+            self.waiting_since = None;
+            return;
+        }
         let (since, said) = self.waiting_since.get_or_insert((std::time::Instant::now(), false));
         if !*said && since.elapsed() >= SEEK_PATIENCE {
             *said = true;
