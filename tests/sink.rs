@@ -1270,10 +1270,18 @@ async fn sinks_scale_out_over_cdc_topics_through_kills_and_freezes() {
     source.batch_execute(&wave(4)).await.expect("wave 4");
     let reached = walhouse::failpoint::reached(&hold);
     let deadline = Instant::now() + LIMIT;
+    let a_log = || std::fs::read_to_string(dir.path().join("a.log")).unwrap_or_default();
     while !reached.exists() && Instant::now() < deadline {
+        if let Ok(Some(status)) = a.try_wait() {
+            panic!("sink A ended ({status}) before it held a batch:\n{}", a_log());
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(reached.exists(), "A made a batch of wave 4 and holds it");
+    assert!(
+        reached.exists(),
+        "A made a batch of wave 4 and holds it; A's log:\n{}",
+        a_log()
+    );
     let _ = Command::new("kill").args(["-STOP", &a.id().to_string()]).status();
     let through_wave_4: i64 = source
         .query_one(
@@ -1681,6 +1689,37 @@ async fn a_table_added_later_shows_every_row_in_both_formats() {
                 (Some("30"), Some("30")),
                 "{format} into {name}: every row in the view"
             );
+        }
+    }
+}
+
+/// Sink instances that start together on one Postgres warehouse all start:
+/// their setup (the state tables, the company and insolvency tables, the
+/// views) runs at once, and Postgres's `IF NOT EXISTS` and `OR REPLACE`
+/// race between sessions ("duplicate key value", "tuple concurrently
+/// updated"). Four at a time, on three fresh warehouses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sinks_starting_together_on_a_postgres_warehouse_all_start() {
+    support::init_logs();
+    let pg = PgServer::start();
+    for round in 0..3 {
+        let url = pg.url("walhouse_scram", &pg.create_db(&format!("together{round}")));
+        let starts: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let mut w = PostgresWarehouse::connect(&ConnInfo::parse(&url).expect("url"))
+                        .await
+                        .expect("warehouse");
+                    let mut tables = walhouse::sink::tables::Tables::default();
+                    walhouse::sink::prepare(&mut w, &mut tables).await
+                })
+            })
+            .collect();
+        for (i, start) in starts.into_iter().enumerate() {
+            if let Err(e) = start.await.expect("task") {
+                panic!("round {round}, instance {i}: {e}");
+            }
         }
     }
 }

@@ -471,7 +471,7 @@ impl Dialect {
 
     pub fn add_column(self, table: &TableRef, column: &ColumnDef) -> String {
         format!(
-            "ALTER TABLE {} ADD COLUMN {} {}",
+            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
             table.quoted(),
             quote::ident(&column.name),
             self.type_name(&column.ty)

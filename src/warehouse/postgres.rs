@@ -22,6 +22,10 @@ use super::{
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::error::sql_message;
 
+/// The advisory lock key under which every DDL transaction of the sink
+/// runs (an arbitrary constant: "walhouse" in ASCII).
+const DDL_LOCK: i64 = 0x7761_6c68_6f75_7365;
+
 pub struct PostgresWarehouse {
     info: ConnInfo,
     client: Client,
@@ -171,6 +175,15 @@ impl Warehouse for PostgresWarehouse {
 
     async fn execute(&mut self, statements: &[String]) -> Result<(), WarehouseError> {
         let tx = self.client.transaction().await.map_err(sql("BEGIN"))?;
+        // Sink instances of one warehouse make and widen the same tables
+        // and views, often at the same moment (a group starting, a new
+        // topic's first records on several partitions); Postgres's IF NOT
+        // EXISTS and OR REPLACE race between sessions ("duplicate key
+        // value", "tuple concurrently updated"). One at a time, then: the
+        // lock ends with the transaction.
+        tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({DDL_LOCK})"))
+            .await
+            .map_err(sql("taking the DDL lock"))?;
         for s in statements {
             tx.batch_execute(s).await.map_err(sql(s))?;
         }
