@@ -127,15 +127,15 @@ fn foreign_change(at: &position::Partition, change: Mark, mark: Mark, group: &st
          mark or moving it. Two databases write under one topic prefix, or the source was replaced by another \
          system. Fix: give each database its own --topic-prefix; if the source was replaced on purpose, stop \
          the sink and reset the mark: UPDATE walhouse.offsets SET high_commit_lsn = NULL, high_tx_ordinal = \
-         NULL, high_system_id = NULL WHERE consumer_group = '{}' AND topic = '{}' AND \"partition\" = {}",
+         NULL, high_system_id = NULL WHERE consumer_group = {} AND topic = {} AND \"partition\" = {}",
         system(change),
         change.position,
         at.0,
         at.1,
         mark.position,
         system(mark),
-        group.replace('\'', "''"),
-        at.0.replace('\'', "''"),
+        crate::quote::literal(group),
+        crate::quote::literal(&at.0),
         at.1
     )
 }
