@@ -53,6 +53,7 @@ fn plain_consumer(bootstrap: &str, topic: &str, n: u64) -> Duration {
 /// (time from start, time from the first committed batch, rows then).
 async fn sink(args: &[&str], n: u64) -> (Duration, Duration, u64) {
     let started = Instant::now();
+    let (cpu0, m0) = (cpu_seconds(), machine_cpu_seconds());
     let mut sink = start_sink(args).await;
     let deadline = started + Duration::from_secs(600);
     while sink.metrics.rows() == 0 {
@@ -66,12 +67,20 @@ async fn sink(args: &[&str], n: u64) -> (Duration, Duration, u64) {
         sink.accounted()
     );
     let end = Instant::now();
+    let stages: Vec<String> = walhouse::sink::metrics::Stage::ALL
+        .iter()
+        .map(|s| format!("{} {:.2}s", s.name(), sink.metrics.stage_seconds(*s)))
+        .collect();
+    println!("stages: {}; cpu {:.2}s, machine {:.2}s", stages.join(", "), cpu_seconds() - cpu0, machine_cpu_seconds() - m0);
     sink.stop().await;
     (end - started, end - first.0, first.1)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if std::env::var("RUST_LOG").is_ok() {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    }
     let n: u64 = std::env::var("WALHOUSE_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -122,12 +131,14 @@ async fn main() {
         ("walhouse-sink → Postgres", warehouse_url.as_str()),
     ] {
         let group = format!("bench-{}", results.len());
-        let r = sink(
-            &[
+        let bootstrap = broker.bootstrap();
+        let extra = std::env::var("XARGS").unwrap_or_default();
+        let mut args: Vec<&str> = extra.split_whitespace().collect();
+        args.extend([
                 "--warehouse",
                 warehouse,
                 "--brokers",
-                &broker.bootstrap(),
+                &bootstrap,
                 "--schema-registry-url",
                 &registry.url,
                 "--topic-pattern",
@@ -137,13 +148,11 @@ async fn main() {
                 "--group-id",
                 &group,
                 "--batch-rows",
-                "50000",
+                Box::leak(std::env::var("XROWS").unwrap_or("50000".into()).into_boxed_str()),
                 "--batch-ms",
                 "1000",
-            ],
-            n,
-        )
-        .await;
+            ]);
+        let r = sink(&args, n).await;
         results.push((name, r));
     }
     let rate = |rows: u64, d: Duration| rows as f64 / d.as_secs_f64();
@@ -175,4 +184,19 @@ async fn main() {
             steady_rate / plain_rate
         );
     }
+}
+
+fn machine_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or_default();
+    let ticks: Vec<f64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| ticks.get(i)).sum();
+    busy / 100.0
+}
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, r)| r.split(' ').collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }

@@ -18,7 +18,9 @@ use walhouse::postgres::conninfo::ConnInfo;
 use walhouse::registry::{Registry, RegistryConfig};
 use walhouse::warehouse::duckdb::DuckDbWarehouse;
 use walhouse::warehouse::postgres::PostgresWarehouse;
-use walhouse::warehouse::{isolate, Batch, Cell, OffsetUpdate, Origin, TableRef, TableRows, Warehouse};
+use walhouse::warehouse::{
+    isolate, Batch, Cell, ColumnDef, OffsetUpdate, Origin, SqlType, TableRef, TableRows, Warehouse,
+};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -62,7 +64,10 @@ fn batch_with_a_too_wide_decimal() -> Batch {
         tables: vec![(
             TableRef::new("raw_public", "t"),
             TableRows {
-                columns: vec!["id".into(), "amount".into()],
+                columns: vec![
+                    ColumnDef::new("id", SqlType::BigInt),
+                    ColumnDef::new("amount", SqlType::Decimal { precision: 5, scale: 2 }),
+                ],
                 rows: vec![
                     vec![Cell::Long(1), decimal(12345)],
                     vec![Cell::Long(2), decimal(123_456_789)],

@@ -160,6 +160,7 @@ impl<W: Warehouse + Send + 'static> Writer<W> {
             }
             Err(e) => return Err(e.into()),
         }
+        self.metrics.add_stage(super::metrics::Stage::Write, started.elapsed());
         let millis = started.elapsed().as_millis() as u64;
         self.metrics
             .count_batch(batch.rows() as u64, batch.dead_letters.len() as u64, millis);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::SinkError;
 use crate::avro::reader::{Change, EnvelopePlan};
 use crate::registry::{split_wire, Registry, RegistryError};
-use crate::warehouse::{Cell, Mark, SourcePosition, TableRef};
+use crate::warehouse::{Cell, ColumnDef, Mark, SourcePosition, TableRef};
 
 /// Extra lookups of a schema id the registry does not know, before the
 /// record is a dead letter (0.25 s, 0.5 s, 0.75 s apart).
@@ -39,8 +39,8 @@ pub(super) struct Target {
     /// The source table (schema, name); empty for company events.
     pub source: (String, String),
     pub table: TableRef,
-    /// The cells' column names, Kafka coordinates included.
-    pub columns: Vec<String>,
+    /// The cells' columns, Kafka coordinates included.
+    pub columns: Vec<ColumnDef>,
     /// How the topics of its records end (empty: any topic).
     pub topic_suffix: String,
     /// Source columns stored under another name (see
@@ -56,14 +56,13 @@ impl Target {
 }
 
 impl Target {
-    pub fn new(key: u64, source: (String, String), table: TableRef, columns: impl Iterator<Item = String>) -> Self {
+    /// `columns`: the table's, as its cells come, Kafka coordinates included.
+    pub fn new(key: u64, source: (String, String), table: TableRef, columns: Vec<ColumnDef>) -> Self {
         Target {
             key,
             source,
             table,
-            columns: columns
-                .chain(super::KAFKA_COLUMNS.iter().map(|(n, _)| n.to_string()))
-                .collect(),
+            columns,
             topic_suffix: String::new(),
             renamed: HashMap::new(),
         }

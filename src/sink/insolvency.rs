@@ -112,7 +112,7 @@ pub async fn load_file<W: Warehouse>(warehouse: &mut W, path: &Path) -> Result<L
         tables: vec![(
             TableRef::new(SCHEMA, TABLE),
             TableRows {
-                columns: table_def().columns.into_iter().map(|c| c.name).collect(),
+                columns: table_def().columns,
                 rows: parsed.rows,
                 origins: parsed.origins,
             },

@@ -18,6 +18,36 @@ pub struct SinkMetrics {
     /// was skipped.
     duplicates: Mutex<BTreeMap<(String, i32), u64>>,
     last_batch_ms: AtomicU64,
+    /// Nanoseconds spent per [`Stage`].
+    stages: [AtomicU64; Stage::ALL.len()],
+}
+
+/// Where the sink's time goes, for `walhouse_sink_stage_seconds_total`:
+/// the consume loop is in exactly one of the first three at a time; the
+/// writer's task writes meanwhile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Waiting for Kafka to deliver records.
+    Receive,
+    /// Decoding records into rows and batching them.
+    Decode,
+    /// Waiting for the writer to finish the batch before.
+    WaitWriter,
+    /// Writing a batch into the warehouse (its own task).
+    Write,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [Stage::Receive, Stage::Decode, Stage::WaitWriter, Stage::Write];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Receive => "receive",
+            Stage::Decode => "decode",
+            Stage::WaitWriter => "wait_writer",
+            Stage::Write => "write",
+        }
+    }
 }
 
 impl SinkMetrics {
@@ -30,6 +60,16 @@ impl SinkMetrics {
         self.dead_letters.fetch_add(dead_letters, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.last_batch_ms.store(millis, Ordering::Relaxed);
+    }
+
+    pub fn add_stage(&self, stage: Stage, took: std::time::Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.stages[stage as usize].fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Seconds spent in `stage` so far.
+    pub fn stage_seconds(&self, stage: Stage) -> f64 {
+        self.stages[stage as usize].load(Ordering::Relaxed) as f64 / 1e9
     }
 
     pub fn count_skipped(&self) {
@@ -154,6 +194,18 @@ impl crate::metrics::Exposition for SinkMetrics {
             "gauge",
             get(&self.last_batch_ms),
         );
+        out.push_str(
+            "# HELP walhouse_sink_stage_seconds_total Time spent per stage: receiving from Kafka, decoding and \
+             batching, waiting for the writer (the consume loop is in one at a time), writing (the writer's task).\n\
+             # TYPE walhouse_sink_stage_seconds_total counter\n",
+        );
+        for stage in Stage::ALL {
+            out.push_str(&format!(
+                "walhouse_sink_stage_seconds_total{{stage=\"{}\"}} {:.6}\n",
+                stage.name(),
+                self.stage_seconds(stage)
+            ));
+        }
         out.push_str(
             "# HELP walhouse_sink_duplicates_total Changes not stored again: their source position was stored \
              already (capture sent them again), per topic and partition.\n\

@@ -20,7 +20,7 @@ pub mod tables;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use rdkafka::config::ClientConfig;
@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use self::batch::{Pending, Settled, Writer};
 use self::config::{ConsumeSettings, OffsetGap, SinkConfig};
 use self::decode::{Decoded, Decoder, Outcome, Target, COMPANIES};
-use self::metrics::SinkMetrics;
+use self::metrics::{SinkMetrics, Stage};
 use self::position::{Gap, Positions, SinkContext};
 use self::tables::{cdc_table_def, raw_schema, TableError, Tables};
 use crate::avro::reader::EnvelopePlan;
@@ -107,6 +107,21 @@ pub async fn start(
     };
     Sink::new(settings, warehouse, metrics).await?.run(shutdown).await
 }
+
+/// How much librdkafka fetches ahead, and how soon it fetches again
+/// (each overridable by `--kafka-option`). Its defaults suit a consumer
+/// that takes one message at a time: once its queue of a partition is
+/// full it waits 1 s before the next fetch (`fetch.queue.backoff.ms`),
+/// which a sink draining whole batches spends idle, measured at half its
+/// time; and it queues up to 64 MiB per partition. These keep the queue
+/// fed and bounded: at most 16 MiB queued per partition, 4 MiB per
+/// partition and 16 MiB in all per fetch response.
+const PREFETCH: &[(&str, &str)] = &[
+    ("fetch.queue.backoff.ms", "10"),
+    ("queued.max.messages.kbytes", "16384"),
+    ("max.partition.fetch.bytes", "4194304"),
+    ("fetch.max.bytes", "16777216"),
+];
 
 /// walhouse's own schema in the warehouse: never a source's.
 const STATE_SCHEMA: &str = "walhouse";
@@ -254,6 +269,9 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             // New CDC topics are found by pattern on metadata refresh.
             .set("topic.metadata.refresh.interval.ms", "10000")
             .set("session.timeout.ms", "10000");
+        for (k, v) in PREFETCH {
+            config.set(*k, *v);
+        }
         for (k, v) in &settings.librdkafka {
             config.set(k, v);
         }
@@ -289,7 +307,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 COMPANIES,
                 Default::default(),
                 companies::table(),
-                companies::column_names().into_iter(),
+                companies::table_def().columns,
             )),
             stopped: HashMap::new(),
             fences: 0,
@@ -332,11 +350,14 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 Some(t) => self.settings.batch_linger.saturating_sub(t.elapsed()),
                 None => Duration::from_millis(500),
             };
+            let waited = Instant::now();
             let received = tokio::select! {
                 m = self.consumer.recv() => Some(m),
                 _ = tokio::time::sleep(linger) => None,
                 _ = shutdown.changed() => None,
             };
+            self.metrics.add_stage(Stage::Receive, waited.elapsed());
+            let decoding = Instant::now();
             match received {
                 Some(Ok(m)) => {
                     let record = Record::of(&m);
@@ -359,6 +380,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 Some(Err(e)) => consumer_error(&e),
                 None => {}
             }
+            self.metrics.add_stage(Stage::Decode, decoding.elapsed());
             let full = self.pending.rows >= self.settings.batch_rows || self.pending.bytes >= self.settings.batch_bytes;
             let due = self
                 .pending
@@ -452,7 +474,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             Outcome::Row { target, cells, .. } => cells
                 .iter()
                 .zip(&target.columns)
-                .find_map(|(c, name)| self.dialect.refuses(c).map(|r| format!("column {name}: {r}"))),
+                .find_map(|(c, col)| self.dialect.refuses(c).map(|r| format!("column {}: {r}", col.name))),
             _ => None,
         };
         let outcome = match refused {
@@ -684,14 +706,11 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             .filter(|(c, n)| c.name != **n)
             .map(|(c, n)| (c.name.clone(), n.clone()))
             .collect();
-        let columns = names
-            .into_iter()
-            .chain(tables::CDC_COLUMNS.iter().map(|(n, _)| n.to_string()));
         let mut target = Target::new(
             u64::from(schema_id),
             (schema.to_owned(), table.to_owned()),
             raw,
-            columns,
+            def.columns,
         );
         target.topic_suffix = topic_suffix(schema, table);
         target.renamed = renamed;
@@ -724,7 +743,10 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
     /// and positions every partition again; a written one's offsets go to
     /// Kafka too, for monitoring only.
     async fn settle(&mut self) -> Result<(), SinkError> {
-        match self.writer.settle().await? {
+        let waited = Instant::now();
+        let settled = self.writer.settle().await;
+        self.metrics.add_stage(Stage::WaitWriter, waited.elapsed());
+        match settled? {
             Settled::Idle => {}
             Settled::Fenced => {
                 self.fences += 1;

@@ -1,5 +1,6 @@
 //! DuckDB, the embedded default: one file, one writer. Rows go in through
-//! DuckDB's appender, inside the same transaction as the offsets.
+//! DuckDB's appender as Arrow record batches (a column at a time, see
+//! [`super::arrow`]), inside the same transaction as the offsets.
 //!
 //! DuckDB calls block; the sink's runtime is multi-threaded, so they run
 //! under `block_in_place` rather than stalling the Kafka client's polling.
@@ -8,10 +9,9 @@ use crate::quote;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use duckdb::types::{TimeUnit, ToSqlOutput, Value, ValueRef};
-use duckdb::{appender_params_from_iter, Connection, ToSql};
+use duckdb::Connection;
 
-use super::{Batch, Cell, Dialect, Failure, Mark, StoredOffset, TableRef, Warehouse, WarehouseError};
+use super::{Batch, Cell, ColumnDef, Dialect, Failure, Mark, StoredOffset, TableRef, Warehouse, WarehouseError};
 
 pub struct DuckDbWarehouse {
     path: PathBuf,
@@ -116,42 +116,25 @@ fn failure(e: &duckdb::Error, message: &str) -> Failure {
     }
 }
 
-impl ToSql for Cell {
-    fn to_sql(&self) -> duckdb::Result<ToSqlOutput<'_>> {
-        Ok(match self {
-            Cell::Null => ToSqlOutput::Borrowed(ValueRef::Null),
-            Cell::Bool(b) => ToSqlOutput::Borrowed(ValueRef::Boolean(*b)),
-            Cell::Int(v) => ToSqlOutput::Borrowed(ValueRef::Int(*v)),
-            Cell::Long(v) => ToSqlOutput::Borrowed(ValueRef::BigInt(*v)),
-            Cell::Float(v) => ToSqlOutput::Borrowed(ValueRef::Float(*v)),
-            Cell::Double(v) => ToSqlOutput::Borrowed(ValueRef::Double(*v)),
-            Cell::Decimal {
-                unscaled,
-                precision,
-                scale,
-            } => match duckdb::types::Decimal::new(*precision, *scale, *unscaled) {
-                Ok(d) => ToSqlOutput::Owned(Value::Decimal(d)),
-                Err(e) => return Err(duckdb::Error::ToSqlConversionFailure(Box::new(e))),
-            },
-            Cell::Text(s) | Cell::Uuid(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
-            Cell::Bytes(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
-            Cell::Date(d) => ToSqlOutput::Borrowed(ValueRef::Date32(*d)),
-            Cell::Time(t) => ToSqlOutput::Borrowed(ValueRef::Time64(TimeUnit::Microsecond, *t)),
-            Cell::Timestamp(t) | Cell::TimestampTz(t) => {
-                ToSqlOutput::Borrowed(ValueRef::Timestamp(TimeUnit::Microsecond, *t))
-            }
-        })
-    }
-}
-
-/// Appends `rows` through DuckDB's appender (inside the caller's transaction).
-fn append(conn: &Connection, table: &TableRef, columns: &[String], rows: &[Vec<Cell>]) -> duckdb::Result<()> {
-    let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-    let mut app = conn.appender_with_columns_to_db(&table.name, &table.schema, &columns)?;
-    for row in rows {
-        app.append_row(appender_params_from_iter(row))?;
-    }
-    app.flush()
+/// Appends `rows` through DuckDB's appender, a column at a time (inside
+/// the caller's transaction).
+fn append(conn: &Connection, table: &TableRef, columns: &[ColumnDef], rows: &[Vec<Cell>]) -> Result<(), WarehouseError> {
+    let context = format!("appending to {table}");
+    let batch = super::arrow::record_batch(columns, rows).map_err(|e| WarehouseError::Sql {
+        context: context.clone(),
+        message: e.to_string(),
+        failure: match e {
+            super::arrow::ConversionError::Value { .. } => Failure::Value,
+            super::arrow::ConversionError::Arrow(_) => Failure::Statement,
+        },
+    })?;
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    let mut app = conn
+        .appender_with_columns_to_db(&table.name, &table.schema, &names)
+        .map_err(DuckDbWarehouse::sql_error(&context))?;
+    app.append_record_batch(batch)
+        .map_err(DuckDbWarehouse::sql_error(&context))?;
+    app.flush().map_err(DuckDbWarehouse::sql_error(&context))
 }
 
 impl Warehouse for DuckDbWarehouse {
@@ -217,8 +200,7 @@ impl Warehouse for DuckDbWarehouse {
                 if rows.rows.is_empty() {
                     continue;
                 }
-                append(conn, table, &rows.columns, &rows.rows)
-                    .map_err(Self::sql_error(&format!("appending to {table}")))?;
+                append(conn, table, &rows.columns, &rows.rows)?;
             }
             for o in &batch.offsets {
                 let (commit_lsn, tx_ordinal, system_id) = Mark::columns(o.high);
@@ -287,13 +269,13 @@ impl Warehouse for DuckDbWarehouse {
         })
     }
 
-    async fn probe(&mut self, table: &TableRef, columns: &[String], rows: &[Vec<Cell>]) -> Result<(), WarehouseError> {
+    async fn probe(&mut self, table: &TableRef, columns: &[ColumnDef], rows: &[Vec<Cell>]) -> Result<(), WarehouseError> {
         let conn = &self.conn;
         tokio::task::block_in_place(|| {
             let context = format!("appending to {table}");
             conn.execute_batch("BEGIN TRANSACTION")
                 .map_err(Self::sql_error(&context))?;
-            let result = append(conn, table, columns, rows).map_err(Self::sql_error(&context));
+            let result = append(conn, table, columns, rows);
             if let Err(r) = conn.execute_batch("ROLLBACK") {
                 tracing::warn!("DuckDB rollback after a probe failed: {r}");
             }

@@ -121,7 +121,7 @@ mod tests {
             ..Origin::default()
         };
         let mut rows = TableRows {
-            columns: vec!["n".into()],
+            columns: vec![super::super::ColumnDef::new("n", super::super::SqlType::BigInt)],
             rows: (0..5).map(|i| vec![Cell::Long(i)]).collect(),
             origins: (0..5).map(origin).collect(),
         };

@@ -6,6 +6,7 @@
 //! ClickHouse or BigQuery means one more module here. DDL is generated from
 //! [`TableDef`]s in each target's [`Dialect`].
 
+pub mod arrow;
 pub mod duckdb;
 pub mod isolate;
 pub mod postgres;
@@ -123,13 +124,14 @@ pub struct TableDef {
     pub columns: Vec<ColumnDef>,
 }
 
-/// Rows for one table; `columns` names the cells of every row, in order
-/// (a subset of the table's columns: missing ones stay NULL).
+/// Rows for one table; `columns` are the cells of every row, in order
+/// (a subset of the table's columns: missing ones stay NULL), with the
+/// types the table declares for them.
 /// `origins`, when given, says where each row came from (same order), so
 /// a row the target refuses can be set aside as a dead letter.
 #[derive(Clone, Debug, Default)]
 pub struct TableRows {
-    pub columns: Vec<String>,
+    pub columns: Vec<ColumnDef>,
     pub rows: Vec<Vec<Cell>>,
     pub origins: Vec<Origin>,
 }
@@ -274,7 +276,10 @@ impl Batch {
     pub fn dead_letter_rows(&self) -> Option<(TableRef, TableRows)> {
         (!self.dead_letters.is_empty()).then(|| {
             let rows = TableRows {
-                columns: DEAD_LETTER_COLUMNS.iter().map(|c| c.to_string()).collect(),
+                columns: DEAD_LETTER_COLUMNS
+                    .iter()
+                    .map(|(n, t)| ColumnDef::new(n, t.clone()))
+                    .collect(),
                 rows: self.dead_letters.iter().map(DeadLetter::cells).collect(),
                 origins: Vec::new(),
             };
@@ -284,16 +289,16 @@ impl Batch {
 }
 
 /// The columns of `walhouse.dead_letters` a dead letter fills.
-const DEAD_LETTER_COLUMNS: [&str; 9] = [
-    "source",
-    "topic",
-    "partition",
-    "offset",
-    "file",
-    "line",
-    "key",
-    "raw",
-    "error",
+const DEAD_LETTER_COLUMNS: [(&str, SqlType); 9] = [
+    ("source", SqlType::Text),
+    ("topic", SqlType::Text),
+    ("partition", SqlType::Integer),
+    ("offset", SqlType::BigInt),
+    ("file", SqlType::Text),
+    ("line", SqlType::BigInt),
+    ("key", SqlType::Bytes),
+    ("raw", SqlType::Bytes),
+    ("error", SqlType::Text),
 ];
 
 impl DeadLetter {
@@ -412,7 +417,11 @@ impl Dialect {
             SqlType::Timestamp => matches!(d, "TIMESTAMP" | "TIMESTAMP WITHOUT TIME ZONE"),
             SqlType::TimestampTz => matches!(d, "TIMESTAMPTZ" | "TIMESTAMP WITH TIME ZONE"),
             SqlType::Time => matches!(d, "TIME" | "TIME WITHOUT TIME ZONE"),
-            SqlType::Json => matches!(d, "JSON" | "JSONB"),
+            // Binary COPY writes `jsonb`'s own format: a `json` column is another type.
+            SqlType::Json => match self {
+                Dialect::DuckDb => d == "JSON",
+                Dialect::Postgres => d == "JSONB",
+            },
             other => d == self.type_name(other),
         }
     }
@@ -543,7 +552,7 @@ pub trait Warehouse {
     fn probe(
         &mut self,
         table: &TableRef,
-        columns: &[String],
+        columns: &[ColumnDef],
         rows: &[Vec<Cell>],
     ) -> impl std::future::Future<Output = Result<(), WarehouseError>> + Send;
 
@@ -605,7 +614,7 @@ impl Warehouse for AnyWarehouse {
         }
     }
 
-    async fn probe(&mut self, table: &TableRef, columns: &[String], rows: &[Vec<Cell>]) -> Result<(), WarehouseError> {
+    async fn probe(&mut self, table: &TableRef, columns: &[ColumnDef], rows: &[Vec<Cell>]) -> Result<(), WarehouseError> {
         match self {
             AnyWarehouse::DuckDb(w) => w.probe(table, columns, rows).await,
             AnyWarehouse::Postgres(w) => w.probe(table, columns, rows).await,
@@ -628,12 +637,12 @@ impl Warehouse for AnyWarehouse {
 }
 
 /// Decimal digits of `v` (1 for 0).
-fn digits(v: i128) -> u32 {
+pub(crate) fn digits(v: i128) -> u32 {
     v.unsigned_abs().checked_ilog10().map_or(1, |d| d + 1)
 }
 
 /// Whether `s` is a UUID in the hyphenated form.
-fn is_uuid(s: &str) -> bool {
+pub(crate) fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
         && b.iter().enumerate().all(|(i, c)| match i {

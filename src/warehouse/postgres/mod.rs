@@ -1,24 +1,22 @@
 //! A Postgres database as the warehouse: rows go in by `COPY … FROM STDIN`
-//! (text format), offsets by a fenced upsert, in one transaction.
+//! (binary format, see [`copy`]), offsets by a fenced upsert, in one
+//! transaction.
 //!
 //! Several sink instances may share one warehouse database: each partition
 //! is written by its owner, and the fence on the stored offset rolls back a
 //! batch from an instance that lost its partition in a rebalance.
 
-use crate::calendar::{date_text, time_text, timestamp_text};
+mod copy;
+
 use crate::quote;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::SinkExt;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
-use super::{
-    decimal_text, Batch, Cell, Dialect, Failure, Mark, StoredOffset, TableRef, Warehouse, WarehouseError,
-    DATE_INFINITY, DATE_NEG_INFINITY, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY,
-};
+use super::{Batch, Cell, ColumnDef, Dialect, Failure, Mark, StoredOffset, TableRef, Warehouse, WarehouseError};
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::error::sql_message;
 
@@ -69,97 +67,30 @@ impl PostgresWarehouse {
     }
 }
 
-/// Appends `cell` in COPY's text format.
-fn copy_text(cell: &Cell, out: &mut String) {
-    match cell {
-        Cell::Null => out.push_str("\\N"),
-        Cell::Bool(b) => out.push(if *b { 't' } else { 'f' }),
-        Cell::Int(v) => {
-            let _ = write!(out, "{v}");
-        }
-        Cell::Long(v) => {
-            let _ = write!(out, "{v}");
-        }
-        Cell::Float(v) => float_text(f64::from(*v), out),
-        Cell::Double(v) => float_text(*v, out),
-        Cell::Decimal { unscaled, scale, .. } => out.push_str(&decimal_text(*unscaled, *scale)),
-        Cell::Text(s) | Cell::Uuid(s) => {
-            for c in s.chars() {
-                match c {
-                    '\\' => out.push_str("\\\\"),
-                    '\t' => out.push_str("\\t"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    c => out.push(c),
-                }
-            }
-        }
-        Cell::Bytes(b) => {
-            out.push_str("\\\\x");
-            for x in b {
-                let _ = write!(out, "{x:02x}");
-            }
-        }
-        // The warehouses' infinities (see `Cell`).
-        Cell::Date(DATE_INFINITY) | Cell::Timestamp(TIMESTAMP_INFINITY) | Cell::TimestampTz(TIMESTAMP_INFINITY) => {
-            out.push_str("infinity")
-        }
-        Cell::Date(DATE_NEG_INFINITY)
-        | Cell::Timestamp(TIMESTAMP_NEG_INFINITY)
-        | Cell::TimestampTz(TIMESTAMP_NEG_INFINITY) => out.push_str("-infinity"),
-        Cell::Date(d) => out.push_str(&date_text(i64::from(*d))),
-        Cell::Time(t) => out.push_str(&time_text(*t)),
-        Cell::Timestamp(t) => out.push_str(&timestamp_text(*t)),
-        Cell::TimestampTz(t) => {
-            let text = timestamp_text(*t);
-            match text.strip_suffix(" BC") {
-                Some(t) => {
-                    let _ = write!(out, "{t}+00 BC");
-                }
-                None => {
-                    let _ = write!(out, "{text}+00");
-                }
-            }
-        }
-    }
-}
-
-fn float_text(v: f64, out: &mut String) {
-    if v.is_nan() {
-        out.push_str("NaN");
-    } else if v.is_infinite() {
-        out.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
-    } else {
-        let _ = write!(out, "{v:?}");
-    }
-}
-
-fn rows_text(rows: &[Vec<Cell>]) -> String {
-    let mut out = String::with_capacity(rows.len() * 64);
-    for row in rows {
-        for (i, c) in row.iter().enumerate() {
-            if i > 0 {
-                out.push('\t');
-            }
-            copy_text(c, &mut out);
-        }
-        out.push('\n');
-    }
-    out
+/// `rows` in COPY's binary format; a value its column cannot hold is a
+/// refused value, as if the server had refused it.
+fn encode(table: &TableRef, columns: &[ColumnDef], rows: &[Vec<Cell>]) -> Result<Bytes, WarehouseError> {
+    copy::encode(columns, rows)
+        .map(BytesMut::freeze)
+        .map_err(|e| WarehouseError::Sql {
+            context: format!("COPY into {table}"),
+            message: e.to_string(),
+            failure: Failure::Value,
+        })
 }
 
 async fn copy_in(
     tx: &tokio_postgres::Transaction<'_>,
     table: &TableRef,
-    columns: &[String],
-    data: String,
+    columns: &[ColumnDef],
+    data: Bytes,
 ) -> Result<(), WarehouseError> {
     let context = format!("COPY into {table}");
-    let cols: Vec<String> = columns.iter().map(|c| quote::ident(c)).collect();
-    let statement = format!("COPY {} ({}) FROM STDIN", table.quoted(), cols.join(", "));
+    let cols: Vec<String> = columns.iter().map(|c| quote::ident(&c.name)).collect();
+    let statement = format!("COPY {} ({}) FROM STDIN (FORMAT binary)", table.quoted(), cols.join(", "));
     let sink = tx.copy_in::<_, Bytes>(&statement).await.map_err(sql(&context))?;
     futures_util::pin_mut!(sink);
-    sink.send(Bytes::from(data)).await.map_err(sql(&context))?;
+    sink.send(data).await.map_err(sql(&context))?;
     sink.finish().await.map_err(sql(&context))?;
     Ok(())
 }
@@ -239,13 +170,13 @@ impl Warehouse for PostgresWarehouse {
     async fn write(&mut self, consumer_group: &str, batch: &Batch) -> Result<(), WarehouseError> {
         // Rendering before BEGIN keeps the transaction short.
         let dead = batch.dead_letter_rows();
-        let tables: Vec<(&TableRef, &[String], String)> = batch
+        let tables = batch
             .tables
             .iter()
             .chain(&dead)
             .filter(|(_, r)| !r.rows.is_empty())
-            .map(|(t, r)| (t, &r.columns[..], rows_text(&r.rows)))
-            .collect();
+            .map(|(t, r)| Ok((t, &r.columns[..], encode(t, &r.columns, &r.rows)?)))
+            .collect::<Result<Vec<_>, WarehouseError>>()?;
         let tx = self.client.transaction().await.map_err(sql("BEGIN"))?;
         for (table, columns, data) in tables {
             copy_in(&tx, table, columns, data).await?;
@@ -309,8 +240,8 @@ impl Warehouse for PostgresWarehouse {
         tx.commit().await.map_err(sql("COMMIT"))
     }
 
-    async fn probe(&mut self, table: &TableRef, columns: &[String], rows: &[Vec<Cell>]) -> Result<(), WarehouseError> {
-        let data = rows_text(rows);
+    async fn probe(&mut self, table: &TableRef, columns: &[ColumnDef], rows: &[Vec<Cell>]) -> Result<(), WarehouseError> {
+        let data = encode(table, columns, rows)?;
         let tx = self.client.transaction().await.map_err(sql("BEGIN"))?;
         let result = copy_in(&tx, table, columns, data).await;
         tx.rollback().await.map_err(sql("ROLLBACK"))?;
@@ -337,31 +268,5 @@ impl Warehouse for PostgresWarehouse {
                 _ => None,
             })
             .collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_text_escapes_and_formats() {
-        let rows = vec![vec![
-            Cell::Text("a\tb\\c\nd".into()),
-            Cell::Null,
-            Cell::Bytes(vec![0, 255]),
-            Cell::TimestampTz(0),
-            Cell::Decimal {
-                unscaled: -150,
-                precision: 19,
-                scale: 2,
-            },
-            Cell::Double(f64::NAN),
-            Cell::Bool(true),
-        ]];
-        assert_eq!(
-            rows_text(&rows),
-            "a\\tb\\\\c\\nd\t\\N\t\\\\x00ff\t1970-01-01 00:00:00.000000+00\t-1.50\tNaN\tt\n"
-        );
     }
 }

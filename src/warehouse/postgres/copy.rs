@@ -1,0 +1,262 @@
+//! Rows in `COPY … FROM STDIN (FORMAT binary)`: each value in its type's
+//! binary send format, so the server parses no text (numerics, timestamps
+//! and UUIDs are the costly ones to parse).
+//!
+//! The format is Postgres's own, typed by the column the value goes to:
+//! <https://www.postgresql.org/docs/current/sql-copy.html#SQL-COPY-BINARY-FORMAT>.
+//! A value its column cannot hold is an [`EncodeError`] naming the column;
+//! the caller sets its row aside like a value the server refuses.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::warehouse::{
+    digits, Cell, ColumnDef, SqlType, DATE_INFINITY, DATE_NEG_INFINITY, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY,
+};
+
+#[derive(Debug, thiserror::Error)]
+#[error("column {column}: {reason}")]
+pub struct EncodeError {
+    pub column: String,
+    pub reason: String,
+}
+
+/// The signature, flags and header extension that open a binary COPY.
+const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// Postgres counts days and microseconds from 2000-01-01, the Unix epoch
+/// plus this many.
+const PG_EPOCH_DAYS: i32 = 10_957;
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// The `jsonb` binary format's version byte, before the JSON text.
+const JSONB_VERSION: u8 = 1;
+
+/// `rows` as one binary COPY stream (header, rows, trailer).
+pub fn encode(columns: &[ColumnDef], rows: &[Vec<Cell>]) -> Result<BytesMut, EncodeError> {
+    let mut out = BytesMut::with_capacity(HEADER.len() + rows.len() * (2 + columns.len() * 12) + 2);
+    out.put_slice(HEADER);
+    let fields = i16::try_from(columns.len()).map_err(|_| EncodeError {
+        column: String::new(),
+        reason: format!("{} columns are more than COPY takes", columns.len()),
+    })?;
+    for row in rows {
+        out.put_i16(fields);
+        for (i, column) in columns.iter().enumerate() {
+            value(column, row.get(i), &mut out)?;
+        }
+    }
+    out.put_i16(-1);
+    Ok(out)
+}
+
+/// Appends one field: its length, then its bytes (length -1 for NULL).
+fn value(column: &ColumnDef, cell: Option<&Cell>, out: &mut BytesMut) -> Result<(), EncodeError> {
+    let error = |reason: String| EncodeError {
+        column: column.name.clone(),
+        reason,
+    };
+    let Some(cell) = cell else {
+        return Err(error("the row has no value for it".into()));
+    };
+    match (&column.ty, cell) {
+        (_, Cell::Null) => out.put_i32(-1),
+        (SqlType::Boolean, Cell::Bool(b)) => {
+            out.put_i32(1);
+            out.put_u8(u8::from(*b));
+        }
+        (SqlType::Integer, Cell::Int(v)) => {
+            out.put_i32(4);
+            out.put_i32(*v);
+        }
+        (SqlType::BigInt, Cell::Long(v)) => {
+            out.put_i32(8);
+            out.put_i64(*v);
+        }
+        (SqlType::BigInt, Cell::Int(v)) => {
+            out.put_i32(8);
+            out.put_i64(i64::from(*v));
+        }
+        (SqlType::Real, Cell::Float(v)) => {
+            out.put_i32(4);
+            out.put_f32(*v);
+        }
+        (SqlType::Double, Cell::Double(v)) => {
+            out.put_i32(8);
+            out.put_f64(*v);
+        }
+        (SqlType::Double, Cell::Float(v)) => {
+            out.put_i32(8);
+            out.put_f64(f64::from(*v));
+        }
+        (SqlType::Decimal { precision, scale }, Cell::Decimal { unscaled, scale: s, .. })
+            if u32::from(*s) == *scale =>
+        {
+            if digits(*unscaled) > *precision {
+                return Err(error(format!(
+                    "a decimal value has more digits than its declared precision ({precision})"
+                )));
+            }
+            numeric(*unscaled, *s, out);
+        }
+        (SqlType::Text, Cell::Text(s) | Cell::Uuid(s)) => bytes(s.as_bytes(), out, &error)?,
+        (SqlType::Json, Cell::Text(s)) => {
+            let len = i32::try_from(s.len() + 1).map_err(|_| error("a JSON value over 2 GB".into()))?;
+            out.put_i32(len);
+            out.put_u8(JSONB_VERSION);
+            out.put_slice(s.as_bytes());
+        }
+        (SqlType::Uuid, Cell::Uuid(s) | Cell::Text(s)) => {
+            let uuid = uuid_bytes(s).ok_or_else(|| error(format!("{s:?} is not a UUID")))?;
+            out.put_i32(16);
+            out.put_slice(&uuid);
+        }
+        (SqlType::Bytes, Cell::Bytes(b)) => bytes(b, out, &error)?,
+        (SqlType::Date, Cell::Date(d)) => {
+            let days = match *d {
+                DATE_INFINITY => i32::MAX,
+                DATE_NEG_INFINITY => i32::MIN,
+                d => d
+                    .checked_sub(PG_EPOCH_DAYS)
+                    .ok_or_else(|| error("a date before what Postgres stores".into()))?,
+            };
+            out.put_i32(4);
+            out.put_i32(days);
+        }
+        (SqlType::Time, Cell::Time(t)) => {
+            out.put_i32(8);
+            out.put_i64(*t);
+        }
+        (SqlType::Timestamp, Cell::Timestamp(t)) | (SqlType::TimestampTz, Cell::TimestampTz(t)) => {
+            let micros = match *t {
+                TIMESTAMP_INFINITY => i64::MAX,
+                TIMESTAMP_NEG_INFINITY => i64::MIN,
+                t => t
+                    .checked_sub(PG_EPOCH_MICROS)
+                    .ok_or_else(|| error("a timestamp before what Postgres stores".into()))?,
+            };
+            out.put_i32(8);
+            out.put_i64(micros);
+        }
+        (ty, cell) => return Err(error(format!("a {cell:?} value cannot be stored as {ty:?}"))),
+    }
+    Ok(())
+}
+
+fn bytes(b: &[u8], out: &mut BytesMut, error: &dyn Fn(String) -> EncodeError) -> Result<(), EncodeError> {
+    let len = i32::try_from(b.len()).map_err(|_| error("a value over 2 GB".into()))?;
+    out.put_i32(len);
+    out.put_slice(b);
+    Ok(())
+}
+
+/// A hyphenated UUID's 16 bytes.
+fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
+    if !crate::warehouse::is_uuid(s) {
+        return None;
+    }
+    let hex: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+/// `unscaled × 10^-scale` in `numeric`'s binary format: base-10000 digits
+/// around the decimal point, the weight of the first, the sign and the
+/// display scale.
+fn numeric(unscaled: i128, scale: u8, out: &mut BytesMut) {
+    let scale = usize::from(scale);
+    let text = unscaled.unsigned_abs().to_string();
+    // Enough leading zeros that the integer part is not empty.
+    let padded = format!("{}{text}", "0".repeat((scale + 1).saturating_sub(text.len())));
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    // Groups of four decimal digits, aligned on the decimal point.
+    let int = format!("{}{int}", "0".repeat((4 - int.len() % 4) % 4));
+    let frac = format!("{frac}{}", "0".repeat((4 - frac.len() % 4) % 4));
+    let group = |g: &[u8]| g.iter().fold(0i16, |n, d| n * 10 + i16::from(d - b'0'));
+    let mut groups: Vec<i16> = int.as_bytes().chunks(4).chain(frac.as_bytes().chunks(4)).map(group).collect();
+    let mut weight = (int.len() / 4) as i16 - 1;
+    let leading = groups.iter().take_while(|g| **g == 0).count();
+    groups.drain(..leading);
+    weight -= leading as i16;
+    while groups.last() == Some(&0) {
+        groups.pop();
+    }
+    if groups.is_empty() {
+        weight = 0;
+    }
+    let negative = unscaled < 0 && !groups.is_empty();
+    out.put_i32(8 + 2 * groups.len() as i32);
+    out.put_i16(groups.len() as i16);
+    out.put_i16(weight);
+    out.put_u16(if negative { 0x4000 } else { 0 });
+    out.put_u16(scale as u16);
+    for g in groups {
+        out.put_i16(g);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields of one encoded numeric: (ndigits, weight, sign, dscale, digits).
+    fn numeric_fields(unscaled: i128, scale: u8) -> (i16, i16, u16, u16, Vec<i16>) {
+        let mut out = BytesMut::new();
+        numeric(unscaled, scale, &mut out);
+        let b = &out[..];
+        let i16_at = |i: usize| i16::from_be_bytes([b[i], b[i + 1]]);
+        let len = i32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        assert_eq!(len, b.len() - 4);
+        let n = i16_at(4);
+        let digits = (0..n as usize).map(|k| i16_at(12 + 2 * k)).collect();
+        (n, i16_at(6), i16_at(8) as u16, i16_at(10) as u16, digits)
+    }
+
+    #[test]
+    fn numerics_are_base_10000_digits_around_the_point() {
+        // 12345.6789: 1 2345 . 6789
+        assert_eq!(numeric_fields(123_456_789, 4), (3, 1, 0, 4, vec![1, 2345, 6789]));
+        // -0.05 at scale 2: . 0500
+        assert_eq!(numeric_fields(-5, 2), (1, -1, 0x4000, 2, vec![500]));
+        // 0.00001 at scale 5: . 0000 1000
+        assert_eq!(numeric_fields(1, 5), (1, -2, 0, 5, vec![1000]));
+        // 10000 at scale 0: 1 0000, the trailing zero group dropped
+        assert_eq!(numeric_fields(10_000, 0), (1, 1, 0, 0, vec![1]));
+        // 0 keeps its display scale, and is never negative.
+        assert_eq!(numeric_fields(0, 3), (0, 0, 0, 3, vec![]));
+        // 38 nines at scale 10, the widest decimal: 28 digits before the
+        // point (7 groups), 10 after (3 groups, the last padded).
+        let max = 10i128.pow(38) - 1;
+        let (n, weight, _, _, d) = numeric_fields(max, 10);
+        assert_eq!((n, weight), (10, 6));
+        assert_eq!((d.first(), d.last()), (Some(&9999), Some(&9900)));
+    }
+
+    #[test]
+    fn uuids_are_their_sixteen_bytes() {
+        let u = uuid_bytes("a7e4d0c3-5b2f-4c8e-9a61-0f3e2d1c4b5a").expect("uuid");
+        assert_eq!(u[0], 0xa7);
+        assert_eq!(u[15], 0x5a);
+        assert!(uuid_bytes("a7e4d0c3-5b2f-4c8e-9a61-0f3e2d1c4b5").is_none());
+        assert!(uuid_bytes("a7e4d0c3-5b2f-4c8e-9a61-0f3e2d1c4bzz").is_none());
+        assert!(uuid_bytes("a7e4d0c35b2f4c8e9a610f3e2d1c4b5a----").is_none());
+    }
+
+    #[test]
+    fn values_their_column_cannot_hold_name_it() {
+        let col = ColumnDef::new("n", SqlType::Decimal { precision: 5, scale: 2 });
+        let wide = Cell::Decimal {
+            unscaled: 123_456,
+            precision: 5,
+            scale: 2,
+        };
+        let e = encode(&[col.clone()], &[vec![wide]]).expect_err("too wide");
+        assert_eq!(e.column, "n");
+        let text = ColumnDef::new("t", SqlType::Integer);
+        assert!(encode(&[text], &[vec![Cell::Text("1".into())]]).is_err());
+        assert!(encode(&[col], &[vec![]]).is_err());
+    }
+}
