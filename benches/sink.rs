@@ -1,32 +1,61 @@
-//! Kafka → warehouse: rows/s of walhouse-sink into DuckDB and into a
-//! Postgres warehouse for the same CDC topic, next to a plain rdkafka
-//! consumer reading the same messages from the same broker in the same run.
+//! Kafka → warehouse: walhouse-sink into DuckDB and into a Postgres
+//! warehouse, next to the floor for "read and decode" and to the rate
+//! capture feeds the same broker at, in one run on the same machine.
 //!
-//! The topic is filled by walhouse-capture's initial snapshot of a table of
-//! `WALHOUSE_BENCH_ROWS` rows (default 1M): real Avro change envelopes.
-//! The sink's time is given two ways: from start (group join included,
-//! which takes seconds) and from its first committed batch
-//! (steady state), the fair comparison with the consumer's assign-and-read.
+//! For each partition count (1 and 4) the topic is filled by
+//! walhouse-capture's initial snapshot of a table of `WALHOUSE_BENCH_ROWS`
+//! rows (default 1M, 6 columns): real Avro change envelopes, and capture's
+//! snapshot rate into Kafka is the first reference. Then, each round:
+//! - a plain rdkafka consumer (assign, read, the sink's prefetch settings)
+//!   that decodes every record's Avro with apache-avro under its writer
+//!   schema: the honest floor for "read and decode";
+//! - the `walhouse-sink` binary into a new DuckDB file and into a new
+//!   Postgres database, timed from process start (group join included)
+//!   until its metrics count every row, with its CPU seconds, peak RSS and
+//!   where its time went (`walhouse_sink_stage_seconds_total`).
+//!
+//! Medians over `WALHOUSE_BENCH_ROUNDS` rounds (default 3); the machine is
+//! shared and the baseline noisy, so each ratio is a median of the
+//! rounds' own ratios.
 //!
 //! Run: `cargo bench --bench sink`
 
 use walhouse_test_support as support;
 
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use support::pipeline::{start_capture, start_sink};
+use support::pipeline::start_capture;
+use walhouse::registry::{Registry, RegistryConfig};
 
-fn plain_consumer(bootstrap: &str, topic: &str, n: u64) -> Duration {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// The sink's own prefetch settings (see `PREFETCH` in `src/sink/mod.rs`),
+/// given to the baseline too so that both fetch alike.
+const PREFETCH: [(&str, &str); 4] = [
+    ("fetch.queue.backoff.ms", "10"),
+    ("queued.max.messages.kbytes", "16384"),
+    ("max.partition.fetch.bytes", "4194304"),
+    ("fetch.max.bytes", "16777216"),
+];
+
+const LIMIT: Duration = Duration::from_secs(600);
+
+/// Reads the whole topic and decodes each value (Confluent wire format)
+/// under its writer schema with apache-avro; returns the time taken.
+async fn consume_and_decode(bootstrap: &str, topic: &str, registry: &Registry, n: u64) -> Duration {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "bench-plain")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+        .set("enable.auto.commit", "false");
+    for (k, v) in PREFETCH {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create().expect("consumer");
+    let started = Instant::now();
     let meta = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("metadata");
@@ -36,55 +65,130 @@ fn plain_consumer(bootstrap: &str, topic: &str, n: u64) -> Duration {
         tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
     }
     consumer.assign(&tpl).expect("assign");
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(300);
-    let (mut seen, mut bytes) = (0u64, 0usize);
-    while seen < n {
-        assert!(Instant::now() < deadline, "plain consumer read {seen} of {n}");
+    let deadline = started + LIMIT;
+    let next = || loop {
+        assert!(Instant::now() < deadline, "the plain consumer timed out");
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            bytes += m.payload().map_or(0, <[u8]>::len);
-            seen += 1;
+            return m;
         }
+    };
+    // One table, one writer schema: resolved once, as a consumer would.
+    let first = next();
+    let id_of = |payload: &[u8]| u32::from_be_bytes(payload[1..5].try_into().expect("wire format"));
+    let id = id_of(first.payload().expect("a value"));
+    let text = registry.schema(id).await.expect("writer schema");
+    let schema = apache_avro::Schema::parse_str(&text).expect("schema");
+    let datum = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+        .build()
+        .expect("reader");
+    let mut fields = 0usize;
+    let mut decode = |payload: &[u8]| {
+        assert_eq!(id_of(payload), id, "one writer schema");
+        match datum.read_value(&mut &payload[5..]).expect("decodes") {
+            apache_avro::types::Value::Record(f) => fields += f.len(),
+            other => panic!("not a record: {other:?}"),
+        }
+    };
+    decode(first.payload().expect("a value"));
+    drop(first);
+    for _ in 1..n {
+        let m = next();
+        decode(m.payload().expect("a value"));
     }
-    assert!(bytes > 0);
+    assert!(fields > 0);
     started.elapsed()
 }
 
-/// (time from start, time from the first committed batch, rows then).
-async fn sink(args: &[&str], n: u64) -> (Duration, Duration, u64) {
+/// One sink run's measurements.
+struct SinkRun {
+    seconds: f64,
+    cpu_seconds: f64,
+    peak_rss_mib: f64,
+    stages: Vec<(String, f64)>,
+}
+
+/// Runs the walhouse-sink binary until it has written `n` rows.
+async fn run_sink(args: &[String], n: u64) -> SinkRun {
+    let addr = format!("127.0.0.1:{}", support::postgres::free_port());
     let started = Instant::now();
-    let (cpu0, m0) = (cpu_seconds(), machine_cpu_seconds());
-    let mut sink = start_sink(args).await;
-    let deadline = started + Duration::from_secs(600);
-    while sink.metrics.rows() == 0 {
-        assert!(Instant::now() < deadline, "the sink wrote nothing");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let first = (Instant::now(), sink.metrics.rows());
-    assert!(
-        sink.wait_for(n, Duration::from_secs(600)).await,
-        "sink accounted {:?}",
-        sink.accounted()
-    );
-    let end = Instant::now();
-    let stages: Vec<String> = walhouse::sink::metrics::Stage::ALL
+    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_walhouse-sink"))
+        .args(args)
+        .args(["--metrics-addr", &addr])
+        .env("WALHOUSE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("walhouse-sink starts");
+    let url = walhouse::http::BaseUrl::parse(&format!("http://{addr}")).expect("url");
+    let deadline = started + LIMIT;
+    let metrics = loop {
+        assert!(Instant::now() < deadline, "the sink did not write {n} rows");
+        assert!(child.try_wait().expect("wait").is_none(), "the sink exited");
+        let answer = walhouse::http::request(&url, None, "GET", "/metrics", &[], None, Duration::from_secs(5)).await;
+        if let Ok(a) = answer {
+            let text = String::from_utf8_lossy(&a.body).into_owned();
+            if value(&text, "walhouse_sink_rows_total ").is_some_and(|v| v >= n as f64) {
+                break text;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let (cpu_seconds, peak_rss_mib) = (cpu_seconds(child.id()), peak_rss_mib(child.id()));
+    let stages = ["receive", "decode", "wait_writer", "write"]
         .iter()
-        .map(|s| format!("{} {:.2}s", s.name(), sink.metrics.stage_seconds(*s)))
+        .map(|s| {
+            let line = format!("walhouse_sink_stage_seconds_total{{stage=\"{s}\"}} ");
+            (s.to_string(), value(&metrics, &line).unwrap_or(f64::NAN))
+        })
         .collect();
-    println!("stages: {}; cpu {:.2}s, machine {:.2}s", stages.join(", "), cpu_seconds() - cpu0, machine_cpu_seconds() - m0);
-    sink.stop().await;
-    (end - started, end - first.0, first.1)
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    SinkRun {
+        seconds,
+        cpu_seconds,
+        peak_rss_mib,
+        stages,
+    }
+}
+
+/// The value of the metrics line starting with `prefix`.
+fn value(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+}
+
+/// CPU time (user + system) of a process, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, r)| r.split(' ').collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat(5); 100 ticks a second.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident memory (VmHWM) of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    if std::env::var("RUST_LOG").is_ok() {
-        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
-    }
-    let n: u64 = std::env::var("WALHOUSE_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let n = env("WALHOUSE_BENCH_ROWS", 1_000_000);
+    let rounds = env("WALHOUSE_BENCH_ROUNDS", 3).max(1);
     println!(
         "starting Postgres {}, Apache Kafka {} and the dev registry …",
         support::postgres::test_major(),
@@ -92,9 +196,16 @@ async fn main() {
     );
     let pg = support::postgres::PgServer::start();
     pg.create_db("bench");
-    let warehouse_url = pg.url("walhouse_scram", &pg.create_db("warehouse"));
     let broker = support::kafka::Broker::start();
+    let bootstrap = broker.bootstrap();
     let registry = support::registry::TestRegistry::start().await;
+    let reader = Registry::new(&RegistryConfig {
+        url: registry.url.clone(),
+        user: None,
+        password: None,
+        ca: None,
+    })
+    .expect("registry");
     let sql = pg.client("bench").await;
     sql.batch_execute(&format!(
         "CREATE TABLE events (id bigint PRIMARY KEY, account int, status int, amount numeric(19,4), \
@@ -104,99 +215,106 @@ async fn main() {
     ))
     .await
     .expect("table");
-    println!("filling topic bench.public.events with {n} change records (capture's initial snapshot) …");
-    let capture = start_capture(&[
-        "--source-url",
-        &pg.url("walhouse_scram", "bench"),
-        "--output",
-        "kafka",
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        &registry.url,
-        "--topic-prefix",
-        "bench",
-        "--snapshot-mode",
-        "initial_only",
-    ]);
-    let (_, produced) = capture.finish(Duration::from_secs(600)).await;
-    assert_eq!(produced, n);
-
-    let plain = plain_consumer(&broker.bootstrap(), "bench.public.events", n);
     let dir = tempfile::tempdir().expect("tempdir");
-    let duck = format!("duckdb:{}", dir.path().join("bench.duckdb").display());
-    let mut results = Vec::new();
-    for (name, warehouse) in [
-        ("walhouse-sink → DuckDB", duck.as_str()),
-        ("walhouse-sink → Postgres", warehouse_url.as_str()),
-    ] {
-        let group = format!("bench-{}", results.len());
-        let bootstrap = broker.bootstrap();
-        let extra = std::env::var("XARGS").unwrap_or_default();
-        let mut args: Vec<&str> = extra.split_whitespace().collect();
-        args.extend([
-                "--warehouse",
-                warehouse,
-                "--brokers",
-                &bootstrap,
-                "--schema-registry-url",
-                &registry.url,
-                "--topic-pattern",
-                "^bench\\..*",
-                "--companies-topic",
-                "",
-                "--group-id",
-                &group,
-                "--batch-rows",
-                Box::leak(std::env::var("XROWS").unwrap_or("50000".into()).into_boxed_str()),
-                "--batch-ms",
-                "1000",
-            ]);
-        let r = sink(&args, n).await;
-        results.push((name, r));
+    let mut table = Vec::new();
+    for partitions in [1, 4] {
+        let prefix = format!("bench{partitions}");
+        let topic = format!("{prefix}.public.events");
+        println!("filling {topic} ({partitions} partitions) with {n} change records (capture's initial snapshot) …");
+        let started = Instant::now();
+        let capture = start_capture(&[
+            "--source-url",
+            &pg.url("walhouse_scram", "bench"),
+            "--output",
+            "kafka",
+            "--brokers",
+            &bootstrap,
+            "--schema-registry-url",
+            &registry.url,
+            "--topic-prefix",
+            &prefix,
+            "--topic-partitions",
+            &partitions.to_string(),
+            "--snapshot-mode",
+            "initial_only",
+        ]);
+        let (_, produced) = capture.finish(LIMIT).await;
+        let capture_seconds = started.elapsed().as_secs_f64();
+        assert_eq!(produced, n);
+
+        let mut baseline = Vec::new();
+        let mut sinks: Vec<(&str, Vec<SinkRun>)> = vec![("DuckDB", Vec::new()), ("Postgres", Vec::new())];
+        for round in 0..rounds {
+            baseline.push(consume_and_decode(&bootstrap, &topic, &reader, n).await.as_secs_f64());
+            for (target, runs) in sinks.iter_mut() {
+                let warehouse = match *target {
+                    "DuckDB" => format!(
+                        "duckdb:{}",
+                        dir.path().join(format!("p{partitions}r{round}.duckdb")).display()
+                    ),
+                    _ => pg.url("walhouse_scram", &pg.create_db(&format!("wh_p{partitions}_r{round}"))),
+                };
+                let args: Vec<String> = [
+                    "--warehouse",
+                    &warehouse,
+                    "--brokers",
+                    &bootstrap,
+                    "--schema-registry-url",
+                    &registry.url,
+                    "--topic-pattern",
+                    &format!("^{prefix}\\..*"),
+                    "--companies-topic",
+                    "",
+                    "--group-id",
+                    &format!("bench-{target}-{partitions}-{round}"),
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                runs.push(run_sink(&args, n).await);
+            }
+        }
+        let rate = |seconds: f64| n as f64 / seconds;
+        let base = median(baseline.clone());
+        table.push(format!(
+            "| capture snapshot → Kafka (reference)   | {partitions} | {capture_seconds:>6.2} | {:>9.0} | {:>5.2} | 1.00  |         |        |",
+            rate(capture_seconds),
+            base / capture_seconds
+        ));
+        table.push(format!(
+            "| consumer + Avro decode (floor)         | {partitions} | {base:>6.2} | {:>9.0} | 1.00  | {:>5.2} |         |        |",
+            rate(base),
+            capture_seconds / base
+        ));
+        for (target, runs) in &sinks {
+            let seconds = median(runs.iter().map(|r| r.seconds).collect());
+            let to_base = median(runs.iter().zip(&baseline).map(|(r, b)| b / r.seconds).collect());
+            table.push(format!(
+                "| walhouse-sink → {target:<22} | {partitions} | {seconds:>6.2} | {:>9.0} | {to_base:>5.2} | {:>5.2} | {:>7.2} | {:>6.0} |",
+                rate(seconds),
+                capture_seconds / seconds,
+                median(runs.iter().map(|r| r.cpu_seconds).collect()),
+                median(runs.iter().map(|r| r.peak_rss_mib).collect()),
+            ));
+            let stages: Vec<String> = runs[0]
+                .stages
+                .iter()
+                .enumerate()
+                .map(|(i, (name, _))| format!("{name} {:.2}", median(runs.iter().map(|r| r.stages[i].1).collect())))
+                .collect();
+            println!(
+                "stages (s), walhouse-sink → {target}, {partitions} partition(s): {}",
+                stages.join(", ")
+            );
+        }
     }
-    let rate = |rows: u64, d: Duration| rows as f64 / d.as_secs_f64();
-    let plain_rate = rate(n, plain);
     println!();
-    println!("{n} CDC records (Avro envelopes, 6 columns) from Apache Kafka on 127.0.0.1, same run");
-    println!("| path                                   | seconds | rows/s    | ratio to plain consumer |");
-    println!("|----------------------------------------|---------|-----------|-------------------------|");
+    println!("{n} CDC records (Avro envelopes, 6 columns) on Apache Kafka, 127.0.0.1; medians of {rounds} round(s)");
     println!(
-        "| plain rdkafka consumer (assign, read)  | {:>7.2} | {:>9.0} | 1.00                    |",
-        plain.as_secs_f64(),
-        plain_rate
+        "| path                                   | p | s      | rows/s    | × floor | × capture | CPU s | RSS MiB |"
     );
-    for (name, (total, steady, first_rows)) in &results {
-        let total_rate = rate(n, *total);
-        let steady_rate = rate(n - first_rows, *steady);
-        println!(
-            "| {:<38} | {:>7.2} | {:>9.0} | {:.2} (from start)        |",
-            name,
-            total.as_secs_f64(),
-            total_rate,
-            total_rate / plain_rate
-        );
-        println!(
-            "| {:<38} | {:>7.2} | {:>9.0} | {:.2} (after 1st batch)   |",
-            format!("{name}, steady"),
-            steady.as_secs_f64(),
-            steady_rate,
-            steady_rate / plain_rate
-        );
+    println!("|----------------------------------------|---|--------|-----------|-------|-------|---------|--------|");
+    for line in table {
+        println!("{line}");
     }
-}
-
-fn machine_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let line = stat.lines().next().unwrap_or_default();
-    let ticks: Vec<f64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| ticks.get(i)).sum();
-    busy / 100.0
-}
-
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, r)| r.split(' ').collect());
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
 }

@@ -66,7 +66,10 @@ pub fn record_batch(columns: &[ColumnDef], rows: &[Vec<Cell>]) -> Result<RecordB
 }
 
 /// Builds one column's array from its cells (`None`: the row is short).
-fn array<'a>(column: &ColumnDef, cells: impl ExactSizeIterator<Item = Option<&'a Cell>>) -> Result<ArrayRef, ConversionError> {
+fn array<'a>(
+    column: &ColumnDef,
+    cells: impl ExactSizeIterator<Item = Option<&'a Cell>>,
+) -> Result<ArrayRef, ConversionError> {
     let n = cells.len();
     let wrong = |cell: Option<&Cell>| ConversionError::Value {
         column: column.name.clone(),
@@ -94,7 +97,9 @@ fn array<'a>(column: &ColumnDef, cells: impl ExactSizeIterator<Item = Option<&'a
         SqlType::Integer => build!(Int32Builder::with_capacity(n), Cell::Int(v) => *v),
         SqlType::BigInt => build!(Int64Builder::with_capacity(n), Cell::Long(v) => *v, Cell::Int(v) => i64::from(*v)),
         SqlType::Real => build!(Float32Builder::with_capacity(n), Cell::Float(v) => *v),
-        SqlType::Double => build!(Float64Builder::with_capacity(n), Cell::Double(v) => *v, Cell::Float(v) => f64::from(*v)),
+        SqlType::Double => {
+            build!(Float64Builder::with_capacity(n), Cell::Double(v) => *v, Cell::Float(v) => f64::from(*v))
+        }
         SqlType::Decimal { precision, scale } => {
             let mut b = Decimal128Builder::with_capacity(n).with_precision_and_scale(*precision as u8, *scale as i8)?;
             for cell in cells {

@@ -118,7 +118,12 @@ fn failure(e: &duckdb::Error, message: &str) -> Failure {
 
 /// Appends `rows` through DuckDB's appender, a column at a time (inside
 /// the caller's transaction).
-fn append(conn: &Connection, table: &TableRef, columns: &[ColumnDef], rows: &[Vec<Cell>]) -> Result<(), WarehouseError> {
+fn append(
+    conn: &Connection,
+    table: &TableRef,
+    columns: &[ColumnDef],
+    rows: &[Vec<Cell>],
+) -> Result<(), WarehouseError> {
     let context = format!("appending to {table}");
     let batch = super::arrow::record_batch(columns, rows).map_err(|e| WarehouseError::Sql {
         context: context.clone(),
@@ -269,7 +274,12 @@ impl Warehouse for DuckDbWarehouse {
         })
     }
 
-    async fn probe(&mut self, table: &TableRef, columns: &[ColumnDef], rows: &[Vec<Cell>]) -> Result<(), WarehouseError> {
+    async fn probe(
+        &mut self,
+        table: &TableRef,
+        columns: &[ColumnDef],
+        rows: &[Vec<Cell>],
+    ) -> Result<(), WarehouseError> {
         let conn = &self.conn;
         tokio::task::block_in_place(|| {
             let context = format!("appending to {table}");

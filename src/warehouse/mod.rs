@@ -614,7 +614,12 @@ impl Warehouse for AnyWarehouse {
         }
     }
 
-    async fn probe(&mut self, table: &TableRef, columns: &[ColumnDef], rows: &[Vec<Cell>]) -> Result<(), WarehouseError> {
+    async fn probe(
+        &mut self,
+        table: &TableRef,
+        columns: &[ColumnDef],
+        rows: &[Vec<Cell>],
+    ) -> Result<(), WarehouseError> {
         match self {
             AnyWarehouse::DuckDb(w) => w.probe(table, columns, rows).await,
             AnyWarehouse::Postgres(w) => w.probe(table, columns, rows).await,

@@ -176,7 +176,12 @@ fn numeric(unscaled: i128, scale: u8, out: &mut BytesMut) {
     let int = format!("{}{int}", "0".repeat((4 - int.len() % 4) % 4));
     let frac = format!("{frac}{}", "0".repeat((4 - frac.len() % 4) % 4));
     let group = |g: &[u8]| g.iter().fold(0i16, |n, d| n * 10 + i16::from(d - b'0'));
-    let mut groups: Vec<i16> = int.as_bytes().chunks(4).chain(frac.as_bytes().chunks(4)).map(group).collect();
+    let mut groups: Vec<i16> = int
+        .as_bytes()
+        .chunks(4)
+        .chain(frac.as_bytes().chunks(4))
+        .map(group)
+        .collect();
     let mut weight = (int.len() / 4) as i16 - 1;
     let leading = groups.iter().take_while(|g| **g == 0).count();
     groups.drain(..leading);
@@ -253,7 +258,7 @@ mod tests {
             precision: 5,
             scale: 2,
         };
-        let e = encode(&[col.clone()], &[vec![wide]]).expect_err("too wide");
+        let e = encode(std::slice::from_ref(&col), &[vec![wide]]).expect_err("too wide");
         assert_eq!(e.column, "n");
         let text = ColumnDef::new("t", SqlType::Integer);
         assert!(encode(&[text], &[vec![Cell::Text("1".into())]]).is_err());

@@ -87,7 +87,11 @@ async fn copy_in(
 ) -> Result<(), WarehouseError> {
     let context = format!("COPY into {table}");
     let cols: Vec<String> = columns.iter().map(|c| quote::ident(&c.name)).collect();
-    let statement = format!("COPY {} ({}) FROM STDIN (FORMAT binary)", table.quoted(), cols.join(", "));
+    let statement = format!(
+        "COPY {} ({}) FROM STDIN (FORMAT binary)",
+        table.quoted(),
+        cols.join(", ")
+    );
     let sink = tx.copy_in::<_, Bytes>(&statement).await.map_err(sql(&context))?;
     futures_util::pin_mut!(sink);
     sink.send(data).await.map_err(sql(&context))?;
@@ -240,7 +244,12 @@ impl Warehouse for PostgresWarehouse {
         tx.commit().await.map_err(sql("COMMIT"))
     }
 
-    async fn probe(&mut self, table: &TableRef, columns: &[ColumnDef], rows: &[Vec<Cell>]) -> Result<(), WarehouseError> {
+    async fn probe(
+        &mut self,
+        table: &TableRef,
+        columns: &[ColumnDef],
+        rows: &[Vec<Cell>],
+    ) -> Result<(), WarehouseError> {
         let data = encode(table, columns, rows)?;
         let tx = self.client.transaction().await.map_err(sql("BEGIN"))?;
         let result = copy_in(&tx, table, columns, data).await;
