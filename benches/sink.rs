@@ -14,7 +14,8 @@
 //!   until its metrics count every row, with its CPU seconds, peak RSS and
 //!   where its time went (`walhouse_sink_stage_seconds_total`).
 //!
-//! Medians over `WALHOUSE_BENCH_ROUNDS` rounds (default 3); the machine is
+//! `WALHOUSE_BENCH_SINK_OPTIONS` adds flags to every sink run (e.g.
+//! `--batch-rows 50000`). Medians over `WALHOUSE_BENCH_ROUNDS` rounds (default 3); the machine is
 //! shared and the baseline noisy, so each ratio is a median of the
 //! rounds' own ratios.
 //!
@@ -34,11 +35,12 @@ use walhouse::registry::{Registry, RegistryConfig};
 
 /// The sink's own prefetch settings (see `PREFETCH` in `src/sink/mod.rs`),
 /// given to the baseline too so that both fetch alike.
-const PREFETCH: [(&str, &str); 4] = [
+const PREFETCH: [(&str, &str); 5] = [
     ("fetch.queue.backoff.ms", "10"),
-    ("queued.max.messages.kbytes", "16384"),
-    ("max.partition.fetch.bytes", "4194304"),
-    ("fetch.max.bytes", "16777216"),
+    ("queued.min.messages", "10000"),
+    ("queued.max.messages.kbytes", "8192"),
+    ("max.partition.fetch.bytes", "2097152"),
+    ("fetch.max.bytes", "8388608"),
 ];
 
 const LIMIT: Duration = Duration::from_secs(600);
@@ -215,6 +217,8 @@ async fn main() {
     ))
     .await
     .expect("table");
+    // More walhouse-sink flags to try (`--batch-rows 50000`, `--kafka-option k=v`).
+    let extra = std::env::var("WALHOUSE_BENCH_SINK_OPTIONS").unwrap_or_default();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut table = Vec::new();
     for partitions in [1, 4] {
@@ -270,6 +274,7 @@ async fn main() {
                 ]
                 .iter()
                 .map(|s| s.to_string())
+                .chain(extra.split_whitespace().map(str::to_owned))
                 .collect();
                 runs.push(run_sink(&args, n).await);
             }
