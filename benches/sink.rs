@@ -116,7 +116,11 @@ async fn run_sink(args: &[String], n: u64) -> SinkRun {
     let mut child: Child = Command::new(env!("CARGO_BIN_EXE_walhouse-sink"))
         .args(args)
         .args(["--metrics-addr", &addr])
-        .env("WALHOUSE_LOG", "warn")
+        // `WALHOUSE_BENCH_SINK_LOG=info` shows the sink's own start-up timeline.
+        .env(
+            "WALHOUSE_LOG",
+            std::env::var("WALHOUSE_BENCH_SINK_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
