@@ -200,8 +200,9 @@ fn toastable(declared: &str) -> bool {
 /// The latest-state view of a raw CDC table: the text of
 /// [`sql/warehouse/latest_state.sql`](../../sql/warehouse/latest_state.sql),
 /// which says how source order is decided, filled in. One text serves both
-/// targets (`strpos`, window functions and correlated subqueries mean the
-/// same in DuckDB and Postgres).
+/// targets (`strpos`, `DISTINCT ON`, window functions, correlated
+/// subqueries and CTE materialization hints mean the same in DuckDB and
+/// Postgres).
 pub fn latest_view_sql(
     raw: &TableRef,
     view: &TableRef,
@@ -219,10 +220,12 @@ pub fn latest_view_sql(
             let marker = quote::literal(&format!("\"{}\"", c.replace('\\', "\\\\").replace('"', "\\\"")));
             if *t && !key.contains(c) {
                 format!(
-                    "CASE WHEN strpos(o._unchanged_toast, {marker}) > 0 THEN (SELECT p.{q} FROM ordered p \
-                     WHERE {same} AND p._version < o._version AND p._op IN ('c', 'r', 'u') \
+                    "CASE WHEN strpos(o._unchanged_toast, {marker}) > 0 THEN (SELECT p.{q} FROM kept p \
+                     WHERE {same} AND NOT (p._topic = o._topic AND p._partition = o._partition \
+                     AND p._offset = o._offset) AND p._op IN ('c', 'r', 'u') \
                      AND (p._unchanged_toast IS NULL OR strpos(p._unchanged_toast, {marker}) = 0) \
-                     ORDER BY p._version DESC LIMIT 1) ELSE o.{q} END AS {q}",
+                     ORDER BY p._commit_lsn DESC NULLS LAST, p._op <> 'r' DESC, \
+                     p._tx_ordinal DESC NULLS LAST, p._offset DESC LIMIT 1) ELSE o.{q} END AS {q}",
                     same = same_key.join(" AND ")
                 )
             } else {
