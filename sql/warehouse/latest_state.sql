@@ -5,6 +5,13 @@
 --   {view}     the view, e.g. public.transfers
 --   {raw}      its raw table, e.g. raw_public.transfers
 --   {keys}     the primary key's columns, e.g. id
+--   {latest}   each key's last row of `kept` in source order, as the engine
+--              picks it fastest: DISTINCT ON in Postgres,
+--                SELECT DISTINCT ON ({keys}) k.* FROM kept AS k
+--                 ORDER BY {keys}, k._commit_lsn DESC NULLS LAST,
+--                          k._op <> 'r' DESC, k._tx_ordinal DESC NULLS LAST,
+--                          k._offset DESC
+--              and in DuckDB the same order under QUALIFY row_number() = 1
 --   {columns}  the source's columns as o.<column>, except a variable-length
 --              one Postgres may send as unchanged TOAST, which takes the
 --              newest earlier version that carried it (every other version
@@ -37,14 +44,14 @@
 -- change of the table straddles it); a record without any position is
 -- never dropped by one.
 --
--- The latest version is picked by DISTINCT ON over the raw table (`kept`
--- is inlined, never materialized), so a planner estimates the view's rows
--- from the key's own statistics. Picked by a window function and a filter
--- on it, Postgres guessed a handful of rows and joined views by nested
--- loops: over 200k changes the seed's questions took 1.3, 1.6 and 6.1 s,
--- and over 120 s before the raw tables were analyzed; now 0.1, 0.3 and
--- 0.2 s (`cargo bench --bench views`). DuckDB takes about twice as long
--- this way (0.09 -> 0.18 s): one text for both is kept all the same.
+-- `kept` is inlined, never materialized, so a planner estimates the view
+-- from the raw table's statistics. Postgres picks each key's last version
+-- by DISTINCT ON: it estimates that from the key's statistics, where for a
+-- window function and a filter on it it guessed a handful of rows and
+-- joined views by nested loops (over 200k changes the seed's questions
+-- took 1.3, 1.6 and 6.1 s, and over 120 s before the raw tables were
+-- analyzed; now 0.1, 0.3 and 0.2 s: `cargo bench --bench views`). DuckDB
+-- takes twice as long by DISTINCT ON as by a window function.
 CREATE OR REPLACE VIEW {view} AS
 WITH last_truncate AS (
     SELECT t._commit_lsn AS commit_lsn, t._tx_ordinal AS tx_ordinal, t._lsn AS lsn
@@ -64,10 +71,7 @@ WITH last_truncate AS (
                                 AND (r._op = 'r' OR r._tx_ordinal < t.tx_ordinal))
                        ELSE r._lsn <= t.lsn END)
 ), latest AS (
-    SELECT DISTINCT ON ({keys}) k.*
-      FROM kept AS k
-     ORDER BY {keys}, k._commit_lsn DESC NULLS LAST, k._op <> 'r' DESC,
-              k._tx_ordinal DESC NULLS LAST, k._offset DESC
+    {latest}
 )
 SELECT {columns}
   FROM latest AS o

@@ -6,7 +6,7 @@
 use crate::quote;
 use std::collections::{HashMap, HashSet};
 
-use crate::warehouse::{ColumnDef, SqlType, TableDef, TableRef, Warehouse, WarehouseError};
+use crate::warehouse::{ColumnDef, Dialect, SqlType, TableDef, TableRef, Warehouse, WarehouseError};
 
 /// The CDC metadata columns of every raw change table, after the source's.
 pub const CDC_COLUMNS: [(&str, SqlType); 9] = [
@@ -171,7 +171,7 @@ impl Tables {
                 quote::ident(&view.schema)
             ));
         }
-        statements.push(latest_view_sql(raw, view, key, &data, &toastable));
+        statements.push(latest_view_sql(w.dialect(), raw, view, key, &data, &toastable));
         if organizations {
             statements.push(organizations_with_insolvency_sql(
                 &view.schema,
@@ -204,6 +204,7 @@ fn toastable(declared: &str) -> bool {
 /// subqueries and CTE materialization hints mean the same in DuckDB and
 /// Postgres).
 pub fn latest_view_sql(
+    dialect: Dialect,
     raw: &TableRef,
     view: &TableRef,
     key: &[String],
@@ -233,6 +234,16 @@ pub fn latest_view_sql(
             }
         })
         .collect();
+    // Each key's last version, newest first by source order.
+    let newest_first =
+        "k._commit_lsn DESC NULLS LAST, k._op <> 'r' DESC, k._tx_ordinal DESC NULLS LAST, k._offset DESC";
+    let keys = keys.join(", ");
+    let latest = match dialect {
+        Dialect::Postgres => format!("SELECT DISTINCT ON ({keys}) k.* FROM kept AS k ORDER BY {keys}, {newest_first}"),
+        Dialect::DuckDb => format!(
+            "SELECT k.* FROM kept AS k QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {newest_first}) = 1"
+        ),
+    };
     let template: String = include_str!("../../sql/warehouse/latest_state.sql")
         .lines()
         .filter(|l| !l.trim_start().starts_with("--"))
@@ -243,7 +254,8 @@ pub fn latest_view_sql(
         &[
             ("view", &view.quoted()),
             ("raw", &raw.quoted()),
-            ("keys", &keys.join(", ")),
+            ("keys", &keys),
+            ("latest", &latest),
             ("columns", &select.join(", ")),
         ],
     )
@@ -343,19 +355,36 @@ mod tests {
 
     #[test]
     fn latest_view_orders_by_source_position_and_carries_toast_forward() {
-        let sql = latest_view_sql(
-            &TableRef::new("raw_public", "t"),
-            &TableRef::new("public", "t"),
-            &["id".to_string()],
-            &["id".to_string(), "doc".to_string(), "n".to_string()],
-            &[false, true, false],
-        );
-        assert!(sql.contains("PARTITION BY \"id\""), "{sql}");
+        let view = |dialect| {
+            latest_view_sql(
+                dialect,
+                &TableRef::new("raw_public", "t"),
+                &TableRef::new("public", "t"),
+                &["id".to_string()],
+                &["id".to_string(), "doc".to_string(), "n".to_string()],
+                &[false, true, false],
+            )
+        };
+        let newest_first =
+            "k._commit_lsn DESC NULLS LAST, k._op <> 'r' DESC, k._tx_ordinal DESC NULLS LAST, k._offset DESC";
+        let duck = view(Dialect::DuckDb);
         assert!(
-            sql.contains("ORDER BY k._commit_lsn ASC NULLS FIRST, k._op <> 'r',"),
+            duck.contains(&format!(
+                "QUALIFY row_number() OVER (PARTITION BY \"id\" ORDER BY {newest_first}) = 1"
+            )),
+            "{duck}"
+        );
+        let sql = view(Dialect::Postgres);
+        assert!(
+            sql.contains(&format!(
+                "SELECT DISTINCT ON (\"id\") k.* FROM kept AS k ORDER BY \"id\", {newest_first}"
+            )),
             "{sql}"
         );
-        assert!(!sql.contains('{'), "every placeholder filled: {sql}");
+        assert!(
+            !sql.contains('{') && !duck.contains('{'),
+            "every placeholder filled: {sql}"
+        );
         assert!(sql.contains("strpos(o._unchanged_toast, '\"doc\"') > 0"), "{sql}");
         assert!(sql.contains("o.\"n\""), "{sql}");
         assert!(sql.contains("o._op <> 'd'"), "{sql}");
