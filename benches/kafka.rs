@@ -384,7 +384,7 @@ impl Meter {
     fn start() -> Meter {
         Meter {
             started: Instant::now(),
-            own: cpu_seconds(),
+            own: support::process_cpu_seconds("self"),
             machine: machine_cpu_seconds(),
         }
     }
@@ -392,7 +392,7 @@ impl Meter {
     fn stop(self) -> Measured {
         Measured {
             wall: self.started.elapsed(),
-            own_cpu: cpu_seconds() - self.own,
+            own_cpu: support::process_cpu_seconds("self") - self.own,
             machine_cpu: machine_cpu_seconds() - self.machine,
         }
     }
@@ -417,16 +417,6 @@ fn machine_cpu_seconds() -> f64 {
     let ticks: Vec<f64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
     let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| ticks.get(i)).sum();
     busy / 100.0
-}
-
-/// CPU time of this process so far (user + system), from /proc.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at ") ".
-    let fields: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, r)| r.split(' ').collect());
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat(5); 100 ticks a second.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// The median over rounds of `base / path` (each round's own ratio: the

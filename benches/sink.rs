@@ -33,16 +33,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use support::pipeline::start_capture;
 use walhouse::registry::{Registry, RegistryConfig};
 
-/// The sink's own prefetch settings (see `PREFETCH` in `src/sink/mod.rs`),
-/// given to the baseline too so that both fetch alike.
-const PREFETCH: [(&str, &str); 5] = [
-    ("fetch.queue.backoff.ms", "10"),
-    ("queued.min.messages", "10000"),
-    ("queued.max.messages.kbytes", "8192"),
-    ("max.partition.fetch.bytes", "2097152"),
-    ("fetch.max.bytes", "8388608"),
-];
-
 const LIMIT: Duration = Duration::from_secs(600);
 
 /// Reads the whole topic and decodes each value (Confluent wire format)
@@ -53,8 +43,9 @@ async fn consume_and_decode(bootstrap: &str, topic: &str, registry: &Registry, n
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "bench-plain")
         .set("enable.auto.commit", "false");
-    for (k, v) in PREFETCH {
-        config.set(k, v);
+    // The sink's own prefetch settings, so that both fetch alike.
+    for (k, v) in walhouse::sink::PREFETCH {
+        config.set(*k, *v);
     }
     let consumer: BaseConsumer = config.create().expect("consumer");
     let started = Instant::now();
@@ -141,7 +132,11 @@ async fn run_sink(args: &[String], n: u64) -> SinkRun {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let seconds = started.elapsed().as_secs_f64();
-    let (cpu_seconds, peak_rss_mib) = (cpu_seconds(child.id()), peak_rss_mib(child.id()));
+    let pid = child.id().to_string();
+    let (cpu_seconds, peak_rss_mib) = (
+        support::process_cpu_seconds(&pid),
+        support::process_status_mib(&pid, "VmHWM:"),
+    );
     let stages = ["receive", "decode", "wait_writer", "write"]
         .iter()
         .map(|s| {
@@ -164,25 +159,6 @@ fn value(metrics: &str, prefix: &str) -> Option<f64> {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
-}
-
-/// CPU time (user + system) of a process, from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, r)| r.split(' ').collect());
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat(5); 100 ticks a second.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// Peak resident memory (VmHWM) of a process, in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

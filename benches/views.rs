@@ -19,7 +19,7 @@ use walhouse_test_support as support;
 use std::time::{Duration, Instant};
 
 use support::pipeline::{
-    ask, capture_flags, sink_flags, start_capture, start_sink, BACKEND_SCHEMA, GENERATE, QUESTIONS,
+    ask, capture_flags, sink_flags, start_capture, start_sink, BACKEND_SCHEMA, GENERATE, QUESTIONS, SEED_TABLES,
 };
 use walhouse::postgres::conninfo::ConnInfo;
 use walhouse::warehouse::duckdb::DuckDbWarehouse;
@@ -27,16 +27,6 @@ use walhouse::warehouse::postgres::PostgresWarehouse;
 use walhouse::warehouse::Warehouse;
 
 const LIMIT: Duration = Duration::from_secs(1800);
-
-/// The latest-state views the sink makes for the seed's tables.
-const VIEWS: [&str; 6] = [
-    "organizations",
-    "bank_accounts",
-    "beneficiaries",
-    "transfers",
-    "transaction",
-    "card_transactions",
-];
 
 /// Grows the source's history by about `changes` changes, in statements
 /// of their own; returns how many rows they changed.
@@ -118,7 +108,7 @@ async fn timings<W: Warehouse>(w: &mut W, rounds: u64, views: bool) -> Vec<f64> 
         out.push(time(w, text, rounds).await);
     }
     if views {
-        for v in VIEWS {
+        for v in SEED_TABLES {
             out.push(time(w, &format!("SELECT count(*) FROM public.\"{v}\""), rounds).await);
         }
     }
@@ -253,7 +243,7 @@ async fn main() {
     let names: Vec<String> = QUESTIONS
         .iter()
         .map(|(n, _, _)| n.split('_').next().unwrap_or(n).to_string())
-        .chain(VIEWS.iter().map(|v| format!("count {v}")))
+        .chain(SEED_TABLES.iter().map(|v| format!("count {v}")))
         .collect();
     println!("| changes | where | {} |", names.join(" | "));
     println!("|---|---|{}", "---|".repeat(names.len()));

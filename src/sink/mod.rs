@@ -118,7 +118,7 @@ pub async fn start(
 /// bounded: refilled below 10k messages, at most 8 MiB queued and 2 MiB
 /// fetched per partition, 8 MiB per fetch response (measured: the same
 /// rate, a third less peak RSS).
-const PREFETCH: &[(&str, &str)] = &[
+pub const PREFETCH: &[(&str, &str)] = &[
     ("fetch.queue.backoff.ms", "10"),
     ("queued.min.messages", "10000"),
     ("queued.max.messages.kbytes", "8192"),

@@ -17,7 +17,7 @@ use duckdb::arrow::array::{
 use duckdb::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use duckdb::arrow::record_batch::RecordBatch;
 
-use super::{digits, Cell, ColumnDef, SqlType};
+use super::{too_many_digits, Cell, ColumnDef, SqlType};
 
 /// A value its column cannot hold, or a malformed batch.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +75,7 @@ fn array<'a>(
         column: column.name.clone(),
         reason: match cell {
             None => "the row has no value for it".into(),
-            Some(c) => format!("a {} value cannot be stored as {:?}", variant(c), column.ty),
+            Some(c) => format!("a {} value cannot be stored as {:?}", c.kind(), column.ty),
         },
     };
     // Each arm appends every cell, or stops at the first that does not fit.
@@ -106,12 +106,10 @@ fn array<'a>(
                 match cell {
                     Some(Cell::Null) => b.append_null(),
                     Some(Cell::Decimal { unscaled, scale: s, .. }) if u32::from(*s) == *scale => {
-                        if digits(*unscaled) > *precision {
+                        if let Some(reason) = too_many_digits(*unscaled, *precision) {
                             return Err(ConversionError::Value {
                                 column: column.name.clone(),
-                                reason: format!(
-                                    "a decimal value has more digits than its declared precision ({precision})"
-                                ),
+                                reason,
                             });
                         }
                         b.append_value(*unscaled)
@@ -133,24 +131,4 @@ fn array<'a>(
             Cell::TimestampTz(t) => *t
         ),
     })
-}
-
-/// A cell's kind, for errors.
-fn variant(cell: &Cell) -> &'static str {
-    match cell {
-        Cell::Null => "null",
-        Cell::Bool(_) => "boolean",
-        Cell::Int(_) => "integer",
-        Cell::Long(_) => "bigint",
-        Cell::Float(_) => "real",
-        Cell::Double(_) => "double",
-        Cell::Decimal { .. } => "decimal",
-        Cell::Text(_) => "text",
-        Cell::Bytes(_) => "bytes",
-        Cell::Date(_) => "date",
-        Cell::Time(_) => "time",
-        Cell::Timestamp(_) => "timestamp",
-        Cell::TimestampTz(_) => "timestamptz",
-        Cell::Uuid(_) => "uuid",
-    }
 }

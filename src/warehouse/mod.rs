@@ -70,6 +70,26 @@ pub enum Cell {
 }
 
 impl Cell {
+    /// The cell's kind, for errors that must not print its value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Cell::Null => "null",
+            Cell::Bool(_) => "boolean",
+            Cell::Int(_) => "integer",
+            Cell::Long(_) => "bigint",
+            Cell::Float(_) => "real",
+            Cell::Double(_) => "double",
+            Cell::Decimal { .. } => "decimal",
+            Cell::Text(_) => "text",
+            Cell::Bytes(_) => "bytes",
+            Cell::Date(_) => "date",
+            Cell::Time(_) => "time",
+            Cell::Timestamp(_) => "timestamp",
+            Cell::TimestampTz(_) => "timestamptz",
+            Cell::Uuid(_) => "uuid",
+        }
+    }
+
     /// A rough byte size, for batching by bytes.
     pub fn weight(&self) -> usize {
         match self {
@@ -641,8 +661,16 @@ impl Warehouse for AnyWarehouse {
     }
 }
 
+/// Why a decimal of `unscaled` does not fit a column of `precision`
+/// digits, if it does not: checked by each target's writer before the
+/// engine sees the value, which might narrow it instead of refusing it.
+pub(crate) fn too_many_digits(unscaled: i128, precision: u32) -> Option<String> {
+    (digits(unscaled) > precision)
+        .then(|| format!("a decimal value has more digits than its declared precision ({precision})"))
+}
+
 /// Decimal digits of `v` (1 for 0).
-pub(crate) fn digits(v: i128) -> u32 {
+fn digits(v: i128) -> u32 {
     v.unsigned_abs().checked_ilog10().map_or(1, |d| d + 1)
 }
 

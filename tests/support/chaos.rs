@@ -31,19 +31,10 @@ use walhouse::warehouse::postgres::PostgresWarehouse;
 use walhouse::warehouse::Warehouse;
 
 use crate::kafka::{committed_sum, read_all, topics, Broker};
-use crate::pipeline::{ask, BACKEND_SCHEMA, GENERATE};
+use crate::pipeline::{ask, BACKEND_SCHEMA, GENERATE, SEED_TABLES};
 use crate::postgres::PgServer;
 use crate::registry::TestRegistry;
 
-/// The tables the workload writes and the checks compare.
-const TABLES: [&str; 6] = [
-    "organizations",
-    "bank_accounts",
-    "beneficiaries",
-    "transfers",
-    "transaction",
-    "card_transactions",
-];
 const PREFIX: &str = "chaos";
 const GROUP: &str = "chaos";
 /// How long the pipeline may take to settle after the last kill.
@@ -456,7 +447,7 @@ pub async fn run(bins: &Binaries, seconds: u64, seed: u64) -> Report {
     // 1 and 2: each change stored once, none missing, by the WAL's count.
     let audit = audit_counts(&pg).await;
     let mut w = DuckDbWarehouse::open(&duck).expect("warehouse");
-    for table in TABLES {
+    for table in SEED_TABLES {
         let raw = format!("raw_public.{}", walhouse::quote::ident(table));
         let rows = count(&mut w, &format!("SELECT count(*) FROM {raw}")).await;
         let positions = count(
@@ -492,7 +483,7 @@ pub async fn run(bins: &Binaries, seconds: u64, seed: u64) -> Report {
         ..Default::default()
     })
     .expect("registry");
-    for table in TABLES {
+    for table in SEED_TABLES {
         let ids: BTreeSet<String> = source
             .query(
                 &format!("SELECT id::text FROM public.{}", walhouse::quote::ident(table)),
@@ -628,7 +619,7 @@ async fn audit_counts(pg: &PgServer) -> HashMap<&'static str, i64> {
             continue;
         };
         let name = name.trim_matches('"');
-        if let Some(t) = TABLES.iter().find(|t| **t == name) {
+        if let Some(t) = SEED_TABLES.iter().find(|t| **t == name) {
             *counts.entry(*t).or_default() += 1;
         }
     }

@@ -158,14 +158,7 @@ impl Debezium {
     fn status_mib(&self, key: &str) -> f64 {
         self.child
             .as_ref()
-            .and_then(|c| std::fs::read_to_string(format!("/proc/{}/status", c.id())).ok())
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with(key))
-                    .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-            })
-            .unwrap_or(0.0)
-            / 1024.0
+            .map_or(0.0, |c| crate::process_status_mib(&c.id().to_string(), key))
     }
 
     /// The worker's resident memory now (VmRSS), in MiB.
@@ -180,19 +173,9 @@ impl Debezium {
 
     /// CPU seconds the worker used so far (user + system).
     pub fn cpu_seconds(&self) -> f64 {
-        let Some(stat) = self
-            .child
+        self.child
             .as_ref()
-            .and_then(|c| std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok())
-        else {
-            return 0.0;
-        };
-        // Fields after the command name, which is in parentheses.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // utime and stime, fields 14 and 15 of the line, are 11 and 12 after the name.
-        (ticks(11) + ticks(12)) / 100.0
+            .map_or(0.0, |c| crate::process_cpu_seconds(&c.id().to_string()))
     }
 
     /// Stops the worker as an operator would (SIGTERM: Connect flushes its

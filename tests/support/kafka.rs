@@ -132,14 +132,7 @@ impl Broker {
     pub fn rss_mib(&self) -> f64 {
         self.child
             .as_ref()
-            .and_then(|c| std::fs::read_to_string(format!("/proc/{}/status", c.id())).ok())
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-            })
-            .unwrap_or(0.0)
-            / 1024.0
+            .map_or(0.0, |c| crate::process_status_mib(&c.id().to_string(), "VmRSS:"))
     }
 
     /// Kills the broker (SIGKILL: an outage, not a clean shutdown); its log

@@ -62,15 +62,34 @@ pub fn changes(msgs: &[(Lsn, LogicalMessage)]) -> Vec<&LogicalMessage> {
 
 /// Peak resident memory of this process (VmHWM), in MiB.
 pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    process_status_mib("self", "VmHWM:")
+}
+
+/// A memory line of a process's `/proc/<pid>/status` (`VmRSS:`,
+/// `VmHWM:`, …), in MiB; `pid` is a number or `self`. 0 if unreadable.
+pub fn process_status_mib(pid: &str, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
         })
         .unwrap_or(0.0)
         / 1024.0
+}
+
+/// CPU seconds (user + system) a process used so far, from
+/// `/proc/<pid>/stat`; `pid` is a number or `self`. 0 if unreadable.
+pub fn process_cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses (and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime, fields 14 and 15 of stat(5), are 11 and 12 after the
+    // name; 100 ticks a second.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Resets the peak to the current RSS (Linux >= 4.0: `5` to clear_refs).

@@ -20,6 +20,16 @@ use crate::kafka::Broker;
 pub const BACKEND_SCHEMA: &str = include_str!("../../sql/source/backend_schema.sql");
 pub const GENERATE: &str = include_str!("../../sql/source/generate.sql");
 
+/// The seed backend's tables (each gets a raw table and a latest-state view).
+pub const SEED_TABLES: [&str; 6] = [
+    "organizations",
+    "bank_accounts",
+    "beneficiaries",
+    "transfers",
+    "transaction",
+    "card_transactions",
+];
+
 /// The seed's three questions: (file name, Postgres text, DuckDB text).
 pub const QUESTIONS: [(&str, &str, &str); 3] = [
     (

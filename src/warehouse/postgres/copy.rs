@@ -10,7 +10,8 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::warehouse::{
-    digits, Cell, ColumnDef, SqlType, DATE_INFINITY, DATE_NEG_INFINITY, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY,
+    too_many_digits, Cell, ColumnDef, SqlType, DATE_INFINITY, DATE_NEG_INFINITY, TIMESTAMP_INFINITY,
+    TIMESTAMP_NEG_INFINITY,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -91,10 +92,8 @@ fn value(column: &ColumnDef, cell: Option<&Cell>, out: &mut BytesMut) -> Result<
         (SqlType::Decimal { precision, scale }, Cell::Decimal { unscaled, scale: s, .. })
             if u32::from(*s) == *scale =>
         {
-            if digits(*unscaled) > *precision {
-                return Err(error(format!(
-                    "a decimal value has more digits than its declared precision ({precision})"
-                )));
+            if let Some(reason) = too_many_digits(*unscaled, *precision) {
+                return Err(error(reason));
             }
             numeric(*unscaled, *s, out);
         }
@@ -137,7 +136,7 @@ fn value(column: &ColumnDef, cell: Option<&Cell>, out: &mut BytesMut) -> Result<
             out.put_i32(8);
             out.put_i64(micros);
         }
-        (ty, cell) => return Err(error(format!("a {cell:?} value cannot be stored as {ty:?}"))),
+        (ty, cell) => return Err(error(format!("a {} value cannot be stored as {ty:?}", cell.kind()))),
     }
     Ok(())
 }
