@@ -101,7 +101,7 @@ struct SinkRun {
 }
 
 /// Runs the walhouse-sink binary until it has written `n` rows.
-async fn run_sink(args: &[String], n: u64) -> SinkRun {
+async fn run_sink(args: &[String], n: u64, label: &str) -> SinkRun {
     let addr = format!("127.0.0.1:{}", support::postgres::free_port());
     let started = Instant::now();
     let mut child: Child = Command::new(env!("CARGO_BIN_EXE_walhouse-sink"))
@@ -117,6 +117,18 @@ async fn run_sink(args: &[String], n: u64) -> SinkRun {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("walhouse-sink starts");
+    // `WALHOUSE_BENCH_PERF=<dir>` profiles the whole machine during each sink
+    // run into `<dir>/<label>-<pid>.data` (`perf report --pid <pid>`: the
+    // threads librdkafka and DuckDB start later are not followed by `-p`).
+    let perf = std::env::var("WALHOUSE_BENCH_PERF").ok().map(|dir| {
+        Command::new("perf")
+            .args(["record", "-F", "999", "-g", "-a", "-o"])
+            .arg(format!("{dir}/{label}-{}.data", child.id()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("perf starts")
+    });
     let url = walhouse::http::BaseUrl::parse(&format!("http://{addr}")).expect("url");
     let deadline = started + LIMIT;
     let metrics = loop {
@@ -137,6 +149,10 @@ async fn run_sink(args: &[String], n: u64) -> SinkRun {
         support::process_cpu_seconds(&pid),
         support::process_status_mib(&pid, "VmHWM:"),
     );
+    if let Some(mut perf) = perf {
+        let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
+        let _ = perf.wait();
+    }
     let stages = ["receive", "decode", "wait_writer", "write"]
         .iter()
         .map(|s| {
@@ -201,7 +217,14 @@ async fn main() {
     let extra = std::env::var("WALHOUSE_BENCH_SINK_OPTIONS").unwrap_or_default();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut table = Vec::new();
-    for partitions in [1, 4] {
+    // `WALHOUSE_BENCH_PARTITIONS=4` and `WALHOUSE_BENCH_TARGETS=DuckDB` narrow a run.
+    let partition_counts: Vec<u32> = std::env::var("WALHOUSE_BENCH_PARTITIONS")
+        .unwrap_or_else(|_| "1,4".into())
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    let targets = std::env::var("WALHOUSE_BENCH_TARGETS").unwrap_or_else(|_| "DuckDB,Postgres".into());
+    for partitions in partition_counts {
         let prefix = format!("bench{partitions}");
         let topic = format!("{prefix}.public.events");
         println!("filling {topic} ({partitions} partitions) with {n} change records (capture's initial snapshot) …");
@@ -227,7 +250,11 @@ async fn main() {
         assert_eq!(produced, n);
 
         let mut baseline = Vec::new();
-        let mut sinks: Vec<(&str, Vec<SinkRun>)> = vec![("DuckDB", Vec::new()), ("Postgres", Vec::new())];
+        let mut sinks: Vec<(&str, Vec<SinkRun>)> = ["DuckDB", "Postgres"]
+            .into_iter()
+            .filter(|t| targets.split(',').any(|w| w.trim().eq_ignore_ascii_case(t)))
+            .map(|t| (t, Vec::new()))
+            .collect();
         for round in 0..rounds {
             baseline.push(consume_and_decode(&bootstrap, &topic, &reader, n).await.as_secs_f64());
             for (target, runs) in sinks.iter_mut() {
@@ -256,7 +283,7 @@ async fn main() {
                 .map(|s| s.to_string())
                 .chain(extra.split_whitespace().map(str::to_owned))
                 .collect();
-                runs.push(run_sink(&args, n).await);
+                runs.push(run_sink(&args, n, &format!("{target}-p{partitions}-r{round}")).await);
             }
         }
         let rate = |seconds: f64| n as f64 / seconds;

@@ -19,7 +19,7 @@ use walhouse::registry::{Registry, RegistryConfig};
 use walhouse::warehouse::duckdb::DuckDbWarehouse;
 use walhouse::warehouse::postgres::PostgresWarehouse;
 use walhouse::warehouse::{
-    isolate, Batch, Cell, ColumnDef, OffsetUpdate, Origin, SqlType, TableRef, TableRows, Warehouse,
+    isolate, Batch, Cell, ColumnDef, Dialect, OffsetUpdate, Origin, SqlType, TableRef, TableRows, Warehouse,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -45,8 +45,9 @@ async fn snapshot_into_kafka(pg: &PgServer, broker: &Broker, registry: &TestRegi
 }
 
 /// The batch of the warehouse-level test: three rows of `t (id, amount
-/// DECIMAL(5,2))`, the second one nine digits wide.
-fn batch_with_a_too_wide_decimal() -> Batch {
+/// DECIMAL(5,2) CHECK (amount > -10))`, the second one below the bound:
+/// a value its column holds, which the target itself refuses.
+fn batch_with_a_refused_value(dialect: Dialect) -> Batch {
     let decimal = |unscaled| Cell::Decimal {
         unscaled,
         precision: 5,
@@ -60,22 +61,28 @@ fn batch_with_a_too_wide_decimal() -> Batch {
         raw: Some(vec![offset as u8]),
         ..Origin::default()
     };
+    let mut rows = TableRows::new(
+        dialect,
+        vec![
+            ColumnDef::new("id", SqlType::BigInt),
+            ColumnDef::new("amount", SqlType::Decimal { precision: 5, scale: 2 }),
+        ],
+    )
+    .expect("rows");
+    for (i, row) in [
+        [Cell::Long(1), decimal(12345)],
+        [Cell::Long(2), decimal(-5000)],
+        [Cell::Long(3), decimal(-99)],
+    ]
+    .iter()
+    .enumerate()
+    {
+        rows.push(row).expect("the column holds it");
+        rows.origins.push(origin(i as i64));
+    }
+    rows.seal().expect("sealed");
     Batch {
-        tables: vec![(
-            TableRef::new("raw_public", "t"),
-            TableRows {
-                columns: vec![
-                    ColumnDef::new("id", SqlType::BigInt),
-                    ColumnDef::new("amount", SqlType::Decimal { precision: 5, scale: 2 }),
-                ],
-                rows: vec![
-                    vec![Cell::Long(1), decimal(12345)],
-                    vec![Cell::Long(2), decimal(123_456_789)],
-                    vec![Cell::Long(3), decimal(-99)],
-                ],
-                origins: (0..3).map(origin).collect(),
-            },
-        )],
+        tables: vec![(TableRef::new("raw_public", "t"), rows)],
         dead_letters: Vec::new(),
         offsets: vec![OffsetUpdate {
             topic: "t".into(),
@@ -93,9 +100,9 @@ fn batch_with_a_too_wide_decimal() -> Batch {
 async fn refused_value_is_set_aside<W: Warehouse>(w: &mut W) {
     let mut statements = w.dialect().state_tables();
     statements.push("CREATE SCHEMA IF NOT EXISTS raw_public".into());
-    statements.push("CREATE TABLE raw_public.t (id BIGINT, amount DECIMAL(5,2))".into());
+    statements.push("CREATE TABLE raw_public.t (id BIGINT, amount DECIMAL(5,2) CHECK (amount > -10))".into());
     w.execute(&statements).await.expect("tables");
-    let mut batch = batch_with_a_too_wide_decimal();
+    let mut batch = batch_with_a_refused_value(w.dialect());
     let set_aside = isolate::write(w, "g", &mut batch).await.expect("the batch is written");
     assert_eq!(set_aside, 1);
     let rows = w

@@ -5,6 +5,7 @@
 //! next one. One batch is in flight at a time; the warehouse belongs to
 //! that task until it is settled.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,11 +15,12 @@ use super::metrics::SinkMetrics;
 use super::position::Partition;
 use super::SinkError;
 use crate::warehouse::{
-    isolate, Batch, Cell, DeadLetter, Mark, OffsetUpdate, Origin, TableRows, Warehouse, WarehouseError,
+    isolate, Batch, Cell, DeadLetter, Dialect, Mark, OffsetUpdate, Origin, TableRows, Warehouse, WarehouseError,
 };
 
-#[derive(Default)]
 pub(super) struct Pending {
+    /// Whose encoding the rows take.
+    dialect: Dialect,
     /// Rows by target (a CDC writer schema id, or the companies table).
     tables: BTreeMap<u64, (Arc<Target>, TableRows)>,
     dead: Vec<DeadLetter>,
@@ -30,24 +32,54 @@ pub(super) struct Pending {
 }
 
 impl Pending {
+    pub fn new(dialect: Dialect) -> Self {
+        Pending {
+            dialect,
+            tables: BTreeMap::new(),
+            dead: Vec::new(),
+            offsets: HashMap::new(),
+            rows: 0,
+            bytes: 0,
+            since: None,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.offsets.is_empty()
     }
 
-    /// A row for `target`; `origin` is kept should the warehouse refuse it.
-    pub fn row(&mut self, target: Arc<Target>, cells: Vec<Cell>, origin: Origin) {
-        self.bytes += cells.iter().map(Cell::weight).sum::<usize>() + origin.weight();
-        self.rows += 1;
-        let key = target.key;
-        let (_, rows) = self.tables.entry(key).or_insert_with(|| {
-            let rows = TableRows {
-                columns: target.columns.clone(),
-                ..TableRows::default()
-            };
-            (target, rows)
-        });
-        rows.rows.push(cells);
-        rows.origins.push(origin);
+    /// A row for `target`, encoded at once; `origin` is kept should the
+    /// warehouse refuse it. A row its target cannot hold is a dead letter
+    /// instead (`Err`: why).
+    pub fn row(&mut self, target: Arc<Target>, cells: &[Cell], origin: Origin) -> Result<(), String> {
+        let pushed = match self.tables.entry(target.key) {
+            Entry::Occupied(e) => {
+                let rows = &mut e.into_mut().1;
+                rows.push(cells).map(|()| rows)
+            }
+            Entry::Vacant(e) => match TableRows::new(self.dialect, target.columns.clone()) {
+                Ok(rows) => {
+                    let rows = &mut e.insert((target, rows)).1;
+                    rows.push(cells).map(|()| rows)
+                }
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match pushed {
+            Ok(rows) => {
+                self.bytes += cells.iter().map(Cell::weight).sum::<usize>() + origin.weight();
+                self.rows += 1;
+                rows.origins.push(origin);
+                Ok(())
+            }
+            Err(error) => {
+                self.dead(DeadLetter {
+                    origin,
+                    error: error.clone(),
+                });
+                Err(error)
+            }
+        }
     }
 
     pub fn dead(&mut self, letter: DeadLetter) {
@@ -75,17 +107,18 @@ impl Pending {
         self.offsets.insert(partition.clone(), update);
     }
 
-    fn into_batch(self) -> Batch {
-        Batch {
-            tables: self
-                .tables
-                .into_values()
-                .map(|(target, rows)| (target.table.clone(), rows))
-                .collect(),
+    fn into_batch(self) -> Result<Batch, WarehouseError> {
+        let mut tables = Vec::with_capacity(self.tables.len());
+        for (target, mut rows) in self.tables.into_values() {
+            rows.seal()?;
+            tables.push((target.table.clone(), rows));
+        }
+        Ok(Batch {
+            tables,
             dead_letters: self.dead,
             offsets: self.offsets.into_values().collect(),
             file: None,
-        }
+        })
     }
 }
 
@@ -130,7 +163,7 @@ impl<W: Warehouse + Send + 'static> Writer<W> {
     /// Hands `pending` to a task that writes it, rows and offsets in one
     /// transaction; returns its offset updates. Settle the batch before.
     pub fn write(&mut self, pending: Pending) -> Result<Vec<OffsetUpdate>, SinkError> {
-        let batch = pending.into_batch();
+        let batch = pending.into_batch()?;
         let offsets = batch.offsets.clone();
         let mut warehouse = self.warehouse.take().ok_or(SinkError::Lost)?;
         let group = self.group.clone();

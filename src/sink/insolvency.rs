@@ -102,22 +102,25 @@ pub async fn load_file<W: Warehouse>(warehouse: &mut W, path: &Path) -> Result<L
         path: path.to_owned(),
         message,
     })?;
+    // Encoded for the warehouse now: a value it cannot hold is a dead letter.
+    let mut rows = TableRows::new(warehouse.dialect(), table_def().columns)?;
+    let mut dead = parsed.dead;
+    for (cells, origin) in parsed.rows.into_iter().zip(parsed.origins) {
+        match rows.push(&cells) {
+            Ok(()) => rows.origins.push(origin),
+            Err(error) => dead.push(DeadLetter { origin, error }),
+        }
+    }
+    rows.seal()?;
     let report = LoadReport {
         file: file.clone(),
-        rows: parsed.rows.len() as i64,
-        dead_letters: parsed.dead.len() as i64,
+        rows: rows.len() as i64,
+        dead_letters: dead.len() as i64,
         already_loaded: false,
     };
     let batch = Batch {
-        tables: vec![(
-            TableRef::new(SCHEMA, TABLE),
-            TableRows {
-                columns: table_def().columns,
-                rows: parsed.rows,
-                origins: parsed.origins,
-            },
-        )],
-        dead_letters: parsed.dead,
+        tables: vec![(TableRef::new(SCHEMA, TABLE), rows)],
+        dead_letters: dead,
         offsets: Vec::new(),
         file: Some(FileLoad {
             sha256,

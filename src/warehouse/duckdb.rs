@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use duckdb::Connection;
 
-use super::{Batch, Cell, ColumnDef, Dialect, Failure, Mark, StoredOffset, TableRef, Warehouse, WarehouseError};
+use super::{Batch, Dialect, Encoded, Failure, Mark, StoredOffset, TableRef, TableRows, Warehouse, WarehouseError};
 
 pub struct DuckDbWarehouse {
     path: PathBuf,
@@ -107,7 +107,13 @@ fn failure(e: &duckdb::Error, message: &str) -> Failure {
         "INTERNAL Error",
         "Interrupt Error",
     ];
-    if matches!(e, duckdb::Error::ToSqlConversionFailure(_)) || VALUE.iter().any(|v| message.starts_with(v)) {
+    // The appender drops the class: its messages name the check that failed.
+    const APPENDER_VALUE: [&str; 2] = ["constraint failed", "Could not convert"];
+    let appended = message.strip_prefix("Failed to append: ");
+    if matches!(e, duckdb::Error::ToSqlConversionFailure(_))
+        || VALUE.iter().any(|v| message.starts_with(v))
+        || appended.is_some_and(|m| APPENDER_VALUE.iter().any(|v| m.contains(v)))
+    {
         Failure::Value
     } else if IO.iter().any(|v| message.starts_with(v)) {
         Failure::Io
@@ -118,27 +124,23 @@ fn failure(e: &duckdb::Error, message: &str) -> Failure {
 
 /// Appends `rows` through DuckDB's appender, a column at a time (inside
 /// the caller's transaction).
-fn append(
-    conn: &Connection,
-    table: &TableRef,
-    columns: &[ColumnDef],
-    rows: &[Vec<Cell>],
-) -> Result<(), WarehouseError> {
+fn append(conn: &Connection, table: &TableRef, rows: &TableRows) -> Result<(), WarehouseError> {
     let context = format!("appending to {table}");
-    let batch = super::arrow::record_batch(columns, rows).map_err(|e| WarehouseError::Sql {
-        context: context.clone(),
-        message: e.to_string(),
-        failure: match e {
-            super::arrow::ConversionError::Value { .. } => Failure::Value,
-            super::arrow::ConversionError::Arrow(_) => Failure::Statement,
-        },
-    })?;
-    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    let Encoded::Arrow(arrow) = rows.data() else {
+        return Err(WarehouseError::Sql {
+            context,
+            message: "the rows were encoded for another target".into(),
+            failure: Failure::Statement,
+        });
+    };
+    let names: Vec<&str> = rows.columns.iter().map(|c| c.name.as_str()).collect();
     let mut app = conn
         .appender_with_columns_to_db(&table.name, &table.schema, &names)
         .map_err(DuckDbWarehouse::sql_error(&context))?;
-    app.append_record_batch(batch)
-        .map_err(DuckDbWarehouse::sql_error(&context))?;
+    for batch in arrow.batches() {
+        app.append_record_batch(batch.clone())
+            .map_err(DuckDbWarehouse::sql_error(&context))?;
+    }
     app.flush().map_err(DuckDbWarehouse::sql_error(&context))
 }
 
@@ -200,12 +202,12 @@ impl Warehouse for DuckDbWarehouse {
 
     async fn write(&mut self, consumer_group: &str, batch: &Batch) -> Result<(), WarehouseError> {
         self.in_transaction("writing a batch", |conn| {
-            let dead = batch.dead_letter_rows();
+            let dead = batch.dead_letter_rows(Dialect::DuckDb)?;
             for (table, rows) in batch.tables.iter().chain(&dead) {
-                if rows.rows.is_empty() {
+                if rows.is_empty() {
                     continue;
                 }
-                append(conn, table, &rows.columns, &rows.rows)?;
+                append(conn, table, rows)?;
             }
             for o in &batch.offsets {
                 let (commit_lsn, tx_ordinal, system_id) = Mark::columns(o.high);
@@ -274,18 +276,13 @@ impl Warehouse for DuckDbWarehouse {
         })
     }
 
-    async fn probe(
-        &mut self,
-        table: &TableRef,
-        columns: &[ColumnDef],
-        rows: &[Vec<Cell>],
-    ) -> Result<(), WarehouseError> {
+    async fn probe(&mut self, table: &TableRef, rows: &TableRows) -> Result<(), WarehouseError> {
         let conn = &self.conn;
         tokio::task::block_in_place(|| {
             let context = format!("appending to {table}");
             conn.execute_batch("BEGIN TRANSACTION")
                 .map_err(Self::sql_error(&context))?;
-            let result = append(conn, table, columns, rows);
+            let result = append(conn, table, rows);
             if let Err(r) = conn.execute_batch("ROLLBACK") {
                 tracing::warn!("DuckDB rollback after a probe failed: {r}");
             }
@@ -372,6 +369,30 @@ mod tests {
                 .await
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(rows, vec![vec![Some("7".to_string())]], "{name}");
+        }
+    }
+
+    /// Values the engine itself refuses through the appender (a check, a
+    /// NOT NULL) cost their row, not the batch: the appender's messages
+    /// carry no error class.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn values_the_appender_refuses_are_value_failures() {
+        use crate::warehouse::{Cell, ColumnDef, SqlType};
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = DuckDbWarehouse::open(&dir.path().join("w.duckdb")).expect("open");
+        w.execute(&["CREATE TABLE t (n BIGINT NOT NULL CHECK (n < 10), j VARCHAR)".into()])
+            .await
+            .expect("table");
+        let columns = vec![ColumnDef::new("n", SqlType::BigInt), ColumnDef::new("j", SqlType::Text)];
+        for (row, what) in [
+            ([Cell::Long(11), Cell::Null], "a check"),
+            ([Cell::Null, Cell::Null], "NOT NULL"),
+        ] {
+            let mut rows = TableRows::new(Dialect::DuckDb, columns.clone()).expect("rows");
+            rows.push(&row).expect("the columns hold it");
+            rows.seal().expect("sealed");
+            let e = w.probe(&TableRef::new("main", "t"), &rows).await.expect_err(what);
+            assert_eq!(e.failure(), Failure::Value, "{what}: {e}");
         }
     }
 }

@@ -34,7 +34,7 @@ pub async fn write<W: Warehouse>(w: &mut W, group: &str, batch: &mut Batch) -> R
         for (table, rows) in &mut batch.tables {
             let bad = refused_rows(w, table, rows).await?;
             found += bad.len();
-            set_aside_rows(rows, bad, &mut batch.dead_letters);
+            set_aside_rows(rows, bad, &mut batch.dead_letters)?;
         }
         if found == 0 {
             // Not a row of ours (a dead letter, a file record): nothing to set aside.
@@ -61,12 +61,12 @@ async fn refused_rows<W: Warehouse>(
 ) -> Result<Vec<(usize, String)>, WarehouseError> {
     let mut bad = Vec::new();
     // Ranges still to probe; a refused range is split in two.
-    let mut todo = vec![(0, rows.rows.len())];
+    let mut todo = vec![(0, rows.len())];
     while let Some((from, to)) = todo.pop() {
         if from >= to {
             continue;
         }
-        match w.probe(table, &rows.columns, &rows.rows[from..to]).await {
+        match w.probe(table, &rows.range(from, to)).await {
             Ok(()) => {}
             Err(e) if e.failure() == Failure::Value => {
                 if to - from == 1 {
@@ -86,32 +86,28 @@ async fn refused_rows<W: Warehouse>(
 }
 
 /// Moves the rows at `bad` (ascending) out of `rows` into dead letters.
-fn set_aside_rows(rows: &mut TableRows, bad: Vec<(usize, String)>, dead: &mut Vec<DeadLetter>) {
-    let mut bad = bad.into_iter().peekable();
-    let mut kept_rows = Vec::with_capacity(rows.rows.len());
-    let mut kept_origins = Vec::with_capacity(rows.origins.len());
-    let mut origins = std::mem::take(&mut rows.origins).into_iter();
-    for (i, row) in std::mem::take(&mut rows.rows).into_iter().enumerate() {
-        let origin = origins.next();
-        match bad.next_if(|(b, _)| *b == i) {
-            Some((_, error)) => dead.push(DeadLetter {
-                origin: origin.unwrap_or_default(),
-                error: format!("the warehouse refused this row: {error}"),
-            }),
-            None => {
-                kept_rows.push(row);
-                kept_origins.extend(origin);
-            }
+fn set_aside_rows(
+    rows: &mut TableRows,
+    bad: Vec<(usize, String)>,
+    dead: &mut Vec<DeadLetter>,
+) -> Result<(), WarehouseError> {
+    let mut keep = vec![true; rows.len()];
+    for (i, error) in bad {
+        if let Some(k) = keep.get_mut(i) {
+            *k = false;
         }
+        dead.push(DeadLetter {
+            origin: rows.origins.get(i).cloned().unwrap_or_default(),
+            error: format!("the warehouse refused this row: {error}"),
+        });
     }
-    rows.rows = kept_rows;
-    rows.origins = kept_origins;
+    rows.retain(&keep)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::warehouse::{Cell, Origin};
+    use crate::warehouse::{Cell, Dialect, Encoded, Origin};
 
     #[test]
     fn set_aside_rows_keep_their_origin_and_order() {
@@ -120,17 +116,23 @@ mod tests {
             offset: Some(o),
             ..Origin::default()
         };
-        let mut rows = TableRows {
-            columns: vec![super::super::ColumnDef::new("n", super::super::SqlType::BigInt)],
-            rows: (0..5).map(|i| vec![Cell::Long(i)]).collect(),
-            origins: (0..5).map(origin).collect(),
+        let columns = vec![super::super::ColumnDef::new("n", super::super::SqlType::BigInt)];
+        let encoded = |values: &[i64]| {
+            let mut rows = TableRows::new(Dialect::Postgres, columns.clone()).expect("rows");
+            for v in values {
+                rows.push(&[Cell::Long(*v)]).expect("row");
+                rows.origins.push(origin(*v));
+            }
+            rows
         };
+        let mut rows = encoded(&[0, 1, 2, 3, 4]);
         let mut dead = Vec::new();
-        set_aside_rows(&mut rows, vec![(1, "one".into()), (4, "four".into())], &mut dead);
-        assert_eq!(
-            rows.rows,
-            vec![vec![Cell::Long(0)], vec![Cell::Long(2)], vec![Cell::Long(3)]]
-        );
+        set_aside_rows(&mut rows, vec![(1, "one".into()), (4, "four".into())], &mut dead).expect("set aside");
+        let expected = encoded(&[0, 2, 3]);
+        let (Encoded::Copy(got), Encoded::Copy(want)) = (rows.data(), expected.data()) else {
+            panic!("COPY rows for Postgres");
+        };
+        assert_eq!(got.stream(0, got.len()), want.stream(0, want.len()));
         let kept: Vec<Option<i64>> = rows.origins.iter().map(|o| o.offset).collect();
         assert_eq!(kept, vec![Some(0), Some(2), Some(3)]);
         let set: Vec<(Option<i64>, bool)> = dead

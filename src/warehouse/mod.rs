@@ -10,6 +10,9 @@ pub mod arrow;
 pub mod duckdb;
 pub mod isolate;
 pub mod postgres;
+pub mod rows;
+
+pub use rows::{Encoded, TableRows};
 
 use crate::quote;
 use std::collections::HashMap;
@@ -144,18 +147,6 @@ pub struct TableDef {
     pub columns: Vec<ColumnDef>,
 }
 
-/// Rows for one table; `columns` are the cells of every row, in order
-/// (a subset of the table's columns: missing ones stay NULL), with the
-/// types the table declares for them.
-/// `origins`, when given, says where each row came from (same order), so
-/// a row the target refuses can be set aside as a dead letter.
-#[derive(Clone, Debug, Default)]
-pub struct TableRows {
-    pub columns: Vec<ColumnDef>,
-    pub rows: Vec<Vec<Cell>>,
-    pub origins: Vec<Origin>,
-}
-
 /// Where a record came from: a Kafka message or a line of a file.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Origin {
@@ -278,7 +269,7 @@ pub struct FileLoad {
 }
 
 /// Everything one warehouse transaction writes.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Batch {
     pub tables: Vec<(TableRef, TableRows)>,
     pub dead_letters: Vec<DeadLetter>,
@@ -288,23 +279,29 @@ pub struct Batch {
 
 impl Batch {
     pub fn rows(&self) -> usize {
-        self.tables.iter().map(|(_, t)| t.rows.len()).sum()
+        self.tables.iter().map(|(_, t)| t.len()).sum()
     }
 
-    /// The dead letters as rows of `walhouse.dead_letters` (written like
-    /// any other table, in the same transaction).
-    pub fn dead_letter_rows(&self) -> Option<(TableRef, TableRows)> {
-        (!self.dead_letters.is_empty()).then(|| {
-            let rows = TableRows {
-                columns: DEAD_LETTER_COLUMNS
-                    .iter()
-                    .map(|(n, t)| ColumnDef::new(n, t.clone()))
-                    .collect(),
-                rows: self.dead_letters.iter().map(DeadLetter::cells).collect(),
-                origins: Vec::new(),
-            };
-            (TableRef::new("walhouse", "dead_letters"), rows)
-        })
+    /// The dead letters as rows of `walhouse.dead_letters` for `dialect`'s
+    /// target (written like any other table, in the same transaction).
+    pub fn dead_letter_rows(&self, dialect: Dialect) -> Result<Option<(TableRef, TableRows)>, WarehouseError> {
+        if self.dead_letters.is_empty() {
+            return Ok(None);
+        }
+        let columns = DEAD_LETTER_COLUMNS
+            .iter()
+            .map(|(n, t)| ColumnDef::new(n, t.clone()))
+            .collect();
+        let mut rows = TableRows::new(dialect, columns)?;
+        for letter in &self.dead_letters {
+            rows.push(&letter.cells()).map_err(|message| WarehouseError::Sql {
+                context: "storing a dead letter".into(),
+                message,
+                failure: Failure::Statement,
+            })?;
+        }
+        rows.seal()?;
+        Ok(Some((TableRef::new("walhouse", "dead_letters"), rows)))
     }
 }
 
@@ -572,8 +569,7 @@ pub trait Warehouse {
     fn probe(
         &mut self,
         table: &TableRef,
-        columns: &[ColumnDef],
-        rows: &[Vec<Cell>],
+        rows: &TableRows,
     ) -> impl std::future::Future<Output = Result<(), WarehouseError>> + Send;
 
     /// Whether a file with this digest was loaded.
@@ -634,15 +630,10 @@ impl Warehouse for AnyWarehouse {
         }
     }
 
-    async fn probe(
-        &mut self,
-        table: &TableRef,
-        columns: &[ColumnDef],
-        rows: &[Vec<Cell>],
-    ) -> Result<(), WarehouseError> {
+    async fn probe(&mut self, table: &TableRef, rows: &TableRows) -> Result<(), WarehouseError> {
         match self {
-            AnyWarehouse::DuckDb(w) => w.probe(table, columns, rows).await,
-            AnyWarehouse::Postgres(w) => w.probe(table, columns, rows).await,
+            AnyWarehouse::DuckDb(w) => w.probe(table, rows).await,
+            AnyWarehouse::Postgres(w) => w.probe(table, rows).await,
         }
     }
 

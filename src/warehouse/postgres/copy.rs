@@ -7,7 +7,7 @@
 //! A value its column cannot hold is an [`EncodeError`] naming the column;
 //! the caller sets its row aside like a value the server refuses.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::warehouse::{
     too_many_digits, Cell, ColumnDef, SqlType, DATE_INFINITY, DATE_NEG_INFINITY, TIMESTAMP_INFINITY,
@@ -32,32 +32,117 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 /// The `jsonb` binary format's version byte, before the JSON text.
 const JSONB_VERSION: u8 = 1;
 
-/// `rows` as one binary COPY stream (header, rows, trailer).
-pub fn encode(columns: &[ColumnDef], rows: &[Vec<Cell>]) -> Result<BytesMut, EncodeError> {
-    let mut out = BytesMut::with_capacity(HEADER.len() + rows.len() * (2 + columns.len() * 12) + 2);
-    out.put_slice(HEADER);
-    let fields = i16::try_from(columns.len()).map_err(|_| EncodeError {
-        column: String::new(),
-        reason: format!("{} columns are more than COPY takes", columns.len()),
-    })?;
-    for row in rows {
-        out.put_i16(fields);
-        for (i, column) in columns.iter().enumerate() {
-            value(column, row.get(i), &mut out)?;
-        }
+/// A table's rows in the binary COPY format as they are pushed, each
+/// row's start kept so a range of them can be sent (or left out) alone.
+#[derive(Clone, Debug, Default)]
+pub struct CopyRows {
+    columns: Vec<ColumnDef>,
+    buf: BytesMut,
+    starts: Vec<usize>,
+}
+
+impl CopyRows {
+    pub fn new(columns: &[ColumnDef]) -> Result<Self, EncodeError> {
+        i16::try_from(columns.len()).map_err(|_| EncodeError {
+            column: String::new(),
+            reason: format!("{} columns are more than COPY takes", columns.len()),
+        })?;
+        Ok(CopyRows {
+            columns: columns.to_vec(),
+            ..CopyRows::default()
+        })
     }
-    out.put_i16(-1);
-    Ok(out)
+
+    /// Appends a row (a cell per column, in order), or nothing if one of
+    /// its cells does not fit its column.
+    pub fn push(&mut self, cells: &[Cell]) -> Result<(), EncodeError> {
+        if cells.len() != self.columns.len() {
+            return Err(EncodeError {
+                column: self
+                    .columns
+                    .get(cells.len())
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default(),
+                reason: format!("the row has {} values for {} columns", cells.len(), self.columns.len()),
+            });
+        }
+        let start = self.buf.len();
+        // Checked in `new`.
+        self.buf.put_i16(self.columns.len() as i16);
+        for (column, cell) in self.columns.iter().zip(cells) {
+            if let Err(e) = value(column, cell, &mut self.buf) {
+                self.buf.truncate(start);
+                return Err(e);
+            }
+        }
+        self.starts.push(start);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    fn end_of(&self, row: usize) -> usize {
+        self.starts.get(row).copied().unwrap_or(self.buf.len())
+    }
+
+    /// Rows `from..to` as one COPY stream (header, rows, trailer).
+    pub fn stream(&self, from: usize, to: usize) -> Bytes {
+        let rows = self.buf.get(self.end_of(from)..self.end_of(to)).unwrap_or_default();
+        let mut out = BytesMut::with_capacity(HEADER.len() + rows.len() + 2);
+        out.put_slice(HEADER);
+        out.put_slice(rows);
+        out.put_i16(-1);
+        out.freeze()
+    }
+
+    /// Rows `from..to`.
+    pub fn range(&self, from: usize, to: usize) -> Self {
+        let mut out = CopyRows {
+            columns: self.columns.clone(),
+            ..CopyRows::default()
+        };
+        for row in from..to.min(self.len()) {
+            out.starts.push(out.buf.len());
+            out.buf
+                .put_slice(self.buf.get(self.end_of(row)..self.end_of(row + 1)).unwrap_or_default());
+        }
+        out
+    }
+
+    /// Keeps the rows whose `keep` is true.
+    pub fn retain(&mut self, keep: &[bool]) {
+        let kept: Vec<usize> = (0..self.len())
+            .filter(|i| keep.get(*i).copied().unwrap_or(true))
+            .collect();
+        let mut out = CopyRows {
+            columns: std::mem::take(&mut self.columns),
+            ..CopyRows::default()
+        };
+        for row in kept {
+            out.starts.push(out.buf.len());
+            out.buf
+                .put_slice(self.buf.get(self.end_of(row)..self.end_of(row + 1)).unwrap_or_default());
+        }
+        *self = out;
+    }
+
+    /// The bytes its rows hold.
+    pub fn memory(&self) -> usize {
+        self.buf.len() + self.starts.len() * std::mem::size_of::<usize>()
+    }
 }
 
 /// Appends one field: its length, then its bytes (length -1 for NULL).
-fn value(column: &ColumnDef, cell: Option<&Cell>, out: &mut BytesMut) -> Result<(), EncodeError> {
+fn value(column: &ColumnDef, cell: &Cell, out: &mut BytesMut) -> Result<(), EncodeError> {
     let error = |reason: String| EncodeError {
         column: column.name.clone(),
         reason,
-    };
-    let Some(cell) = cell else {
-        return Err(error("the row has no value for it".into()));
     };
     match (&column.ty, cell) {
         (_, Cell::Null) => out.put_i32(-1),
@@ -257,10 +342,32 @@ mod tests {
             precision: 5,
             scale: 2,
         };
-        let e = encode(std::slice::from_ref(&col), &[vec![wide]]).expect_err("too wide");
+        let mut rows = CopyRows::new(&[col.clone(), ColumnDef::new("t", SqlType::Integer)]).expect("columns");
+        rows.push(&[Cell::Null, Cell::Int(1)]).expect("fits");
+        let one = rows.stream(0, 1);
+        let e = rows.push(&[wide, Cell::Int(2)]).expect_err("too wide");
         assert_eq!(e.column, "n");
-        let text = ColumnDef::new("t", SqlType::Integer);
-        assert!(encode(&[text], &[vec![Cell::Text("1".into())]]).is_err());
-        assert!(encode(&[col], &[vec![]]).is_err());
+        assert!(rows.push(&[Cell::Null, Cell::Text("1".into())]).is_err());
+        assert!(rows.push(&[Cell::Null]).is_err());
+        // Refused rows left nothing behind.
+        assert_eq!((rows.len(), rows.stream(0, 1)), (1, one));
+    }
+
+    #[test]
+    fn ranges_and_retains_keep_whole_rows() {
+        let col = ColumnDef::new("n", SqlType::BigInt);
+        let mut rows = CopyRows::new(std::slice::from_ref(&col)).expect("columns");
+        for i in 0..4 {
+            rows.push(&[Cell::Long(i)]).expect("row");
+        }
+        let only = |i: i64| {
+            let mut r = CopyRows::new(std::slice::from_ref(&col)).expect("columns");
+            r.push(&[Cell::Long(i)]).expect("row");
+            r.stream(0, 1)
+        };
+        assert_eq!(rows.range(2, 3).stream(0, 1), only(2));
+        assert_eq!(rows.stream(3, 4), only(3));
+        rows.retain(&[false, true, false, false]);
+        assert_eq!((rows.len(), rows.stream(0, 1)), (1, only(1)));
     }
 }

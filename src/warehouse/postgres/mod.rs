@@ -6,17 +6,19 @@
 //! is written by its owner, and the fence on the stored offset rolls back a
 //! batch from an instance that lost its partition in a rebalance.
 
-mod copy;
+pub mod copy;
 
 use crate::quote;
 use std::collections::HashMap;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
-use super::{Batch, Cell, ColumnDef, Dialect, Failure, Mark, StoredOffset, TableRef, Warehouse, WarehouseError};
+use super::{
+    Batch, ColumnDef, Dialect, Encoded, Failure, Mark, StoredOffset, TableRef, TableRows, Warehouse, WarehouseError,
+};
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::error::sql_message;
 
@@ -69,14 +71,16 @@ impl PostgresWarehouse {
 
 /// `rows` in COPY's binary format; a value its column cannot hold is a
 /// refused value, as if the server had refused it.
-fn encode(table: &TableRef, columns: &[ColumnDef], rows: &[Vec<Cell>]) -> Result<Bytes, WarehouseError> {
-    copy::encode(columns, rows)
-        .map(BytesMut::freeze)
-        .map_err(|e| WarehouseError::Sql {
+/// `rows` as one binary COPY stream.
+fn stream(table: &TableRef, rows: &TableRows) -> Result<Bytes, WarehouseError> {
+    match rows.data() {
+        Encoded::Copy(c) => Ok(c.stream(0, c.len())),
+        Encoded::Arrow(_) => Err(WarehouseError::Sql {
             context: format!("COPY into {table}"),
-            message: e.to_string(),
-            failure: Failure::Value,
-        })
+            message: "the rows were encoded for another target".into(),
+            failure: Failure::Statement,
+        }),
+    }
 }
 
 async fn copy_in(
@@ -173,13 +177,13 @@ impl Warehouse for PostgresWarehouse {
 
     async fn write(&mut self, consumer_group: &str, batch: &Batch) -> Result<(), WarehouseError> {
         // Rendering before BEGIN keeps the transaction short.
-        let dead = batch.dead_letter_rows();
+        let dead = batch.dead_letter_rows(Dialect::Postgres)?;
         let tables = batch
             .tables
             .iter()
             .chain(&dead)
-            .filter(|(_, r)| !r.rows.is_empty())
-            .map(|(t, r)| Ok((t, &r.columns[..], encode(t, &r.columns, &r.rows)?)))
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(t, r)| Ok((t, &r.columns[..], stream(t, r)?)))
             .collect::<Result<Vec<_>, WarehouseError>>()?;
         let tx = self.client.transaction().await.map_err(sql("BEGIN"))?;
         for (table, columns, data) in tables {
@@ -244,15 +248,10 @@ impl Warehouse for PostgresWarehouse {
         tx.commit().await.map_err(sql("COMMIT"))
     }
 
-    async fn probe(
-        &mut self,
-        table: &TableRef,
-        columns: &[ColumnDef],
-        rows: &[Vec<Cell>],
-    ) -> Result<(), WarehouseError> {
-        let data = encode(table, columns, rows)?;
+    async fn probe(&mut self, table: &TableRef, rows: &TableRows) -> Result<(), WarehouseError> {
+        let data = stream(table, rows)?;
         let tx = self.client.transaction().await.map_err(sql("BEGIN"))?;
-        let result = copy_in(&tx, table, columns, data).await;
+        let result = copy_in(&tx, table, &rows.columns, data).await;
         tx.rollback().await.map_err(sql("ROLLBACK"))?;
         result
     }
