@@ -122,7 +122,7 @@ async fn run_sink(args: &[String], n: u64, label: &str) -> SinkRun {
     // threads librdkafka and DuckDB start later are not followed by `-p`).
     let perf = std::env::var("WALHOUSE_BENCH_PERF").ok().map(|dir| {
         Command::new("perf")
-            .args(["record", "-F", "999", "-g", "-a", "-o"])
+            .args(["record", "-F", "499", "--call-graph", "dwarf,32768", "-a", "-o"])
             .arg(format!("{dir}/{label}-{}.data", child.id()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -91,6 +91,9 @@ pub struct EnvelopePlan {
     /// Debezium's envelope (no `unchanged_toast` list): unchanged TOAST
     /// values are its placeholder.
     placeholders: bool,
+    /// Room each decoded row keeps after its columns, for cells the caller
+    /// adds (the sink's change metadata): no reallocation per row.
+    pub spare: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -224,6 +227,7 @@ impl EnvelopePlan {
             columns: columns.unwrap_or_default(),
             fields,
             placeholders,
+            spare: 0,
         })
     }
 
@@ -293,7 +297,7 @@ impl EnvelopePlan {
         let Node::Record(_) = node else {
             return Err(ReadError::NotAnEnvelope("row is not a record".into()));
         };
-        let mut cells = Vec::with_capacity(self.columns.len());
+        let mut cells = Vec::with_capacity(self.columns.len() + self.spare);
         for c in &self.columns {
             cells.push(cell(r, &c.node)?);
         }

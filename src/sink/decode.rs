@@ -152,7 +152,10 @@ impl Decoder {
         }
         let plan = match answer {
             Ok(text) => match EnvelopePlan::compile(&text) {
-                Ok(p) => Plan::Envelope(Arc::new(p)),
+                Ok(mut p) => {
+                    p.spare = super::tables::CDC_COLUMNS.len() + super::KAFKA_COLUMNS.len();
+                    Plan::Envelope(Arc::new(p))
+                }
                 // walhouse's and Debezium's transaction-boundary records.
                 Err(_) if is_transaction_metadata(&text) => Plan::TransactionMetadata,
                 Err(e) => Plan::Refused(format!("schema id {id}: {e}")),

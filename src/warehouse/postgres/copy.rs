@@ -249,41 +249,58 @@ fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
 
 /// `unscaled × 10^-scale` in `numeric`'s binary format: base-10000 digits
 /// around the decimal point, the weight of the first, the sign and the
-/// display scale.
+/// display scale. By arithmetic, not text: one runs per decimal value.
 fn numeric(unscaled: i128, scale: u8, out: &mut BytesMut) {
-    let scale = usize::from(scale);
-    let text = unscaled.unsigned_abs().to_string();
-    // Enough leading zeros that the integer part is not empty.
-    let padded = format!("{}{text}", "0".repeat((scale + 1).saturating_sub(text.len())));
-    let (int, frac) = padded.split_at(padded.len() - scale);
-    // Groups of four decimal digits, aligned on the decimal point.
-    let int = format!("{}{int}", "0".repeat((4 - int.len() % 4) % 4));
-    let frac = format!("{frac}{}", "0".repeat((4 - frac.len() % 4) % 4));
-    let group = |g: &[u8]| g.iter().fold(0i16, |n, d| n * 10 + i16::from(d - b'0'));
-    let mut groups: Vec<i16> = int
-        .as_bytes()
-        .chunks(4)
-        .chain(frac.as_bytes().chunks(4))
-        .map(group)
-        .collect();
-    let mut weight = (int.len() / 4) as i16 - 1;
-    let leading = groups.iter().take_while(|g| **g == 0).count();
-    groups.drain(..leading);
-    weight -= leading as i16;
-    while groups.last() == Some(&0) {
-        groups.pop();
+    // A decimal has at most 38 digits on either side: 10 groups each.
+    const MAX_GROUPS: usize = 20;
+    let ten = |n: u32| 10u128.pow(n);
+    let magnitude = unscaled.unsigned_abs();
+    let s = u32::from(scale).min(38);
+    let (mut int, mut frac) = (magnitude / ten(s), magnitude % ten(s));
+    // Least significant first, then reversed.
+    let mut groups = [0i16; MAX_GROUPS];
+    let mut n = 0;
+    // The fraction's groups, its last one padded with zeros on the right.
+    let frac_groups = s.div_ceil(4) as usize;
+    let partial = s % 4;
+    for i in 0..frac_groups {
+        let (width, pad) = if i == 0 && partial > 0 {
+            (partial, 4 - partial)
+        } else {
+            (4, 0)
+        };
+        groups[n] = ((frac % ten(width)) * ten(pad)) as i16;
+        frac /= ten(width);
+        n += 1;
     }
-    if groups.is_empty() {
+    // The integer part's groups: at least one, as for 0.
+    let int_start = n;
+    loop {
+        groups[n] = (int % 10_000) as i16;
+        int /= 10_000;
+        n += 1;
+        if int == 0 || n == MAX_GROUPS {
+            break;
+        }
+    }
+    let mut weight = (n - int_start) as i16 - 1;
+    let digits = &mut groups[..n];
+    digits.reverse();
+    let leading = digits.iter().take_while(|g| **g == 0).count();
+    let trailing = digits[leading..].iter().rev().take_while(|g| **g == 0).count();
+    let kept = &digits[leading..n - trailing];
+    weight -= leading as i16;
+    if kept.is_empty() {
         weight = 0;
     }
-    let negative = unscaled < 0 && !groups.is_empty();
-    out.put_i32(8 + 2 * groups.len() as i32);
-    out.put_i16(groups.len() as i16);
+    let negative = unscaled < 0 && !kept.is_empty();
+    out.put_i32(8 + 2 * kept.len() as i32);
+    out.put_i16(kept.len() as i16);
     out.put_i16(weight);
     out.put_u16(if negative { 0x4000 } else { 0 });
-    out.put_u16(scale as u16);
-    for g in groups {
-        out.put_i16(g);
+    out.put_u16(u16::from(scale));
+    for g in kept {
+        out.put_i16(*g);
     }
 }
 
@@ -302,6 +319,65 @@ mod tests {
         let n = i16_at(4);
         let digits = (0..n as usize).map(|k| i16_at(12 + 2 * k)).collect();
         (n, i16_at(6), i16_at(8) as u16, i16_at(10) as u16, digits)
+    }
+
+    /// The text-based encoding numeric() replaced, kept as its oracle.
+    fn numeric_by_text(unscaled: i128, scale: u8, out: &mut BytesMut) {
+        let scale = usize::from(scale);
+        let text = unscaled.unsigned_abs().to_string();
+        // Enough leading zeros that the integer part is not empty.
+        let padded = format!("{}{text}", "0".repeat((scale + 1).saturating_sub(text.len())));
+        let (int, frac) = padded.split_at(padded.len() - scale);
+        // Groups of four decimal digits, aligned on the decimal point.
+        let int = format!("{}{int}", "0".repeat((4 - int.len() % 4) % 4));
+        let frac = format!("{frac}{}", "0".repeat((4 - frac.len() % 4) % 4));
+        let group = |g: &[u8]| g.iter().fold(0i16, |n, d| n * 10 + i16::from(d - b'0'));
+        let mut groups: Vec<i16> = int
+            .as_bytes()
+            .chunks(4)
+            .chain(frac.as_bytes().chunks(4))
+            .map(group)
+            .collect();
+        let mut weight = (int.len() / 4) as i16 - 1;
+        let leading = groups.iter().take_while(|g| **g == 0).count();
+        groups.drain(..leading);
+        weight -= leading as i16;
+        while groups.last() == Some(&0) {
+            groups.pop();
+        }
+        if groups.is_empty() {
+            weight = 0;
+        }
+        let negative = unscaled < 0 && !groups.is_empty();
+        out.put_i32(8 + 2 * groups.len() as i32);
+        out.put_i16(groups.len() as i16);
+        out.put_i16(weight);
+        out.put_u16(if negative { 0x4000 } else { 0 });
+        out.put_u16(scale as u16);
+        for g in groups {
+            out.put_i16(g);
+        }
+    }
+
+    #[test]
+    fn numerics_match_the_text_based_encoding() {
+        let mut values: Vec<i128> = vec![0, 1, -1, 9_999, 10_000, -10_001, i64::MAX as i128, 10i128.pow(38) - 1];
+        let mut x: i128 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..2_000 {
+            // xorshift over i128, cut to at most 38 digits
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            values.push(x % 10i128.pow(38 - (x.unsigned_abs() % 38) as u32));
+        }
+        for v in values {
+            for scale in [0u8, 1, 2, 3, 4, 5, 7, 8, 10, 19, 37, 38] {
+                let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+                numeric(v, scale, &mut a);
+                numeric_by_text(v, scale, &mut b);
+                assert_eq!(a, b, "{v} at scale {scale}");
+            }
+        }
     }
 
     #[test]
