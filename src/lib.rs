@@ -29,4 +29,5 @@ pub mod postgres;
 pub mod quote;
 pub mod registry;
 pub mod sink;
+pub mod topics;
 pub mod warehouse;

@@ -1693,6 +1693,82 @@ async fn a_table_added_later_shows_every_row_in_both_formats() {
     }
 }
 
+/// A table whose name Kafka cannot carry as is (`"Order Items"`: each
+/// format names its topic by its own rule, walhouse's with a hash, the
+/// Debezium format's with `_`) lands whole in both formats, on both
+/// targets: the sink checks a record's topic by the rule of its format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_table_kafka_must_rename_lands_whole_in_both_formats() {
+    support::init_logs();
+    let pg = PgServer::start();
+    pg.create_db("backend");
+    let broker = Broker::start();
+    let (_reg, registry_url) = registry().await;
+    let source = pg.client("backend").await;
+    source
+        .batch_execute(
+            "CREATE TABLE \"Order Items\" (id int PRIMARY KEY, v text); \
+             INSERT INTO \"Order Items\" SELECT g, 'v' || g FROM generate_series(1, 5) g",
+        )
+        .await
+        .expect("table");
+    let source_url = pg.url("walhouse_scram", "backend");
+    for format in ["walhouse", "debezium"] {
+        let prefix = format!("walhouse.named{}{format}", std::process::id());
+        let args = capture_flags(
+            &source_url,
+            &broker,
+            &registry_url,
+            &prefix,
+            &[
+                "--slot",
+                &format!("named_{format}"),
+                "--snapshot-mode",
+                "initial_only",
+                "--format",
+                format,
+            ],
+        );
+        let (_, produced) = start_capture(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .finish(LIMIT)
+            .await;
+        assert!(produced >= 5, "{format}: {produced} records");
+        let dir = tempfile::tempdir().expect("dir");
+        let (mut duck, mut pgw) = sink_into_both(
+            &pg,
+            &broker,
+            &registry_url,
+            &prefix,
+            produced,
+            dir.path(),
+            &format!("named_{format}"),
+        )
+        .await;
+        let raw = "SELECT count(*) FROM raw_public.\"Order Items\"";
+        let view = "SELECT count(DISTINCT v) FROM public.\"Order Items\"";
+        let dead = "SELECT count(*) FROM walhouse.dead_letters";
+        let mut got = Vec::new();
+        for sql in [raw, view, dead] {
+            got.push(("duckdb", duck.query_text(sql).await.expect(sql)));
+            got.push(("postgres", pgw.query_text(sql).await.expect(sql)));
+        }
+        let counts: Vec<(&str, Option<String>)> = got.into_iter().map(|(n, r)| (n, r[0][0].clone())).collect();
+        let want = |v: &str| Some(v.to_string());
+        assert_eq!(
+            counts,
+            vec![
+                ("duckdb", want("5")),
+                ("postgres", want("5")),
+                ("duckdb", want("5")),
+                ("postgres", want("5")),
+                ("duckdb", want("0")),
+                ("postgres", want("0")),
+            ],
+            "{format}: raw rows, view rows, dead letters"
+        );
+    }
+}
+
 /// Sink instances that start together on one Postgres warehouse all start:
 /// their setup (the state tables, the company and insolvency tables, the
 /// views) runs at once, and Postgres's `IF NOT EXISTS` and `OR REPLACE`

@@ -231,6 +231,12 @@ impl EnvelopePlan {
         })
     }
 
+    /// Whether the envelope is the Debezium format's (whose topics are
+    /// named by another rule).
+    pub fn is_debezium(&self) -> bool {
+        self.placeholders
+    }
+
     pub fn column_defs(&self) -> Vec<ColumnDef> {
         self.columns
             .iter()

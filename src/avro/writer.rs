@@ -21,18 +21,9 @@ use super::value::{encode_text, put_long, put_str, ValueError};
 use crate::change::{ChangeEvent, ChangeKind, TxInfo};
 use crate::postgres::catalog::{ColumnInfo, TypeInfo};
 use crate::postgres::pgoutput::{OldTuple, Relation, ReplicaIdentity, Tuple, TupleValue};
+use crate::topics::short_hash;
 
 pub const CONNECTOR: &str = "walhouse";
-
-/// FNV-1a: a stable short hash for disambiguating sanitised names.
-fn short_hash(s: &str) -> String {
-    let mut h: u32 = 0x811C_9DC5;
-    for b in s.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    format!("{h:08x}")
-}
 
 /// A valid Avro name (`[A-Za-z_][A-Za-z0-9_]*`) for `s`.
 pub fn avro_name(s: &str) -> String {
@@ -49,25 +40,6 @@ pub fn avro_name(s: &str) -> String {
     out
 }
 
-/// A legal Kafka topic name part (`[A-Za-z0-9._-]`).
-pub fn topic_part(s: &str) -> String {
-    let out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if out == s && !s.is_empty() {
-        out
-    } else {
-        format!("{out}_{}", short_hash(s))
-    }
-}
-
 /// `base`, or `base_<n>` with the first `n` from 2 not in `used` yet (the
 /// last resort that keeps two columns' field names apart); marked used.
 pub fn unique_field(used: &mut std::collections::HashSet<String>, base: String) -> String {
@@ -80,8 +52,9 @@ pub fn unique_field(used: &mut std::collections::HashSet<String>, base: String) 
     field
 }
 
+/// walhouse's topic name of a table.
 pub fn topic_name(prefix: &str, schema: &str, table: &str) -> String {
-    format!("{prefix}.{}.{}", topic_part(schema), topic_part(table))
+    crate::topics::name(crate::topics::Rule::Walhouse, prefix, schema, table)
 }
 
 /// One column as the envelope encodes it.

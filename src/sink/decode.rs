@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::SinkError;
 use crate::avro::reader::{Change, EnvelopePlan};
 use crate::registry::{split_wire, Registry, RegistryError};
+use crate::topics::TopicEnd;
 use crate::warehouse::{Cell, ColumnDef, Mark, SourcePosition, TableRef};
 
 /// Extra lookups of a schema id the registry does not know, before the
@@ -41,8 +42,8 @@ pub(super) struct Target {
     pub table: TableRef,
     /// The cells' columns, Kafka coordinates included.
     pub columns: Vec<ColumnDef>,
-    /// How the topics of its records end (empty: any topic).
-    pub topic_suffix: String,
+    /// How the topics of its records end.
+    pub topic: TopicEnd,
     /// Source columns stored under another name (see
     /// [`super::tables::warehouse_column_names`]), source → warehouse.
     pub renamed: HashMap<String, String>,
@@ -63,7 +64,7 @@ impl Target {
             source,
             table,
             columns,
-            topic_suffix: String::new(),
+            topic: TopicEnd::any(),
             renamed: HashMap::new(),
         }
     }

@@ -36,8 +36,8 @@ use self::metrics::{SinkMetrics, Stage};
 use self::position::{Gap, Positions, SinkContext};
 use self::tables::{cdc_table_def, raw_schema, TableError, Tables};
 use crate::avro::reader::EnvelopePlan;
-use crate::avro::writer::topic_part;
 use crate::registry::{Registry, RegistryError};
+use crate::topics::{Rule, TopicEnd};
 use crate::warehouse::{
     Cell, ColumnDef, DeadLetter, Failure, Mark, Origin, SourcePosition, SqlType, TableRef, Warehouse, WarehouseError,
 };
@@ -131,10 +131,13 @@ pub const PREFETCH: &[(&str, &str)] = &[
 /// walhouse's own schema in the warehouse: never a source's.
 const STATE_SCHEMA: &str = "walhouse";
 
-/// How a CDC topic for `schema.table` ends (capture names it with
-/// `avro::writer::topic_name`).
-fn topic_suffix(schema: &str, table: &str) -> String {
-    format!(".{}.{}", topic_part(schema), topic_part(table))
+/// The rule the topics of records in `plan`'s format are named by.
+fn topic_rule(plan: &EnvelopePlan) -> Rule {
+    if plan.is_debezium() {
+        Rule::Debezium
+    } else {
+        Rule::Walhouse
+    }
 }
 
 /// Why a change of another source system than the one that wrote its
@@ -634,7 +637,8 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         let target = match self.targets.get(&schema_id) {
             Some(t) if t.source.0 == change.schema && t.source.1 == change.table => t.clone(),
             _ => {
-                if !topic.ends_with(&topic_suffix(&change.schema, &change.table)) || change.schema == STATE_SCHEMA {
+                let end = TopicEnd::of(topic_rule(&plan), &change.schema, &change.table);
+                if !end.is_end_of(topic) || change.schema == STATE_SCHEMA {
                     return elsewhere();
                 }
                 match self.target(schema_id, &plan, &change.schema, &change.table).await? {
@@ -643,7 +647,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 }
             }
         };
-        if !topic.ends_with(&target.topic_suffix) {
+        if !target.topic.is_end_of(topic) {
             return elsewhere();
         }
         if !self.tables.has_view(&target.table) {
@@ -727,7 +731,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             raw,
             def.columns,
         );
-        target.topic_suffix = topic_suffix(schema, table);
+        target.topic = TopicEnd::of(topic_rule(plan), schema, table);
         target.renamed = renamed;
         let target = Arc::new(target);
         self.targets.insert(schema_id, target.clone());

@@ -28,8 +28,6 @@ use crate::postgres::Lsn;
 
 /// Debezium's connector name in `source.connector`.
 const CONNECTOR: &str = "postgresql";
-/// Kafka's longest topic name.
-const MAX_TOPIC_LENGTH: usize = 249;
 
 /// What Debezium writes for an unchanged TOAST value, by column type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,18 +120,7 @@ pub struct DebeziumTable {
 
 /// Debezium's topic name: invalid characters become `_`, at most 249.
 pub fn topic_name(prefix: &str, schema: &str, table: &str) -> String {
-    let name: String = format!("{prefix}.{schema}.{table}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(MAX_TOPIC_LENGTH)
-        .collect();
-    name
+    crate::topics::name(crate::topics::Rule::Debezium, prefix, schema, table)
 }
 
 /// An Avro name for `s` as `*.name.adjustment.mode=avro` makes it: invalid
