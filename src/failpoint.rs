@@ -1,7 +1,8 @@
 //! Test hooks at the boundaries where a fault decides correctness: off
 //! unless `WALHOUSE_FAILPOINTS` names them, for tests that must make a
 //! rare interleaving happen every time (a batch fenced by another
-//! instance, a broker that cannot say a partition's earliest offset).
+//! instance, a broker that cannot say a partition's earliest offset, a
+//! replication connection lost inside a transaction).
 //!
 //! `WALHOUSE_FAILPOINTS="sink.before_write=pause-while:/tmp/hold;sink.earliest=fail-while:/tmp/x"`
 //!

@@ -962,6 +962,106 @@ async fn the_transaction_topic_brackets_each_transaction_with_counts() {
     assert_ne!(got[1].key, got[2].key);
 }
 
+/// A transaction re-sent after a reconnect numbers its records from 1
+/// again in the Debezium format's `transaction` block (`total_order`,
+/// `data_collection_order`), as Debezium does for each delivery of a
+/// transaction: capture is held inside a large transaction
+/// (`capture.mid_transaction`), its replication connection is killed, and
+/// the transaction comes again from its Begin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_sent_again_after_a_reconnect_is_numbered_from_one() {
+    const ROWS: i64 = 100_000;
+    let env = Env::start("txagain").await;
+    let sql = env.pg.client(&env.db).await;
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY, pad text)")
+        .await
+        .expect("schema");
+    let dir = tempfile::tempdir().expect("dir");
+    let hold = dir.path().join("hold");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_walhouse-capture"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WALHOUSE_")) {
+        cmd.env_remove(k);
+    }
+    let mut capture = cmd
+        .args(env.args("again_slot", &["--format", "debezium", "--transaction-topic", "true"]))
+        .env(
+            "WALHOUSE_FAILPOINTS",
+            format!("capture.mid_transaction=pause-while:{}", hold.display()),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("walhouse-capture starts");
+    env.wait_streaming("again_slot").await;
+    std::fs::write(&hold, b"").expect("hold");
+    // Large enough that the socket buffers cannot hold the rest of it.
+    sql.batch_execute(&format!(
+        "INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, {ROWS}) g"
+    ))
+    .await
+    .expect("the transaction");
+    let reached = walhouse::failpoint::reached(&hold);
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !reached.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "capture never reached the transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed: i64 = sql
+        .query_one(
+            "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = 'again_slot'",
+            &[],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert_eq!(killed, 1, "the walsender was running");
+    std::fs::remove_file(&hold).expect("release");
+    assert!(
+        env.pg.wait_confirmed(&env.db, "again_slot", LIMIT).await,
+        "the transaction was confirmed"
+    );
+    let _ = capture.kill().await;
+    let (bootstrap, topic) = (env.broker.bootstrap(), env.topic("t"));
+    let records = tokio::task::spawn_blocking(move || read_all(&bootstrap, &topic, LIMIT))
+        .await
+        .expect("reader");
+    let total = records.len();
+    assert!(
+        total > ROWS as usize,
+        "the transaction was sent again after the reconnect: {total} records"
+    );
+    let registry = Registry::new(&RegistryConfig {
+        url: env.registry_url.clone(),
+        ..Default::default()
+    })
+    .expect("registry");
+    // The last ROWS records are the transaction sent again, in order.
+    let again = &records[total - ROWS as usize..];
+    let mut seen = Vec::new();
+    for (i, r) in [(0, &again[0]), (1, &again[1]), (ROWS - 1, &again[ROWS as usize - 1])] {
+        let value = decode(&registry, r.value.as_deref().expect("value")).await;
+        let id = match opt(&value, "after").map(|a| field(a, "id")) {
+            Some(Value::Int(id)) => i64::from(*id),
+            other => panic!("{other:?}"),
+        };
+        let tx = opt(&value, "transaction").expect("a transaction block");
+        let order = |name: &str| match field(tx, name) {
+            Value::Long(n) => *n,
+            other => panic!("{name}: {other:?}"),
+        };
+        seen.push((i, id, order("total_order"), order("data_collection_order")));
+    }
+    assert_eq!(
+        seen,
+        vec![(0, 1, 1, 1), (1, 2, 2, 2), (ROWS - 1, ROWS, ROWS, ROWS)],
+        "(position in the re-sent transaction, id, total_order, data_collection_order)"
+    );
+}
+
 async fn confirmed(sql: &tokio_postgres::Client) -> i64 {
     sql.query_one(
         "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = 'hb_slot'",

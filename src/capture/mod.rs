@@ -806,7 +806,13 @@ impl LoopState<'_> {
             kind,
             snapshot: None,
         };
-        self.emitter.send(&event, dest).await
+        self.emitter.send(&event, dest).await?;
+        // A test hook inside a transaction (after its second record): a
+        // reconnect there re-sends the transaction from its Begin.
+        if in_tx && self.tx_ordinal == 2 {
+            crate::failpoint::pause("capture.mid_transaction").await;
+        }
+        Ok(())
     }
 }
 

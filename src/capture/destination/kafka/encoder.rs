@@ -278,6 +278,13 @@ impl RecordEncoder {
         self.orders = None;
     }
 
+    /// The open transaction was interrupted (a reconnect): it is sent again
+    /// from its Begin, numbered from 1 again, as each delivery of a
+    /// transaction is in Debezium's format.
+    pub fn abandon_transaction(&mut self) {
+        self.orders = None;
+    }
+
     /// Key and value schema ids of the transaction topic (registered once).
     pub async fn transaction_schema_ids(&mut self, topic: &str) -> Result<(u32, u32), OutputError> {
         if let Some(ids) = self.transaction_ids {

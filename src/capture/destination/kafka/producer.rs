@@ -433,6 +433,7 @@ impl Destination for KafkaDestination {
 
     fn abandon_transaction(&mut self) {
         self.open_tx = None;
+        self.encoder.abandon_transaction();
         self.sender.tracker.abandon_unit();
     }
 
