@@ -1062,6 +1062,45 @@ async fn a_transaction_sent_again_after_a_reconnect_is_numbered_from_one() {
     );
 }
 
+/// A topic capture cannot have stops it at start, with the cause and the
+/// fix, before any slot is made: one the broker refuses to create (a
+/// replication factor above its one broker), and one left to a broker
+/// whose auto-creation is off (`--topic-partitions 0`). Before, capture
+/// went on and its records waited for the topic until they timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_cannot_be_had_stops_capture_at_start() {
+    let env = Env::start("notopic").await;
+    let sql = env.pg.client(&env.db).await;
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+        .await
+        .expect("schema");
+    for (slot, extra, fix) in [
+        (
+            "rf_slot",
+            &["--topic-replication-factor", "3"][..],
+            "--topic-replication-factor",
+        ),
+        ("auto_slot", &["--topic-partitions", "0"][..], "--topic-partitions N"),
+    ] {
+        let cap = env.spawn(slot, extra);
+        let ended = tokio::time::timeout(Duration::from_secs(30), cap.task)
+            .await
+            .unwrap_or_else(|_| panic!("{slot}: capture did not stop at start"))
+            .expect("task");
+        let e = ended.expect_err("a topic it cannot have").to_string();
+        assert!(e.contains(&env.topic("t")) && e.contains(fix), "{slot}: {e}");
+        let slots: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .expect("slots")
+            .get(0);
+        assert_eq!(slots, 0, "{slot}: nothing was read");
+    }
+}
+
 async fn confirmed(sql: &tokio_postgres::Client) -> i64 {
     sql.query_one(
         "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = 'hb_slot'",

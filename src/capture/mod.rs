@@ -155,6 +155,7 @@ async fn run_inner<D: Destination>(
 ) -> Result<CaptureSummary, CaptureError> {
     let (sql, _driver) = client::connect(&config.source).await?;
     let setup = set_up(config, &sql).await?;
+    dest.prepare(&setup.tables).await?;
     // Which system the positions belong to; asked again on each reconnect
     // (a failover to a promoted standby keeps it).
     let identity = ReplicationClient::connect(&config.source)
@@ -216,6 +217,8 @@ async fn run_inner<D: Destination>(
 
 /// What start-up found and made ready.
 struct Setup {
+    /// The tables captured.
+    tables: Vec<publication::TableName>,
     status_interval: Duration,
     /// Where snapshot progress is kept (`initial` mode only).
     progress: Option<ProgressStore>,
@@ -292,6 +295,7 @@ async fn set_up(config: &CaptureConfig, sql: &tokio_postgres::Client) -> Result<
         None => needs_snapshot = true,
     }
     Ok(Setup {
+        tables,
         status_interval,
         progress,
         needs_snapshot,

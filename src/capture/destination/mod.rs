@@ -51,6 +51,8 @@ pub enum OutputError {
     NoRowEncoder,
     #[error("reading the catalog of the source: {0}")]
     Catalog(#[from] crate::postgres::SourceError),
+    #[error("Kafka topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
 }
 
 /// Encodes snapshot reads of one table, on any thread.
@@ -121,6 +123,12 @@ pub trait Destination {
     /// The source's database system identifier, before any event: the
     /// scope of the positions records carry.
     fn system_id(&mut self, _system_id: &str) {}
+
+    /// Gets ready for the published `tables` before anything is read (a
+    /// Kafka topic that cannot be had stops capture here, at start).
+    async fn prepare(&mut self, _tables: &[crate::postgres::publication::TableName]) -> Result<(), OutputError> {
+        Ok(())
+    }
 
     /// A table's shape, sent before its first change and after each change
     /// of shape. `cache` holds the type and column facts of the catalog.

@@ -29,8 +29,10 @@ use crate::change::{ChangeEvent, ChangeKind};
 use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::PgTimestamp;
 use crate::postgres::pgoutput::Relation;
+use crate::postgres::publication::TableName;
 use crate::postgres::Lsn;
 use crate::registry::{wire_header, Registry};
+use crate::topics::Rule;
 
 /// Debezium's headers on the two records of a key change: the delete
 /// names the new key, the create the old one.
@@ -155,6 +157,34 @@ struct OpenTransaction {
     counts: Vec<(String, u64)>,
 }
 
+/// How long a topic left to the broker's auto-creation may take to show.
+const TOPIC_WAIT: Duration = Duration::from_secs(5);
+
+/// What to do when the broker refused to create a topic, by its code.
+fn creation_fix(code: RDKafkaErrorCode) -> String {
+    match code {
+        RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed => {
+            ". Fix: grant walhouse's principal CREATE on the cluster or on the topics, or create the topics \
+             beforehand (walhouse then uses them as they are)"
+        }
+        RDKafkaErrorCode::InvalidReplicationFactor => {
+            ". Fix: give --topic-replication-factor at most the number of brokers (-1: the broker's default)"
+        }
+        RDKafkaErrorCode::InvalidPartitions => ". Fix: give --topic-partitions 1 or more",
+        _ => ". Fix: create the topic beforehand, or see the broker's log for why it refused",
+    }
+    .to_owned()
+}
+
+/// Runs a blocking librdkafka call without stalling the runtime's other
+/// tasks where the runtime allows it.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn client_config(config: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.brokers)
@@ -232,36 +262,108 @@ impl KafkaDestination {
         self.sender.produced
     }
 
-    async fn ensure_topic(&mut self, topic: &str) {
-        if self.config.topic_partitions <= 0 || self.topics.contains(topic) {
-            return;
+    /// Makes sure `topic` exists before anything is produced to it (see
+    /// [`Self::ensure_topics`]).
+    async fn ensure_topic(&mut self, topic: &str) -> Result<(), OutputError> {
+        if self.topics.contains(topic) {
+            return Ok(());
         }
-        let new = NewTopic::new(
-            topic,
-            self.config.topic_partitions,
-            TopicReplication::Fixed(self.config.topic_replication),
-        );
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        match self.admin.create_topics([&new], &opts).await {
-            Ok(results) => {
-                for r in results {
-                    match r {
+        self.ensure_topics(&[topic.to_owned()]).await
+    }
+
+    /// Makes sure `topics` exist before anything is produced to them:
+    /// created with `--topic-partitions` partitions (in one request), or,
+    /// with 0, asked of the broker (which creates them if its
+    /// auto-creation is on). A topic that cannot be had is an error with
+    /// the cause and the fix: records produced to it would otherwise wait
+    /// until they time out.
+    async fn ensure_topics(&mut self, topics: &[String]) -> Result<(), OutputError> {
+        let wanted: Vec<&String> = topics.iter().filter(|t| !self.topics.contains(*t)).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let missing = |topic: &str, reason: String| OutputError::Topic {
+            topic: topic.to_owned(),
+            reason,
+        };
+        if self.config.topic_partitions > 0 {
+            let new: Vec<NewTopic<'_>> = wanted
+                .iter()
+                .map(|t| {
+                    NewTopic::new(
+                        t,
+                        self.config.topic_partitions,
+                        TopicReplication::Fixed(self.config.topic_replication),
+                    )
+                })
+                .collect();
+            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            let refused: Vec<(String, String)> = match self.admin.create_topics(&new, &opts).await {
+                Ok(results) => results
+                    .into_iter()
+                    .filter_map(|r| match r {
                         Ok(name) => {
-                            tracing::info!(topic = %name, partitions = self.config.topic_partitions, "created topic")
+                            tracing::info!(topic = %name, partitions = self.config.topic_partitions, "created topic");
+                            None
                         }
-                        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                        Err((name, code)) => {
-                            tracing::warn!(topic = %name, "cannot create topic ({code}); relying on the broker's auto-creation")
-                        }
-                    }
+                        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => None,
+                        Err((name, code)) => Some((name, code.to_string() + &creation_fix(code))),
+                    })
+                    .collect(),
+                Err(e) => wanted
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.to_string(),
+                            format!("{e}. Fix: check that the broker is up and that --brokers is right"),
+                        )
+                    })
+                    .collect(),
+            };
+            // Made by an administrator, who may not let walhouse create topics.
+            for (topic, reason) in refused {
+                if !self.topic_exists(&topic, Duration::ZERO).await? {
+                    return Err(missing(&topic, format!("walhouse could not create it: {reason}")));
                 }
             }
-            Err(e) => tracing::warn!(
-                topic,
-                "cannot create topic ({e}); relying on the broker's auto-creation"
-            ),
+        } else {
+            for topic in &wanted {
+                if !self.topic_exists(topic, TOPIC_WAIT).await? {
+                    return Err(missing(
+                        topic,
+                        "it does not exist, and --topic-partitions 0 leaves its creation to the broker, which did \
+                         not create it (its auto.create.topics.enable is off). Fix: create the topic, or give \
+                         --topic-partitions N so walhouse creates its topics"
+                            .into(),
+                    ));
+                }
+            }
         }
-        self.topics.insert(topic.to_owned());
+        self.topics.extend(wanted.into_iter().cloned());
+        Ok(())
+    }
+
+    /// Whether the broker knows `topic`, asking until `wait` has passed (a
+    /// topic the broker creates on request takes a moment to show).
+    async fn topic_exists(&self, topic: &str, wait: Duration) -> Result<bool, OutputError> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let metadata = blocking(|| {
+                self.sender
+                    .producer
+                    .client()
+                    .fetch_metadata(Some(topic), Duration::from_secs(10))
+            })
+            .map_err(|e| OutputError::Kafka(format!("reading the metadata of topic {topic}: {e}")))?;
+            let known = metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+            if known || std::time::Instant::now() >= deadline {
+                return Ok(known);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Opens the transaction record on the first event of a transaction and
@@ -302,7 +404,7 @@ impl KafkaDestination {
     async fn transaction_record(&mut self, tx: &OpenTransaction, end: Option<Lsn>) -> Result<(), OutputError> {
         let topic = format!("{}.transaction", self.config.topic_prefix);
         let (key_id, value_id) = self.encoder.transaction_schema_ids(&topic).await?;
-        self.ensure_topic(&topic).await;
+        self.ensure_topic(&topic).await?;
         let status = if end.is_some() { "END" } else { "BEGIN" };
         let (key, value) = match self.config.format {
             Format::Walhouse => {
@@ -344,7 +446,7 @@ impl KafkaDestination {
         tracing::error!(topic, lsn = %event.lsn, "{reason}; sent to the dead-letter topic");
         let body = serde_json::json!({ "topic": topic, "reason": reason, "change": event });
         let dlq = format!("{}.dead_letter", self.config.topic_prefix);
-        self.ensure_topic(&dlq).await;
+        self.ensure_topic(&dlq).await?;
         let bytes = body.to_string().into_bytes();
         self.sender.produce(&dlq, Some(topic.as_bytes()), Some(&bytes))
     }
@@ -355,10 +457,24 @@ impl Destination for KafkaDestination {
         self.encoder.set_system_id(system_id);
     }
 
+    async fn prepare(&mut self, tables: &[TableName]) -> Result<(), OutputError> {
+        let rule = match self.config.format {
+            Format::Walhouse => Rule::Walhouse,
+            Format::Debezium => Rule::Debezium,
+        };
+        let mut topics: Vec<String> = tables
+            .iter()
+            .map(|t| crate::topics::name(rule, &self.config.topic_prefix, &t.schema, &t.name))
+            .collect();
+        if self.config.transaction_topic {
+            topics.push(format!("{}.transaction", self.config.topic_prefix));
+        }
+        self.ensure_topics(&topics).await
+    }
+
     async fn relation(&mut self, relation: &Arc<Relation>, cache: &RelationCache) -> Result<(), OutputError> {
         let topic = self.encoder.relation(relation, cache).await?;
-        self.ensure_topic(&topic).await;
-        Ok(())
+        self.ensure_topic(&topic).await
     }
 
     fn row_encoder(&self, relation: &Relation) -> Option<Arc<dyn RowEncoder>> {
