@@ -29,7 +29,7 @@ pub struct SinkMetrics {
 pub enum Stage {
     /// Waiting for Kafka to deliver records.
     Receive,
-    /// Decoding records into rows and batching them.
+    /// Decoding records into rows encoded for the target, and batching them.
     Decode,
     /// Waiting for the writer to finish the batch before.
     WaitWriter,

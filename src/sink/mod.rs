@@ -251,6 +251,8 @@ pub struct Sink<W: Warehouse> {
     /// Fenced batches so far: a record being handled when one is found
     /// is dropped (it is read again once repositioned).
     fences: u64,
+    /// Time spent waiting for the writer, in all (the stages' accounting).
+    waited: Duration,
     /// The `_ingested_at` of the records being handled: read once per
     /// burst of received records, not per row (a clock read per row was a
     /// measurable part of decoding).
@@ -324,6 +326,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             )),
             stopped: HashMap::new(),
             fences: 0,
+            waited: Duration::ZERO,
             ingested_at: 0,
         })
     }
@@ -372,6 +375,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             };
             self.metrics.add_stage(Stage::Receive, waited.elapsed());
             let decoding = Instant::now();
+            let waited_before = self.waited;
             match received {
                 Some(Ok(m)) => {
                     self.ingested_at = now_micros();
@@ -395,7 +399,11 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 Some(Err(e)) => consumer_error(&e),
                 None => {}
             }
-            self.metrics.add_stage(Stage::Decode, decoding.elapsed());
+            // Waits for the writer while decoding (before DDL) count once,
+            // as `wait_writer`.
+            let waited = self.waited.saturating_sub(waited_before);
+            self.metrics
+                .add_stage(Stage::Decode, decoding.elapsed().saturating_sub(waited));
             let full = self.pending.rows >= self.settings.batch_rows || self.pending.bytes >= self.settings.batch_bytes;
             let due = self
                 .pending
@@ -765,6 +773,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
     async fn settle(&mut self) -> Result<(), SinkError> {
         let waited = Instant::now();
         let settled = self.writer.settle().await;
+        self.waited += waited.elapsed();
         self.metrics.add_stage(Stage::WaitWriter, waited.elapsed());
         match settled? {
             Settled::Idle => {}
