@@ -6,8 +6,10 @@
 use std::fmt::Write as _;
 
 use super::config::CaptureConfig;
+use super::error::CaptureError;
+use super::incremental::{Signal, SIGNAL_PREFIX};
+use super::initial::snapshot_slot_name;
 use super::snapshot_progress::ProgressStore;
-use super::{snapshot_slot_name, CaptureError, Signal, SIGNAL_PREFIX};
 use crate::postgres::client::{self, ReadColumn};
 use crate::postgres::publication::{self, TableName};
 use crate::postgres::slot::{self, StatusReport};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::CaptureError;
+use super::error::CaptureError;
 use crate::capture::destination::{Destination, EncodedRows};
 use crate::capture::metrics::Metrics;
 use crate::change::{ChangeEvent, ChangeKind, SnapshotMark, TxInfo};

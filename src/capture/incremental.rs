@@ -23,8 +23,8 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use super::emitter::Emitter;
+use super::error::CaptureError;
 use super::initial::Pace;
-use super::CaptureError;
 use crate::capture::destination::Destination;
 use crate::capture::metrics::Metrics;
 use crate::capture::snapshot_progress::{self, Chunk, Phase, ProgressStore};

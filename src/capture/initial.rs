@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::emitter::{room_or_shutdown, Emitter};
-use super::{captured_tables, snapshot_slot_name, CaptureError};
+use super::error::CaptureError;
+use super::published::captured_tables;
 use crate::capture::config::{CaptureConfig, SnapshotMode};
 use crate::capture::destination::{Destination, EncodedRows, RowEncoder};
 use crate::capture::snapshot_progress::{self, Chunk, Phase, ProgressStore};
@@ -31,6 +32,12 @@ use crate::postgres::publication::TableName;
 use crate::postgres::replication::ReplicationClient;
 use crate::postgres::snapshot::{self, PageRange, SnapshotError};
 use crate::postgres::{client, Lsn, SourceError};
+
+/// The temporary slot that exports the initial snapshot: `<slot>_snap`,
+/// within Postgres's 63-character limit.
+pub fn snapshot_slot_name(slot: &str) -> String {
+    format!("{}_snap", &slot[..slot.len().min(58)])
+}
 
 /// Rows per message from a copy worker.
 const BATCH_ROWS: usize = 512;

@@ -14,13 +14,17 @@ pub mod admin;
 pub mod config;
 pub mod destination;
 mod emitter;
+mod error;
 mod incremental;
 mod initial;
 pub mod metrics;
+mod published;
 pub mod snapshot_progress;
 pub mod watermark;
 
+pub use error::CaptureError;
 pub use incremental::{Signal, SIGNAL_PREFIX, WATERMARK_PREFIX};
+pub use initial::snapshot_slot_name;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +38,6 @@ use self::snapshot_progress::{Phase as SnapshotPhase, ProgressStore};
 use crate::capture::destination::{Destination, OutputError};
 use crate::capture::metrics::{Metrics, Phase};
 use crate::change::{check_arity, ChangeEvent, ChangeKind, TxInfo};
-use crate::postgres::catalog::CatalogError;
 use crate::postgres::client::ReadColumn;
 use crate::postgres::pgoutput::{LogicalMessage, Message, OldTuple, Relation, Tuple};
 use crate::postgres::replication::{ReplicationClient, ReplicationStream, StreamOptions};
@@ -42,37 +45,7 @@ use crate::postgres::{client, publication, slot, Lsn, SourceError};
 use crate::registry::Registry;
 use emitter::Emitter;
 use incremental::Incremental;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error(transparent)]
-    Catalog(#[from] CatalogError),
-    #[error(transparent)]
-    Output(#[from] OutputError),
-    #[error("gave up after {attempts} reconnect attempts; last error: {last}")]
-    GaveUp { attempts: u32, last: SourceError },
-    #[error("snapshot: {0}")]
-    Snapshot(#[from] crate::postgres::snapshot::SnapshotError),
-    #[error("cannot serve metrics on {addr}: {source}. Fix: choose a free --metrics-addr")]
-    Metrics {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("the server sent a streamed-transaction message although walhouse asked for protocol 1 (at {lsn})")]
-    UnexpectedStream { lsn: Lsn },
-    #[error("--output kafka needs --brokers and --schema-registry-url")]
-    NoKafkaSettings,
-    #[error("{table} is not in publication {publication:?}. Fix: add it (ALTER PUBLICATION … ADD TABLE {quoted}), which also snapshots it")]
-    NotPublished {
-        table: String,
-        quoted: String,
-        publication: String,
-    },
-    #[error("{0}")]
-    InvalidTable(String),
-}
+use published::{captured_tables, retain_captured};
 
 /// How a capture ended without error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -302,22 +275,6 @@ async fn set_up(config: &CaptureConfig, sql: &tokio_postgres::Client) -> Result<
     })
 }
 
-/// The published tables, less walhouse's own progress tables (which a
-/// publication FOR ALL TABLES includes).
-async fn captured_tables(
-    sql: &tokio_postgres::Client,
-    publication: &str,
-    state_schema: &str,
-) -> Result<Vec<publication::TableName>, CaptureError> {
-    let mut tables = publication::published_tables(sql, publication).await?;
-    retain_captured(&mut tables, state_schema);
-    Ok(tables)
-}
-
-fn retain_captured(tables: &mut Vec<publication::TableName>, state_schema: &str) {
-    tables.retain(|t| t.schema != state_schema);
-}
-
 /// The incremental snapshot's reader, if one runs (pending otherwise).
 async fn reader_finished(incremental: &mut Option<Incremental>) -> Result<incremental::ChunkReadDone, CaptureError> {
     match incremental {
@@ -369,12 +326,6 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 
 /// How often the slot's lag on the server is measured.
 const LAG_CHECK_EVERY: Duration = Duration::from_secs(10);
-
-/// The temporary slot that exports the initial snapshot: `<slot>_snap`,
-/// within Postgres's 63-character limit.
-pub fn snapshot_slot_name(slot: &str) -> String {
-    format!("{}_snap", &slot[..slot.len().min(58)])
-}
 
 /// 250 ms, 500 ms, 1 s, … capped at `max`.
 fn backoff(attempt: u32, max: Duration) -> Duration {

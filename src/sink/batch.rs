@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::decode::Target;
+use super::error::SinkError;
 use super::metrics::SinkMetrics;
 use super::position::Partition;
-use super::SinkError;
 use crate::warehouse::{
     isolate, Batch, Cell, DeadLetter, Dialect, Mark, OffsetUpdate, Origin, TableRows, Warehouse, WarehouseError,
 };

@@ -35,7 +35,7 @@ pub fn table_def() -> TableDef {
         .iter()
         .map(|(n, t)| ColumnDef::new(n, t.clone()))
         .collect();
-    columns.extend(super::kafka_columns());
+    columns.extend(super::tables::kafka_columns());
     TableDef {
         table: table(),
         columns,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::SinkError;
+use super::error::SinkError;
 use crate::avro::reader::{Change, EnvelopePlan};
 use crate::registry::{split_wire, Registry, RegistryError};
 use crate::topics::TopicEnd;
@@ -154,7 +154,7 @@ impl Decoder {
         let plan = match answer {
             Ok(text) => match EnvelopePlan::compile(&text) {
                 Ok(mut p) => {
-                    p.spare = super::tables::CDC_COLUMNS.len() + super::KAFKA_COLUMNS.len();
+                    p.spare = super::tables::CDC_COLUMNS.len() + super::tables::KAFKA_COLUMNS.len();
                     Plan::Envelope(Arc::new(p))
                 }
                 // walhouse's and Debezium's transaction-boundary records.
@@ -255,7 +255,7 @@ pub(super) fn cells(plan: &EnvelopePlan, target: &Target, change: Change) -> Vec
     let mut cells = change.row.unwrap_or_else(|| vec![Cell::Null; plan.columns.len()]);
     // Room for the metadata cells, and the Kafka coordinates after them:
     // one reallocation per row instead of several.
-    cells.reserve_exact(super::tables::CDC_COLUMNS.len() + super::KAFKA_COLUMNS.len());
+    cells.reserve_exact(super::tables::CDC_COLUMNS.len() + super::tables::KAFKA_COLUMNS.len());
     // A value Avro could not hold came as null plus its text: the typed
     // column gets what the warehouse can hold of it.
     for (name, text) in &change.text_values {

@@ -98,10 +98,11 @@ pub async fn load_file<W: Warehouse>(warehouse: &mut W, path: &Path) -> Result<L
         path: path.to_owned(),
         message: format!("not UTF-8 text: {e}"),
     })?;
-    let parsed = parse(&text, &file, &sha256, super::now_micros()).map_err(|message| InsolvencyError::Format {
-        path: path.to_owned(),
-        message,
-    })?;
+    let parsed =
+        parse(&text, &file, &sha256, super::clock::now_micros()).map_err(|message| InsolvencyError::Format {
+            path: path.to_owned(),
+            message,
+        })?;
     // Encoded for the warehouse now: a value it cannot hold is a dead letter.
     let mut rows = TableRows::new(warehouse.dialect(), table_def().columns)?;
     let mut dead = parsed.dead;

@@ -10,9 +10,11 @@
 //! the same transaction, and its offset moves on like any other.
 
 mod batch;
+mod clock;
 pub mod companies;
 pub mod config;
 mod decode;
+mod error;
 pub mod insolvency;
 pub mod metrics;
 mod position;
@@ -29,63 +31,21 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
+pub use self::clock::now_micros;
+pub use self::error::SinkError;
+pub use self::tables::{kafka_columns, KAFKA_COLUMNS};
+
 use self::batch::{Pending, Settled, Writer};
 use self::config::{ConsumeSettings, OffsetGap, SinkConfig};
 use self::decode::{Decoded, Decoder, Outcome, Target, COMPANIES};
+use self::error::{consumer_error, kafka};
 use self::metrics::{SinkMetrics, Stage};
 use self::position::{Gap, Positions, SinkContext};
 use self::tables::{cdc_table_def, raw_schema, TableError, Tables};
 use crate::avro::reader::EnvelopePlan;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::Registry;
 use crate::topics::{Rule, TopicEnd};
-use crate::warehouse::{
-    Cell, ColumnDef, DeadLetter, Failure, Mark, Origin, SourcePosition, SqlType, TableRef, Warehouse, WarehouseError,
-};
-
-/// The Kafka coordinates every raw table ends with.
-pub const KAFKA_COLUMNS: [(&str, SqlType); 4] = [
-    ("_topic", SqlType::Text),
-    ("_partition", SqlType::Integer),
-    ("_offset", SqlType::BigInt),
-    ("_ingested_at", SqlType::TimestampTz),
-];
-
-pub fn kafka_columns() -> Vec<ColumnDef> {
-    KAFKA_COLUMNS
-        .iter()
-        .map(|(n, t)| ColumnDef::new(n, t.clone()))
-        .collect()
-}
-
-/// The wall clock, microseconds since the Unix epoch (the project's one clock read).
-/// The ingestion time of rows written now.
-pub fn now_micros() -> i64 {
-    crate::postgres::pgoutput::PgTimestamp::now().unix_micros()
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error("Kafka: {context}: {source}. Fix: check --brokers and that the broker is up")]
-    Kafka {
-        context: String,
-        source: rdkafka::error::KafkaError,
-    },
-    #[error("schema registry: {0}. Fix: check --schema-registry-url and that the registry is up")]
-    Registry(#[from] RegistryError),
-    #[error(transparent)]
-    Table(#[from] TableError),
-    #[error(transparent)]
-    Warehouse(#[from] WarehouseError),
-    #[error("the task writing a batch panicked; nothing of it is counted as stored")]
-    Lost,
-    #[error("no Kafka settings: give --brokers and --schema-registry-url")]
-    NoKafkaSettings,
-    #[error("cannot serve metrics on {addr}: {source}. Fix: choose a free --metrics-addr")]
-    Metrics {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-}
+use crate::warehouse::{Cell, ColumnDef, DeadLetter, Failure, Mark, Origin, SourcePosition, TableRef, Warehouse};
 
 /// Runs the sink as configured until `shutdown` says stop: opens the
 /// warehouse its URL names, serves `/metrics` and `/health` when asked,
@@ -178,13 +138,6 @@ fn refused_definition<T>(made: Result<T, TableError>) -> Result<Result<T, Outcom
     }
 }
 
-fn kafka(context: &str) -> impl Fn(rdkafka::error::KafkaError) -> SinkError + '_ {
-    move |source| SinkError::Kafka {
-        context: context.to_owned(),
-        source,
-    }
-}
-
 /// Creates walhouse's tables in the warehouse, the raw tables of company
 /// events and insolvencies, and the views over them.
 pub async fn prepare<W: Warehouse>(w: &mut W, tables: &mut Tables) -> Result<(), SinkError> {
@@ -194,19 +147,6 @@ pub async fn prepare<W: Warehouse>(w: &mut W, tables: &mut Tables) -> Result<(),
     let views = tables::statements(&tables::companies_latest_sql());
     w.execute(&views).await?;
     Ok(())
-}
-
-/// Errors the consumer reports while it goes on (it reconnects by itself).
-fn consumer_error(e: &rdkafka::error::KafkaError) {
-    use rdkafka::types::RDKafkaErrorCode;
-    match e.rdkafka_error_code() {
-        // A subscribed topic that does not exist yet (the companies topic
-        // before its first event, a pattern before capture's first table).
-        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
-            tracing::debug!("Kafka consumer: {e} (consumed once it exists)")
-        }
-        _ => tracing::warn!("Kafka consumer: {e}"),
-    }
 }
 
 /// A consumed message, copied out of the consumer's buffer.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{consumer_error, kafka, SinkError};
+use super::error::{consumer_error, kafka, SinkError};
 use crate::warehouse::{Mark, OffsetUpdate, SourcePosition, StoredOffset};
 
 /// A topic and partition.

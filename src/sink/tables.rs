@@ -9,6 +9,21 @@ use std::collections::{HashMap, HashSet};
 use crate::warehouse::{ColumnDef, Dialect, SqlType, TableDef, TableRef, Warehouse, WarehouseError};
 
 /// The CDC metadata columns of every raw change table, after the source's.
+/// The Kafka coordinates every raw table ends with.
+pub const KAFKA_COLUMNS: [(&str, SqlType); 4] = [
+    ("_topic", SqlType::Text),
+    ("_partition", SqlType::Integer),
+    ("_offset", SqlType::BigInt),
+    ("_ingested_at", SqlType::TimestampTz),
+];
+
+pub fn kafka_columns() -> Vec<ColumnDef> {
+    KAFKA_COLUMNS
+        .iter()
+        .map(|(n, t)| ColumnDef::new(n, t.clone()))
+        .collect()
+}
+
 pub const CDC_COLUMNS: [(&str, SqlType); 9] = [
     ("_op", SqlType::Text),
     ("_lsn", SqlType::BigInt),
@@ -30,7 +45,7 @@ pub const CDC_COLUMNS: [(&str, SqlType); 9] = [
 pub fn warehouse_column_names<'a>(source: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let mut taken: std::collections::HashSet<String> = CDC_COLUMNS
         .iter()
-        .chain(super::KAFKA_COLUMNS.iter())
+        .chain(KAFKA_COLUMNS.iter())
         .map(|(n, _)| n.to_ascii_lowercase())
         .collect();
     let mut out = Vec::new();
@@ -185,7 +200,7 @@ impl Tables {
 }
 
 fn is_metadata(column: &str) -> bool {
-    CDC_COLUMNS.iter().any(|(n, _)| *n == column) || super::KAFKA_COLUMNS.iter().any(|(n, _)| *n == column)
+    CDC_COLUMNS.iter().any(|(n, _)| *n == column) || KAFKA_COLUMNS.iter().any(|(n, _)| *n == column)
 }
 
 /// Types whose values Postgres may leave out of an update as unchanged
@@ -328,7 +343,7 @@ pub fn statements(text: &str) -> Vec<String> {
 pub fn cdc_table_def(raw: &TableRef, source_columns: Vec<ColumnDef>) -> TableDef {
     let mut columns = source_columns;
     columns.extend(CDC_COLUMNS.iter().map(|(n, t)| ColumnDef::new(n, t.clone())));
-    columns.extend(super::kafka_columns());
+    columns.extend(kafka_columns());
     TableDef {
         table: raw.clone(),
         columns,

@@ -1,0 +1,36 @@
+//! What stops capture, each with the operator's fix where there is one.
+
+use crate::capture::destination::OutputError;
+use crate::postgres::catalog::CatalogError;
+use crate::postgres::{Lsn, SourceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("gave up after {attempts} reconnect attempts; last error: {last}")]
+    GaveUp { attempts: u32, last: SourceError },
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] crate::postgres::snapshot::SnapshotError),
+    #[error("cannot serve metrics on {addr}: {source}. Fix: choose a free --metrics-addr")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the server sent a streamed-transaction message although walhouse asked for protocol 1 (at {lsn})")]
+    UnexpectedStream { lsn: Lsn },
+    #[error("--output kafka needs --brokers and --schema-registry-url")]
+    NoKafkaSettings,
+    #[error("{table} is not in publication {publication:?}. Fix: add it (ALTER PUBLICATION … ADD TABLE {quoted}), which also snapshots it")]
+    NotPublished {
+        table: String,
+        quoted: String,
+        publication: String,
+    },
+    #[error("{0}")]
+    InvalidTable(String),
+}
