@@ -108,30 +108,9 @@ impl Env {
     /// README's known limits).
     async fn wait_streaming(&self, slot: &str) {
         assert!(
-            self.pg
-                .wait_for_slot(&self.db, slot, true, Duration::from_secs(20))
-                .await,
+            self.pg.wait_streaming(&self.db, slot, LIMIT).await,
             "capture did not start streaming from {slot}"
         );
-        let sql = self.pg.client(&self.db).await;
-        let deadline = std::time::Instant::now() + LIMIT;
-        loop {
-            let phase: Option<String> = sql
-                .query_opt("SELECT phase FROM walhouse.snapshots WHERE slot = $1", &[&slot])
-                .await
-                .ok()
-                .flatten()
-                .map(|r| r.get(0));
-            // No progress table (an error here) or no row: no snapshot.
-            if phase.as_deref().is_none_or(|p| p == "done") {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the initial snapshot of {slot} did not finish"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     async fn read(&self, table: &str, expected: usize) -> Vec<Decoded> {

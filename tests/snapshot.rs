@@ -616,9 +616,10 @@ async fn generated_columns_are_snapshotted_as_the_publication_streams_them() {
     for (publication, slot) in [("with_gen", "gen_slot"), ("without_gen", "nogen_slot")] {
         let out = dir.path().join(format!("{publication}.jsonl"));
         let (stop, task) = spawn(config(&pg, &db, slot, &["--publication", publication]), &out);
+        // Row 2 must come after the copy, as a streamed insert.
         assert!(
-            pg.wait_for_slot(&db, slot, true, Duration::from_secs(30)).await,
-            "no active {slot}"
+            pg.wait_streaming(&db, slot, Duration::from_secs(30)).await,
+            "{slot} is not streaming"
         );
         outs.push((stop, task, out));
     }

@@ -381,6 +381,34 @@ impl PgServer {
         true
     }
 
+    /// Polls up to `limit` until capture streams from `slot`: the slot is
+    /// active, and its initial snapshot (if any) is done. The slot is
+    /// active already while the snapshot copies, so a change made before
+    /// would be read by the copy instead of streamed.
+    pub async fn wait_streaming(&self, db: &str, slot: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        if !self.wait_for_slot(db, slot, true, limit).await {
+            return false;
+        }
+        let sql = self.client(db).await;
+        loop {
+            let phase: Option<String> = sql
+                .query_opt("SELECT phase FROM walhouse.snapshots WHERE slot = $1", &[&slot])
+                .await
+                .ok()
+                .flatten()
+                .map(|r| r.get(0));
+            // No progress table (an error here) or no row: no snapshot.
+            if phase.as_deref().is_none_or(|p| p == "done") {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Polls up to `limit` until `slot` confirmed everything written so
     /// far; whether it did. The target is the insert position, not
     /// `pg_current_wal_lsn()`: with synchronous_commit off the write
