@@ -3,6 +3,13 @@
 //! Postgres's text forms of dates, times and timestamps. Capture parses
 //! dates into Avro days with it; the sink prints cells back as text with it.
 
+/// Infinite dates (days) and timestamps (microseconds), as DuckDB stores
+/// them: what `infinity` and `-infinity` become in the warehouses.
+pub const DATE_INFINITY: i32 = i32::MAX;
+pub const DATE_NEG_INFINITY: i32 = -i32::MAX;
+pub const TIMESTAMP_INFINITY: i64 = i64::MAX;
+pub const TIMESTAMP_NEG_INFINITY: i64 = -i64::MAX;
+
 /// Days since 1970-01-01 in the proleptic Gregorian calendar.
 pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };

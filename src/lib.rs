@@ -9,7 +9,7 @@
 //!   [`capture`] loop hands them to a [`capture::destination::Destination`] and confirms
 //!   an LSN to Postgres only once the destination says it is durable.
 //! - **sink** (`walhouse-sink`): the [`sink`] loop consumes the CDC topics
-//!   (decoded by [`avro::reader`]), company events and insolvency CSVs
+//!   (decoded by [`sink::envelope`]), company events and insolvency CSVs
 //!   into append-only raw tables of a [`warehouse::Warehouse`] (DuckDB or
 //!   Postgres), storing each partition's offset in the same transaction.
 //!

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use walhouse::avro::reader::EnvelopePlan;
+use walhouse::sink::envelope::EnvelopePlan;
 
 const SCHEMA: &str = r#"{"type":"record","name":"Envelope","namespace":"w.public.t","fields":[
   {"name":"before","type":["null",{"type":"record","name":"Value","fields":[

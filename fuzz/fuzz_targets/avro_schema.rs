@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use walhouse::avro::reader::EnvelopePlan;
+use walhouse::sink::envelope::EnvelopePlan;
 
 fuzz_target!(|data: &[u8]| {
     let (schema, body) = match data.iter().position(|b| *b == 0) {

@@ -1,13 +1,11 @@
-//! Postgres rows to Avro and back, side by side: the type mapping
-//! ([`types`]) and exact text-to-binary encoding ([`value`]) that capture's
-//! [`writer`] builds its Debezium-shaped keys and envelopes from, and the
-//! sink's [`reader`], which decodes those envelopes by their writer schema
-//! into warehouse cells. Pure: no I/O; the writer is unit-tested against
+//! Postgres rows to Avro: the type mapping ([`types`]) and exact
+//! text-to-binary encoding ([`value`]) that capture's [`writer`] builds its
+//! Debezium-shaped keys and envelopes from (the sink decodes them with its
+//! own `sink::envelope`). Pure: no I/O; the writer is unit-tested against
 //! apache-avro's reader. [`debezium`] holds the Connect types of
 //! Debezium's format.
 
 pub mod debezium;
-pub mod reader;
 pub mod types;
 pub mod value;
 pub mod writer;

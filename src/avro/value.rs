@@ -352,8 +352,8 @@ pub fn iso_timestamp_micros(text: &str) -> Option<i64> {
 /// warehouses' own infinities.
 pub fn date_from_text(text: &str) -> Option<i32> {
     match text {
-        "infinity" => Some(crate::warehouse::DATE_INFINITY),
-        "-infinity" => Some(crate::warehouse::DATE_NEG_INFINITY),
+        "infinity" => Some(crate::calendar::DATE_INFINITY),
+        "-infinity" => Some(crate::calendar::DATE_NEG_INFINITY),
         _ => date_days(text).ok(),
     }
 }
@@ -367,8 +367,8 @@ pub fn time_from_text(text: &str) -> Option<i64> {
 /// the warehouses' own infinities.
 pub fn timestamp_from_text(text: &str, with_zone: bool) -> Option<i64> {
     match text {
-        "infinity" => Some(crate::warehouse::TIMESTAMP_INFINITY),
-        "-infinity" => Some(crate::warehouse::TIMESTAMP_NEG_INFINITY),
+        "infinity" => Some(crate::calendar::TIMESTAMP_INFINITY),
+        "-infinity" => Some(crate::calendar::TIMESTAMP_NEG_INFINITY),
         _ => timestamp_micros(text, with_zone).ok(),
     }
 }

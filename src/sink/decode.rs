@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::envelope::{Change, EnvelopePlan};
 use super::error::SinkError;
-use crate::avro::reader::{Change, EnvelopePlan};
 use crate::registry::{split_wire, Registry, RegistryError};
 use crate::topics::TopicEnd;
 use crate::warehouse::{Cell, ColumnDef, Mark, SourcePosition, TableRef};

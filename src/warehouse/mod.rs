@@ -37,11 +37,8 @@ pub enum SqlType {
     Json,
 }
 
-/// The warehouses' infinite dates and timestamps, as DuckDB stores them.
-pub const DATE_INFINITY: i32 = i32::MAX;
-pub const DATE_NEG_INFINITY: i32 = -i32::MAX;
-pub const TIMESTAMP_INFINITY: i64 = i64::MAX;
-pub const TIMESTAMP_NEG_INFINITY: i64 = -i64::MAX;
+/// The warehouses' infinite dates and timestamps (defined with the calendar).
+pub use crate::calendar::{DATE_INFINITY, DATE_NEG_INFINITY, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY};
 
 /// One value of a row, already in the column's type.
 #[derive(Clone, Debug, PartialEq)]
