@@ -21,7 +21,7 @@ use duckdb::arrow::compute::filter_record_batch;
 use duckdb::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use duckdb::arrow::record_batch::RecordBatch;
 
-use super::{too_many_digits, Cell, ColumnDef, SqlType};
+use super::{too_many_digits, width_mismatch, Cell, ColumnDef, SqlType};
 
 /// A value its column cannot hold, or a malformed batch.
 #[derive(Debug, thiserror::Error)]
@@ -221,15 +221,8 @@ impl ArrowRows {
     /// Appends a row (a cell per column, in order), or nothing if one of
     /// its cells does not fit its column.
     pub fn push(&mut self, cells: &[Cell]) -> Result<(), ConversionError> {
-        if cells.len() != self.columns.len() {
-            return Err(ConversionError::Value {
-                column: self
-                    .columns
-                    .get(cells.len())
-                    .map(|c| c.name.clone())
-                    .unwrap_or_default(),
-                reason: format!("the row has {} values for {} columns", cells.len(), self.columns.len()),
-            });
+        if let Some((column, reason)) = width_mismatch(&self.columns, cells) {
+            return Err(ConversionError::Value { column, reason });
         }
         for (column, cell) in self.columns.iter().zip(cells) {
             check(column, cell)?;
@@ -306,11 +299,6 @@ impl ArrowRows {
         }
         self.sealed = kept;
         Ok(())
-    }
-
-    /// The bytes its arrays hold.
-    pub fn memory(&self) -> usize {
-        self.sealed.iter().map(RecordBatch::get_array_memory_size).sum()
     }
 }
 

@@ -649,6 +649,18 @@ impl Warehouse for AnyWarehouse {
     }
 }
 
+/// Why `cells` cannot be a row of `columns` by their count: the column
+/// named is the first without a value (none for too many values), then
+/// the reason. Both encoders refuse such a row whole.
+pub(crate) fn width_mismatch(columns: &[ColumnDef], cells: &[Cell]) -> Option<(String, String)> {
+    (cells.len() != columns.len()).then(|| {
+        (
+            columns.get(cells.len()).map(|c| c.name.clone()).unwrap_or_default(),
+            format!("the row has {} values for {} columns", cells.len(), columns.len()),
+        )
+    })
+}
+
 /// Why a decimal of `unscaled` does not fit a column of `precision`
 /// digits, if it does not: checked by each target's writer before the
 /// engine sees the value, which might narrow it instead of refusing it.

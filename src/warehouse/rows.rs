@@ -112,14 +112,6 @@ impl TableRows {
         });
         Ok(())
     }
-
-    /// The bytes the encoded rows hold (sealed Arrow rows only).
-    pub fn memory(&self) -> usize {
-        match &self.data {
-            Encoded::Arrow(a) => a.memory(),
-            Encoded::Copy(c) => c.memory(),
-        }
-    }
 }
 
 impl std::fmt::Debug for TableRows {

@@ -10,7 +10,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::warehouse::{
-    too_many_digits, Cell, ColumnDef, SqlType, DATE_INFINITY, DATE_NEG_INFINITY, TIMESTAMP_INFINITY,
+    too_many_digits, width_mismatch, Cell, ColumnDef, SqlType, DATE_INFINITY, DATE_NEG_INFINITY, TIMESTAMP_INFINITY,
     TIMESTAMP_NEG_INFINITY,
 };
 
@@ -56,15 +56,8 @@ impl CopyRows {
     /// Appends a row (a cell per column, in order), or nothing if one of
     /// its cells does not fit its column.
     pub fn push(&mut self, cells: &[Cell]) -> Result<(), EncodeError> {
-        if cells.len() != self.columns.len() {
-            return Err(EncodeError {
-                column: self
-                    .columns
-                    .get(cells.len())
-                    .map(|c| c.name.clone())
-                    .unwrap_or_default(),
-                reason: format!("the row has {} values for {} columns", cells.len(), self.columns.len()),
-            });
+        if let Some((column, reason)) = width_mismatch(&self.columns, cells) {
+            return Err(EncodeError { column, reason });
         }
         let start = self.buf.len();
         // Checked in `new`.
@@ -130,11 +123,6 @@ impl CopyRows {
                 .put_slice(self.buf.get(self.end_of(row)..self.end_of(row + 1)).unwrap_or_default());
         }
         *self = out;
-    }
-
-    /// The bytes its rows hold.
-    pub fn memory(&self) -> usize {
-        self.buf.len() + self.starts.len() * std::mem::size_of::<usize>()
     }
 }
 
