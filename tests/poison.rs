@@ -78,7 +78,7 @@ fn batch_with_a_refused_value(dialect: Dialect) -> Batch {
     .enumerate()
     {
         rows.push(row).expect("the column holds it");
-        rows.origins.push(origin(i as i64));
+        rows.origins.push(origin(i as i64).borrow());
     }
     rows.seal().expect("sealed");
     Batch {

@@ -15,7 +15,7 @@ use super::error::SinkError;
 use super::metrics::SinkMetrics;
 use super::position::Partition;
 use crate::warehouse::{
-    isolate, Batch, Cell, DeadLetter, Dialect, Mark, OffsetUpdate, Origin, TableRows, Warehouse, WarehouseError,
+    isolate, Batch, Cell, DeadLetter, Dialect, Mark, OffsetUpdate, OriginRef, TableRows, Warehouse, WarehouseError,
 };
 
 pub(super) struct Pending {
@@ -51,7 +51,7 @@ impl Pending {
     /// A row for `target`, encoded at once; `origin` is kept should the
     /// warehouse refuse it. A row its target cannot hold is a dead letter
     /// instead (`Err`: why).
-    pub fn row(&mut self, target: Arc<Target>, cells: &[Cell], origin: Origin) -> Result<(), String> {
+    pub fn row(&mut self, target: &Arc<Target>, cells: &[Cell], origin: OriginRef<'_>) -> Result<(), String> {
         let pushed = match self.tables.entry(target.key) {
             Entry::Occupied(e) => {
                 let rows = &mut e.into_mut().1;
@@ -59,7 +59,7 @@ impl Pending {
             }
             Entry::Vacant(e) => match TableRows::new(self.dialect, target.columns.clone()) {
                 Ok(rows) => {
-                    let rows = &mut e.insert((target, rows)).1;
+                    let rows = &mut e.insert((target.clone(), rows)).1;
                     rows.push(cells).map(|()| rows)
                 }
                 Err(e) => Err(e.to_string()),
@@ -74,7 +74,7 @@ impl Pending {
             }
             Err(error) => {
                 self.dead(DeadLetter {
-                    origin,
+                    origin: origin.to_owned(),
                     error: error.clone(),
                 });
                 Err(error)

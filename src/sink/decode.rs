@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::envelope::{Change, EnvelopePlan};
 use super::error::SinkError;
+use super::tables::{CDC_COLUMNS, KAFKA_COLUMNS};
 use crate::registry::{split_wire, Registry, RegistryError};
 use crate::topics::TopicEnd;
 use crate::warehouse::{Cell, ColumnDef, Mark, SourcePosition, TableRef};
@@ -72,9 +73,10 @@ impl Target {
 
 /// One consumed record's fate.
 pub(super) enum Outcome {
+    /// A row, its cells (all but the Kafka coordinates) in the loop's
+    /// row buffer.
     Row {
         target: Arc<Target>,
-        cells: Vec<Cell>,
         /// The change's source position and system (walhouse's format
         /// carries them).
         position: Option<Mark>,
@@ -87,15 +89,14 @@ pub(super) enum Outcome {
     Stop(String),
 }
 
-/// A change record decoded under its writer schema.
-// The large variant is the common one, moved out at once: boxing it would
-// cost an allocation per record.
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Decoded {
-    Change {
+/// A change record with the plan for its writer schema, or its fate
+/// without one.
+pub(super) enum Planned<'p> {
+    Envelope {
         schema_id: u32,
         plan: Arc<EnvelopePlan>,
-        change: Change,
+        /// The Avro body, after the wire format's header.
+        body: &'p [u8],
     },
     Outcome(Outcome),
 }
@@ -116,24 +117,16 @@ impl Decoder {
         }
     }
 
-    /// Decodes a change record's value (Confluent wire format).
-    pub async fn decode(&mut self, payload: &[u8]) -> Result<Decoded, SinkError> {
-        let dead = |reason: String| Ok(Decoded::Outcome(Outcome::Dead(reason)));
+    /// The plan for a change record's value (Confluent wire format).
+    pub async fn plan_of<'p>(&mut self, payload: &'p [u8]) -> Result<Planned<'p>, SinkError> {
+        let dead = |reason: String| Ok(Planned::Outcome(Outcome::Dead(reason)));
         let Some((schema_id, body)) = split_wire(payload) else {
             return dead("not in the Confluent wire format (magic byte 0 and a schema id expected)".into());
         };
-        let plan = match self.plan(schema_id).await? {
-            Plan::Envelope(p) => p,
-            Plan::TransactionMetadata => return Ok(Decoded::Outcome(Outcome::Skip)),
-            Plan::Refused(reason) => return dead(reason),
-        };
-        match plan.decode(body) {
-            Ok(change) => Ok(Decoded::Change {
-                schema_id,
-                plan,
-                change,
-            }),
-            Err(e) => dead(format!("schema id {schema_id}: {e}")),
+        match self.plan(schema_id).await? {
+            Plan::Envelope(plan) => Ok(Planned::Envelope { schema_id, plan, body }),
+            Plan::TransactionMetadata => Ok(Planned::Outcome(Outcome::Skip)),
+            Plan::Refused(reason) => dead(reason),
         }
     }
 
@@ -153,10 +146,7 @@ impl Decoder {
         }
         let plan = match answer {
             Ok(text) => match EnvelopePlan::compile(&text) {
-                Ok(mut p) => {
-                    p.spare = super::tables::CDC_COLUMNS.len() + super::tables::KAFKA_COLUMNS.len();
-                    Plan::Envelope(Arc::new(p))
-                }
+                Ok(p) => Plan::Envelope(Arc::new(p)),
                 // walhouse's and Debezium's transaction-boundary records.
                 Err(_) if is_transaction_metadata(&text) => Plan::TransactionMetadata,
                 Err(e) => Plan::Refused(format!("schema id {id}: {e}")),
@@ -249,13 +239,16 @@ fn is_transaction_metadata(text: &str) -> bool {
     schema["type"] == "record" && TRANSACTION_METADATA.contains(&full.as_str())
 }
 
-/// The cells of a change's raw-table row: its columns (all NULL for a
-/// truncate), then the change metadata in `CDC_COLUMNS` order.
-pub(super) fn cells(plan: &EnvelopePlan, target: &Target, change: Change) -> Vec<Cell> {
-    let mut cells = change.row.unwrap_or_else(|| vec![Cell::Null; plan.columns.len()]);
-    // Room for the metadata cells, and the Kafka coordinates after them:
-    // one reallocation per row instead of several.
-    cells.reserve_exact(super::tables::CDC_COLUMNS.len() + super::tables::KAFKA_COLUMNS.len());
+/// Completes a change's raw-table row in `cells`, which holds its
+/// columns as decoded (none for a truncate: they become NULL): the change
+/// metadata in `CDC_COLUMNS` order after them, then room for the Kafka
+/// coordinates. Cells are overwritten in place, their strings reused.
+pub(super) fn finish_row(plan: &EnvelopePlan, target: &Target, change: Change<'_>, cells: &mut Vec<Cell>) {
+    let n = plan.columns.len();
+    cells.resize(n + CDC_COLUMNS.len() + KAFKA_COLUMNS.len(), Cell::Null);
+    if !change.has_row {
+        cells[..n].fill(Cell::Null);
+    }
     // A value Avro could not hold came as null plus its text: the typed
     // column gets what the warehouse can hold of it.
     for (name, text) in &change.text_values {
@@ -267,24 +260,23 @@ pub(super) fn cells(plan: &EnvelopePlan, target: &Target, change: Change) -> Vec
     }
     let json_list =
         |items: &[String]| (!items.is_empty()).then(|| Cell::Text(serde_json::Value::from(items.to_vec()).to_string()));
-    cells.push(Cell::Text(change.op));
-    cells.push(change.lsn.map_or(Cell::Null, Cell::Long));
-    cells.push(change.tx_id.map_or(Cell::Null, Cell::Long));
-    cells.push(
-        change
-            .commit_ts_ms
-            .map_or(Cell::Null, |ms| Cell::TimestampTz(ms.saturating_mul(1000))),
-    );
-    cells.push(Cell::Text(change.snapshot));
-    cells.push(change.commit_lsn.map_or(Cell::Null, Cell::Long));
-    cells.push(change.tx_ordinal.map_or(Cell::Null, Cell::Long));
+    let meta = &mut cells[n..n + CDC_COLUMNS.len()];
+    meta[0].set_text(change.op);
+    meta[1] = change.lsn.map_or(Cell::Null, Cell::Long);
+    meta[2] = change.tx_id.map_or(Cell::Null, Cell::Long);
+    meta[3] = change
+        .commit_ts_ms
+        .map_or(Cell::Null, |ms| Cell::TimestampTz(ms.saturating_mul(1000)));
+    meta[4].set_text(change.snapshot);
+    meta[5] = change.commit_lsn.map_or(Cell::Null, Cell::Long);
+    meta[6] = change.tx_ordinal.map_or(Cell::Null, Cell::Long);
     let unchanged: Vec<String> = change
         .unchanged_toast
         .iter()
         .map(|c| target.column(c).to_owned())
         .collect();
-    cells.push(json_list(&unchanged).unwrap_or(Cell::Null));
-    cells.push(if change.text_values.is_empty() {
+    meta[7] = json_list(&unchanged).unwrap_or(Cell::Null);
+    meta[8] = if change.text_values.is_empty() {
         Cell::Null
     } else {
         let m: serde_json::Map<String, serde_json::Value> = change
@@ -293,8 +285,7 @@ pub(super) fn cells(plan: &EnvelopePlan, target: &Target, change: Change) -> Vec
             .map(|(k, v)| (k, serde_json::Value::String(v)))
             .collect();
         Cell::Text(serde_json::Value::Object(m).to_string())
-    });
-    cells
+    };
 }
 
 #[cfg(test)]

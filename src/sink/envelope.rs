@@ -91,9 +91,10 @@ pub struct EnvelopePlan {
     /// Debezium's envelope (no `unchanged_toast` list): unchanged TOAST
     /// values are its placeholder.
     placeholders: bool,
-    /// Room each decoded row keeps after its columns, for cells the caller
-    /// adds (the sink's change metadata): no reallocation per row.
-    pub spare: usize,
+    /// `source`'s fields, named once here rather than matched by name per
+    /// message; `None` when `source` is not a record (each message is
+    /// then refused).
+    source: Option<Vec<(SourceField, Node)>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -107,15 +108,18 @@ enum Field {
     Other,
 }
 
-/// One decoded change, its row cells aligned with the plan's columns.
+/// One decoded change. Its text borrows the message (or the plan); its
+/// row's cells are in the [`RowBuffer`] it was decoded with.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Change {
-    pub op: String,
-    /// `after`, or `before` for deletes; `None` for truncates.
-    pub row: Option<Vec<Cell>>,
-    pub schema: String,
-    pub table: String,
-    pub snapshot: String,
+pub struct Change<'a> {
+    pub op: &'a str,
+    /// Whether the message had a row (`after`, or `before` for deletes):
+    /// then the buffer's first cells, one per plan column, hold it. Not
+    /// for truncates.
+    pub has_row: bool,
+    pub schema: &'a str,
+    pub table: &'a str,
+    pub snapshot: &'a str,
     pub tx_id: Option<i64>,
     pub lsn: Option<i64>,
     pub commit_ts_ms: Option<i64>,
@@ -124,9 +128,54 @@ pub struct Change {
     pub commit_lsn: Option<i64>,
     pub tx_ordinal: Option<i64>,
     /// walhouse's format: the source's database system identifier.
-    pub system_id: Option<String>,
+    pub system_id: Option<&'a str>,
     pub unchanged_toast: Vec<String>,
     pub text_values: Vec<(String, String)>,
+}
+
+/// Where rows are decoded, kept from message to message: once warm, a
+/// row's cells and their text take no new allocation (per-message
+/// allocations were most of the sink's decoding time).
+#[derive(Debug, Default)]
+pub struct RowBuffer {
+    /// The row (`after`, or `before` for deletes) in its first cells; the
+    /// caller may keep cells of its own after them.
+    pub cells: Vec<Cell>,
+    before: Vec<Cell>,
+}
+
+/// The fields of `source` that are read; the others are skipped.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum SourceField {
+    SystemId,
+    Schema,
+    Table,
+    Snapshot,
+    Sequence,
+    TxId,
+    Lsn,
+    TsMs,
+    CommitLsn,
+    TxOrdinal,
+    Other,
+}
+
+impl SourceField {
+    fn of(name: &str) -> Self {
+        match name {
+            "system_id" => SourceField::SystemId,
+            "schema" => SourceField::Schema,
+            "table" => SourceField::Table,
+            "snapshot" => SourceField::Snapshot,
+            "sequence" => SourceField::Sequence,
+            "txId" => SourceField::TxId,
+            "lsn" => SourceField::Lsn,
+            "ts_ms" => SourceField::TsMs,
+            "commit_lsn" => SourceField::CommitLsn,
+            "tx_ordinal" => SourceField::TxOrdinal,
+            _ => SourceField::Other,
+        }
+    }
 }
 
 impl PlanColumn {
@@ -223,11 +272,20 @@ impl EnvelopePlan {
             }
         }
         let placeholders = !fields.iter().any(|(f, _)| *f == Field::UnchangedToast);
+        let source = fields.iter().find_map(|(f, node)| match (f, node) {
+            (Field::Source, Node::Record(fields)) => Some(
+                fields
+                    .iter()
+                    .map(|(name, n)| (SourceField::of(name), n.clone()))
+                    .collect(),
+            ),
+            _ => None,
+        });
         Ok(EnvelopePlan {
             columns: columns.unwrap_or_default(),
             fields,
             placeholders,
-            spare: 0,
+            source,
         })
     }
 
@@ -244,17 +302,18 @@ impl EnvelopePlan {
             .collect()
     }
 
-    pub fn decode(&self, body: &[u8]) -> Result<Change, ReadError> {
+    /// Decodes a message body, its row into `rows`.
+    pub fn decode<'a>(&'a self, body: &'a [u8], rows: &mut RowBuffer) -> Result<Change<'a>, ReadError> {
         let mut r = Reader { buf: body, pos: 0 };
         let mut change = Change::default();
-        let mut before = None;
-        let mut after = None;
+        let mut before = false;
+        let mut after = false;
         for (field, node) in &self.fields {
             match field {
-                Field::Before => before = self.row(&mut r, node)?,
-                Field::After => after = self.row(&mut r, node)?,
-                Field::Source => source(&mut r, node, &mut change)?,
-                Field::Op => change.op = r.string()?,
+                Field::Before => before = self.row(&mut r, node, &mut rows.before)?,
+                Field::After => after = self.row(&mut r, node, &mut rows.cells)?,
+                Field::Source => self.source(&mut r, &mut change)?,
+                Field::Op => change.op = r.str()?,
                 Field::UnchangedToast => {
                     let mut v = Json::Null;
                     generic(&mut r, node, &mut v)?;
@@ -278,24 +337,34 @@ impl EnvelopePlan {
                 Field::Other => skip(&mut r, node)?,
             }
         }
-        change.row = if change.op == "d" { before } else { after };
-        if self.placeholders {
-            if let Some(row) = change.row.as_mut() {
-                for (c, cell) in self.columns.iter().zip(row.iter_mut()) {
-                    if is_placeholder(cell) {
-                        *cell = Cell::Null;
-                        change.unchanged_toast.push(c.name.clone());
-                    }
+        let n = self.columns.len();
+        change.has_row = if change.op == "d" {
+            if before {
+                if let (Some(row), Some(old)) = (rows.cells.get_mut(..n), rows.before.get_mut(..n)) {
+                    row.swap_with_slice(old);
+                }
+            }
+            before
+        } else {
+            after
+        };
+        if self.placeholders && change.has_row {
+            for (c, cell) in self.columns.iter().zip(rows.cells.iter_mut()) {
+                if is_placeholder(cell) {
+                    *cell = Cell::Null;
+                    change.unchanged_toast.push(c.name.clone());
                 }
             }
         }
         Ok(change)
     }
 
-    fn row(&self, r: &mut Reader<'_>, node: &Node) -> Result<Option<Vec<Cell>>, ReadError> {
+    /// Decodes a row record into `cells` (one per column, grown to that if
+    /// short); `false` if the row is null.
+    fn row(&self, r: &mut Reader<'_>, node: &Node, cells: &mut Vec<Cell>) -> Result<bool, ReadError> {
         let node = match node {
             Node::Union(branches) => match &branches[r.branch(branches.len())?] {
-                Node::Null => return Ok(None),
+                Node::Null => return Ok(false),
                 n => n,
             },
             n => n,
@@ -303,11 +372,79 @@ impl EnvelopePlan {
         let Node::Record(_) = node else {
             return Err(ReadError::NotAnEnvelope("row is not a record".into()));
         };
-        let mut cells = Vec::with_capacity(self.columns.len() + self.spare);
-        for c in &self.columns {
-            cells.push(cell(r, &c.node)?);
+        if cells.len() < self.columns.len() {
+            cells.resize(self.columns.len(), Cell::Null);
         }
-        Ok(Some(cells))
+        for (c, out) in self.columns.iter().zip(cells.iter_mut()) {
+            cell_into(r, &c.node, out)?;
+        }
+        Ok(true)
+    }
+
+    fn source<'a>(&'a self, r: &mut Reader<'a>, change: &mut Change<'a>) -> Result<(), ReadError> {
+        let Some(fields) = &self.source else {
+            return Err(ReadError::NotAnEnvelope("source is not a record".into()));
+        };
+        for (field, node) in fields {
+            match field {
+                SourceField::SystemId => change.system_id = text(r, node)?,
+                SourceField::Schema => change.schema = text(r, node)?.unwrap_or_default(),
+                SourceField::Table => change.table = text(r, node)?.unwrap_or_default(),
+                SourceField::Snapshot => change.snapshot = text(r, node)?.unwrap_or_default(),
+                // Debezium's incremental reads carry no `lsn`; their place in
+                // the stream (the high watermark) is `sequence`'s last element.
+                SourceField::Sequence if change.snapshot == "incremental" => {
+                    if let Some(t) = text(r, node)? {
+                        change.lsn = change.lsn.or_else(|| sequence_position(t));
+                    }
+                }
+                SourceField::TxId => change.tx_id = number(r, node)?,
+                SourceField::Lsn => change.lsn = number(r, node)?.or(change.lsn),
+                SourceField::TsMs => change.commit_ts_ms = number(r, node)?,
+                SourceField::CommitLsn => change.commit_lsn = number(r, node)?,
+                SourceField::TxOrdinal => change.tx_ordinal = number(r, node)?,
+                SourceField::Sequence | SourceField::Other => skip(r, node)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A text field of `source` (a string, or an enum's symbol), borrowed;
+/// `None` for null or another type.
+fn text<'a>(r: &mut Reader<'a>, node: &'a Node) -> Result<Option<&'a str>, ReadError> {
+    match node {
+        Node::Union(branches) => {
+            let b = r.branch(branches.len())?;
+            text(r, &branches[b])
+        }
+        Node::String => r.str().map(Some),
+        Node::Enum(symbols) => {
+            let i = r.long()?;
+            let symbol = usize::try_from(i).ok().and_then(|i| symbols.get(i));
+            symbol
+                .map(|s| Some(s.as_str()))
+                .ok_or_else(|| r.fail("enum index out of range"))
+        }
+        n => skip(r, n).map(|()| None),
+    }
+}
+
+/// A number field of `source` (an int or a long); `None` for null or
+/// another type.
+fn number(r: &mut Reader<'_>, node: &Node) -> Result<Option<i64>, ReadError> {
+    match node {
+        Node::Union(branches) => {
+            let b = r.branch(branches.len())?;
+            number(r, &branches[b])
+        }
+        Node::Null => Ok(None),
+        Node::Long => r.long().map(Some),
+        n => Ok(match cell(r, n)? {
+            Cell::Long(v) => Some(v),
+            Cell::Int(v) => Some(i64::from(v)),
+            _ => None,
+        }),
     }
 }
 
@@ -580,9 +717,13 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
 
-    fn string(&mut self) -> Result<String, ReadError> {
+    fn str(&mut self) -> Result<&'a str, ReadError> {
         let b = self.bytes()?;
-        String::from_utf8(b.to_vec()).map_err(|_| self.fail("string is not UTF-8"))
+        std::str::from_utf8(b).map_err(|_| self.fail("string is not UTF-8"))
+    }
+
+    fn string(&mut self) -> Result<String, ReadError> {
+        self.str().map(str::to_owned)
     }
 
     fn branch(&mut self, n: usize) -> Result<usize, ReadError> {
@@ -619,57 +760,6 @@ impl<'a> Reader<'a> {
             }
         }
     }
-}
-
-fn source(r: &mut Reader<'_>, node: &Node, change: &mut Change) -> Result<(), ReadError> {
-    let Node::Record(fields) = node else {
-        return Err(ReadError::NotAnEnvelope("source is not a record".into()));
-    };
-    // Per message: read the few fields kept, skip the rest without
-    // building values.
-    for (name, node) in fields.iter() {
-        match name.as_str() {
-            "system_id" => {
-                if let Cell::Text(t) = cell(r, node)? {
-                    change.system_id = Some(t);
-                }
-            }
-            "schema" | "table" | "snapshot" => {
-                let text = match cell(r, node)? {
-                    Cell::Text(t) => t,
-                    _ => String::new(),
-                };
-                match name.as_str() {
-                    "schema" => change.schema = text,
-                    "table" => change.table = text,
-                    _ => change.snapshot = text,
-                }
-            }
-            // Debezium's incremental reads carry no `lsn`; their place in
-            // the stream (the high watermark) is `sequence`'s last element.
-            "sequence" if change.snapshot == "incremental" => {
-                if let Cell::Text(t) = cell(r, node)? {
-                    change.lsn = change.lsn.or_else(|| sequence_position(&t));
-                }
-            }
-            "txId" | "lsn" | "ts_ms" | "commit_lsn" | "tx_ordinal" => {
-                let v = match cell(r, node)? {
-                    Cell::Long(v) => Some(v),
-                    Cell::Int(v) => Some(i64::from(v)),
-                    _ => None,
-                };
-                match name.as_str() {
-                    "txId" => change.tx_id = v,
-                    "lsn" => change.lsn = v.or(change.lsn),
-                    "commit_lsn" => change.commit_lsn = v,
-                    "tx_ordinal" => change.tx_ordinal = v,
-                    _ => change.commit_ts_ms = v,
-                }
-            }
-            _ => skip(r, node)?,
-        }
-    }
-    Ok(())
 }
 
 /// The last LSN of Debezium's `source.sequence` (`["<lsn>","<lsn>"]`,
@@ -731,6 +821,25 @@ fn skip(r: &mut Reader<'_>, node: &Node) -> Result<(), ReadError> {
         })?,
     }
     Ok(())
+}
+
+/// Decodes one row field into `out`, its text into the string `out` has
+/// (no allocation once the string is large enough).
+fn cell_into(r: &mut Reader<'_>, node: &Node, out: &mut Cell) -> Result<(), ReadError> {
+    match node {
+        Node::Union(branches) => {
+            let b = r.branch(branches.len())?;
+            cell_into(r, &branches[b], out)
+        }
+        Node::String => {
+            out.set_text(r.str()?);
+            Ok(())
+        }
+        n => {
+            *out = cell(r, n)?;
+            Ok(())
+        }
+    }
 }
 
 /// Decodes one row field (a nullable union, or a bare type) to a cell.
@@ -1056,31 +1165,42 @@ mod tests {
     #[test]
     fn decodes_inserts_and_deletes() {
         let plan = EnvelopePlan::compile(SCHEMA).expect("plan");
-        let c = plan.decode(&body("c", true)).expect("decode");
+        let mut rows = RowBuffer::default();
+        let c_body = body("c", true);
+        let c = plan.decode(&c_body, &mut rows).expect("decode");
         assert_eq!(c.op, "c");
-        assert_eq!((c.schema.as_str(), c.table.as_str()), ("public", "t"));
+        assert_eq!((c.schema, c.table), ("public", "t"));
         assert_eq!(
             (c.tx_id, c.lsn, c.commit_ts_ms),
             (Some(777), Some(0x1000), Some(1_700_000_000_000))
         );
         assert_eq!(c.unchanged_toast, vec!["meta".to_string()]);
-        let row = c.row.expect("row");
-        assert_eq!(row[0], Cell::Long(42));
-        assert_eq!(
-            row[1],
+        assert!(c.has_row);
+        let expected = vec![
+            Cell::Long(42),
             Cell::Decimal {
                 unscaled: 48,
                 precision: 19,
-                scale: 4
-            }
-        );
-        assert_eq!(row[2], Cell::Text("{\"a\":1}".into()));
-        assert_eq!(row[3], Cell::Null);
-        assert_eq!(row[4], Cell::Text("[\"x\"]".into()));
-        let d = plan.decode(&body("d", true)).expect("decode");
-        assert_eq!(d.row.expect("before")[0], Cell::Long(42));
-        let t = plan.decode(&body("t", false)).expect("decode");
-        assert!(t.row.is_none());
+                scale: 4,
+            },
+            Cell::Text("{\"a\":1}".into()),
+            Cell::Null,
+            Cell::Text("[\"x\"]".into()),
+        ];
+        assert_eq!(rows.cells, expected);
+        // The same buffer again, as the sink uses it: cells of other
+        // values (and other kinds) are overwritten, not kept.
+        rows.cells[0] = Cell::Text("stale".into());
+        rows.cells[3] = Cell::Text("stale".into());
+        rows.cells.push(Cell::Text("the caller's".into()));
+        let d_body = body("d", true);
+        let d = plan.decode(&d_body, &mut rows).expect("decode");
+        assert!(d.has_row);
+        assert_eq!(rows.cells[..5], expected[..]);
+        assert_eq!(rows.cells[5], Cell::Text("the caller's".into()));
+        let t_body = body("t", false);
+        let t = plan.decode(&t_body, &mut rows).expect("decode");
+        assert!(!t.has_row);
     }
 
     #[test]
@@ -1088,7 +1208,10 @@ mod tests {
         let plan = EnvelopePlan::compile(SCHEMA).expect("plan");
         let full = body("c", true);
         for n in 0..full.len() {
-            assert!(plan.decode(&full[..n]).is_err(), "prefix of {n} bytes");
+            assert!(
+                plan.decode(&full[..n], &mut RowBuffer::default()).is_err(),
+                "prefix of {n} bytes"
+            );
         }
     }
 
@@ -1233,7 +1356,7 @@ mod tests {
         }
         put_long(&mut b, 0);
         put_long(&mut b, 0);
-        let err = plan.decode(&b).expect_err("refused");
+        let err = plan.decode(&b, &mut RowBuffer::default()).expect_err("refused");
         assert!(err.to_string().contains("no bytes"), "{err}");
     }
 
@@ -1247,7 +1370,7 @@ mod tests {
         put_long(&mut wide, 40);
         wide.extend(std::iter::repeat_n(0x11, 40));
         wide.extend(&b[at + 2..]);
-        let err = plan.decode(&wide).expect_err("refused");
+        let err = plan.decode(&wide, &mut RowBuffer::default()).expect_err("refused");
         assert!(err.to_string().contains("precision"), "{err}");
     }
 }

@@ -108,7 +108,7 @@ pub async fn load_file<W: Warehouse>(warehouse: &mut W, path: &Path) -> Result<L
     let mut dead = parsed.dead;
     for (cells, origin) in parsed.rows.into_iter().zip(parsed.origins) {
         match rows.push(&cells) {
-            Ok(()) => rows.origins.push(origin),
+            Ok(()) => rows.origins.push(origin.borrow()),
             Err(error) => dead.push(DeadLetter { origin, error }),
         }
     }

@@ -38,15 +38,17 @@ pub use self::tables::{kafka_columns, KAFKA_COLUMNS};
 
 use self::batch::{Pending, Settled, Writer};
 use self::config::{ConsumeSettings, OffsetGap, SinkConfig};
-use self::decode::{Decoded, Decoder, Outcome, Target, COMPANIES};
-use self::envelope::EnvelopePlan;
+use self::decode::{Decoder, Outcome, Planned, Target, COMPANIES};
+use self::envelope::{EnvelopePlan, RowBuffer};
 use self::error::{consumer_error, kafka};
 use self::metrics::{SinkMetrics, Stage};
 use self::position::{Gap, Positions, SinkContext};
 use self::tables::{cdc_table_def, raw_schema, TableError, Tables};
 use crate::registry::Registry;
 use crate::topics::{Rule, TopicEnd};
-use crate::warehouse::{Cell, ColumnDef, DeadLetter, Failure, Mark, Origin, SourcePosition, TableRef, Warehouse};
+use crate::warehouse::{
+    Cell, ColumnDef, DeadLetter, Failure, Mark, Origin, OriginRef, SourcePosition, TableRef, Warehouse,
+};
 
 /// Runs the sink as configured until `shutdown` says stop: opens the
 /// warehouse its URL names, serves `/metrics` and `/health` when asked,
@@ -151,23 +153,37 @@ pub async fn prepare<W: Warehouse>(w: &mut W, tables: &mut Tables) -> Result<(),
 }
 
 /// A consumed message, copied out of the consumer's buffer.
+#[derive(Default)]
 struct Record {
-    topic: String,
-    partition: i32,
+    /// Topic and partition.
+    at: position::Partition,
     offset: i64,
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
 }
 
 impl Record {
-    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
-        Record {
-            topic: m.topic().to_owned(),
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec),
+    /// Copies `m` in, reusing this record's buffers (no allocation per
+    /// message once they are large enough).
+    fn fill(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        fn copy(to: &mut Option<Vec<u8>>, from: Option<&[u8]>) {
+            match (to.as_mut(), from) {
+                (Some(buf), Some(bytes)) => {
+                    buf.clear();
+                    buf.extend_from_slice(bytes);
+                }
+                (None, Some(bytes)) => *to = Some(bytes.to_vec()),
+                (_, None) => *to = None,
+            }
         }
+        if self.at.0 != m.topic() {
+            self.at.0.clear();
+            self.at.0.push_str(m.topic());
+        }
+        self.at.1 = m.partition();
+        self.offset = m.offset();
+        copy(&mut self.key, m.key());
+        copy(&mut self.payload, m.payload());
     }
 }
 
@@ -198,6 +214,11 @@ pub struct Sink<W: Warehouse> {
     /// burst of received records, not per row (a clock read per row was a
     /// measurable part of decoding).
     ingested_at: i64,
+    /// The message being handled, its buffers kept for the next.
+    record: Record,
+    /// The row being built (see [`Outcome::Row`]), its cells kept for the
+    /// next.
+    row: RowBuffer,
 }
 
 impl<W: Warehouse + Send + 'static> Sink<W> {
@@ -269,6 +290,8 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             fences: 0,
             waited: Duration::ZERO,
             ingested_at: 0,
+            record: Record::default(),
+            row: RowBuffer::default(),
         })
     }
 
@@ -320,17 +343,17 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             match received {
                 Some(Ok(m)) => {
                     self.ingested_at = now_micros();
-                    let record = Record::of(&m);
+                    self.record.fill(&m);
                     drop(m);
-                    self.handle(record).await?;
+                    self.handle_record().await?;
                     // Take what is already fetched without a timer per
                     // message, up to a batch.
                     while self.pending.rows < self.settings.batch_rows {
                         match self.consumer.recv().now_or_never() {
                             Some(Ok(m)) => {
-                                let record = Record::of(&m);
+                                self.record.fill(&m);
                                 drop(m);
-                                self.handle(record).await?;
+                                self.handle_record().await?;
                             }
                             Some(Err(e)) => consumer_error(&e),
                             None => break,
@@ -356,17 +379,23 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         }
     }
 
-    async fn handle(&mut self, record: Record) -> Result<(), SinkError> {
+    /// Handles `self.record`, whose buffers stay for the next message.
+    async fn handle_record(&mut self) -> Result<(), SinkError> {
+        let record = std::mem::take(&mut self.record);
+        let handled = self.handle(&record).await;
+        self.record = record;
+        handled
+    }
+
+    async fn handle(&mut self, record: &Record) -> Result<(), SinkError> {
         let Record {
-            topic,
-            partition,
+            at,
             offset,
             key,
             payload,
         } = record;
-        let at = (topic, partition);
-        let topic = at.0.as_str();
-        let Some(pos) = self.positions.get(&at) else {
+        let (topic, partition, offset) = (at.0.as_str(), at.1, *offset);
+        let Some(pos) = self.positions.get(at) else {
             return Ok(()); // read again once positioned
         };
         if offset < pos.next || self.stopped.contains_key(topic) {
@@ -414,15 +443,17 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         }
         let fences = self.fences;
         let is_companies = self.settings.companies_topic.as_deref() == Some(topic);
-        let outcome = match &payload {
+        let outcome = match payload {
             None if is_companies => Outcome::Dead("empty message (no value)".into()),
             None => Outcome::Skip, // a tombstone: for log compaction, not a change
             Some(p) if is_companies => match companies::parse(p) {
-                Ok(cells) => Outcome::Row {
-                    target: self.companies.clone(),
-                    cells,
-                    position: None,
-                },
+                Ok(cells) => {
+                    self.row.cells = cells;
+                    Outcome::Row {
+                        target: self.companies.clone(),
+                        position: None,
+                    }
+                }
                 Err(e) => Outcome::Dead(e),
             },
             Some(p) => self.cdc(topic, p, key.as_deref()).await?,
@@ -435,7 +466,9 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         // Values the target would refuse cost their record here, before
         // the batch (the writer sets aside what gets past this).
         let refused = match &outcome {
-            Outcome::Row { target, cells, .. } => cells
+            Outcome::Row { target, .. } => self
+                .row
+                .cells
                 .iter()
                 .zip(&target.columns)
                 .find_map(|(c, col)| self.dialect.refuses(c).map(|r| format!("column {}: {r}", col.name))),
@@ -453,7 +486,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             (Outcome::Row { position: Some(p), .. }, Some(h))
                 if p.system_id.zip(h.system_id).is_some_and(|(a, b)| a != b) =>
             {
-                Outcome::Dead(foreign_change(&at, p, h, &self.settings.group_id))
+                Outcome::Dead(foreign_change(at, p, h, &self.settings.group_id))
             }
             (Outcome::Row { position: Some(p), .. }, Some(h)) if p.position <= h.position => {
                 Outcome::Duplicate(p.position)
@@ -461,14 +494,14 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             (other, _) => other,
         };
         let mut position = None;
-        let origin = Origin {
+        let origin = OriginRef {
             source: if is_companies { "companies" } else { "cdc" },
-            topic: Some(topic.to_owned()),
+            topic: Some(topic),
             partition: Some(partition),
             offset: Some(offset),
-            key,
-            raw: payload,
-            ..Origin::default()
+            key: key.as_deref(),
+            raw: payload.as_deref(),
+            ..OriginRef::default()
         };
         match outcome {
             Outcome::Stop(reason) => {
@@ -479,30 +512,36 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             Outcome::Skip => self.metrics.count_skipped(),
             Outcome::Duplicate(p) => {
                 self.metrics.count_duplicate(topic, partition);
-                self.positions.skipped(&at, offset, p);
+                self.positions.skipped(at, offset, p);
             }
             Outcome::Dead(error) => {
                 tracing::warn!(%topic, partition, offset, "dead letter: {error}");
-                self.pending.dead(DeadLetter { origin, error });
+                self.pending.dead(DeadLetter {
+                    origin: origin.to_owned(),
+                    error,
+                });
             }
             Outcome::Row {
                 target,
-                mut cells,
                 position: at_position,
             } => {
                 position = at_position;
-                cells.reserve_exact(KAFKA_COLUMNS.len());
-                cells.push(Cell::Text(topic.to_owned()));
-                cells.push(Cell::Int(partition));
-                cells.push(Cell::Long(offset));
-                cells.push(Cell::TimestampTz(self.ingested_at));
-                if let Err(error) = self.pending.row(target, &cells, origin) {
+                let cells = &mut self.row.cells;
+                let kafka = target.columns.len().saturating_sub(KAFKA_COLUMNS.len());
+                cells.resize(target.columns.len(), Cell::Null);
+                if let Some([t, p, o, ingested]) = cells.get_mut(kafka..) {
+                    t.set_text(topic);
+                    *p = Cell::Int(partition);
+                    *o = Cell::Long(offset);
+                    *ingested = Cell::TimestampTz(self.ingested_at);
+                }
+                if let Err(error) = self.pending.row(&target, cells, origin) {
                     tracing::warn!(%topic, partition, offset, "dead letter: {error}");
                 }
             }
         }
-        let high = self.positions.advance(&at, offset, position);
-        self.pending.advance(&at, stored, offset, high);
+        let high = self.positions.advance(at, offset, position);
+        self.pending.advance(at, stored, offset, high);
         Ok(())
     }
 
@@ -566,13 +605,13 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
     /// Decodes a change event; creates or widens its raw table and view on
     /// first sight.
     async fn cdc(&mut self, topic: &str, payload: &[u8], key: Option<&[u8]>) -> Result<Outcome, SinkError> {
-        let (schema_id, plan, change) = match self.decoder.decode(payload).await? {
-            Decoded::Change {
-                schema_id,
-                plan,
-                change,
-            } => (schema_id, plan, change),
-            Decoded::Outcome(outcome) => return Ok(outcome),
+        let (schema_id, plan, body) = match self.decoder.plan_of(payload).await? {
+            Planned::Envelope { schema_id, plan, body } => (schema_id, plan, body),
+            Planned::Outcome(outcome) => return Ok(outcome),
+        };
+        let change = match plan.decode(body, &mut self.row) {
+            Ok(change) => change,
+            Err(e) => return Ok(Outcome::Dead(format!("schema id {schema_id}: {e}"))),
         };
         // The body names its table; the topic, which the producer was
         // allowed to write, decides. A record naming another topic's table
@@ -586,11 +625,11 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         let target = match self.targets.get(&schema_id) {
             Some(t) if t.source.0 == change.schema && t.source.1 == change.table => t.clone(),
             _ => {
-                let end = TopicEnd::of(topic_rule(&plan), &change.schema, &change.table);
+                let end = TopicEnd::of(topic_rule(&plan), change.schema, change.table);
                 if !end.is_end_of(topic) || change.schema == STATE_SCHEMA {
                     return elsewhere();
                 }
-                match self.target(schema_id, &plan, &change.schema, &change.table).await? {
+                match self.target(schema_id, &plan, change.schema, change.table).await? {
                     Ok(t) => t,
                     Err(stop) => return Ok(stop),
                 }
@@ -601,7 +640,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         }
         if !self.tables.has_view(&target.table) {
             if let Some(key_columns) = self.decoder.key_columns_of(key).await? {
-                let view = TableRef::new(&change.schema, &change.table);
+                let view = TableRef::new(change.schema, change.table);
                 self.settle().await?;
                 let warehouse = self.writer.warehouse()?;
                 let key_columns: Vec<String> = key_columns.iter().map(|c| target.column(c).to_owned()).collect();
@@ -614,7 +653,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 }
             }
         }
-        let system_id = match change.system_id.as_deref().map(str::parse::<u64>) {
+        let system_id = match change.system_id.map(str::parse::<u64>) {
             None => None,
             Some(Ok(id)) => Some(id),
             Some(Err(_)) => {
@@ -631,12 +670,8 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             }),
             _ => None,
         };
-        let cells = decode::cells(&plan, &target, change);
-        Ok(Outcome::Row {
-            target,
-            cells,
-            position,
-        })
+        decode::finish_row(&plan, &target, change, &mut self.row.cells);
+        Ok(Outcome::Row { target, position })
     }
 
     /// First sight of a writer schema: creates or widens its raw table

@@ -97,7 +97,7 @@ fn set_aside_rows(
             *k = false;
         }
         dead.push(DeadLetter {
-            origin: rows.origins.get(i).cloned().unwrap_or_default(),
+            origin: rows.origins.get(i).unwrap_or_default(),
             error: format!("the warehouse refused this row: {error}"),
         });
     }
@@ -121,7 +121,7 @@ mod tests {
             let mut rows = TableRows::new(Dialect::Postgres, columns.clone()).expect("rows");
             for v in values {
                 rows.push(&[Cell::Long(*v)]).expect("row");
-                rows.origins.push(origin(*v));
+                rows.origins.push(origin(*v).borrow());
             }
             rows
         };
@@ -133,7 +133,7 @@ mod tests {
             panic!("COPY rows for Postgres");
         };
         assert_eq!(got.stream(0, got.len()), want.stream(0, want.len()));
-        let kept: Vec<Option<i64>> = rows.origins.iter().map(|o| o.offset).collect();
+        let kept: Vec<Option<i64>> = rows.origins.offsets().collect();
         assert_eq!(kept, vec![Some(0), Some(2), Some(3)]);
         let set: Vec<(Option<i64>, bool)> = dead
             .iter()

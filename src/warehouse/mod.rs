@@ -9,9 +9,11 @@
 pub mod arrow;
 pub mod duckdb;
 pub mod isolate;
+pub mod origins;
 pub mod postgres;
 pub mod rows;
 
+pub use origins::{OriginRef, Origins};
 pub use rows::{Encoded, TableRows};
 
 use crate::quote;
@@ -70,6 +72,19 @@ pub enum Cell {
 }
 
 impl Cell {
+    /// Makes this cell `text`, reusing its string if it holds one: rows
+    /// decoded into the same cells message after message allocate no
+    /// text once warm.
+    pub fn set_text(&mut self, text: &str) {
+        match self {
+            Cell::Text(t) => {
+                t.clear();
+                t.push_str(text);
+            }
+            other => *other = Cell::Text(text.to_owned()),
+        }
+    }
+
     /// The cell's kind, for errors that must not print its value.
     pub fn kind(&self) -> &'static str {
         match self {

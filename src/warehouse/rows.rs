@@ -4,8 +4,9 @@
 //! cells each), and the writer sends it without converting it again.
 
 use super::arrow::ArrowRows;
+use super::origins::Origins;
 use super::postgres::copy::CopyRows;
-use super::{Cell, ColumnDef, Dialect, Origin, WarehouseError};
+use super::{Cell, ColumnDef, Dialect, WarehouseError};
 
 /// The rows, encoded for one target.
 pub enum Encoded {
@@ -21,7 +22,7 @@ pub enum Encoded {
 pub struct TableRows {
     pub columns: Vec<ColumnDef>,
     data: Encoded,
-    pub origins: Vec<Origin>,
+    pub origins: Origins,
 }
 
 impl TableRows {
@@ -41,7 +42,7 @@ impl TableRows {
         Ok(TableRows {
             columns,
             data,
-            origins: Vec::new(),
+            origins: Origins::default(),
         })
     }
 
@@ -91,7 +92,7 @@ impl TableRows {
                 Encoded::Arrow(a) => Encoded::Arrow(a.range(from, to)),
                 Encoded::Copy(c) => Encoded::Copy(c.range(from, to)),
             },
-            origins: Vec::new(),
+            origins: Origins::default(),
         }
     }
 
@@ -105,11 +106,7 @@ impl TableRows {
             })?,
             Encoded::Copy(c) => c.retain(keep),
         }
-        let mut i = 0;
-        self.origins.retain(|_| {
-            i += 1;
-            keep.get(i - 1).copied().unwrap_or(true)
-        });
+        self.origins.retain(keep);
         Ok(())
     }
 }
