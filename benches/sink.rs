@@ -12,7 +12,11 @@
 //! - the `walhouse-sink` binary into a new DuckDB file and into a new
 //!   Postgres database, timed from process start (group join included)
 //!   until its metrics count every row, with its CPU seconds, peak RSS and
-//!   where its time went (`walhouse_sink_stage_seconds_total`).
+//!   where its time went (`walhouse_sink_stage_seconds_total`);
+//! - the target's own write of the rows that sink run stored, in the
+//!   sink's batches (20,000 rows, a transaction each) with nothing to read
+//!   or decode: binary `COPY` into Postgres, Arrow record batches through
+//!   DuckDB's appender. The floor for "write".
 //!
 //! `WALHOUSE_BENCH_SINK_OPTIONS` adds flags to every sink run (e.g.
 //! `--batch-rows 50000`). Medians over `WALHOUSE_BENCH_ROUNDS` rounds (default 3); the machine is
@@ -170,6 +174,102 @@ async fn run_sink(args: &[String], n: u64, label: &str) -> SinkRun {
     }
 }
 
+/// Rows a sink batch holds by default (`--batch-rows`).
+const BATCH_ROWS: usize = 20_000;
+
+/// Postgres's own time to take the rows the sink stored in `db`, by
+/// binary `COPY` in the sink's batches, a transaction each, into a copy of
+/// the raw table. The rows are read out (and cut into batches) first.
+async fn postgres_write_floor(pg: &support::postgres::PgServer, db: &str) -> f64 {
+    use futures_util::{SinkExt, TryStreamExt};
+    let client = pg.client(db).await;
+    client
+        .batch_execute("CREATE TABLE raw_public.floor (LIKE raw_public.events)")
+        .await
+        .expect("floor table");
+    let out = client
+        .copy_out("COPY raw_public.events TO STDOUT (FORMAT binary)")
+        .await
+        .expect("copy out");
+    let chunks: Vec<bytes::Bytes> = out.try_collect().await.expect("copy out");
+    let stream: Vec<u8> = chunks.concat();
+    let batches = copy_batches(&stream, BATCH_ROWS);
+    let started = Instant::now();
+    for batch in batches {
+        client.batch_execute("BEGIN").await.expect("begin");
+        let sink = client
+            .copy_in::<_, bytes::Bytes>("COPY raw_public.floor FROM STDIN (FORMAT binary)")
+            .await
+            .expect("copy in");
+        futures_util::pin_mut!(sink);
+        sink.send(batch).await.expect("copy data");
+        sink.finish().await.expect("copy done");
+        client.batch_execute("COMMIT").await.expect("commit");
+    }
+    started.elapsed().as_secs_f64()
+}
+
+/// A binary COPY stream cut into streams of `rows` rows each.
+fn copy_batches(stream: &[u8], rows: usize) -> Vec<bytes::Bytes> {
+    const SIGNATURE: usize = 11;
+    let ext = u32::from_be_bytes(stream[SIGNATURE + 4..SIGNATURE + 8].try_into().expect("header")) as usize;
+    let header = &stream[..SIGNATURE + 8 + ext];
+    let mut at = header.len();
+    let mut starts = Vec::new();
+    loop {
+        let fields = i16::from_be_bytes(stream[at..at + 2].try_into().expect("tuple"));
+        if fields < 0 {
+            break;
+        }
+        starts.push(at);
+        at += 2;
+        for _ in 0..fields {
+            let len = i32::from_be_bytes(stream[at..at + 4].try_into().expect("field"));
+            at += 4 + usize::try_from(len).unwrap_or(0);
+        }
+    }
+    starts.push(at);
+    let count = starts.len() - 1;
+    (0..count)
+        .step_by(rows)
+        .map(|i| {
+            let (from, to) = (starts[i], starts[(i + rows).min(count)]);
+            let mut b = Vec::with_capacity(header.len() + to - from + 2);
+            b.extend_from_slice(header);
+            b.extend_from_slice(&stream[from..to]);
+            b.extend_from_slice(&(-1i16).to_be_bytes());
+            bytes::Bytes::from(b)
+        })
+        .collect()
+}
+
+/// DuckDB's own time to take the rows the sink stored in `path`, as Arrow
+/// record batches through its appender in the sink's batches, a
+/// transaction each, into a copy of the raw table. The rows are read out
+/// (and cut into batches) first.
+fn duckdb_write_floor(path: &std::path::Path) -> f64 {
+    let conn = duckdb::Connection::open(path).expect("open the sink's DuckDB file");
+    conn.execute_batch("CREATE TABLE raw_public.floor AS SELECT * FROM raw_public.events LIMIT 0")
+        .expect("floor table");
+    let mut read = conn.prepare("SELECT * FROM raw_public.events").expect("select");
+    let batches: Vec<duckdb::arrow::record_batch::RecordBatch> = read.query_arrow([]).expect("rows").collect();
+    let schema = batches.first().expect("rows").schema();
+    let all = duckdb::arrow::compute::concat_batches(&schema, &batches).expect("concat");
+    let started = Instant::now();
+    let mut from = 0;
+    while from < all.num_rows() {
+        let len = BATCH_ROWS.min(all.num_rows() - from);
+        conn.execute_batch("BEGIN TRANSACTION").expect("begin");
+        let mut app = conn.appender_to_db("floor", "raw_public").expect("appender");
+        app.append_record_batch(all.slice(from, len)).expect("append");
+        app.flush().expect("flush");
+        drop(app);
+        conn.execute_batch("COMMIT").expect("commit");
+        from += len;
+    }
+    started.elapsed().as_secs_f64()
+}
+
 /// The value of the metrics line starting with `prefix`.
 fn value(metrics: &str, prefix: &str) -> Option<f64> {
     metrics
@@ -250,6 +350,8 @@ async fn main() {
         assert_eq!(produced, n);
 
         let mut baseline = Vec::new();
+        // The target's own write of each run's rows, by target.
+        let mut floors: std::collections::HashMap<&str, Vec<f64>> = Default::default();
         let mut sinks: Vec<(&str, Vec<SinkRun>)> = ["DuckDB", "Postgres"]
             .into_iter()
             .filter(|t| targets.split(',').any(|w| w.trim().eq_ignore_ascii_case(t)))
@@ -258,12 +360,11 @@ async fn main() {
         for round in 0..rounds {
             baseline.push(consume_and_decode(&bootstrap, &topic, &reader, n).await.as_secs_f64());
             for (target, runs) in sinks.iter_mut() {
+                let file = dir.path().join(format!("p{partitions}r{round}.duckdb"));
+                let db = format!("wh_p{partitions}_r{round}");
                 let warehouse = match *target {
-                    "DuckDB" => format!(
-                        "duckdb:{}",
-                        dir.path().join(format!("p{partitions}r{round}.duckdb")).display()
-                    ),
-                    _ => pg.url("walhouse_scram", &pg.create_db(&format!("wh_p{partitions}_r{round}"))),
+                    "DuckDB" => format!("duckdb:{}", file.display()),
+                    _ => pg.url("walhouse_scram", &pg.create_db(&db)),
                 };
                 let args: Vec<String> = [
                     "--warehouse",
@@ -284,6 +385,11 @@ async fn main() {
                 .chain(extra.split_whitespace().map(str::to_owned))
                 .collect();
                 runs.push(run_sink(&args, n, &format!("{target}-p{partitions}-r{round}")).await);
+                let floor = match *target {
+                    "DuckDB" => duckdb_write_floor(&file),
+                    _ => postgres_write_floor(&pg, &db).await,
+                };
+                floors.entry(*target).or_default().push(floor);
             }
         }
         let rate = |seconds: f64| n as f64 / seconds;
@@ -299,6 +405,14 @@ async fn main() {
             capture_seconds / base
         ));
         for (target, runs) in &sinks {
+            let floor = floors.get(target).cloned().unwrap_or_default();
+            let to_floor = median(runs.iter().zip(&floor).map(|(r, f)| f / r.seconds).collect());
+            let label = format!("{target} takes them (write floor)");
+            table.push(format!(
+                "| {label:<38} | {partitions} | {:>6.2} | {:>9.0} |       |       |         |        |",
+                median(floor.clone()),
+                rate(median(floor.clone())),
+            ));
             let seconds = median(runs.iter().map(|r| r.seconds).collect());
             let to_base = median(runs.iter().zip(&baseline).map(|(r, b)| b / r.seconds).collect());
             table.push(format!(
@@ -315,8 +429,10 @@ async fn main() {
                 .map(|(i, (name, _))| format!("{name} {:.2}", median(runs.iter().map(|r| r.stages[i].1).collect())))
                 .collect();
             println!(
-                "stages (s), walhouse-sink → {target}, {partitions} partition(s): {}",
-                stages.join(", ")
+                "stages (s), walhouse-sink → {target}, {partitions} partition(s): {}; the sink's time over the \
+                 write floor's: {:.2}",
+                stages.join(", "),
+                1.0 / to_floor
             );
         }
     }
