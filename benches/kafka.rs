@@ -34,6 +34,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use support::command::CaptureCommand;
 use support::postgres::{PgOptions, PgServer};
 use tokio::sync::watch;
 use walhouse::capture;
@@ -196,27 +197,16 @@ impl Bench {
 
     fn config_with(&self, slot: &str, prefix: &str, tables: &str, extra: &[&str]) -> CaptureConfig {
         let url = format!("postgres://postgres@127.0.0.1:{}/bench?sslmode=disable", self.pg.port);
-        let brokers = self.broker.bootstrap();
-        let mut args = vec![
-            "--source-url",
-            &url,
-            "--slot",
-            slot,
-            "--publication",
-            "bench_pub",
-            "--tables",
-            tables,
-            "--output",
-            "kafka",
-            "--brokers",
-            &brokers,
-            "--schema-registry-url",
-            &self.registry.url,
-            "--topic-prefix",
-            prefix,
-        ];
-        args.extend_from_slice(extra);
-        support::pipeline::capture_config(&args)
+        CaptureCommand::from(&url)
+            .with("--slot", slot)
+            .with("--publication", "bench_pub")
+            .with("--tables", tables)
+            .with("--output", "kafka")
+            .with("--brokers", self.broker.bootstrap())
+            .with("--schema-registry-url", &self.registry.url)
+            .with("--topic-prefix", prefix)
+            .args(extra)
+            .config()
     }
 
     /// An initial_only snapshot from a new slot into `dest`: (measures, rows, dest).

@@ -34,7 +34,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use support::pipeline::start_capture;
+use support::command::{CaptureCommand, SinkCommand};
 use walhouse::registry::{Registry, RegistryConfig};
 
 const LIMIT: Duration = Duration::from_secs(600);
@@ -329,22 +329,15 @@ async fn main() {
         let topic = format!("{prefix}.public.events");
         println!("filling {topic} ({partitions} partitions) with {n} change records (capture's initial snapshot) …");
         let started = Instant::now();
-        let capture = start_capture(&[
-            "--source-url",
-            &pg.url("walhouse_scram", "bench"),
-            "--output",
-            "kafka",
-            "--brokers",
-            &bootstrap,
-            "--schema-registry-url",
-            &registry.url,
-            "--topic-prefix",
-            &prefix,
-            "--topic-partitions",
-            &partitions.to_string(),
-            "--snapshot-mode",
-            "initial_only",
-        ]);
+        // capture's defaults otherwise (no test-speed status interval).
+        let capture = CaptureCommand::from(&pg.url("walhouse_scram", "bench"))
+            .with("--output", "kafka")
+            .with("--brokers", &bootstrap)
+            .with("--schema-registry-url", &registry.url)
+            .with("--topic-prefix", &prefix)
+            .with("--topic-partitions", partitions.to_string())
+            .with("--snapshot-mode", "initial_only")
+            .start();
         let (_, produced) = capture.finish(LIMIT).await;
         let capture_seconds = started.elapsed().as_secs_f64();
         assert_eq!(produced, n);
@@ -366,25 +359,13 @@ async fn main() {
                     "DuckDB" => format!("duckdb:{}", file.display()),
                     _ => pg.url("walhouse_scram", &pg.create_db(&db)),
                 };
-                let args: Vec<String> = [
-                    "--warehouse",
-                    &warehouse,
-                    "--brokers",
-                    &bootstrap,
-                    "--schema-registry-url",
-                    &registry.url,
-                    "--topic-pattern",
-                    &format!("^{prefix}\\..*"),
-                    "--companies-topic",
-                    "",
-                    "--group-id",
-                    &format!("bench-{target}-{partitions}-{round}"),
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .chain(extra.split_whitespace().map(str::to_owned))
-                .collect();
-                runs.push(run_sink(&args, n, &format!("{target}-p{partitions}-r{round}")).await);
+                // The sink's defaults otherwise (not the tests' short batches).
+                let args = SinkCommand::into(&warehouse, &bootstrap, &registry.url)
+                    .with("--topic-pattern", format!("^{prefix}\\..*"))
+                    .with("--companies-topic", "")
+                    .with("--group-id", format!("bench-{target}-{partitions}-{round}"))
+                    .args(&extra.split_whitespace().collect::<Vec<_>>());
+                runs.push(run_sink(args.argv(), n, &format!("{target}-p{partitions}-r{round}")).await);
                 let floor = match *target {
                     "DuckDB" => duckdb_write_floor(&file),
                     _ => postgres_write_floor(&pg, &db).await,

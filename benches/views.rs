@@ -18,9 +18,8 @@ use walhouse_test_support as support;
 
 use std::time::{Duration, Instant};
 
-use support::pipeline::{
-    ask, capture_flags, sink_flags, start_capture, start_sink, BACKEND_SCHEMA, GENERATE, QUESTIONS, SEED_TABLES,
-};
+use support::command::{CaptureCommand, SinkCommand};
+use support::pipeline::{ask, BACKEND_SCHEMA, GENERATE, QUESTIONS, SEED_TABLES};
 use walhouse::postgres::conninfo::ConnInfo;
 use walhouse::warehouse::duckdb::DuckDbWarehouse;
 use walhouse::warehouse::postgres::PostgresWarehouse;
@@ -150,8 +149,9 @@ async fn main() {
         .expect("count")
         .get(0);
     let source_url = pg.url("walhouse_scram", "backend");
-    let capture_args = capture_flags(&source_url, &broker, &registry.url, "views", &[]);
-    let capture = start_capture(&capture_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let capture = CaptureCommand::from(&source_url)
+        .into_kafka(&broker.bootstrap(), &registry.url, "views")
+        .start();
     let dir = tempfile::tempdir().expect("tempdir");
     let duck_path = dir.path().join("views.duckdb");
     let duck_url = format!("duckdb:{}", duck_path.display());
@@ -173,8 +173,11 @@ async fn main() {
             .into_iter()
             .enumerate()
         {
-            let args = sink_flags(url, &broker, &registry.url, "views", group, &["--companies-topic", ""]);
-            let sink = start_sink(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+            let sink = SinkCommand::into(url, &broker.bootstrap(), &registry.url)
+                .topics_under("views", group)
+                .with("--companies-topic", "")
+                .start()
+                .await;
             let deadline = Instant::now() + LIMIT;
             while stored[i] + sink.metrics.rows() < changes {
                 let so_far = stored[i] + sink.metrics.rows();

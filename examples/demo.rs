@@ -20,7 +20,8 @@ use walhouse_test_support as support;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use support::pipeline::{ask, start_capture, start_sink, BACKEND_SCHEMA, GENERATE, QUESTIONS};
+use support::command::{CaptureCommand, SinkCommand};
+use support::pipeline::{ask, BACKEND_SCHEMA, GENERATE, QUESTIONS};
 use walhouse::postgres::conninfo::ConnInfo;
 use walhouse::warehouse::duckdb::DuckDbWarehouse;
 use walhouse::warehouse::postgres::PostgresWarehouse;
@@ -51,16 +52,13 @@ async fn main() -> anyhow::Result<()> {
 
     let source_url = pg.url("walhouse_scram", "backend");
     println!("== walhouse-capture --output kafka (initial snapshot, then streaming) …");
-    let capture = start_capture(&[
-        "--source-url",
-        &source_url,
-        "--output",
-        "kafka",
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        &registry.url,
-    ]);
+    // Topics under capture's default prefix, which the sink's default
+    // pattern reads.
+    let capture = CaptureCommand::from(&source_url)
+        .with("--output", "kafka")
+        .with("--brokers", broker.bootstrap())
+        .with("--schema-registry-url", &registry.url)
+        .start();
     if !pg
         .wait_for_slot("backend", "walhouse", true, Duration::from_secs(60))
         .await
@@ -71,17 +69,10 @@ async fn main() -> anyhow::Result<()> {
     let duck_path = dir.path().join("warehouse.duckdb");
     let duck_url = format!("duckdb:{}", duck_path.display());
     println!("== walhouse-sink --warehouse {duck_url} …");
-    let mut sink = start_sink(&[
-        "--warehouse",
-        &duck_url,
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        &registry.url,
-        "--batch-ms",
-        "250",
-    ])
-    .await;
+    let mut sink = SinkCommand::into(&duck_url, &broker.bootstrap(), &registry.url)
+        .with("--batch-ms", "250")
+        .start()
+        .await;
 
     println!("== applying a workload on the source while both run …");
     for statement in [

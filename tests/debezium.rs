@@ -10,9 +10,9 @@ use std::time::Duration;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
+use support::command::CaptureCommand;
 use support::debezium::Debezium;
 use support::kafka::{read_all, read_topic, wait_for_count, Broker};
-use support::pipeline::start_capture;
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
 use walhouse::avro::debezium::{
@@ -200,28 +200,13 @@ async fn walhouse_takes_over_debeziums_slot_without_gap_or_resnapshot() {
     // Changes made while nothing reads the slot.
     insert_orders(&sql, 201, 300).await;
 
-    let capture = start_capture(&[
-        "--source-url",
-        &pg.url("walhouse_scram", "shop"),
-        "--output",
-        "kafka",
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        &registry.url,
-        "--topic-prefix",
-        "wh",
-        "--format",
-        "debezium",
-        "--slot",
-        "dbz",
-        "--publication",
-        "dbz_pub",
-        "--snapshot-mode",
-        "never",
-        "--status-interval-ms",
-        "200",
-    ]);
+    let capture = CaptureCommand::from(&pg.url("walhouse_scram", "shop"))
+        .into_kafka(&broker.bootstrap(), &registry.url, "wh")
+        .with("--format", "debezium")
+        .with("--slot", "dbz")
+        .with("--publication", "dbz_pub")
+        .with("--snapshot-mode", "never")
+        .start();
     assert!(
         pg.wait_for_slot("shop", "dbz", true, LIMIT).await,
         "walhouse streams from Debezium's slot"
@@ -790,22 +775,11 @@ async fn walhouse_writes_debeziums_records_record_for_record() {
                 .unwrap_or_else(|e| panic!("registering Debezium's {table}-{suffix}: {e}"));
         }
     }
-    let capture = start_capture(&[
-        "--source-url",
-        &pg.url("walhouse_scram", "shop"),
-        "--output",
-        "kafka",
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        &registry.url,
-        "--topic-prefix",
-        "wh",
-        "--format",
-        "debezium",
-        "--transaction-topic",
-        "true",
-    ]);
+    let capture = CaptureCommand::from(&pg.url("walhouse_scram", "shop"))
+        .into_kafka(&broker.bootstrap(), &registry.url, "wh")
+        .with("--format", "debezium")
+        .with("--transaction-topic", "true")
+        .start();
     for (table, rows) in debezium_snapshot {
         let (bootstrap, topic) = (broker.bootstrap(), format!("wh.public.{table}"));
         let held = tokio::task::spawn_blocking(move || wait_for_count(&bootstrap, &topic, rows, LIMIT))

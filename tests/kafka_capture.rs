@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use apache_avro::types::Value;
+use support::command::CaptureCommand;
 use support::kafka::{read_all, read_topic, Broker, Record};
 use support::postgres::{PgOptions, PgServer};
 use support::registry::TestRegistry;
@@ -68,33 +69,16 @@ impl Env {
         format!("{}.public.{table}", self.prefix)
     }
 
-    fn args(&self, slot: &str, extra: &[&str]) -> Vec<String> {
-        let mut v: Vec<String> = [
-            "--source-url",
-            &self.pg.url("walhouse_scram", &self.db),
-            "--slot",
-            slot,
-            "--output",
-            "kafka",
-            "--brokers",
-            &self.broker.bootstrap(),
-            "--schema-registry-url",
-            &self.registry_url,
-            "--topic-prefix",
-            &self.prefix,
-            "--status-interval-ms",
-            "200",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
+    fn args(&self, slot: &str, extra: &[&str]) -> CaptureCommand {
+        CaptureCommand::from(&self.pg.url("walhouse_scram", &self.db))
+            .into_kafka(&self.broker.bootstrap(), &self.registry_url, &self.prefix)
+            .with("--slot", slot)
+            .args(extra)
     }
 
     /// Runs capture in-process until the returned sender says stop.
     fn spawn(&self, slot: &str, extra: &[&str]) -> Running {
-        let config = support::pipeline::capture_config(&self.args(slot, extra));
+        let config = self.args(slot, extra).config();
         let mut dest = capture::kafka_destination(&config).expect("producer");
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(async move { capture::run(&config, &mut dest, rx).await });
@@ -763,7 +747,7 @@ async fn killed_mid_stream_and_restarted_every_change_arrives_in_key_order() {
         .expect("schema");
     let spawn_binary = || {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_walhouse-capture"));
-        cmd.args(env.args("crash_slot", &["--topic-partitions", "3"]))
+        cmd.args(env.args("crash_slot", &["--topic-partitions", "3"]).argv())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
@@ -962,7 +946,10 @@ async fn a_transaction_sent_again_after_a_reconnect_is_numbered_from_one() {
         cmd.env_remove(k);
     }
     let mut capture = cmd
-        .args(env.args("again_slot", &["--format", "debezium", "--transaction-topic", "true"]))
+        .args(
+            env.args("again_slot", &["--format", "debezium", "--transaction-topic", "true"])
+                .argv(),
+        )
         .env(
             "WALHOUSE_FAILPOINTS",
             format!("capture.mid_transaction=pause-while:{}", hold.display()),

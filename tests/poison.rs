@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use apache_avro::types::Value;
+use support::command::{CaptureCommand, SinkCommand};
 use support::kafka::{create_topic, delete_records, produce, produce_bytes, read_all, read_topic, Broker};
-use support::pipeline::{capture_flags, sink_flags, start_capture, start_sink};
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
 use walhouse::postgres::conninfo::ConnInfo;
@@ -26,22 +26,12 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 /// Captures database `backend` once (`initial_only`) into `<prefix>.*` topics.
 async fn snapshot_into_kafka(pg: &PgServer, broker: &Broker, registry: &TestRegistry, prefix: &str) {
-    start_capture(&[
-        "--source-url",
-        &pg.url("walhouse_scram", "backend"),
-        "--output",
-        "kafka",
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        &registry.url,
-        "--topic-prefix",
-        prefix,
-        "--snapshot-mode",
-        "initial_only",
-    ])
-    .finish(LIMIT)
-    .await;
+    CaptureCommand::from(&pg.url("walhouse_scram", "backend"))
+        .into_kafka(&broker.bootstrap(), &registry.url, prefix)
+        .with("--snapshot-mode", "initial_only")
+        .start()
+        .finish(LIMIT)
+        .await;
 }
 
 /// The batch of the warehouse-level test: three rows of `t (id, amount
@@ -317,23 +307,12 @@ async fn poison_pills_cost_only_their_record_on_both_targets() {
         .execute(&blocking)
         .await
         .expect("blocking table");
-    let pattern = format!("^{}\\..*", prefix.replace('.', "\\."));
     for (warehouse, postgres) in [(duck_url.as_str(), false), (pg_url.as_str(), true)] {
-        let mut sink = start_sink(&[
-            "--warehouse",
-            warehouse,
-            "--brokers",
-            &broker.bootstrap(),
-            "--schema-registry-url",
-            &registry.url,
-            "--topic-pattern",
-            &pattern,
-            "--group-id",
-            if postgres { "poison-pg" } else { "poison-duck" },
-            "--batch-ms",
-            "200",
-        ])
-        .await;
+        let mut sink = SinkCommand::into(warehouse, &broker.bootstrap(), &registry.url)
+            .topics_under(prefix, if postgres { "poison-pg" } else { "poison-duck" })
+            .with("--batch-ms", "200")
+            .start()
+            .await;
         // things: 3 + 2; others: 1 + 1; companies: 3; clash: 1; blocked: its topic stops.
         assert!(sink.wait_for(11, LIMIT).await, "accounted {:?}", sink.accounted());
         assert_eq!(sink.metrics.stopped_topics(), 1);
@@ -422,14 +401,9 @@ async fn a_change_of_another_system_is_refused_and_moves_no_mark() {
         .await
         .expect("table");
     let prefix = "walhouse.systems";
-    let capture_args = capture_flags(
-        &pg.url("walhouse_scram", "backend"),
-        &broker,
-        &registry.url,
-        prefix,
-        &[],
-    );
-    let capture = start_capture(&capture_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let capture = CaptureCommand::from(&pg.url("walhouse_scram", "backend"))
+        .into_kafka(&broker.bootstrap(), &registry.url, prefix)
+        .start();
     let topic = format!("{prefix}.public.m");
     let first = read_topic(&broker.bootstrap(), &topic, 1, LIMIT);
     assert_eq!(first.len(), 1, "the snapshot's row");
@@ -455,8 +429,10 @@ async fn a_change_of_another_system_is_refused_and_moves_no_mark() {
     let pg_url = pg.url("walhouse_scram", &pg.create_db("warehouse"));
     for (warehouse, postgres) in [(duck_url.as_str(), false), (pg_url.as_str(), true)] {
         let group = if postgres { "systems-pg" } else { "systems-duck" };
-        let flags = sink_flags(warehouse, &broker, &registry.url, prefix, group, &[]);
-        let mut sink = start_sink(&flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        let mut sink = SinkCommand::into(warehouse, &broker.bootstrap(), &registry.url)
+            .topics_under(prefix, group)
+            .start()
+            .await;
         assert!(sink.wait_for(4, LIMIT).await, "accounted {:?}", sink.accounted());
         let accounted = sink.accounted();
         sink.stop().await;
@@ -599,24 +575,12 @@ async fn records_deleted_before_they_were_stored_stop_the_topic_or_are_recorded(
         let messages: Vec<(Option<&str>, &[u8])> = events.iter().map(|e| (Some("k"), e.as_bytes())).collect();
         produce(&broker.bootstrap(), "companies", &messages);
     };
-    let args = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "--warehouse",
-            url.as_str(),
-            "--brokers",
-            &broker.bootstrap(),
-            "--schema-registry-url",
-            &registry.url,
-            "--batch-ms",
-            "200",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
+    let args = |extra: &[&str]| {
+        SinkCommand::into(&url, &broker.bootstrap(), &registry.url)
+            .with("--batch-ms", "200")
+            .args(extra)
     };
-    let start = |a: Vec<String>| async move { start_sink(&a.iter().map(String::as_str).collect::<Vec<_>>()).await };
+    let start = |a: SinkCommand| async move { a.start().await };
     send(0, 3);
     let mut sink = start(args(&[])).await;
     assert!(sink.wait_for(3, LIMIT).await, "accounted {:?}", sink.accounted());
@@ -679,7 +643,7 @@ async fn records_deleted_before_they_were_stored_stop_the_topic_or_are_recorded(
     let unreadable = dir.path().join("earliest-unreadable");
     std::fs::write(&unreadable, b"").expect("failpoint file");
     let sink = SinkProcess::spawn(
-        args(&[]),
+        args(&[]).argv().to_vec(),
         &format!("sink.earliest=fail-while:{}", unreadable.display()),
         dir.path().join("sink.log"),
     );
@@ -742,17 +706,13 @@ async fn a_partition_that_cannot_be_positioned_is_said() {
     let stuck = dir.path().join("seek-fails");
     std::fs::write(&stuck, b"").expect("failpoint file");
     let sink = SinkProcess::spawn(
-        [
-            "--warehouse",
+        SinkCommand::into(
             &format!("duckdb:{}", dir.path().join("w.duckdb").display()),
-            "--brokers",
             &broker.bootstrap(),
-            "--schema-registry-url",
             &registry.url,
-            "--batch-ms",
-            "100",
-        ]
-        .map(String::from)
+        )
+        .with("--batch-ms", "100")
+        .argv()
         .to_vec(),
         &format!("sink.seek=fail-while:{}", stuck.display()),
         dir.path().join("sink.log"),
@@ -827,19 +787,11 @@ async fn values_avro_cannot_hold_land_typed_on_both_targets() {
             .collect(),
     ];
     for (warehouse, postgres) in [(duck_url.as_str(), false), (pg_url.as_str(), true)] {
-        let mut sink = start_sink(&[
-            "--warehouse",
-            warehouse,
-            "--brokers",
-            &broker.bootstrap(),
-            "--schema-registry-url",
-            &registry.url,
-            "--topic-pattern",
-            &pattern,
-            "--batch-ms",
-            "200",
-        ])
-        .await;
+        let mut sink = SinkCommand::into(warehouse, &broker.bootstrap(), &registry.url)
+            .with("--topic-pattern", &pattern)
+            .with("--batch-ms", "200")
+            .start()
+            .await;
         assert!(sink.wait_for(2, LIMIT).await, "accounted {:?}", sink.accounted());
         assert_eq!(sink.accounted(), (2, 0, 0));
         sink.stop().await;
@@ -881,21 +833,12 @@ async fn a_registry_outage_is_waited_out() {
     create_topic(&broker.bootstrap(), topic, 1);
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("duckdb:{}", dir.path().join("w.duckdb").display());
-    let mut sink = start_sink(&[
-        "--warehouse",
-        &url,
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        &registry.url,
-        "--topic-pattern",
-        "^walhouse\\.outage\\..*",
-        "--companies-topic",
-        "",
-        "--batch-ms",
-        "200",
-    ])
-    .await;
+    let mut sink = SinkCommand::into(&url, &broker.bootstrap(), &registry.url)
+        .with("--topic-pattern", "^walhouse\\.outage\\..*")
+        .with("--companies-topic", "")
+        .with("--batch-ms", "200")
+        .start()
+        .await;
     let deadline = std::time::Instant::now() + LIMIT;
     while !sink.metrics.is_up() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

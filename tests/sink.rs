@@ -10,8 +10,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::command::{CaptureCommand, SinkCommand};
 use support::kafka::{produce, Broker};
-use support::pipeline::{ask, capture_flags, sink_flags, start_capture, start_sink, BACKEND_SCHEMA, GENERATE};
+use support::pipeline::{ask, BACKEND_SCHEMA, GENERATE};
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
 use walhouse::metrics::Exposition;
@@ -80,24 +81,11 @@ async fn seed_questions_match_in_format(format: &str) {
         .expect("extra tables");
     let prefix = format!("walhouse.e2e{}", std::process::id());
     let source_url = pg.url("walhouse_scram", "backend");
-    let capture = start_capture(&[
-        "--source-url",
-        &source_url,
-        "--output",
-        "kafka",
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        &registry_url,
-        "--topic-prefix",
-        &prefix,
-        "--status-interval-ms",
-        "200",
-        "--format",
-        format,
-        "--skipped-operations",
-        "none",
-    ]);
+    let capture = CaptureCommand::from(&source_url)
+        .into_kafka(&broker.bootstrap(), &registry_url, &prefix)
+        .with("--format", format)
+        .with("--skipped-operations", "none")
+        .start();
     assert!(
         pg.wait_for_slot("backend", "walhouse", true, Duration::from_secs(60))
             .await
@@ -106,32 +94,14 @@ async fn seed_questions_match_in_format(format: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let duck_path = dir.path().join("wh.duckdb");
     let duck_url = format!("duckdb:{}", duck_path.display());
-    let pattern = format!("^{}\\..*", prefix.replace('.', "\\."));
-    let common = |warehouse: &str, group: &str| -> Vec<String> {
-        [
-            "--warehouse",
-            warehouse,
-            "--brokers",
-            &broker.bootstrap(),
-            "--schema-registry-url",
-            &registry_url,
-            "--topic-pattern",
-            &pattern,
-            "--group-id",
-            group,
-            "--batch-ms",
-            "200",
-            "--batch-rows",
-            "700",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    let common = |warehouse: &str, group: &str| {
+        SinkCommand::into(warehouse, &broker.bootstrap(), &registry_url)
+            .topics_under(&prefix, group)
+            .with("--batch-ms", "200")
+            .with("--batch-rows", "700")
     };
-    let duck_args = common(&duck_url, "e2e-duck");
-    let pg_args = common(&warehouse_url, "e2e-pg");
-    let mut duck = start_sink(&duck_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let mut pgw = start_sink(&pg_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let mut duck = common(&duck_url, "e2e-duck").start().await;
+    let mut pgw = common(&warehouse_url, "e2e-pg").start().await;
 
     // Inserts, updates, deletes; a PK-preserving update of the seed's
     // filters; a column added mid-stream and filled.
@@ -363,17 +333,10 @@ async fn company_events_are_stored_as_received_or_dead_lettered() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("companies.duckdb");
     let url = format!("duckdb:{}", path.display());
-    let mut sink = start_sink(&[
-        "--warehouse",
-        &url,
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        &registry_url,
-        "--batch-ms",
-        "200",
-    ])
-    .await;
+    let mut sink = SinkCommand::into(&url, &broker.bootstrap(), &registry_url)
+        .with("--batch-ms", "200")
+        .start()
+        .await;
     let total = (good.len() + bad.len() + cdc_bad) as u64;
     assert!(
         sink.wait_for(total, LIMIT).await,
@@ -493,29 +456,15 @@ async fn a_killed_sink_neither_loses_nor_duplicates() {
     let dir = tempfile::tempdir().expect("tempdir");
     let duck_url = format!("duckdb:{}", dir.path().join("kill.duckdb").display());
     for (warehouse, group) in [(warehouse_url.as_str(), "kill-pg"), (duck_url.as_str(), "kill-duck")] {
-        let args: Vec<String> = [
-            "--warehouse",
-            warehouse,
-            "--brokers",
-            &broker.bootstrap(),
-            "--schema-registry-url",
-            &registry_url,
-            "--group-id",
-            group,
-            "--batch-rows",
-            "250",
-            "--batch-ms",
-            "100",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let args = SinkCommand::into(warehouse, &broker.bootstrap(), &registry_url)
+            .with("--group-id", group)
+            .with("--batch-rows", "250")
+            .with("--batch-ms", "100");
         let is_pg = warehouse.starts_with("postgres");
         for round in 0..3 {
             let port = support::postgres::free_port();
-            let mut run_args = args.clone();
-            run_args.extend(["--metrics-addr".to_string(), format!("127.0.0.1:{port}")]);
-            let mut child = sink_binary(&run_args);
+            let run_args = args.clone().with("--metrics-addr", format!("127.0.0.1:{port}"));
+            let mut child = sink_binary(run_args.argv());
             // Kill once this run has written rows: mid-stream. (DuckDB's
             // file cannot be read while the sink holds it, so the run's
             // own /metrics say when.)
@@ -539,7 +488,7 @@ async fn a_killed_sink_neither_loses_nor_duplicates() {
             let _ = child.wait();
         }
         if is_pg {
-            let mut child = sink_binary(&args);
+            let mut child = sink_binary(args.argv());
             let mut w = PostgresWarehouse::connect(&ConnInfo::parse(warehouse).expect("url"))
                 .await
                 .expect("wh");
@@ -565,9 +514,8 @@ async fn a_killed_sink_neither_loses_nor_duplicates() {
                 "the kills landed mid-stream ({stored} rows)"
             );
             let port = support::postgres::free_port();
-            let mut with_metrics = args.clone();
-            with_metrics.extend(["--metrics-addr".to_string(), format!("127.0.0.1:{port}")]);
-            let mut child = sink_binary(&with_metrics);
+            let with_metrics = args.clone().with("--metrics-addr", format!("127.0.0.1:{port}"));
+            let mut child = sink_binary(with_metrics.argv());
             let deadline = Instant::now() + LIMIT;
             while stored + rows_metric(port) < N as i64 {
                 assert!(
@@ -749,17 +697,10 @@ async fn a_value_postgres_cannot_store_is_a_dead_letter() {
     ];
     let messages: Vec<(Option<&str>, &[u8])> = events.iter().map(|e| (Some("k"), e.as_bytes())).collect();
     produce(&broker.bootstrap(), "companies", &messages);
-    let mut sink = start_sink(&[
-        "--warehouse",
-        &warehouse_url,
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        &registry_url,
-        "--batch-ms",
-        "200",
-    ])
-    .await;
+    let mut sink = SinkCommand::into(&warehouse_url, &broker.bootstrap(), &registry_url)
+        .with("--batch-ms", "200")
+        .start()
+        .await;
     assert!(sink.wait_for(3, LIMIT).await, "accounted {:?}", sink.accounted());
     assert_eq!(sink.accounted().0, 2);
     sink.stop().await;
@@ -821,31 +762,21 @@ async fn sinks_in_one_group_share_a_postgres_warehouse_through_rebalances() {
             bodies.iter().map(|(k, b)| (Some(k.as_str()), b.as_bytes())).collect();
         produce(&broker.bootstrap(), "companies", &messages);
     };
-    let args = [
-        "--warehouse",
-        &warehouse_url,
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        &registry_url,
-        "--group-id",
-        "shared",
-        "--batch-rows",
-        "300",
-        "--batch-ms",
-        "100",
-    ];
+    let args = SinkCommand::into(&warehouse_url, &broker.bootstrap(), &registry_url)
+        .with("--group-id", "shared")
+        .with("--batch-rows", "300")
+        .with("--batch-ms", "100");
     let mut w = PostgresWarehouse::connect(&ConnInfo::parse(&warehouse_url).expect("url"))
         .await
         .expect("warehouse");
     let mut fenced = 0;
-    let a = start_sink(&args).await;
+    let a = args.start().await;
     wave(0);
     assert!(wait_rows(&mut w, WAVE / 2).await, "A stores");
-    let b = start_sink(&args).await;
+    let b = args.start().await;
     wave(1);
     assert!(wait_rows(&mut w, WAVE + WAVE / 2).await, "A and B store");
-    let c = start_sink(&args).await;
+    let c = args.start().await;
     wave(2);
     // A leaves cleanly mid-wave; B crashes.
     fenced += a.metrics.fenced();
@@ -854,7 +785,7 @@ async fn sinks_in_one_group_share_a_postgres_warehouse_through_rebalances() {
     fenced += b.metrics.fenced();
     b.abort();
     wave(3);
-    let d = start_sink(&args).await;
+    let d = args.start().await;
     assert!(wait_rows(&mut w, 4 * WAVE).await, "C and D store everything");
     // Settle: every partition's stored offset reaches its end.
     let deadline = Instant::now() + LIMIT;
@@ -921,17 +852,12 @@ async fn changes_sent_again_are_stored_once() {
         .expect("oracle slot");
     let prefix = format!("walhouse.again{}", std::process::id());
     let source_url = pg.url("walhouse_scram", "backend");
-    let capture_args = |slot: &str| -> Vec<String> {
-        capture_flags(
-            &source_url,
-            &broker,
-            &registry_url,
-            &prefix,
-            &["--slot", slot, "--snapshot-mode", "never", "--topic-partitions", "3"],
-        )
+    let capture_args = |slot: &str| {
+        CaptureCommand::from(&source_url)
+            .into_kafka(&broker.bootstrap(), &registry_url, &prefix)
+            .args(&["--slot", slot, "--snapshot-mode", "never", "--topic-partitions", "3"])
     };
-    let first = capture_args("walhouse");
-    let capture = start_capture(&first.iter().map(String::as_str).collect::<Vec<_>>());
+    let capture = capture_args("walhouse").start();
     assert!(pg.wait_for_slot("backend", "walhouse", true, LIMIT).await);
     for sql in [
         "INSERT INTO t SELECT g, g FROM generate_series(1, 300) g",
@@ -958,23 +884,16 @@ async fn changes_sent_again_are_stored_once() {
         ),
         ("postgres", warehouse_url.clone()),
     ];
-    let sink_args = |name: &str, warehouse: &str| -> Vec<String> {
+    let sink_args = |name: &str, warehouse: &str| {
         // Small batches: a batch boundary falls inside the resent run.
-        let extra = ["--batch-rows", "50"];
-        sink_flags(
-            warehouse,
-            &broker,
-            &registry_url,
-            &prefix,
-            &format!("again-{name}"),
-            &extra,
-        )
+        SinkCommand::into(warehouse, &broker.bootstrap(), &registry_url)
+            .topics_under(&prefix, &format!("again-{name}"))
+            .with("--batch-rows", "50")
     };
     // One sink run until `records` are accounted for: (rows stored,
     // changes skipped as stored, skipped per partition label).
-    let run_sink = |args: Vec<String>, records: u64| async move {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut sink = start_sink(&args).await;
+    let run_sink = |args: SinkCommand, records: u64| async move {
+        let mut sink = args.start().await;
         assert!(
             sink.wait_for(records, LIMIT).await,
             "{:?} of {records}",
@@ -1003,8 +922,7 @@ async fn changes_sent_again_are_stored_once() {
     );
     // The second slot's capture sends every change again, then the new
     // ones after them, in the same partitions.
-    let again = capture_args("again");
-    let resend = start_capture(&again.iter().map(String::as_str).collect::<Vec<_>>());
+    let resend = capture_args("again").start();
     assert!(pg.wait_confirmed("backend", "again", LIMIT).await);
     for sql in [
         "UPDATE t SET v = v - 1 WHERE id <= 20",
@@ -1110,19 +1028,13 @@ async fn a_sink_killed_after_its_ddl_opens_its_duckdb_again() {
     let (_reg, registry_url) = registry().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ddl.duckdb");
-    let args: Vec<String> = [
-        "--warehouse",
+    let args = SinkCommand::into(
         &format!("duckdb:{}", path.display()),
-        "--brokers",
         &broker.bootstrap(),
-        "--schema-registry-url",
         &registry_url,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    );
     for round in 0..2 {
-        let mut child = sink_binary(&args);
+        let mut child = sink_binary(args.argv());
         // Until its tables exist (the WAL then holds its DDL), bounded.
         let deadline = Instant::now() + LIMIT;
         while !path.with_extension("duckdb.wal").exists() && Instant::now() < deadline {
@@ -1166,22 +1078,10 @@ async fn sinks_scale_out_over_cdc_topics_through_kills_and_freezes() {
         .expect("audit slot");
     let prefix = format!("scale{}", std::process::id());
     let source_url = pg.url("walhouse_scram", "backend");
-    let capture = start_capture(&[
-        "--source-url",
-        &source_url,
-        "--output",
-        "kafka",
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        &registry_url,
-        "--topic-prefix",
-        &prefix,
-        "--topic-partitions",
-        "6",
-        "--status-interval-ms",
-        "200",
-    ]);
+    let capture = CaptureCommand::from(&source_url)
+        .into_kafka(&broker.bootstrap(), &registry_url, &prefix)
+        .with("--topic-partitions", "6")
+        .start();
     assert!(pg.wait_for_slot("backend", "walhouse", true, LIMIT).await);
     let dir = tempfile::tempdir().expect("dir");
     let pattern = format!("^{prefix}\\.public\\..*");
@@ -1195,27 +1095,15 @@ async fn sinks_scale_out_over_cdc_topics_through_kills_and_freezes() {
         } else {
             String::new()
         };
+        let args = SinkCommand::into(&warehouse_url, &broker.bootstrap(), &registry_url)
+            .with("--topic-pattern", &pattern)
+            .with("--group-id", "scale")
+            .with("--batch-ms", batch_ms)
+            .with("--batch-rows", "100000")
+            .args(&["--kafka-option", "session.timeout.ms=6000"])
+            .args(&["--kafka-option", "heartbeat.interval.ms=1000"]);
         Command::new(env!("CARGO_BIN_EXE_walhouse-sink"))
-            .args([
-                "--warehouse",
-                &warehouse_url,
-                "--brokers",
-                &broker.bootstrap(),
-                "--schema-registry-url",
-                &registry_url,
-                "--topic-pattern",
-                &pattern,
-                "--group-id",
-                "scale",
-                "--batch-ms",
-                batch_ms,
-                "--batch-rows",
-                "100000",
-                "--kafka-option",
-                "session.timeout.ms=6000",
-                "--kafka-option",
-                "heartbeat.interval.ms=1000",
-            ])
+            .args(args.argv())
             .env("WALHOUSE_LOG", "info")
             .env("WALHOUSE_FAILPOINTS", failpoints)
             .stdin(Stdio::null())
@@ -1403,17 +1291,12 @@ async fn snapshot_reads_are_stored_beside_the_changes_they_repeat() {
         .expect("table");
     let prefix = format!("walhouse.reread{}", std::process::id());
     let source_url = pg.url("walhouse_scram", "backend");
-    let args = |slot: &str, mode: &str| -> Vec<String> {
-        capture_flags(
-            &source_url,
-            &broker,
-            &registry_url,
-            &prefix,
-            &["--slot", slot, "--snapshot-mode", mode],
-        )
+    let args = |slot: &str, mode: &str| {
+        CaptureCommand::from(&source_url)
+            .into_kafka(&broker.bootstrap(), &registry_url, &prefix)
+            .args(&["--slot", slot, "--snapshot-mode", mode])
     };
-    let first = args("walhouse", "initial");
-    let capture = start_capture(&first.iter().map(String::as_str).collect::<Vec<_>>());
+    let capture = args("walhouse", "initial").start();
     assert!(pg.wait_for_slot("backend", "walhouse", true, LIMIT).await);
     source
         .batch_execute("UPDATE t SET v = -v WHERE id % 2 = 0; DELETE FROM t WHERE id > 80")
@@ -1445,28 +1328,17 @@ async fn snapshot_reads_are_stored_beside_the_changes_they_repeat() {
     assert_eq!(held, expected, "the re-read arrived");
     let (_, produced) = capture.stop().await;
     // A new slot's snapshot of the same table, into the same topic.
-    let second = args("another", "initial_only");
-    let (_, resnapshot) = start_capture(&second.iter().map(String::as_str).collect::<Vec<_>>())
-        .finish(LIMIT)
-        .await;
+    let (_, resnapshot) = args("another", "initial_only").start().finish(LIMIT).await;
     assert_eq!(resnapshot, 80, "the new slot read every row");
 
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("w.duckdb");
     let warehouse = format!("duckdb:{}", path.display());
-    let mut sink = start_sink(&[
-        "--warehouse",
-        &warehouse,
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        &registry_url,
-        "--topic-pattern",
-        &format!("^{}\\..*", prefix.replace('.', "\\.")),
-        "--batch-ms",
-        "100",
-    ])
-    .await;
+    let mut sink = SinkCommand::into(&warehouse, &broker.bootstrap(), &registry_url)
+        .with("--topic-pattern", format!("^{}\\..*", prefix.replace('.', "\\.")))
+        .with("--batch-ms", "100")
+        .start()
+        .await;
     let total = produced + resnapshot;
     assert!(sink.wait_for(total, LIMIT).await, "{:?} of {total}", sink.accounted());
     let duplicates = sink.metrics.duplicates();
@@ -1518,8 +1390,10 @@ async fn sink_into_both(
         (duck_url.as_str(), "by-position-duck"),
         (pg_url.as_str(), "by-position-pg"),
     ] {
-        let flags = sink_flags(warehouse, broker, registry_url, prefix, group, &[]);
-        let mut sink = start_sink(&flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        let mut sink = SinkCommand::into(warehouse, &broker.bootstrap(), registry_url)
+            .topics_under(prefix, group)
+            .start()
+            .await;
         assert!(
             sink.wait_for(records, LIMIT).await,
             "{group}: {:?} of {records}",
@@ -1551,8 +1425,9 @@ async fn an_update_open_across_a_snapshot_shows_its_committed_value() {
         .expect("table");
     let prefix = format!("walhouse.open{}", std::process::id());
     let source_url = pg.url("walhouse_scram", "backend");
-    let args = capture_flags(&source_url, &broker, &registry_url, &prefix, &[]);
-    let capture = start_capture(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let capture = CaptureCommand::from(&source_url)
+        .into_kafka(&broker.bootstrap(), &registry_url, &prefix)
+        .start();
     let topic = format!("{prefix}.public.t");
     let held = |n: u64| {
         let (bootstrap, topic) = (broker.bootstrap(), topic.clone());
@@ -1634,14 +1509,10 @@ async fn a_table_added_later_shows_every_row_in_both_formats() {
     for format in ["walhouse", "debezium"] {
         let prefix = format!("walhouse.later{}{format}", std::process::id());
         let slot = format!("later_{format}");
-        let args = capture_flags(
-            &source_url,
-            &broker,
-            &registry_url,
-            &prefix,
-            &["--slot", &slot, "--tables", "public.a", "--format", format],
-        );
-        let capture = start_capture(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let capture = CaptureCommand::from(&source_url)
+            .into_kafka(&broker.bootstrap(), &registry_url, &prefix)
+            .args(&["--slot", &slot, "--tables", "public.a", "--format", format])
+            .start();
         assert!(pg.wait_for_slot("backend", &slot, true, LIMIT).await);
         runs.push((format, prefix, slot, capture));
     }
@@ -1715,21 +1586,12 @@ async fn a_table_kafka_must_rename_lands_whole_in_both_formats() {
     let source_url = pg.url("walhouse_scram", "backend");
     for format in ["walhouse", "debezium"] {
         let prefix = format!("walhouse.named{}{format}", std::process::id());
-        let args = capture_flags(
-            &source_url,
-            &broker,
-            &registry_url,
-            &prefix,
-            &[
-                "--slot",
-                &format!("named_{format}"),
-                "--snapshot-mode",
-                "initial_only",
-                "--format",
-                format,
-            ],
-        );
-        let (_, produced) = start_capture(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        let (_, produced) = CaptureCommand::from(&source_url)
+            .into_kafka(&broker.bootstrap(), &registry_url, &prefix)
+            .with("--slot", format!("named_{format}"))
+            .with("--snapshot-mode", "initial_only")
+            .with("--format", format)
+            .start()
             .finish(LIMIT)
             .await;
         assert!(produced >= 5, "{format}: {produced} records");

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde_json::Value;
+use support::command::CaptureCommand;
 use support::postgres::PgServer;
 use tokio::sync::watch;
 use walhouse::capture::config::CaptureConfig;
@@ -16,10 +17,11 @@ use walhouse::capture::destination::stdout::JsonLines;
 use walhouse::capture::{self, CaptureError, CaptureSummary};
 
 fn config(pg: &PgServer, db: &str, slot: &str, extra: &[&str]) -> CaptureConfig {
-    let url = pg.url("walhouse_scram", db);
-    let mut args = vec!["--source-url", &url, "--slot", slot, "--status-interval-ms", "200"];
-    args.extend_from_slice(extra);
-    support::pipeline::capture_config(&args)
+    CaptureCommand::from(&pg.url("walhouse_scram", db))
+        .with("--slot", slot)
+        .with("--status-interval-ms", "200")
+        .args(extra)
+        .config()
 }
 
 type Task = tokio::task::JoinHandle<Result<CaptureSummary, CaptureError>>;

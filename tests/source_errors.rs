@@ -5,6 +5,7 @@ use walhouse_test_support as support;
 
 use std::time::Duration;
 
+use support::command::CaptureCommand;
 use support::postgres::{PgOptions, PgServer, PASSWORD_URL};
 use walhouse::capture;
 use walhouse::capture::destination::stdout::JsonLines;
@@ -24,7 +25,7 @@ fn options() -> StreamOptions {
 }
 
 async fn capture_error(url: &str, slot: &str) -> capture::CaptureError {
-    let config = support::pipeline::capture_config(&["--source-url", url, "--slot", slot]);
+    let config = CaptureCommand::from(url).with("--slot", slot).config();
     let (_stop, rx) = tokio::sync::watch::channel(false);
     let mut out = JsonLines::new(tokio::io::sink());
     tokio::time::timeout(Duration::from_secs(30), capture::run(&config, &mut out, rx))

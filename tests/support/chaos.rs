@@ -30,6 +30,7 @@ use walhouse::warehouse::duckdb::DuckDbWarehouse;
 use walhouse::warehouse::postgres::PostgresWarehouse;
 use walhouse::warehouse::Warehouse;
 
+use crate::command::{CaptureCommand, SinkCommand};
 use crate::kafka::{committed_sum, read_all, topics, Broker};
 use crate::pipeline::{ask, BACKEND_SCHEMA, GENERATE, SEED_TABLES};
 use crate::postgres::PgServer;
@@ -200,29 +201,13 @@ pub async fn run(bins: &Binaries, seconds: u64, seed: u64) -> Report {
     let mut capture = Service {
         name: "capture",
         program: bins.capture.clone(),
-        args: [
-            "--source-url",
-            &source_url,
-            "--output",
-            "kafka",
-            "--brokers",
-            &broker.bootstrap(),
-            "--schema-registry-url",
-            &registry.url,
-            "--topic-prefix",
-            PREFIX,
-            "--topic-partitions",
-            "3",
-            "--status-interval-ms",
-            "200",
-            "--reconnect-backoff-max-ms",
-            "2000",
-            "--max-reconnect-attempts",
-            "1000",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
+        args: CaptureCommand::from(&source_url)
+            .into_kafka(&broker.bootstrap(), &registry.url, PREFIX)
+            .with("--topic-partitions", "3")
+            .with("--reconnect-backoff-max-ms", "2000")
+            .with("--max-reconnect-attempts", "1000")
+            .argv()
+            .to_vec(),
         log: dir.join("capture.log"),
         child: None,
         starts: 0,
@@ -230,23 +215,16 @@ pub async fn run(bins: &Binaries, seconds: u64, seed: u64) -> Report {
     let mut sink = Service {
         name: "sink",
         program: bins.sink.clone(),
-        args: [
-            "--warehouse",
+        args: SinkCommand::into(
             &format!("duckdb:{}", duck.display()),
-            "--brokers",
             &broker.bootstrap(),
-            "--schema-registry-url",
             &registry.url,
-            "--topic-pattern",
-            &format!("^{PREFIX}\\.public\\..*"),
-            "--group-id",
-            GROUP,
-            "--batch-ms",
-            "200",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
+        )
+        .with("--topic-pattern", format!("^{PREFIX}\\.public\\..*"))
+        .with("--group-id", GROUP)
+        .with("--batch-ms", "200")
+        .argv()
+        .to_vec(),
         log: dir.join("sink.log"),
         child: None,
         starts: 0,

@@ -2,6 +2,7 @@
 
 pub mod avro_data;
 pub mod chaos;
+pub mod command;
 pub mod debezium;
 pub mod kafka;
 pub mod pipeline;

@@ -6,16 +6,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use tokio::sync::watch;
-use walhouse::capture::config::{CaptureArgs, CaptureConfig};
+use walhouse::capture::config::CaptureConfig;
 use walhouse::capture::{self, CaptureError, CaptureSummary};
-use walhouse::sink::config::{SinkArgs, SinkConfig};
+use walhouse::sink::config::SinkConfig;
 use walhouse::sink::metrics::SinkMetrics;
 use walhouse::sink::{self, SinkError};
 use walhouse::warehouse::Warehouse;
-
-use crate::kafka::Broker;
 
 pub const BACKEND_SCHEMA: &str = include_str!("../../sql/source/backend_schema.sql");
 pub const GENERATE: &str = include_str!("../../sql/source/generate.sql");
@@ -55,6 +52,18 @@ pub struct RunningCapture {
 }
 
 impl RunningCapture {
+    /// Starts capture into Kafka as a task (see
+    /// [`crate::command::CaptureCommand::start`]).
+    pub fn start(config: CaptureConfig) -> Self {
+        let mut dest = capture::kafka_destination(&config).expect("producer");
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let summary = capture::run(&config, &mut dest, rx).await?;
+            Ok((summary, dest.produced()))
+        });
+        RunningCapture { stop, task }
+    }
+
     /// Waits for a capture that ends by itself (`--snapshot-mode initial_only`).
     pub async fn finish(self, limit: Duration) -> (CaptureSummary, u64) {
         tokio::time::timeout(limit, self.task)
@@ -75,86 +84,6 @@ impl RunningCapture {
     }
 }
 
-/// walhouse-capture's flags into Kafka under `prefix` (status every
-/// 200 ms), then `extra`.
-pub fn capture_flags(
-    source_url: &str,
-    broker: &Broker,
-    registry_url: &str,
-    prefix: &str,
-    extra: &[&str],
-) -> Vec<String> {
-    [
-        "--source-url",
-        source_url,
-        "--output",
-        "kafka",
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        registry_url,
-        "--topic-prefix",
-        prefix,
-        "--status-interval-ms",
-        "200",
-    ]
-    .iter()
-    .chain(extra)
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// walhouse-sink's flags for consumer group `group` over every topic under
-/// `prefix` (batches of 100 ms), then `extra`.
-pub fn sink_flags(
-    warehouse: &str,
-    broker: &Broker,
-    registry_url: &str,
-    prefix: &str,
-    group: &str,
-    extra: &[&str],
-) -> Vec<String> {
-    let pattern = format!("^{}\\..*", prefix.replace('.', "\\."));
-    [
-        "--warehouse",
-        warehouse,
-        "--brokers",
-        &broker.bootstrap(),
-        "--schema-registry-url",
-        registry_url,
-        "--topic-pattern",
-        &pattern,
-        "--group-id",
-        group,
-        "--batch-ms",
-        "100",
-    ]
-    .iter()
-    .chain(extra)
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// A capture configuration from walhouse-capture's flags (without the
-/// program name), resolved as the binary resolves it: every test, bench
-/// and the demo build theirs here.
-pub fn capture_config<S: AsRef<str>>(args: &[S]) -> CaptureConfig {
-    let argv = std::iter::once("walhouse-capture").chain(args.iter().map(AsRef::as_ref));
-    CaptureConfig::resolve(CaptureArgs::try_parse_from(argv).expect("capture flags")).expect("capture config")
-}
-
-/// Starts capture into Kafka (`args` are walhouse-capture's flags).
-pub fn start_capture(args: &[&str]) -> RunningCapture {
-    let config = capture_config(args);
-    let mut dest = capture::kafka_destination(&config).expect("producer");
-    let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(async move {
-        let summary = capture::run(&config, &mut dest, rx).await?;
-        Ok((summary, dest.produced()))
-    });
-    RunningCapture { stop, task }
-}
-
 pub struct RunningSink {
     pub metrics: Arc<SinkMetrics>,
     stop: watch::Sender<bool>,
@@ -162,6 +91,15 @@ pub struct RunningSink {
 }
 
 impl RunningSink {
+    /// Starts the sink as a task (see
+    /// [`crate::command::SinkCommand::start`]).
+    pub fn start(config: SinkConfig) -> Self {
+        let metrics = Arc::new(SinkMetrics::default());
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(sink::start(config, metrics.clone(), rx));
+        RunningSink { metrics, stop, task }
+    }
+
     /// Waits (bounded) until the sink has accounted for `records` Kafka
     /// records (rows, dead letters and skipped ones).
     pub async fn wait_for(&mut self, records: u64, limit: Duration) -> bool {
@@ -206,17 +144,6 @@ impl RunningSink {
             .expect("task")
             .expect("clean stop");
     }
-}
-
-/// Starts the sink (`args` are walhouse-sink's flags).
-pub async fn start_sink(args: &[&str]) -> RunningSink {
-    let mut argv = vec!["walhouse-sink"];
-    argv.extend_from_slice(args);
-    let config = SinkConfig::resolve(SinkArgs::try_parse_from(argv).expect("sink args")).expect("config");
-    let metrics = Arc::new(SinkMetrics::default());
-    let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(sink::start(config, metrics.clone(), rx));
-    RunningSink { metrics, stop, task }
 }
 
 /// The rows of a question, normalised for comparison across engines:
