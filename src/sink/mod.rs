@@ -388,65 +388,76 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
     }
 
     async fn handle(&mut self, record: &Record) -> Result<(), SinkError> {
-        let Record {
-            at,
-            offset,
-            key,
-            payload,
-        } = record;
-        let (topic, partition, offset) = (at.0.as_str(), at.1, *offset);
+        let (at, offset) = (&record.at, record.offset);
         let Some(pos) = self.positions.get(at) else {
             return Ok(()); // read again once positioned
         };
-        if offset < pos.next || self.stopped.contains_key(topic) {
+        if offset < pos.next || self.stopped.contains_key(&at.0) {
             return Ok(());
         }
         let (stored, next, high) = (pos.stored, pos.next, pos.high);
-        if offset > next {
-            // A jump: compaction, or records deleted before they were read
-            // (the consumer then reset to the earliest offset). Only the
-            // earliest offset tells which.
-            match position::earliest(&self.consumer, topic, partition) {
-                Some(earliest) if earliest > next => {
-                    let skip = self.settings.on_offset_gap == OffsetGap::SkipAndRecord;
-                    let gap = Gap {
-                        partition: at.clone(),
-                        stored: next,
-                        earliest,
-                    };
-                    self.offset_gap(gap, stored, skip);
-                    if !skip {
-                        return Ok(());
-                    }
-                }
-                // Compaction: the records between were superseded.
-                Some(_) => {}
-                None => {
-                    // Compaction and retention cannot be told apart: the jump
-                    // is not taken. Every partition is read again from what
-                    // the warehouse holds (the pending batch with it, as
-                    // after a rebalance), after a pause, as the earliest
-                    // offset may be readable by then.
-                    tracing::warn!(
-                        %topic,
-                        partition,
-                        "the consumer jumped from offset {next} to {offset}, and the partition's earliest offset \
-                         cannot be read to tell compaction from deleted records: not taken; reading again from \
-                         the warehouse's offsets"
-                    );
-                    self.pending = Pending::new(self.dialect);
-                    self.positions.reposition_all();
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    return Ok(());
-                }
-            }
+        if offset > next && !self.jump(at, next, offset, stored).await {
+            return Ok(());
         }
         let fences = self.fences;
-        let is_companies = self.settings.companies_topic.as_deref() == Some(topic);
-        let outcome = match payload {
-            None if is_companies => Outcome::Dead("empty message (no value)".into()),
+        let outcome = self.outcome(record, high).await?;
+        if self.fences != fences {
+            // A batch was fenced while this record was handled (settled for
+            // DDL): every position, this one's too, is read again.
+            return Ok(());
+        }
+        self.apply(record, outcome, stored);
+        Ok(())
+    }
+
+    /// A jump from offset `next` to `offset`: compaction, or records
+    /// deleted before they were read (the consumer then reset to the
+    /// earliest offset). Only the earliest offset tells which. Whether the
+    /// record at `offset` is handled now.
+    async fn jump(&mut self, at: &position::Partition, next: i64, offset: i64, stored: Option<i64>) -> bool {
+        let (topic, partition) = (at.0.as_str(), at.1);
+        match position::earliest(&self.consumer, topic, partition) {
+            Some(earliest) if earliest > next => {
+                let skip = self.settings.on_offset_gap == OffsetGap::SkipAndRecord;
+                let gap = Gap {
+                    partition: at.clone(),
+                    stored: next,
+                    earliest,
+                };
+                self.offset_gap(gap, stored, skip);
+                skip
+            }
+            // Compaction: the records between were superseded.
+            Some(_) => true,
+            None => {
+                // Compaction and retention cannot be told apart: the jump
+                // is not taken. Every partition is read again from what
+                // the warehouse holds (the pending batch with it, as
+                // after a rebalance), after a pause, as the earliest
+                // offset may be readable by then.
+                tracing::warn!(
+                    %topic,
+                    partition,
+                    "the consumer jumped from offset {next} to {offset}, and the partition's earliest offset \
+                     cannot be read to tell compaction from deleted records: not taken; reading again from \
+                     the warehouse's offsets"
+                );
+                self.pending = Pending::new(self.dialect);
+                self.positions.reposition_all();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                false
+            }
+        }
+    }
+
+    /// What a record becomes, a row's cells in `self.row`; `high` is its
+    /// partition's high-water mark.
+    async fn outcome(&mut self, record: &Record, high: Option<Mark>) -> Result<Outcome, SinkError> {
+        let topic = record.at.0.as_str();
+        let outcome = match &record.payload {
+            None if self.is_companies(topic) => Outcome::Dead("empty message (no value)".into()),
             None => Outcome::Skip, // a tombstone: for log compaction, not a change
-            Some(p) if is_companies => match companies::parse(p) {
+            Some(p) if self.is_companies(topic) => match companies::parse(p) {
                 Ok(cells) => {
                     self.row.cells = cells;
                     Outcome::Row {
@@ -456,13 +467,8 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 }
                 Err(e) => Outcome::Dead(e),
             },
-            Some(p) => self.cdc(topic, p, key.as_deref()).await?,
+            Some(p) => self.cdc(topic, p, record.key.as_deref()).await?,
         };
-        if self.fences != fences {
-            // A batch was fenced while this record was handled (settled for
-            // DDL): every position, this one's too, is read again.
-            return Ok(());
-        }
         // Values the target would refuse cost their record here, before
         // the batch (the writer sets aside what gets past this).
         let refused = match &outcome {
@@ -474,28 +480,43 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 .find_map(|(c, col)| self.dialect.refuses(c).map(|r| format!("column {}: {r}", col.name))),
             _ => None,
         };
-        let outcome = match refused {
-            Some(reason) => Outcome::Dead(reason),
-            None => outcome,
-        };
+        if let Some(reason) = refused {
+            return Ok(Outcome::Dead(reason));
+        }
         // A change of another system than the one that wrote the mark: its
         // position says nothing against the mark, and must not move it.
         // A change at or below the mark was stored already: capture sent it
         // again after a restart.
-        let outcome = match (outcome, high) {
+        Ok(match (outcome, high) {
             (Outcome::Row { position: Some(p), .. }, Some(h))
                 if p.system_id.zip(h.system_id).is_some_and(|(a, b)| a != b) =>
             {
-                Outcome::Dead(foreign_change(at, p, h, &self.settings.group_id))
+                Outcome::Dead(foreign_change(&record.at, p, h, &self.settings.group_id))
             }
             (Outcome::Row { position: Some(p), .. }, Some(h)) if p.position <= h.position => {
                 Outcome::Duplicate(p.position)
             }
             (other, _) => other,
-        };
-        let mut position = None;
+        })
+    }
+
+    fn is_companies(&self, topic: &str) -> bool {
+        self.settings.companies_topic.as_deref() == Some(topic)
+    }
+
+    /// Puts a record's outcome in the pending batch and moves its
+    /// partition on (`stored`: the warehouse's offset the batch is fenced
+    /// on).
+    fn apply(&mut self, record: &Record, outcome: Outcome, stored: Option<i64>) {
+        let Record {
+            at,
+            offset,
+            key,
+            payload,
+        } = record;
+        let (topic, partition, offset) = (at.0.as_str(), at.1, *offset);
         let origin = OriginRef {
-            source: if is_companies { "companies" } else { "cdc" },
+            source: if self.is_companies(topic) { "companies" } else { "cdc" },
             topic: Some(topic),
             partition: Some(partition),
             offset: Some(offset),
@@ -503,11 +524,11 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             raw: payload.as_deref(),
             ..OriginRef::default()
         };
+        let mut position = None;
         match outcome {
             Outcome::Stop(reason) => {
-                let topic = topic.to_owned();
-                self.stop_topic(&topic, reason);
-                return Ok(());
+                self.stop_topic(topic, reason);
+                return;
             }
             Outcome::Skip => self.metrics.count_skipped(),
             Outcome::Duplicate(p) => {
@@ -542,7 +563,6 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         }
         let high = self.positions.advance(at, offset, position);
         self.pending.advance(at, stored, offset, high);
-        Ok(())
     }
 
     /// Records deleted from Kafka before they were stored: with `skip`,
