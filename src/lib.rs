@@ -20,7 +20,6 @@
 pub mod avro;
 pub mod calendar;
 pub mod capture;
-pub mod change;
 pub mod cli;
 pub mod failpoint;
 pub mod http;

@@ -15,7 +15,7 @@ use support::debezium::Debezium;
 use support::kafka::{read_all, read_topic, wait_for_count, Broker};
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
-use walhouse::avro::debezium::{
+use walhouse::capture::format::debezium::{
     avro_schema, connect_type, encode_value, envelope_schema, key_record, value_record, ConnectType,
 };
 use walhouse::postgres::catalog::load_type_infos;

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use walhouse::avro::debezium::{connect_type, encode_value};
+use walhouse::capture::format::debezium::{connect_type, encode_value};
 use walhouse::avro::types::{column_type, NumericMode};
 use walhouse::avro::value::{date_from_text, encode_text, iso_timestamp_micros, time_from_text, timestamp_from_text};
 use walhouse::postgres::catalog::TypeInfo;

@@ -1,14 +1,11 @@
-//! Postgres rows to Avro: the type mapping ([`types`]) and exact
-//! text-to-binary encoding ([`value`]) that capture's [`writer`] builds its
-//! Debezium-shaped keys and envelopes from (the sink decodes them with its
-//! own `sink::envelope`). Pure: no I/O; the writer is unit-tested against
-//! apache-avro's reader. [`debezium`] holds the Connect types of
-//! Debezium's format.
+//! Postgres rows to Avro and back, the codec both wings share: the type
+//! mapping ([`types`]) and exact text-to-binary encoding ([`value`]) that
+//! capture's formats (`capture::format`) build their keys and envelopes
+//! from (the sink decodes them with its own `sink::envelope`). Pure: no
+//! I/O, and no import of either wing or the warehouse.
 
-pub mod debezium;
 pub mod types;
 pub mod value;
-pub mod writer;
 
 /// Decodes `bytes` as one datum of `schema` with apache-avro, and checks
 /// nothing is left over: the independent reader the unit tests check

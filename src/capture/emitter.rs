@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::error::CaptureError;
+use crate::capture::change::{ChangeEvent, ChangeKind, SnapshotMark, TxInfo};
 use crate::capture::destination::{Destination, EncodedRows};
 use crate::capture::metrics::Metrics;
-use crate::change::{ChangeEvent, ChangeKind, SnapshotMark, TxInfo};
 use crate::postgres::catalog::{load_column_infos, load_type_infos, ColumnFacts, RelationCache, RelationChange};
 use crate::postgres::pgoutput::{Relation, Tuple, TypeMessage};
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
-use crate::avro::debezium::replaced::replacements;
+use crate::capture::format::debezium::replaced::replacements;
 use crate::metrics::Exposition;
 
 /// Where capture stands, for `/health`.

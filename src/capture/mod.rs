@@ -11,10 +11,12 @@
 //! capture with the operator's fix in the message.
 
 pub mod admin;
+pub mod change;
 pub mod config;
 pub mod destination;
 mod emitter;
 mod error;
+pub mod format;
 mod incremental;
 mod initial;
 pub mod metrics;
@@ -35,9 +37,9 @@ use self::config::{CaptureConfig, OutputKind, SnapshotMode};
 use self::destination::kafka::producer::KafkaDestination;
 use self::destination::stdout::JsonLines;
 use self::snapshot_progress::{Phase as SnapshotPhase, ProgressStore};
+use crate::capture::change::{check_arity, ChangeEvent, ChangeKind, TxInfo};
 use crate::capture::destination::{Destination, OutputError};
 use crate::capture::metrics::{Metrics, Phase};
-use crate::change::{check_arity, ChangeEvent, ChangeKind, TxInfo};
 use crate::postgres::client::ReadColumn;
 use crate::postgres::pgoutput::{LogicalMessage, Message, OldTuple, Relation, Tuple};
 use crate::postgres::replication::{ReplicationClient, ReplicationStream, StreamOptions};

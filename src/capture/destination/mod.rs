@@ -22,7 +22,7 @@ pub mod stdout;
 
 use std::sync::Arc;
 
-use crate::change::{ChangeEvent, SnapshotMark, TxInfo};
+use crate::capture::change::{ChangeEvent, SnapshotMark, TxInfo};
 use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::Relation;
 use crate::postgres::Lsn;

@@ -7,7 +7,7 @@
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 
 use super::{Destination, OutputError};
-use crate::change::ChangeEvent;
+use crate::capture::change::ChangeEvent;
 use crate::postgres::Lsn;
 
 pub struct JsonLines<W: AsyncWrite + Unpin> {

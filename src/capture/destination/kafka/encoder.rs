@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use serde_json::Value as Json;
 
-use crate::avro::debezium::envelope::{DebeziumTable, RecordContext};
 use crate::avro::types::NumericMode;
-use crate::avro::writer::{Op, SourceInfo, TableEnvelope};
+use crate::capture::change::{ChangeEvent, ChangeKind};
 use crate::capture::config::Format;
 use crate::capture::destination::{EncodedRows, OutputError, RowEncoder};
-use crate::change::{ChangeEvent, ChangeKind};
+use crate::capture::format::debezium::envelope::{DebeziumTable, RecordContext};
+use crate::capture::format::walhouse::{Op, SourceInfo, TableEnvelope};
 use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::{Relation, Tuple};
 use crate::postgres::Lsn;
@@ -291,8 +291,8 @@ impl RecordEncoder {
             return Ok(ids);
         }
         let (key, value) = match self.format {
-            Format::Walhouse => crate::avro::writer::transaction_schemas(),
-            Format::Debezium => crate::avro::debezium::transaction::schemas(),
+            Format::Walhouse => crate::capture::format::walhouse::transaction_schemas(),
+            Format::Debezium => crate::capture::format::debezium::transaction::schemas(),
         };
         let key_id = self.register(&format!("{topic}-key"), &key, topic, &[]).await?;
         let value_id = self.register(&format!("{topic}-value"), &value, topic, &[]).await?;

@@ -22,10 +22,10 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 
 use super::delivery::DeliveryTracker;
 use super::encoder::RecordEncoder;
-use crate::avro::writer::Op;
+use crate::capture::change::{ChangeEvent, ChangeKind};
 use crate::capture::config::{Format, KafkaSettings};
 use crate::capture::destination::{Destination, DestinationStats, EncodedRows, OutputError, RowEncoder};
-use crate::change::{ChangeEvent, ChangeKind};
+use crate::capture::format::walhouse::Op;
 use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::PgTimestamp;
 use crate::postgres::pgoutput::Relation;
@@ -409,7 +409,7 @@ impl KafkaDestination {
         let (key, value) = match self.config.format {
             Format::Walhouse => {
                 let counts: BTreeMap<String, u64> = tx.counts.iter().cloned().collect();
-                crate::avro::writer::transaction_record(
+                crate::capture::format::walhouse::transaction_record(
                     key_id,
                     value_id,
                     &format!("{}:{}", tx.xid, tx.commit_lsn),
@@ -420,7 +420,7 @@ impl KafkaDestination {
             }
             Format::Debezium => {
                 let lsn = end.unwrap_or(tx.begin_lsn);
-                let (k, v) = crate::avro::debezium::transaction::record(
+                let (k, v) = crate::capture::format::debezium::transaction::record(
                     &format!("{}:{}", tx.xid, lsn.0),
                     status,
                     end.is_some().then_some(tx.counts.as_slice()),

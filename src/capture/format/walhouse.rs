@@ -16,9 +16,9 @@
 
 use serde_json::{json, Value as Json};
 
-use super::types::{ColumnType, NumericMode};
-use super::value::{encode_text, put_long, put_str, ValueError};
-use crate::change::{ChangeEvent, ChangeKind, TxInfo};
+use crate::avro::types::{ColumnType, NumericMode};
+use crate::avro::value::{encode_text, put_long, put_str, ValueError};
+use crate::capture::change::{ChangeEvent, ChangeKind, TxInfo};
 use crate::postgres::catalog::{ColumnInfo, TypeInfo};
 use crate::postgres::pgoutput::{OldTuple, Relation, ReplicaIdentity, Tuple, TupleValue};
 use crate::topics::short_hash;
@@ -116,7 +116,7 @@ impl TableEnvelope {
             .iter()
             .map(|c| {
                 let info = column_infos.get(&c.name);
-                let ty = super::types::column_type(
+                let ty = crate::avro::types::column_type(
                     c.type_oid,
                     c.type_modifier,
                     info.map_or(0, |i| i.array_dims),
@@ -339,7 +339,7 @@ impl TableEnvelope {
         put_str(out, source.name);
         let tx: Option<&TxInfo> = event.tx;
         put_long(out, tx.map_or(now_ms, |t| t.commit_time.unix_micros().div_euclid(1000)));
-        put_str(out, crate::change::SnapshotMark::as_str(event.snapshot));
+        put_str(out, crate::capture::change::SnapshotMark::as_str(event.snapshot));
         put_str(out, source.db);
         match source.system_id {
             Some(id) => {

@@ -7,7 +7,7 @@
 use serde_json::Value as Json;
 
 use super::{avro_schema, ConnectType};
-use crate::avro::writer::put_transaction;
+use crate::capture::format::walhouse::put_transaction;
 
 /// Key and value schemas, as AvroData writes Debezium's Connect schemas.
 pub fn schemas() -> (Json, Json) {
