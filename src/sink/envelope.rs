@@ -340,6 +340,12 @@ impl EnvelopePlan {
         let n = self.columns.len();
         change.has_row = if change.op == "d" {
             if before {
+                // The row cells may be fewer than the columns (a fresh
+                // buffer, or a narrower table's row before): grown first,
+                // or the delete would keep no value of its row.
+                if rows.cells.len() < n {
+                    rows.cells.resize(n, Cell::Null);
+                }
                 if let (Some(row), Some(old)) = (rows.cells.get_mut(..n), rows.before.get_mut(..n)) {
                     row.swap_with_slice(old);
                 }
@@ -1201,6 +1207,13 @@ mod tests {
         let t_body = body("t", false);
         let t = plan.decode(&t_body, &mut rows).expect("decode");
         assert!(!t.has_row);
+        // A delete first into a fresh buffer (the first record after a
+        // restart): its row is the `before`. It was all NULL once, the
+        // swap skipped for want of cells to swap with.
+        let mut fresh = RowBuffer::default();
+        let d = plan.decode(&d_body, &mut fresh).expect("decode");
+        assert!(d.has_row);
+        assert_eq!(fresh.cells[..5], expected[..]);
     }
 
     #[test]
