@@ -411,6 +411,78 @@ pub fn record_ordinal(event: &ChangeEvent<'_>, op: Op<'_>) -> u64 {
     event.tx_ordinal.saturating_mul(2) + u64::from(second)
 }
 
+/// walhouse's format behind the format-blind encoder.
+impl super::TableFormat for TableEnvelope {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn key_schema(&self) -> Option<&Json> {
+        self.key_schema.as_ref()
+    }
+
+    fn value_schema(&self) -> &Json {
+        &self.value_schema
+    }
+
+    fn changed_columns(&self, newer: &dyn super::TableFormat) -> Vec<String> {
+        newer
+            .as_any()
+            .downcast_ref::<TableEnvelope>()
+            .map(|n| TableEnvelope::changed_columns(self, n))
+            .unwrap_or_default()
+    }
+
+    fn key_changed(&self, old: &Tuple, new: &Tuple) -> bool {
+        TableEnvelope::key_changed(self, old, new)
+    }
+
+    fn encode_key(&self, tuple: &Tuple, out: &mut Vec<u8>) -> Result<bool, String> {
+        TableEnvelope::encode_key(self, tuple, out).map_err(|e| e.to_string())
+    }
+
+    fn encode_value(&self, event: &ChangeEvent<'_>, op: Op<'_>, cx: &super::RecordContext<'_>, out: &mut Vec<u8>) {
+        TableEnvelope::encode_value(self, event, op, &source_info(cx), cx.now_ms, out);
+    }
+
+    fn encode_read(
+        &self,
+        event: &ChangeEvent<'_>,
+        new: &Tuple,
+        cx: &super::RecordContext<'_>,
+        out: &mut crate::capture::destination::EncodedRows,
+    ) {
+        // The rows of one snapshot transaction share their `source` head:
+        // encoded once, copied into each.
+        match event.tx {
+            Some(tx) => {
+                let this = Some((event.lsn, *tx, event.snapshot));
+                if out.shared_for != this {
+                    out.shared.clear();
+                    self.encode_source_head(event, &source_info(cx), cx.now_ms, &mut out.shared);
+                    out.shared_for = this;
+                }
+                self.encode_value_with_head(event, Op::Read(new), &out.shared, cx.now_ms, &mut out.buf);
+            }
+            None => TableEnvelope::encode_value(self, event, Op::Read(new), &source_info(cx), cx.now_ms, &mut out.buf),
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The `source` block's fields, from a record's context.
+fn source_info<'a>(cx: &super::RecordContext<'a>) -> SourceInfo<'a> {
+    SourceInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        name: cx.name,
+        db: cx.db,
+        system_id: cx.system_id,
+    }
+}
+
 /// An Avro `["null", "long"]` union value.
 fn opt_long(out: &mut Vec<u8>, v: Option<i64>) {
     match v {

@@ -1,6 +1,8 @@
 //! Change events to Kafka records: topic, key and value in the Confluent
-//! wire format, with schemas registered as table shapes arrive, in
-//! walhouse's format or Debezium's ([`Format`]).
+//! wire format, with schemas registered as table shapes arrive. Blind to
+//! the format: each table's [`TableFormat`] writes its schemas and
+//! records, the encoder registers them and numbers the records of a
+//! transaction.
 //!
 //! Separate from the producer so encoding can be measured and reused on
 //! its own (the benchmark runs capture with encoding but no producer).
@@ -8,64 +10,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::Value as Json;
-
 use crate::avro::types::NumericMode;
 use crate::capture::change::{ChangeEvent, ChangeKind};
-use crate::capture::config::Format;
 use crate::capture::destination::{EncodedRows, OutputError, RowEncoder};
-use crate::capture::format::debezium::envelope::{DebeziumTable, RecordContext};
-use crate::capture::format::walhouse::{Op, SourceInfo, TableEnvelope};
+use crate::capture::format::{Format, Op, RecordContext, TableFormat, TableSource};
 use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::{Relation, Tuple};
 use crate::postgres::Lsn;
 use crate::registry::{wire_header, Registry, RegistryError};
 
-/// A table's records in one of the two formats.
-enum Shape {
-    Walhouse(TableEnvelope),
-    Debezium(DebeziumTable),
-}
-
-impl Shape {
-    fn topic(&self) -> &str {
-        match self {
-            Shape::Walhouse(e) => &e.topic,
-            Shape::Debezium(d) => &d.topic,
-        }
-    }
-
-    fn schemas(&self) -> (Option<&Json>, &Json) {
-        match self {
-            Shape::Walhouse(e) => (e.key_schema.as_ref(), &e.value_schema),
-            Shape::Debezium(d) => (d.key_schema.as_ref(), &d.value_schema),
-        }
-    }
-
-    fn changed_columns(&self, newer: &Shape) -> Vec<String> {
-        match (self, newer) {
-            (Shape::Walhouse(a), Shape::Walhouse(b)) => a.changed_columns(b),
-            (Shape::Debezium(a), Shape::Debezium(b)) => a.changed_columns(b),
-            _ => Vec::new(),
-        }
-    }
-
-    fn key_changed(&self, old: &Tuple, new: &Tuple) -> bool {
-        match self {
-            Shape::Walhouse(e) => e.key_changed(old, new),
-            Shape::Debezium(d) => d.key_changed(old, new),
-        }
-    }
-
-    fn encode_key(&self, tuple: &Tuple, out: &mut Vec<u8>) -> Result<bool, String> {
-        match self {
-            Shape::Walhouse(e) => e.encode_key(tuple, out).map_err(|e| e.to_string()),
-            Shape::Debezium(d) => d.encode_key(tuple, out),
-        }
-    }
-}
-
-/// What a Debezium-format record needs beyond its change.
+/// Where a record stands in the run: what the Debezium format writes in
+/// `source.sequence` and its `transaction` block.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sequence {
     /// End LSN of the last transaction committed in this run.
@@ -78,7 +33,7 @@ pub struct Sequence {
 /// A table's shape with its registered schema ids; shared with the
 /// snapshot's copy workers, which encode with it on their own threads.
 struct TableState {
-    envelope: Shape,
+    format: Box<dyn TableFormat>,
     topic: Arc<str>,
     key_id: Option<u32>,
     value_id: u32,
@@ -88,22 +43,13 @@ struct TableState {
 }
 
 impl TableState {
-    fn source(&self) -> SourceInfo<'_> {
-        SourceInfo {
-            version: env!("CARGO_PKG_VERSION"),
-            name: &self.prefix,
-            db: &self.db,
-            system_id: self.system_id.as_deref(),
-        }
-    }
-
     fn context(&self, now_ms: i64, sequence: Sequence) -> RecordContext<'_> {
         RecordContext {
             name: &self.prefix,
             db: &self.db,
-            version: env!("CARGO_PKG_VERSION"),
+            system_id: self.system_id.as_deref(),
+            now_ms,
             last_commit: sequence.last_commit,
-            now_ns: now_ms.saturating_mul(1_000_000),
             transaction: sequence.transaction,
         }
     }
@@ -120,10 +66,8 @@ impl TableState {
         value: &mut Vec<u8>,
     ) -> Result<bool, Unkeyable> {
         wire_header(self.value_id, value);
-        match &self.envelope {
-            Shape::Walhouse(e) => e.encode_value(event, op, &self.source(), now_ms, value),
-            Shape::Debezium(d) => d.encode_value(event, op, &self.context(now_ms, sequence), value),
-        }
+        self.format
+            .encode_value(event, op, &self.context(now_ms, sequence), value);
         let key_tuple: Option<&Tuple> = match op {
             Op::Create(t) | Op::Read(t) | Op::Delete(t) => Some(t),
             Op::Update { after, .. } => Some(after),
@@ -139,7 +83,7 @@ impl TableState {
     fn encode_key(&self, tuple: &Tuple, key: &mut Vec<u8>) -> Result<bool, Unkeyable> {
         let Some(id) = self.key_id else { return Ok(false) };
         wire_header(id, key);
-        self.envelope.encode_key(tuple, key).map_err(|reason| Unkeyable {
+        self.format.encode_key(tuple, key).map_err(|reason| Unkeyable {
             topic: self.topic.to_string(),
             reason,
         })
@@ -163,31 +107,9 @@ impl RowEncoder for TableState {
         }
         let key_end = out.buf.len();
         wire_header(self.value_id, &mut out.buf);
-        let envelope = match &self.envelope {
-            Shape::Walhouse(e) => e,
-            Shape::Debezium(d) => {
-                d.encode_value(
-                    event,
-                    Op::Read(new),
-                    &self.context(now_ms, Sequence::default()),
-                    &mut out.buf,
-                );
-                out.spans.push((start, key_end, out.buf.len()));
-                return true;
-            }
-        };
-        match event.tx {
-            Some(tx) => {
-                let this = Some((event.lsn, *tx, event.snapshot));
-                if out.shared_for != this {
-                    out.shared.clear();
-                    envelope.encode_source_head(event, &self.source(), now_ms, &mut out.shared);
-                    out.shared_for = this;
-                }
-                envelope.encode_value_with_head(event, Op::Read(new), &out.shared, now_ms, &mut out.buf);
-            }
-            None => envelope.encode_value(event, Op::Read(new), &self.source(), now_ms, &mut out.buf),
-        }
+        // Snapshot reads belong to no transaction of this run.
+        self.format
+            .encode_read(event, new, &self.context(now_ms, Sequence::default()), out);
         out.spans.push((start, key_end, out.buf.len()));
         true
     }
@@ -242,7 +164,7 @@ impl RecordEncoder {
             db: db.into(),
             system_id: None,
             numeric_mode,
-            format: Format::Walhouse,
+            format: Format::default(),
             toast_placeholder: crate::capture::config::DEFAULT_TOAST_PLACEHOLDER.into(),
             tables: HashMap::new(),
             key: Vec::with_capacity(64),
@@ -290,10 +212,7 @@ impl RecordEncoder {
         if let Some(ids) = self.transaction_ids {
             return Ok(ids);
         }
-        let (key, value) = match self.format {
-            Format::Walhouse => crate::capture::format::walhouse::transaction_schemas(),
-            Format::Debezium => crate::capture::format::debezium::transaction::schemas(),
-        };
+        let (key, value) = self.format.transaction_schemas();
         let key_id = self.register(&format!("{topic}-key"), &key, topic, &[]).await?;
         let value_id = self.register(&format!("{topic}-value"), &value, topic, &[]).await?;
         self.transaction_ids = Some((key_id, value_id));
@@ -308,35 +227,27 @@ impl RecordEncoder {
     /// changed; returns its topic.
     pub async fn relation(&mut self, relation: &Arc<Relation>, cache: &RelationCache) -> Result<String, OutputError> {
         let lookup = |oid| cache.type_info(oid);
-        let envelope = match self.format {
-            Format::Walhouse => Shape::Walhouse(TableEnvelope::new(
-                &self.prefix,
-                relation,
-                cache.column_infos(relation.id),
-                self.numeric_mode,
-                &lookup,
-            )),
-            Format::Debezium => Shape::Debezium(DebeziumTable::new(
-                &self.prefix,
-                relation,
-                cache.column_infos(relation.id),
-                &self.toast_placeholder,
-                &lookup,
-            )),
-        };
+        let format = self.format.table(TableSource {
+            prefix: &self.prefix,
+            relation,
+            column_infos: cache.column_infos(relation.id),
+            numeric_mode: self.numeric_mode,
+            toast_placeholder: &self.toast_placeholder,
+            lookup: &lookup,
+        });
         if let Some(old) = self.tables.get(&relation.id) {
-            if old.envelope.schemas() == envelope.schemas() {
-                return Ok(envelope.topic().to_owned());
+            if (old.format.key_schema(), old.format.value_schema()) == (format.key_schema(), format.value_schema()) {
+                return Ok(format.topic().to_owned());
             }
         }
         let table = format!("{}.{}", relation.namespace, relation.name);
         let changed = self
             .tables
             .get(&relation.id)
-            .map(|old| old.envelope.changed_columns(&envelope))
+            .map(|old| old.format.changed_columns(format.as_ref()))
             .unwrap_or_default();
-        let (key_schema, value_schema) = envelope.schemas();
-        let topic = envelope.topic().to_owned();
+        let (key_schema, value_schema) = (format.key_schema(), format.value_schema());
+        let topic = format.topic().to_owned();
         if key_schema.is_none() {
             tracing::warn!(
                 %table,
@@ -356,7 +267,7 @@ impl RecordEncoder {
             relation.id,
             Arc::new(TableState {
                 topic: topic.as_str().into(),
-                envelope,
+                format,
                 key_id,
                 value_id,
                 prefix: self.prefix.clone(),
@@ -406,7 +317,7 @@ impl RecordEncoder {
                     relation.namespace, relation.name
                 ))
             })?;
-            Ok(Op::of(event, |a, b| state.envelope.key_changed(a, b))
+            Ok(Op::of(event, |a, b| state.format.key_changed(a, b))
                 .into_iter()
                 .map(|op| (relation.id, op))
                 .collect())

@@ -9,7 +9,7 @@
 //! stops reading the slot until deliveries catch up, so memory stays
 //! bounded whatever the transaction size.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,16 +23,15 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use super::delivery::DeliveryTracker;
 use super::encoder::RecordEncoder;
 use crate::capture::change::{ChangeEvent, ChangeKind};
-use crate::capture::config::{Format, KafkaSettings};
+use crate::capture::config::KafkaSettings;
 use crate::capture::destination::{Destination, DestinationStats, EncodedRows, OutputError, RowEncoder};
-use crate::capture::format::walhouse::Op;
+use crate::capture::format::{Op, TransactionMark};
 use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::PgTimestamp;
 use crate::postgres::pgoutput::Relation;
 use crate::postgres::publication::TableName;
 use crate::postgres::Lsn;
-use crate::registry::{wire_header, Registry};
-use crate::topics::Rule;
+use crate::registry::Registry;
 
 /// Debezium's headers on the two records of a key change: the delete
 /// names the new key, the create the old one.
@@ -397,44 +396,24 @@ impl KafkaDestination {
     }
 
     /// A BEGIN record (`end` is `None`) or the END one (the transaction's
-    /// end LSN) on `<prefix>.transaction`, in Debezium's shape: key `{id}`,
-    /// value `{status, id, event_count, data_collections, ts_ms}`. walhouse's
-    /// format names it `<xid>:<commit_lsn>` (xids wrap; the pair does not),
-    /// Debezium's `<xid>:<lsn>` with the BEGIN's and the END's own LSNs.
+    /// end LSN) on `<prefix>.transaction`, in the format's shape (see
+    /// [`crate::capture::format::Format::transaction_record`]).
     async fn transaction_record(&mut self, tx: &OpenTransaction, end: Option<Lsn>) -> Result<(), OutputError> {
         let topic = format!("{}.transaction", self.config.topic_prefix);
         let (key_id, value_id) = self.encoder.transaction_schema_ids(&topic).await?;
         self.ensure_topic(&topic).await?;
-        let status = if end.is_some() { "END" } else { "BEGIN" };
-        let (key, value) = match self.config.format {
-            Format::Walhouse => {
-                let counts: BTreeMap<String, u64> = tx.counts.iter().cloned().collect();
-                crate::capture::format::walhouse::transaction_record(
-                    key_id,
-                    value_id,
-                    &format!("{}:{}", tx.xid, tx.commit_lsn),
-                    status,
-                    end.is_some().then_some(&counts),
-                    PgTimestamp::now().unix_millis(),
-                )
-            }
-            Format::Debezium => {
-                let lsn = end.unwrap_or(tx.begin_lsn);
-                let (k, v) = crate::capture::format::debezium::transaction::record(
-                    &format!("{}:{}", tx.xid, lsn.0),
-                    status,
-                    end.is_some().then_some(tx.counts.as_slice()),
-                    tx.commit_ms,
-                );
-                let mut key = Vec::with_capacity(k.len() + 5);
-                wire_header(key_id, &mut key);
-                key.extend_from_slice(&k);
-                let mut value = Vec::with_capacity(v.len() + 5);
-                wire_header(value_id, &mut value);
-                value.extend_from_slice(&v);
-                (key, value)
-            }
+        let mark = TransactionMark {
+            xid: tx.xid,
+            begin_lsn: tx.begin_lsn,
+            commit_lsn: tx.commit_lsn,
+            commit_ms: tx.commit_ms,
+            end,
+            counts: &tx.counts,
         };
+        let (key, value) =
+            self.config
+                .format
+                .transaction_record(key_id, value_id, &mark, PgTimestamp::now().unix_millis());
         self.sender.produce(&topic, Some(&key), Some(&value))
     }
 
@@ -458,10 +437,7 @@ impl Destination for KafkaDestination {
     }
 
     async fn prepare(&mut self, tables: &[TableName]) -> Result<(), OutputError> {
-        let rule = match self.config.format {
-            Format::Walhouse => Rule::Walhouse,
-            Format::Debezium => Rule::Debezium,
-        };
+        let rule = self.config.format.topic_rule();
         let mut topics: Vec<String> = tables
             .iter()
             .map(|t| crate::topics::name(rule, &self.config.topic_prefix, &t.schema, &t.name))
@@ -502,16 +478,13 @@ impl Destination for KafkaDestination {
         // Snapshot reads belong to no transaction (Debezium's shape too).
         // Debezium counts records (a key change is two), walhouse changes.
         if self.config.transaction_topic && event.snapshot.is_none() {
-            let records = match self.config.format {
-                Format::Walhouse => 1,
-                Format::Debezium => ops.len() as u64,
-            };
-            self.track_transaction(event, records).await?;
+            let counted = self.config.format.counted(ops.len());
+            self.track_transaction(event, counted).await?;
         }
         // A key change is a delete and a create; in the Debezium format each
         // names the other's key in a header.
-        let key_change = match (ops.as_slice(), self.config.format) {
-            ([(id, Op::Delete(old)), (_, Op::Create(new))], Format::Debezium) => Some((
+        let key_change = match ops.as_slice() {
+            [(id, Op::Delete(old)), (_, Op::Create(new))] if self.config.format.key_change_headers() => Some((
                 self.encoder.key_of(*id, old).unwrap_or_default(),
                 self.encoder.key_of(*id, new).unwrap_or_default(),
             )),

@@ -497,3 +497,70 @@ fn opt_str(out: &mut Vec<u8>, v: Option<&str>) {
         None => put_long(out, 0),
     }
 }
+
+/// Debezium's format behind the format-blind encoder.
+impl crate::capture::format::TableFormat for DebeziumTable {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn key_schema(&self) -> Option<&Json> {
+        self.key_schema.as_ref()
+    }
+
+    fn value_schema(&self) -> &Json {
+        &self.value_schema
+    }
+
+    fn changed_columns(&self, newer: &dyn crate::capture::format::TableFormat) -> Vec<String> {
+        newer
+            .as_any()
+            .downcast_ref::<DebeziumTable>()
+            .map(|n| DebeziumTable::changed_columns(self, n))
+            .unwrap_or_default()
+    }
+
+    fn key_changed(&self, old: &Tuple, new: &Tuple) -> bool {
+        DebeziumTable::key_changed(self, old, new)
+    }
+
+    fn encode_key(&self, tuple: &Tuple, out: &mut Vec<u8>) -> Result<bool, String> {
+        DebeziumTable::encode_key(self, tuple, out)
+    }
+
+    fn encode_value(
+        &self,
+        event: &ChangeEvent<'_>,
+        op: Op<'_>,
+        cx: &crate::capture::format::RecordContext<'_>,
+        out: &mut Vec<u8>,
+    ) {
+        DebeziumTable::encode_value(self, event, op, &context(cx), out);
+    }
+
+    fn encode_read(
+        &self,
+        event: &ChangeEvent<'_>,
+        new: &Tuple,
+        cx: &crate::capture::format::RecordContext<'_>,
+        out: &mut crate::capture::destination::EncodedRows,
+    ) {
+        DebeziumTable::encode_value(self, event, Op::Read(new), &context(cx), &mut out.buf);
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// This format's context of a record.
+fn context<'a>(cx: &crate::capture::format::RecordContext<'a>) -> RecordContext<'a> {
+    RecordContext {
+        name: cx.name,
+        db: cx.db,
+        version: env!("CARGO_PKG_VERSION"),
+        last_commit: cx.last_commit,
+        now_ns: cx.now_ms.saturating_mul(1_000_000),
+        transaction: cx.transaction,
+    }
+}
