@@ -15,31 +15,84 @@
 //!     .await;
 //! ```
 
+use std::marker::PhantomData;
+
 use clap::Parser;
 use walhouse::capture::config::{CaptureArgs, CaptureConfig};
 use walhouse::sink::config::{SinkArgs, SinkConfig};
 
 use crate::pipeline::{RunningCapture, RunningSink};
 
-/// Sets `flag` to `value` in `argv`: the value after an earlier `flag` is
-/// replaced (clap refuses a flag given twice), or both are added.
-fn set(argv: &mut Vec<String>, flag: &str, value: &str) {
-    match argv.iter().position(|a| a == flag) {
-        Some(i) if i + 1 < argv.len() => argv[i + 1] = value.to_owned(),
-        _ => argv.extend([flag.to_owned(), value.to_owned()]),
+/// A program's flags (without its name); what both programs' command lines
+/// share is written once here, what each needs on its own below.
+#[derive(Debug)]
+pub struct Command<P> {
+    argv: Vec<String>,
+    program: PhantomData<P>,
+}
+
+/// walhouse-capture.
+#[derive(Debug)]
+pub enum Capture {}
+/// walhouse-sink.
+#[derive(Debug)]
+pub enum Sink {}
+
+pub type CaptureCommand = Command<Capture>;
+pub type SinkCommand = Command<Sink>;
+
+// Derived impls would ask the marker for Clone and Default too.
+impl<P> Clone for Command<P> {
+    fn clone(&self) -> Self {
+        Command {
+            argv: self.argv.clone(),
+            program: PhantomData,
+        }
     }
 }
 
-/// walhouse-capture's flags (without the program name).
-#[derive(Clone, Debug, Default)]
-pub struct CaptureCommand {
-    argv: Vec<String>,
+impl<P> Default for Command<P> {
+    fn default() -> Self {
+        Command {
+            argv: Vec::new(),
+            program: PhantomData,
+        }
+    }
 }
 
-impl CaptureCommand {
+impl<P> Command<P> {
+    /// One flag and its value, replacing the value given before if any
+    /// (clap refuses a flag given twice; a flag given many times,
+    /// `--kafka-option`, goes through [`Self::args`]).
+    pub fn with(mut self, flag: &str, value: impl AsRef<str>) -> Self {
+        let value = value.as_ref().to_owned();
+        match self.argv.iter().position(|a| a == flag) {
+            Some(i) if i + 1 < self.argv.len() => self.argv[i + 1] = value,
+            _ => self.argv.extend([flag.to_owned(), value]),
+        }
+        self
+    }
+
+    /// Flags (and their values) as written on a command line.
+    pub fn args<S: AsRef<str>>(mut self, args: &[S]) -> Self {
+        self.argv.extend(args.iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
+    /// The flags after the program's name, as `try_parse_from` takes them.
+    fn with_name<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
+        std::iter::once(name).chain(self.argv.iter().map(String::as_str))
+    }
+}
+
+impl Command<Capture> {
     /// Capture from `source_url`, nothing else set.
     pub fn from(source_url: &str) -> Self {
-        CaptureCommand::default().with("--source-url", source_url)
+        Command::default().with("--source-url", source_url)
     }
 
     /// Into Kafka at `bootstrap`, schemas registered at `registry_url`,
@@ -59,27 +112,10 @@ impl CaptureCommand {
         ])
     }
 
-    /// One flag and its value, replacing the value given before if any
-    /// (a flag given many times, `--kafka-option`, goes through [`Self::args`]).
-    pub fn with(mut self, flag: &str, value: impl AsRef<str>) -> Self {
-        set(&mut self.argv, flag, value.as_ref());
-        self
-    }
-
-    /// Flags (and their values) as written on a command line.
-    pub fn args<S: AsRef<str>>(mut self, args: &[S]) -> Self {
-        self.argv.extend(args.iter().map(|a| a.as_ref().to_owned()));
-        self
-    }
-
-    pub fn argv(&self) -> &[String] {
-        &self.argv
-    }
-
     /// The configuration, resolved as the binary resolves it.
     pub fn config(&self) -> CaptureConfig {
-        let argv = std::iter::once("walhouse-capture").chain(self.argv.iter().map(String::as_str));
-        CaptureConfig::resolve(CaptureArgs::try_parse_from(argv).expect("capture flags")).expect("capture config")
+        let args = CaptureArgs::try_parse_from(self.with_name("walhouse-capture")).expect("capture flags");
+        CaptureConfig::resolve(args).expect("capture config")
     }
 
     /// Starts capture into Kafka in this process, with the binary's code.
@@ -88,17 +124,11 @@ impl CaptureCommand {
     }
 }
 
-/// walhouse-sink's flags (without the program name).
-#[derive(Clone, Debug, Default)]
-pub struct SinkCommand {
-    argv: Vec<String>,
-}
-
-impl SinkCommand {
+impl Command<Sink> {
     /// Into `warehouse` (a URL) from Kafka at `bootstrap`, schemas read
     /// from `registry_url`.
     pub fn into(warehouse: &str, bootstrap: &str, registry_url: &str) -> Self {
-        SinkCommand::default().args(&[
+        Command::default().args(&[
             "--warehouse",
             warehouse,
             "--brokers",
@@ -117,27 +147,10 @@ impl SinkCommand {
             .with("--batch-ms", "100")
     }
 
-    /// One flag and its value, replacing the value given before if any
-    /// (a flag given many times, `--kafka-option`, goes through [`Self::args`]).
-    pub fn with(mut self, flag: &str, value: impl AsRef<str>) -> Self {
-        set(&mut self.argv, flag, value.as_ref());
-        self
-    }
-
-    /// Flags (and their values) as written on a command line.
-    pub fn args<S: AsRef<str>>(mut self, args: &[S]) -> Self {
-        self.argv.extend(args.iter().map(|a| a.as_ref().to_owned()));
-        self
-    }
-
-    pub fn argv(&self) -> &[String] {
-        &self.argv
-    }
-
     /// The configuration, resolved as the binary resolves it.
     pub fn config(&self) -> SinkConfig {
-        let argv = std::iter::once("walhouse-sink").chain(self.argv.iter().map(String::as_str));
-        SinkConfig::resolve(SinkArgs::try_parse_from(argv).expect("sink flags")).expect("sink config")
+        let args = SinkArgs::try_parse_from(self.with_name("walhouse-sink")).expect("sink flags");
+        SinkConfig::resolve(args).expect("sink config")
     }
 
     /// Starts the sink in this process, with the binary's code.
