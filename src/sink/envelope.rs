@@ -305,6 +305,15 @@ impl EnvelopePlan {
     /// Decodes a message body, its row into `rows`.
     pub fn decode<'a>(&'a self, body: &'a [u8], rows: &mut RowBuffer) -> Result<Change<'a>, ReadError> {
         let mut r = Reader { buf: body, pos: 0 };
+        let n = self.columns.len();
+        // Both rows hold a cell per column (a fresh buffer, or one a
+        // narrower table's rows left short), so they decode and swap in
+        // place.
+        for cells in [&mut rows.cells, &mut rows.before] {
+            if cells.len() < n {
+                cells.resize(n, Cell::Null);
+            }
+        }
         let mut change = Change::default();
         let mut before = false;
         let mut after = false;
@@ -337,15 +346,8 @@ impl EnvelopePlan {
                 Field::Other => skip(&mut r, node)?,
             }
         }
-        let n = self.columns.len();
         change.has_row = if change.op == "d" {
             if before {
-                // The row cells may be fewer than the columns (a fresh
-                // buffer, or a narrower table's row before): grown first,
-                // or the delete would keep no value of its row.
-                if rows.cells.len() < n {
-                    rows.cells.resize(n, Cell::Null);
-                }
                 if let (Some(row), Some(old)) = (rows.cells.get_mut(..n), rows.before.get_mut(..n)) {
                     row.swap_with_slice(old);
                 }
@@ -365,9 +367,9 @@ impl EnvelopePlan {
         Ok(change)
     }
 
-    /// Decodes a row record into `cells` (one per column, grown to that if
-    /// short); `false` if the row is null.
-    fn row(&self, r: &mut Reader<'_>, node: &Node, cells: &mut Vec<Cell>) -> Result<bool, ReadError> {
+    /// Decodes a row record into `cells` (at least one per column);
+    /// `false` if the row is null.
+    fn row(&self, r: &mut Reader<'_>, node: &Node, cells: &mut [Cell]) -> Result<bool, ReadError> {
         let node = match node {
             Node::Union(branches) => match &branches[r.branch(branches.len())?] {
                 Node::Null => return Ok(false),
@@ -378,9 +380,6 @@ impl EnvelopePlan {
         let Node::Record(_) = node else {
             return Err(ReadError::NotAnEnvelope("row is not a record".into()));
         };
-        if cells.len() < self.columns.len() {
-            cells.resize(self.columns.len(), Cell::Null);
-        }
         for (c, out) in self.columns.iter().zip(cells.iter_mut()) {
             cell_into(r, &c.node, out)?;
         }

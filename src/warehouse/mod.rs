@@ -176,7 +176,7 @@ pub struct Origin {
 impl Origin {
     /// Its bytes as held in memory, for batching by bytes.
     pub fn weight(&self) -> usize {
-        self.key.as_ref().map_or(0, Vec::len) + self.raw.as_ref().map_or(0, Vec::len)
+        self.borrow().weight()
     }
 }
 
