@@ -259,10 +259,13 @@ impl Bench {
 
     /// A destination with more capture flags (`--format debezium`).
     fn kafka_with(&self, prefix: &str, extra: &[&str]) -> KafkaDestination {
-        let mut config = self.config_with("unused", prefix, "small", extra);
-        if let Some(kafka) = config.kafka.as_mut() {
-            kafka.librdkafka.extend(extra_kafka_options());
-        }
+        let options: Vec<String> = extra_kafka_options()
+            .into_iter()
+            .flat_map(|(k, v)| ["--kafka-option".to_owned(), format!("{k}={v}")])
+            .collect();
+        let mut flags = extra.to_vec();
+        flags.extend(options.iter().map(String::as_str));
+        let config = self.config_with("unused", prefix, "small", &flags);
         capture::kafka_destination(&config).expect("producer")
     }
 }
@@ -501,7 +504,7 @@ async fn main() {
     // machine is shared and noisy).
     let encode_only = |prefix: &str| EncodeOnly {
         encoder: RecordEncoder::new(
-            Arc::new(Registry::new(&bench.config("x", prefix, "small").kafka.expect("k").registry).expect("r")),
+            Arc::new(Registry::new(&bench.config("x", prefix, "small").kafka.endpoints().expect("k").1).expect("r")),
             prefix,
             "bench",
             Default::default(),
@@ -530,7 +533,7 @@ async fn main() {
     .expect("url");
     let mut record_size = 0;
     let mut sample = Arc::new(Vec::new());
-    let partitions = bench.config("x", "x", "small").kafka.expect("kafka").topic_partitions;
+    let partitions = bench.config("x", "x", "small").kafka.topic_partitions;
     for round in 0..rounds {
         let meter = Meter::start();
         {

@@ -313,3 +313,62 @@ async fn check_never_prints_a_secret() {
     );
     assert!(!err.contains("hunter5"), "{err}");
 }
+
+/// The binaries layer their settings as the README says: a flag beats
+/// the environment, which beats the `--config` file, which beats the
+/// defaults; a bad file value stops at start (exit 2) naming its key.
+#[tokio::test]
+async fn flags_beat_the_environment_which_beats_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("walhouse.toml");
+    std::fs::write(
+        &file,
+        "source_url = \"postgres://u@127.0.0.1:9/d\"\nslot = \"from_file\"\npublication = \"from_file\"\n\
+         state_schema = \"from_file\"\nsnapshot_chunk_pages = 7\n",
+    )
+    .expect("write");
+    let out = command()
+        .args([
+            "--config",
+            file.to_str().expect("utf8"),
+            "--publication",
+            "from_flag",
+            "--check",
+        ])
+        .env("WALHOUSE_SLOT", "from_env")
+        .env("WALHOUSE_PUBLICATION", "from_env")
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .expect("runs");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "slot: \"from_env\"",
+        "publication: \"from_flag\"",
+        "state_schema: \"from_file\"",
+        "snapshot_chunk_pages: 7,",
+        "max_reconnect_attempts: 10,",
+    ] {
+        assert!(shown.contains(expected), "{expected} not in {shown}");
+    }
+    std::fs::write(
+        &file,
+        "source_url = \"postgres://u@127.0.0.1:9/d\"\nsnapshot_connections = 100\n",
+    )
+    .expect("write");
+    let out = command()
+        .args(["--config", file.to_str().expect("utf8"), "--check"])
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("snapshot_connections") && err.contains("100"), "{err}");
+}

@@ -8,8 +8,7 @@ use serde_json::{json, Value as Json};
 use crate::postgres::catalog::{TypeInfo, TypeKind};
 
 /// How `numeric` columns travel.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum NumericMode {
     /// `numeric(p,s)` as Avro `decimal(p,s)`; unconstrained `numeric` as string.
     #[default]

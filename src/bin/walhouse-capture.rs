@@ -2,20 +2,19 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tokio::sync::watch;
 use walhouse::capture::config::{CaptureArgs, CaptureCommand, CaptureConfig};
 use walhouse::capture::{self, admin};
 use walhouse::cli::{init_logging, shutdown_signal};
 
 fn main() -> ExitCode {
-    let args = CaptureArgs::parse();
+    let args = CaptureArgs::parse_layered(std::env::args_os()).unwrap_or_else(|e| e.exit("walhouse-capture"));
     let check = args.check;
     let command = args.command.as_ref().map(|c| match c {
         CaptureCommand::Status { json } => Command::Status { json: *json },
         CaptureCommand::Snapshot { tables } => Command::Snapshot { tables: tables.clone() },
     });
-    let config = match CaptureConfig::resolve(args) {
+    let config = match CaptureConfig::resolve(args.settings) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("walhouse-capture: {e}");

@@ -4,7 +4,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
 use tokio::sync::watch;
 use walhouse::cli::{init_logging, shutdown_signal};
 use walhouse::sink;
@@ -14,13 +13,13 @@ use walhouse::sink::tables::Tables;
 use walhouse::sink::{insolvency, prepare};
 
 fn main() -> ExitCode {
-    let args = SinkArgs::parse();
+    let args = SinkArgs::parse_layered(std::env::args_os()).unwrap_or_else(|e| e.exit("walhouse-sink"));
     let check = args.check;
     let load = args
         .command
         .as_ref()
         .map(|SinkCommand::LoadInsolvencies { path }| path.clone());
-    let config = match SinkConfig::resolve(args) {
+    let config = match SinkConfig::resolve(args.settings, load.is_none()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("walhouse-sink: {e}");

@@ -23,8 +23,8 @@ pub enum CaptureError {
     },
     #[error("the server sent a streamed-transaction message although walhouse asked for protocol 1 (at {lsn})")]
     UnexpectedStream { lsn: Lsn },
-    #[error("--output kafka needs --brokers and --schema-registry-url")]
-    NoKafkaSettings,
+    #[error(transparent)]
+    Config(#[from] crate::cli::ConfigError),
     #[error("{table} is not in publication {publication:?}. Fix: add it (ALTER PUBLICATION … ADD TABLE {quoted}), which also snapshots it")]
     NotPublished {
         table: String,

@@ -77,9 +77,9 @@ pub async fn start(config: &CaptureConfig, shutdown: watch::Receiver<bool>) -> R
 /// The Kafka destination of a configuration, with its registry client:
 /// for [`start`], and for tests and benches that watch the destination.
 pub fn kafka_destination(config: &CaptureConfig) -> Result<KafkaDestination, CaptureError> {
-    let kafka = config.kafka.as_ref().ok_or(CaptureError::NoKafkaSettings)?;
-    let registry = Arc::new(Registry::new(&kafka.registry).map_err(OutputError::from)?);
-    Ok(KafkaDestination::new(kafka, &config.source.dbname, registry)?)
+    let (_, registry) = config.kafka.endpoints()?;
+    let registry = Arc::new(Registry::new(&registry).map_err(OutputError::from)?);
+    Ok(KafkaDestination::new(&config.kafka, &config.source.dbname, registry)?)
 }
 
 /// Runs a capture into `dest` until `shutdown` turns true or an error stops it.
@@ -214,8 +214,8 @@ async fn set_up(config: &CaptureConfig, sql: &tokio_postgres::Client) -> Result<
     let mut tables = publication::ensure(
         sql,
         &config.publication,
-        &config.tables,
-        &config.table_options,
+        &config.table_selection(),
+        &config.table_options(),
         config.replica_identity_full,
     )
     .await?;
@@ -235,8 +235,8 @@ async fn set_up(config: &CaptureConfig, sql: &tokio_postgres::Client) -> Result<
         );
     }
     tracing::info!(publication = %config.publication, tables = tables.len(), "publication ready");
-    let status_interval = match config.status_interval {
-        Some(i) => i,
+    let status_interval = match config.status_interval_ms {
+        Some(ms) => Duration::from_millis(ms),
         None => slot::status_interval(slot::wal_sender_timeout(sql).await?),
     };
     if let Some(p) = &progress {
@@ -448,7 +448,7 @@ impl LoopState<'_> {
             if self.tx.take().is_some() {
                 dest.abandon_transaction();
             }
-            let backoff = backoff(attempt, config.reconnect_backoff_max);
+            let backoff = backoff(attempt, Duration::from_millis(config.reconnect_backoff_max_ms));
             tracing::warn!(attempt, ?backoff, "{source_err}");
             tokio::select! {
                 _ = shutdown.changed() => return Ok(self.summary(acknowledged)),
@@ -469,8 +469,9 @@ impl LoopState<'_> {
     ) -> Result<StreamEnd, CaptureError> {
         let mut lag_check = tokio::time::interval(LAG_CHECK_EVERY);
         lag_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut heartbeat = self.config.heartbeat_interval.map(|every| {
-            let mut i = tokio::time::interval(every);
+        let heartbeat_ms = Some(self.config.heartbeat_interval_ms).filter(|&ms| ms > 0);
+        let mut heartbeat = heartbeat_ms.map(|ms| {
+            let mut i = tokio::time::interval(Duration::from_millis(ms));
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });

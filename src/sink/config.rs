@@ -1,23 +1,21 @@
 //! `walhouse-sink`'s settings: flags, then `WALHOUSE_SINK_*` environment
 //! variables, then the `--config` TOML file, then defaults.
 
-use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use serde::Deserialize;
 
-use crate::cli::{ConfigError, LogFormat};
+use crate::cli::layers::{self, ParseError};
+use crate::cli::{
+    kafka_option, librdkafka_options, ConfigError, KafkaOption, KafkaOptions, LogFormat, Quiet, RegistrySettings,
+};
 use crate::postgres::conninfo::ConnInfo;
 use crate::registry::RegistryConfig;
 use crate::warehouse::duckdb::DuckDbWarehouse;
 use crate::warehouse::postgres::PostgresWarehouse;
 use crate::warehouse::{AnyWarehouse, WarehouseError};
-
-pub const DEFAULT_TOPIC_PATTERN: &str = "^walhouse\\..*";
-pub const DEFAULT_COMPANIES_TOPIC: &str = "companies";
-pub const DEFAULT_GROUP: &str = "walhouse-sink";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,64 +28,131 @@ pub struct SinkArgs {
     #[arg(long, global = true, env = "WALHOUSE_SINK_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// duckdb:<path> (embedded, the default target) or postgres://… (a warehouse database).
-    #[arg(long, global = true, env = "WALHOUSE_WAREHOUSE")]
-    pub warehouse: Option<String>,
-
     /// Validate the configuration, print it (passwords hidden) and exit.
     #[arg(long)]
     pub check: bool,
 
-    /// Kafka bootstrap servers.
+    #[command(subcommand)]
+    pub command: Option<SinkCommand>,
+
+    #[command(flatten)]
+    pub settings: SinkSettings,
+}
+
+impl SinkArgs {
+    /// Flags, environment and the `--config` file, in that order of
+    /// precedence (the file's `[kafka]` table merges with `--kafka-option`).
+    pub fn parse_layered(argv: impl IntoIterator<Item = impl Into<std::ffi::OsString>>) -> Result<Self, ParseError> {
+        layers::parse(argv, &["kafka"])
+    }
+}
+
+/// Every setting of a sink.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SinkSettings {
+    /// duckdb:<path> (embedded, the default target) or postgres://… (a warehouse database).
+    #[arg(long, global = true, env = "WALHOUSE_WAREHOUSE", hide_env_values = true, value_parser = Quiet(WarehouseTarget::parse))]
+    pub warehouse: Option<WarehouseTarget>,
+
+    /// Log format on stderr; the level comes from WALHOUSE_LOG (e.g. debug).
+    #[arg(long, global = true, env = "WALHOUSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub consume: ConsumeSettings,
+}
+
+/// The settings of consuming Kafka (all but `load-insolvencies`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ConsumeSettings {
+    /// Kafka bootstrap servers (required to consume).
     #[arg(long, env = "WALHOUSE_BROKERS")]
     pub brokers: Option<String>,
 
     #[command(flatten)]
-    pub registry: crate::cli::RegistryArgs,
+    pub schema_registry: RegistrySettings,
 
-    /// Regular expression of the CDC topics (default `^walhouse\..*`).
-    #[arg(long, env = "WALHOUSE_TOPIC_PATTERN")]
-    pub topic_pattern: Option<String>,
+    /// Regular expression of the CDC topics; must start with '^'.
+    #[arg(long, env = "WALHOUSE_TOPIC_PATTERN", default_value = "^walhouse\\..*", value_parser = Quiet(topic_pattern))]
+    pub topic_pattern: String,
 
     /// Topic of company events (JSON); empty to consume none.
-    #[arg(long, env = "WALHOUSE_COMPANIES_TOPIC")]
-    pub companies_topic: Option<String>,
+    #[arg(long, env = "WALHOUSE_COMPANIES_TOPIC", default_value = "companies")]
+    pub companies_topic: String,
 
-    /// Kafka consumer group (default walhouse-sink).
-    #[arg(long, env = "WALHOUSE_GROUP_ID")]
-    pub group_id: Option<String>,
+    /// Kafka consumer group (offsets are stored per group).
+    #[arg(long, env = "WALHOUSE_GROUP_ID", default_value = "walhouse-sink")]
+    pub group_id: String,
 
-    /// Write a batch at this many rows (default 20000).
-    #[arg(long, env = "WALHOUSE_BATCH_ROWS")]
-    pub batch_rows: Option<usize>,
+    /// Write a batch at this many rows.
+    #[arg(long, env = "WALHOUSE_BATCH_ROWS", default_value_t = 20_000, value_parser = Quiet(positive))]
+    pub batch_rows: usize,
 
-    /// ... or at this many bytes of row data (default 32 MiB).
-    #[arg(long, env = "WALHOUSE_BATCH_BYTES")]
-    pub batch_bytes: Option<usize>,
+    /// ... or at this many bytes of row data.
+    #[arg(long, env = "WALHOUSE_BATCH_BYTES", default_value_t = 32 << 20, value_parser = Quiet(positive))]
+    pub batch_bytes: usize,
 
-    /// ... or this long after its first row (default 1000 ms).
-    #[arg(long, env = "WALHOUSE_BATCH_MS")]
-    pub batch_ms: Option<u64>,
+    /// ... or this many ms after its first row.
+    #[arg(long, env = "WALHOUSE_BATCH_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_ms: u64,
 
-    /// Serve /metrics and /health here (e.g. 127.0.0.1:9751).
+    /// Serve /metrics and /health here, e.g. 127.0.0.1:9751 [default: off].
     #[arg(long, env = "WALHOUSE_SINK_METRICS_ADDR")]
-    pub metrics_addr: Option<std::net::SocketAddr>,
-
-    #[arg(long, env = "WALHOUSE_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
-
-    /// A librdkafka consumer setting, KEY=VALUE (repeatable; also the [kafka] table of the file).
-    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
-    pub kafka_options: Vec<String>,
+    pub metrics_addr: Option<SocketAddr>,
 
     /// When Kafka no longer holds a partition's stored offset (retention
-    /// deleted records before they were stored): stop that topic (default),
-    /// or skip to the earliest offset and record the gap as a dead letter.
-    #[arg(long, env = "WALHOUSE_ON_OFFSET_GAP", value_enum)]
-    pub on_offset_gap: Option<OffsetGap>,
+    /// deleted records before they were stored): stop that topic, or skip
+    /// to the earliest offset and record the gap as a dead letter.
+    #[arg(long, env = "WALHOUSE_ON_OFFSET_GAP", value_enum, default_value_t = OffsetGap::Stop)]
+    pub on_offset_gap: OffsetGap,
 
-    #[command(subcommand)]
-    pub command: Option<SinkCommand>,
+    /// A librdkafka consumer setting, KEY=VALUE (repeatable; the file's [kafka] table).
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = Quiet(kafka_option))]
+    pub kafka: Vec<KafkaOption>,
+}
+
+fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{text:?} is not a number above 0")),
+    }
+}
+
+fn topic_pattern(text: &str) -> Result<String, String> {
+    if !text.starts_with('^') {
+        return Err(format!(
+            "{text:?} must start with '^' (Kafka clients treat only such names as patterns)"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+impl ConsumeSettings {
+    /// Where to read; [`SinkConfig::resolve`] refused consuming without them.
+    pub fn endpoints(&self) -> Result<(&str, RegistryConfig), ConfigError> {
+        let brokers = self
+            .brokers
+            .as_deref()
+            .ok_or_else(|| ConfigError::Invalid("no brokers: give --brokers (WALHOUSE_BROKERS, brokers)".into()))?;
+        let registry = self.schema_registry.config(
+            "no schema registry: give --schema-registry-url (WALHOUSE_SCHEMA_REGISTRY_URL, schema_registry_url)",
+        )?;
+        Ok((brokers, registry))
+    }
+
+    /// The company events' topic, unless set empty.
+    pub fn companies_topic(&self) -> Option<&str> {
+        Some(self.companies_topic.as_str()).filter(|t| !t.is_empty())
+    }
+
+    pub fn batch_linger(&self) -> Duration {
+        Duration::from_millis(self.batch_ms)
+    }
+
+    /// librdkafka's settings, `--kafka-option` over the file's `[kafka]`.
+    pub fn librdkafka(&self) -> KafkaOptions {
+        librdkafka_options(&self.kafka)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,31 +164,8 @@ pub enum SinkCommand {
     },
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    warehouse: Option<String>,
-    brokers: Option<String>,
-    schema_registry_url: Option<String>,
-    schema_registry_user: Option<String>,
-    schema_registry_password: Option<String>,
-    schema_registry_ca: Option<PathBuf>,
-    topic_pattern: Option<String>,
-    companies_topic: Option<String>,
-    group_id: Option<String>,
-    batch_rows: Option<usize>,
-    batch_bytes: Option<usize>,
-    batch_ms: Option<u64>,
-    metrics_addr: Option<std::net::SocketAddr>,
-    log_format: Option<LogFormat>,
-    on_offset_gap: Option<OffsetGap>,
-    #[serde(default)]
-    kafka: BTreeMap<String, toml::Value>,
-}
-
 /// What to do when records were deleted from Kafka before they were stored.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum OffsetGap {
     /// Stop the topic with an error that names the gap.
     #[default]
@@ -148,122 +190,65 @@ impl WarehouseTarget {
         })
     }
 
-    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+    pub fn parse(url: &str) -> Result<Self, String> {
         if let Some(path) = url.strip_prefix("duckdb:") {
             let path = path.trim_start_matches("//");
             if path.is_empty() {
-                return Err(ConfigError::Invalid(
-                    "--warehouse duckdb: needs a file path, e.g. duckdb:warehouse.duckdb".into(),
-                ));
+                return Err("duckdb: needs a file path, e.g. duckdb:warehouse.duckdb".into());
             }
             return Ok(WarehouseTarget::DuckDb(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(WarehouseTarget::Postgres(ConnInfo::parse(url)?));
+            return ConnInfo::parse(url)
+                .map(WarehouseTarget::Postgres)
+                .map_err(|e| e.to_string());
         }
         // Only the scheme: the rest of an unknown URL may hold a password.
         let scheme = url.split_once(':').map_or("", |(s, _)| s);
-        Err(ConfigError::Invalid(format!(
-            "--warehouse: unknown kind {scheme:?}; use duckdb:<path> (embedded) or postgres://user@host/db"
-        )))
+        Err(format!(
+            "unknown kind {scheme:?}; use duckdb:<path> (embedded) or postgres://user@host/db"
+        ))
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct ConsumeSettings {
-    pub brokers: String,
-    pub registry: RegistryConfig,
-    pub topic_pattern: String,
-    pub companies_topic: Option<String>,
-    pub group_id: String,
-    pub batch_rows: usize,
-    pub batch_bytes: usize,
-    pub batch_linger: Duration,
-    pub metrics_addr: Option<std::net::SocketAddr>,
-    pub librdkafka: crate::cli::KafkaOptions,
-    pub on_offset_gap: OffsetGap,
+/// The checked settings of one sink. `Debug` (and so `--check`) shows the
+/// settings, passwords hidden.
+#[derive(Clone)]
+pub struct SinkConfig {
+    settings: SinkSettings,
+    /// `warehouse`, which `resolve` made sure of.
+    pub warehouse: WarehouseTarget,
 }
 
-#[derive(Clone, Debug)]
-pub struct SinkConfig {
-    pub warehouse: WarehouseTarget,
-    pub log_format: LogFormat,
-    /// Absent for `load-insolvencies`, which needs no Kafka.
-    pub consume: Option<ConsumeSettings>,
+/// Read access to the settings: a checked configuration is its settings
+/// plus what checking them proved.
+impl std::ops::Deref for SinkConfig {
+    type Target = SinkSettings;
+
+    fn deref(&self) -> &SinkSettings {
+        &self.settings
+    }
+}
+
+impl std::fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.settings.fmt(f)
+    }
 }
 
 impl SinkConfig {
-    pub fn resolve(args: SinkArgs) -> Result<Self, ConfigError> {
-        let file: FileConfig = match &args.config {
-            Some(path) => crate::cli::read_file(path)?,
-            None => FileConfig::default(),
-        };
-        let warehouse = args.warehouse.or(file.warehouse).ok_or_else(|| {
+    /// Checks what no setting can check alone: a warehouse always, and
+    /// brokers and a registry when the sink is to `consume`.
+    pub fn resolve(settings: SinkSettings, consume: bool) -> Result<Self, ConfigError> {
+        let warehouse = settings.warehouse.clone().ok_or_else(|| {
             ConfigError::Invalid(
-                "no warehouse: give --warehouse duckdb:<path> or postgres://… (WALHOUSE_WAREHOUSE)".into(),
+                "no warehouse: give --warehouse duckdb:<path> or postgres://… (WALHOUSE_WAREHOUSE, warehouse)".into(),
             )
         })?;
-        let warehouse = WarehouseTarget::parse(&warehouse)?;
-        let log_format = args.log_format.or(file.log_format).unwrap_or_default();
-        if args.command.is_some() {
-            return Ok(SinkConfig {
-                warehouse,
-                log_format,
-                consume: None,
-            });
+        if consume {
+            settings.consume.endpoints()?;
         }
-        let brokers = args
-            .brokers
-            .or(file.brokers)
-            .ok_or_else(|| ConfigError::Invalid("no brokers: give --brokers (WALHOUSE_BROKERS)".into()))?;
-        let registry = args.registry.resolve(
-            crate::cli::RegistryArgs {
-                schema_registry_url: file.schema_registry_url,
-                schema_registry_user: file.schema_registry_user,
-                schema_registry_password: file.schema_registry_password,
-                schema_registry_ca: file.schema_registry_ca,
-            },
-            "no schema registry: give --schema-registry-url (WALHOUSE_SCHEMA_REGISTRY_URL)",
-        )?;
-        let librdkafka = crate::cli::librdkafka_options(file.kafka, &args.kafka_options)?;
-        let topic_pattern = args
-            .topic_pattern
-            .or(file.topic_pattern)
-            .unwrap_or_else(|| DEFAULT_TOPIC_PATTERN.into());
-        if !topic_pattern.starts_with('^') {
-            return Err(ConfigError::Invalid(format!(
-                "--topic-pattern {topic_pattern:?} must start with '^' (Kafka clients treat only such names as patterns)"
-            )));
-        }
-        let companies_topic = args
-            .companies_topic
-            .or(file.companies_topic)
-            .unwrap_or_else(|| DEFAULT_COMPANIES_TOPIC.into());
-        let batch_rows = args.batch_rows.or(file.batch_rows).unwrap_or(20_000);
-        let batch_bytes = args.batch_bytes.or(file.batch_bytes).unwrap_or(32 << 20);
-        let batch_ms = args.batch_ms.or(file.batch_ms).unwrap_or(1000);
-        if batch_rows == 0 || batch_bytes == 0 || batch_ms == 0 {
-            return Err(ConfigError::Invalid(
-                "batch_rows, batch_bytes and batch_ms must be above 0".into(),
-            ));
-        }
-        Ok(SinkConfig {
-            warehouse,
-            log_format,
-            consume: Some(ConsumeSettings {
-                brokers,
-                registry,
-                topic_pattern,
-                companies_topic: (!companies_topic.is_empty()).then_some(companies_topic),
-                group_id: args.group_id.or(file.group_id).unwrap_or_else(|| DEFAULT_GROUP.into()),
-                batch_rows,
-                batch_bytes,
-                batch_linger: Duration::from_millis(batch_ms),
-                metrics_addr: args.metrics_addr.or(file.metrics_addr),
-                librdkafka,
-                on_offset_gap: args.on_offset_gap.or(file.on_offset_gap).unwrap_or_default(),
-            }),
-        })
+        Ok(SinkConfig { settings, warehouse })
     }
 }
 
@@ -272,10 +257,11 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn resolve(argv: &[&str]) -> Result<SinkConfig, ConfigError> {
+    fn resolve(argv: &[&str]) -> Result<SinkConfig, String> {
         let mut all = vec!["walhouse-sink"];
         all.extend_from_slice(argv);
-        SinkConfig::resolve(SinkArgs::try_parse_from(all).expect("args"))
+        let args = SinkArgs::parse_layered(all).map_err(|e| e.to_string())?;
+        SinkConfig::resolve(args.settings, args.command.is_none()).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -291,10 +277,10 @@ mod tests {
         let path = f.path().to_str().expect("utf8").to_owned();
         let c = resolve(&["--config", &path, "--batch-rows", "9"]).expect("valid");
         assert!(matches!(&c.warehouse, WarehouseTarget::DuckDb(p) if p == Path::new("from-file.duckdb")));
-        let k = c.consume.expect("consume");
-        assert_eq!((k.brokers.as_str(), k.batch_rows), ("k:9092", 9));
-        assert_eq!(k.companies_topic, None);
-        assert_eq!(k.librdkafka.get("fetch.min.bytes").map(String::as_str), Some("1024"));
+        let k = &c.consume;
+        assert_eq!((k.brokers.as_deref(), k.batch_rows), (Some("k:9092"), 9));
+        assert_eq!(k.companies_topic(), None);
+        assert_eq!(k.librdkafka().get("fetch.min.bytes").map(String::as_str), Some("1024"));
         let mut bad = tempfile::NamedTempFile::new().expect("tempfile");
         bad.write_all(b"warehous = \"x\"\n").expect("write");
         let err = resolve(&["--config", bad.path().to_str().expect("utf8")]).expect_err("unknown key");
@@ -321,8 +307,7 @@ mod tests {
     fn consuming_needs_brokers_and_a_registry_loading_does_not() {
         let err = resolve(&["--warehouse", "duckdb:x.duckdb"]).expect_err("no brokers");
         assert!(err.to_string().contains("--brokers"), "{err}");
-        let c = resolve(&["--warehouse", "duckdb:x.duckdb", "load-insolvencies", "f.csv"]).expect("valid");
-        assert!(c.consume.is_none());
+        resolve(&["--warehouse", "duckdb:x.duckdb", "load-insolvencies", "f.csv"]).expect("loading needs no Kafka");
         let c = resolve(&[
             "--warehouse",
             "duckdb:x.duckdb",
@@ -332,9 +317,9 @@ mod tests {
             "http://127.0.0.1:8081",
         ])
         .expect("valid");
-        let k = c.consume.expect("consume");
-        assert_eq!(k.topic_pattern, DEFAULT_TOPIC_PATTERN);
-        assert_eq!(k.companies_topic.as_deref(), Some("companies"));
+        let k = &c.consume;
+        assert_eq!(k.topic_pattern, "^walhouse\\..*");
+        assert_eq!(k.companies_topic(), Some("companies"));
         assert!(resolve(&[
             "--warehouse",
             "duckdb:x",

@@ -19,8 +19,8 @@ pub enum SinkError {
     Warehouse(#[from] WarehouseError),
     #[error("the task writing a batch panicked; nothing of it is counted as stored")]
     Lost,
-    #[error("no Kafka settings: give --brokers and --schema-registry-url")]
-    NoKafkaSettings,
+    #[error(transparent)]
+    Config(#[from] crate::cli::ConfigError),
     #[error("cannot serve metrics on {addr}: {source}. Fix: choose a free --metrics-addr")]
     Metrics {
         addr: std::net::SocketAddr,

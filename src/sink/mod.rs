@@ -58,7 +58,7 @@ pub async fn start(
     metrics: Arc<SinkMetrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), SinkError> {
-    let settings = config.consume.ok_or(SinkError::NoKafkaSettings)?;
+    let settings = config.consume.clone();
     let warehouse = config.warehouse.open().await?;
     let _server = match settings.metrics_addr {
         Some(addr) => Some(
@@ -227,13 +227,15 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         mut warehouse: W,
         metrics: Arc<SinkMetrics>,
     ) -> Result<Self, SinkError> {
-        let registry = Registry::new(&settings.registry)?;
+        let (brokers, registry) = settings.endpoints()?;
+        let brokers = brokers.to_owned();
+        let registry = Registry::new(&registry)?;
         registry.check().await?;
         let mut tables = Tables::default();
         prepare(&mut warehouse, &mut tables).await?;
         let mut config = ClientConfig::new();
         config
-            .set("bootstrap.servers", &settings.brokers)
+            .set("bootstrap.servers", &brokers)
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -248,7 +250,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
         for (k, v) in PREFETCH {
             config.set(*k, *v);
         }
-        for (k, v) in &settings.librdkafka {
+        for (k, v) in &settings.librdkafka() {
             config.set(k, v);
         }
         let consumer: StreamConsumer<SinkContext> = config
@@ -256,10 +258,10 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             .map_err(kafka("creating the consumer"))?;
         // Fail early and clearly when no broker answers.
         let probe = consumer.client().fetch_metadata(None, Duration::from_secs(15));
-        probe.map_err(kafka(&format!("no answer from {}", settings.brokers)))?;
+        probe.map_err(kafka(&format!("no answer from {brokers}")))?;
         let mut topics = vec![settings.topic_pattern.as_str()];
-        if let Some(c) = &settings.companies_topic {
-            topics.push(c.as_str());
+        if let Some(c) = settings.companies_topic() {
+            topics.push(c);
         }
         consumer.subscribe(&topics).map_err(kafka("subscribing"))?;
         tracing::info!(
@@ -328,7 +330,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 self.metrics.set_waiting_partitions(self.positions.waiting() as u64);
             }
             let linger = match self.pending.since {
-                Some(t) => self.settings.batch_linger.saturating_sub(t.elapsed()),
+                Some(t) => self.settings.batch_linger().saturating_sub(t.elapsed()),
                 None => Duration::from_millis(500),
             };
             let waited = Instant::now();
@@ -372,7 +374,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             let due = self
                 .pending
                 .since
-                .is_some_and(|t| t.elapsed() >= self.settings.batch_linger);
+                .is_some_and(|t| t.elapsed() >= self.settings.batch_linger());
             if full || due {
                 self.flush().await?;
             }
@@ -501,7 +503,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
     }
 
     fn is_companies(&self, topic: &str) -> bool {
-        self.settings.companies_topic.as_deref() == Some(topic)
+        self.settings.companies_topic() == Some(topic)
     }
 
     /// Puts a record's outcome in the pending batch and moves its

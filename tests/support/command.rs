@@ -17,7 +17,6 @@
 
 use std::marker::PhantomData;
 
-use clap::Parser;
 use walhouse::capture::config::{CaptureArgs, CaptureConfig};
 use walhouse::sink::config::{SinkArgs, SinkConfig};
 
@@ -114,8 +113,8 @@ impl Command<Capture> {
 
     /// The configuration, resolved as the binary resolves it.
     pub fn config(&self) -> CaptureConfig {
-        let args = CaptureArgs::try_parse_from(self.with_name("walhouse-capture")).expect("capture flags");
-        CaptureConfig::resolve(args).expect("capture config")
+        let args = CaptureArgs::parse_layered(self.with_name("walhouse-capture")).expect("capture flags");
+        CaptureConfig::resolve(args.settings).expect("capture config")
     }
 
     /// Starts capture into Kafka in this process, with the binary's code.
@@ -149,8 +148,8 @@ impl Command<Sink> {
 
     /// The configuration, resolved as the binary resolves it.
     pub fn config(&self) -> SinkConfig {
-        let args = SinkArgs::try_parse_from(self.with_name("walhouse-sink")).expect("sink flags");
-        SinkConfig::resolve(args).expect("sink config")
+        let args = SinkArgs::parse_layered(self.with_name("walhouse-sink")).expect("sink flags");
+        SinkConfig::resolve(args.settings, args.command.is_none()).expect("sink config")
     }
 
     /// Starts the sink in this process, with the binary's code.

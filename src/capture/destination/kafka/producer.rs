@@ -23,7 +23,7 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use super::delivery::DeliveryTracker;
 use super::encoder::RecordEncoder;
 use crate::capture::change::{ChangeEvent, ChangeKind};
-use crate::capture::config::KafkaSettings;
+use crate::capture::config::{KafkaSettings, SkippedOperations};
 use crate::capture::destination::{Destination, DestinationStats, EncodedRows, OutputError, RowEncoder};
 use crate::capture::format::{Op, TransactionMark};
 use crate::postgres::catalog::RelationCache;
@@ -141,6 +141,8 @@ pub struct KafkaDestination {
     admin: AdminClient<DefaultClientContext>,
     encoder: RecordEncoder,
     config: KafkaSettings,
+    /// `--skipped-operations`, or the format's default.
+    skipped: SkippedOperations,
     topics: HashSet<String>,
     /// The transaction being sent, for the transaction topic.
     open_tx: Option<OpenTransaction>,
@@ -184,9 +186,9 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-fn client_config(config: &KafkaSettings) -> ClientConfig {
+fn client_config(config: &KafkaSettings, brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.brokers)
+    c.set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
@@ -195,12 +197,12 @@ fn client_config(config: &KafkaSettings) -> ClientConfig {
         // Bounded memory: walhouse pauses the slot long before these fill.
         .set(
             "queue.buffering.max.messages",
-            (config.max_in_flight * 2).max(1000).to_string(),
+            (config.max_in_flight_messages * 2).max(1000).to_string(),
         )
         .set("queue.buffering.max.kbytes", "262144")
         .set("client.id", "walhouse-capture")
         .set_log_level(RDKafkaLogLevel::Warning);
-    for (k, v) in &config.librdkafka {
+    for (k, v) in &config.librdkafka() {
         c.set(k, v);
     }
     c
@@ -209,16 +211,20 @@ fn client_config(config: &KafkaSettings) -> ClientConfig {
 impl KafkaDestination {
     pub fn new(config: &KafkaSettings, db: &str, registry: Arc<Registry>) -> Result<Self, OutputError> {
         let config = config.clone();
+        let brokers = config
+            .brokers
+            .clone()
+            .ok_or_else(|| OutputError::Kafka("no brokers: --output kafka needs --brokers".into()))?;
         let tracker = Arc::new(DeliveryTracker::default());
         let kafka_err = |e: KafkaError| OutputError::Kafka(format!("cannot create the producer: {e}"));
-        let producer = client_config(&config)
+        let producer = client_config(&config, &brokers)
             .create_with_context(Context {
                 tracker: tracker.clone(),
             })
             .map_err(kafka_err)?;
         let mut admin_config = ClientConfig::new();
-        admin_config.set("bootstrap.servers", &config.brokers);
-        for (k, v) in &config.librdkafka {
+        admin_config.set("bootstrap.servers", &brokers);
+        for (k, v) in &config.librdkafka() {
             // Security settings apply to the admin client too; producer-only
             // keys would make it refuse to start.
             if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
@@ -237,6 +243,7 @@ impl KafkaDestination {
             },
             admin,
             encoder,
+            skipped: config.skipped(),
             config,
             topics: HashSet::new(),
             open_tx: None,
@@ -253,7 +260,7 @@ impl KafkaDestination {
             (ChangeKind::Truncate { .. }, _) => 't',
             _ => return false,
         };
-        self.config.skipped_operations.contains(&code)
+        self.skipped.contains(code)
     }
 
     /// Records handed to librdkafka (tombstones included).
@@ -292,7 +299,7 @@ impl KafkaDestination {
                     NewTopic::new(
                         t,
                         self.config.topic_partitions,
-                        TopicReplication::Fixed(self.config.topic_replication),
+                        TopicReplication::Fixed(self.config.topic_replication_factor),
                     )
                 })
                 .collect();
@@ -534,7 +541,7 @@ impl Destination for KafkaDestination {
     }
 
     fn is_full(&self) -> bool {
-        self.sender.tracker.in_flight() >= self.config.max_in_flight
+        self.sender.tracker.in_flight() >= self.config.max_in_flight_messages
     }
 
     async fn progressed(&self) {

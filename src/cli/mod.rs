@@ -2,17 +2,20 @@
 //! `--config` file, the registry settings and librdkafka options, logging,
 //! configuration errors and the shutdown signal.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+pub mod layers;
 
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::PathBuf;
+
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 use clap::ValueEnum;
-use serde::Deserialize;
 
 use crate::postgres::conninfo::{ConnInfoError, Secret};
 use crate::registry::RegistryConfig;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     #[default]
     Text,
@@ -33,26 +36,34 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Reads a `--config` TOML file of either binary.
-pub fn read_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
-        message: e.message().to_owned(),
-    })
+/// A value parser whose error never repeats the value, which may hold a
+/// password (URLs): clap's own errors quote what they refused.
+#[derive(Clone)]
+pub struct Quiet<F>(pub F);
+
+impl<T, F> TypedValueParser for Quiet<F>
+where
+    F: Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
+{
+    type Value = T;
+
+    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &OsStr) -> Result<T, clap::Error> {
+        let name = arg
+            .and_then(|a| a.get_long())
+            .map_or_else(String::new, |l| format!("--{l}: "));
+        let refuse =
+            |message: String| clap::Error::raw(ErrorKind::ValueValidation, format!("{name}{message}\n")).with_cmd(cmd);
+        let text = value.to_str().ok_or_else(|| refuse("not UTF-8".into()))?;
+        (self.0)(text).map_err(refuse)
+    }
 }
 
-/// librdkafka settings: the file's `[kafka]` table, then `--kafka-option
-/// KEY=VALUE` flags over it.
-/// The Schema Registry flags both binaries take (a config file holds the
-/// same four keys).
-#[derive(Debug, Default, clap::Args)]
-pub struct RegistryArgs {
-    /// Confluent-compatible Schema Registry, http(s)://host:port.
-    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_URL")]
+/// The Schema Registry settings both binaries take.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct RegistrySettings {
+    /// Confluent-compatible Schema Registry, http(s)://host:port[/path].
+    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_URL", value_parser = Quiet(registry_url))]
     pub schema_registry_url: Option<String>,
 
     /// Schema Registry basic-auth user.
@@ -60,51 +71,72 @@ pub struct RegistryArgs {
     pub schema_registry_user: Option<String>,
 
     /// Schema Registry basic-auth password.
-    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_PASSWORD", hide_env_values = true)]
-    pub schema_registry_password: Option<String>,
+    #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_PASSWORD", hide_env_values = true, value_parser = Quiet(secret))]
+    pub schema_registry_password: Option<Secret>,
 
     /// CA bundle for an https Schema Registry [default: the system bundle].
     #[arg(long, env = "WALHOUSE_SCHEMA_REGISTRY_CA")]
     pub schema_registry_ca: Option<PathBuf>,
 }
 
-impl RegistryArgs {
-    /// These settings over `file`'s: the URL is required (`missing` says
-    /// how to give it) and checked, and never echoed.
-    pub fn resolve(self, file: RegistryArgs, missing: &str) -> Result<RegistryConfig, ConfigError> {
+fn registry_url(text: &str) -> Result<String, String> {
+    crate::http::BaseUrl::parse(text).map_err(|e| e.to_string())?;
+    Ok(text.to_owned())
+}
+
+fn secret(text: &str) -> Result<Secret, String> {
+    Ok(Secret::new(text))
+}
+
+impl RegistrySettings {
+    /// The registry to use; the URL is required (`missing` says how to
+    /// give it).
+    pub fn config(&self, missing: &str) -> Result<RegistryConfig, ConfigError> {
         let url = self
             .schema_registry_url
-            .or(file.schema_registry_url)
+            .clone()
             .ok_or_else(|| ConfigError::Invalid(missing.into()))?;
-        crate::http::BaseUrl::parse(&url).map_err(|e| ConfigError::Invalid(format!("--schema-registry-url: {e}")))?;
         Ok(RegistryConfig {
             url,
-            user: self.schema_registry_user.or(file.schema_registry_user),
-            password: self
-                .schema_registry_password
-                .or(file.schema_registry_password)
-                .map(Secret::new),
-            ca: self.schema_registry_ca.or(file.schema_registry_ca),
+            user: self.schema_registry_user.clone(),
+            password: self.schema_registry_password.clone(),
+            ca: self.schema_registry_ca.clone(),
         })
     }
 }
 
-pub fn librdkafka_options(file: BTreeMap<String, toml::Value>, flags: &[String]) -> Result<KafkaOptions, ConfigError> {
-    let mut out = BTreeMap::new();
-    for (k, v) in file {
-        let v = match v {
-            toml::Value::String(s) => s,
-            other => other.to_string(),
+/// One librdkafka setting, `KEY=VALUE`. `Debug` (and so `--check`) shows
+/// the value of a key that holds a secret as `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaOption {
+    key: String,
+    value: String,
+}
+
+/// The value parser of `--kafka-option` (and of the file's `[kafka]`
+/// entries, which arrive as `KEY=VALUE`).
+pub fn kafka_option(text: &str) -> Result<KafkaOption, String> {
+    let (k, v) = text.split_once('=').ok_or("expected KEY=VALUE")?;
+    Ok(KafkaOption {
+        key: k.trim().to_owned(),
+        value: v.trim().to_owned(),
+    })
+}
+
+impl std::fmt::Debug for KafkaOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = if is_secret_option(&self.key) {
+            "<redacted>"
+        } else {
+            &self.value
         };
-        out.insert(k, v);
+        write!(f, "{}={value}", self.key)
     }
-    for kv in flags {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| ConfigError::Invalid(format!("--kafka-option {kv:?} is not KEY=VALUE")))?;
-        out.insert(k.trim().to_owned(), v.trim().to_owned());
-    }
-    Ok(KafkaOptions(out))
+}
+
+/// librdkafka settings in the order given, a later one winning for its key.
+pub fn librdkafka_options(given: &[KafkaOption]) -> KafkaOptions {
+    KafkaOptions(given.iter().map(|o| (o.key.clone(), o.value.clone())).collect())
 }
 
 /// librdkafka settings as given. `Debug` (and so `--check`) shows the
@@ -205,14 +237,18 @@ pub async fn shutdown_signal() {
 mod tests {
     #[test]
     fn secret_kafka_options_are_redacted_in_debug() {
-        let flags = [
-            "sasl.password=hunter2".to_string(),
-            "ssl.key.pem=hunter3".to_string(),
-            "sasl.oauthbearer.client.secret=hunter4".to_string(),
-            "ssl.keystore.password=hunter5".to_string(),
-            "linger.ms=5".to_string(),
-        ];
-        let options = super::librdkafka_options(Default::default(), &flags).expect("options");
+        let given: Vec<super::KafkaOption> = [
+            "sasl.password=hunter2",
+            "ssl.key.pem=hunter3",
+            "sasl.oauthbearer.client.secret=hunter4",
+            "ssl.keystore.password=hunter5",
+            "linger.ms=5",
+        ]
+        .iter()
+        .map(|t| super::kafka_option(t).expect("KEY=VALUE"))
+        .collect();
+        assert!(!format!("{given:?}").contains("hunter"), "{given:?}");
+        let options = super::librdkafka_options(&given);
         let shown = format!("{options:?}");
         assert!(!shown.contains("hunter"), "{shown}");
         assert!(shown.contains("\"linger.ms\": \"5\""), "{shown}");
