@@ -162,7 +162,7 @@ impl Destination for EncodeOnly {
         for (id, op) in self.encoder.ops(e)? {
             let rec = self
                 .encoder
-                .encode(id, e, op, now, false)
+                .encode(id, e, op, now, Default::default())
                 .map_err(|u| OutputError::Kafka(u.reason))?;
             self.bytes += rec.value.len() as u64 + rec.key.map_or(0, |k| k.len() as u64);
             if self.sample.len() < SAMPLE_RECORDS {

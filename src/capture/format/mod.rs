@@ -5,11 +5,13 @@
 //!
 //! Everything that differs between them is answered here, through
 //! [`TableFormat`] (a table's schemas and records) and [`Format`]'s
-//! methods (topic names, the transaction topic, how a change is counted):
-//! the Kafka destination registers and produces what it is given and never
-//! asks which format it writes.
+//! methods (topic names, the transaction topic, how a change is counted);
+//! what an event becomes, in any format, is [`plan`]'s. The Kafka
+//! destination registers and produces what it is given and never asks
+//! which format it writes.
 
 pub mod debezium;
+pub mod plan;
 pub mod walhouse;
 
 use std::any::Any;
@@ -26,6 +28,7 @@ use crate::postgres::pgoutput::{Relation, Tuple};
 use crate::postgres::Lsn;
 use crate::registry::wire_header;
 use crate::topics::Rule;
+pub use plan::TransactionMark;
 pub use walhouse::Op;
 
 /// What a record carries beyond its change: the source's names and the
@@ -83,18 +86,6 @@ pub struct TableSource<'s, 'a, L: Fn(u32) -> Option<&'a TypeInfo>> {
     pub lookup: &'s L,
 }
 
-/// A transaction's BEGIN or END on the transaction topic.
-pub struct TransactionMark<'t> {
-    pub xid: u32,
-    pub begin_lsn: Lsn,
-    pub commit_lsn: Lsn,
-    pub commit_ms: i64,
-    /// The END's own LSN; `None` for the BEGIN.
-    pub end: Option<Lsn>,
-    /// Records per table (`schema.table`), for the END.
-    pub counts: &'t [(String, u64)],
-}
-
 impl Format {
     /// A table's topic in this format.
     pub fn table<'a, L: Fn(u32) -> Option<&'a TypeInfo>>(self, s: TableSource<'_, 'a, L>) -> Box<dyn TableFormat> {
@@ -140,7 +131,7 @@ impl Format {
         self,
         key_id: u32,
         value_id: u32,
-        tx: &TransactionMark<'_>,
+        tx: &TransactionMark,
         now_ms: i64,
     ) -> (Vec<u8>, Vec<u8>) {
         let status = if tx.end.is_some() { "END" } else { "BEGIN" };
@@ -161,7 +152,7 @@ impl Format {
                 let (k, v) = debezium::transaction::record(
                     &format!("{}:{}", tx.xid, lsn.0),
                     status,
-                    tx.end.is_some().then_some(tx.counts),
+                    tx.end.is_some().then_some(tx.counts.as_slice()),
                     tx.commit_ms,
                 );
                 let mut key = Vec::with_capacity(k.len() + 5);

@@ -1,8 +1,8 @@
 //! Change events to Kafka records: topic, key and value in the Confluent
 //! wire format, with schemas registered as table shapes arrive. Blind to
 //! the format: each table's [`TableFormat`] writes its schemas and
-//! records, the encoder registers them and numbers the records of a
-//! transaction.
+//! records, the encoder registers them and writes the records a
+//! [`plan`](crate::capture::format::plan) lists.
 //!
 //! Separate from the producer so encoding can be measured and reused on
 //! its own (the benchmark runs capture with encoding but no producer).
@@ -13,22 +13,11 @@ use std::sync::Arc;
 use crate::avro::types::NumericMode;
 use crate::capture::change::{ChangeEvent, ChangeKind};
 use crate::capture::destination::{EncodedRows, OutputError, RowEncoder};
+use crate::capture::format::plan::Sequence;
 use crate::capture::format::{Format, Op, RecordContext, TableFormat, TableSource};
 use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::{Relation, Tuple};
-use crate::postgres::Lsn;
 use crate::registry::{wire_header, Registry, RegistryError};
-
-/// Where a record stands in the run: what the Debezium format writes in
-/// `source.sequence` and its `transaction` block.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Sequence {
-    /// End LSN of the last transaction committed in this run.
-    pub last_commit: Option<Lsn>,
-    /// Position in the transaction and in its table, when the records
-    /// carry the `transaction` block.
-    pub transaction: Option<(u64, u64)>,
-}
 
 /// A table's shape with its registered schema ids; shared with the
 /// snapshot's copy workers, which encode with it on their own threads.
@@ -144,16 +133,6 @@ pub struct RecordEncoder {
     key: Vec<u8>,
     value: Vec<u8>,
     transaction_ids: Option<(u32, u32)>,
-    /// The Debezium format's `source.sequence` and `transaction` block.
-    last_commit: Option<Lsn>,
-    orders: Option<TransactionOrders>,
-}
-
-/// Records written so far in the open transaction, in all and per table.
-struct TransactionOrders {
-    xid: u32,
-    total: u64,
-    per_table: HashMap<u32, u64>,
 }
 
 impl RecordEncoder {
@@ -170,8 +149,6 @@ impl RecordEncoder {
             key: Vec::with_capacity(64),
             value: Vec::with_capacity(1024),
             transaction_ids: None,
-            last_commit: None,
-            orders: None,
         }
     }
 
@@ -191,20 +168,6 @@ impl RecordEncoder {
             self.system_id = Some(system_id.into());
             self.tables.clear();
         }
-    }
-
-    /// A transaction ended at `end_lsn`: the next ones name it in
-    /// `source.sequence`.
-    pub fn end_transaction(&mut self, end_lsn: Lsn) {
-        self.last_commit = Some(end_lsn);
-        self.orders = None;
-    }
-
-    /// The open transaction was interrupted (a reconnect): it is sent again
-    /// from its Begin, numbered from 1 again, as each delivery of a
-    /// transaction is in Debezium's format.
-    pub fn abandon_transaction(&mut self) {
-        self.orders = None;
     }
 
     /// Key and value schema ids of the transaction topic (registered once).
@@ -333,14 +296,15 @@ impl RecordEncoder {
         }
     }
 
-    /// Encodes one op of `event` for the table `relation_id`.
+    /// Encodes one op of `event` for the table `relation_id`, at its place
+    /// in the run.
     pub fn encode(
         &mut self,
         relation_id: u32,
         event: &ChangeEvent<'_>,
         op: Op<'_>,
         now_ms: i64,
-        with_transaction: bool,
+        sequence: Sequence,
     ) -> Result<Encoded<'_>, Unkeyable> {
         let Some(state) = self.tables.get(&relation_id) else {
             return Err(Unkeyable {
@@ -348,24 +312,6 @@ impl RecordEncoder {
                 reason: format!("no schema for relation {relation_id}"),
             });
         };
-        let mut sequence = Sequence {
-            last_commit: self.last_commit,
-            transaction: None,
-        };
-        if let (true, Some(tx), None) = (with_transaction, event.tx, event.snapshot) {
-            let orders = match &mut self.orders {
-                Some(o) if o.xid == tx.xid => o,
-                slot => slot.insert(TransactionOrders {
-                    xid: tx.xid,
-                    total: 0,
-                    per_table: HashMap::new(),
-                }),
-            };
-            orders.total += 1;
-            let in_table = orders.per_table.entry(relation_id).or_default();
-            *in_table += 1;
-            sequence.transaction = Some((orders.total, *in_table));
-        }
         self.value.clear();
         self.key.clear();
         let has_key = state.encode(event, op, now_ms, sequence, &mut self.key, &mut self.value)?;

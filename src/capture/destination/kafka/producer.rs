@@ -22,21 +22,16 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 
 use super::delivery::DeliveryTracker;
 use super::encoder::RecordEncoder;
-use crate::capture::change::{ChangeEvent, ChangeKind};
-use crate::capture::config::{KafkaSettings, SkippedOperations};
+use crate::capture::change::ChangeEvent;
+use crate::capture::config::KafkaSettings;
 use crate::capture::destination::{Destination, DestinationStats, EncodedRows, OutputError, RowEncoder};
-use crate::capture::format::{Op, TransactionMark};
+use crate::capture::format::plan::{Planner, TransactionMark};
 use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::PgTimestamp;
 use crate::postgres::pgoutput::Relation;
 use crate::postgres::publication::TableName;
 use crate::postgres::Lsn;
 use crate::registry::Registry;
-
-/// Debezium's headers on the two records of a key change: the delete
-/// names the new key, the create the old one.
-const NEW_KEY_HEADER: &str = "__debezium.newkey";
-const OLD_KEY_HEADER: &str = "__debezium.oldkey";
 
 /// Routes librdkafka's delivery reports and logs.
 struct Context {
@@ -141,21 +136,9 @@ pub struct KafkaDestination {
     admin: AdminClient<DefaultClientContext>,
     encoder: RecordEncoder,
     config: KafkaSettings,
-    /// `--skipped-operations`, or the format's default.
-    skipped: SkippedOperations,
+    /// What each event becomes, and the transaction it is in.
+    planner: Planner,
     topics: HashSet<String>,
-    /// The transaction being sent, for the transaction topic.
-    open_tx: Option<OpenTransaction>,
-}
-
-/// Records of the transaction in progress, by table in order of first
-/// appearance.
-struct OpenTransaction {
-    xid: u32,
-    begin_lsn: Lsn,
-    commit_lsn: Lsn,
-    commit_ms: i64,
-    counts: Vec<(String, u64)>,
 }
 
 /// How long a topic left to the broker's auto-creation may take to show.
@@ -243,24 +226,10 @@ impl KafkaDestination {
             },
             admin,
             encoder,
-            skipped: config.skipped(),
+            planner: Planner::new(&config),
             config,
             topics: HashSet::new(),
-            open_tx: None,
         })
-    }
-
-    /// Whether `--skipped-operations` leaves `event` out (snapshot reads
-    /// never are).
-    fn skipped(&self, event: &ChangeEvent<'_>) -> bool {
-        let code = match (&event.kind, event.snapshot) {
-            (ChangeKind::Insert { .. }, None) => 'c',
-            (ChangeKind::Update { .. }, _) => 'u',
-            (ChangeKind::Delete { .. }, _) => 'd',
-            (ChangeKind::Truncate { .. }, _) => 't',
-            _ => return false,
-        };
-        self.skipped.contains(code)
     }
 
     /// Records handed to librdkafka (tombstones included).
@@ -372,55 +341,17 @@ impl KafkaDestination {
         }
     }
 
-    /// Opens the transaction record on the first event of a transaction and
-    /// counts its `records` for the event's table.
-    async fn track_transaction(&mut self, event: &ChangeEvent<'_>, records: u64) -> Result<(), OutputError> {
-        let Some(tx) = event.tx else { return Ok(()) };
-        if self.open_tx.as_ref().map(|o| o.xid) != Some(tx.xid) {
-            let open = OpenTransaction {
-                xid: tx.xid,
-                begin_lsn: tx.begin_lsn,
-                commit_lsn: tx.commit_lsn,
-                commit_ms: tx.commit_time.unix_millis(),
-                counts: Vec::new(),
-            };
-            self.transaction_record(&open, None).await?;
-            self.open_tx = Some(open);
-        }
-        let table = match &event.kind {
-            ChangeKind::Insert { relation, .. }
-            | ChangeKind::Update { relation, .. }
-            | ChangeKind::Delete { relation, .. } => format!("{}.{}", relation.namespace, relation.name),
-            ChangeKind::Truncate { .. } | ChangeKind::Message(_) => return Ok(()),
-        };
-        if let Some(open) = self.open_tx.as_mut().filter(|_| records > 0) {
-            match open.counts.iter_mut().find(|(t, _)| *t == table) {
-                Some((_, n)) => *n += records,
-                None => open.counts.push((table, records)),
-            }
-        }
-        Ok(())
-    }
-
     /// A BEGIN record (`end` is `None`) or the END one (the transaction's
     /// end LSN) on `<prefix>.transaction`, in the format's shape (see
     /// [`crate::capture::format::Format::transaction_record`]).
-    async fn transaction_record(&mut self, tx: &OpenTransaction, end: Option<Lsn>) -> Result<(), OutputError> {
+    async fn transaction_record(&mut self, mark: &TransactionMark) -> Result<(), OutputError> {
         let topic = format!("{}.transaction", self.config.topic_prefix);
         let (key_id, value_id) = self.encoder.transaction_schema_ids(&topic).await?;
         self.ensure_topic(&topic).await?;
-        let mark = TransactionMark {
-            xid: tx.xid,
-            begin_lsn: tx.begin_lsn,
-            commit_lsn: tx.commit_lsn,
-            commit_ms: tx.commit_ms,
-            end,
-            counts: &tx.counts,
-        };
         let (key, value) =
             self.config
                 .format
-                .transaction_record(key_id, value_id, &mark, PgTimestamp::now().unix_millis());
+                .transaction_record(key_id, value_id, mark, PgTimestamp::now().unix_millis());
         self.sender.produce(&topic, Some(&key), Some(&value))
     }
 
@@ -449,7 +380,7 @@ impl Destination for KafkaDestination {
             .iter()
             .map(|t| crate::topics::name(rule, &self.config.topic_prefix, &t.schema, &t.name))
             .collect();
-        if self.config.transaction_topic {
+        if self.planner.transaction_topic() {
             topics.push(format!("{}.transaction", self.config.topic_prefix));
         }
         self.ensure_topics(&topics).await
@@ -472,43 +403,29 @@ impl Destination for KafkaDestination {
     }
 
     async fn send(&mut self, event: &ChangeEvent<'_>) -> Result<(), OutputError> {
-        if self.skipped(event) {
-            // Debezium still opens the transaction: its END then counts
-            // nothing for the skipped change.
-            if self.config.transaction_topic && event.snapshot.is_none() {
-                self.track_transaction(event, 0).await?;
-            }
-            return Ok(());
+        let ops = if self.planner.skips(event) {
+            Vec::new()
+        } else {
+            self.encoder.ops(event)?
+        };
+        let plan = self.planner.plan(event, ops);
+        if let Some(begin) = &plan.begin {
+            self.transaction_record(begin).await?;
         }
         let now = PgTimestamp::now().unix_millis();
-        let ops = self.encoder.ops(event)?;
-        // Snapshot reads belong to no transaction (Debezium's shape too).
-        // Debezium counts records (a key change is two), walhouse changes.
-        if self.config.transaction_topic && event.snapshot.is_none() {
-            let counted = self.config.format.counted(ops.len());
-            self.track_transaction(event, counted).await?;
-        }
-        // A key change is a delete and a create; in the Debezium format each
-        // names the other's key in a header.
-        let key_change = match ops.as_slice() {
-            [(id, Op::Delete(old)), (_, Op::Create(new))] if self.config.format.key_change_headers() => Some((
-                self.encoder.key_of(*id, old).unwrap_or_default(),
-                self.encoder.key_of(*id, new).unwrap_or_default(),
-            )),
-            _ => None,
-        };
-        let with_transaction = self.config.transaction_topic;
-        for (relation_id, op) in ops {
-            let header = match (&key_change, op) {
-                (Some((_, new)), Op::Delete(_)) => Some((NEW_KEY_HEADER, new.as_slice())),
-                (Some((old, _)), Op::Create(_)) => Some((OLD_KEY_HEADER, old.as_slice())),
-                _ => None,
-            };
-            match self.encoder.encode(relation_id, event, op, now, with_transaction) {
+        for planned in plan.records {
+            let header = planned
+                .key_header
+                .map(|(name, row)| (name, self.encoder.key_of(planned.relation_id, row).unwrap_or_default()));
+            let header = header.as_ref().map(|(name, key)| (*name, key.as_slice()));
+            match self
+                .encoder
+                .encode(planned.relation_id, event, planned.op, now, planned.sequence)
+            {
                 Ok(record) => {
                     self.sender
                         .produce_with(record.topic, record.key, Some(record.value), header)?;
-                    if matches!(op, Op::Delete(_)) && self.config.tombstones && record.key.is_some() {
+                    if planned.tombstone && record.key.is_some() {
                         self.sender.produce_with(record.topic, record.key, None, header)?;
                     }
                 }
@@ -519,17 +436,15 @@ impl Destination for KafkaDestination {
     }
 
     async fn end_transaction(&mut self, ack_lsn: Lsn) -> Result<(), OutputError> {
-        if let Some(tx) = self.open_tx.take() {
-            self.transaction_record(&tx, Some(ack_lsn)).await?;
+        if let Some(end) = self.planner.end_transaction(ack_lsn) {
+            self.transaction_record(&end).await?;
         }
-        self.encoder.end_transaction(ack_lsn);
         self.sender.tracker.close_unit(ack_lsn);
         Ok(())
     }
 
     fn abandon_transaction(&mut self) {
-        self.open_tx = None;
-        self.encoder.abandon_transaction();
+        self.planner.abandon_transaction();
         self.sender.tracker.abandon_unit();
     }
 
