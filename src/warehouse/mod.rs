@@ -8,6 +8,7 @@
 
 pub mod arrow;
 pub mod duckdb;
+pub mod iceberg;
 pub mod isolate;
 pub mod origins;
 pub mod postgres;

@@ -46,3 +46,24 @@ pub fn fastavro_decode(records: &[(String, Vec<u8>)]) -> Result<Vec<serde_json::
         .map(|l| serde_json::from_str(l).map_err(|e| e.to_string()))
         .collect()
 }
+
+/// An Iceberg table read by pyiceberg (installed by `.ci/install` under
+/// `$WALHOUSE_TOOLS_DIR/iceberg`) from the SQLite catalog in `dir`: its
+/// schema, rows (values as text) and snapshots' summary properties.
+pub fn pyiceberg_read(dir: &std::path::Path, table: &str) -> Result<serde_json::Value, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../python/iceberg_read.py");
+    let tools = std::env::var_os("WALHOUSE_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/walhouse-tools"));
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(dir)
+        .arg(table)
+        .env("PYTHONPATH", tools.join("iceberg"))
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}

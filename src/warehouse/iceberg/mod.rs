@@ -1,0 +1,221 @@
+//! Apache Iceberg tables as a warehouse (issue 23, being built): a SQL
+//! catalog named `walhouse` (SQLite in `<DIR>/catalog.db` for the
+//! embedded form), each raw table an Iceberg table in a namespace named
+//! as the other targets' schemas, data in Parquet under `<DIR>`.
+//!
+//! What is here: opening the catalog, making and widening tables (a new
+//! column is a schema update with a new field id), and appending rows as
+//! one Iceberg commit whose snapshot summary carries properties (the
+//! positions that make a commit exactly once). Not yet: the sink's
+//! `Warehouse` seam, fences, dead letters, S3 and a Postgres catalog.
+
+pub mod types;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use iceberg::io::LocalFsStorageFactory;
+use iceberg::spec::{DataFileFormat, NestedField, Schema};
+use iceberg::table::Table;
+use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{SqlCatalog, SqlCatalogBuilder};
+use parquet::file::properties::WriterProperties;
+
+use self::types::{iceberg_type, to_table_batch, ArrowConversionError};
+use crate::warehouse::arrow::ArrowRows;
+use crate::warehouse::{ColumnDef, TableDef, TableRef};
+
+/// The catalog's name, as readers name it (`pyiceberg`, Trino, Spark).
+pub const CATALOG: &str = "walhouse";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IcebergError {
+    #[error("cannot open the Iceberg catalog in {dir}: {message}")]
+    Open { dir: String, message: String },
+    #[error("Iceberg table {table}: {message}")]
+    Table { table: String, message: String },
+    #[error(transparent)]
+    Conversion(#[from] ArrowConversionError),
+}
+
+/// Tables in one Iceberg catalog.
+pub struct IcebergWarehouse {
+    catalog: SqlCatalog,
+    dir: String,
+}
+
+impl IcebergWarehouse {
+    /// The embedded form: catalog and data under `dir` (made if missing).
+    pub async fn open(dir: &Path) -> Result<Self, IcebergError> {
+        let shown = dir.display().to_string();
+        let open = |message: String| IcebergError::Open {
+            dir: shown.clone(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open(e.to_string()))?;
+        let dir = std::fs::canonicalize(dir).map_err(|e| open(e.to_string()))?;
+        let path = dir.to_str().ok_or_else(|| open("the path is not UTF-8".into()))?;
+        sqlx::any::install_default_drivers();
+        let catalog = SqlCatalogBuilder::default()
+            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .load(
+                CATALOG,
+                HashMap::from([
+                    ("uri".to_owned(), format!("sqlite:{path}/catalog.db?mode=rwc")),
+                    ("warehouse".to_owned(), format!("file://{path}")),
+                    ("sql_bind_style".to_owned(), "QMark".to_owned()),
+                ]),
+            )
+            .await
+            .map_err(|e| open(e.to_string()))?;
+        Ok(IcebergWarehouse {
+            catalog,
+            dir: path.to_owned(),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!("iceberg:{}", self.dir)
+    }
+
+    fn ident(table: &TableRef) -> TableIdent {
+        TableIdent::new(NamespaceIdent::new(table.schema.clone()), table.name.clone())
+    }
+
+    fn error(table: &TableRef) -> impl Fn(iceberg::Error) -> IcebergError + '_ {
+        move |e| IcebergError::Table {
+            table: table.to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    async fn load(&self, table: &TableRef) -> Result<Option<Table>, IcebergError> {
+        let ident = Self::ident(table);
+        if !self.catalog.table_exists(&ident).await.map_err(Self::error(table))? {
+            return Ok(None);
+        }
+        Ok(Some(self.catalog.load_table(&ident).await.map_err(Self::error(table))?))
+    }
+
+    /// The table's columns with their Iceberg types, `None` if it does not
+    /// exist.
+    pub async fn columns(&self, table: &TableRef) -> Result<Option<Vec<(String, String)>>, IcebergError> {
+        Ok(self.load(table).await?.map(|t| {
+            t.metadata()
+                .current_schema()
+                .as_struct()
+                .fields()
+                .iter()
+                .map(|f| (f.name.clone(), f.field_type.to_string()))
+                .collect()
+        }))
+    }
+
+    /// Makes `def`'s table (and its namespace), every column optional.
+    pub async fn create_table(&self, def: &TableDef) -> Result<(), IcebergError> {
+        let err = Self::error(&def.table);
+        let namespace = NamespaceIdent::new(def.table.schema.clone());
+        if !self.catalog.namespace_exists(&namespace).await.map_err(&err)? {
+            self.catalog
+                .create_namespace(&namespace, HashMap::new())
+                .await
+                .map_err(&err)?;
+        }
+        let fields = def
+            .columns
+            .iter()
+            .zip(1..)
+            .map(|(c, id)| NestedField::optional(id, &c.name, iceberg_type(&c.ty)).into())
+            .collect::<Vec<_>>();
+        let schema = Schema::builder().with_fields(fields).build().map_err(&err)?;
+        let creation = TableCreation::builder()
+            .name(def.table.name.clone())
+            .schema(schema)
+            .build();
+        self.catalog.create_table(&namespace, creation).await.map_err(&err)?;
+        Ok(())
+    }
+
+    /// Adds `columns` to `table` in one schema update (new field ids;
+    /// files written before read them as null).
+    pub async fn add_columns(&self, table: &TableRef, columns: &[ColumnDef]) -> Result<(), IcebergError> {
+        let err = Self::error(table);
+        let current = self.load(table).await?.ok_or_else(|| IcebergError::Table {
+            table: table.to_string(),
+            message: "does not exist".into(),
+        })?;
+        let tx = Transaction::new(&current);
+        let mut update = tx.update_schema();
+        for c in columns {
+            update = update.add_column(AddColumn::optional(&c.name, iceberg_type(&c.ty)));
+        }
+        let tx = update.apply(tx).map_err(&err)?;
+        tx.commit(&self.catalog).await.map_err(&err)?;
+        Ok(())
+    }
+
+    /// Appends `rows` to `table` as one commit whose snapshot summary holds
+    /// `properties`; returns the data files it added. The commit is the
+    /// catalog's compare-and-set on the table's metadata: a table changed
+    /// since it was loaded here fails the commit, and the Parquet files
+    /// already written are then orphans no snapshot names (harmless;
+    /// Iceberg's `remove_orphan_files` clears them).
+    pub async fn append(
+        &self,
+        table: &TableRef,
+        rows: &ArrowRows,
+        properties: HashMap<String, String>,
+    ) -> Result<usize, IcebergError> {
+        let err = Self::error(table);
+        let current = self.load(table).await?.ok_or_else(|| IcebergError::Table {
+            table: table.to_string(),
+            message: "does not exist".into(),
+        })?;
+        let metadata = current.metadata();
+        let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(metadata.current_schema()).map_err(&err)?);
+        let location = DefaultLocationGenerator::new(metadata).map_err(&err)?;
+        // Names unique to this commit: a file of a failed commit must never
+        // be overwritten by a later one that a snapshot will name.
+        let commit = uuid::Uuid::now_v7();
+        let names = DefaultFileNameGenerator::new("walhouse".into(), Some(commit.to_string()), DataFileFormat::Parquet);
+        let parquet = ParquetWriterBuilder::new(WriterProperties::default(), metadata.current_schema().clone());
+        let rolling =
+            RollingFileWriterBuilder::new_with_default_file_size(parquet, current.file_io().clone(), location, names);
+        let mut writer = DataFileWriterBuilder::new(rolling).build(None).await.map_err(&err)?;
+        for batch in rows.batches() {
+            writer.write(to_table_batch(batch, &target)?).await.map_err(&err)?;
+        }
+        let files = writer.close().await.map_err(&err)?;
+        let added = files.len();
+        let tx = Transaction::new(&current);
+        let append = tx
+            .fast_append()
+            .set_commit_uuid(commit)
+            .add_data_files(files)
+            .set_snapshot_properties(properties);
+        let tx = append.apply(tx).map_err(&err)?;
+        tx.commit(&self.catalog).await.map_err(&err)?;
+        Ok(added)
+    }
+
+    /// The summary properties of the table's current snapshot (empty before
+    /// its first commit).
+    pub async fn snapshot_properties(&self, table: &TableRef) -> Result<HashMap<String, String>, IcebergError> {
+        Ok(self
+            .load(table)
+            .await?
+            .and_then(|t| {
+                t.metadata()
+                    .current_snapshot()
+                    .map(|s| s.summary().additional_properties.clone())
+            })
+            .unwrap_or_default())
+    }
+}
