@@ -1,7 +1,8 @@
 //! The Iceberg target's tables as another reader sees them: walhouse
 //! makes a table with every column type, appends, widens it and appends
 //! again; pyiceberg reads the rows, the schema and each commit's summary
-//! properties back from the catalog (issue 23, first part: the sink is
+//! properties back from the catalog, and DuckDB's iceberg extension
+//! queries the table (issue 23, first part: the sink is
 //! not wired to this target yet).
 
 use walhouse_test_support as support;
@@ -148,6 +149,22 @@ async fn pyiceberg_reads_every_type_and_each_commits_properties() {
         .map(|s| s["walhouse.positions"].as_str())
         .collect();
     assert_eq!(positions, [Some("{\"t/0\":2}"), Some("{\"t/0\":3}")]);
+    let duck = support::python::duckdb_iceberg_query(
+        dir.path(),
+        "raw_public.every_type",
+        "SELECT count(*), sum(amount), max(\"at\"), min(u), count(added) FROM t",
+    )
+    .expect("DuckDB's iceberg extension reads");
+    assert_eq!(
+        duck,
+        [[
+            Some("3".to_owned()),
+            Some("9999999999.98".to_owned()),
+            Some("2023-11-14 22:13:20.123456+00:00".to_owned()),
+            Some("00112233-4455-6677-8899-aabbccddeeff".to_owned()),
+            Some("1".to_owned()),
+        ]]
+    );
     assert_eq!(
         w.snapshot_properties(&table)
             .await

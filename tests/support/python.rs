@@ -67,3 +67,26 @@ pub fn pyiceberg_read(dir: &std::path::Path, table: &str) -> Result<serde_json::
     }
     serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
+
+/// The rows of `sql` (in which `t` is `table`) as DuckDB's iceberg
+/// extension reads them from the catalog in `dir` (installed by
+/// `.ci/install` under `$WALHOUSE_TOOLS_DIR/iceberg-duckdb`), each value
+/// as text.
+pub fn duckdb_iceberg_query(dir: &std::path::Path, table: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../python/iceberg_duckdb.py");
+    let tools = std::env::var_os("WALHOUSE_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/walhouse-tools"));
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(dir)
+        .arg(table)
+        .arg(sql)
+        .env("PYTHONPATH", tools.join("iceberg-duckdb"))
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
