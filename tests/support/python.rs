@@ -6,20 +6,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-fn python_path() -> PathBuf {
-    std::env::var_os("WALHOUSE_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/walhouse-tools"))
-        .join("python")
-}
-
 /// Decodes each (writer schema text, Avro body) with fastavro; the records
 /// as JSON, or what fastavro said of the first it could not read.
 pub fn fastavro_decode(records: &[(String, Vec<u8>)]) -> Result<Vec<serde_json::Value>, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../python/fastavro_decode.py");
     let mut child = Command::new("python3")
         .arg(script)
-        .env("PYTHONPATH", python_path())
+        .env("PYTHONPATH", tools("python"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -47,19 +40,23 @@ pub fn fastavro_decode(records: &[(String, Vec<u8>)]) -> Result<Vec<serde_json::
         .collect()
 }
 
-/// An Iceberg table read by pyiceberg (installed by `.ci/install` under
-/// `$WALHOUSE_TOOLS_DIR/iceberg`) from the SQLite catalog in `dir`: its
-/// schema, rows (values as text) and snapshots' summary properties.
-pub fn pyiceberg_read(dir: &std::path::Path, table: &str) -> Result<serde_json::Value, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../python/iceberg_read.py");
-    let tools = std::env::var_os("WALHOUSE_TOOLS_DIR")
+/// `$WALHOUSE_TOOLS_DIR/<name>`, where `.ci/install` puts a Python
+/// package set.
+fn tools(name: &str) -> PathBuf {
+    std::env::var_os("WALHOUSE_TOOLS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/walhouse-tools"));
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/walhouse-tools"))
+        .join(name)
+}
+
+/// Runs `tests/python/<script>` with `args` over the packages in `tools`,
+/// and reads the JSON it prints.
+fn run_script(script: &str, args: &[&std::ffi::OsStr], packages: &str) -> Result<serde_json::Value, String> {
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../python")).join(script);
     let out = Command::new("python3")
-        .arg(script)
-        .arg(dir)
-        .arg(table)
-        .env("PYTHONPATH", tools.join("iceberg"))
+        .arg(path)
+        .args(args)
+        .env("PYTHONPATH", tools(packages))
         .output()
         .map_err(|e| format!("python3: {e}"))?;
     if !out.status.success() {
@@ -68,25 +65,19 @@ pub fn pyiceberg_read(dir: &std::path::Path, table: &str) -> Result<serde_json::
     serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
 
+/// An Iceberg table read by pyiceberg from the SQLite catalog in `dir`:
+/// its schema, rows (values as text) and snapshots' summary properties.
+pub fn pyiceberg_read(dir: &std::path::Path, table: &str) -> Result<serde_json::Value, String> {
+    run_script("iceberg_read.py", &[dir.as_os_str(), table.as_ref()], "iceberg")
+}
+
 /// The rows of `sql` (in which `t` is `table`) as DuckDB's iceberg
-/// extension reads them from the catalog in `dir` (installed by
-/// `.ci/install` under `$WALHOUSE_TOOLS_DIR/iceberg-duckdb`), each value
-/// as text.
+/// extension reads them from the catalog in `dir`, each value as text.
 pub fn duckdb_iceberg_query(dir: &std::path::Path, table: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../python/iceberg_duckdb.py");
-    let tools = std::env::var_os("WALHOUSE_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/walhouse-tools"));
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(dir)
-        .arg(table)
-        .arg(sql)
-        .env("PYTHONPATH", tools.join("iceberg-duckdb"))
-        .output()
-        .map_err(|e| format!("python3: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    let rows = run_script(
+        "iceberg_duckdb.py",
+        &[dir.as_os_str(), table.as_ref(), sql.as_ref()],
+        "iceberg-duckdb",
+    )?;
+    serde_json::from_value(rows).map_err(|e| e.to_string())
 }
