@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 use walhouse::warehouse::arrow::ArrowRows;
+use walhouse::warehouse::iceberg::positions::{property, Positions};
 use walhouse::warehouse::iceberg::IcebergWarehouse;
 use walhouse::warehouse::{Cell, ColumnDef, SqlType, TableDef, TableRef};
 
@@ -82,7 +83,9 @@ async fn pyiceberg_reads_every_type_and_each_commits_properties() {
     nulls[2] = decimal(-1);
     rows.push(&nulls).expect("row 2");
     rows.seal().expect("seal");
-    let first = HashMap::from([("walhouse.positions".to_owned(), "{\"t/0\":2}".to_owned())]);
+    let mut positions = Positions::default();
+    positions.advance("walhouse.public.every_type", 0, 2);
+    let first = HashMap::from([(property("g"), positions.to_json())]);
     assert_eq!(w.append(&table, &rows, first).await.expect("append"), 1);
 
     let mut wider = def.columns.clone();
@@ -96,7 +99,8 @@ async fn pyiceberg_reads_every_type_and_each_commits_properties() {
     later[wider.len() - 1] = Cell::Text("new".into());
     rows.push(&later).expect("row 3");
     rows.seal().expect("seal");
-    let second = HashMap::from([("walhouse.positions".to_owned(), "{\"t/0\":3}".to_owned())]);
+    positions.advance("walhouse.public.every_type", 0, 3);
+    let second = HashMap::from([(property("g"), positions.to_json())]);
     w.append(&table, &rows, second).await.expect("append");
 
     let read = support::python::pyiceberg_read(dir.path(), "raw_public.every_type").expect("pyiceberg reads");
@@ -142,13 +146,19 @@ async fn pyiceberg_reads_every_type_and_each_commits_properties() {
         (got[2]["id"].as_str(), got[2]["added"].as_str()),
         (Some("3"), Some("new"))
     );
-    let positions: Vec<Option<&str>> = read["snapshots"]
+    let committed: Vec<Option<&str>> = read["snapshots"]
         .as_array()
         .expect("snapshots")
         .iter()
-        .map(|s| s["walhouse.positions"].as_str())
+        .map(|s| s["walhouse.positions.g"].as_str())
         .collect();
-    assert_eq!(positions, [Some("{\"t/0\":2}"), Some("{\"t/0\":3}")]);
+    assert_eq!(
+        committed,
+        [
+            Some("{\"walhouse.public.every_type\":{\"0\":2}}"),
+            Some("{\"walhouse.public.every_type\":{\"0\":3}}")
+        ]
+    );
     let duck = support::python::duckdb_iceberg_query(
         dir.path(),
         "raw_public.every_type",
@@ -165,12 +175,6 @@ async fn pyiceberg_reads_every_type_and_each_commits_properties() {
             Some("1".to_owned()),
         ]]
     );
-    assert_eq!(
-        w.snapshot_properties(&table)
-            .await
-            .expect("properties")
-            .get("walhouse.positions")
-            .map(String::as_str),
-        Some("{\"t/0\":3}")
-    );
+    let summary = w.snapshot_properties(&table).await.expect("properties");
+    assert_eq!(Positions::from_summary(&summary, "g"), Ok(positions));
 }

@@ -9,6 +9,7 @@
 //! positions that make a commit exactly once). Not yet: the sink's
 //! `Warehouse` seam, fences, dead letters, S3 and a Postgres catalog.
 
+pub mod positions;
 pub mod types;
 
 use std::collections::HashMap;

@@ -1,0 +1,112 @@
+//! The Kafka positions an Iceberg commit carries in its snapshot summary,
+//! so that data and position commit together (Iceberg commits one table at
+//! a time, so every table carries its own).
+//!
+//! A table's positions say, per consumer group and partition, the next
+//! offset before which the table holds every row that partition sent it.
+//! A batch written again after a crash (or by a sink that took the
+//! partition over) skips, table by table, the rows the table already
+//! holds: a crash between two tables' commits then stores nothing twice
+//! and loses nothing. The check is made on the table as loaded for the
+//! commit, and the commit is the catalog's compare-and-set on that very
+//! metadata, so two writers cannot both add the same offsets.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// The summary property of `group`'s positions.
+pub fn property(group: &str) -> String {
+    format!("walhouse.positions.{group}")
+}
+
+/// One group's positions in one table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Positions(BTreeMap<String, BTreeMap<i32, i64>>);
+
+impl Positions {
+    /// `group`'s positions in a snapshot summary (none before its first
+    /// commit). `Err`: the property is not what walhouse writes.
+    pub fn from_summary(summary: &HashMap<String, String>, group: &str) -> Result<Self, String> {
+        let Some(text) = summary.get(&property(group)) else {
+            return Ok(Positions::default());
+        };
+        let by_topic: BTreeMap<String, BTreeMap<String, i64>> =
+            serde_json::from_str(text).map_err(|e| format!("{}: {e}", property(group)))?;
+        let mut out = Positions::default();
+        for (topic, partitions) in by_topic {
+            for (partition, next) in partitions {
+                let partition: i32 = partition
+                    .parse()
+                    .map_err(|_| format!("{}: partition {partition:?} of {topic}", property(group)))?;
+                out.0.entry(topic.clone()).or_default().insert(partition, next);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The summary property's value.
+    pub fn to_json(&self) -> String {
+        let by_topic: BTreeMap<&String, BTreeMap<String, i64>> = self
+            .0
+            .iter()
+            .map(|(t, p)| (t, p.iter().map(|(p, n)| (p.to_string(), *n)).collect()))
+            .collect();
+        // String keys and numbers: serializing cannot fail.
+        serde_json::to_string(&by_topic).unwrap_or_default()
+    }
+
+    pub fn next(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.0.get(topic).and_then(|p| p.get(&partition)).copied()
+    }
+
+    /// The table now holds everything of the partition before `next`
+    /// (positions never move back).
+    pub fn advance(&mut self, topic: &str, partition: i32, next: i64) {
+        let at = self
+            .0
+            .entry(topic.to_owned())
+            .or_default()
+            .entry(partition)
+            .or_insert(next);
+        *at = (*at).max(next);
+    }
+
+    /// Whether the table already holds the row at `offset` of the
+    /// partition.
+    pub fn holds(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        self.next(topic, partition).is_some_and(|next| offset < next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_through_the_summary_per_group() {
+        let mut p = Positions::default();
+        p.advance("walhouse.public.t", 0, 10);
+        p.advance("walhouse.public.t", 3, 7);
+        p.advance("companies", 0, 1);
+        let summary = HashMap::from([(property("g"), p.to_json())]);
+        assert_eq!(Positions::from_summary(&summary, "g"), Ok(p.clone()));
+        assert_eq!(Positions::from_summary(&summary, "other"), Ok(Positions::default()));
+        assert_eq!(p.next("walhouse.public.t", 3), Some(7));
+    }
+
+    #[test]
+    fn a_row_is_held_below_the_next_offset_and_positions_never_move_back() {
+        let mut p = Positions::default();
+        assert!(!p.holds("t", 0, 0), "nothing is held before a first commit");
+        p.advance("t", 0, 5);
+        p.advance("t", 0, 3);
+        assert!(p.holds("t", 0, 4) && !p.holds("t", 0, 5) && !p.holds("t", 1, 0));
+    }
+
+    #[test]
+    fn a_summary_walhouse_did_not_write_is_an_error_not_a_reset() {
+        for bad in ["[]", "{\"t\": {\"x\": 1}}", "{\"t\": {\"0\": \"1\"}}"] {
+            let summary = HashMap::from([(property("g"), bad.to_owned())]);
+            assert!(Positions::from_summary(&summary, "g").is_err(), "{bad}");
+        }
+    }
+}
