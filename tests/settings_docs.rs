@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use clap::CommandFactory;
 use walhouse::capture::config::{CaptureArgs, CaptureConfig};
+use walhouse::cli::layers::file_keys;
 use walhouse::sink::config::{SinkArgs, SinkConfig};
 
 /// One row of a settings table: its cells after the flag's.
@@ -75,7 +76,7 @@ fn compare(command: clap::Command, rows: BTreeMap<String, Row>) {
             None => assert!(!row.env.contains("WALHOUSE_"), "{flag} has no environment variable"),
         }
         let key = arg.get_id().as_str();
-        if arg.get_action().takes_values() && key != "config" {
+        if file_keys(&command).any(|k| k == key) {
             assert!(
                 row.file_key.contains(key),
                 "{flag}: file key {key} is not in {:?}",
@@ -105,11 +106,7 @@ fn compare(command: clap::Command, rows: BTreeMap<String, Row>) {
 
 /// Every file key appears as a field of `--check`'s output.
 fn all_keys_checked(command: &clap::Command, shown: &str) {
-    for arg in command.get_arguments() {
-        let key = arg.get_id().as_str();
-        if arg.get_long().is_none() || !arg.get_action().takes_values() || key == "config" {
-            continue;
-        }
+    for key in file_keys(command) {
         assert!(
             shown.contains(&format!(" {key}: ")),
             "--check does not show {key}:\n{shown}"

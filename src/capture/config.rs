@@ -15,7 +15,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::avro::types::NumericMode;
 use crate::cli::layers::{self, ParseError};
-use crate::cli::{kafka_option, librdkafka_options, KafkaOption, KafkaOptions, Quiet, RegistrySettings};
+use crate::cli::{kafka_option, librdkafka_options, KafkaConnection, KafkaOption, KafkaOptions, Quiet};
 pub use crate::cli::{ConfigError, LogFormat};
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::publication::{TableName, TableOptions, TableSelection};
@@ -233,12 +233,9 @@ pub struct CaptureSettings {
 #[derive(Clone, Debug, clap::Args)]
 #[command(next_help_heading = "Kafka output")]
 pub struct KafkaSettings {
-    /// Kafka bootstrap servers, host:port[,…] (required for --output kafka).
-    #[arg(long, env = "WALHOUSE_BROKERS")]
-    pub brokers: Option<String>,
-
+    /// Brokers and registry, required for --output kafka.
     #[command(flatten)]
-    pub schema_registry: RegistrySettings,
+    pub connection: KafkaConnection,
 
     /// Topics are <prefix>.<schema>.<table>.
     #[arg(long, env = "WALHOUSE_TOPIC_PREFIX", default_value = "walhouse", value_parser = Quiet(topic_prefix))]
@@ -307,14 +304,7 @@ impl KafkaSettings {
     /// Where the records go; [`CaptureConfig::resolve`] refused
     /// `--output kafka` without them.
     pub fn endpoints(&self) -> Result<(&str, RegistryConfig), ConfigError> {
-        let brokers = self
-            .brokers
-            .as_deref()
-            .ok_or_else(|| ConfigError::Invalid("--output kafka needs --brokers (WALHOUSE_BROKERS, brokers)".into()))?;
-        let registry = self
-            .schema_registry
-            .config("--output kafka needs --schema-registry-url (WALHOUSE_SCHEMA_REGISTRY_URL, schema_registry_url)")?;
-        Ok((brokers, registry))
+        self.connection.required("--output kafka")
     }
 }
 

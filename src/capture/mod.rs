@@ -77,9 +77,14 @@ pub async fn start(config: &CaptureConfig, shutdown: watch::Receiver<bool>) -> R
 /// The Kafka destination of a configuration, with its registry client:
 /// for [`start`], and for tests and benches that watch the destination.
 pub fn kafka_destination(config: &CaptureConfig) -> Result<KafkaDestination, CaptureError> {
-    let (_, registry) = config.kafka.endpoints()?;
+    let (brokers, registry) = config.kafka.endpoints()?;
     let registry = Arc::new(Registry::new(&registry).map_err(OutputError::from)?);
-    Ok(KafkaDestination::new(&config.kafka, &config.source.dbname, registry)?)
+    Ok(KafkaDestination::new(
+        &config.kafka,
+        brokers,
+        &config.source.dbname,
+        registry,
+    )?)
 }
 
 /// Runs a capture into `dest` until `shutdown` turns true or an error stops it.

@@ -108,11 +108,11 @@ fn file_flags(
             || matches!(arg.get_action(), clap::ArgAction::Append);
         let values = file_values(&key, value, many).map_err(invalid)?;
         let long = arg.get_long().unwrap_or(arg.get_id().as_str());
+        // The flag's own parser, alone, so that an error names the key.
+        let mut alone = clap::Command::new("file").no_binary_name(true).arg(arg.clone());
         for v in values {
             let flag = OsString::from(format!("--{long}={v}"));
-            // The flag's own parser, alone, so that an error names the key.
-            let alone = clap::Command::new("file").no_binary_name(true).arg(arg.clone());
-            if let Err(e) = alone.try_get_matches_from([&flag]) {
+            if let Err(e) = alone.try_get_matches_from_mut([&flag]) {
                 return Err(invalid(format!("{key}: {}", clap_message(&e))));
             }
             flags.push(flag);

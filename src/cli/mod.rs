@@ -88,20 +88,40 @@ fn secret(text: &str) -> Result<Secret, String> {
     Ok(Secret::new(text))
 }
 
-impl RegistrySettings {
-    /// The registry to use; the URL is required (`missing` says how to
-    /// give it).
-    pub fn config(&self, missing: &str) -> Result<RegistryConfig, ConfigError> {
-        let url = self
-            .schema_registry_url
-            .clone()
-            .ok_or_else(|| ConfigError::Invalid(missing.into()))?;
-        Ok(RegistryConfig {
-            url,
-            user: self.schema_registry_user.clone(),
-            password: self.schema_registry_password.clone(),
-            ca: self.schema_registry_ca.clone(),
-        })
+/// Where Kafka and its Schema Registry are, as both binaries take them.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct KafkaConnection {
+    /// Kafka bootstrap servers, host:port[,…].
+    #[arg(long, env = "WALHOUSE_BROKERS")]
+    pub brokers: Option<String>,
+
+    #[command(flatten)]
+    pub schema_registry: RegistrySettings,
+}
+
+impl KafkaConnection {
+    /// The brokers and the registry, both required for `purpose` (what
+    /// the error says needs them).
+    pub fn required(&self, purpose: &str) -> Result<(&str, RegistryConfig), ConfigError> {
+        let brokers = self
+            .brokers
+            .as_deref()
+            .ok_or_else(|| ConfigError::Invalid(format!("{purpose} needs --brokers (WALHOUSE_BROKERS, brokers)")))?;
+        let registry = &self.schema_registry;
+        let url = registry.schema_registry_url.clone().ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "{purpose} needs --schema-registry-url (WALHOUSE_SCHEMA_REGISTRY_URL, schema_registry_url)"
+            ))
+        })?;
+        Ok((
+            brokers,
+            RegistryConfig {
+                url,
+                user: registry.schema_registry_user.clone(),
+                password: registry.schema_registry_password.clone(),
+                ca: registry.schema_registry_ca.clone(),
+            },
+        ))
     }
 }
 

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::cli::layers::{self, ParseError};
 use crate::cli::{
-    kafka_option, librdkafka_options, ConfigError, KafkaOption, KafkaOptions, LogFormat, Quiet, RegistrySettings,
+    kafka_option, librdkafka_options, ConfigError, KafkaConnection, KafkaOption, KafkaOptions, LogFormat, Quiet,
 };
 use crate::postgres::conninfo::ConnInfo;
 use crate::registry::RegistryConfig;
@@ -65,12 +65,9 @@ pub struct SinkSettings {
 /// The settings of consuming Kafka (all but `load-insolvencies`).
 #[derive(Clone, Debug, clap::Args)]
 pub struct ConsumeSettings {
-    /// Kafka bootstrap servers (required to consume).
-    #[arg(long, env = "WALHOUSE_BROKERS")]
-    pub brokers: Option<String>,
-
+    /// Brokers and registry, required to consume.
     #[command(flatten)]
-    pub schema_registry: RegistrySettings,
+    pub connection: KafkaConnection,
 
     /// Regular expression of the CDC topics; must start with '^'.
     #[arg(long, env = "WALHOUSE_TOPIC_PATTERN", default_value = "^walhouse\\..*", value_parser = Quiet(topic_pattern))]
@@ -130,14 +127,7 @@ fn topic_pattern(text: &str) -> Result<String, String> {
 impl ConsumeSettings {
     /// Where to read; [`SinkConfig::resolve`] refused consuming without them.
     pub fn endpoints(&self) -> Result<(&str, RegistryConfig), ConfigError> {
-        let brokers = self
-            .brokers
-            .as_deref()
-            .ok_or_else(|| ConfigError::Invalid("no brokers: give --brokers (WALHOUSE_BROKERS, brokers)".into()))?;
-        let registry = self.schema_registry.config(
-            "no schema registry: give --schema-registry-url (WALHOUSE_SCHEMA_REGISTRY_URL, schema_registry_url)",
-        )?;
-        Ok((brokers, registry))
+        self.connection.required("consuming Kafka")
     }
 
     /// The company events' topic, unless set empty.
@@ -278,7 +268,7 @@ mod tests {
         let c = resolve(&["--config", &path, "--batch-rows", "9"]).expect("valid");
         assert!(matches!(&c.warehouse, WarehouseTarget::DuckDb(p) if p == Path::new("from-file.duckdb")));
         let k = &c.consume;
-        assert_eq!((k.brokers.as_deref(), k.batch_rows), (Some("k:9092"), 9));
+        assert_eq!((k.connection.brokers.as_deref(), k.batch_rows), (Some("k:9092"), 9));
         assert_eq!(k.companies_topic(), None);
         assert_eq!(k.librdkafka().get("fetch.min.bytes").map(String::as_str), Some("1024"));
         let mut bad = tempfile::NamedTempFile::new().expect("tempfile");

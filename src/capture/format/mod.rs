@@ -168,10 +168,11 @@ impl Format {
 
     /// What one change counts for in its transaction's END, given the
     /// records it became: Debezium counts records (a key change is two),
-    /// walhouse changes.
+    /// walhouse changes. A change that became no record (skipped) counts
+    /// for nothing in either.
     pub fn counted(self, records: usize) -> u64 {
         match self {
-            Format::Walhouse => 1,
+            Format::Walhouse => u64::from(records > 0),
             Format::Debezium => records as u64,
         }
     }

@@ -141,10 +141,7 @@ impl Planner {
         // Debezium still opens the transaction for a skipped change: its
         // END then counts nothing for it. It counts records (a key change
         // is two), walhouse changes.
-        let counted = match ops.len() {
-            0 => 0,
-            n => self.format.counted(n),
-        };
+        let counted = self.format.counted(ops.len());
         if let (
             Some(open),
             ChangeKind::Insert { relation, .. }

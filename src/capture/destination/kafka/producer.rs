@@ -26,6 +26,7 @@ use crate::capture::change::ChangeEvent;
 use crate::capture::config::KafkaSettings;
 use crate::capture::destination::{Destination, DestinationStats, EncodedRows, OutputError, RowEncoder};
 use crate::capture::format::plan::{Planner, TransactionMark};
+use crate::cli::KafkaOptions;
 use crate::postgres::catalog::RelationCache;
 use crate::postgres::pgoutput::PgTimestamp;
 use crate::postgres::pgoutput::Relation;
@@ -169,7 +170,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-fn client_config(config: &KafkaSettings, brokers: &str) -> ClientConfig {
+fn client_config(config: &KafkaSettings, brokers: &str, options: &KafkaOptions) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -185,29 +186,28 @@ fn client_config(config: &KafkaSettings, brokers: &str) -> ClientConfig {
         .set("queue.buffering.max.kbytes", "262144")
         .set("client.id", "walhouse-capture")
         .set_log_level(RDKafkaLogLevel::Warning);
-    for (k, v) in &config.librdkafka() {
+    for (k, v) in options {
         c.set(k, v);
     }
     c
 }
 
 impl KafkaDestination {
-    pub fn new(config: &KafkaSettings, db: &str, registry: Arc<Registry>) -> Result<Self, OutputError> {
+    /// A producer into `brokers` (the settings' own, as
+    /// [`KafkaSettings::endpoints`] checked them).
+    pub fn new(config: &KafkaSettings, brokers: &str, db: &str, registry: Arc<Registry>) -> Result<Self, OutputError> {
         let config = config.clone();
-        let brokers = config
-            .brokers
-            .clone()
-            .ok_or_else(|| OutputError::Kafka("no brokers: --output kafka needs --brokers".into()))?;
+        let options = config.librdkafka();
         let tracker = Arc::new(DeliveryTracker::default());
         let kafka_err = |e: KafkaError| OutputError::Kafka(format!("cannot create the producer: {e}"));
-        let producer = client_config(&config, &brokers)
+        let producer = client_config(&config, brokers, &options)
             .create_with_context(Context {
                 tracker: tracker.clone(),
             })
             .map_err(kafka_err)?;
         let mut admin_config = ClientConfig::new();
-        admin_config.set("bootstrap.servers", &brokers);
-        for (k, v) in &config.librdkafka() {
+        admin_config.set("bootstrap.servers", brokers);
+        for (k, v) in &options {
             // Security settings apply to the admin client too; producer-only
             // keys would make it refuse to start.
             if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
