@@ -103,6 +103,7 @@ async fn timings<W: Warehouse>(w: &mut W, rounds: u64, views: bool) -> Vec<f64> 
         let text = match w.dialect() {
             walhouse::warehouse::Dialect::Postgres => pg,
             walhouse::warehouse::Dialect::DuckDb => duck,
+            walhouse::warehouse::Dialect::Iceberg => panic!("this bench times the SQL targets"),
         };
         out.push(time(w, text, rounds).await);
     }

@@ -1,13 +1,20 @@
-//! The Iceberg target's tables as another reader sees them: walhouse
-//! makes a table with every column type, appends, widens it and appends
-//! again; pyiceberg reads the rows, the schema and each commit's summary
-//! properties back from the catalog, and DuckDB's iceberg extension
-//! queries the table (issue 23, first part: the sink is
-//! not wired to this target yet).
+//! The Iceberg target as another reader sees it: the table layer (every
+//! column type, a widened table, each commit's summary properties), and
+//! `walhouse-sink --warehouse iceberg:<DIR>` fed by capture through Kafka,
+//! killed between a batch's commits, read back by pyiceberg and by DuckDB's
+//! iceberg extension.
 
 use walhouse_test_support as support;
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::command::{CaptureCommand, SinkCommand};
+use support::kafka::Broker;
+use support::postgres::PgServer;
+use support::registry::TestRegistry;
 
 use serde_json::{json, Value};
 use walhouse::warehouse::arrow::ArrowRows;
@@ -177,4 +184,187 @@ async fn pyiceberg_reads_every_type_and_each_commits_properties() {
     );
     let summary = w.snapshot_properties(&table).await.expect("properties");
     assert_eq!(Positions::from_summary(&summary, "g"), Ok(positions));
+}
+
+/// A sink process into the Iceberg warehouse `lake`, in group `group`,
+/// with `failpoints`; its log in `log`.
+fn spawn_sink(lake: &Path, broker: &Broker, registry_url: &str, prefix: &str, failpoints: &str, log: &Path) -> Child {
+    let args = SinkCommand::into(
+        &format!("iceberg:{}", lake.display()),
+        &broker.bootstrap(),
+        registry_url,
+    )
+    .topics_under(prefix, "lake")
+    .with("--batch-ms", "300");
+    Command::new(env!("CARGO_BIN_EXE_walhouse-sink"))
+        .args(args.argv())
+        .env("WALHOUSE_LOG", "info")
+        .env("WALHOUSE_FAILPOINTS", failpoints)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("walhouse-sink starts")
+}
+
+/// The rows of `table` as pyiceberg reads them (none before the table
+/// exists).
+fn iceberg_rows(lake: &Path, table: &str) -> Vec<Value> {
+    match support::python::pyiceberg_read(lake, table) {
+        Ok(read) => serde_json::from_value(read["rows"].clone()).expect("rows"),
+        Err(e) if e.contains("NoSuchTableError") => Vec::new(),
+        Err(e) => panic!("pyiceberg reads {table}: {e}"),
+    }
+}
+
+/// Capture into Kafka, and a sink into Iceberg killed after it committed
+/// a batch's tables but before it moved its offsets (the marker): the
+/// sink started again stores what was missing and nothing twice, and the
+/// latest state read by DuckDB over the Iceberg tables is the source's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sink_stores_each_change_once_in_iceberg_across_a_kill_between_commits() {
+    support::init_logs();
+    let pg = PgServer::start();
+    pg.create_db("backend");
+    let broker = Broker::start();
+    let registry = TestRegistry::start().await;
+    let source = pg.client("backend").await;
+    source
+        .batch_execute(
+            "CREATE TABLE a (id int PRIMARY KEY, amount numeric(12,2), at timestamptz, u uuid, doc jsonb); \
+             CREATE TABLE b (id int PRIMARY KEY, v text); \
+             INSERT INTO a SELECT g, g * 1.25, '2024-01-01 00:00+00'::timestamptz + g * interval '1 min', \
+                 md5(g::text)::uuid, jsonb_build_object('g', g) FROM generate_series(1, 300) g; \
+             INSERT INTO b SELECT g, 'v' || g FROM generate_series(1, 300) g;",
+        )
+        .await
+        .expect("source tables");
+    let prefix = format!("walhouse.lake{}", std::process::id());
+    let capture = CaptureCommand::from(&pg.url("walhouse_scram", "backend"))
+        .into_kafka(&broker.bootstrap(), &registry.url, &prefix)
+        .start();
+    assert!(pg.wait_streaming("backend", "walhouse", Duration::from_secs(60)).await);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let hold = dir.path().join("hold");
+    std::fs::write(&hold, b"").expect("hold");
+    let failpoints = format!("iceberg.before_marker=pause-while:{}", hold.display());
+    let mut first = spawn_sink(
+        &lake,
+        &broker,
+        &registry.url,
+        &prefix,
+        &failpoints,
+        &dir.path().join("first.log"),
+    );
+    let reached = walhouse::failpoint::reached(&hold);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !reached.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(reached.exists(), "the sink reached the marker's commit");
+    let _ = first.kill();
+    let _ = first.wait();
+    let held: usize = ["raw_public.a", "raw_public.b"]
+        .iter()
+        .map(|t| iceberg_rows(&lake, t).len())
+        .sum();
+    assert!(held > 0, "the killed sink had committed a table");
+    std::fs::remove_file(&hold).expect("release");
+
+    source
+        .batch_execute(
+            "UPDATE a SET amount = amount + 1 WHERE id % 3 = 0; DELETE FROM b WHERE id % 4 = 0; \
+             INSERT INTO b SELECT g, 'w' || g FROM generate_series(301, 350) g;",
+        )
+        .await
+        .expect("changes");
+    assert!(pg.wait_confirmed("backend", "walhouse", Duration::from_secs(60)).await);
+    capture.stop().await;
+    // A row per change: the snapshot's 600, 100 updates, 75 deletes, 50
+    // inserts (the deletes' tombstones are not rows).
+    let changes: u64 = 600 + 100 + 75 + 50;
+
+    let mut second = spawn_sink(
+        &lake,
+        &broker,
+        &registry.url,
+        &prefix,
+        "",
+        &dir.path().join("second.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut stored = 0;
+    while Instant::now() < deadline {
+        stored = ["raw_public.a", "raw_public.b"]
+            .iter()
+            .map(|t| iceberg_rows(&lake, t).len())
+            .sum::<usize>() as u64;
+        if stored >= changes {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Time for a duplicate to show, were there one.
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = second.kill();
+    let _ = second.wait();
+    for table in ["raw_public.a", "raw_public.b"] {
+        let rows = iceberg_rows(&lake, table);
+        let mut at: Vec<(String, String, String)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r["_topic"].to_string(),
+                    r["_partition"].to_string(),
+                    r["_offset"].to_string(),
+                )
+            })
+            .collect();
+        at.sort();
+        at.dedup();
+        assert_eq!(at.len(), rows.len(), "{table}: no Kafka record stored twice");
+    }
+    let total: usize = ["raw_public.a", "raw_public.b"]
+        .iter()
+        .map(|t| iceberg_rows(&lake, t).len())
+        .sum();
+    assert_eq!(
+        total as u64, changes,
+        "every change stored once (stored {stored} while waiting)"
+    );
+
+    let latest = |key: &str| {
+        format!(
+            "SELECT {key} FROM (SELECT * FROM t QUALIFY row_number() OVER \
+             (PARTITION BY id ORDER BY _commit_lsn DESC, _tx_ordinal DESC) = 1) WHERE _op <> 'd'"
+        )
+    };
+    let from_source = |sql: &str| {
+        let source = &source;
+        let sql = sql.to_owned();
+        async move {
+            let row = source.query_one(&sql, &[]).await.expect("source");
+            (0..row.len())
+                .map(|i| Some(row.get::<_, String>(i)))
+                .collect::<Vec<_>>()
+        }
+    };
+    let a = support::python::duckdb_iceberg_query(
+        &lake,
+        "raw_public.a",
+        &latest("count(*)::text, sum(amount)::text, epoch(max(\"at\"))::bigint::text, count(DISTINCT u)::text"),
+    )
+    .expect("DuckDB reads a");
+    let want = from_source(
+        "SELECT count(*)::text, sum(amount)::text, extract(epoch FROM max(\"at\"))::bigint::text, count(DISTINCT u)::text FROM a",
+    )
+    .await;
+    assert_eq!(a, vec![want], "a's latest state, read by DuckDB, is the source's");
+    let b = support::python::duckdb_iceberg_query(&lake, "raw_public.b", &latest("count(*)::text, max(v)"))
+        .expect("DuckDB reads b");
+    assert_eq!(b, vec![from_source("SELECT count(*)::text, max(v) FROM b").await]);
+    let dead = iceberg_rows(&lake, "walhouse.dead_letters");
+    assert!(dead.is_empty(), "no dead letters: {dead:?}");
 }

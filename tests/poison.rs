@@ -85,13 +85,17 @@ fn batch_with_a_refused_value(dialect: Dialect) -> Batch {
     }
 }
 
+/// walhouse's tables, and a raw table whose CHECK refuses one value.
+fn tables_with_a_check(dialect: Dialect) -> Vec<String> {
+    let mut statements = dialect.state_tables();
+    statements.push("CREATE SCHEMA IF NOT EXISTS raw_public".into());
+    statements.push("CREATE TABLE raw_public.t (id BIGINT, amount DECIMAL(5,2) CHECK (amount > -10))".into());
+    statements
+}
+
 /// Writes the batch on `w` and checks what landed: the two good rows, the
 /// bad one as a dead letter with the target's message, the offset moved.
 async fn refused_value_is_set_aside<W: Warehouse>(w: &mut W) {
-    let mut statements = w.dialect().state_tables();
-    statements.push("CREATE SCHEMA IF NOT EXISTS raw_public".into());
-    statements.push("CREATE TABLE raw_public.t (id BIGINT, amount DECIMAL(5,2) CHECK (amount > -10))".into());
-    w.execute(&statements).await.expect("tables");
     let mut batch = batch_with_a_refused_value(w.dialect());
     let set_aside = isolate::write(w, "g", &mut batch).await.expect("the batch is written");
     assert_eq!(set_aside, 1);
@@ -127,12 +131,18 @@ async fn refused_value_is_set_aside<W: Warehouse>(w: &mut W) {
 async fn a_value_the_target_refuses_is_set_aside_on_both_targets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut duck = DuckDbWarehouse::open(&dir.path().join("w.duckdb")).expect("duckdb");
+    duck.execute(&tables_with_a_check(Dialect::DuckDb))
+        .await
+        .expect("tables");
     refused_value_is_set_aside(&mut duck).await;
     let pg = PgServer::start();
     let url = pg.url("walhouse_scram", &pg.create_db("warehouse"));
     let mut w = PostgresWarehouse::connect(&ConnInfo::parse(&url).expect("url"))
         .await
         .expect("warehouse");
+    w.execute(&tables_with_a_check(Dialect::Postgres))
+        .await
+        .expect("tables");
     refused_value_is_set_aside(&mut w).await;
 }
 

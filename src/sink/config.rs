@@ -14,6 +14,7 @@ use crate::cli::{
 use crate::postgres::conninfo::ConnInfo;
 use crate::registry::RegistryConfig;
 use crate::warehouse::duckdb::DuckDbWarehouse;
+use crate::warehouse::iceberg::IcebergWarehouse;
 use crate::warehouse::postgres::PostgresWarehouse;
 use crate::warehouse::{AnyWarehouse, WarehouseError};
 
@@ -50,7 +51,7 @@ impl SinkArgs {
 /// Every setting of a sink.
 #[derive(Clone, Debug, clap::Args)]
 pub struct SinkSettings {
-    /// duckdb:<path> (embedded, the default target) or postgres://… (a warehouse database).
+    /// duckdb:<path> (embedded, the default target), iceberg:<dir> (Iceberg tables, embedded catalog) or postgres://… (a warehouse database).
     #[arg(long, global = true, env = "WALHOUSE_WAREHOUSE", hide_env_values = true, value_parser = Quiet(WarehouseTarget::parse))]
     pub warehouse: Option<WarehouseTarget>,
 
@@ -169,14 +170,17 @@ pub enum OffsetGap {
 pub enum WarehouseTarget {
     DuckDb(PathBuf),
     Postgres(ConnInfo),
+    /// The embedded Iceberg form: catalog and data under a directory.
+    Iceberg(PathBuf),
 }
 
 impl WarehouseTarget {
-    /// Opens (DuckDB) or connects to (Postgres) the target.
+    /// Opens (DuckDB, Iceberg) or connects to (Postgres) the target.
     pub async fn open(&self) -> Result<AnyWarehouse, WarehouseError> {
         Ok(match self {
             WarehouseTarget::DuckDb(path) => AnyWarehouse::DuckDb(DuckDbWarehouse::open(path)?),
             WarehouseTarget::Postgres(info) => AnyWarehouse::Postgres(PostgresWarehouse::connect(info).await?),
+            WarehouseTarget::Iceberg(dir) => AnyWarehouse::Iceberg(IcebergWarehouse::open(dir).await?),
         })
     }
 
@@ -188,6 +192,13 @@ impl WarehouseTarget {
             }
             return Ok(WarehouseTarget::DuckDb(PathBuf::from(path)));
         }
+        if let Some(dir) = url.strip_prefix("iceberg:") {
+            let dir = dir.trim_start_matches("//");
+            if dir.is_empty() {
+                return Err("iceberg: needs a directory, e.g. iceberg:warehouse".into());
+            }
+            return Ok(WarehouseTarget::Iceberg(PathBuf::from(dir)));
+        }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return ConnInfo::parse(url)
                 .map(WarehouseTarget::Postgres)
@@ -196,7 +207,7 @@ impl WarehouseTarget {
         // Only the scheme: the rest of an unknown URL may hold a password.
         let scheme = url.split_once(':').map_or("", |(s, _)| s);
         Err(format!(
-            "unknown kind {scheme:?}; use duckdb:<path> (embedded) or postgres://user@host/db"
+            "unknown kind {scheme:?}; use duckdb:<path> or iceberg:<dir> (embedded) or postgres://user@host/db"
         ))
     }
 }
@@ -291,6 +302,10 @@ mod tests {
         let text = refused.to_string();
         assert!(text.contains("\"clickhouse\"") && !text.contains("hunter2"), "{text}");
         assert!(WarehouseTarget::parse("duckdb:").is_err());
+        assert!(
+            matches!(WarehouseTarget::parse("iceberg:lake"), Ok(WarehouseTarget::Iceberg(p)) if p == Path::new("lake"))
+        );
+        assert!(WarehouseTarget::parse("iceberg:").is_err());
     }
 
     #[test]

@@ -144,11 +144,13 @@ fn refused_definition<T>(made: Result<T, TableError>) -> Result<Result<T, Outcom
 /// Creates walhouse's tables in the warehouse, the raw tables of company
 /// events and insolvencies, and the views over them.
 pub async fn prepare<W: Warehouse>(w: &mut W, tables: &mut Tables) -> Result<(), SinkError> {
-    w.execute(&w.dialect().state_tables()).await?;
+    w.prepare().await?;
     tables.ensure(w, &companies::table_def()).await?;
     tables.ensure(w, &insolvency::table_def()).await?;
-    let views = tables::statements(&tables::companies_latest_sql());
-    w.execute(&views).await?;
+    if w.dialect().has_views() {
+        w.define_views(&tables::statements(&tables::companies_latest_sql()))
+            .await?;
+    }
     Ok(())
 }
 

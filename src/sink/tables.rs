@@ -104,16 +104,14 @@ impl Tables {
             }
         }
         let existing = w.columns(&def.table).await?;
-        let mut statements = Vec::new();
-        match &existing {
+        let changed = match &existing {
             None => {
-                statements.push(format!(
-                    "CREATE SCHEMA IF NOT EXISTS {}",
-                    quote::ident(&def.table.schema)
-                ));
-                statements.push(dialect.create_table(def));
+                tracing::info!(table = %def.table, "creating the table");
+                w.create_table(def).await?;
+                true
             }
             Some(cols) => {
+                let mut missing = Vec::new();
                 for c in &def.columns {
                     match cols.iter().find(|(n, _)| *n == c.name) {
                         Some((_, declared)) if dialect.same_type(declared, &c.ty) => {}
@@ -125,16 +123,17 @@ impl Tables {
                                 wanted: dialect.type_name(&c.ty),
                             })
                         }
-                        None => statements.push(dialect.add_column(&def.table, c)),
+                        None => missing.push(c.clone()),
                     }
                 }
+                if !missing.is_empty() {
+                    let names: Vec<&str> = missing.iter().map(|c| c.name.as_str()).collect();
+                    tracing::info!(table = %def.table, "widening the table by {}", names.join(", "));
+                    w.add_columns(&def.table, &missing).await?;
+                }
+                !missing.is_empty()
             }
-        }
-        let changed = !statements.is_empty();
-        if changed {
-            tracing::info!(table = %def.table, "creating or widening: {}", statements.join("; "));
-            w.execute(&statements).await?;
-        }
+        };
         let now = w.columns(&def.table).await?.unwrap_or_default();
         self.known.insert(def.table.clone(), now);
         Ok(changed)
@@ -159,7 +158,7 @@ impl Tables {
         view: &TableRef,
         key: &[String],
     ) -> Result<(), TableError> {
-        if key.is_empty() || self.views.contains(raw) {
+        if key.is_empty() || self.views.contains(raw) || !w.dialect().has_views() {
             return Ok(());
         }
         let columns: Vec<(String, String)> = match self.known.get(raw) {
@@ -193,7 +192,7 @@ impl Tables {
                 data.iter().any(|c| c == "insolvency_ts"),
             ));
         }
-        w.execute(&statements).await?;
+        w.define_views(&statements).await?;
         self.views.insert(raw.clone());
         Ok(())
     }
@@ -255,7 +254,8 @@ pub fn latest_view_sql(
     let keys = keys.join(", ");
     let latest = match dialect {
         Dialect::Postgres => format!("SELECT DISTINCT ON ({keys}) k.* FROM kept AS k ORDER BY {keys}, {newest_first}"),
-        Dialect::DuckDb => format!(
+        // Iceberg's latest state is read by DuckDB (sql/iceberg).
+        Dialect::DuckDb | Dialect::Iceberg => format!(
             "SELECT k.* FROM kept AS k QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {newest_first}) = 1"
         ),
     };

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 
 use duckdb::Connection;
 
-use super::{Batch, Dialect, Encoded, Failure, Mark, StoredOffset, TableRef, TableRows, Warehouse, WarehouseError};
+use super::{
+    Batch, ColumnDef, Dialect, Encoded, Failure, Mark, StoredOffset, TableDef, TableRef, TableRows, Warehouse,
+    WarehouseError,
+};
 
 pub struct DuckDbWarehouse {
     path: PathBuf,
@@ -144,6 +147,18 @@ fn append(conn: &Connection, table: &TableRef, rows: &TableRows) -> Result<(), W
     app.flush().map_err(DuckDbWarehouse::sql_error(&context))
 }
 
+impl DuckDbWarehouse {
+    /// Runs statements in order, in one transaction.
+    pub async fn execute(&mut self, statements: &[String]) -> Result<(), WarehouseError> {
+        self.in_transaction("DDL", |conn| {
+            for s in statements {
+                conn.execute_batch(s).map_err(Self::sql_error(s))?;
+            }
+            Ok(())
+        })
+    }
+}
+
 impl Warehouse for DuckDbWarehouse {
     fn dialect(&self) -> Dialect {
         Dialect::DuckDb
@@ -153,13 +168,21 @@ impl Warehouse for DuckDbWarehouse {
         format!("duckdb:{}", self.path.display())
     }
 
-    async fn execute(&mut self, statements: &[String]) -> Result<(), WarehouseError> {
-        self.in_transaction("DDL", |conn| {
-            for s in statements {
-                conn.execute_batch(s).map_err(Self::sql_error(s))?;
-            }
-            Ok(())
-        })
+    async fn prepare(&mut self) -> Result<(), WarehouseError> {
+        self.execute(&Dialect::DuckDb.state_tables()).await
+    }
+
+    async fn create_table(&mut self, def: &TableDef) -> Result<(), WarehouseError> {
+        self.execute(&Dialect::DuckDb.create_table_statements(def)).await
+    }
+
+    async fn add_columns(&mut self, table: &TableRef, columns: &[ColumnDef]) -> Result<(), WarehouseError> {
+        self.execute(&Dialect::DuckDb.add_columns_statements(table, columns))
+            .await
+    }
+
+    async fn define_views(&mut self, statements: &[String]) -> Result<(), WarehouseError> {
+        self.execute(statements).await
     }
 
     async fn columns(&mut self, table: &super::TableRef) -> Result<Option<Vec<(String, String)>>, WarehouseError> {

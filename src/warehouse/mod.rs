@@ -306,8 +306,9 @@ impl Batch {
             .map(|(n, t)| ColumnDef::new(n, t.clone()))
             .collect();
         let mut rows = TableRows::new(dialect, columns)?;
+        let now = crate::postgres::pgoutput::PgTimestamp::now().unix_micros();
         for letter in &self.dead_letters {
-            rows.push(&letter.cells()).map_err(|message| WarehouseError::Sql {
+            rows.push(&letter.cells(now)).map_err(|message| WarehouseError::Sql {
                 context: "storing a dead letter".into(),
                 message,
                 failure: Failure::Statement,
@@ -318,8 +319,9 @@ impl Batch {
     }
 }
 
-/// The columns of `walhouse.dead_letters` a dead letter fills.
-const DEAD_LETTER_COLUMNS: [(&str, SqlType); 9] = [
+/// The columns of `walhouse.dead_letters` (every one a dead letter fills:
+/// Iceberg has no column defaults).
+pub(crate) const DEAD_LETTER_COLUMNS: [(&str, SqlType); 10] = [
     ("source", SqlType::Text),
     ("topic", SqlType::Text),
     ("partition", SqlType::Integer),
@@ -329,10 +331,11 @@ const DEAD_LETTER_COLUMNS: [(&str, SqlType); 9] = [
     ("key", SqlType::Bytes),
     ("raw", SqlType::Bytes),
     ("error", SqlType::Text),
+    ("failed_at", SqlType::TimestampTz),
 ];
 
 impl DeadLetter {
-    fn cells(&self) -> Vec<Cell> {
+    fn cells(&self, now: i64) -> Vec<Cell> {
         let o = &self.origin;
         // Text columns: a NUL (which Postgres refuses) is written escaped,
         // so a dead letter can always be stored.
@@ -347,6 +350,7 @@ impl DeadLetter {
             o.key.clone().map_or(Cell::Null, Cell::Bytes),
             o.raw.clone().map_or(Cell::Null, Cell::Bytes),
             text(&self.error),
+            Cell::TimestampTz(now),
         ]
     }
 }
@@ -370,8 +374,6 @@ pub enum WarehouseError {
         partition: i32,
         expected: Option<i64>,
     },
-    #[error("warehouse URL {0:?}: use duckdb:<path> or postgres://…")]
-    Url(String),
 }
 
 impl WarehouseError {
@@ -402,12 +404,20 @@ pub enum Failure {
 pub enum Dialect {
     DuckDb,
     Postgres,
+    /// Not SQL: Iceberg's own types, and no views shared by its readers.
+    Iceberg,
 }
 
 impl Dialect {
+    /// Whether the target keeps views (the latest-state views live there).
+    pub fn has_views(self) -> bool {
+        self != Dialect::Iceberg
+    }
+
     pub fn type_name(self, ty: &SqlType) -> String {
         use SqlType::*;
         match (self, ty) {
+            (Dialect::Iceberg, ty) => iceberg::types::iceberg_type(ty).to_string(),
             (_, Boolean) => "BOOLEAN".into(),
             (_, Integer) => "INTEGER".into(),
             (_, BigInt) => "BIGINT".into(),
@@ -431,6 +441,9 @@ impl Dialect {
     /// Whether a column declared as `declared` (as the catalog reports it)
     /// holds `wanted`.
     pub fn same_type(self, declared: &str, wanted: &SqlType) -> bool {
+        if self == Dialect::Iceberg {
+            return iceberg::types::holds(declared, wanted);
+        }
         let d = declared.to_ascii_uppercase();
         let d = d.trim();
         let norm = |s: &str| s.replace(' ', "");
@@ -449,7 +462,7 @@ impl Dialect {
             SqlType::Time => matches!(d, "TIME" | "TIME WITHOUT TIME ZONE"),
             // Binary COPY writes `jsonb`'s own format: a `json` column is another type.
             SqlType::Json => match self {
-                Dialect::DuckDb => d == "JSON",
+                Dialect::DuckDb | Dialect::Iceberg => d == "JSON",
                 Dialect::Postgres => d == "JSONB",
             },
             other => d == self.type_name(other),
@@ -495,6 +508,18 @@ impl Dialect {
         }
     }
 
+    /// The statements that make `def`'s table and its schema.
+    pub fn create_table_statements(self, def: &TableDef) -> Vec<String> {
+        vec![
+            format!("CREATE SCHEMA IF NOT EXISTS {}", quote::ident(&def.table.schema)),
+            self.create_table(def),
+        ]
+    }
+
+    pub fn add_columns_statements(self, table: &TableRef, columns: &[ColumnDef]) -> Vec<String> {
+        columns.iter().map(|c| self.add_column(table, c)).collect()
+    }
+
     pub fn create_table(self, def: &TableDef) -> String {
         let cols: Vec<String> = def
             .columns
@@ -520,7 +545,7 @@ impl Dialect {
     /// walhouse's own tables in the warehouse, in schema `walhouse`.
     pub fn state_tables(self) -> Vec<String> {
         let (bytes, now) = match self {
-            Dialect::DuckDb => ("BLOB", "current_timestamp"),
+            Dialect::DuckDb | Dialect::Iceberg => ("BLOB", "current_timestamp"),
             Dialect::Postgres => ("BYTEA", "now()"),
         };
         vec![
@@ -557,8 +582,19 @@ pub trait Warehouse {
     /// A short description for logs (never holds a password).
     fn describe(&self) -> String;
 
-    /// Runs statements in order, in one transaction.
-    async fn execute(&mut self, statements: &[String]) -> Result<(), WarehouseError>;
+    /// Makes walhouse's own tables (offsets, dead letters, file loads) if
+    /// missing.
+    async fn prepare(&mut self) -> Result<(), WarehouseError>;
+
+    /// Makes `def`'s table, and its schema if missing.
+    async fn create_table(&mut self, def: &TableDef) -> Result<(), WarehouseError>;
+
+    /// Adds `columns` to `table`, in one change.
+    async fn add_columns(&mut self, table: &TableRef, columns: &[ColumnDef]) -> Result<(), WarehouseError>;
+
+    /// Creates or replaces views, in order, in one transaction. Asked only
+    /// of targets whose dialect has views (see [`Dialect::has_views`]).
+    async fn define_views(&mut self, statements: &[String]) -> Result<(), WarehouseError>;
 
     /// The columns of a table and their declared types, or `None` if it
     /// does not exist.
@@ -598,6 +634,7 @@ pub trait Warehouse {
 pub enum AnyWarehouse {
     DuckDb(duckdb::DuckDbWarehouse),
     Postgres(postgres::PostgresWarehouse),
+    Iceberg(iceberg::IcebergWarehouse),
 }
 
 impl Warehouse for AnyWarehouse {
@@ -605,6 +642,7 @@ impl Warehouse for AnyWarehouse {
         match self {
             AnyWarehouse::DuckDb(w) => w.dialect(),
             AnyWarehouse::Postgres(w) => w.dialect(),
+            AnyWarehouse::Iceberg(w) => w.dialect(),
         }
     }
 
@@ -612,13 +650,39 @@ impl Warehouse for AnyWarehouse {
         match self {
             AnyWarehouse::DuckDb(w) => w.describe(),
             AnyWarehouse::Postgres(w) => w.describe(),
+            AnyWarehouse::Iceberg(w) => w.describe(),
         }
     }
 
-    async fn execute(&mut self, statements: &[String]) -> Result<(), WarehouseError> {
+    async fn prepare(&mut self) -> Result<(), WarehouseError> {
         match self {
-            AnyWarehouse::DuckDb(w) => w.execute(statements).await,
-            AnyWarehouse::Postgres(w) => w.execute(statements).await,
+            AnyWarehouse::DuckDb(w) => w.prepare().await,
+            AnyWarehouse::Postgres(w) => w.prepare().await,
+            AnyWarehouse::Iceberg(w) => w.prepare().await,
+        }
+    }
+
+    async fn create_table(&mut self, def: &TableDef) -> Result<(), WarehouseError> {
+        match self {
+            AnyWarehouse::DuckDb(w) => w.create_table(def).await,
+            AnyWarehouse::Postgres(w) => w.create_table(def).await,
+            AnyWarehouse::Iceberg(w) => w.create_table(def).await,
+        }
+    }
+
+    async fn add_columns(&mut self, table: &TableRef, columns: &[ColumnDef]) -> Result<(), WarehouseError> {
+        match self {
+            AnyWarehouse::DuckDb(w) => w.add_columns(table, columns).await,
+            AnyWarehouse::Postgres(w) => w.add_columns(table, columns).await,
+            AnyWarehouse::Iceberg(w) => w.add_columns(table, columns).await,
+        }
+    }
+
+    async fn define_views(&mut self, statements: &[String]) -> Result<(), WarehouseError> {
+        match self {
+            AnyWarehouse::DuckDb(w) => w.define_views(statements).await,
+            AnyWarehouse::Postgres(w) => w.define_views(statements).await,
+            AnyWarehouse::Iceberg(w) => w.define_views(statements).await,
         }
     }
 
@@ -626,6 +690,7 @@ impl Warehouse for AnyWarehouse {
         match self {
             AnyWarehouse::DuckDb(w) => w.columns(table).await,
             AnyWarehouse::Postgres(w) => w.columns(table).await,
+            AnyWarehouse::Iceberg(w) => w.columns(table).await,
         }
     }
 
@@ -633,6 +698,7 @@ impl Warehouse for AnyWarehouse {
         match self {
             AnyWarehouse::DuckDb(w) => w.offsets(consumer_group).await,
             AnyWarehouse::Postgres(w) => w.offsets(consumer_group).await,
+            AnyWarehouse::Iceberg(w) => w.offsets(consumer_group).await,
         }
     }
 
@@ -640,6 +706,7 @@ impl Warehouse for AnyWarehouse {
         match self {
             AnyWarehouse::DuckDb(w) => w.write(consumer_group, batch).await,
             AnyWarehouse::Postgres(w) => w.write(consumer_group, batch).await,
+            AnyWarehouse::Iceberg(w) => w.write(consumer_group, batch).await,
         }
     }
 
@@ -647,6 +714,7 @@ impl Warehouse for AnyWarehouse {
         match self {
             AnyWarehouse::DuckDb(w) => w.probe(table, rows).await,
             AnyWarehouse::Postgres(w) => w.probe(table, rows).await,
+            AnyWarehouse::Iceberg(w) => w.probe(table, rows).await,
         }
     }
 
@@ -654,6 +722,7 @@ impl Warehouse for AnyWarehouse {
         match self {
             AnyWarehouse::DuckDb(w) => w.file_loaded(sha256).await,
             AnyWarehouse::Postgres(w) => w.file_loaded(sha256).await,
+            AnyWarehouse::Iceberg(w) => w.file_loaded(sha256).await,
         }
     }
 
@@ -661,6 +730,7 @@ impl Warehouse for AnyWarehouse {
         match self {
             AnyWarehouse::DuckDb(w) => w.query_text(sql).await,
             AnyWarehouse::Postgres(w) => w.query_text(sql).await,
+            AnyWarehouse::Iceberg(w) => w.query_text(sql).await,
         }
     }
 }

@@ -144,6 +144,13 @@ impl Origins {
         })
     }
 
+    /// Row `i`'s topic, partition and offset, if it came from Kafka.
+    pub fn kafka(&self, i: usize) -> Option<(&str, i32, i64)> {
+        let e = self.entries.get(i)?;
+        let topic = self.names.get(e.topic? as usize)?;
+        Some((topic, e.partition?, e.offset?))
+    }
+
     /// Each row's offset, in order.
     pub fn offsets(&self) -> impl Iterator<Item = Option<i64>> + '_ {
         self.entries.iter().map(|e| e.offset)
@@ -194,6 +201,9 @@ mod tests {
             origins.offsets().collect::<Vec<_>>(),
             vec![Some(100), Some(102), Some(103)]
         );
+        assert_eq!(origins.kafka(1), Some(("topic0", 2, 102)));
+        assert_eq!(origins.kafka(2), None, "a file's line");
+        assert_eq!(origins.kafka(3), None, "past the end");
         assert_eq!(given[1].borrow().to_owned(), given[1]);
         assert_eq!(given[1].borrow().weight(), given[1].weight());
     }

@@ -36,7 +36,9 @@ impl TableRows {
             failure: super::Failure::Statement,
         };
         let data = match dialect {
-            Dialect::DuckDb => Encoded::Arrow(ArrowRows::new(&columns).map_err(|e| refused(e.to_string()))?),
+            Dialect::DuckDb | Dialect::Iceberg => {
+                Encoded::Arrow(ArrowRows::new(&columns).map_err(|e| refused(e.to_string()))?)
+            }
             Dialect::Postgres => Encoded::Copy(CopyRows::new(&columns).map_err(|e| refused(e.to_string()))?),
         };
         Ok(TableRows {

@@ -174,6 +174,9 @@ pub async fn ask<W: Warehouse>(w: &mut W) -> Vec<Vec<Vec<String>>> {
         let text = match w.dialect() {
             walhouse::warehouse::Dialect::Postgres => pg,
             walhouse::warehouse::Dialect::DuckDb => duck,
+            walhouse::warehouse::Dialect::Iceberg => {
+                panic!("Iceberg tables are asked through DuckDB's iceberg extension")
+            }
         };
         let rows = w
             .query_text(text)

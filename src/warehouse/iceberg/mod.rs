@@ -3,13 +3,15 @@
 //! embedded form), each raw table an Iceberg table in a namespace named
 //! as the other targets' schemas, data in Parquet under `<DIR>`.
 //!
-//! What is here: opening the catalog, making and widening tables (a new
-//! column is a schema update with a new field id), and appending rows as
-//! one Iceberg commit whose snapshot summary carries properties (the
-//! positions that make a commit exactly once). Not yet: the sink's
-//! `Warehouse` seam, fences, dead letters, S3 and a Postgres catalog.
+//! Here: opening the catalog, making and widening tables (a new column is
+//! a schema update with a new field id), and appending rows as one Iceberg
+//! commit whose snapshot summary carries properties, as a compare-and-set
+//! on the table as read ([`pinned`]). How a sink batch becomes commits,
+//! exactly once, is [`target`].
 
+mod pinned;
 pub mod positions;
+mod target;
 pub mod types;
 
 use std::collections::HashMap;
@@ -17,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use iceberg::io::LocalFsStorageFactory;
-use iceberg::spec::{DataFileFormat, NestedField, Schema};
+use iceberg::spec::{DataFile, DataFileFormat, NestedField, Schema};
 use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
@@ -97,7 +99,7 @@ impl IcebergWarehouse {
         }
     }
 
-    async fn load(&self, table: &TableRef) -> Result<Option<Table>, IcebergError> {
+    pub(crate) async fn load(&self, table: &TableRef) -> Result<Option<Table>, IcebergError> {
         let ident = Self::ident(table);
         if !self.catalog.table_exists(&ident).await.map_err(Self::error(table))? {
             return Ok(None);
@@ -162,61 +164,157 @@ impl IcebergWarehouse {
         Ok(())
     }
 
+    /// The table, which must exist.
+    pub(crate) async fn load_existing(&self, table: &TableRef) -> Result<Table, IcebergError> {
+        self.load(table).await?.ok_or_else(|| IcebergError::Table {
+            table: table.to_string(),
+            message: "does not exist".into(),
+        })
+    }
+
     /// Appends `rows` to `table` as one commit whose snapshot summary holds
-    /// `properties`; returns the data files it added. The commit is the
-    /// catalog's compare-and-set on the table's metadata: a table changed
-    /// since it was loaded here fails the commit, and the Parquet files
-    /// already written are then orphans no snapshot names (harmless;
-    /// Iceberg's `remove_orphan_files` clears them).
+    /// `properties`; returns the data files it added. Fails if another
+    /// writer commits to the table meanwhile.
     pub async fn append(
         &self,
         table: &TableRef,
         rows: &ArrowRows,
         properties: HashMap<String, String>,
     ) -> Result<usize, IcebergError> {
-        let err = Self::error(table);
-        let current = self.load(table).await?.ok_or_else(|| IcebergError::Table {
-            table: table.to_string(),
-            message: "does not exist".into(),
-        })?;
-        let metadata = current.metadata();
-        let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(metadata.current_schema()).map_err(&err)?);
-        let location = DefaultLocationGenerator::new(metadata).map_err(&err)?;
+        let current = self.load_existing(table).await?;
+        self.append_to(&current, rows, None, properties)
+            .await?
+            .ok_or_else(|| IcebergError::Table {
+                table: table.to_string(),
+                message: "another writer committed to the table meanwhile".into(),
+            })
+    }
+
+    /// Appends the rows of `rows` that `keep` marks (all without it) to the
+    /// table as it was read (`current`), in one commit whose snapshot
+    /// summary holds `properties`: `Ok(Some(data files added))`, or
+    /// `Ok(None)` if the table changed since it was read (nothing is
+    /// committed then; the Parquet files already written are orphans no
+    /// snapshot names, harmless, cleared by Iceberg's `remove_orphan_files`).
+    pub(crate) async fn append_to(
+        &self,
+        current: &Table,
+        rows: &ArrowRows,
+        keep: Option<&[bool]>,
+        properties: HashMap<String, String>,
+    ) -> Result<Option<usize>, IcebergError> {
         // Names unique to this commit: a file of a failed commit must never
         // be overwritten by a later one that a snapshot will name.
         let commit = uuid::Uuid::now_v7();
+        let files = self.write_files(current, rows, keep, commit).await?;
+        self.commit(current, files, commit, properties).await
+    }
+
+    /// A commit of `properties` alone (no data), on the table as read.
+    pub(crate) async fn commit_properties(
+        &self,
+        current: &Table,
+        properties: HashMap<String, String>,
+    ) -> Result<Option<usize>, IcebergError> {
+        self.commit(current, Vec::new(), uuid::Uuid::now_v7(), properties).await
+    }
+
+    /// Parquet files of the kept rows, named for `commit`.
+    async fn write_files(
+        &self,
+        current: &Table,
+        rows: &ArrowRows,
+        keep: Option<&[bool]>,
+        commit: uuid::Uuid,
+    ) -> Result<Vec<DataFile>, IcebergError> {
+        let err = table_error(current);
+        let metadata = current.metadata();
+        let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(metadata.current_schema()).map_err(&err)?);
+        let mut batches = Vec::new();
+        let mut at = 0;
+        for batch in rows.batches() {
+            let n = batch.num_rows();
+            let batch = match keep {
+                Some(keep) => {
+                    let mask = duckdb::arrow::array::BooleanArray::from(
+                        (at..at + n)
+                            .map(|i| keep.get(i).copied().unwrap_or(true))
+                            .collect::<Vec<_>>(),
+                    );
+                    duckdb::arrow::compute::filter_record_batch(batch, &mask).map_err(ArrowConversionError::from)?
+                }
+                None => batch.clone(),
+            };
+            at += n;
+            if batch.num_rows() > 0 {
+                batches.push(to_table_batch(&batch, &target)?);
+            }
+        }
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let location = DefaultLocationGenerator::new(metadata).map_err(&err)?;
         let names = DefaultFileNameGenerator::new("walhouse".into(), Some(commit.to_string()), DataFileFormat::Parquet);
         let parquet = ParquetWriterBuilder::new(WriterProperties::default(), metadata.current_schema().clone());
         let rolling =
             RollingFileWriterBuilder::new_with_default_file_size(parquet, current.file_io().clone(), location, names);
         let mut writer = DataFileWriterBuilder::new(rolling).build(None).await.map_err(&err)?;
-        for batch in rows.batches() {
-            writer.write(to_table_batch(batch, &target)?).await.map_err(&err)?;
+        for batch in batches {
+            writer.write(batch).await.map_err(&err)?;
         }
-        let files = writer.close().await.map_err(&err)?;
+        writer.close().await.map_err(&err)
+    }
+
+    /// One snapshot adding `files`, with `properties`, as a compare-and-set
+    /// on `current` (see [`pinned`]); `Ok(None)` on a conflict.
+    async fn commit(
+        &self,
+        current: &Table,
+        files: Vec<DataFile>,
+        commit: uuid::Uuid,
+        properties: HashMap<String, String>,
+    ) -> Result<Option<usize>, IcebergError> {
+        let err = table_error(current);
         let added = files.len();
-        let tx = Transaction::new(&current);
+        let tx = Transaction::new(current);
         let append = tx
             .fast_append()
             .set_commit_uuid(commit)
             .add_data_files(files)
             .set_snapshot_properties(properties);
         let tx = append.apply(tx).map_err(&err)?;
-        tx.commit(&self.catalog).await.map_err(&err)?;
-        Ok(added)
+        let pinned = pinned::PinnedCatalog {
+            inner: &self.catalog,
+            pinned: current,
+        };
+        match tx.commit(&pinned).await {
+            Ok(_) => Ok(Some(added)),
+            Err(e) if pinned::is_conflict(&e) => Ok(None),
+            Err(e) => Err(err(e)),
+        }
     }
 
     /// The summary properties of the table's current snapshot (empty before
     /// its first commit).
     pub async fn snapshot_properties(&self, table: &TableRef) -> Result<HashMap<String, String>, IcebergError> {
-        Ok(self
-            .load(table)
-            .await?
-            .and_then(|t| {
-                t.metadata()
-                    .current_snapshot()
-                    .map(|s| s.summary().additional_properties.clone())
-            })
-            .unwrap_or_default())
+        Ok(self.load(table).await?.map(|t| summary(&t)).unwrap_or_default())
     }
+}
+
+fn table_error(table: &Table) -> impl Fn(iceberg::Error) -> IcebergError {
+    let name = table.identifier().to_string();
+    move |e| IcebergError::Table {
+        table: name.clone(),
+        message: e.to_string(),
+    }
+}
+
+/// The summary properties of `table`'s current snapshot (empty before its
+/// first commit).
+pub(crate) fn summary(table: &Table) -> HashMap<String, String> {
+    table
+        .metadata()
+        .current_snapshot()
+        .map(|s| s.summary().additional_properties.clone())
+        .unwrap_or_default()
 }

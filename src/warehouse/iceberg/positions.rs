@@ -1,6 +1,7 @@
 //! The Kafka positions an Iceberg commit carries in its snapshot summary,
 //! so that data and position commit together (Iceberg commits one table at
-//! a time, so every table carries its own).
+//! a time, so every table carries its own), and the offsets of the marker
+//! table `walhouse.offsets`, committed after a batch's tables.
 //!
 //! A table's positions say, per consumer group and partition, the next
 //! offset before which the table holds every row that partition sent it.
@@ -13,9 +14,31 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-/// The summary property of `group`'s positions.
+use crate::warehouse::{Mark, StoredOffset};
+
+/// The summary property of `group`'s positions in a data table.
 pub fn property(group: &str) -> String {
     format!("walhouse.positions.{group}")
+}
+
+/// The summary property of `group`'s offsets in the marker table.
+pub fn offsets_property(group: &str) -> String {
+    format!("walhouse.offsets.{group}")
+}
+
+/// The summary property naming the last file whose rows a table holds
+/// (a file load written again after a crash skips a table holding it).
+pub const FILE_PROPERTY: &str = "walhouse.file";
+
+/// Every property walhouse keeps in a table's summaries: a commit carries
+/// them forward (another group's positions included), since only the
+/// current snapshot's summary is read.
+pub fn carried(summary: &HashMap<String, String>) -> HashMap<String, String> {
+    summary
+        .iter()
+        .filter(|(k, _)| k.starts_with("walhouse."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// One group's positions in one table.
@@ -77,6 +100,62 @@ impl Positions {
     }
 }
 
+/// One partition's entry in the marker: the stored offset and high-water
+/// mark of [`StoredOffset`], spelled out.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct OffsetEntry {
+    next: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    high_commit_lsn: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    high_tx_ordinal: Option<i64>,
+    /// Text: an unsigned 64-bit number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    high_system_id: Option<String>,
+}
+
+/// One group's offsets in the marker's summary: per topic and partition.
+pub fn offsets_from_summary(
+    summary: &HashMap<String, String>,
+    group: &str,
+) -> Result<HashMap<(String, i32), StoredOffset>, String> {
+    let Some(text) = summary.get(&offsets_property(group)) else {
+        return Ok(HashMap::new());
+    };
+    let by_topic: BTreeMap<String, BTreeMap<String, OffsetEntry>> =
+        serde_json::from_str(text).map_err(|e| format!("{}: {e}", offsets_property(group)))?;
+    let mut out = HashMap::new();
+    for (topic, partitions) in by_topic {
+        for (partition, e) in partitions {
+            let partition: i32 = partition
+                .parse()
+                .map_err(|_| format!("{}: partition {partition:?} of {topic}", offsets_property(group)))?;
+            let high = Mark::from_columns(e.high_commit_lsn, e.high_tx_ordinal, e.high_system_id);
+            out.insert((topic.clone(), partition), StoredOffset { next: e.next, high });
+        }
+    }
+    Ok(out)
+}
+
+/// The marker's summary value of `offsets`.
+pub fn offsets_to_json(offsets: &HashMap<(String, i32), StoredOffset>) -> String {
+    let mut by_topic: BTreeMap<&str, BTreeMap<String, OffsetEntry>> = BTreeMap::new();
+    for ((topic, partition), stored) in offsets {
+        let (high_commit_lsn, high_tx_ordinal, high_system_id) = Mark::columns(stored.high);
+        by_topic.entry(topic).or_default().insert(
+            partition.to_string(),
+            OffsetEntry {
+                next: stored.next,
+                high_commit_lsn,
+                high_tx_ordinal,
+                high_system_id,
+            },
+        );
+    }
+    // String keys, numbers and strings: serializing cannot fail.
+    serde_json::to_string(&by_topic).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +187,33 @@ mod tests {
             let summary = HashMap::from([(property("g"), bad.to_owned())]);
             assert!(Positions::from_summary(&summary, "g").is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn offsets_round_trip_through_the_marker_with_their_marks() {
+        use crate::warehouse::SourcePosition;
+        let mark = Mark {
+            position: SourcePosition {
+                commit_lsn: 0x1_6B37_4D48,
+                tx_ordinal: 3,
+            },
+            system_id: Some(u64::MAX),
+        };
+        let offsets = HashMap::from([
+            (
+                ("t".to_owned(), 0),
+                StoredOffset {
+                    next: 10,
+                    high: Some(mark),
+                },
+            ),
+            (("t".to_owned(), 2), StoredOffset { next: 4, high: None }),
+            (("companies".to_owned(), 0), StoredOffset { next: 1, high: None }),
+        ]);
+        let summary = HashMap::from([(offsets_property("g"), offsets_to_json(&offsets))]);
+        assert_eq!(offsets_from_summary(&summary, "g"), Ok(offsets));
+        assert_eq!(offsets_from_summary(&summary, "h"), Ok(HashMap::new()));
+        let bad = HashMap::from([(offsets_property("g"), "{\"t\": {\"0\": 5}}".to_owned())]);
+        assert!(offsets_from_summary(&bad, "g").is_err());
     }
 }

@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use super::{
-    Batch, ColumnDef, Dialect, Encoded, Failure, Mark, StoredOffset, TableRef, TableRows, Warehouse, WarehouseError,
+    Batch, ColumnDef, Dialect, Encoded, Failure, Mark, StoredOffset, TableDef, TableRef, TableRows, Warehouse,
+    WarehouseError,
 };
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::error::sql_message;
@@ -103,16 +104,9 @@ async fn copy_in(
     Ok(())
 }
 
-impl Warehouse for PostgresWarehouse {
-    fn dialect(&self) -> Dialect {
-        Dialect::Postgres
-    }
-
-    fn describe(&self) -> String {
-        format!("postgres {}/{}", self.info.address(), self.info.dbname)
-    }
-
-    async fn execute(&mut self, statements: &[String]) -> Result<(), WarehouseError> {
+impl PostgresWarehouse {
+    /// Runs statements in order, in one transaction.
+    pub async fn execute(&mut self, statements: &[String]) -> Result<(), WarehouseError> {
         let tx = self.client.transaction().await.map_err(sql("BEGIN"))?;
         // Sink instances of one warehouse make and widen the same tables
         // and views, often at the same moment (a group starting, a new
@@ -127,6 +121,33 @@ impl Warehouse for PostgresWarehouse {
             tx.batch_execute(s).await.map_err(sql(s))?;
         }
         tx.commit().await.map_err(sql("COMMIT"))
+    }
+}
+
+impl Warehouse for PostgresWarehouse {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn describe(&self) -> String {
+        format!("postgres {}/{}", self.info.address(), self.info.dbname)
+    }
+
+    async fn prepare(&mut self) -> Result<(), WarehouseError> {
+        self.execute(&Dialect::Postgres.state_tables()).await
+    }
+
+    async fn create_table(&mut self, def: &TableDef) -> Result<(), WarehouseError> {
+        self.execute(&Dialect::Postgres.create_table_statements(def)).await
+    }
+
+    async fn add_columns(&mut self, table: &TableRef, columns: &[ColumnDef]) -> Result<(), WarehouseError> {
+        self.execute(&Dialect::Postgres.add_columns_statements(table, columns))
+            .await
+    }
+
+    async fn define_views(&mut self, statements: &[String]) -> Result<(), WarehouseError> {
+        self.execute(statements).await
     }
 
     async fn columns(&mut self, table: &TableRef) -> Result<Option<Vec<(String, String)>>, WarehouseError> {
