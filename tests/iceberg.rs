@@ -368,3 +368,41 @@ async fn the_sink_stores_each_change_once_in_iceberg_across_a_kill_between_commi
     let dead = iceberg_rows(&lake, "walhouse.dead_letters");
     assert!(dead.is_empty(), "no dead letters: {dead:?}");
 }
+
+/// Two writers read a table, each decides what to add: the second commit
+/// is refused (the table changed since it read it) instead of applied on
+/// top of the first, which would store rows twice. What walhouse's fence
+/// and per-table positions rest on.
+#[tokio::test]
+async fn a_commit_on_a_table_changed_since_it_was_read_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = IcebergWarehouse::open(dir.path()).await.expect("catalog");
+    let table = TableRef::new("raw_public", "contended");
+    let def = TableDef {
+        table: table.clone(),
+        columns: vec![ColumnDef::new("id", SqlType::BigInt)],
+    };
+    w.create_table(&def).await.expect("create");
+    let rows = |id: i64| {
+        let mut rows = ArrowRows::new(&def.columns).expect("rows");
+        rows.push(&[Cell::Long(id)]).expect("row");
+        rows.seal().expect("seal");
+        rows
+    };
+    let read_by_both = w.load_existing(&table).await.expect("load");
+    let first = w.append_to(&read_by_both, &rows(1), None, HashMap::new()).await;
+    assert_eq!(first.expect("first commit"), Some(1));
+    let second = w.append_to(&read_by_both, &rows(2), None, HashMap::new()).await;
+    assert_eq!(second.expect("no error"), None, "the second writer's commit is refused");
+    let again = w.load_existing(&table).await.expect("load");
+    assert_eq!(w.append_to(&again, &rows(3), None, HashMap::new()).await.expect("third"), Some(1));
+    let read = support::python::pyiceberg_read(dir.path(), "raw_public.contended").expect("pyiceberg reads");
+    let mut ids: Vec<String> = read["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["1", "3"]);
+}

@@ -165,7 +165,7 @@ impl IcebergWarehouse {
     }
 
     /// The table, which must exist.
-    pub(crate) async fn load_existing(&self, table: &TableRef) -> Result<Table, IcebergError> {
+    pub async fn load_existing(&self, table: &TableRef) -> Result<Table, IcebergError> {
         self.load(table).await?.ok_or_else(|| IcebergError::Table {
             table: table.to_string(),
             message: "does not exist".into(),
@@ -196,7 +196,7 @@ impl IcebergWarehouse {
     /// `Ok(None)` if the table changed since it was read (nothing is
     /// committed then; the Parquet files already written are orphans no
     /// snapshot names, harmless, cleared by Iceberg's `remove_orphan_files`).
-    pub(crate) async fn append_to(
+    pub async fn append_to(
         &self,
         current: &Table,
         rows: &ArrowRows,
