@@ -390,12 +390,17 @@ async fn a_commit_on_a_table_changed_since_it_was_read_is_refused() {
         rows
     };
     let read_by_both = w.load_existing(&table).await.expect("load");
-    let first = w.append_to(&read_by_both, &rows(1), None, HashMap::new()).await;
+    let first = w.append_to(&read_by_both, &[(&rows(1), None)], HashMap::new()).await;
     assert_eq!(first.expect("first commit"), Some(1));
-    let second = w.append_to(&read_by_both, &rows(2), None, HashMap::new()).await;
+    let second = w.append_to(&read_by_both, &[(&rows(2), None)], HashMap::new()).await;
     assert_eq!(second.expect("no error"), None, "the second writer's commit is refused");
     let again = w.load_existing(&table).await.expect("load");
-    assert_eq!(w.append_to(&again, &rows(3), None, HashMap::new()).await.expect("third"), Some(1));
+    assert_eq!(
+        w.append_to(&again, &[(&rows(3), None)], HashMap::new())
+            .await
+            .expect("third"),
+        Some(1)
+    );
     let read = support::python::pyiceberg_read(dir.path(), "raw_public.contended").expect("pyiceberg reads");
     let mut ids: Vec<String> = read["rows"]
         .as_array()

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use support::command::{CaptureCommand, SinkCommand};
 use support::kafka::{produce, Broker};
-use support::pipeline::{ask, BACKEND_SCHEMA, GENERATE};
+use support::pipeline::{ask, normalise, BACKEND_SCHEMA, GENERATE, QUESTIONS};
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
 use walhouse::metrics::Exposition;
 use walhouse::postgres::conninfo::ConnInfo;
 use walhouse::warehouse::duckdb::DuckDbWarehouse;
+use walhouse::warehouse::iceberg::IcebergWarehouse;
 use walhouse::warehouse::postgres::PostgresWarehouse;
 use walhouse::warehouse::Warehouse;
 
@@ -102,6 +103,8 @@ async fn seed_questions_match_in_format(format: &str) {
     };
     let mut duck = common(&duck_url, "e2e-duck").start().await;
     let mut pgw = common(&warehouse_url, "e2e-pg").start().await;
+    let lake = dir.path().join("lake");
+    let mut ice = common(&format!("iceberg:{}", lake.display()), "e2e-ice").start().await;
 
     // Inserts, updates, deletes; a PK-preserving update of the seed's
     // filters; a column added mid-stream and filled.
@@ -131,7 +134,7 @@ async fn seed_questions_match_in_format(format: &str) {
     assert!(pg.wait_confirmed("backend", "walhouse", Duration::from_secs(60)).await);
     let (_, produced) = capture.stop().await;
     assert!(produced > 6000, "capture produced {produced}");
-    for (name, sink) in [("duckdb", &mut duck), ("postgres", &mut pgw)] {
+    for (name, sink) in [("duckdb", &mut duck), ("postgres", &mut pgw), ("iceberg", &mut ice)] {
         assert!(
             sink.wait_for(produced, LIMIT).await,
             "{name} sink accounted for {:?} of {produced} records",
@@ -142,6 +145,7 @@ async fn seed_questions_match_in_format(format: &str) {
     assert_eq!(dead, 0, "no dead letters expected");
     duck.stop().await;
     pgw.stop().await;
+    ice.stop().await;
 
     let expected = ask(
         &mut PostgresWarehouse::connect(&ConnInfo::parse(&source_url).expect("url"))
@@ -255,6 +259,33 @@ async fn seed_questions_match_in_format(format: &str) {
         .await
         .expect("view");
     assert_eq!(rows, vec![vec![Some("2024-05-01".to_string())]]);
+
+    // The same over the Iceberg tables, read by DuckDB through the views
+    // `walhouse-sink duckdb-views` prints.
+    let mut lake_w = IcebergWarehouse::open(&lake).await.expect("iceberg");
+    walhouse::sink::insolvency::load_file(&mut lake_w, &csv)
+        .await
+        .expect("load into iceberg");
+    let script = lake_w.duckdb_script().await.expect("script");
+    let mut queries: Vec<&str> = QUESTIONS.iter().map(|(_, _, duck)| *duck).collect();
+    queries.extend([
+        docs_sql,
+        scratch,
+        "SELECT CAST(latest_insolvency_ts AS DATE) FROM public.organizations_with_insolvency \
+         WHERE id = '00000000-0000-4000-8000-000000000003'",
+        "SELECT count(*) FROM public.organizations WHERE country = 'FR'",
+    ]);
+    let answers = support::python::duckdb_script_queries(&script, &queries).expect("DuckDB over Iceberg");
+    let (questions, rest) = answers.split_at(QUESTIONS.len());
+    let questions: Vec<_> = questions.iter().cloned().map(normalise).collect();
+    assert_eq!(
+        questions, expected,
+        "DuckDB over the Iceberg tables answers like the source"
+    );
+    assert_eq!(rest[0], docs, "unchanged TOAST carried forward on Iceberg");
+    assert_eq!(rest[1], want, "the truncate on Iceberg");
+    assert_eq!(rest[2], vec![vec![Some("2024-05-01".to_string())]]);
+    assert_eq!(rest[3], vec![vec![Some(fr_source.to_string())]]);
 }
 
 fn company(key: &str, event: &str, id: &str, org: &str, name: &str, created: i64, updated: i64) -> String {

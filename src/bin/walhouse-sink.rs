@@ -7,19 +7,17 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use walhouse::cli::{init_logging, shutdown_signal};
 use walhouse::sink;
-use walhouse::sink::config::{SinkArgs, SinkCommand, SinkConfig};
+use walhouse::sink::config::{SinkArgs, SinkCommand, SinkConfig, WarehouseTarget};
 use walhouse::sink::metrics::SinkMetrics;
 use walhouse::sink::tables::Tables;
 use walhouse::sink::{insolvency, prepare};
+use walhouse::warehouse::iceberg::IcebergWarehouse;
 
 fn main() -> ExitCode {
     let args = SinkArgs::parse_layered(std::env::args_os()).unwrap_or_else(|e| e.exit("walhouse-sink"));
     let check = args.check;
-    let load = args
-        .command
-        .as_ref()
-        .map(|SinkCommand::LoadInsolvencies { path }| path.clone());
-    let config = match SinkConfig::resolve(args.settings, load.is_none()) {
+    let command = args.command;
+    let config = match SinkConfig::resolve(args.settings, command.is_none()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("walhouse-sink: {e}");
@@ -39,8 +37,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match load {
-            Some(path) => load_insolvencies(&config, &path).await,
+        match command {
+            Some(SinkCommand::LoadInsolvencies { path }) => load_insolvencies(&config, &path).await,
+            Some(SinkCommand::DuckdbViews) => duckdb_views(&config).await,
             None => {
                 let (stop, stopped) = watch::channel(false);
                 tokio::spawn(async move {
@@ -61,6 +60,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `duckdb-views`: the Iceberg warehouse's tables and views as a DuckDB
+/// script, on stdout.
+async fn duckdb_views(config: &SinkConfig) -> anyhow::Result<()> {
+    let WarehouseTarget::Iceberg(dir) = &config.warehouse else {
+        anyhow::bail!(
+            "duckdb-views is for an Iceberg warehouse (--warehouse iceberg:<DIR>); the others hold their views"
+        );
+    };
+    print!("{}", IcebergWarehouse::open(dir).await?.duckdb_script().await?);
+    Ok(())
 }
 
 /// `load-insolvencies`: each CSV file of `path` into the warehouse, once.

@@ -153,6 +153,8 @@ pub enum SinkCommand {
         /// File or directory.
         path: PathBuf,
     },
+    /// Print a DuckDB script that makes the Iceberg warehouse's tables and latest-state views DuckDB views (run it again to see later commits).
+    DuckdbViews,
 }
 
 /// What to do when records were deleted from Kafka before they were stored.

@@ -147,10 +147,11 @@ pub async fn prepare<W: Warehouse>(w: &mut W, tables: &mut Tables) -> Result<(),
     w.prepare().await?;
     tables.ensure(w, &companies::table_def()).await?;
     tables.ensure(w, &insolvency::table_def()).await?;
-    if w.dialect().has_views() {
-        w.define_views(&tables::statements(&tables::companies_latest_sql()))
-            .await?;
-    }
+    w.define_views(
+        &companies::table_def().table,
+        &tables::statements(&tables::companies_latest_sql()),
+    )
+    .await?;
     Ok(())
 }
 

@@ -158,7 +158,7 @@ impl Tables {
         view: &TableRef,
         key: &[String],
     ) -> Result<(), TableError> {
-        if key.is_empty() || self.views.contains(raw) || !w.dialect().has_views() {
+        if key.is_empty() || self.views.contains(raw) {
             return Ok(());
         }
         let columns: Vec<(String, String)> = match self.known.get(raw) {
@@ -192,7 +192,7 @@ impl Tables {
                 data.iter().any(|c| c == "insolvency_ts"),
             ));
         }
-        w.define_views(&statements).await?;
+        w.define_views(raw, &statements).await?;
         self.views.insert(raw.clone());
         Ok(())
     }
@@ -206,9 +206,19 @@ fn is_metadata(column: &str) -> bool {
 /// TOAST (variable-length ones).
 fn toastable(declared: &str) -> bool {
     let d = declared.to_ascii_uppercase();
-    ["VARCHAR", "TEXT", "JSON", "BLOB", "BYTEA", "CHARACTER VARYING"]
-        .iter()
-        .any(|t| d.starts_with(t))
+    // The SQL targets' names, then Iceberg's.
+    [
+        "VARCHAR",
+        "TEXT",
+        "JSON",
+        "BLOB",
+        "BYTEA",
+        "CHARACTER VARYING",
+        "STRING",
+        "BINARY",
+    ]
+    .iter()
+    .any(|t| d.starts_with(t))
 }
 
 /// The latest-state view of a raw CDC table: the text of

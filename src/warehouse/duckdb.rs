@@ -181,7 +181,7 @@ impl Warehouse for DuckDbWarehouse {
             .await
     }
 
-    async fn define_views(&mut self, statements: &[String]) -> Result<(), WarehouseError> {
+    async fn define_views(&mut self, _raw: &TableRef, statements: &[String]) -> Result<(), WarehouseError> {
         self.execute(statements).await
     }
 

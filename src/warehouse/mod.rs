@@ -409,11 +409,6 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    /// Whether the target keeps views (the latest-state views live there).
-    pub fn has_views(self) -> bool {
-        self != Dialect::Iceberg
-    }
-
     pub fn type_name(self, ty: &SqlType) -> String {
         use SqlType::*;
         match (self, ty) {
@@ -592,9 +587,11 @@ pub trait Warehouse {
     /// Adds `columns` to `table`, in one change.
     async fn add_columns(&mut self, table: &TableRef, columns: &[ColumnDef]) -> Result<(), WarehouseError>;
 
-    /// Creates or replaces views, in order, in one transaction. Asked only
-    /// of targets whose dialect has views (see [`Dialect::has_views`]).
-    async fn define_views(&mut self, statements: &[String]) -> Result<(), WarehouseError>;
+    /// Creates or replaces the views over `raw` (SQL statements, in order,
+    /// in one transaction). A target without views of its own (Iceberg)
+    /// keeps them with the table for its readers (DuckDB's, see
+    /// `walhouse-sink duckdb-views`).
+    async fn define_views(&mut self, raw: &TableRef, statements: &[String]) -> Result<(), WarehouseError>;
 
     /// The columns of a table and their declared types, or `None` if it
     /// does not exist.
@@ -678,11 +675,11 @@ impl Warehouse for AnyWarehouse {
         }
     }
 
-    async fn define_views(&mut self, statements: &[String]) -> Result<(), WarehouseError> {
+    async fn define_views(&mut self, raw: &TableRef, statements: &[String]) -> Result<(), WarehouseError> {
         match self {
-            AnyWarehouse::DuckDb(w) => w.define_views(statements).await,
-            AnyWarehouse::Postgres(w) => w.define_views(statements).await,
-            AnyWarehouse::Iceberg(w) => w.define_views(statements).await,
+            AnyWarehouse::DuckDb(w) => w.define_views(raw, statements).await,
+            AnyWarehouse::Postgres(w) => w.define_views(raw, statements).await,
+            AnyWarehouse::Iceberg(w) => w.define_views(raw, statements).await,
         }
     }
 

@@ -4,14 +4,13 @@ did not write): argv: the catalog's directory, the table
 current metadata file is looked up in the SQLite catalog. Prints the rows
 as JSON, each value as text."""
 
-import glob
 import json
 import os
 import sqlite3
 import sys
 import tempfile
 
-import duckdb
+from duckdb_ext import connect, text_rows
 
 
 def main():
@@ -23,20 +22,11 @@ def main():
             "AND table_namespace = ? AND table_name = ?",
             (namespace, table),
         ).fetchone()
-    site = os.path.dirname(os.path.dirname(duckdb.__file__))
     with tempfile.TemporaryDirectory() as extensions:
-        con = duckdb.connect(config={
-            "allow_unsigned_extensions": "true",
-            "autoinstall_known_extensions": "false",
-            "extension_directory": extensions,
-        })
-        for ext in ("avro", "iceberg"):
-            (path,) = glob.glob(f"{site}/duckdb_extension_{ext}/extensions/v*/{ext}.duckdb_extension")
-            con.execute(f"INSTALL '{path}'")
-            con.execute(f"LOAD {ext}")
+        con = connect(extensions)
         con.execute(f"CREATE VIEW t AS SELECT * FROM iceberg_scan('{location}')")
         rows = con.execute(sql).fetchall()
-    print(json.dumps([[None if v is None else str(v) for v in row] for row in rows]))
+    print(json.dumps(text_rows(rows)))
 
 
 main()

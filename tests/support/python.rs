@@ -81,3 +81,18 @@ pub fn duckdb_iceberg_query(dir: &std::path::Path, table: &str, sql: &str) -> Re
     )?;
     serde_json::from_value(rows).map_err(|e| e.to_string())
 }
+
+/// Runs `script` (a DuckDB script: `walhouse-sink duckdb-views`' output)
+/// in DuckDB with its iceberg extension, then each of `queries`: their
+/// rows, each value as text.
+pub fn duckdb_script_queries(script: &str, queries: &[&str]) -> Result<Vec<Vec<Vec<Option<String>>>>, String> {
+    let file = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+    std::fs::write(file.path(), script).map_err(|e| e.to_string())?;
+    let queries = serde_json::to_string(queries).map_err(|e| e.to_string())?;
+    let rows = run_script(
+        "duckdb_script.py",
+        &[file.path().as_os_str(), queries.as_ref()],
+        "iceberg-duckdb",
+    )?;
+    serde_json::from_value(rows).map_err(|e| e.to_string())
+}

@@ -32,11 +32,16 @@ use iceberg_catalog_sql::{SqlCatalog, SqlCatalogBuilder};
 use parquet::file::properties::WriterProperties;
 
 use self::types::{iceberg_type, to_table_batch, ArrowConversionError};
+use crate::quote;
 use crate::warehouse::arrow::ArrowRows;
 use crate::warehouse::{ColumnDef, TableDef, TableRef};
 
 /// The catalog's name, as readers name it (`pyiceberg`, Trino, Spark).
 pub const CATALOG: &str = "walhouse";
+
+/// The table property holding the views over a raw table, in DuckDB's
+/// SQL (a JSON array of statements).
+pub const VIEWS_PROPERTY: &str = "walhouse.duckdb.views";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IcebergError {
@@ -182,7 +187,7 @@ impl IcebergWarehouse {
         properties: HashMap<String, String>,
     ) -> Result<usize, IcebergError> {
         let current = self.load_existing(table).await?;
-        self.append_to(&current, rows, None, properties)
+        self.append_to(&current, &[(rows, None)], properties)
             .await?
             .ok_or_else(|| IcebergError::Table {
                 table: table.to_string(),
@@ -190,8 +195,8 @@ impl IcebergWarehouse {
             })
     }
 
-    /// Appends the rows of `rows` that `keep` marks (all without it) to the
-    /// table as it was read (`current`), in one commit whose snapshot
+    /// Appends the rows of each part that its `keep` marks (all without it)
+    /// to the table as it was read (`current`), in one commit whose snapshot
     /// summary holds `properties`: `Ok(Some(data files added))`, or
     /// `Ok(None)` if the table changed since it was read (nothing is
     /// committed then; the Parquet files already written are orphans no
@@ -199,14 +204,13 @@ impl IcebergWarehouse {
     pub async fn append_to(
         &self,
         current: &Table,
-        rows: &ArrowRows,
-        keep: Option<&[bool]>,
+        parts: &[(&ArrowRows, Option<&[bool]>)],
         properties: HashMap<String, String>,
     ) -> Result<Option<usize>, IcebergError> {
         // Names unique to this commit: a file of a failed commit must never
         // be overwritten by a later one that a snapshot will name.
         let commit = uuid::Uuid::now_v7();
-        let files = self.write_files(current, rows, keep, commit).await?;
+        let files = self.write_files(current, parts, commit).await?;
         self.commit(current, files, commit, properties).await
     }
 
@@ -219,35 +223,38 @@ impl IcebergWarehouse {
         self.commit(current, Vec::new(), uuid::Uuid::now_v7(), properties).await
     }
 
-    /// Parquet files of the kept rows, named for `commit`.
+    /// Parquet files of the kept rows, named for `commit`. Parts may have
+    /// different columns (rows of two writer schemas of one table): each
+    /// is written under the table's schema.
     async fn write_files(
         &self,
         current: &Table,
-        rows: &ArrowRows,
-        keep: Option<&[bool]>,
+        parts: &[(&ArrowRows, Option<&[bool]>)],
         commit: uuid::Uuid,
     ) -> Result<Vec<DataFile>, IcebergError> {
         let err = table_error(current);
         let metadata = current.metadata();
         let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(metadata.current_schema()).map_err(&err)?);
         let mut batches = Vec::new();
-        let mut at = 0;
-        for batch in rows.batches() {
-            let n = batch.num_rows();
-            let batch = match keep {
-                Some(keep) => {
-                    let mask = duckdb::arrow::array::BooleanArray::from(
-                        (at..at + n)
-                            .map(|i| keep.get(i).copied().unwrap_or(true))
-                            .collect::<Vec<_>>(),
-                    );
-                    duckdb::arrow::compute::filter_record_batch(batch, &mask).map_err(ArrowConversionError::from)?
+        for (rows, keep) in parts {
+            let mut at = 0;
+            for batch in rows.batches() {
+                let n = batch.num_rows();
+                let batch = match keep {
+                    Some(keep) => {
+                        let mask = duckdb::arrow::array::BooleanArray::from(
+                            (at..at + n)
+                                .map(|i| keep.get(i).copied().unwrap_or(true))
+                                .collect::<Vec<_>>(),
+                        );
+                        duckdb::arrow::compute::filter_record_batch(batch, &mask).map_err(ArrowConversionError::from)?
+                    }
+                    None => batch.clone(),
+                };
+                at += n;
+                if batch.num_rows() > 0 {
+                    batches.push(to_table_batch(&batch, &target)?);
                 }
-                None => batch.clone(),
-            };
-            at += n;
-            if batch.num_rows() > 0 {
-                batches.push(to_table_batch(&batch, &target)?);
             }
         }
         if batches.is_empty() {
@@ -292,6 +299,79 @@ impl IcebergWarehouse {
             Err(e) if pinned::is_conflict(&e) => Ok(None),
             Err(e) => Err(err(e)),
         }
+    }
+
+    /// Keeps `statements` (the views over `raw`) in its properties.
+    pub async fn keep_views(&self, raw: &TableRef, statements: &[String]) -> Result<(), IcebergError> {
+        let err = Self::error(raw);
+        let current = self.load_existing(raw).await?;
+        // A list of strings: serializing cannot fail.
+        let text = serde_json::to_string(statements).unwrap_or_default();
+        if current.metadata().properties().get(VIEWS_PROPERTY) == Some(&text) {
+            return Ok(());
+        }
+        let tx = Transaction::new(&current);
+        let update = tx.update_table_properties().set(VIEWS_PROPERTY.into(), text);
+        update
+            .apply(tx)
+            .map_err(&err)?
+            .commit(&self.catalog)
+            .await
+            .map_err(&err)?;
+        Ok(())
+    }
+
+    /// A DuckDB script that makes every table of the catalog a view over
+    /// its current snapshot (`iceberg_scan` of its metadata file), then the
+    /// latest-state views kept with the raw tables: run it in DuckDB with
+    /// the iceberg extension loaded, again to see later commits.
+    pub async fn duckdb_script(&self) -> Result<String, IcebergError> {
+        let list = |e: iceberg::Error| IcebergError::Open {
+            dir: self.dir.clone(),
+            message: e.to_string(),
+        };
+        let mut tables = Vec::new();
+        for namespace in self.catalog.list_namespaces(None).await.map_err(list)? {
+            for ident in self.catalog.list_tables(&namespace).await.map_err(list)? {
+                tables.push(self.catalog.load_table(&ident).await.map_err(list)?);
+            }
+        }
+        tables.sort_by_key(|t| t.identifier().to_string());
+        let mut out = format!(
+            "-- walhouse: the Iceberg tables of {} as of this script\n",
+            self.describe()
+        );
+        let mut schemas = std::collections::BTreeSet::new();
+        for t in &tables {
+            let ident = t.identifier();
+            let schema = ident.namespace().join(".");
+            if schemas.insert(schema.clone()) {
+                out.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote::ident(&schema)));
+            }
+            let Some(location) = t.metadata_location() else {
+                continue;
+            };
+            out.push_str(&format!(
+                "CREATE OR REPLACE VIEW {}.{} AS SELECT * FROM iceberg_scan({});\n",
+                quote::ident(&schema),
+                quote::ident(ident.name()),
+                quote::literal(location)
+            ));
+        }
+        for t in &tables {
+            let Some(text) = t.metadata().properties().get(VIEWS_PROPERTY) else {
+                continue;
+            };
+            let statements: Vec<String> = serde_json::from_str(text).map_err(|e| IcebergError::Table {
+                table: t.identifier().to_string(),
+                message: format!("{VIEWS_PROPERTY}: {e}"),
+            })?;
+            for s in statements {
+                out.push_str(&s);
+                out.push_str(";\n");
+            }
+        }
+        Ok(out)
     }
 
     /// The summary properties of the table's current snapshot (empty before

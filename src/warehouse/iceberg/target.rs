@@ -21,7 +21,7 @@
 //! A file load carries the file's digest the same way (`walhouse.file`),
 //! and `walhouse.file_loads` records it last.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use futures_util::TryStreamExt;
 use iceberg::expr::Reference;
@@ -29,9 +29,10 @@ use iceberg::spec::Datum;
 
 use super::positions::{self, Positions, FILE_PROPERTY};
 use super::{summary, IcebergError, IcebergWarehouse};
+use crate::warehouse::arrow::ArrowRows;
 use crate::warehouse::{
-    Batch, ColumnDef, Dialect, Encoded, Failure, FileLoad, OffsetUpdate, SqlType, StoredOffset, TableDef, TableRef,
-    TableRows, Warehouse, WarehouseError, DEAD_LETTER_COLUMNS,
+    Batch, ColumnDef, DeadLetter, Dialect, Encoded, Failure, FileLoad, OffsetUpdate, Origins, SqlType, StoredOffset,
+    TableDef, TableRef, TableRows, Warehouse, WarehouseError, DEAD_LETTER_COLUMNS,
 };
 
 /// How often a commit is tried again when another writer committed to the
@@ -126,35 +127,70 @@ struct Commit<'a> {
     file: Option<&'a FileLoad>,
 }
 
+/// Where each row of a part came from.
+enum Came<'a> {
+    /// The sink's rows, with their origins.
+    Rows(&'a Origins),
+    /// Dead letters, in the order of their rows.
+    Dead(&'a [DeadLetter]),
+    /// Not from Kafka (a file load's record).
+    Elsewhere,
+}
+
+impl Came<'_> {
+    /// Row `i`'s topic, partition and offset, if it came from Kafka.
+    fn kafka(&self, i: usize) -> Option<(&str, i32, i64)> {
+        match self {
+            Came::Rows(origins) => origins.kafka(i),
+            Came::Dead(letters) => {
+                let o = &letters.get(i)?.origin;
+                Some((o.topic.as_deref()?, o.partition?, o.offset?))
+            }
+            Came::Elsewhere => None,
+        }
+    }
+}
+
 impl IcebergWarehouse {
-    /// Appends the rows of `rows` that `table` does not hold yet (`origin`
-    /// says where row `i` came from in Kafka), in one commit that records
-    /// the batch's positions; tried again on a table changed meanwhile.
+    /// Appends the rows of `parts` (rows of one table, perhaps under two
+    /// writer schemas) that the table does not hold yet, in one commit
+    /// that records the batch's positions; tried again on a table changed
+    /// meanwhile. One commit for all parts: a position recorded by a first
+    /// commit would make a second skip its rows.
     async fn append_once(
         &self,
         table: &TableRef,
-        rows: &TableRows,
-        origin: impl Fn(usize) -> Option<(String, i32, i64)>,
+        parts: &[(&TableRows, Came<'_>)],
         commit: &Commit<'_>,
     ) -> Result<(), WarehouseError> {
-        let Encoded::Arrow(arrow) = rows.data() else {
-            return Err(WarehouseError::Sql {
-                context: format!("appending to {table}"),
-                message: "the rows were encoded for another target".into(),
-                failure: Failure::Statement,
-            });
-        };
+        let mut arrows = Vec::with_capacity(parts.len());
+        for (rows, _) in parts {
+            let Encoded::Arrow(arrow) = rows.data() else {
+                return Err(WarehouseError::Sql {
+                    context: format!("appending to {table}"),
+                    message: "the rows were encoded for another target".into(),
+                    failure: Failure::Statement,
+                });
+            };
+            arrows.push(arrow);
+        }
         for _ in 0..ATTEMPTS {
             let current = self.load_existing(table).await?;
             let summary = summary(&current);
             let mut held = Positions::from_summary(&summary, commit.group).map_err(|m| unreadable(table, m))?;
-            let keep: Vec<bool> = match commit.file {
-                Some(file) => vec![summary.get(FILE_PROPERTY) != Some(&file.sha256); rows.len()],
-                None => (0..rows.len())
-                    .map(|i| origin(i).is_none_or(|(topic, partition, offset)| !held.holds(&topic, partition, offset)))
-                    .collect(),
-            };
-            if !keep.contains(&true) {
+            let keeps: Vec<Vec<bool>> = parts
+                .iter()
+                .map(|(rows, came)| match commit.file {
+                    Some(file) => vec![summary.get(FILE_PROPERTY) != Some(&file.sha256); rows.len()],
+                    None => (0..rows.len())
+                        .map(|i| {
+                            came.kafka(i)
+                                .is_none_or(|(topic, partition, offset)| !held.holds(topic, partition, offset))
+                        })
+                        .collect(),
+                })
+                .collect();
+            if !keeps.iter().flatten().any(|k| *k) {
                 return Ok(());
             }
             let mut properties = positions::carried(&summary);
@@ -167,11 +203,12 @@ impl IcebergWarehouse {
             if let Some(file) = commit.file {
                 properties.insert(FILE_PROPERTY.into(), file.sha256.clone());
             }
-            if self
-                .append_to(&current, arrow, Some(&keep), properties)
-                .await?
-                .is_some()
-            {
+            let kept: Vec<(&ArrowRows, Option<&[bool]>)> = arrows
+                .iter()
+                .zip(&keeps)
+                .map(|(a, k)| (*a, Some(k.as_slice())))
+                .collect();
+            if self.append_to(&current, &kept, properties).await?.is_some() {
                 return Ok(());
             }
             tracing::debug!(%table, "another writer committed meanwhile: reading the table again");
@@ -255,10 +292,11 @@ impl Warehouse for IcebergWarehouse {
         Ok(IcebergWarehouse::add_columns(self, table, columns).await?)
     }
 
-    /// Iceberg keeps no views its readers share: the latest-state SQL is
-    /// shipped in `sql/iceberg/` instead, and the sink never asks.
-    async fn define_views(&mut self, _statements: &[String]) -> Result<(), WarehouseError> {
-        Ok(())
+    /// Iceberg keeps no views its readers share: the views' SQL (DuckDB's
+    /// dialect) is kept in the raw table's properties, for
+    /// [`IcebergWarehouse::duckdb_script`].
+    async fn define_views(&mut self, raw: &TableRef, statements: &[String]) -> Result<(), WarehouseError> {
+        Ok(self.keep_views(raw, statements).await?)
     }
 
     async fn columns(&mut self, table: &TableRef) -> Result<Option<Vec<(String, String)>>, WarehouseError> {
@@ -280,19 +318,19 @@ impl Warehouse for IcebergWarehouse {
             offsets: &batch.offsets,
             file: batch.file.as_ref(),
         };
-        for (table, rows) in &batch.tables {
-            if rows.is_empty() {
-                continue;
-            }
-            let origin = |i: usize| rows.origins.kafka(i).map(|(t, p, o)| (t.to_owned(), p, o));
-            self.append_once(table, rows, origin, &commit).await?;
+        let mut by_table: BTreeMap<&TableRef, Vec<(&TableRows, Came<'_>)>> = BTreeMap::new();
+        for (table, rows) in batch.tables.iter().filter(|(_, rows)| !rows.is_empty()) {
+            by_table
+                .entry(table)
+                .or_default()
+                .push((rows, Came::Rows(&rows.origins)));
+        }
+        for (table, parts) in &by_table {
+            self.append_once(table, parts, &commit).await?;
         }
         if let Some((table, rows)) = batch.dead_letter_rows(Dialect::Iceberg)? {
-            let origin = |i: usize| {
-                let o = &batch.dead_letters.get(i)?.origin;
-                Some((o.topic.clone()?, o.partition?, o.offset?))
-            };
-            self.append_once(&table, &rows, origin, &commit).await?;
+            self.append_once(&table, &[(&rows, Came::Dead(&batch.dead_letters))], &commit)
+                .await?;
         }
         if let Some(file) = &batch.file {
             let mut rows = TableRows::new(Dialect::Iceberg, state_tables()[2].columns.clone())?;
@@ -303,7 +341,8 @@ impl Warehouse for IcebergWarehouse {
                     failure: Failure::Statement,
                 })?;
             rows.seal()?;
-            self.append_once(&file_loads(), &rows, |_| None, &commit).await?;
+            self.append_once(&file_loads(), &[(&rows, Came::Elsewhere)], &commit)
+                .await?;
         }
         if !batch.offsets.is_empty() {
             // Tests stop here to kill the sink between the tables' commits

@@ -146,7 +146,7 @@ impl Warehouse for PostgresWarehouse {
             .await
     }
 
-    async fn define_views(&mut self, statements: &[String]) -> Result<(), WarehouseError> {
+    async fn define_views(&mut self, _raw: &TableRef, statements: &[String]) -> Result<(), WarehouseError> {
         self.execute(statements).await
     }
 
