@@ -100,6 +100,7 @@ async fn seed_questions_match_in_format(format: &str) {
             .topics_under(&prefix, group)
             .with("--batch-ms", "200")
             .with("--batch-rows", "700")
+            .with("--iceberg-commit-interval", "1s")
     };
     let mut duck = common(&duck_url, "e2e-duck").start().await;
     let mut pgw = common(&warehouse_url, "e2e-pg").start().await;
@@ -143,6 +144,20 @@ async fn seed_questions_match_in_format(format: &str) {
     }
     let (rows, dead, _) = duck.accounted();
     assert_eq!(dead, 0, "no dead letters expected");
+    let metric = |name: &str| -> u64 {
+        let text = ice.metrics.render();
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} ")));
+        line.and_then(|l| l.split(' ').nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    let (commits, files) = (
+        metric("walhouse_sink_iceberg_commits_total"),
+        metric("walhouse_sink_iceberg_data_files_total"),
+    );
+    assert!(
+        commits > 0 && files >= commits,
+        "Iceberg commits {commits}, data files {files}"
+    );
     duck.stop().await;
     pgw.stop().await;
     ice.stop().await;

@@ -16,7 +16,7 @@ use crate::registry::RegistryConfig;
 use crate::warehouse::duckdb::DuckDbWarehouse;
 use crate::warehouse::iceberg::IcebergWarehouse;
 use crate::warehouse::postgres::PostgresWarehouse;
-use crate::warehouse::{AnyWarehouse, WarehouseError};
+use crate::warehouse::{AnyWarehouse, Dialect, WarehouseError};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,6 +94,11 @@ pub struct ConsumeSettings {
     #[arg(long, env = "WALHOUSE_BATCH_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_ms: u64,
 
+    /// Iceberg: write a batch at most this often (each is a commit and a Parquet file per table), unless
+    /// --batch-rows or --batch-bytes ends it sooner; e.g. 5s, 500ms, 2m.
+    #[arg(long, env = "WALHOUSE_ICEBERG_COMMIT_INTERVAL", default_value = "5s", value_parser = Quiet(interval))]
+    pub iceberg_commit_interval: Interval,
+
     /// Serve /metrics and /health here, e.g. 127.0.0.1:9751 [default: off].
     #[arg(long, env = "WALHOUSE_SINK_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -107,6 +112,28 @@ pub struct ConsumeSettings {
     /// A librdkafka consumer setting, KEY=VALUE (repeatable; the file's [kafka] table).
     #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = Quiet(kafka_option))]
     pub kafka: Vec<KafkaOption>,
+}
+
+/// A span of time as flags give it: `500ms`, `5s`, `2m`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interval(pub Duration);
+
+fn interval(text: &str) -> Result<Interval, String> {
+    let refused = || format!("{text:?} is not a time span above 0 such as 500ms, 5s or 2m");
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |at| text.split_at(at));
+    let n: u64 = number.parse().map_err(|_| refused())?;
+    let span = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(refused()),
+    };
+    if span.is_zero() {
+        return Err(refused());
+    }
+    Ok(Interval(span))
 }
 
 fn positive(text: &str) -> Result<usize, String> {
@@ -136,8 +163,15 @@ impl ConsumeSettings {
         Some(self.companies_topic.as_str()).filter(|t| !t.is_empty())
     }
 
-    pub fn batch_linger(&self) -> Duration {
-        Duration::from_millis(self.batch_ms)
+    /// How long a batch gathers rows after its first: on Iceberg, where
+    /// each batch is a commit and a file per table, at least the commit
+    /// interval.
+    pub fn batch_linger(&self, target: Dialect) -> Duration {
+        let linger = Duration::from_millis(self.batch_ms);
+        match target {
+            Dialect::Iceberg => linger.max(self.iceberg_commit_interval.0),
+            Dialect::DuckDb | Dialect::Postgres => linger,
+        }
     }
 
     /// librdkafka's settings, `--kafka-option` over the file's `[kafka]`.
@@ -288,6 +322,35 @@ mod tests {
         bad.write_all(b"warehous = \"x\"\n").expect("write");
         let err = resolve(&["--config", bad.path().to_str().expect("utf8")]).expect_err("unknown key");
         assert!(err.to_string().contains("warehous"), "{err}");
+    }
+
+    #[test]
+    fn intervals_read_with_their_unit_and_iceberg_batches_wait_for_them() {
+        assert_eq!(interval("500ms"), Ok(Interval(Duration::from_millis(500))));
+        assert_eq!(interval("5s"), Ok(Interval(Duration::from_secs(5))));
+        assert_eq!(interval("2m"), Ok(Interval(Duration::from_secs(120))));
+        for bad in ["", "5", "0s", "s", "5h", "-1s", "1.5s"] {
+            assert!(interval(bad).is_err(), "{bad:?}");
+        }
+        let c = SinkConfig::resolve(
+            SinkArgs::parse_layered([
+                "walhouse-sink",
+                "--warehouse",
+                "iceberg:lake",
+                "--brokers",
+                "k:9092",
+                "--schema-registry-url",
+                "http://r:8081",
+                "--batch-ms",
+                "700",
+            ])
+            .expect("flags")
+            .settings,
+            true,
+        )
+        .expect("config");
+        assert_eq!(c.consume.batch_linger(Dialect::Iceberg), Duration::from_secs(5));
+        assert_eq!(c.consume.batch_linger(Dialect::DuckDb), Duration::from_millis(700));
     }
 
     #[test]

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::warehouse::iceberg::CommitCounts;
+
 #[derive(Default)]
 pub struct SinkMetrics {
     up: AtomicBool,
@@ -20,6 +22,8 @@ pub struct SinkMetrics {
     last_batch_ms: AtomicU64,
     /// Nanoseconds spent per [`Stage`].
     stages: [AtomicU64; Stage::ALL.len()],
+    /// The Iceberg target's commits, when it is the target.
+    iceberg: std::sync::OnceLock<std::sync::Arc<CommitCounts>>,
 }
 
 /// Where the sink's time goes, for `walhouse_sink_stage_seconds_total`:
@@ -51,6 +55,11 @@ impl Stage {
 }
 
 impl SinkMetrics {
+    /// Exposes the Iceberg target's commit counts.
+    pub fn watch_iceberg(&self, counts: std::sync::Arc<CommitCounts>) {
+        let _ = self.iceberg.set(counts);
+    }
+
     pub fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
     }
@@ -194,6 +203,26 @@ impl crate::metrics::Exposition for SinkMetrics {
             "gauge",
             get(&self.last_batch_ms),
         );
+        if let Some(counts) = self.iceberg.get() {
+            line(
+                "walhouse_sink_iceberg_commits_total",
+                "Iceberg commits that added data files (one per table per batch).",
+                "counter",
+                get(&counts.commits),
+            );
+            line(
+                "walhouse_sink_iceberg_data_files_total",
+                "Parquet data files those commits added (divided by the commits: files per commit).",
+                "counter",
+                get(&counts.data_files),
+            );
+            line(
+                "walhouse_sink_iceberg_last_commit_data_files",
+                "Data files the last Iceberg commit added.",
+                "gauge",
+                get(&counts.last_data_files),
+            );
+        }
         out.push_str(
             "# HELP walhouse_sink_stage_seconds_total Time spent per stage: receiving from Kafka, decoding and \
              batching, waiting for the writer (the consume loop is in one at a time), writing (the writer's task).\n\

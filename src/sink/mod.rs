@@ -60,6 +60,9 @@ pub async fn start(
 ) -> Result<(), SinkError> {
     let settings = config.consume.clone();
     let warehouse = config.warehouse.open().await?;
+    if let crate::warehouse::AnyWarehouse::Iceberg(w) = &warehouse {
+        metrics.watch_iceberg(w.counts());
+    }
     let _server = match settings.metrics_addr {
         Some(addr) => Some(
             crate::metrics::serve(addr, metrics.clone())
@@ -333,7 +336,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
                 self.metrics.set_waiting_partitions(self.positions.waiting() as u64);
             }
             let linger = match self.pending.since {
-                Some(t) => self.settings.batch_linger().saturating_sub(t.elapsed()),
+                Some(t) => self.settings.batch_linger(self.dialect).saturating_sub(t.elapsed()),
                 None => Duration::from_millis(500),
             };
             let waited = Instant::now();
@@ -377,7 +380,7 @@ impl<W: Warehouse + Send + 'static> Sink<W> {
             let due = self
                 .pending
                 .since
-                .is_some_and(|t| t.elapsed() >= self.settings.batch_linger());
+                .is_some_and(|t| t.elapsed() >= self.settings.batch_linger(self.dialect));
             if full || due {
                 self.flush().await?;
             }

@@ -57,6 +57,25 @@ pub enum IcebergError {
 pub struct IcebergWarehouse {
     catalog: SqlCatalog,
     dir: String,
+    counts: Arc<CommitCounts>,
+}
+
+/// The commits that added data, and their files: how a user sees whether
+/// commits make files of a sensible size (metrics).
+#[derive(Debug, Default)]
+pub struct CommitCounts {
+    pub commits: std::sync::atomic::AtomicU64,
+    pub data_files: std::sync::atomic::AtomicU64,
+    pub last_data_files: std::sync::atomic::AtomicU64,
+}
+
+impl CommitCounts {
+    fn record(&self, files: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.commits.fetch_add(1, Relaxed);
+        self.data_files.fetch_add(files as u64, Relaxed);
+        self.last_data_files.store(files as u64, Relaxed);
+    }
 }
 
 impl IcebergWarehouse {
@@ -86,7 +105,13 @@ impl IcebergWarehouse {
         Ok(IcebergWarehouse {
             catalog,
             dir: path.to_owned(),
+            counts: Arc::default(),
         })
+    }
+
+    /// The counts of this warehouse's data commits, as they grow.
+    pub fn counts(&self) -> Arc<CommitCounts> {
+        self.counts.clone()
     }
 
     pub fn describe(&self) -> String {
@@ -295,7 +320,12 @@ impl IcebergWarehouse {
             pinned: current,
         };
         match tx.commit(&pinned).await {
-            Ok(_) => Ok(Some(added)),
+            Ok(_) => {
+                if added > 0 {
+                    self.counts.record(added);
+                }
+                Ok(Some(added))
+            }
             Err(e) if pinned::is_conflict(&e) => Ok(None),
             Err(e) => Err(err(e)),
         }
