@@ -411,3 +411,102 @@ async fn a_commit_on_a_table_changed_since_it_was_read_is_refused() {
     ids.sort();
     assert_eq!(ids, ["1", "3"]);
 }
+
+/// The scaled setup: the catalog in a Postgres database, the data in S3
+/// (moto's server on 127.0.0.1), credentials from the AWS environment.
+/// pyiceberg reads the tables back through the same catalog and bucket;
+/// neither the catalog's password nor the S3 secret reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_scaled_setup_keeps_the_catalog_in_postgres_and_the_data_in_s3() {
+    support::init_logs();
+    let pg = PgServer::start();
+    pg.create_db("backend");
+    let catalog_db = pg.create_db("catalog");
+    let s3 = support::s3::S3Server::start();
+    s3.create_bucket("lake");
+    let broker = Broker::start();
+    let registry = TestRegistry::start().await;
+    let source = pg.client("backend").await;
+    source
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, amount numeric(12,2)); \
+             INSERT INTO t SELECT g, g * 0.5 FROM generate_series(1, 200) g;",
+        )
+        .await
+        .expect("source table");
+    let prefix = format!("walhouse.s3lake{}", std::process::id());
+    let capture = CaptureCommand::from(&pg.url("walhouse_scram", "backend"))
+        .into_kafka(&broker.bootstrap(), &registry.url, &prefix)
+        .start();
+    assert!(pg.wait_streaming("backend", "walhouse", Duration::from_secs(60)).await);
+    source
+        .batch_execute("UPDATE t SET amount = amount + 1 WHERE id <= 50")
+        .await
+        .expect("changes");
+    assert!(pg.wait_confirmed("backend", "walhouse", Duration::from_secs(60)).await);
+    capture.stop().await;
+
+    let catalog_url = pg.url("walhouse_scram", &catalog_db);
+    let warehouse = catalog_url.replacen("postgres://", "iceberg+postgres://", 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("sink.log");
+    let args = SinkCommand::into(&warehouse, &broker.bootstrap(), &registry.url)
+        .topics_under(&prefix, "s3lake")
+        .with("--iceberg-data", "s3://lake/warehouse")
+        .with("--s3-endpoint", s3.endpoint())
+        .with("--s3-region", "us-east-1")
+        .with("--iceberg-commit-interval", "500ms")
+        .args(&["--s3-path-style"]);
+    let mut sink = Command::new(env!("CARGO_BIN_EXE_walhouse-sink"))
+        .args(args.argv())
+        .env("WALHOUSE_LOG", "debug")
+        .env("AWS_ACCESS_KEY_ID", support::s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", support::s3::SECRET_KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("walhouse-sink starts");
+
+    let properties = json!({
+        "uri": catalog_url
+            .replacen("postgres://", "postgresql+psycopg2://", 1)
+            .replace("?sslmode=disable", ""),
+        "s3.endpoint": s3.endpoint(),
+        "s3.region": "us-east-1",
+        "s3.access-key-id": support::s3::ACCESS_KEY,
+        "s3.secret-access-key": support::s3::SECRET_KEY,
+    });
+    let read = || support::python::pyiceberg_read_catalog(&properties, "raw_public.t");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = Err(String::new());
+    while Instant::now() < deadline {
+        last = read();
+        if last
+            .as_ref()
+            .is_ok_and(|r| r["rows"].as_array().map_or(0, Vec::len) >= 250)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = sink.kill();
+    let _ = sink.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let read = last.unwrap_or_else(|e| panic!("pyiceberg reads the table: {e}\nsink log:\n{text}"));
+    let rows = read["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 250, "200 snapshot rows and 50 updates\nsink log:\n{text}");
+    let location = read["location"].as_str().unwrap_or_default();
+    assert!(location.starts_with("s3://lake/warehouse/"), "data in S3: {location}");
+    let amount: f64 = rows
+        .iter()
+        .filter(|r| r["_op"] == "u")
+        .map(|r| r["amount"].as_str().and_then(|a| a.parse::<f64>().ok()).unwrap_or(0.0))
+        .sum();
+    assert_eq!(amount, (1..=50).map(|g| g as f64 * 0.5 + 1.0).sum::<f64>());
+    assert!(!text.contains(support::s3::SECRET_KEY), "the S3 secret is not logged");
+    assert!(
+        !text.contains(support::postgres::PASSWORD),
+        "the catalog's password is not logged"
+    );
+}

@@ -65,12 +65,12 @@ fn main() -> ExitCode {
 /// `duckdb-views`: the Iceberg warehouse's tables and views as a DuckDB
 /// script, on stdout.
 async fn duckdb_views(config: &SinkConfig) -> anyhow::Result<()> {
-    let WarehouseTarget::Iceberg(dir) = &config.warehouse else {
+    let WarehouseTarget::Iceberg(spec) = &config.warehouse else {
         anyhow::bail!(
             "duckdb-views is for an Iceberg warehouse (--warehouse iceberg:<DIR>); the others hold their views"
         );
     };
-    print!("{}", IcebergWarehouse::open(dir).await?.duckdb_script().await?);
+    print!("{}", IcebergWarehouse::open_spec(spec).await?.duckdb_script().await?);
     Ok(())
 }
 

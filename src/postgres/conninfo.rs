@@ -37,6 +37,17 @@ impl SslMode {
             _ => return Err(ConnInfoError::SslMode),
         })
     }
+
+    /// libpq's name for the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
 }
 
 /// A password that never reaches `Debug` output or logs.

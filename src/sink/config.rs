@@ -2,7 +2,7 @@
 //! variables, then the `--config` TOML file, then defaults.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -14,7 +14,7 @@ use crate::cli::{
 use crate::postgres::conninfo::ConnInfo;
 use crate::registry::RegistryConfig;
 use crate::warehouse::duckdb::DuckDbWarehouse;
-use crate::warehouse::iceberg::IcebergWarehouse;
+use crate::warehouse::iceberg::{CatalogAt, IcebergSpec, IcebergWarehouse, S3Settings};
 use crate::warehouse::postgres::PostgresWarehouse;
 use crate::warehouse::{AnyWarehouse, Dialect, WarehouseError};
 
@@ -51,9 +51,27 @@ impl SinkArgs {
 /// Every setting of a sink.
 #[derive(Clone, Debug, clap::Args)]
 pub struct SinkSettings {
-    /// duckdb:<path> (embedded, the default target), iceberg:<dir> (Iceberg tables, embedded catalog) or postgres://… (a warehouse database).
+    /// duckdb:<path> (embedded, the default target), iceberg:<dir> (Iceberg tables, embedded catalog),
+    /// iceberg+postgres://… (Iceberg tables, catalog in Postgres) or postgres://… (a warehouse database).
     #[arg(long, global = true, env = "WALHOUSE_WAREHOUSE", hide_env_values = true, value_parser = Quiet(WarehouseTarget::parse))]
     pub warehouse: Option<WarehouseTarget>,
+
+    /// Iceberg: where table data and metadata go, e.g. s3://bucket/prefix [default: the catalog's directory].
+    #[arg(long, global = true, env = "WALHOUSE_ICEBERG_DATA")]
+    pub iceberg_data: Option<String>,
+
+    /// Iceberg data in S3: the endpoint of an S3-compatible store, e.g. http://127.0.0.1:9000 [default: AWS].
+    #[arg(long, global = true, env = "AWS_ENDPOINT_URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// Iceberg data in S3: the bucket's region.
+    #[arg(long, global = true, env = "AWS_REGION")]
+    pub s3_region: Option<String>,
+
+    /// Iceberg data in S3: path-style addresses (endpoint/bucket/key), as MinIO and most S3-compatible stores want.
+    #[arg(long, global = true, env = "WALHOUSE_S3_PATH_STYLE", action = clap::ArgAction::Set, num_args = 0..=1,
+        default_value_t = false, default_missing_value = "true")]
+    pub s3_path_style: bool,
 
     /// Log format on stderr; the level comes from WALHOUSE_LOG (e.g. debug).
     #[arg(long, global = true, env = "WALHOUSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -206,8 +224,8 @@ pub enum OffsetGap {
 pub enum WarehouseTarget {
     DuckDb(PathBuf),
     Postgres(ConnInfo),
-    /// The embedded Iceberg form: catalog and data under a directory.
-    Iceberg(PathBuf),
+    /// Iceberg tables in a SQL catalog.
+    Iceberg(IcebergSpec),
 }
 
 impl WarehouseTarget {
@@ -216,7 +234,7 @@ impl WarehouseTarget {
         Ok(match self {
             WarehouseTarget::DuckDb(path) => AnyWarehouse::DuckDb(DuckDbWarehouse::open(path)?),
             WarehouseTarget::Postgres(info) => AnyWarehouse::Postgres(PostgresWarehouse::connect(info).await?),
-            WarehouseTarget::Iceberg(dir) => AnyWarehouse::Iceberg(IcebergWarehouse::open(dir).await?),
+            WarehouseTarget::Iceberg(spec) => AnyWarehouse::Iceberg(IcebergWarehouse::open_spec(spec).await?),
         })
     }
 
@@ -233,7 +251,18 @@ impl WarehouseTarget {
             if dir.is_empty() {
                 return Err("iceberg: needs a directory, e.g. iceberg:warehouse".into());
             }
-            return Ok(WarehouseTarget::Iceberg(PathBuf::from(dir)));
+            return Ok(WarehouseTarget::Iceberg(IcebergSpec::embedded(Path::new(dir))));
+        }
+        if let Some(catalog) = url
+            .strip_prefix("iceberg+postgres://")
+            .or_else(|| url.strip_prefix("iceberg+postgresql://"))
+        {
+            let info = ConnInfo::parse(&format!("postgres://{catalog}")).map_err(|e| e.to_string())?;
+            return Ok(WarehouseTarget::Iceberg(IcebergSpec {
+                catalog: CatalogAt::Postgres(info),
+                data: None,
+                s3: S3Settings::default(),
+            }));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return ConnInfo::parse(url)
@@ -243,7 +272,8 @@ impl WarehouseTarget {
         // Only the scheme: the rest of an unknown URL may hold a password.
         let scheme = url.split_once(':').map_or("", |(s, _)| s);
         Err(format!(
-            "unknown kind {scheme:?}; use duckdb:<path> or iceberg:<dir> (embedded) or postgres://user@host/db"
+            "unknown kind {scheme:?}; use duckdb:<path> or iceberg:<dir> (embedded), iceberg+postgres://user@host/db \
+             (Iceberg, catalog in Postgres) or postgres://user@host/db"
         ))
     }
 }
@@ -285,6 +315,18 @@ impl SinkConfig {
         if consume {
             settings.consume.endpoints()?;
         }
+        let warehouse = match warehouse {
+            WarehouseTarget::Iceberg(spec) => WarehouseTarget::Iceberg(IcebergSpec {
+                data: settings.iceberg_data.clone(),
+                s3: S3Settings {
+                    endpoint: settings.s3_endpoint.clone(),
+                    region: settings.s3_region.clone(),
+                    path_style: settings.s3_path_style,
+                },
+                ..spec
+            }),
+            other => other,
+        };
         Ok(SinkConfig { settings, warehouse })
     }
 }
@@ -367,9 +409,17 @@ mod tests {
         let text = refused.to_string();
         assert!(text.contains("\"clickhouse\"") && !text.contains("hunter2"), "{text}");
         assert!(WarehouseTarget::parse("duckdb:").is_err());
-        assert!(
-            matches!(WarehouseTarget::parse("iceberg:lake"), Ok(WarehouseTarget::Iceberg(p)) if p == Path::new("lake"))
-        );
+        assert!(matches!(WarehouseTarget::parse("iceberg:lake"),
+            Ok(WarehouseTarget::Iceberg(IcebergSpec { catalog: CatalogAt::Sqlite(p), .. })) if p == Path::new("lake")));
+        assert!(matches!(
+            WarehouseTarget::parse("iceberg+postgres://u:pw@127.0.0.1/cat"),
+            Ok(WarehouseTarget::Iceberg(IcebergSpec {
+                catalog: CatalogAt::Postgres(_),
+                ..
+            }))
+        ));
+        let refused = WarehouseTarget::parse("iceberg+postgres://u:hunter2@h:99999/cat").expect_err("bad port");
+        assert!(!refused.contains("hunter2"), "{refused}");
         assert!(WarehouseTarget::parse("iceberg:").is_err());
     }
 

@@ -1,7 +1,9 @@
 """Reads an Iceberg table with pyiceberg (a reader walhouse did not write):
 argv: the catalog's directory (SQLite catalog `walhouse` in catalog.db),
-the table (`namespace.table`). Prints one JSON document: the schema, every
-row with each value as text, and each snapshot's summary properties, oldest first."""
+or a JSON object of the SQL catalog's properties (a catalog in Postgres,
+data in S3); then the table (`namespace.table`). Prints one JSON document:
+the table's location, its schema, every row with each value as text, and
+each snapshot's summary properties, oldest first."""
 
 import json
 import sys
@@ -20,14 +22,17 @@ def text(value):
 
 
 def main():
-    directory, name = sys.argv[1], sys.argv[2]
-    catalog = SqlCatalog("walhouse", uri=f"sqlite:///{directory}/catalog.db", warehouse=f"file://{directory}")
+    where, name = sys.argv[1], sys.argv[2]
+    if where.startswith("{"):
+        catalog = SqlCatalog("walhouse", **json.loads(where))
+    else:
+        catalog = SqlCatalog("walhouse", uri=f"sqlite:///{where}/catalog.db", warehouse=f"file://{where}")
     table = catalog.load_table(name)
     schema = [[f.name, str(f.field_type)] for f in table.schema().fields]
     rows = [{k: text(v) for k, v in row.items()} for row in table.scan().to_arrow().to_pylist()]
     ordered = sorted(table.snapshots(), key=lambda s: s.sequence_number)
     snapshots = [dict(s.summary.additional_properties) for s in ordered]
-    print(json.dumps({"schema": schema, "rows": rows, "snapshots": snapshots}))
+    print(json.dumps({"location": table.location(), "schema": schema, "rows": rows, "snapshots": snapshots}))
 
 
 main()

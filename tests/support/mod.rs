@@ -9,6 +9,7 @@ pub mod pipeline;
 pub mod postgres;
 pub mod python;
 pub mod registry;
+pub mod s3;
 
 use std::time::Duration;
 

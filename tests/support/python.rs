@@ -42,7 +42,7 @@ pub fn fastavro_decode(records: &[(String, Vec<u8>)]) -> Result<Vec<serde_json::
 
 /// `$WALHOUSE_TOOLS_DIR/<name>`, where `.ci/install` puts a Python
 /// package set.
-fn tools(name: &str) -> PathBuf {
+pub fn tools(name: &str) -> PathBuf {
     std::env::var_os("WALHOUSE_TOOLS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp/walhouse-tools"))
@@ -66,9 +66,17 @@ fn run_script(script: &str, args: &[&std::ffi::OsStr], packages: &str) -> Result
 }
 
 /// An Iceberg table read by pyiceberg from the SQLite catalog in `dir`:
-/// its schema, rows (values as text) and snapshots' summary properties.
+/// its location, schema, rows (values as text) and snapshots' summary
+/// properties.
 pub fn pyiceberg_read(dir: &std::path::Path, table: &str) -> Result<serde_json::Value, String> {
     run_script("iceberg_read.py", &[dir.as_os_str(), table.as_ref()], "iceberg")
+}
+
+/// The same from the SQL catalog pyiceberg's `properties` name (`uri`,
+/// `s3.endpoint`, …).
+pub fn pyiceberg_read_catalog(properties: &serde_json::Value, table: &str) -> Result<serde_json::Value, String> {
+    let properties = properties.to_string();
+    run_script("iceberg_read.py", &[properties.as_ref(), table.as_ref()], "iceberg")
 }
 
 /// The rows of `sql` (in which `t` is `table`) as DuckDB's iceberg

@@ -15,10 +15,9 @@ mod target;
 pub mod types;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use iceberg::io::LocalFsStorageFactory;
 use iceberg::spec::{DataFile, DataFileFormat, NestedField, Schema};
 use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
@@ -29,9 +28,11 @@ use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_sql::{SqlCatalog, SqlCatalogBuilder};
+use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
 use parquet::file::properties::WriterProperties;
 
 use self::types::{iceberg_type, to_table_batch, ArrowConversionError};
+use crate::postgres::conninfo::ConnInfo;
 use crate::quote;
 use crate::warehouse::arrow::ArrowRows;
 use crate::warehouse::{ColumnDef, TableDef, TableRef};
@@ -51,6 +52,49 @@ pub enum IcebergError {
     Table { table: String, message: String },
     #[error(transparent)]
     Conversion(#[from] ArrowConversionError),
+}
+
+/// Where an Iceberg warehouse keeps its catalog and its data.
+#[derive(Clone, Debug)]
+pub struct IcebergSpec {
+    pub catalog: CatalogAt,
+    /// Where table data and metadata go (`s3://bucket/prefix`,
+    /// `file:///dir`); by default the catalog's directory (SQLite only).
+    pub data: Option<String>,
+    pub s3: S3Settings,
+}
+
+/// The SQL catalog's database.
+#[derive(Clone, Debug)]
+pub enum CatalogAt {
+    /// `<dir>/catalog.db`, the embedded form.
+    Sqlite(PathBuf),
+    /// A Postgres database (the JDBC-catalog tables `iceberg_tables` and
+    /// `iceberg_namespace_properties`, made if missing).
+    Postgres(ConnInfo),
+}
+
+/// How to reach S3-compatible storage. Credentials are not here: they
+/// come the usual AWS ways (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`,
+/// a profile, instance metadata), read by the storage layer, never logged.
+#[derive(Clone, Debug, Default)]
+pub struct S3Settings {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// `http://endpoint/bucket/key` instead of `http://bucket.endpoint/key`
+    /// (MinIO, moto, most S3-compatible stores).
+    pub path_style: bool,
+}
+
+impl IcebergSpec {
+    /// The embedded form: catalog and data under `dir`.
+    pub fn embedded(dir: &Path) -> Self {
+        IcebergSpec {
+            catalog: CatalogAt::Sqlite(dir.to_owned()),
+            data: None,
+            s3: S3Settings::default(),
+        }
+    }
 }
 
 /// Tables in one Iceberg catalog.
@@ -81,30 +125,56 @@ impl CommitCounts {
 impl IcebergWarehouse {
     /// The embedded form: catalog and data under `dir` (made if missing).
     pub async fn open(dir: &Path) -> Result<Self, IcebergError> {
-        let shown = dir.display().to_string();
+        Self::open_spec(&IcebergSpec::embedded(dir)).await
+    }
+
+    /// Opens the catalog `spec` names (making its tables if missing).
+    pub async fn open_spec(spec: &IcebergSpec) -> Result<Self, IcebergError> {
+        let shown = describe(spec);
         let open = |message: String| IcebergError::Open {
             dir: shown.clone(),
             message,
         };
-        std::fs::create_dir_all(dir).map_err(|e| open(e.to_string()))?;
-        let dir = std::fs::canonicalize(dir).map_err(|e| open(e.to_string()))?;
-        let path = dir.to_str().ok_or_else(|| open("the path is not UTF-8".into()))?;
+        let (uri, default_data, bind) = match &spec.catalog {
+            CatalogAt::Sqlite(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| open(e.to_string()))?;
+                let dir = std::fs::canonicalize(dir).map_err(|e| open(e.to_string()))?;
+                let path = dir.to_str().ok_or_else(|| open("the path is not UTF-8".into()))?;
+                (
+                    format!("sqlite:{path}/catalog.db?mode=rwc"),
+                    Some(format!("file://{path}")),
+                    "QMark",
+                )
+            }
+            CatalogAt::Postgres(info) => (catalog_url(info), None, "DollarNumeric"),
+        };
+        let data = spec.data.clone().or(default_data).ok_or_else(|| {
+            open("a catalog in Postgres needs a place for the data: --iceberg-data s3://bucket/prefix".into())
+        })?;
+        let mut props = HashMap::from([
+            ("uri".to_owned(), uri),
+            ("warehouse".to_owned(), data),
+            ("sql_bind_style".to_owned(), bind.to_owned()),
+        ]);
+        if let Some(endpoint) = &spec.s3.endpoint {
+            props.insert(iceberg::io::S3_ENDPOINT.into(), endpoint.clone());
+        }
+        if let Some(region) = &spec.s3.region {
+            props.insert(iceberg::io::S3_REGION.into(), region.clone());
+        }
+        props.insert(iceberg::io::S3_PATH_STYLE_ACCESS.into(), spec.s3.path_style.to_string());
+        // The S3 client's TLS finds two crypto providers in the build
+        // (ring, ours; aws-lc, its default): name the process's one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         sqlx::any::install_default_drivers();
         let catalog = SqlCatalogBuilder::default()
-            .with_storage_factory(Arc::new(LocalFsStorageFactory))
-            .load(
-                CATALOG,
-                HashMap::from([
-                    ("uri".to_owned(), format!("sqlite:{path}/catalog.db?mode=rwc")),
-                    ("warehouse".to_owned(), format!("file://{path}")),
-                    ("sql_bind_style".to_owned(), "QMark".to_owned()),
-                ]),
-            )
+            .with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()))
+            .load(CATALOG, props)
             .await
             .map_err(|e| open(e.to_string()))?;
         Ok(IcebergWarehouse {
             catalog,
-            dir: path.to_owned(),
+            dir: shown,
             counts: Arc::default(),
         })
     }
@@ -114,8 +184,9 @@ impl IcebergWarehouse {
         self.counts.clone()
     }
 
+    /// Catalog and data, never a password.
     pub fn describe(&self) -> String {
-        format!("iceberg:{}", self.dir)
+        self.dir.clone()
     }
 
     fn ident(table: &TableRef) -> TableIdent {
@@ -417,6 +488,48 @@ fn table_error(table: &Table) -> impl Fn(iceberg::Error) -> IcebergError {
         table: name.clone(),
         message: e.to_string(),
     }
+}
+
+/// The catalog and data of `spec`, for logs and errors (no password).
+fn describe(spec: &IcebergSpec) -> String {
+    let catalog = match &spec.catalog {
+        CatalogAt::Sqlite(dir) => format!("iceberg:{}", dir.display()),
+        CatalogAt::Postgres(info) => format!("iceberg catalog in postgres {}/{}", info.address(), info.dbname),
+    };
+    match &spec.data {
+        Some(data) => format!("{catalog}, data in {data}"),
+        None => catalog,
+    }
+}
+
+/// The catalog's Postgres as a URL for its SQL client (the password
+/// escaped; the URL is never shown).
+fn catalog_url(info: &ConnInfo) -> String {
+    let escape = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let password = info
+        .password
+        .as_ref()
+        .map(|p| format!(":{}", escape(p.expose())))
+        .unwrap_or_default();
+    let mut url = format!(
+        "postgres://{}{password}@{}:{}/{}?sslmode={}",
+        escape(&info.user),
+        info.host,
+        info.port,
+        escape(&info.dbname),
+        info.sslmode.as_str()
+    );
+    if let Some(ca) = &info.sslrootcert {
+        url.push_str(&format!("&sslrootcert={}", escape(&ca.display().to_string())));
+    }
+    url
 }
 
 /// The summary properties of `table`'s current snapshot (empty before its
