@@ -231,10 +231,14 @@ async fn the_sink_stores_each_change_once_in_iceberg_across_a_kill_between_commi
     let source = pg.client("backend").await;
     source
         .batch_execute(
-            "CREATE TABLE a (id int PRIMARY KEY, amount numeric(12,2), at timestamptz, u uuid, doc jsonb); \
+            "CREATE TABLE a (id int PRIMARY KEY, amount numeric(12,2), at timestamptz, u uuid, doc jsonb, \
+                 until timestamptz, born date); \
              CREATE TABLE b (id int PRIMARY KEY, v text); \
              INSERT INTO a SELECT g, g * 1.25, '2024-01-01 00:00+00'::timestamptz + g * interval '1 min', \
-                 md5(g::text)::uuid, jsonb_build_object('g', g) FROM generate_series(1, 300) g; \
+                 md5(g::text)::uuid, jsonb_build_object('g', g), \
+                 CASE WHEN g <= 3 THEN 'infinity'::timestamptz WHEN g <= 5 THEN '-infinity' ELSE '2030-01-01 00:00+00' END, \
+                 CASE WHEN g <= 3 THEN '-infinity'::date ELSE '2000-01-01'::date + g END \
+             FROM generate_series(1, 300) g; \
              INSERT INTO b SELECT g, 'v' || g FROM generate_series(1, 300) g;",
         )
         .await
@@ -367,6 +371,26 @@ async fn the_sink_stores_each_change_once_in_iceberg_across_a_kill_between_commi
     assert_eq!(b, vec![from_source("SELECT count(*)::text, max(v) FROM b").await]);
     let dead = iceberg_rows(&lake, "walhouse.dead_letters");
     assert!(dead.is_empty(), "no dead letters: {dead:?}");
+    // Infinite timestamps and dates, which Iceberg cannot hold, are null
+    // in their typed column, their text in _text_values (pyiceberg read
+    // them: it fails on the other targets' sentinels).
+    let a_rows = iceberg_rows(&lake, "raw_public.a");
+    let first = |id: &str| {
+        a_rows
+            .iter()
+            .find(|r| r["id"] == id && r["_op"] == "r")
+            .unwrap_or_else(|| panic!("row {id}"))
+    };
+    assert_eq!(
+        (&first("1")["until"], &first("1")["born"]),
+        (&Value::Null, &Value::Null)
+    );
+    let text: Value = serde_json::from_str(first("1")["_text_values"].as_str().expect("text values")).expect("json");
+    assert_eq!(text, json!({"until": "infinity", "born": "-infinity"}));
+    let text: Value = serde_json::from_str(first("4")["_text_values"].as_str().expect("text values")).expect("json");
+    assert_eq!(text, json!({"until": "-infinity"}));
+    assert_eq!(first("4")["born"], "2000-01-05");
+    assert_eq!(first("6")["until"], "2030-01-01T00:00:00+00:00");
 }
 
 /// Two writers read a table, each decides what to add: the second commit

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use duckdb::arrow::array::{Array, ArrayRef, AsArray, FixedSizeBinaryBuilder, RecordBatch};
-use duckdb::arrow::datatypes::{DataType, SchemaRef, TimestampMicrosecondType};
+use duckdb::arrow::datatypes::{DataType, Date32Type, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use iceberg::spec::{PrimitiveType, Type};
 
 use crate::warehouse::SqlType;
@@ -53,6 +53,10 @@ pub enum ArrowConversionError {
 /// (field ids, Iceberg's own forms): timestamps with time zone carry
 /// Iceberg's `+00:00`, UUIDs their 16 bytes instead of their text.
 /// Columns are matched by name; one the batch lacks is null.
+///
+/// Iceberg has no infinite dates or timestamps, and readers fail on the
+/// other targets' sentinels (pyarrow and Spark overflow on them): such a
+/// value is null here; its exact text is in the row's `_text_values`.
 pub fn to_table_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, ArrowConversionError> {
     let rows = batch.num_rows();
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
@@ -94,9 +98,31 @@ pub fn to_table_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordB
             }
             (from, to) => return Err(refuse(format!("{from} cannot be written as {to}"))),
         };
-        columns.push(converted);
+        columns.push(without_infinities(converted));
     }
     Ok(RecordBatch::try_new(target.clone(), columns)?)
+}
+
+/// `array` with the warehouses' infinite dates and timestamps as nulls.
+fn without_infinities(array: ArrayRef) -> ArrayRef {
+    use crate::calendar::{DATE_INFINITY, DATE_NEG_INFINITY, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY};
+    match array.data_type() {
+        DataType::Date32 => {
+            let days = array.as_primitive::<Date32Type>();
+            Arc::new(days.unary_opt::<_, Date32Type>(|d| (d != DATE_INFINITY && d != DATE_NEG_INFINITY).then_some(d)))
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, zone) => {
+            let micros = array.as_primitive::<TimestampMicrosecondType>();
+            Arc::new(
+                micros
+                    .unary_opt::<_, TimestampMicrosecondType>(|t| {
+                        (t != TIMESTAMP_INFINITY && t != TIMESTAMP_NEG_INFINITY).then_some(t)
+                    })
+                    .with_timezone_opt(zone.clone()),
+            )
+        }
+        _ => array,
+    }
 }
 
 /// The 16 bytes of a UUID in its text form (hyphens optional).
