@@ -534,3 +534,79 @@ async fn the_scaled_setup_keeps_the_catalog_in_postgres_and_the_data_in_s3() {
         "the catalog's password is not logged"
     );
 }
+
+/// Two instances of one group: A commits a batch's table and, frozen
+/// before it moves the offsets, leaves the group; B takes the partition
+/// over, writes the same records again (the table already holds them: none
+/// is added) and goes on. A, thawed, is fenced at the offsets. Every
+/// change is in the table once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_that_lost_its_partition_is_fenced_and_stores_nothing_twice() {
+    support::init_logs();
+    let pg = PgServer::start();
+    pg.create_db("backend");
+    let broker = Broker::start();
+    let registry = TestRegistry::start().await;
+    let source = pg.client("backend").await;
+    source
+        .batch_execute(
+            "CREATE TABLE a (id int PRIMARY KEY, v int); INSERT INTO a SELECT g, 0 FROM generate_series(1, 300) g;",
+        )
+        .await
+        .expect("source table");
+    let prefix = format!("walhouse.zombie{}", std::process::id());
+    let capture = CaptureCommand::from(&pg.url("walhouse_scram", "backend"))
+        .into_kafka(&broker.bootstrap(), &registry.url, &prefix)
+        .start();
+    assert!(pg.wait_streaming("backend", "walhouse", Duration::from_secs(60)).await);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let hold = dir.path().join("hold");
+    std::fs::write(&hold, b"").expect("hold");
+    let failpoints = format!("iceberg.before_marker=pause-while:{}", hold.display());
+    let a_log = dir.path().join("a.log");
+    let mut a = spawn_sink(&lake, &broker, &registry.url, &prefix, &failpoints, &a_log);
+    let reached = walhouse::failpoint::reached(&hold);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !reached.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(reached.exists(), "A committed the table and holds before the offsets");
+    assert_eq!(iceberg_rows(&lake, "raw_public.a").len(), 300, "A's table commit");
+    let _ = Command::new("kill").args(["-STOP", &a.id().to_string()]).status();
+
+    let mut b = spawn_sink(&lake, &broker, &registry.url, &prefix, "", &dir.path().join("b.log"));
+    source
+        .batch_execute("INSERT INTO a SELECT g, 1 FROM generate_series(301, 400) g")
+        .await
+        .expect("more");
+    assert!(pg.wait_confirmed("backend", "walhouse", Duration::from_secs(60)).await);
+    capture.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while iceberg_rows(&lake, "raw_public.a").len() < 400 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = Command::new("kill").args(["-CONT", &a.id().to_string()]).status();
+    std::fs::remove_file(&hold).expect("release A");
+    let a_text = || std::fs::read_to_string(&a_log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !a_text().contains("another sink instance wrote it") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for child in [&mut a, &mut b] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(
+        a_text().contains("another sink instance wrote it"),
+        "A was fenced at the offsets; its log:\n{}",
+        a_text()
+    );
+    let rows = iceberg_rows(&lake, "raw_public.a");
+    let mut offsets: Vec<String> = rows.iter().map(|r| r["_offset"].to_string()).collect();
+    offsets.sort();
+    offsets.dedup();
+    assert_eq!((rows.len(), offsets.len()), (400, 400), "every change once");
+}
