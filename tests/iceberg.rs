@@ -610,3 +610,81 @@ async fn an_instance_that_lost_its_partition_is_fenced_and_stores_nothing_twice(
     offsets.dedup();
     assert_eq!((rows.len(), offsets.len()), (400, 400), "every change once");
 }
+
+/// Source columns whose type grows as Iceberg allows (`int` to `bigint`,
+/// `real` to `double precision`, a decimal's precision raised) widen the
+/// table's fields in a new schema of the same field ids: rows before and
+/// after read back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_column_whose_type_grows_as_iceberg_allows_is_widened() {
+    support::init_logs();
+    let pg = PgServer::start();
+    pg.create_db("backend");
+    let broker = Broker::start();
+    let registry = TestRegistry::start().await;
+    let source = pg.client("backend").await;
+    source
+        .batch_execute(
+            "CREATE TABLE w (id int PRIMARY KEY, n int, amount numeric(5,2), r real); \
+             INSERT INTO w SELECT g, g * 1000, g + 0.25, g * 0.5 FROM generate_series(1, 10) g;",
+        )
+        .await
+        .expect("source table");
+    let prefix = format!("walhouse.widen{}", std::process::id());
+    let capture = CaptureCommand::from(&pg.url("walhouse_scram", "backend"))
+        .into_kafka(&broker.bootstrap(), &registry.url, &prefix)
+        .start();
+    assert!(pg.wait_streaming("backend", "walhouse", Duration::from_secs(60)).await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let mut sink = SinkCommand::into(
+        &format!("iceberg:{}", lake.display()),
+        &broker.bootstrap(),
+        &registry.url,
+    )
+    .topics_under(&prefix, "widen")
+    .with("--iceberg-commit-interval", "300ms")
+    .start()
+    .await;
+    assert!(sink.wait_for(10, Duration::from_secs(90)).await, "the snapshot's rows");
+    source
+        .batch_execute(
+            "ALTER TABLE w ALTER n TYPE bigint, ALTER amount TYPE numeric(9,2), ALTER r TYPE double precision; \
+             INSERT INTO w VALUES (11, 5000000000, 1234567.89, 0.1);",
+        )
+        .await
+        .expect("widen at the source");
+    assert!(pg.wait_confirmed("backend", "walhouse", Duration::from_secs(60)).await);
+    capture.stop().await;
+    assert!(
+        sink.wait_for(11, Duration::from_secs(90)).await,
+        "the row after the change: {:?}",
+        sink.accounted()
+    );
+    let (_, dead, _) = sink.accounted();
+    sink.stop().await;
+    assert_eq!(dead, 0, "no dead letters");
+
+    let read = support::python::pyiceberg_read(&lake, "raw_public.w").expect("pyiceberg reads");
+    let types: Vec<(String, String)> = serde_json::from_value(read["schema"].clone()).expect("schema");
+    let of = |name: &str| types.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone());
+    assert_eq!(
+        (of("n"), of("amount"), of("r")),
+        (Some("long".into()), Some("decimal(9, 2)".into()), Some("double".into()))
+    );
+    let rows: Vec<Value> = serde_json::from_value(read["rows"].clone()).expect("rows");
+    assert_eq!(rows.len(), 11);
+    let row = |id: &str| {
+        rows.iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("row {id}"))
+    };
+    assert_eq!(
+        (&row("3")["n"], &row("3")["amount"], &row("3")["r"]),
+        (&json!("3000"), &json!("3.25"), &json!("1.5"))
+    );
+    assert_eq!(
+        (&row("11")["n"], &row("11")["amount"], &row("11")["r"]),
+        (&json!("5000000000"), &json!("1234567.89"), &json!("0.1"))
+    );
+}

@@ -99,7 +99,9 @@ impl Tables {
     pub async fn ensure<W: Warehouse>(&mut self, w: &mut W, def: &TableDef) -> Result<bool, TableError> {
         let dialect = w.dialect();
         if let Some(cols) = self.known.get(&def.table) {
-            if def.columns.iter().all(|c| cols.iter().any(|(n, _)| *n == c.name)) {
+            // Types too: a column whose type changed is widened or refused.
+            let held = |c: &ColumnDef| cols.iter().any(|(n, d)| *n == c.name && dialect.same_type(d, &c.ty));
+            if def.columns.iter().all(held) {
                 return Ok(false);
             }
         }
@@ -112,9 +114,11 @@ impl Tables {
             }
             Some(cols) => {
                 let mut missing = Vec::new();
+                let mut wider = Vec::new();
                 for c in &def.columns {
                     match cols.iter().find(|(n, _)| *n == c.name) {
                         Some((_, declared)) if dialect.same_type(declared, &c.ty) => {}
+                        Some((_, declared)) if dialect.can_widen(declared, &c.ty) => wider.push(c.clone()),
                         Some((_, declared)) => {
                             return Err(TableError::Incompatible {
                                 table: def.table.clone(),
@@ -126,12 +130,17 @@ impl Tables {
                         None => missing.push(c.clone()),
                     }
                 }
+                if !wider.is_empty() {
+                    let names: Vec<&str> = wider.iter().map(|c| c.name.as_str()).collect();
+                    tracing::info!(table = %def.table, "widening the types of {}", names.join(", "));
+                    w.widen_columns(&def.table, &wider).await?;
+                }
                 if !missing.is_empty() {
                     let names: Vec<&str> = missing.iter().map(|c| c.name.as_str()).collect();
                     tracing::info!(table = %def.table, "widening the table by {}", names.join(", "));
                     w.add_columns(&def.table, &missing).await?;
                 }
-                !missing.is_empty()
+                !missing.is_empty() || !wider.is_empty()
             }
         };
         let now = w.columns(&def.table).await?.unwrap_or_default();

@@ -181,6 +181,15 @@ impl Warehouse for DuckDbWarehouse {
             .await
     }
 
+    /// Never asked: a type change is an incompatible change here.
+    async fn widen_columns(&mut self, table: &TableRef, _columns: &[ColumnDef]) -> Result<(), WarehouseError> {
+        Err(WarehouseError::Sql {
+            context: format!("widening {table}"),
+            message: "this target changes no column's type".into(),
+            failure: Failure::Statement,
+        })
+    }
+
     async fn define_views(&mut self, _raw: &TableRef, statements: &[String]) -> Result<(), WarehouseError> {
         self.execute(statements).await
     }

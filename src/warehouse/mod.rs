@@ -433,6 +433,13 @@ impl Dialect {
         }
     }
 
+    /// Whether a column declared as `declared` may be widened to hold
+    /// `wanted` (Iceberg's own promotions; on the SQL targets a type change
+    /// is an incompatible change).
+    pub fn can_widen(self, declared: &str, wanted: &SqlType) -> bool {
+        self == Dialect::Iceberg && iceberg::widen::allowed(declared, wanted)
+    }
+
     /// Whether a column declared as `declared` (as the catalog reports it)
     /// holds `wanted`.
     pub fn same_type(self, declared: &str, wanted: &SqlType) -> bool {
@@ -587,6 +594,10 @@ pub trait Warehouse {
     /// Adds `columns` to `table`, in one change.
     async fn add_columns(&mut self, table: &TableRef, columns: &[ColumnDef]) -> Result<(), WarehouseError>;
 
+    /// Gives `columns` of `table` the wider types they now have: asked only
+    /// for widenings [`Dialect::can_widen`] allows.
+    async fn widen_columns(&mut self, table: &TableRef, columns: &[ColumnDef]) -> Result<(), WarehouseError>;
+
     /// Creates or replaces the views over `raw` (SQL statements, in order,
     /// in one transaction). A target without views of its own (Iceberg)
     /// keeps them with the table for its readers (DuckDB's, see
@@ -672,6 +683,14 @@ impl Warehouse for AnyWarehouse {
             AnyWarehouse::DuckDb(w) => w.add_columns(table, columns).await,
             AnyWarehouse::Postgres(w) => w.add_columns(table, columns).await,
             AnyWarehouse::Iceberg(w) => w.add_columns(table, columns).await,
+        }
+    }
+
+    async fn widen_columns(&mut self, table: &TableRef, columns: &[ColumnDef]) -> Result<(), WarehouseError> {
+        match self {
+            AnyWarehouse::DuckDb(w) => w.widen_columns(table, columns).await,
+            AnyWarehouse::Postgres(w) => w.widen_columns(table, columns).await,
+            AnyWarehouse::Iceberg(w) => w.widen_columns(table, columns).await,
         }
     }
 

@@ -13,9 +13,11 @@ mod pinned;
 pub mod positions;
 mod target;
 pub mod types;
+pub mod widen;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
 
 use iceberg::spec::{DataFile, DataFileFormat, NestedField, Schema};
@@ -102,6 +104,11 @@ pub struct IcebergWarehouse {
     catalog: SqlCatalog,
     dir: String,
     counts: Arc<CommitCounts>,
+    /// The catalog database's URL and whether it numbers its parameters
+    /// (`$1`, Postgres) or not (`?`, SQLite): for the one change walhouse
+    /// makes to it itself (see [`widen`]).
+    catalog_uri: String,
+    numbered: bool,
 }
 
 /// The commits that added data, and their files: how a user sees whether
@@ -151,6 +158,7 @@ impl IcebergWarehouse {
         let data = spec.data.clone().or(default_data).ok_or_else(|| {
             open("a catalog in Postgres needs a place for the data: --iceberg-data s3://bucket/prefix".into())
         })?;
+        let catalog_uri = uri.clone();
         let mut props = HashMap::from([
             ("uri".to_owned(), uri),
             ("warehouse".to_owned(), data),
@@ -176,6 +184,8 @@ impl IcebergWarehouse {
             catalog,
             dir: shown,
             counts: Arc::default(),
+            catalog_uri,
+            numbered: bind == "DollarNumeric",
         })
     }
 
@@ -270,6 +280,35 @@ impl IcebergWarehouse {
         self.load(table).await?.ok_or_else(|| IcebergError::Table {
             table: table.to_string(),
             message: "does not exist".into(),
+        })
+    }
+
+    /// Gives `columns` of `table` the wider types they now have (each one
+    /// [`widen::allowed`] checked), as a new schema of the same field ids.
+    pub async fn widen_columns(&self, table: &TableRef, columns: &[ColumnDef]) -> Result<(), IcebergError> {
+        let pool = sqlx::AnyPool::connect(&self.catalog_uri)
+            .await
+            .map_err(|e| IcebergError::Open {
+                dir: self.dir.clone(),
+                message: e.to_string(),
+            })?;
+        for _ in 0..10 {
+            let current = self.load_existing(table).await?;
+            let (metadata, next) = widen::widened(&current, columns)?;
+            let location = iceberg::MetadataLocation::from_str(&next).map_err(table_error(&current))?;
+            metadata
+                .write_to(current.file_io(), &location)
+                .await
+                .map_err(table_error(&current))?;
+            if widen::swap(&pool, self.numbered, &current, &next).await? {
+                pool.close().await;
+                return Ok(());
+            }
+        }
+        pool.close().await;
+        Err(IcebergError::Table {
+            table: table.to_string(),
+            message: "other writers changed the table 10 times in a row while it was widened".into(),
         })
     }
 

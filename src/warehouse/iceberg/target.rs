@@ -292,6 +292,10 @@ impl Warehouse for IcebergWarehouse {
         Ok(IcebergWarehouse::add_columns(self, table, columns).await?)
     }
 
+    async fn widen_columns(&mut self, table: &TableRef, columns: &[ColumnDef]) -> Result<(), WarehouseError> {
+        Ok(IcebergWarehouse::widen_columns(self, table, columns).await?)
+    }
+
     /// Iceberg keeps no views its readers share: the views' SQL (DuckDB's
     /// dialect) is kept in the raw table's properties, for
     /// [`IcebergWarehouse::duckdb_script`].

@@ -93,8 +93,14 @@ pub fn to_table_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordB
             }
             // Iceberg's Arrow forms of the same values (`binary` is
             // LargeBinary): a widening Arrow does itself.
+            // Checked: a value the cast cannot keep is an error, never a null.
             (from, to) if duckdb::arrow::compute::can_cast_types(from, to) => {
-                duckdb::arrow::compute::cast(source, to).map_err(|e| refuse(format!("{from} as {to}: {e}")))?
+                let checked = duckdb::arrow::compute::CastOptions {
+                    safe: false,
+                    ..Default::default()
+                };
+                duckdb::arrow::compute::cast_with_options(source, to, &checked)
+                    .map_err(|e| refuse(format!("{from} as {to}: {e}")))?
             }
             (from, to) => return Err(refuse(format!("{from} cannot be written as {to}"))),
         };
