@@ -186,6 +186,25 @@ async fn pyiceberg_reads_every_type_and_each_commits_properties() {
     assert_eq!(Positions::from_summary(&summary, "g"), Ok(positions));
 }
 
+/// Waits (bounded) until capture confirmed every change made so far, or
+/// fails with the slot's state.
+async fn confirmed(pg: &PgServer) {
+    if pg.wait_confirmed("backend", "walhouse", Duration::from_secs(120)).await {
+        return;
+    }
+    let state = pg
+        .client("backend")
+        .await
+        .query_one(
+            "SELECT active::text, confirmed_flush_lsn::text, pg_current_wal_insert_lsn()::text \
+             FROM pg_replication_slots WHERE slot_name = 'walhouse'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2)));
+    panic!("capture did not confirm within 120 s: (active, confirmed, insert) {state:?}");
+}
+
 /// A sink process into the Iceberg warehouse `lake`, in group `group`,
 /// with `failpoints`; its log in `log`.
 fn spawn_sink(lake: &Path, broker: &Broker, registry_url: &str, prefix: &str, failpoints: &str, log: &Path) -> Child {
@@ -284,7 +303,7 @@ async fn the_sink_stores_each_change_once_in_iceberg_across_a_kill_between_commi
         )
         .await
         .expect("changes");
-    assert!(pg.wait_confirmed("backend", "walhouse", Duration::from_secs(60)).await);
+    confirmed(&pg).await;
     capture.stop().await;
     // A row per change: the snapshot's 600, 100 updates, 75 deletes, 50
     // inserts (the deletes' tombstones are not rows).
@@ -467,7 +486,7 @@ async fn the_scaled_setup_keeps_the_catalog_in_postgres_and_the_data_in_s3() {
         .batch_execute("UPDATE t SET amount = amount + 1 WHERE id <= 50")
         .await
         .expect("changes");
-    assert!(pg.wait_confirmed("backend", "walhouse", Duration::from_secs(60)).await);
+    confirmed(&pg).await;
     capture.stop().await;
 
     let catalog_url = pg.url("walhouse_scram", &catalog_db);
@@ -581,7 +600,7 @@ async fn an_instance_that_lost_its_partition_is_fenced_and_stores_nothing_twice(
         .batch_execute("INSERT INTO a SELECT g, 1 FROM generate_series(301, 400) g")
         .await
         .expect("more");
-    assert!(pg.wait_confirmed("backend", "walhouse", Duration::from_secs(60)).await);
+    confirmed(&pg).await;
     capture.stop().await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while iceberg_rows(&lake, "raw_public.a").len() < 400 && Instant::now() < deadline {
@@ -654,7 +673,7 @@ async fn a_column_whose_type_grows_as_iceberg_allows_is_widened() {
         )
         .await
         .expect("widen at the source");
-    assert!(pg.wait_confirmed("backend", "walhouse", Duration::from_secs(60)).await);
+    confirmed(&pg).await;
     capture.stop().await;
     assert!(
         sink.wait_for(11, Duration::from_secs(90)).await,
