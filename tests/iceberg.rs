@@ -226,6 +226,33 @@ fn spawn_sink(lake: &Path, broker: &Broker, registry_url: &str, prefix: &str, fa
         .expect("walhouse-sink starts")
 }
 
+/// A sink (as [`spawn_sink`]) that commits a batch's tables and then
+/// holds, before it moves the batch's offsets, while `hold` exists;
+/// returned once it holds.
+fn sink_held_before_offsets(
+    lake: &Path,
+    broker: &Broker,
+    registry_url: &str,
+    prefix: &str,
+    hold: &Path,
+    log: &Path,
+) -> Child {
+    std::fs::write(hold, b"").expect("hold");
+    let failpoints = format!("iceberg.before_marker=pause-while:{}", hold.display());
+    let sink = spawn_sink(lake, broker, registry_url, prefix, &failpoints, log);
+    let reached = walhouse::failpoint::reached(hold);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !reached.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        reached.exists(),
+        "the sink committed a table and holds before the offsets; its log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    sink
+}
+
 /// The rows of `table` as pyiceberg reads them (none before the table
 /// exists).
 fn iceberg_rows(lake: &Path, table: &str) -> Vec<Value> {
@@ -271,22 +298,14 @@ async fn the_sink_stores_each_change_once_in_iceberg_across_a_kill_between_commi
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = dir.path().join("lake");
     let hold = dir.path().join("hold");
-    std::fs::write(&hold, b"").expect("hold");
-    let failpoints = format!("iceberg.before_marker=pause-while:{}", hold.display());
-    let mut first = spawn_sink(
+    let mut first = sink_held_before_offsets(
         &lake,
         &broker,
         &registry.url,
         &prefix,
-        &failpoints,
+        &hold,
         &dir.path().join("first.log"),
     );
-    let reached = walhouse::failpoint::reached(&hold);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !reached.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(reached.exists(), "the sink reached the marker's commit");
     let _ = first.kill();
     let _ = first.wait();
     let held: usize = ["raw_public.a", "raw_public.b"]
@@ -582,16 +601,8 @@ async fn an_instance_that_lost_its_partition_is_fenced_and_stores_nothing_twice(
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = dir.path().join("lake");
     let hold = dir.path().join("hold");
-    std::fs::write(&hold, b"").expect("hold");
-    let failpoints = format!("iceberg.before_marker=pause-while:{}", hold.display());
     let a_log = dir.path().join("a.log");
-    let mut a = spawn_sink(&lake, &broker, &registry.url, &prefix, &failpoints, &a_log);
-    let reached = walhouse::failpoint::reached(&hold);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !reached.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(reached.exists(), "A committed the table and holds before the offsets");
+    let mut a = sink_held_before_offsets(&lake, &broker, &registry.url, &prefix, &hold, &a_log);
     assert_eq!(iceberg_rows(&lake, "raw_public.a").len(), 300, "A's table commit");
     let _ = Command::new("kill").args(["-STOP", &a.id().to_string()]).status();
 

@@ -11,10 +11,7 @@ use std::path::{Path, PathBuf};
 
 use duckdb::Connection;
 
-use super::{
-    Batch, ColumnDef, Dialect, Encoded, Failure, Mark, StoredOffset, TableDef, TableRef, TableRows, Warehouse,
-    WarehouseError,
-};
+use super::{Batch, Dialect, Encoded, Failure, Mark, StoredOffset, TableRef, TableRows, Warehouse, WarehouseError};
 
 pub struct DuckDbWarehouse {
     path: PathBuf,
@@ -168,31 +165,7 @@ impl Warehouse for DuckDbWarehouse {
         format!("duckdb:{}", self.path.display())
     }
 
-    async fn prepare(&mut self) -> Result<(), WarehouseError> {
-        self.execute(&Dialect::DuckDb.state_tables()).await
-    }
-
-    async fn create_table(&mut self, def: &TableDef) -> Result<(), WarehouseError> {
-        self.execute(&Dialect::DuckDb.create_table_statements(def)).await
-    }
-
-    async fn add_columns(&mut self, table: &TableRef, columns: &[ColumnDef]) -> Result<(), WarehouseError> {
-        self.execute(&Dialect::DuckDb.add_columns_statements(table, columns))
-            .await
-    }
-
-    /// Never asked: a type change is an incompatible change here.
-    async fn widen_columns(&mut self, table: &TableRef, _columns: &[ColumnDef]) -> Result<(), WarehouseError> {
-        Err(WarehouseError::Sql {
-            context: format!("widening {table}"),
-            message: "this target changes no column's type".into(),
-            failure: Failure::Statement,
-        })
-    }
-
-    async fn define_views(&mut self, _raw: &TableRef, statements: &[String]) -> Result<(), WarehouseError> {
-        self.execute(statements).await
-    }
+    super::sql_ddl!(Dialect::DuckDb);
 
     async fn columns(&mut self, table: &super::TableRef) -> Result<Option<Vec<(String, String)>>, WarehouseError> {
         let conn = &self.conn;

@@ -637,6 +637,51 @@ pub trait Warehouse {
     async fn query_text(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError>;
 }
 
+/// The DDL methods of a SQL target's [`Warehouse`] impl: statements in
+/// `$dialect`, run in one transaction by the target's own `execute`.
+macro_rules! sql_ddl {
+    ($dialect:expr) => {
+        async fn prepare(&mut self) -> Result<(), WarehouseError> {
+            self.execute(&$dialect.state_tables()).await
+        }
+
+        async fn create_table(&mut self, def: &$crate::warehouse::TableDef) -> Result<(), WarehouseError> {
+            self.execute(&$dialect.create_table_statements(def)).await
+        }
+
+        async fn add_columns(
+            &mut self,
+            table: &$crate::warehouse::TableRef,
+            columns: &[$crate::warehouse::ColumnDef],
+        ) -> Result<(), WarehouseError> {
+            self.execute(&$dialect.add_columns_statements(table, columns))
+                .await
+        }
+
+        /// Never asked: on a SQL target a type change is an incompatible change.
+        async fn widen_columns(
+            &mut self,
+            table: &$crate::warehouse::TableRef,
+            _columns: &[$crate::warehouse::ColumnDef],
+        ) -> Result<(), WarehouseError> {
+            Err(WarehouseError::Sql {
+                context: format!("widening {table}"),
+                message: "this target changes no column's type".into(),
+                failure: $crate::warehouse::Failure::Statement,
+            })
+        }
+
+        async fn define_views(
+            &mut self,
+            _raw: &$crate::warehouse::TableRef,
+            statements: &[String],
+        ) -> Result<(), WarehouseError> {
+            self.execute(statements).await
+        }
+    };
+}
+pub(crate) use sql_ddl;
+
 /// Either target, as the configuration names it at run time (the trait's
 /// async methods make it unfit for `dyn`).
 pub enum AnyWarehouse {

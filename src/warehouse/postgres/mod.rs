@@ -17,8 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use super::{
-    Batch, ColumnDef, Dialect, Encoded, Failure, Mark, StoredOffset, TableDef, TableRef, TableRows, Warehouse,
-    WarehouseError,
+    Batch, ColumnDef, Dialect, Encoded, Failure, Mark, StoredOffset, TableRef, TableRows, Warehouse, WarehouseError,
 };
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::error::sql_message;
@@ -133,31 +132,7 @@ impl Warehouse for PostgresWarehouse {
         format!("postgres {}/{}", self.info.address(), self.info.dbname)
     }
 
-    async fn prepare(&mut self) -> Result<(), WarehouseError> {
-        self.execute(&Dialect::Postgres.state_tables()).await
-    }
-
-    async fn create_table(&mut self, def: &TableDef) -> Result<(), WarehouseError> {
-        self.execute(&Dialect::Postgres.create_table_statements(def)).await
-    }
-
-    async fn add_columns(&mut self, table: &TableRef, columns: &[ColumnDef]) -> Result<(), WarehouseError> {
-        self.execute(&Dialect::Postgres.add_columns_statements(table, columns))
-            .await
-    }
-
-    /// Never asked: a type change is an incompatible change here.
-    async fn widen_columns(&mut self, table: &TableRef, _columns: &[ColumnDef]) -> Result<(), WarehouseError> {
-        Err(WarehouseError::Sql {
-            context: format!("widening {table}"),
-            message: "this target changes no column's type".into(),
-            failure: Failure::Statement,
-        })
-    }
-
-    async fn define_views(&mut self, _raw: &TableRef, statements: &[String]) -> Result<(), WarehouseError> {
-        self.execute(statements).await
-    }
+    super::sql_ddl!(Dialect::Postgres);
 
     async fn columns(&mut self, table: &TableRef) -> Result<Option<Vec<(String, String)>>, WarehouseError> {
         let rows = self
