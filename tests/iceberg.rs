@@ -186,6 +186,39 @@ async fn pyiceberg_reads_every_type_and_each_commits_properties() {
     assert_eq!(Positions::from_summary(&summary, "g"), Ok(positions));
 }
 
+/// A source database `backend` made by `schema` (SQL), and capture
+/// streaming it into Kafka (topics under `walhouse.<name><pid>`).
+struct Fed {
+    pg: PgServer,
+    broker: Broker,
+    registry: TestRegistry,
+    source: tokio_postgres::Client,
+    prefix: String,
+    capture: support::pipeline::RunningCapture,
+}
+
+async fn feed(name: &str, schema: &str) -> Fed {
+    let pg = PgServer::start();
+    pg.create_db("backend");
+    let broker = Broker::start();
+    let registry = TestRegistry::start().await;
+    let source = pg.client("backend").await;
+    source.batch_execute(schema).await.expect("source tables");
+    let prefix = format!("walhouse.{name}{}", std::process::id());
+    let capture = CaptureCommand::from(&pg.url("walhouse_scram", "backend"))
+        .into_kafka(&broker.bootstrap(), &registry.url, &prefix)
+        .start();
+    assert!(pg.wait_streaming("backend", "walhouse", Duration::from_secs(60)).await);
+    Fed {
+        pg,
+        broker,
+        registry,
+        source,
+        prefix,
+        capture,
+    }
+}
+
 /// Waits (bounded) until capture confirmed every change made so far, or
 /// fails with the slot's state.
 async fn confirmed(pg: &PgServer) {
@@ -270,13 +303,15 @@ fn iceberg_rows(lake: &Path, table: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_sink_stores_each_change_once_in_iceberg_across_a_kill_between_commits() {
     support::init_logs();
-    let pg = PgServer::start();
-    pg.create_db("backend");
-    let broker = Broker::start();
-    let registry = TestRegistry::start().await;
-    let source = pg.client("backend").await;
-    source
-        .batch_execute(
+    let Fed {
+        pg,
+        broker,
+        registry,
+        source,
+        prefix,
+        capture,
+    } = feed(
+        "lake",
             "CREATE TABLE a (id int PRIMARY KEY, amount numeric(12,2), at timestamptz, u uuid, doc jsonb, \
                  until timestamptz, born date); \
              CREATE TABLE b (id int PRIMARY KEY, v text); \
@@ -286,14 +321,8 @@ async fn the_sink_stores_each_change_once_in_iceberg_across_a_kill_between_commi
                  CASE WHEN g <= 3 THEN '-infinity'::date ELSE '2000-01-01'::date + g END \
              FROM generate_series(1, 300) g; \
              INSERT INTO b SELECT g, 'v' || g FROM generate_series(1, 300) g;",
-        )
-        .await
-        .expect("source tables");
-    let prefix = format!("walhouse.lake{}", std::process::id());
-    let capture = CaptureCommand::from(&pg.url("walhouse_scram", "backend"))
-        .into_kafka(&broker.bootstrap(), &registry.url, &prefix)
-        .start();
-    assert!(pg.wait_streaming("backend", "walhouse", Duration::from_secs(60)).await);
+    )
+    .await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = dir.path().join("lake");
@@ -481,26 +510,22 @@ async fn a_commit_on_a_table_changed_since_it_was_read_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_scaled_setup_keeps_the_catalog_in_postgres_and_the_data_in_s3() {
     support::init_logs();
-    let pg = PgServer::start();
-    pg.create_db("backend");
+    let Fed {
+        pg,
+        broker,
+        registry,
+        source,
+        prefix,
+        capture,
+    } = feed(
+        "s3lake",
+        "CREATE TABLE t (id int PRIMARY KEY, amount numeric(12,2)); \
+             INSERT INTO t SELECT g, g * 0.5 FROM generate_series(1, 200) g;",
+    )
+    .await;
     let catalog_db = pg.create_db("catalog");
     let s3 = support::s3::S3Server::start();
     s3.create_bucket("lake");
-    let broker = Broker::start();
-    let registry = TestRegistry::start().await;
-    let source = pg.client("backend").await;
-    source
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, amount numeric(12,2)); \
-             INSERT INTO t SELECT g, g * 0.5 FROM generate_series(1, 200) g;",
-        )
-        .await
-        .expect("source table");
-    let prefix = format!("walhouse.s3lake{}", std::process::id());
-    let capture = CaptureCommand::from(&pg.url("walhouse_scram", "backend"))
-        .into_kafka(&broker.bootstrap(), &registry.url, &prefix)
-        .start();
-    assert!(pg.wait_streaming("backend", "walhouse", Duration::from_secs(60)).await);
     source
         .batch_execute("UPDATE t SET amount = amount + 1 WHERE id <= 50")
         .await
@@ -581,22 +606,18 @@ async fn the_scaled_setup_keeps_the_catalog_in_postgres_and_the_data_in_s3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_instance_that_lost_its_partition_is_fenced_and_stores_nothing_twice() {
     support::init_logs();
-    let pg = PgServer::start();
-    pg.create_db("backend");
-    let broker = Broker::start();
-    let registry = TestRegistry::start().await;
-    let source = pg.client("backend").await;
-    source
-        .batch_execute(
-            "CREATE TABLE a (id int PRIMARY KEY, v int); INSERT INTO a SELECT g, 0 FROM generate_series(1, 300) g;",
-        )
-        .await
-        .expect("source table");
-    let prefix = format!("walhouse.zombie{}", std::process::id());
-    let capture = CaptureCommand::from(&pg.url("walhouse_scram", "backend"))
-        .into_kafka(&broker.bootstrap(), &registry.url, &prefix)
-        .start();
-    assert!(pg.wait_streaming("backend", "walhouse", Duration::from_secs(60)).await);
+    let Fed {
+        pg,
+        broker,
+        registry,
+        source,
+        prefix,
+        capture,
+    } = feed(
+        "zombie",
+        "CREATE TABLE a (id int PRIMARY KEY, v int); INSERT INTO a SELECT g, 0 FROM generate_series(1, 300) g;",
+    )
+    .await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = dir.path().join("lake");
@@ -648,23 +669,19 @@ async fn an_instance_that_lost_its_partition_is_fenced_and_stores_nothing_twice(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_column_whose_type_grows_as_iceberg_allows_is_widened() {
     support::init_logs();
-    let pg = PgServer::start();
-    pg.create_db("backend");
-    let broker = Broker::start();
-    let registry = TestRegistry::start().await;
-    let source = pg.client("backend").await;
-    source
-        .batch_execute(
-            "CREATE TABLE w (id int PRIMARY KEY, n int, amount numeric(5,2), r real); \
+    let Fed {
+        pg,
+        broker,
+        registry,
+        source,
+        prefix,
+        capture,
+    } = feed(
+        "widen",
+        "CREATE TABLE w (id int PRIMARY KEY, n int, amount numeric(5,2), r real); \
              INSERT INTO w SELECT g, g * 1000, g + 0.25, g * 0.5 FROM generate_series(1, 10) g;",
-        )
-        .await
-        .expect("source table");
-    let prefix = format!("walhouse.widen{}", std::process::id());
-    let capture = CaptureCommand::from(&pg.url("walhouse_scram", "backend"))
-        .into_kafka(&broker.bootstrap(), &registry.url, &prefix)
-        .start();
-    assert!(pg.wait_streaming("backend", "walhouse", Duration::from_secs(60)).await);
+    )
+    .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = dir.path().join("lake");
     let mut sink = SinkCommand::into(

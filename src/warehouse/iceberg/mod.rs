@@ -42,14 +42,19 @@ use crate::warehouse::{ColumnDef, TableDef, TableRef};
 /// The catalog's name, as readers name it (`pyiceberg`, Trino, Spark).
 pub const CATALOG: &str = "walhouse";
 
+/// How often a change to one table is tried again when another writer
+/// changed the table in between (each try reads the table again).
+pub(crate) const ATTEMPTS: usize = 10;
+
 /// The table property holding the views over a raw table, in DuckDB's
 /// SQL (a JSON array of statements).
 pub const VIEWS_PROPERTY: &str = "walhouse.duckdb.views";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IcebergError {
-    #[error("cannot open the Iceberg catalog in {dir}: {message}")]
-    Open { dir: String, message: String },
+    /// `warehouse` is its description: catalog and data, no password.
+    #[error("cannot open the Iceberg warehouse {warehouse}: {message}")]
+    Open { warehouse: String, message: String },
     #[error("Iceberg table {table}: {message}")]
     Table { table: String, message: String },
     #[error(transparent)]
@@ -102,7 +107,8 @@ impl IcebergSpec {
 /// Tables in one Iceberg catalog.
 pub struct IcebergWarehouse {
     catalog: SqlCatalog,
-    dir: String,
+    /// Catalog and data, for logs and errors (see [`describe`]).
+    shown: String,
     counts: Arc<CommitCounts>,
     /// The catalog database's URL and whether it numbers its parameters
     /// (`$1`, Postgres) or not (`?`, SQLite): for the one change walhouse
@@ -139,7 +145,7 @@ impl IcebergWarehouse {
     pub async fn open_spec(spec: &IcebergSpec) -> Result<Self, IcebergError> {
         let shown = describe(spec);
         let open = |message: String| IcebergError::Open {
-            dir: shown.clone(),
+            warehouse: shown.clone(),
             message,
         };
         let (uri, default_data, bind) = match &spec.catalog {
@@ -182,7 +188,7 @@ impl IcebergWarehouse {
             .map_err(|e| open(e.to_string()))?;
         Ok(IcebergWarehouse {
             catalog,
-            dir: shown,
+            shown,
             counts: Arc::default(),
             catalog_uri,
             numbered: bind == "DollarNumeric",
@@ -196,7 +202,7 @@ impl IcebergWarehouse {
 
     /// Catalog and data, never a password.
     pub fn describe(&self) -> String {
-        self.dir.clone()
+        self.shown.clone()
     }
 
     fn ident(table: &TableRef) -> TableIdent {
@@ -289,10 +295,10 @@ impl IcebergWarehouse {
         let pool = sqlx::AnyPool::connect(&self.catalog_uri)
             .await
             .map_err(|e| IcebergError::Open {
-                dir: self.dir.clone(),
+                warehouse: self.shown.clone(),
                 message: e.to_string(),
             })?;
-        for _ in 0..10 {
+        for _ in 0..ATTEMPTS {
             let current = self.load_existing(table).await?;
             let (metadata, next) = widen::widened(&current, columns)?;
             let location = iceberg::MetadataLocation::from_str(&next).map_err(table_error(&current))?;
@@ -308,7 +314,7 @@ impl IcebergWarehouse {
         pool.close().await;
         Err(IcebergError::Table {
             table: table.to_string(),
-            message: "other writers changed the table 10 times in a row while it was widened".into(),
+            message: format!("other writers changed the table {ATTEMPTS} times in a row while it was widened"),
         })
     }
 
@@ -467,7 +473,7 @@ impl IcebergWarehouse {
     /// the iceberg extension loaded, again to see later commits.
     pub async fn duckdb_script(&self) -> Result<String, IcebergError> {
         let list = |e: iceberg::Error| IcebergError::Open {
-            dir: self.dir.clone(),
+            warehouse: self.shown.clone(),
             message: e.to_string(),
         };
         let mut tables = Vec::new();

@@ -49,19 +49,9 @@ impl Positions {
     /// `group`'s positions in a snapshot summary (none before its first
     /// commit). `Err`: the property is not what walhouse writes.
     pub fn from_summary(summary: &HashMap<String, String>, group: &str) -> Result<Self, String> {
-        let Some(text) = summary.get(&property(group)) else {
-            return Ok(Positions::default());
-        };
-        let by_topic: BTreeMap<String, BTreeMap<String, i64>> =
-            serde_json::from_str(text).map_err(|e| format!("{}: {e}", property(group)))?;
         let mut out = Positions::default();
-        for (topic, partitions) in by_topic {
-            for (partition, next) in partitions {
-                let partition: i32 = partition
-                    .parse()
-                    .map_err(|_| format!("{}: partition {partition:?} of {topic}", property(group)))?;
-                out.0.entry(topic.clone()).or_default().insert(partition, next);
-            }
+        for (topic, partition, next) in by_partition::<i64>(summary, &property(group))? {
+            out.0.entry(topic).or_default().insert(partition, next);
         }
         Ok(out)
     }
@@ -119,19 +109,35 @@ pub fn offsets_from_summary(
     summary: &HashMap<String, String>,
     group: &str,
 ) -> Result<HashMap<(String, i32), StoredOffset>, String> {
-    let Some(text) = summary.get(&offsets_property(group)) else {
-        return Ok(HashMap::new());
+    by_partition::<OffsetEntry>(summary, &offsets_property(group)).map(|entries| {
+        entries
+            .into_iter()
+            .map(|(topic, partition, e)| {
+                let high = Mark::from_columns(e.high_commit_lsn, e.high_tx_ordinal, e.high_system_id);
+                ((topic, partition), StoredOffset { next: e.next, high })
+            })
+            .collect()
+    })
+}
+
+/// The entries of summary property `key` (`{"<topic>": {"<partition>":
+/// <entry>}}`), none if it is missing. `Err`: not what walhouse writes.
+fn by_partition<T: serde::de::DeserializeOwned>(
+    summary: &HashMap<String, String>,
+    key: &str,
+) -> Result<Vec<(String, i32, T)>, String> {
+    let Some(text) = summary.get(key) else {
+        return Ok(Vec::new());
     };
-    let by_topic: BTreeMap<String, BTreeMap<String, OffsetEntry>> =
-        serde_json::from_str(text).map_err(|e| format!("{}: {e}", offsets_property(group)))?;
-    let mut out = HashMap::new();
+    let by_topic: BTreeMap<String, BTreeMap<String, T>> =
+        serde_json::from_str(text).map_err(|e| format!("{key}: {e}"))?;
+    let mut out = Vec::new();
     for (topic, partitions) in by_topic {
-        for (partition, e) in partitions {
+        for (partition, entry) in partitions {
             let partition: i32 = partition
                 .parse()
-                .map_err(|_| format!("{}: partition {partition:?} of {topic}", offsets_property(group)))?;
-            let high = Mark::from_columns(e.high_commit_lsn, e.high_tx_ordinal, e.high_system_id);
-            out.insert((topic.clone(), partition), StoredOffset { next: e.next, high });
+                .map_err(|_| format!("{key}: partition {partition:?} of {topic}"))?;
+            out.push((topic.clone(), partition, entry));
         }
     }
     Ok(out)

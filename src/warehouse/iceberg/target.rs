@@ -28,16 +28,12 @@ use iceberg::expr::Reference;
 use iceberg::spec::Datum;
 
 use super::positions::{self, Positions, FILE_PROPERTY};
-use super::{summary, IcebergError, IcebergWarehouse};
+use super::{summary, IcebergError, IcebergWarehouse, ATTEMPTS};
 use crate::warehouse::arrow::ArrowRows;
 use crate::warehouse::{
     Batch, ColumnDef, DeadLetter, Dialect, Encoded, Failure, FileLoad, OffsetUpdate, Origins, SqlType, StoredOffset,
     TableDef, TableRef, TableRows, Warehouse, WarehouseError, DEAD_LETTER_COLUMNS,
 };
-
-/// How often a commit is tried again when another writer committed to the
-/// same table in between (each try reads the table again).
-const ATTEMPTS: usize = 10;
 
 fn marker() -> TableRef {
     TableRef::new("walhouse", "offsets")
@@ -50,12 +46,8 @@ fn file_loads() -> TableRef {
 /// walhouse's own tables. The marker's columns say what its summaries
 /// hold; it has no rows.
 fn state_tables() -> Vec<TableDef> {
-    let def = |table: TableRef, columns: &[(&str, SqlType)]| TableDef {
-        table,
-        columns: columns.iter().map(|(n, t)| ColumnDef::new(n, t.clone())).collect(),
-    };
     vec![
-        def(
+        table_def(
             marker(),
             &[
                 ("consumer_group", SqlType::Text),
@@ -67,25 +59,37 @@ fn state_tables() -> Vec<TableDef> {
                 ("high_system_id", SqlType::Text),
             ],
         ),
-        def(TableRef::new("walhouse", "dead_letters"), &DEAD_LETTER_COLUMNS),
-        def(
-            file_loads(),
-            &[
-                ("sha256", SqlType::Text),
-                ("file", SqlType::Text),
-                ("rows", SqlType::BigInt),
-                ("dead_letters", SqlType::BigInt),
-                ("loaded_at", SqlType::TimestampTz),
-            ],
-        ),
+        table_def(TableRef::new("walhouse", "dead_letters"), &DEAD_LETTER_COLUMNS),
+        file_loads_def(),
     ]
+}
+
+fn table_def(table: TableRef, columns: &[(&str, SqlType)]) -> TableDef {
+    TableDef {
+        table,
+        columns: columns.iter().map(|(n, t)| ColumnDef::new(n, t.clone())).collect(),
+    }
+}
+
+/// `walhouse.file_loads`: a row per loaded file, as on the other targets.
+fn file_loads_def() -> TableDef {
+    table_def(
+        file_loads(),
+        &[
+            ("sha256", SqlType::Text),
+            ("file", SqlType::Text),
+            ("rows", SqlType::BigInt),
+            ("dead_letters", SqlType::BigInt),
+            ("loaded_at", SqlType::TimestampTz),
+        ],
+    )
 }
 
 impl From<IcebergError> for WarehouseError {
     fn from(e: IcebergError) -> Self {
-        if let IcebergError::Open { dir, message } = e {
+        if let IcebergError::Open { warehouse, message } = e {
             return WarehouseError::Open {
-                target: format!("iceberg:{dir}"),
+                target: warehouse,
                 message,
             };
         }
@@ -337,7 +341,7 @@ impl Warehouse for IcebergWarehouse {
                 .await?;
         }
         if let Some(file) = &batch.file {
-            let mut rows = TableRows::new(Dialect::Iceberg, state_tables()[2].columns.clone())?;
+            let mut rows = TableRows::new(Dialect::Iceberg, file_loads_def().columns)?;
             rows.push(&file_load_cells(file))
                 .map_err(|message| WarehouseError::Sql {
                     context: "recording a file load".into(),
