@@ -225,8 +225,40 @@ pub struct CaptureSettings {
     #[arg(long, env = "WALHOUSE_SLOT_LAG_WARN_BYTES", default_value_t = 1 << 30)]
     pub slot_lag_warn_bytes: u64,
 
+    /// Have Postgres 14+ stream large transactions while they run (pgoutput
+    /// protocol 2), kept in --spool-dir until they commit, instead of
+    /// spilling them to its own disk (false: protocol 1). Off by default
+    /// until its integration tests land (issue 24).
+    #[arg(long, env = "WALHOUSE_STREAM_TRANSACTIONS", default_value_t = false, action = ArgAction::Set)]
+    pub stream_transactions: bool,
+
+    /// Directory for streamed transactions in progress, on a local disk
+    /// [default: /var/tmp/walhouse-spool/<slot>].
+    #[arg(long, env = "WALHOUSE_SPOOL_DIR")]
+    pub spool_dir: Option<std::path::PathBuf>,
+
+    /// Most bytes the streamed transactions in progress may take in
+    /// --spool-dir; past it capture stops with the fix.
+    #[arg(long, env = "WALHOUSE_SPOOL_MAX_BYTES", default_value_t = DEFAULT_SPOOL_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub spool_max_bytes: u64,
+
     #[command(flatten)]
     pub kafka: KafkaSettings,
+}
+
+/// 16 GiB: a bulk load of that size spooled once costs the disk beside
+/// capture, not the primary's.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 16 << 30;
+
+impl CaptureSettings {
+    /// Where streamed transactions are spooled: `/var/tmp` by default,
+    /// because `/tmp` is often in memory.
+    pub fn spool_dir(&self) -> std::path::PathBuf {
+        self.spool_dir
+            .clone()
+            .unwrap_or_else(|| std::path::Path::new("/var/tmp/walhouse-spool").join(&self.slot))
+    }
 }
 
 /// The settings of `--output kafka`.

@@ -25,6 +25,8 @@ pub enum CaptureError {
     UnexpectedStream { lsn: Lsn },
     #[error(transparent)]
     Config(#[from] crate::cli::ConfigError),
+    #[error(transparent)]
+    Spool(#[from] super::spool::SpoolError),
     #[error("{table} is not in publication {publication:?}. Fix: add it (ALTER PUBLICATION … ADD TABLE {quoted}), which also snapshots it")]
     NotPublished {
         table: String,

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use crate::capture::format::debezium::replaced::replacements;
 use crate::metrics::Exposition;
+use crate::postgres::slot::SlotStats;
 
 /// Where capture stands, for `/health`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +54,11 @@ pub struct Metrics {
     snapshot_chunks_done: AtomicU64,
     snapshot_rows_per_s: AtomicU64,
     snapshot_eta_s: AtomicU64,
+    streamed_in_progress: AtomicU64,
+    spool_bytes: AtomicU64,
+    streamed_transactions: AtomicU64,
+    /// The slot's row of `pg_stat_replication_slots` (Postgres 14+).
+    source_slot_stats: Mutex<Option<SlotStats>>,
 }
 
 impl Metrics {
@@ -116,7 +122,21 @@ impl Metrics {
         self.registry_calls.store(registry_calls, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition format.
+    /// Streamed transactions not yet committed or rolled back, and the
+    /// bytes their spools hold.
+    pub fn set_spool(&self, in_progress: u64, bytes: u64) {
+        self.streamed_in_progress.store(in_progress, Ordering::Relaxed);
+        self.spool_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn count_streamed_transaction(&self) {
+        self.streamed_transactions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_source_slot_stats(&self, stats: SlotStats) {
+        *self.source_slot_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+    }
+
     /// Snapshot progress: chunks planned and done, current rate and the
     /// estimated seconds left (initial and incremental snapshots alike).
     pub fn set_snapshot(&self, chunks_total: u64, chunks_done: u64, rows_per_s: u64, eta_s: u64) {
@@ -211,6 +231,56 @@ impl Metrics {
             "gauge",
             self.snapshot_eta_s.load(Ordering::Relaxed),
         );
+        gauge(
+            "walhouse_capture_streamed_transactions_in_progress",
+            "Transactions Postgres is streaming that have not committed or rolled back yet.",
+            "gauge",
+            self.streamed_in_progress.load(Ordering::Relaxed),
+        );
+        gauge(
+            "walhouse_capture_spool_bytes",
+            "Bytes in --spool-dir held by streamed transactions in progress.",
+            "gauge",
+            self.spool_bytes.load(Ordering::Relaxed),
+        );
+        gauge(
+            "walhouse_capture_streamed_transactions_total",
+            "Streamed transactions committed and replayed from the spool.",
+            "counter",
+            self.streamed_transactions.load(Ordering::Relaxed),
+        );
+        let slot_stats = *self.source_slot_stats.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(st) = slot_stats {
+            for (name, help, v) in [
+                (
+                    "spill_transactions",
+                    "Transactions the source spilled to its own disk for the slot",
+                    st.spill_txns,
+                ),
+                (
+                    "spill_bytes",
+                    "Bytes the source spilled to its own disk for the slot",
+                    st.spill_bytes,
+                ),
+                (
+                    "stream_transactions",
+                    "Transactions the source streamed to the slot before their commit",
+                    st.stream_txns,
+                ),
+                (
+                    "stream_bytes",
+                    "Bytes the source streamed to the slot before their commit",
+                    st.stream_bytes,
+                ),
+            ] {
+                gauge(
+                    &format!("walhouse_capture_source_slot_{name}_total"),
+                    &format!("{help} (pg_stat_replication_slots)."),
+                    "counter",
+                    v,
+                );
+            }
+        }
         out.push_str("# HELP walhouse_capture_events_total Row changes captured, by table and operation.\n");
         out.push_str("# TYPE walhouse_capture_events_total counter\n");
         let events = self.events.lock().unwrap_or_else(|p| p.into_inner());

@@ -22,6 +22,7 @@ mod initial;
 pub mod metrics;
 mod published;
 pub mod snapshot_progress;
+mod spool;
 pub mod watermark;
 
 pub use error::CaptureError;
@@ -41,13 +42,16 @@ use crate::capture::change::{check_arity, ChangeEvent, ChangeKind, TxInfo};
 use crate::capture::destination::{Destination, OutputError};
 use crate::capture::metrics::{Metrics, Phase};
 use crate::postgres::client::ReadColumn;
-use crate::postgres::pgoutput::{LogicalMessage, Message, OldTuple, Relation, Tuple};
-use crate::postgres::replication::{ReplicationClient, ReplicationStream, StreamOptions};
+use crate::postgres::pgoutput::{
+    Begin, Commit, Decoder, LogicalMessage, Message, OldTuple, Relation, StreamCommit, Tuple,
+};
+use crate::postgres::replication::{Received, ReplicationClient, ReplicationStream, StreamOptions};
 use crate::postgres::{client, publication, slot, Lsn, SourceError};
 use crate::registry::Registry;
 use emitter::Emitter;
 use incremental::Incremental;
 use published::{captured_tables, retain_captured};
+use spool::{Replay, Spools};
 
 /// How a capture ended without error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,18 +142,19 @@ async fn run_inner<D: Destination>(
     dest.prepare(&setup.tables).await?;
     // Which system the positions belong to; asked again on each reconnect
     // (a failover to a promoted standby keeps it).
-    let identity = ReplicationClient::connect(&config.source)
-        .await?
-        .identify_system()
-        .await?;
+    let mut repl = ReplicationClient::connect(&config.source).await?;
+    let identity = repl.identify_system().await?;
     tracing::info!(system_id = %identity.system_id, timeline = identity.timeline, "source identified");
     dest.system_id(&identity.system_id);
+    let spools = spools(config, repl.server_version_num())?;
+    drop(repl);
     let sql = Arc::new(sql);
     let mut state = LoopState {
         config,
         emitter: Emitter::new(sql.clone(), metrics.clone(), &config.state_schema),
         sql,
         incremental: None,
+        spools,
         tx: None,
         tx_ordinal: 0,
         transactions: 0,
@@ -193,6 +198,26 @@ async fn run_inner<D: Destination>(
     state
         .stream_with_reconnects(dest, &mut shutdown, setup.status_interval)
         .await
+}
+
+/// The spools of streamed transactions, when the server can stream them
+/// (Postgres 14+) and `--stream-transactions` is on.
+fn spools(config: &CaptureConfig, server_version_num: u32) -> Result<Option<Spools>, CaptureError> {
+    if !config.stream_transactions {
+        tracing::info!("pgoutput protocol 1: Postgres keeps large transactions on its own disk until they commit");
+        return Ok(None);
+    }
+    if server_version_num < 140000 {
+        tracing::info!(
+            server_version_num,
+            "the source cannot stream transactions in progress (Postgres 14+): pgoutput protocol 1, large transactions spill on the source"
+        );
+        return Ok(None);
+    }
+    let dir = config.spool_dir();
+    let spools = Spools::open(&dir, config.spool_max_bytes)?;
+    tracing::info!(spool_dir = %dir.display(), "large transactions are streamed while they run (pgoutput protocol 2) and spooled until they commit");
+    Ok(Some(spools))
 }
 
 /// What start-up found and made ready.
@@ -339,6 +364,16 @@ fn backoff(attempt: u32, max: Duration) -> Duration {
     Duration::from_millis(250u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(16))).min(max)
 }
 
+/// Where a received message goes.
+enum Route {
+    /// Applied now, as protocol 1 would have sent it.
+    Apply(Lsn, LogicalMessage),
+    /// Kept in a streamed transaction's spool, or a block or abort marker.
+    Spooled,
+    /// A streamed transaction committed: its spool, to replay.
+    Commit(StreamCommit, Option<Replay>),
+}
+
 /// What the stream loop owns across reconnects.
 struct LoopState<'c> {
     config: &'c CaptureConfig,
@@ -347,6 +382,8 @@ struct LoopState<'c> {
     /// For the loop's own queries: lag, heartbeats, snapshot progress.
     sql: Arc<tokio_postgres::Client>,
     incremental: Option<Incremental>,
+    /// Streamed transactions in progress; `None` with protocol 1.
+    spools: Option<Spools>,
     /// The open transaction, and its changes so far.
     tx: Option<TxInfo>,
     tx_ordinal: u64,
@@ -375,11 +412,20 @@ impl LoopState<'_> {
         let mut acknowledged = Lsn::ZERO;
         let mut attempt = 0u32;
         loop {
+            let streaming = self.spools.is_some();
             let options = StreamOptions {
                 publications: vec![config.publication.clone()],
                 status_interval,
+                proto_version: if streaming { 2 } else { 1 },
+                streaming,
                 ..StreamOptions::default()
             };
+            // Every transaction in progress is streamed again from its first
+            // block on the new connection.
+            if let Some(spools) = self.spools.as_mut() {
+                spools.clear();
+                self.emitter.metrics().set_spool(0, 0);
+            }
             // The SQL connection goes down with the server too (a restart,
             // a failover): without a new one, every reconnect would fail on
             // its first catalog query.
@@ -521,11 +567,22 @@ impl LoopState<'_> {
                         .await
                         .map_err(SourceError::Sql)?;
                 }
-                next = stream.next(), if !full => {
-                    let Some((lsn, msg)) = next? else {
+                next = stream.next_received(), if !full => {
+                    let Some(received) = next? else {
                         return Ok(StreamEnd::ServerEnded);
                     };
-                    if let Some(ack) = self.apply(lsn, msg, dest).await? {
+                    let ack = match self.route(received)? {
+                        Route::Apply(lsn, msg) => self.apply(lsn, msg, dest).await?,
+                        Route::Spooled => None,
+                        Route::Commit(commit, replay) => {
+                            let replayed = self.replay(commit, replay, stream, dest, shutdown, status_interval).await?;
+                            let Some(ack) = replayed else {
+                                return Ok(StreamEnd::Shutdown);
+                            };
+                            Some(ack)
+                        }
+                    };
+                    if let Some(ack) = ack {
                         dest.end_transaction(ack).await?;
                         self.acknowledge_durable(stream, dest)?;
                         self.chunks_durable(dest.durable()?).await?;
@@ -535,9 +592,122 @@ impl LoopState<'_> {
         }
     }
 
+    /// Where a received message goes: into its streamed transaction's
+    /// spool, or on to be applied now; a Stream Commit brings its spool
+    /// back for replay.
+    fn route(&mut self, received: Received) -> Result<Route, CaptureError> {
+        let Received { lsn, message, payload } = received;
+        let Some(spools) = self.spools.as_mut() else {
+            return Ok(Route::Apply(lsn, message));
+        };
+        let route = match message {
+            LogicalMessage::StreamStart(s) => {
+                spools.start_block(s.xid, s.first_segment)?;
+                Route::Spooled
+            }
+            LogicalMessage::StreamStop => {
+                spools.stop_block();
+                Route::Spooled
+            }
+            LogicalMessage::StreamAbort(a) => {
+                spools.abort(a.xid, a.subxid)?;
+                Route::Spooled
+            }
+            LogicalMessage::StreamCommit(c) => {
+                let replay = spools.commit(c.xid)?;
+                Route::Commit(c, replay)
+            }
+            m if spools.in_block() => {
+                spools.append(m.stream_xid(), lsn, &payload)?;
+                Route::Spooled
+            }
+            m => Route::Apply(lsn, m),
+        };
+        self.emitter
+            .metrics()
+            .set_spool(spools.in_progress() as u64, spools.bytes());
+        Ok(route)
+    }
+
+    /// Applies a committed streamed transaction from its spool, as if it
+    /// had come as Begin … Commit at its commit: the same commit LSN, time
+    /// and ordinals. Waits on a full destination as reading does, keeping
+    /// the walsender informed meanwhile. `None` when shutdown came first;
+    /// otherwise the LSN to acknowledge once durable.
+    async fn replay<D: Destination>(
+        &mut self,
+        commit: StreamCommit,
+        replay: Option<Replay>,
+        stream: &mut ReplicationStream,
+        dest: &mut D,
+        shutdown: &mut watch::Receiver<bool>,
+        status_interval: Duration,
+    ) -> Result<Option<Lsn>, CaptureError> {
+        let mut replay = replay;
+        let mut next = match replay.as_mut() {
+            Some(r) => r.next_message()?,
+            None => None,
+        };
+        let begin = Begin {
+            final_lsn: commit.commit_lsn,
+            commit_time: commit.commit_time,
+            xid: commit.xid,
+        };
+        let begin_lsn = next.as_ref().map_or(commit.commit_lsn, |(lsn, _)| *lsn);
+        self.apply(begin_lsn, LogicalMessage::Begin(begin), dest).await?;
+        let mut decoder = Decoder::streamed();
+        let mut status_due = tokio::time::Instant::now() + status_interval;
+        while let Some((lsn, payload)) = next {
+            while dest.is_full() {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return Ok(None),
+                    _ = dest.progressed() => self.acknowledge_durable(stream, dest)?,
+                    _ = tokio::time::sleep_until(status_due) => {}
+                }
+                if tokio::time::Instant::now() >= status_due {
+                    self.acknowledge_durable(stream, dest)?;
+                    stream.send_status().await?;
+                    status_due = tokio::time::Instant::now() + status_interval;
+                }
+            }
+            if tokio::time::Instant::now() >= status_due {
+                if *shutdown.borrow() {
+                    return Ok(None);
+                }
+                self.acknowledge_durable(stream, dest)?;
+                stream.send_status().await?;
+                status_due = tokio::time::Instant::now() + status_interval;
+            }
+            let message = decoder
+                .decode(payload)
+                .map_err(|source| SourceError::Decode { lsn, source })?;
+            self.apply(lsn, message, dest).await?;
+            next = match replay.as_mut() {
+                Some(r) => r.next_message()?,
+                None => None,
+            };
+        }
+        // The spool file goes now, before the records are even durable: a
+        // restart streams the transaction again.
+        drop(replay);
+        let end = Commit {
+            flags: commit.flags,
+            commit_lsn: commit.commit_lsn,
+            end_lsn: commit.end_lsn,
+            commit_time: commit.commit_time,
+        };
+        let ack = self.apply(commit.end_lsn, LogicalMessage::Commit(end), dest).await?;
+        self.emitter.metrics().count_streamed_transaction();
+        Ok(ack)
+    }
+
     /// Measures the WAL the slot holds back; warns past the threshold.
     async fn check_lag(&mut self) -> Result<(), CaptureError> {
         let slot_name = &self.config.slot;
+        if let Some(stats) = slot::stats(&self.sql, slot_name).await? {
+            self.emitter.metrics().set_source_slot_stats(stats);
+        }
         let Some((lag, unlimited)) = slot::lag(&self.sql, slot_name).await? else {
             return Ok(());
         };

@@ -66,6 +66,22 @@ pub enum LogicalMessage {
     StreamAbort(StreamAbort),
 }
 
+impl LogicalMessage {
+    /// The (sub)transaction xid a message inside a stream block carries.
+    pub fn stream_xid(&self) -> Option<u32> {
+        match self {
+            LogicalMessage::Relation(m) => m.xid,
+            LogicalMessage::Type(m) => m.xid,
+            LogicalMessage::Insert(m) => m.xid,
+            LogicalMessage::Update(m) => m.xid,
+            LogicalMessage::Delete(m) => m.xid,
+            LogicalMessage::Truncate(m) => m.xid,
+            LogicalMessage::Message(m) => m.xid,
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Begin {
     /// LSN of the transaction's commit record.
@@ -292,6 +308,12 @@ pub struct Decoder {
 impl Decoder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A decoder for messages read back from inside a stream block, where
+    /// every data message carries its xid.
+    pub fn streamed() -> Self {
+        Decoder { in_stream: true }
     }
 
     /// Decodes one XLogData payload.

@@ -62,6 +62,9 @@ pub struct StreamOptions {
     pub publications: Vec<String>,
     /// pgoutput protocol version: 1 (PG 10+) or 2 (PG 14+, streamed transactions).
     pub proto_version: u8,
+    /// Ask for in-progress transactions to be streamed (`streaming 'on'`,
+    /// protocol 2+) instead of spilled to the server's disk until commit.
+    pub streaming: bool,
     /// Include `pg_logical_emit_message` records.
     pub messages: bool,
     /// Send standby status at least this often.
@@ -73,6 +76,7 @@ impl Default for StreamOptions {
         StreamOptions {
             publications: vec!["walhouse".into()],
             proto_version: 1,
+            streaming: false,
             messages: true,
             status_interval: Duration::from_secs(1),
         }
@@ -258,10 +262,11 @@ impl ReplicationClient {
             .collect::<Vec<_>>()
             .join(",");
         let sql = format!(
-            "START_REPLICATION SLOT {slot} LOGICAL {start} (proto_version '{}', publication_names {}, messages '{}')",
+            "START_REPLICATION SLOT {slot} LOGICAL {start} (proto_version '{}', publication_names {}, messages '{}'{})",
             options.proto_version,
             crate::quote::literal(&publications),
             options.messages,
+            if options.streaming { ", streaming 'on'" } else { "" },
         );
         frontend::query(&sql, &mut self.wire.outbuf).map_err(|e| SourceError::Protocol(e.to_string()))?;
         self.wire.flush_out().await?;
@@ -359,13 +364,23 @@ impl Progress {
                 self.in_transaction = false;
                 self.handed_out = self.handed_out.max(c.end_lsn);
             }
-            LogicalMessage::StreamAbort(_) => self.in_transaction = false,
+            // Between blocks nothing is owed: a streamed transaction is owed
+            // only from its Stream Commit, whose end LSN is handed out then.
+            LogicalMessage::StreamStop => self.in_transaction = false,
             LogicalMessage::Message(m) if !m.transactional && !self.in_transaction => {
                 self.handed_out = self.handed_out.max(lsn);
             }
             _ => {}
         }
     }
+}
+
+/// One message of the stream, as decoded and as sent.
+pub struct Received {
+    /// The WAL position the message starts at.
+    pub lsn: Lsn,
+    pub message: LogicalMessage,
+    pub payload: Bytes,
 }
 
 /// A logical replication stream in CopyBoth mode.
@@ -430,6 +445,12 @@ impl ReplicationStream {
     /// at, or `None` when the server ended the stream. Keepalives and status
     /// updates are handled inside. Cancel-safe: use it in `select!`.
     pub async fn next(&mut self) -> Result<Option<(Lsn, LogicalMessage)>, SourceError> {
+        Ok(self.next_received().await?.map(|r| (r.lsn, r.message)))
+    }
+
+    /// As [`next`](Self::next), with the payload the message was decoded
+    /// from (kept by whoever must store the message as sent).
+    pub async fn next_received(&mut self) -> Result<Option<Received>, SourceError> {
         // Checked once per call, not only when the socket runs dry: during a
         // long catch-up there is always data, and the slot must still see
         // acknowledgements (made by the caller between calls) every interval.
@@ -458,7 +479,7 @@ impl ReplicationStream {
     }
 
     /// Handles one frame; returns a message for the caller, if it is one.
-    fn handle(&mut self, frame: Frame) -> Result<Option<(Lsn, LogicalMessage)>, SourceError> {
+    fn handle(&mut self, frame: Frame) -> Result<Option<Received>, SourceError> {
         match frame.tag {
             b'd' => {}
             b'c' => {
@@ -486,12 +507,16 @@ impl ReplicationStream {
                 let wal_end = Lsn(body.get_u64());
                 let _send_time = body.get_i64();
                 self.progress.received = self.progress.received.max(wal_end);
-                let msg = self
+                let message = self
                     .decoder
-                    .decode(body)
+                    .decode(body.clone())
                     .map_err(|source| SourceError::Decode { lsn: wal_start, source })?;
-                self.progress.track(wal_start, &msg);
-                Ok(Some((wal_start, msg)))
+                self.progress.track(wal_start, &message);
+                Ok(Some(Received {
+                    lsn: wal_start,
+                    message,
+                    payload: body,
+                }))
             }
             Some(b'k') if body.len() >= 18 => {
                 body.advance(1);

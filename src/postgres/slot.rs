@@ -243,6 +243,46 @@ pub async fn lag(client: &Client, slot: &str) -> Result<Option<(i64, bool)>, Sou
         .transpose()
 }
 
+/// What Postgres counts for a slot: transactions it spilled to its own
+/// disk and transactions it streamed before their commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotStats {
+    pub spill_txns: u64,
+    pub spill_bytes: u64,
+    pub stream_txns: u64,
+    pub stream_bytes: u64,
+}
+
+/// The slot's row of `pg_stat_replication_slots` (Postgres 14+; `None`
+/// before, or before the slot has decoded anything).
+pub async fn stats(client: &Client, slot: &str) -> Result<Option<SlotStats>, SourceError> {
+    let row = client
+        .query_opt(
+            "SELECT spill_txns, spill_bytes, stream_txns, stream_bytes \
+             FROM pg_catalog.pg_stat_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await;
+    // The view does not exist before Postgres 14.
+    let row = match row {
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => return Ok(None),
+        other => other?,
+    };
+    const QUERY: &str = "the slot statistics query";
+    let count = |r: &tokio_postgres::Row, i: usize| -> Result<u64, SourceError> {
+        Ok(r.read::<Option<i64>>(QUERY, i)?.unwrap_or(0).max(0) as u64)
+    };
+    row.map(|r| {
+        Ok(SlotStats {
+            spill_txns: count(&r, 0)?,
+            spill_bytes: count(&r, 1)?,
+            stream_txns: count(&r, 2)?,
+            stream_bytes: count(&r, 3)?,
+        })
+    })
+    .transpose()
+}
+
 /// Fails with the fix when `info` cannot be streamed from by walhouse into
 /// database `dbname`.
 pub fn check_usable(info: &SlotInfo, dbname: &str) -> Result<(), SourceError> {
