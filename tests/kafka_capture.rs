@@ -1457,3 +1457,118 @@ async fn a_postgres_crash_and_restart_is_ridden_out() {
     assert_eq!(ids, (1..=100).collect(), "every insert arrived");
     assert_eq!(env.read("later", 2).await.len(), 2, "a table made after the restart");
 }
+
+/// Postgres set to stream any transaction past 64 kB (every change on 18).
+fn streaming_source() -> PgOptions {
+    let mut extra_conf = vec!["logical_decoding_work_mem = '64kB'".to_string()];
+    if support::postgres::test_major() >= 16 {
+        extra_conf.push("debug_logical_replication_streaming = 'immediate'".into());
+    }
+    PgOptions {
+        extra_conf,
+        ..PgOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_transactions_deliver_only_committed_rows_in_commit_order() {
+    let env = Env::start_with("streamed", streaming_source()).await;
+    let sql = env.pg.client(&env.db).await;
+    sql.batch_execute("CREATE TABLE big (id int PRIMARY KEY, who text NOT NULL)")
+        .await
+        .expect("schema");
+    let spool = tempfile::tempdir().expect("spool dir");
+    let spool_dir = spool.path().to_str().expect("utf-8 path").to_owned();
+    let running = env.spawn(
+        "streamed_slot",
+        &[
+            "--topic-partitions",
+            "1",
+            "--stream-transactions",
+            "true",
+            "--spool-dir",
+            &spool_dir,
+        ],
+    );
+    env.wait_streaming("streamed_slot").await;
+    sql.batch_execute(
+        "BEGIN;
+         INSERT INTO big SELECT g, 'one' FROM generate_series(1, 3000) g;
+         SAVEPOINT s;
+         INSERT INTO big SELECT g, 'savepoint' FROM generate_series(3001, 5000) g;
+         ROLLBACK TO SAVEPOINT s;
+         INSERT INTO big SELECT g, 'one' FROM generate_series(5001, 6000) g;
+         COMMIT;
+         BEGIN;
+         INSERT INTO big SELECT g, 'aborted' FROM generate_series(10001, 13000) g;
+         ROLLBACK;",
+    )
+    .await
+    .expect("first transactions");
+    let (a, b) = (env.pg.client(&env.db).await, env.pg.client(&env.db).await);
+    a.batch_execute("BEGIN").await.expect("begin a");
+    b.batch_execute("BEGIN").await.expect("begin b");
+    for chunk in 0..4 {
+        let (from_a, from_b) = (20001 + chunk * 1000, 30001 + chunk * 1000);
+        a.execute(
+            "INSERT INTO big SELECT g, 'a' FROM generate_series($1::int, $1::int + 999) g",
+            &[&from_a],
+        )
+        .await
+        .expect("insert a");
+        b.execute(
+            "INSERT INTO big SELECT g, 'b' FROM generate_series($1::int, $1::int + 999) g",
+            &[&from_b],
+        )
+        .await
+        .expect("insert b");
+    }
+    b.batch_execute("COMMIT").await.expect("commit b");
+    a.batch_execute("COMMIT").await.expect("commit a");
+    assert!(
+        env.pg.wait_confirmed(&env.db, "streamed_slot", LIMIT).await,
+        "capture did not confirm the streamed transactions"
+    );
+    let got = env.read_all("big").await;
+    running.stop().await;
+    let ids: Vec<i32> = got
+        .iter()
+        .map(|d| match field(d.key.as_ref().expect("key"), "id") {
+            Value::Int(id) => *id,
+            other => panic!("int key, got {other:?}"),
+        })
+        .collect();
+    let mut expected: Vec<i32> = (1..=3000)
+        .chain(5001..=6000)
+        .chain(20001..=24000)
+        .chain(30001..=34000)
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(sorted, expected, "exactly the committed rows, each once");
+    assert!(got.iter().all(|d| op(d) == "c"), "inserts only");
+    let last_b = ids.iter().rposition(|id| (30001..=34000).contains(id)).expect("b");
+    let first_a = ids.iter().position(|id| (20001..=24000).contains(id)).expect("a");
+    assert!(last_b < first_a, "b committed first, so all of b comes before a");
+    let row = sql
+        .query_one(
+            "SELECT stream_txns, spill_txns, stream_bytes, spill_bytes FROM pg_stat_replication_slots WHERE slot_name = 'streamed_slot'",
+            &[],
+        )
+        .await
+        .expect("slot stats");
+    let (streamed, spilled, stream_bytes, spill_bytes): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    eprintln!("slot stats: stream_txns {streamed} ({stream_bytes} B), spill_txns {spilled} ({spill_bytes} B)");
+    assert!(streamed >= 2, "the large transactions were streamed: {streamed}");
+    assert!(
+        spill_bytes < stream_bytes / 10,
+        "the source spilled {spill_bytes} B against {stream_bytes} B streamed"
+    );
+    assert_eq!(
+        std::fs::read_dir(spool.path()).expect("spool dir").count(),
+        0,
+        "the spool is empty"
+    );
+}
