@@ -644,10 +644,7 @@ impl LoopState<'_> {
         status_interval: Duration,
     ) -> Result<Option<Lsn>, CaptureError> {
         let mut replay = replay;
-        let mut next = match replay.as_mut() {
-            Some(r) => r.next_message()?,
-            None => None,
-        };
+        let mut next = replay.as_mut().map(Replay::next_message).transpose()?.flatten();
         let begin = Begin {
             final_lsn: commit.commit_lsn,
             commit_time: commit.commit_time,
@@ -658,35 +655,32 @@ impl LoopState<'_> {
         let mut decoder = Decoder::streamed();
         let mut status_due = tokio::time::Instant::now() + status_interval;
         while let Some((lsn, payload)) = next {
-            while dest.is_full() {
+            // Status goes out when due, whether or not the destination is
+            // full; a full one is waited on until it has room.
+            loop {
+                if tokio::time::Instant::now() >= status_due {
+                    if *shutdown.borrow() {
+                        return Ok(None);
+                    }
+                    self.acknowledge_durable(stream, dest)?;
+                    stream.send_status().await?;
+                    status_due = tokio::time::Instant::now() + status_interval;
+                }
+                if !dest.is_full() {
+                    break;
+                }
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => return Ok(None),
                     _ = dest.progressed() => self.acknowledge_durable(stream, dest)?,
                     _ = tokio::time::sleep_until(status_due) => {}
                 }
-                if tokio::time::Instant::now() >= status_due {
-                    self.acknowledge_durable(stream, dest)?;
-                    stream.send_status().await?;
-                    status_due = tokio::time::Instant::now() + status_interval;
-                }
-            }
-            if tokio::time::Instant::now() >= status_due {
-                if *shutdown.borrow() {
-                    return Ok(None);
-                }
-                self.acknowledge_durable(stream, dest)?;
-                stream.send_status().await?;
-                status_due = tokio::time::Instant::now() + status_interval;
             }
             let message = decoder
                 .decode(payload)
                 .map_err(|source| SourceError::Decode { lsn, source })?;
             self.apply(lsn, message, dest).await?;
-            next = match replay.as_mut() {
-                Some(r) => r.next_message()?,
-                None => None,
-            };
+            next = replay.as_mut().map(Replay::next_message).transpose()?.flatten();
         }
         // The spool file goes now, before the records are even durable: a
         // restart streams the transaction again.

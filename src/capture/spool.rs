@@ -275,11 +275,10 @@ impl Spools {
     /// Stream Commit: the transaction's messages, to be replayed in order.
     /// `None` when nothing of it was streamed.
     pub fn commit(&mut self, xid: u32) -> Result<Option<Replay>, SpoolError> {
-        let Some(mut spool) = self.open.remove(&xid) else {
+        let Some(spool) = self.open.remove(&xid) else {
             return Ok(None);
         };
         self.bytes = self.bytes.saturating_sub(spool.len);
-        spool.out.flush().map_err(|e| spool.io(e))?;
         let len = spool.len;
         let path = spool.path.clone();
         let mut file = spool.out.into_inner().map_err(|e| SpoolError::Io {
@@ -312,10 +311,16 @@ impl Spools {
         if let Some(spool) = self.open.remove(&xid) {
             self.bytes = self.bytes.saturating_sub(spool.len);
             drop(spool.out);
-            if let Err(e) = fs::remove_file(&spool.path) {
-                tracing::warn!("cannot remove spool file {}: {e}", spool.path.display());
-            }
+            remove_file(&spool.path);
         }
+    }
+}
+
+/// Removes a spool file; a file that cannot go is only worth a warning, as
+/// the next start clears the directory.
+fn remove_file(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        tracing::warn!("cannot remove spool file {}: {e}", path.display());
     }
 }
 
@@ -353,9 +358,7 @@ impl Replay {
 
 impl Drop for Replay {
     fn drop(&mut self) {
-        if let Err(e) = fs::remove_file(&self.path) {
-            tracing::warn!("cannot remove spool file {}: {e}", self.path.display());
-        }
+        remove_file(&self.path);
     }
 }
 
