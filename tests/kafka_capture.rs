@@ -1458,6 +1458,26 @@ async fn a_postgres_crash_and_restart_is_ridden_out() {
     assert_eq!(env.read("later", 2).await.len(), 2, "a table made after the restart");
 }
 
+/// Spool files (`*.spool`) in a spool directory.
+fn spool_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("spool dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "spool"))
+        .count()
+}
+
+/// Bytes on disk in a spool directory's spool files.
+fn spool_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("spool dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "spool"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// Postgres set to stream any transaction past 64 kB (every change on 18).
 fn streaming_source() -> PgOptions {
     let mut extra_conf = vec!["logical_decoding_work_mem = '64kB'".to_string()];
@@ -1566,9 +1586,284 @@ async fn streamed_transactions_deliver_only_committed_rows_in_commit_order() {
         spill_bytes < stream_bytes / 10,
         "the source spilled {spill_bytes} B against {stream_bytes} B streamed"
     );
-    assert_eq!(
-        std::fs::read_dir(spool.path()).expect("spool dir").count(),
-        0,
-        "the spool is empty"
+    assert_eq!(spool_files(spool.path()), 0, "the spool is empty");
+}
+
+/// Capture is killed while a large transaction streams into its spool:
+/// the leftover spool is removed at restart, the server streams the
+/// transaction again from its start, and every committed row arrives
+/// once, with the commit's positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_a_streamed_transaction_loses_and_duplicates_nothing() {
+    let env = Env::start_with("streamkill", streaming_source()).await;
+    let sql = env.pg.client(&env.db).await;
+    sql.batch_execute("CREATE TABLE big (id int PRIMARY KEY, who text NOT NULL)")
+        .await
+        .expect("schema");
+    let spool = tempfile::tempdir().expect("spool dir");
+    let spool_dir = spool.path().to_str().expect("utf-8 path").to_owned();
+    let spawn_binary = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_walhouse-capture"));
+        let extra = [
+            "--topic-partitions",
+            "1",
+            "--stream-transactions",
+            "true",
+            "--spool-dir",
+            &spool_dir,
+        ];
+        cmd.args(env.args("streamkill_slot", &extra).argv())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd.spawn().expect("walhouse-capture starts")
+    };
+    let spooled = || spool_files(spool.path());
+    // `status` shows the spool and the slot's decoding counters.
+    let status = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_walhouse-capture"))
+            .args([
+                "status",
+                "--json",
+                "--source-url",
+                &env.pg.url("walhouse_scram", &env.db),
+            ])
+            .args(["--slot", "streamkill_slot", "--spool-dir", &spool_dir])
+            .output()
+            .expect("status runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON status")
+    };
+    let mut child = spawn_binary();
+    env.wait_streaming("streamkill_slot").await;
+    sql.batch_execute("INSERT INTO big SELECT g, 'before' FROM generate_series(1, 100) g")
+        .await
+        .expect("before");
+    // Everything before the large transaction is confirmed, so the restart
+    // sends nothing of it again and any duplicate would be the spool's.
+    assert!(
+        env.pg.wait_confirmed(&env.db, "streamkill_slot", LIMIT).await,
+        "capture did not confirm the first rows"
     );
+    let large = env.pg.client(&env.db).await;
+    large.batch_execute("BEGIN").await.expect("begin");
+    for chunk in 0..8 {
+        let from = 1001 + chunk * 1000;
+        large
+            .execute(
+                "INSERT INTO big SELECT g, 'large' FROM generate_series($1::int, $1::int + 999) g",
+                &[&from],
+            )
+            .await
+            .expect("insert");
+    }
+    let deadline = std::time::Instant::now() + LIMIT;
+    // Spooled and past the write buffer, so on disk.
+    while spool_bytes(spool.path()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the transaction was never spooled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    assert!(spooled() > 0, "the killed capture left its spool behind");
+    let left = status();
+    assert!(left["spool_bytes"].as_u64().is_some_and(|b| b > 0), "{left}");
+    large
+        .execute(
+            "INSERT INTO big SELECT g, 'large' FROM generate_series(9001, 10000) g",
+            &[],
+        )
+        .await
+        .expect("insert after the kill");
+    large.batch_execute("COMMIT").await.expect("commit");
+    sql.batch_execute("INSERT INTO big SELECT g, 'after' FROM generate_series(11001, 11100) g")
+        .await
+        .expect("after");
+    let mut child = spawn_binary();
+    let confirmed = env.pg.wait_confirmed(&env.db, "streamkill_slot", LIMIT).await;
+    let got = env.read_all("big").await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(confirmed, "the restarted capture did not confirm the transaction");
+    let ids: Vec<i32> = got
+        .iter()
+        .map(|d| match field(d.key.as_ref().expect("key"), "id") {
+            Value::Int(id) => *id,
+            other => panic!("int key, got {other:?}"),
+        })
+        .collect();
+    let expected: Vec<i32> = (1..=100).chain(1001..=10000).chain(11001..=11100).collect();
+    let first_difference = ids.iter().zip(&expected).position(|(a, b)| a != b);
+    assert!(
+        ids == expected,
+        "every committed row once, in commit order: {} ids for {} expected, first difference at {first_difference:?}",
+        ids.len(),
+        expected.len()
+    );
+    let source = |d: &Decoded, name: &str| field(field(d.value.as_ref().expect("value"), "source"), name).clone();
+    let large_rows: Vec<&Decoded> = got
+        .iter()
+        .filter(|d| matches!(field(d.key.as_ref().expect("key"), "id"), Value::Int(id) if (1001..=10000).contains(id)))
+        .collect();
+    let commits: std::collections::HashSet<String> = large_rows
+        .iter()
+        .map(|d| format!("{:?}", source(d, "commit_lsn")))
+        .collect();
+    assert_eq!(commits.len(), 1, "one commit position for the whole transaction");
+    let ordinals: Vec<i64> = large_rows
+        .iter()
+        .map(|d| match source(d, "tx_ordinal") {
+            Value::Long(n) => n,
+            other => panic!("long ordinal, got {other:?}"),
+        })
+        .collect();
+    // Two ordinals per change (a key change's second record has its own).
+    let expected: Vec<i64> = (1..=9000).map(|n| 2 * n).collect();
+    assert!(
+        ordinals == expected,
+        "ordinals number the transaction from its start: {} of them, first {:?}, last {:?}",
+        ordinals.len(),
+        ordinals.first(),
+        ordinals.last()
+    );
+    assert_eq!(
+        spooled(),
+        0,
+        "the restart cleared the leftover spool and replayed its own"
+    );
+    let after = status();
+    assert_eq!(after["spool_bytes"], 0, "{after}");
+    assert!(
+        after["decoding"]["stream_txns"].as_u64().is_some_and(|n| n >= 1),
+        "the slot counts the streamed transaction: {after}"
+    );
+}
+
+/// One streamed transaction holding what else capture handles: an update
+/// leaving a TOASTed value unchanged, a primary-key change, a column added
+/// half-way (a Relation message inside the stream), a truncate of another
+/// table, bracketed on the transaction topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_transaction_carries_toast_key_changes_ddl_and_truncates() {
+    let env = Env::start_with("streamedmix", streaming_source()).await;
+    let sql = env.pg.client(&env.db).await;
+    sql.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL, big text);
+         CREATE TABLE u (id int PRIMARY KEY);
+         INSERT INTO t SELECT 1, 'first', string_agg(md5(g::text), '') FROM generate_series(1, 4000) g;
+         INSERT INTO t VALUES (2, 'second', NULL);
+         INSERT INTO u VALUES (1), (2);",
+    )
+    .await
+    .expect("schema");
+    let spool = tempfile::tempdir().expect("spool dir");
+    let spool_dir = spool.path().to_str().expect("utf-8 path").to_owned();
+    let running = env.spawn(
+        "mix_slot",
+        &[
+            "--topic-partitions",
+            "1",
+            "--transaction-topic",
+            "true",
+            "--stream-transactions",
+            "true",
+            "--spool-dir",
+            &spool_dir,
+        ],
+    );
+    env.wait_streaming("mix_slot").await;
+    sql.batch_execute(
+        "BEGIN;
+         INSERT INTO t SELECT g, 'bulk', NULL FROM generate_series(10, 3009) g;
+         UPDATE t SET v = 'touched' WHERE id = 1;
+         UPDATE t SET id = 20000 WHERE id = 2;
+         ALTER TABLE t ADD COLUMN extra int;
+         INSERT INTO t SELECT g, 'with extra', NULL, g FROM generate_series(5000, 7999) g;
+         TRUNCATE u;
+         COMMIT;",
+    )
+    .await
+    .expect("streamed transaction");
+    assert!(
+        env.pg.wait_confirmed(&env.db, "mix_slot", LIMIT).await,
+        "capture did not confirm the streamed transaction"
+    );
+    let t = env.read_all("t").await;
+    let u = env.read_all("u").await;
+    let tx = env.read_topic(&format!("{}.transaction", env.prefix), 2, LIMIT).await;
+    running.stop().await;
+    let streamed: i64 = sql
+        .query_one(
+            "SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = 'mix_slot'",
+            &[],
+        )
+        .await
+        .expect("slot stats")
+        .get(0);
+    assert!(streamed >= 1, "the transaction was streamed");
+    let id = |d: &Decoded| match field(d.key.as_ref().expect("key"), "id") {
+        Value::Int(id) => *id,
+        other => panic!("int key, got {other:?}"),
+    };
+    let summary: Vec<(String, i32)> = t
+        .iter()
+        .map(|d| (d.value.as_ref().map_or("tombstone".to_string(), |_| op(d)), id(d)))
+        .collect();
+    let mut expected: Vec<(String, i32)> = vec![("r".into(), 1), ("r".into(), 2)];
+    expected.extend((10..=3009).map(|g| ("c".into(), g)));
+    expected.extend([
+        ("u".into(), 1),
+        ("d".into(), 2),
+        ("tombstone".into(), 2),
+        ("c".into(), 20000),
+    ]);
+    expected.extend((5000..=7999).map(|g| ("c".into(), g)));
+    assert_eq!(summary, expected, "every change once, in the transaction's order");
+    let touched = &t[3002];
+    assert_eq!(string(opt(after(touched), "v")), "touched");
+    let Some(Value::Array(unchanged)) = opt(touched.value.as_ref().expect("value"), "unchanged_toast") else {
+        panic!("unchanged_toast")
+    };
+    assert_eq!(
+        unchanged,
+        &vec![Value::String("big".into())],
+        "the TOASTed value was left unchanged"
+    );
+    let has_extra = |d: &Decoded| matches!(after(d), Value::Record(fields) if fields.iter().any(|(n, _)| n == "extra"));
+    assert!(!has_extra(&t[3001]), "rows before the column was added lack it");
+    assert_eq!(
+        opt(after(&t[3006]), "extra"),
+        Some(&Value::Int(5000)),
+        "the added column carries its value"
+    );
+    assert_eq!(opt(after(t.last().expect("rows")), "extra"), Some(&Value::Int(7999)));
+    let u_ops: Vec<String> = u.iter().map(op).collect();
+    assert_eq!(u_ops, ["r", "r", "t"], "the truncate inside the stream arrives");
+    let status: Vec<&Value> = tx
+        .iter()
+        .map(|d| field(d.value.as_ref().expect("value"), "status"))
+        .collect();
+    assert_eq!(
+        status,
+        [&Value::String("BEGIN".into()), &Value::String("END".into())],
+        "one transaction bracketed"
+    );
+    let Some(Value::Array(collections)) = opt(tx[1].value.as_ref().expect("value"), "data_collections") else {
+        panic!("collections")
+    };
+    let counts: HashMap<String, i64> = collections
+        .iter()
+        .map(|c| match (field(c, "data_collection"), field(c, "event_count")) {
+            (Value::String(t), Value::Long(n)) => (t.clone(), *n),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(
+        counts.get("public.t").is_some_and(|n| (6002..=6004).contains(n)),
+        "{counts:?}"
+    );
+    assert_eq!(spool_files(spool.path()), 0, "the spool is empty");
 }

@@ -28,6 +28,9 @@ pub async fn status(config: &CaptureConfig) -> Result<StatusReport, SourceError>
     ProgressStore::new(&config.state_schema, &config.slot)
         .fill_status(&sql, &mut report)
         .await?;
+    let spool_dir = config.spool_dir();
+    report.spool_bytes = super::spool::spooled_bytes(&spool_dir);
+    report.spool_dir = spool_dir.display().to_string();
     Ok(report)
 }
 
@@ -64,6 +67,19 @@ pub fn status_text(report: &StatusReport) -> String {
             "{} ({} of {} chunks done, {} rows)",
             report.snapshot, report.snapshot_chunks_done, report.snapshot_chunks, report.snapshot_rows
         ),
+    );
+    line(
+        "decoding",
+        or(report.decoding.map(|d| {
+            format!(
+                "{} transactions spilled ({} bytes), {} streamed ({} bytes)",
+                d.spill_txns, d.spill_bytes, d.stream_txns, d.stream_bytes
+            )
+        })),
+    );
+    line(
+        "spool",
+        format!("{} ({})", report.spool_dir, bytes(report.spool_bytes.map(|b| b as i64))),
     );
     line(
         "publication",

@@ -227,14 +227,14 @@ pub struct CaptureSettings {
 
     /// Have Postgres 14+ stream large transactions while they run (pgoutput
     /// protocol 2), kept in --spool-dir until they commit, instead of
-    /// spilling them to its own disk (false: protocol 1). Off by default
-    /// until its integration tests land (issue 24).
-    #[arg(long, env = "WALHOUSE_STREAM_TRANSACTIONS", default_value_t = false, action = ArgAction::Set)]
+    /// spilling them to its own disk (false, or a server before 14:
+    /// protocol 1).
+    #[arg(long, env = "WALHOUSE_STREAM_TRANSACTIONS", default_value_t = true, action = ArgAction::Set)]
     pub stream_transactions: bool,
 
     /// Directory for streamed transactions in progress, on a local disk
     /// [default: /var/tmp/walhouse-spool/<slot>].
-    #[arg(long, env = "WALHOUSE_SPOOL_DIR")]
+    #[arg(long, global = true, env = "WALHOUSE_SPOOL_DIR")]
     pub spool_dir: Option<std::path::PathBuf>,
 
     /// Most bytes the streamed transactions in progress may take in

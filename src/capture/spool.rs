@@ -52,6 +52,11 @@ pub enum SpoolError {
     )]
     Directory { dir: PathBuf, source: std::io::Error },
     #[error(
+        "spool directory {dir} is in use by another walhouse-capture (the same slot name on another source?). \
+         Fix: give each capture its own --spool-dir"
+    )]
+    InUse { dir: PathBuf },
+    #[error(
         "cannot write or read spool file {path}: {source}. Fix: free space on that disk or point --spool-dir elsewhere"
     )]
     Io { path: PathBuf, source: std::io::Error },
@@ -166,6 +171,9 @@ pub struct Spools {
     /// The top-level xid of the current Stream Start … Stream Stop block.
     block: Option<u32>,
     bytes: u64,
+    /// Held while this process uses the directory: a second capture with
+    /// the same default directory would delete this one's spools at start.
+    _lock: File,
 }
 
 impl Spools {
@@ -177,12 +185,24 @@ impl Spools {
             source,
         };
         fs::create_dir_all(dir).map_err(dir_err)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .map_err(dir_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::InUse { dir: dir.to_owned() }),
+            Err(fs::TryLockError::Error(e)) => return Err(dir_err(e)),
+        }
         let spools = Spools {
             dir: dir.to_owned(),
             max_bytes,
             open: HashMap::new(),
             block: None,
             bytes: 0,
+            _lock: lock,
         };
         for entry in fs::read_dir(dir).map_err(dir_err)? {
             let path = entry.map_err(dir_err)?.path();
@@ -316,6 +336,20 @@ impl Spools {
     }
 }
 
+/// Bytes in the spool files under `dir` now, as `status` shows them
+/// (`None`: no such directory, so nothing was spooled on this host).
+pub fn spooled_bytes(dir: &Path) -> Option<u64> {
+    let entries = fs::read_dir(dir).ok()?;
+    Some(
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == EXTENSION))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum(),
+    )
+}
+
 /// Removes a spool file; a file that cannot go is only worth a warning, as
 /// the next start clears the directory.
 fn remove_file(path: &Path) {
@@ -441,8 +475,12 @@ mod tests {
         out
     }
 
+    /// Files in `dir` besides the lock.
     fn files(dir: &Path) -> usize {
-        fs::read_dir(dir).expect("dir").count()
+        fs::read_dir(dir)
+            .expect("dir")
+            .filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != "lock"))
+            .count()
     }
 
     #[test]
@@ -529,6 +567,17 @@ mod tests {
         ));
         s.clear();
         assert_eq!(files(dir.path()), 1);
+    }
+
+    #[test]
+    fn a_second_process_on_the_directory_is_refused_until_the_first_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = Spools::open(dir.path(), 1 << 20).expect("open");
+        let err = Spools::open(dir.path(), 1 << 20).err().expect("in use");
+        assert!(matches!(err, SpoolError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains("--spool-dir"), "{err}");
+        drop(first);
+        Spools::open(dir.path(), 1 << 20).expect("free again");
     }
 
     #[test]

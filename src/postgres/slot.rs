@@ -148,6 +148,13 @@ pub struct StatusReport {
     pub snapshot_rows: u64,
     pub publication: String,
     pub tables: Vec<String>,
+    /// What the server counted decoding the slot: spilled and streamed
+    /// transactions (Postgres 14+; `None` before, or before it decoded).
+    pub decoding: Option<SlotStats>,
+    /// Where capture spools streamed transactions, and the bytes there now
+    /// (`None`: no spool directory).
+    pub spool_dir: String,
+    pub spool_bytes: Option<u64>,
 }
 
 /// Reads the slot's state, its lag and the publication's tables; the
@@ -211,6 +218,9 @@ pub async fn status(
         snapshot_rows: 0,
         publication: publication.into(),
         tables,
+        decoding: None,
+        spool_dir: String::new(),
+        spool_bytes: None,
     };
     if let Some(r) = slot_row {
         const QUERY: &str = "the slot status query";
@@ -223,6 +233,7 @@ pub async fn status(
         report.failover = r.read(QUERY, 6)?;
         report.conflicting = r.read(QUERY, 7)?;
         report.inactive_since = r.read(QUERY, 8)?;
+        report.decoding = stats(client, slot).await?;
     }
     Ok(report)
 }
@@ -245,7 +256,7 @@ pub async fn lag(client: &Client, slot: &str) -> Result<Option<(i64, bool)>, Sou
 
 /// What Postgres counts for a slot: transactions it spilled to its own
 /// disk and transactions it streamed before their commit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SlotStats {
     pub spill_txns: u64,
     pub spill_bytes: u64,
