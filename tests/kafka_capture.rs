@@ -1867,3 +1867,104 @@ async fn a_streamed_transaction_carries_toast_key_changes_ddl_and_truncates() {
     );
     assert_eq!(spool_files(spool.path()), 0, "the spool is empty");
 }
+
+/// Columns dropped and renamed after the initial snapshot planned its
+/// tables and before their COPY (COPY reads rows under the snapshot but
+/// resolves names in the current catalog): each table is described again
+/// and read with its columns as they are now, without table locks, and
+/// every row arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_dropped_or_renamed_during_the_snapshot_are_read_as_they_are_now() {
+    let env = Env::start("ddlsnap").await;
+    let sql = env.pg.client(&env.db).await;
+    sql.batch_execute(
+        "CREATE TABLE dropped (id int PRIMARY KEY, gone text, kept int);
+         CREATE TABLE renamed (id int PRIMARY KEY, old_name int);
+         INSERT INTO dropped SELECT g, 'x' || g, g * 2 FROM generate_series(1, 3000) g;
+         INSERT INTO renamed SELECT g, g * 3 FROM generate_series(1, 3000) g;",
+    )
+    .await
+    .expect("schema");
+    let dir = tempfile::tempdir().expect("dir");
+    let hold = dir.path().join("hold");
+    std::fs::write(&hold, b"").expect("hold");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_walhouse-capture"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WALHOUSE_")) {
+        cmd.env_remove(k);
+    }
+    // Small chunks over two connections: each table is read in several
+    // chunks, some by each connection, every one of which meets the change.
+    let extra = [
+        "--topic-partitions",
+        "1",
+        "--snapshot-chunk-pages",
+        "4",
+        "--snapshot-connections",
+        "2",
+    ];
+    let mut capture = cmd
+        .args(env.args("ddl_slot", &extra).argv())
+        .env(
+            "WALHOUSE_FAILPOINTS",
+            format!("snapshot.planned=pause-while:{}", hold.display()),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("walhouse-capture starts");
+    let reached = walhouse::failpoint::reached(&hold);
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !reached.exists() {
+        assert!(std::time::Instant::now() < deadline, "the snapshot was never planned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Not blocked: the snapshot holds no lock on the tables.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        sql.batch_execute(
+            "ALTER TABLE dropped DROP COLUMN gone; ALTER TABLE renamed RENAME COLUMN old_name TO new_name",
+        ),
+    )
+    .await
+    .expect("the DDL waits for no lock")
+    .expect("DDL");
+    std::fs::remove_file(&hold).expect("release");
+    env.wait_streaming("ddl_slot").await;
+    sql.batch_execute("INSERT INTO dropped VALUES (5000, 10000); INSERT INTO renamed VALUES (5000, 15000)")
+        .await
+        .expect("after");
+    let confirmed = env.pg.wait_confirmed(&env.db, "ddl_slot", LIMIT).await;
+    let dropped = env.read_all("dropped").await;
+    let renamed = env.read_all("renamed").await;
+    let _ = capture.kill().await;
+    assert!(confirmed, "capture did not go on streaming after the snapshot");
+    let has = |d: &Decoded, column: &str| matches!(after(d), Value::Record(f) if f.iter().any(|(n, _)| n == column));
+    let int = |v: Option<&Value>| match v {
+        Some(Value::Int(n)) => *n,
+        other => panic!("int expected, got {other:?}"),
+    };
+    for (records, column, factor, gone) in [(&dropped, "kept", 2, "gone"), (&renamed, "new_name", 3, "old_name")] {
+        let ids: Vec<i32> = records
+            .iter()
+            .map(|d| int(Some(field(d.key.as_ref().expect("key"), "id"))))
+            .collect();
+        let expected: Vec<i32> = (1..=3000).chain([5000]).collect();
+        assert!(
+            ids == expected,
+            "{column}: every row once, in order: {} ids, first difference at {:?}",
+            ids.len(),
+            ids.iter().zip(&expected).position(|(a, b)| a != b)
+        );
+        for d in records.iter() {
+            let id = int(Some(field(d.key.as_ref().expect("key"), "id")));
+            assert_eq!(int(opt(after(d), column)), id * factor, "{column} of {id}");
+            assert!(!has(d, gone), "{gone} is no longer a column: {id}");
+        }
+        let ops: Vec<String> = records.iter().map(op).collect();
+        assert!(
+            ops[..3000].iter().all(|o| o == "r") && ops[3000] == "c",
+            "{column}: snapshot reads, then the insert"
+        );
+    }
+}

@@ -14,6 +14,7 @@
 //! by the incremental method while the slot streams from the consistent
 //! point ([`super::incremental`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,9 @@ enum Piece {
     Rows(Vec<Tuple>),
     /// Rows the worker encoded, in order.
     Encoded(EncodedRows),
+    /// The table as it is now, for the rest of the chunk: its columns
+    /// changed since the snapshot (see [`copy_worker`]).
+    Relation(Relation),
     /// The chunk is complete.
     End,
 }
@@ -148,6 +152,7 @@ pub(super) async fn initial_snapshot<D: Destination>(
         progress,
     };
     let plan = run.plan(config, &tables, exported.snapshot_name()).await?;
+    crate::failpoint::pause("snapshot.planned").await;
     if let Some(p) = progress {
         let planned: Vec<Chunk> = plan.chunks.iter().map(|(_, c)| c.clone()).collect();
         p.plan(sql, &planned).await?;
@@ -167,7 +172,7 @@ pub(super) async fn initial_snapshot<D: Destination>(
         commit_lsn: consistent,
         commit_time: PgTimestamp::now(),
     };
-    let mut receivers = spawn_copy_workers(&config.source, exported.snapshot_name(), tx, &plan, workers);
+    let mut receivers = spawn_copy_workers(config, exported.snapshot_name(), tx, &plan, workers);
     let Some(mut drained) = run.drain_in_order(&plan, &mut receivers, &tx).await? else {
         return Ok(None);
     };
@@ -255,7 +260,7 @@ impl<D: Destination> Run<'_, D> {
         let mut unclosed: Vec<usize> = Vec::new();
         for (k, (t, chunk)) in plan.chunks.iter().enumerate() {
             let rx = &mut receivers[k % workers];
-            let relation = &plan.relations[*t].relation;
+            let mut relation = plan.relations[*t].relation.clone();
             loop {
                 let piece = tokio::select! {
                     biased;
@@ -285,13 +290,16 @@ impl<D: Destination> Run<'_, D> {
                         }
                         if !self
                             .emitter
-                            .send_encoded(self.dest, self.shutdown, relation, &rows)
+                            .send_encoded(self.dest, self.shutdown, &relation, &rows)
                             .await?
                         {
                             return Ok(None);
                         }
                         drained.rows_per_chunk[k] += rows.len() as u64;
                         drained.sent += rows.len() as u64;
+                    }
+                    Some(Ok(Piece::Relation(now))) => {
+                        relation = self.emitter.learn_relation(now, self.dest, None).await?;
                     }
                     Some(Ok(Piece::End)) => break,
                     Some(Err(e)) => return Err(e.into()),
@@ -430,7 +438,7 @@ struct Drained {
 /// `w` copies chunks `w`, `w + workers`, … in that order, so the loop can
 /// read them back in plan order.
 fn spawn_copy_workers(
-    source: &ConnInfo,
+    config: &CaptureConfig,
     snapshot_name: &str,
     tx: TxInfo,
     plan: &SnapshotPlan,
@@ -456,7 +464,14 @@ fn spawn_copy_workers(
                 }
             })
             .collect();
-        tokio::spawn(copy_worker(source.clone(), snapshot_name.to_owned(), tx, mine, sender));
+        let worker = Worker {
+            source: config.source.clone(),
+            publication: config.publication.clone(),
+            snapshot_name: snapshot_name.to_owned(),
+            tx,
+            out: sender,
+        };
+        tokio::spawn(worker.run(mine));
         receivers.push(rx);
     }
     receivers
@@ -485,47 +500,113 @@ async fn mark_durable<D: Destination>(
     Ok(durable)
 }
 
-/// Copies its chunks, in order, under the exported snapshot, encoding
-/// the rows when the destination offered an encoder.
-async fn copy_worker(
+/// A copy connection's task: its chunks, in order, under the exported
+/// snapshot, encoding the rows when the destination offered an encoder.
+struct Worker {
     source: ConnInfo,
+    publication: String,
     snapshot_name: String,
     tx: TxInfo,
-    chunks: Vec<ChunkJob>,
     out: mpsc::Sender<Result<Piece, SnapshotError>>,
-) {
-    let result: Result<(), SnapshotError> = async {
-        let mut session = snapshot::CopySession::connect(&source).await?;
-        session.begin(Some(&snapshot_name)).await?;
+}
+
+/// Times one chunk is described again and retried when its columns keep
+/// changing under it.
+const DESCRIBE_ATTEMPTS: u32 = 3;
+
+/// Whether the capture loop still listens.
+type Listening = bool;
+
+impl Worker {
+    async fn run(self, chunks: Vec<ChunkJob>) {
+        if let Err(e) = self.copy_all(chunks).await {
+            let _ = self.out.send(Err(e)).await;
+        }
+    }
+
+    async fn copy_all(&self, chunks: Vec<ChunkJob>) -> Result<(), SnapshotError> {
+        let mut session = snapshot::CopySession::connect(&self.source).await?;
+        session.begin(Some(&self.snapshot_name)).await?;
+        // Tables whose columns changed since the snapshot (a column
+        // dropped or renamed: COPY resolves names in the current catalog),
+        // as they are now: their chunks go raw, the encoder being the old
+        // shape's.
+        let mut described_again: HashMap<u32, Relation> = HashMap::new();
         for job in chunks {
-            let mut rows = session.copy(&job.relation, job.pages, job.filter.as_deref()).await?;
-            let mut batch = Batcher::new(&job, tx);
-            // Held back: the chunk's last row goes to the capture loop raw.
-            let mut prev: Option<Tuple> = None;
-            while let Some(tuple) = rows.next().await? {
-                if let Some(row) = prev.replace(tuple) {
-                    batch.push(row);
-                    for piece in batch.ready.drain(..) {
-                        if out.send(Ok(piece)).await.is_err() {
+            let mut attempts = 0;
+            loop {
+                let now = described_again.get(&job.relation.id);
+                let result = match now {
+                    Some(r) => {
+                        if !self.send(Piece::Relation(r.clone())).await {
                             return Ok(());
                         }
+                        let job = ChunkJob {
+                            relation: Arc::new(r.clone()),
+                            encoder: None,
+                            filter: job.filter.clone(),
+                            ..job
+                        };
+                        self.copy_chunk(&mut session, &job).await
                     }
+                    None => self.copy_chunk(&mut session, &job).await,
+                };
+                match result {
+                    Ok(true) => break,
+                    Ok(false) => return Ok(()),
+                    Err(e) if snapshot::is_changed_columns(&e) && attempts < DESCRIBE_ATTEMPTS => {
+                        attempts += 1;
+                        session.roll_back_chunk().await?;
+                        let table = TableName {
+                            schema: job.relation.namespace.clone(),
+                            name: job.relation.name.clone(),
+                        };
+                        tracing::warn!(
+                            %table,
+                            "the table's columns changed since the snapshot began ({e}): reading it with its columns as they are now"
+                        );
+                        let (client, _driver) = client::connect(&self.source).await?;
+                        let (relation, _) = snapshot::describe(&client, &table, &self.publication).await?;
+                        described_again.insert(job.relation.id, relation);
+                    }
+                    Err(e) => return Err(e),
                 }
-            }
-            for piece in batch.finish(prev) {
-                if out.send(Ok(piece)).await.is_err() {
-                    return Ok(());
-                }
-            }
-            if out.send(Ok(Piece::End)).await.is_err() {
-                return Ok(());
             }
         }
         Ok(())
     }
-    .await;
-    if let Err(e) = result {
-        let _ = out.send(Err(e)).await;
+
+    /// Copies one chunk; false when the capture loop stopped listening.
+    /// Fails before sending a row when the COPY itself fails.
+    async fn copy_chunk(
+        &self,
+        session: &mut snapshot::CopySession,
+        job: &ChunkJob,
+    ) -> Result<Listening, SnapshotError> {
+        let mut rows = session.copy(&job.relation, job.pages, job.filter.as_deref()).await?;
+        let mut batch = Batcher::new(job, self.tx);
+        // Held back: the chunk's last row goes to the capture loop raw.
+        let mut prev: Option<Tuple> = None;
+        while let Some(tuple) = rows.next().await? {
+            if let Some(row) = prev.replace(tuple) {
+                batch.push(row);
+                for piece in batch.ready.drain(..) {
+                    if !self.send(piece).await {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        for piece in batch.finish(prev) {
+            if !self.send(piece).await {
+                return Ok(false);
+            }
+        }
+        Ok(self.send(Piece::End).await)
+    }
+
+    async fn send(&self, piece: Piece) -> Listening {
+        self.out.send(Ok(piece)).await.is_ok()
     }
 }
 

@@ -214,6 +214,8 @@ pub struct CopySession {
     wire: Wire,
     user: String,
     dbname: String,
+    /// Whether a chunk's savepoint is open (see [`CopySession::copy`]).
+    savepoint: bool,
 }
 
 impl CopySession {
@@ -223,6 +225,7 @@ impl CopySession {
             wire,
             user: info.user.clone(),
             dbname: info.dbname.clone(),
+            savepoint: false,
         })
     }
 
@@ -258,9 +261,34 @@ impl CopySession {
         pages: PageRange,
         row_filter: Option<&str>,
     ) -> Result<CopyRows<&mut CopySession>, SourceError> {
-        self.query(&copy_sql(relation, pages, row_filter)).await?;
+        // Each COPY behind a savepoint, in the same round trip: one that
+        // fails because the table changed since the snapshot (a column
+        // dropped or renamed) rolls back to it, and the session's snapshot
+        // stays usable for the chunk read again.
+        let savepoint = if self.savepoint {
+            "RELEASE SAVEPOINT walhouse_chunk; SAVEPOINT walhouse_chunk; "
+        } else {
+            "SAVEPOINT walhouse_chunk; "
+        };
+        self.savepoint = true;
+        self.query(&format!("{savepoint}{}", copy_sql(relation, pages, row_filter)))
+            .await?;
         Ok(CopyRows::new(self, relation))
     }
+
+    /// Undoes a failed COPY: back to its savepoint, in the snapshot.
+    pub async fn roll_back_chunk(&mut self) -> Result<(), SourceError> {
+        self.query("ROLLBACK TO SAVEPOINT walhouse_chunk").await?;
+        while self.next_data().await?.is_some() {}
+        Ok(())
+    }
+}
+
+/// Whether `e` says the table's columns are not what the snapshot saw: a
+/// column dropped or renamed since (`42703`, undefined_column). COPY reads
+/// rows under the snapshot but resolves names in the current catalog.
+pub fn is_changed_columns(e: &SnapshotError) -> bool {
+    matches!(e, SnapshotError::Source(SourceError::Server(s)) if s.code == "42703")
 }
 
 impl<T: CopySource> CopySource for &mut T {
