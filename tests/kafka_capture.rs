@@ -1968,3 +1968,119 @@ async fn columns_dropped_or_renamed_during_the_snapshot_are_read_as_they_are_now
         );
     }
 }
+
+/// A partitioned table: with the publication walhouse makes
+/// (`publish_via_partition_root`), the snapshot reads every partition and
+/// every change, whichever partition it lands in (one attached while
+/// streaming too), goes to the parent's topic; a detached partition's
+/// changes stop. With a publication made without it, each partition is a
+/// table of its own, with its own topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_table_goes_to_one_topic_through_attach_and_detach() {
+    let env = Env::start("parts").await;
+    let sql = env.pg.client(&env.db).await;
+    sql.batch_execute(
+        "CREATE TABLE m (id int, region text, n int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu');
+         CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us');
+         INSERT INTO m SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, g FROM generate_series(1, 200) g;
+         CREATE PUBLICATION leaves FOR TABLE m;",
+    )
+    .await
+    .expect("schema");
+    let via_root = env.spawn("parts_slot", &["--tables", "public.m", "--publication", "parts_pub"]);
+    let leaves_prefix = format!("{}_leaves", env.prefix);
+    let leaves_config = env
+        .args("leaves_slot", &["--publication", "leaves"])
+        .with("--topic-prefix", &leaves_prefix)
+        .config();
+    let mut leaves_dest = capture::kafka_destination(&leaves_config).expect("producer");
+    let (leaves_stop, rx) = watch::channel(false);
+    let leaves = Running {
+        stop: leaves_stop,
+        task: tokio::spawn(async move { capture::run(&leaves_config, &mut leaves_dest, rx).await }),
+    };
+    env.wait_streaming("parts_slot").await;
+    env.wait_streaming("leaves_slot").await;
+    sql.batch_execute(
+        "INSERT INTO m VALUES (1001, 'eu', 1001);
+         UPDATE m SET region = 'eu' WHERE id = 1 AND region = 'us';
+         CREATE TABLE m_asia (id int, region text, n int, PRIMARY KEY (id, region));
+         ALTER TABLE m ATTACH PARTITION m_asia FOR VALUES IN ('asia');
+         INSERT INTO m VALUES (2001, 'asia', 2001);
+         ALTER TABLE m DETACH PARTITION m_us;
+         INSERT INTO m_us VALUES (3001, 'us', 3001);
+         INSERT INTO m VALUES (4001, 'eu', 4001);",
+    )
+    .await
+    .expect("changes");
+    let confirmed = env.pg.wait_confirmed(&env.db, "parts_slot", LIMIT).await
+        && env.pg.wait_confirmed(&env.db, "leaves_slot", LIMIT).await;
+    let got = env.read_all("m").await;
+    let eu = env
+        .read_topic(&format!("{leaves_prefix}.public.m_eu"), 100 + 3, LIMIT)
+        .await;
+    let topics = support::kafka::topics(&env.broker.bootstrap());
+    via_root.stop().await;
+    leaves.stop().await;
+    assert!(confirmed, "capture did not confirm the changes");
+    let summary: Vec<(String, i32, String)> = got
+        .iter()
+        .map(|d| {
+            let key = d.key.as_ref().expect("key");
+            let id = match field(key, "id") {
+                Value::Int(id) => *id,
+                other => panic!("int id, got {other:?}"),
+            };
+            let region = match field(key, "region") {
+                Value::String(r) => r.clone(),
+                other => panic!("text region, got {other:?}"),
+            };
+            (d.value.as_ref().map_or("tombstone".into(), |_| op(d)), id, region)
+        })
+        .collect();
+    let mut snapshot: Vec<(String, i32, String)> = summary.iter().take(200).cloned().collect();
+    snapshot.sort_by_key(|(_, id, _)| *id);
+    let expected: Vec<(String, i32, String)> = (1..=200)
+        .map(|g| ("r".into(), g, if g % 2 == 0 { "eu" } else { "us" }.into()))
+        .collect();
+    assert_eq!(
+        snapshot, expected,
+        "the snapshot reads every partition into the parent's topic"
+    );
+    let changes: Vec<(String, i32, String)> = summary.into_iter().skip(200).collect();
+    let change = |op: &str, id: i32, region: &str| (op.to_string(), id, region.to_string());
+    assert_eq!(
+        changes,
+        [
+            change("c", 1001, "eu"),
+            change("d", 1, "us"),
+            change("tombstone", 1, "us"),
+            change("c", 1, "eu"),
+            change("c", 2001, "asia"),
+            change("c", 4001, "eu"),
+        ],
+        "every partition's changes, the attached one's too, none of the detached one's"
+    );
+    for leaf in ["m_eu", "m_us", "m_asia"] {
+        assert!(
+            !topics.contains(&env.topic(leaf)),
+            "no topic of its own for partition {leaf}: {topics:?}"
+        );
+    }
+    // Without publish_via_partition_root, partitions are tables of their own.
+    assert!(topics.contains(&format!("{leaves_prefix}.public.m_us")), "{topics:?}");
+    assert!(!topics.contains(&format!("{leaves_prefix}.public.m")), "{topics:?}");
+    let eu_ids: Vec<i32> = eu
+        .iter()
+        .filter(|d| d.value.is_some())
+        .map(|d| match field(d.key.as_ref().expect("key"), "id") {
+            Value::Int(id) => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(
+        eu_ids.contains(&1001) && eu_ids.contains(&1) && eu_ids.contains(&4001),
+        "{eu_ids:?}"
+    );
+}

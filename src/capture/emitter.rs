@@ -6,7 +6,7 @@
 //! snapshot code is handed this and nothing else of the loop, so it cannot
 //! touch the loop's transaction, slot or reconnect state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,12 @@ pub(super) struct Emitter {
     /// Changes to walhouse's own progress tables are not captured.
     state_schema: String,
     events: u64,
+    /// Tables the stream described whose shape the destination has not
+    /// been given yet: it is given at their first change. pgoutput also
+    /// describes tables that carry no change of their own (a partition,
+    /// before its parent when changes are published as the parent's):
+    /// those get no schema subject and no topic.
+    unannounced: HashSet<u32>,
 }
 
 impl Emitter {
@@ -45,6 +51,7 @@ impl Emitter {
             table_names: HashMap::new(),
             state_schema: state_schema.to_owned(),
             events: 0,
+            unannounced: HashSet::new(),
         }
     }
 
@@ -76,13 +83,27 @@ impl Emitter {
         self.state_schema == relation.namespace
     }
 
-    /// Takes in a table's shape (from a Relation message or the snapshot):
-    /// the catalog facts pgoutput does not send, the cache, the destination.
-    /// `carried_by` is the transaction that brought it, for the log.
+    /// Takes in a table's shape from the snapshot: the catalog facts
+    /// pgoutput does not send, the cache, the destination (at once: the
+    /// snapshot's rows are encoded under it).
     pub(super) async fn learn_relation<D: Destination>(
         &mut self,
         rel: Relation,
         dest: &mut D,
+        carried_by: Option<&TxInfo>,
+    ) -> Result<Arc<Relation>, CaptureError> {
+        let relation = self.learn_streamed_relation(rel, carried_by).await?;
+        self.announce(relation.id, dest).await?;
+        Ok(relation)
+    }
+
+    /// Takes in a table's shape from a Relation message: the catalog facts
+    /// pgoutput does not send and the cache; the destination gets it with
+    /// the table's first change. `carried_by` is the transaction that
+    /// brought it, for the log.
+    pub(super) async fn learn_streamed_relation(
+        &mut self,
+        rel: Relation,
         carried_by: Option<&TxInfo>,
     ) -> Result<Arc<Relation>, CaptureError> {
         let missing = self.cache.missing_type_infos(&rel);
@@ -100,7 +121,7 @@ impl Emitter {
         // walhouse's progress tables reach a FOR ALL TABLES stream too; their
         // changes are dropped, so they get no schema subject and no topic.
         if !self.is_own(&relation) {
-            dest.relation(&relation, &self.cache).await?;
+            self.unannounced.insert(id);
         }
         if change == RelationChange::Changed {
             // Relation messages are not WAL records (they arrive at 0/0):
@@ -142,12 +163,34 @@ impl Emitter {
         }
     }
 
+    /// Gives the destination the shape of table `id`, if it lacks it.
+    async fn announce<D: Destination>(&mut self, id: u32, dest: &mut D) -> Result<(), CaptureError> {
+        if self.unannounced.remove(&id) {
+            let relation = self.cache.get(id)?.clone();
+            dest.relation(&relation, &self.cache).await?;
+        }
+        Ok(())
+    }
+
     /// Sends one change event and counts it.
     pub(super) async fn send<D: Destination>(
         &mut self,
         event: &ChangeEvent<'_>,
         dest: &mut D,
     ) -> Result<(), CaptureError> {
+        if !self.unannounced.is_empty() {
+            match &event.kind {
+                ChangeKind::Insert { relation, .. }
+                | ChangeKind::Update { relation, .. }
+                | ChangeKind::Delete { relation, .. } => self.announce(relation.id, dest).await?,
+                ChangeKind::Truncate { relations, .. } => {
+                    for r in relations.iter() {
+                        self.announce(r.id, dest).await?;
+                    }
+                }
+                ChangeKind::Message(_) => {}
+            }
+        }
         dest.send(event).await?;
         self.events += 1;
         match &event.kind {

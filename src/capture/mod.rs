@@ -771,7 +771,7 @@ impl LoopState<'_> {
                 return Ok(Some(c.end_lsn));
             }
             LogicalMessage::Relation(rel) => {
-                self.emitter.learn_relation(rel, dest, self.tx.as_ref()).await?;
+                self.emitter.learn_streamed_relation(rel, self.tx.as_ref()).await?;
             }
             LogicalMessage::Type(t) => self.emitter.learn_type(t),
             LogicalMessage::Origin(o) => tracing::debug!(origin = %o.name, "transaction from origin"),

@@ -87,6 +87,30 @@ impl ProgressStore {
     /// Creates the schema and tables when missing. Only missing objects are
     /// created, so a role without CREATE works once a DBA made them.
     pub async fn ensure(&self, client: &Client, user: &str) -> Result<(), SourceError> {
+        // Two captures starting at once on one database would race in
+        // CREATE … IF NOT EXISTS, which is not safe against a concurrent
+        // creator (a unique violation in the catalog): one at a time.
+        client.batch_execute("BEGIN").await?;
+        let created = async {
+            client
+                .execute(
+                    "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended($1, 0))",
+                    &[&format!("walhouse state schema {}", self.schema)],
+                )
+                .await?;
+            self.create_missing(client, user).await
+        }
+        .await;
+        match created {
+            Ok(()) => client.batch_execute("COMMIT").await.map_err(SourceError::from),
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_missing(&self, client: &Client, user: &str) -> Result<(), SourceError> {
         let wrap = |source| SourceError::StateStore {
             schema: self.schema.clone(),
             user: user.to_owned(),

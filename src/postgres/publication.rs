@@ -154,10 +154,15 @@ pub async fn ensure(
         )
         .await?;
     let quoted = quote::ident(publication);
+    let with = if server_version_num(client).await? >= 130000 {
+        VIA_ROOT
+    } else {
+        ""
+    };
     match (existing, selection) {
         (None, TableSelection::All) => {
             client
-                .batch_execute(&format!("CREATE PUBLICATION {quoted} FOR ALL TABLES"))
+                .batch_execute(&format!("CREATE PUBLICATION {quoted} FOR ALL TABLES{with}"))
                 .await?;
             tracing::info!(publication, "created publication for all tables");
         }
@@ -166,7 +171,7 @@ pub async fn ensure(
             // One statement over the extended protocol: a row filter cannot
             // smuggle a second command in.
             client
-                .execute(&format!("CREATE PUBLICATION {quoted} FOR TABLE {list}"), &[])
+                .execute(&format!("CREATE PUBLICATION {quoted} FOR TABLE {list}{with}"), &[])
                 .await?;
             tracing::info!(publication, tables = %list, "created publication");
         }
@@ -189,6 +194,23 @@ pub async fn ensure(
         }
     }
     let tables = published_tables(client, publication).await?;
+    let partitions = published_partitions(client, publication).await?;
+    if !partitions.is_empty() {
+        let list = partitions
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::warn!(
+            publication,
+            partitions = %list,
+            "the publication publishes partitions as tables of their own (publish_via_partition_root is off): each \
+             gets its own topic, schema and snapshot, and a row moved between partitions arrives as a delete in one \
+             and an insert in another. Fix, for one topic per partitioned table: ALTER PUBLICATION {quoted} SET \
+             (publish_via_partition_root = true), restart walhouse-capture and run walhouse-capture snapshot <parent> \
+             for the parents' existing rows"
+        );
+    }
     for t in options.columns.keys().chain(options.filters.keys()) {
         let (columns, filter) = column_list_and_filter(client, publication, t).await?;
         let want_columns = options.columns.get(t);
@@ -220,6 +242,36 @@ pub async fn ensure(
         );
     }
     Ok(tables)
+}
+
+/// Publications walhouse creates publish a partitioned table's changes
+/// as the table's own (Postgres 13+): one topic per partitioned table,
+/// whichever partition a row is in, partitions attached later included.
+const VIA_ROOT: &str = " WITH (publish_via_partition_root = true)";
+
+async fn server_version_num(client: &Client) -> Result<u32, SourceError> {
+    let v: String = client
+        .query_one("SHOW server_version_num", &[])
+        .await?
+        .read("the server version query", 0)?;
+    Ok(v.parse().unwrap_or(0))
+}
+
+/// Partitions the publication publishes as tables of their own (without
+/// `publish_via_partition_root`).
+pub async fn published_partitions(client: &Client, publication: &str) -> Result<Vec<TableName>, SourceError> {
+    let rows = client
+        .query(
+            "SELECT pt.schemaname::text, pt.tablename::text FROM pg_catalog.pg_publication_tables pt \
+             JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+             WHERE pt.pubname = $1 AND c.relispartition ORDER BY 1, 2",
+            &[&publication],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| TableName::from_row(r, "the published partitions query", 0))
+        .collect()
 }
 
 pub async fn published_tables(client: &Client, publication: &str) -> Result<Vec<TableName>, SourceError> {
