@@ -276,3 +276,63 @@ async fn tls_in_every_sslmode() {
         .expect("unreadable root");
     assert!(err.to_string().contains("/nonexistent.pem"), "{err}");
 }
+
+/// Several hosts in the URL: the first that answers and is of the kind
+/// `target_session_attrs` asks for is used, by the SQL and the replication
+/// connections alike; when none is, the error lists each host and why.
+#[tokio::test]
+async fn several_hosts_lead_to_the_first_of_the_kind_asked_for() {
+    let primary = PgServer::start();
+    let read_only = PgServer::start();
+    read_only.psql("ALTER SYSTEM SET default_transaction_read_only = on");
+    read_only.psql("SELECT pg_reload_conf()");
+    let dead = support::postgres::free_port();
+    let hosts = format!(
+        "127.0.0.1:{dead},127.0.0.1:{},127.0.0.1:{}",
+        read_only.port, primary.port
+    );
+    let url = primary
+        .url("walhouse_scram", "postgres")
+        .replace(&format!("127.0.0.1:{}", primary.port), &hosts);
+    let port_of = |sql: tokio_postgres::Client| async move {
+        let port: String = sql.query_one("SHOW port", &[]).await.expect("port").get(0);
+        port
+    };
+    // Any: the first that answers.
+    let (sql, _driver) = client::connect(&info(&url)).await.expect("connect");
+    assert_eq!(port_of(sql).await, read_only.port.to_string());
+    // read-write: past the dead one and the read-only one, for both kinds
+    // of connection.
+    let url = format!("{url}&target_session_attrs=read-write");
+    let (sql, _driver) = client::connect(&info(&url)).await.expect("connect");
+    assert_eq!(port_of(sql).await, primary.port.to_string());
+    let mut repl = ReplicationClient::connect(&info(&url)).await.expect("replication");
+    let identity = repl.identify_system().await.expect("identify");
+    let (sql, _driver) = client::connect(&info(&primary.url("walhouse_scram", "postgres")))
+        .await
+        .expect("primary");
+    let system_id: String = sql
+        .query_one("SELECT system_identifier::text FROM pg_control_system()", &[])
+        .await
+        .expect("system id")
+        .get(0);
+    assert_eq!(
+        identity.system_id, system_id,
+        "the replication connection went to the primary"
+    );
+    // standby: none here; the error names every host and what it is.
+    let url = url.replace("read-write", "standby");
+    let err = client::connect(&info(&url)).await.err().expect("no standby");
+    let text = err.to_string();
+    assert!(matches!(err, SourceError::NoHost { .. }), "{err:?}");
+    assert!(err.is_transient(), "retried during a failover");
+    for part in [
+        format!("127.0.0.1:{dead}: cannot connect"),
+        format!("127.0.0.1:{}: read-only", read_only.port),
+        format!("127.0.0.1:{}: a primary", primary.port),
+        "target_session_attrs=standby".to_string(),
+    ] {
+        assert!(text.contains(&part), "{part:?} in {text}");
+    }
+    assert!(!text.contains(support::postgres::PASSWORD), "{text}");
+}

@@ -11,8 +11,76 @@ use super::conninfo::{ConnInfo, SslMode};
 use super::error::SourceError;
 use super::tls::{client_config, MakeRustls};
 
-/// Connects and spawns the connection's driver task.
+/// Connects and spawns the connection's driver task; with several hosts
+/// (or `target_session_attrs`), to the first that answers and is of the
+/// kind asked for.
 pub async fn connect(info: &ConnInfo) -> Result<(Client, JoinHandle<()>), SourceError> {
+    if !info.needs_choice() {
+        return connect_one(info).await;
+    }
+    choose(info).await.map(|(_, client, driver)| (client, driver))
+}
+
+/// The host of `info` to connect to: `info` itself with one host and no
+/// `target_session_attrs`, else the first host that answers and is of the
+/// kind asked for. Asked at each (re)connect, so that after a failover the
+/// promoted server is found.
+pub async fn pick_host(info: &ConnInfo) -> Result<std::borrow::Cow<'_, ConnInfo>, SourceError> {
+    if !info.needs_choice() {
+        return Ok(std::borrow::Cow::Borrowed(info));
+    }
+    choose(info).await.map(|(chosen, _, _)| std::borrow::Cow::Owned(chosen))
+}
+
+async fn choose(info: &ConnInfo) -> Result<(ConnInfo, Client, JoinHandle<()>), SourceError> {
+    let wanted = info.target_session_attrs;
+    let mut tried = Vec::new();
+    for candidate in info.candidates() {
+        let address = candidate.address();
+        let (client, driver) = match connect_one(&candidate).await {
+            Ok(c) => c,
+            Err(e @ SourceError::Auth { .. }) => return Err(e),
+            Err(e) => {
+                tried.push(format!("{address}: {e}"));
+                continue;
+            }
+        };
+        let state = client
+            .query_one(
+                "SELECT pg_catalog.pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
+                &[],
+            )
+            .await;
+        match state {
+            Ok(row) => {
+                let (in_recovery, read_only): (bool, bool) = (
+                    row.read("the server state query", 0)?,
+                    row.read("the server state query", 1)?,
+                );
+                if wanted.accepts(in_recovery, read_only) {
+                    tracing::debug!(host = %address, "chose source host");
+                    return Ok((candidate, client, driver));
+                }
+                let kind = if in_recovery {
+                    "a standby (in recovery)"
+                } else if read_only {
+                    "read-only (default_transaction_read_only)"
+                } else {
+                    "a primary"
+                };
+                tried.push(format!("{address}: {kind}"));
+            }
+            Err(e) => tried.push(format!("{address}: {e}")),
+        }
+        driver.abort();
+    }
+    Err(SourceError::NoHost {
+        wanted: wanted.as_str(),
+        tried: tried.join("; "),
+    })
+}
+
+async fn connect_one(info: &ConnInfo) -> Result<(Client, JoinHandle<()>), SourceError> {
     let mut config = tokio_postgres::Config::new();
     config
         .host(&info.host)

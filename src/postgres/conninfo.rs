@@ -70,11 +70,62 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Which of several hosts to use (libpq's `target_session_attrs`): the
+/// first that answers and is what is asked for. After a failover the
+/// promoted server is found by asking again at each (re)connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SessionAttrs {
+    #[default]
+    Any,
+    /// Takes writes (`transaction_read_only` off).
+    ReadWrite,
+    /// Not in recovery.
+    Primary,
+    /// In recovery: a standby (logical decoding there needs Postgres 16+).
+    Standby,
+}
+
+impl SessionAttrs {
+    fn parse(s: &str) -> Result<Self, ConnInfoError> {
+        Ok(match s {
+            "any" => Self::Any,
+            "read-write" => Self::ReadWrite,
+            "primary" => Self::Primary,
+            "standby" => Self::Standby,
+            _ => return Err(ConnInfoError::SessionAttrs),
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::ReadWrite => "read-write",
+            Self::Primary => "primary",
+            Self::Standby => "standby",
+        }
+    }
+
+    /// Whether a server in recovery or not, read-only or not, is wanted.
+    pub fn accepts(self, in_recovery: bool, read_only: bool) -> bool {
+        match self {
+            Self::Any => true,
+            Self::ReadWrite => !read_only,
+            Self::Primary => !in_recovery,
+            Self::Standby => in_recovery,
+        }
+    }
+}
+
 /// Where and how to connect to the source.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnInfo {
+    /// The host this connects to: the first of the URL's hosts, or the one
+    /// [`crate::postgres::client::pick_host`] chose.
     pub host: String,
     pub port: u16,
+    /// The URL's other hosts, in order (`postgres://a,b:5433/db`).
+    pub other_hosts: Vec<(String, u16)>,
+    pub target_session_attrs: SessionAttrs,
     pub user: String,
     pub password: Option<Secret>,
     pub dbname: String,
@@ -97,7 +148,9 @@ pub enum ConnInfoError {
     Escape(&'static str),
     #[error("sslmode is not one of disable, prefer, require, verify-ca, verify-full")]
     SslMode,
-    #[error("source URL parameter {0:?} is not supported (supported: sslmode, sslrootcert, application_name, connect_timeout, user, password, dbname, host, port)")]
+    #[error("target_session_attrs is not one of any, read-write, primary, standby")]
+    SessionAttrs,
+    #[error("source URL parameter {0:?} is not supported (supported: sslmode, sslrootcert, application_name, connect_timeout, target_session_attrs, user, password, dbname, host, port)")]
     UnknownParameter(String),
     #[error("connect_timeout is not a whole number of seconds")]
     ConnectTimeout,
@@ -125,6 +178,8 @@ impl ConnInfo {
         let mut info = ConnInfo {
             host: "localhost".into(),
             port: 5432,
+            other_hosts: Vec::new(),
+            target_session_attrs: SessionAttrs::default(),
             user: std::env::var("USER").unwrap_or_else(|_| "postgres".into()),
             password: None,
             dbname: String::new(),
@@ -143,24 +198,32 @@ impl ConnInfo {
             }
             info.password = pass.map(|p| percent_decode(p, "password")).transpose()?.map(Secret);
         }
-        // IPv6 literals come bracketed: [::1]:5432.
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            match v6.split_once(']') {
-                Some((h, p)) => (h, p.strip_prefix(':')),
-                None => (v6, None),
-            }
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (hostport, None),
-            }
-        };
-        if !host.is_empty() {
-            info.host = percent_decode(host, "host")?;
+        let mut hosts = Vec::new();
+        for one in hostport.split(',') {
+            // IPv6 literals come bracketed: [::1]:5432.
+            let (host, port) = if let Some(v6) = one.strip_prefix('[') {
+                match v6.split_once(']') {
+                    Some((h, p)) => (h, p.strip_prefix(':')),
+                    None => (v6, None),
+                }
+            } else {
+                match one.rsplit_once(':') {
+                    Some((h, p)) => (h, Some(p)),
+                    None => (one, None),
+                }
+            };
+            let host = if host.is_empty() {
+                "localhost".to_owned()
+            } else {
+                percent_decode(host, "host")?
+            };
+            let port = match port.filter(|p| !p.is_empty()) {
+                Some(p) => p.parse().map_err(|_| ConnInfoError::Port)?,
+                None => 5432,
+            };
+            hosts.push((host, port));
         }
-        if let Some(p) = port.filter(|p| !p.is_empty()) {
-            info.port = p.parse().map_err(|_| ConnInfoError::Port)?;
-        }
+        info.set_hosts(hosts);
         info.dbname = if path.is_empty() {
             info.user.clone()
         } else {
@@ -180,12 +243,66 @@ impl ConnInfo {
                 "user" => info.user = v,
                 "password" => info.password = Some(Secret(v)),
                 "dbname" => info.dbname = v,
-                "host" => info.host = v,
-                "port" => info.port = v.parse().map_err(|_| ConnInfoError::Port)?,
+                "target_session_attrs" => info.target_session_attrs = SessionAttrs::parse(&v)?,
+                "host" => {
+                    let port = info.port;
+                    info.set_hosts(v.split(',').map(|h| (h.to_owned(), port)).collect());
+                }
+                // One port for every host, or one per host.
+                "port" => {
+                    let ports = v
+                        .split(',')
+                        .map(|p| p.parse::<u16>().map_err(|_| ConnInfoError::Port))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let mut hosts = info.hosts();
+                    if ports.len() != 1 && ports.len() != hosts.len() {
+                        return Err(ConnInfoError::Port);
+                    }
+                    for (i, h) in hosts.iter_mut().enumerate() {
+                        h.1 = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                    }
+                    info.set_hosts(hosts);
+                }
                 other => return Err(ConnInfoError::UnknownParameter(other.into())),
             }
         }
         Ok(info)
+    }
+
+    /// Every host, in the URL's order.
+    pub fn hosts(&self) -> Vec<(String, u16)> {
+        std::iter::once((self.host.clone(), self.port))
+            .chain(self.other_hosts.iter().cloned())
+            .collect()
+    }
+
+    fn set_hosts(&mut self, mut hosts: Vec<(String, u16)>) {
+        if hosts.is_empty() {
+            return;
+        }
+        let (host, port) = hosts.remove(0);
+        self.host = host;
+        self.port = port;
+        self.other_hosts = hosts;
+    }
+
+    /// One connection target per host, in order, each with only that host.
+    pub fn candidates(&self) -> Vec<ConnInfo> {
+        self.hosts()
+            .into_iter()
+            .map(|(host, port)| ConnInfo {
+                host,
+                port,
+                other_hosts: Vec::new(),
+                ..self.clone()
+            })
+            .collect()
+    }
+
+    /// Whether a host must be chosen before connecting: several hosts, or
+    /// one that must be of a kind.
+    pub fn needs_choice(&self) -> bool {
+        !self.other_hosts.is_empty() || self.target_session_attrs != SessionAttrs::Any
     }
 
     /// `host:port`, for messages.
@@ -199,12 +316,19 @@ impl ConnInfo {
 
     /// The same target without the password, safe to log.
     pub fn redacted(&self) -> String {
+        let hosts = self
+            .candidates()
+            .iter()
+            .map(ConnInfo::address)
+            .collect::<Vec<_>>()
+            .join(",");
+        let attrs = match self.target_session_attrs {
+            SessionAttrs::Any => String::new(),
+            a => format!("&target_session_attrs={}", a.as_str()),
+        };
         format!(
-            "postgres://{}@{}/{}?sslmode={:?}",
-            self.user,
-            self.address(),
-            self.dbname,
-            self.sslmode
+            "postgres://{}@{hosts}/{}?sslmode={:?}{attrs}",
+            self.user, self.dbname, self.sslmode
         )
     }
 }
@@ -252,6 +376,42 @@ mod tests {
         assert_eq!(c.dbname, "u");
         assert_eq!(c.sslmode, SslMode::Prefer);
         assert_eq!(c.address(), "[::1]:5432");
+    }
+
+    #[test]
+    fn several_hosts_and_the_kind_of_server_wanted() {
+        let c = ConnInfo::parse("postgres://u@a:5433,[::1],b/d?target_session_attrs=read-write").expect("valid");
+        assert_eq!(
+            c.hosts(),
+            [
+                ("a".to_string(), 5433),
+                ("::1".to_string(), 5432),
+                ("b".to_string(), 5432)
+            ]
+        );
+        assert_eq!(c.target_session_attrs, SessionAttrs::ReadWrite);
+        let each: Vec<String> = c.candidates().iter().map(ConnInfo::address).collect();
+        assert_eq!(each, ["a:5433", "[::1]:5432", "b:5432"]);
+        assert!(c.candidates().iter().all(|x| x.other_hosts.is_empty()));
+        assert!(c.needs_choice());
+        assert_eq!(
+            c.redacted(),
+            "postgres://u@a:5433,[::1]:5432,b:5432/d?sslmode=Prefer&target_session_attrs=read-write"
+        );
+        let p = ConnInfo::parse("postgres://u@x/d?host=a,b&port=6000,6001").expect("valid");
+        assert_eq!(p.hosts(), [("a".to_string(), 6000), ("b".to_string(), 6001)]);
+        assert!(!ConnInfo::parse("postgres://u@h/d").expect("valid").needs_choice());
+        assert!(matches!(
+            ConnInfo::parse("postgres://h/d?target_session_attrs=prefer-standby"),
+            Err(ConnInfoError::SessionAttrs)
+        ));
+        assert!(matches!(
+            ConnInfo::parse("postgres://u@x/d?host=a,b,c&port=1,2"),
+            Err(ConnInfoError::Port)
+        ));
+        assert!(SessionAttrs::Primary.accepts(false, true) && !SessionAttrs::Primary.accepts(true, true));
+        assert!(SessionAttrs::ReadWrite.accepts(false, false) && !SessionAttrs::ReadWrite.accepts(false, true));
+        assert!(SessionAttrs::Standby.accepts(true, true) && !SessionAttrs::Standby.accepts(false, false));
     }
 
     #[test]

@@ -63,6 +63,8 @@ impl ServerError {
 pub enum SourceError {
     #[error("cannot connect to the source at {address}: {source}. Fix: check host and port in --source-url and that Postgres listens there (listen_addresses, firewall)")]
     Connect { address: String, source: io::Error },
+    #[error("no host of --source-url is a server of the kind asked for (target_session_attrs={wanted}): {tried}. Fix: check the hosts; during a failover, wait until the standby is promoted (walhouse retries)")]
+    NoHost { wanted: &'static str, tried: String },
     #[error("connection to the source lost: {0}. walhouse reconnects and resumes from the last acknowledged LSN")]
     ConnectionLost(io::Error),
     #[error(transparent)]
@@ -247,7 +249,9 @@ impl SourceError {
     /// shutting down or starting up. Everything else needs an operator.
     pub fn is_transient(&self) -> bool {
         match self {
-            SourceError::ConnectionLost(_) | SourceError::Connect { .. } => true,
+            // NoHost: during a failover no host is the primary until the
+            // standby is promoted.
+            SourceError::ConnectionLost(_) | SourceError::Connect { .. } | SourceError::NoHost { .. } => true,
             // admin_shutdown, crash_shutdown, cannot_connect_now
             SourceError::Server(e) => matches!(e.code.as_str(), "57P01" | "57P02" | "57P03"),
             // Only a broken connection; a query that fails is not cured by retrying.

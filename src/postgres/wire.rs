@@ -69,6 +69,7 @@ impl Wire {
     /// the server to be ready. Returns the wire and the server's
     /// `server_version_num`-like number (150004 for 15.4).
     pub async fn connect(info: &ConnInfo, session: Session) -> Result<(Wire, u32), SourceError> {
+        let info = &*super::client::pick_host(info).await?;
         let address = info.address();
         let tcp = timeout(
             info.connect_timeout,
