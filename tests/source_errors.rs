@@ -338,3 +338,55 @@ async fn several_hosts_lead_to_the_first_of_the_kind_asked_for() {
     }
     assert!(!text.contains(support::postgres::PASSWORD), "{text}");
 }
+
+/// A failover slot on a source whose `synchronized_standby_slots` names a
+/// slot that does not exist (a promoted server still naming its old
+/// standby's slot): the walsender would hold every change back for good,
+/// saying so only in a warning. Capture stops with the server's hint
+/// (without the fix it streamed nothing and waited).
+#[tokio::test]
+async fn a_missing_standby_slot_stops_capture_with_the_fix() {
+    if support::postgres::test_major() < 17 {
+        eprintln!(
+            "failover slots need Postgres 17+: skipped on {}",
+            support::postgres::test_major()
+        );
+        return;
+    }
+    let pg = PgServer::start_with(PgOptions {
+        extra_conf: vec!["synchronized_standby_slots = 'gone_standby'".into()],
+        ..PgOptions::default()
+    });
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY)");
+    let url = pg.url("walhouse_scram", "postgres");
+    let config = CaptureCommand::from(&url)
+        .with("--slot", "held_slot")
+        .with("--slot-failover", "true")
+        .config();
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut out = JsonLines::new(tokio::io::sink());
+        capture::run(&config, &mut out, rx).await
+    });
+    // The snapshot's own writes (its progress rows) are the first changes
+    // the walsender holds back.
+    let err = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("capture stops instead of waiting for good")
+        .expect("task")
+        .expect_err("capture fails");
+    let text = err.to_string();
+    for part in [
+        "synchronized_standby_slots",
+        "gone_standby",
+        "Create the replication slot",
+    ] {
+        assert!(text.contains(part), "{part:?} in {text}");
+    }
+    assert_eq!(
+        pg.psql("SELECT failover FROM pg_replication_slots WHERE slot_name = 'held_slot'")
+            .trim(),
+        "t",
+        "the failover slot was made and streamed from"
+    );
+}

@@ -12,6 +12,7 @@ use super::initial::snapshot_slot_name;
 use super::snapshot_progress::ProgressStore;
 use crate::postgres::client::{self, ReadColumn};
 use crate::postgres::publication::{self, TableName};
+use crate::postgres::replication::ReplicationClient;
 use crate::postgres::slot::{self, StatusReport};
 use crate::postgres::SourceError;
 
@@ -28,9 +29,20 @@ pub async fn status(config: &CaptureConfig) -> Result<StatusReport, SourceError>
     ProgressStore::new(&config.state_schema, &config.slot)
         .fill_status(&sql, &mut report)
         .await?;
-    let spool_dir = config.spool_dir();
-    report.spool_bytes = super::spool::spooled_bytes(&spool_dir);
-    report.spool_dir = spool_dir.display().to_string();
+    // The default spool directory is named by the source's system
+    // identifier, which only a replication connection tells.
+    let system_id = match &config.spool_dir {
+        Some(_) => Some(String::new()),
+        None => match ReplicationClient::connect(&config.source).await {
+            Ok(mut repl) => repl.identify_system().await.ok().map(|i| i.system_id),
+            Err(_) => None,
+        },
+    };
+    if let Some(system_id) = system_id {
+        let spool_dir = config.spool_dir(&system_id);
+        report.spool_bytes = super::spool::spooled_bytes(&spool_dir);
+        report.spool_dir = spool_dir.display().to_string();
+    }
     Ok(report)
 }
 

@@ -233,7 +233,7 @@ pub struct CaptureSettings {
     pub stream_transactions: bool,
 
     /// Directory for streamed transactions in progress, on a local disk
-    /// [default: /var/tmp/walhouse-spool/<slot>].
+    /// [default: /var/tmp/walhouse-spool/<system id>/<slot>].
     #[arg(long, global = true, env = "WALHOUSE_SPOOL_DIR")]
     pub spool_dir: Option<std::path::PathBuf>,
 
@@ -253,11 +253,15 @@ pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 16 << 30;
 
 impl CaptureSettings {
     /// Where streamed transactions are spooled: `/var/tmp` by default,
-    /// because `/tmp` is often in memory.
-    pub fn spool_dir(&self) -> std::path::PathBuf {
-        self.spool_dir
-            .clone()
-            .unwrap_or_else(|| std::path::Path::new("/var/tmp/walhouse-spool").join(&self.slot))
+    /// because `/tmp` is often in memory, under the source's system
+    /// identifier and the slot, so that captures of several sources on one
+    /// host never share a directory (slot names are unique per source only).
+    pub fn spool_dir(&self, system_id: &str) -> std::path::PathBuf {
+        self.spool_dir.clone().unwrap_or_else(|| {
+            std::path::Path::new("/var/tmp/walhouse-spool")
+                .join(system_id)
+                .join(&self.slot)
+        })
     }
 }
 

@@ -57,6 +57,8 @@ pub struct Metrics {
     streamed_in_progress: AtomicU64,
     spool_bytes: AtomicU64,
     streamed_transactions: AtomicU64,
+    /// Warnings that the source waits for a standby before sending.
+    standby_waits: AtomicU64,
     /// The slot's row of `pg_stat_replication_slots` (Postgres 14+).
     source_slot_stats: Mutex<Option<SlotStats>>,
 }
@@ -127,6 +129,10 @@ impl Metrics {
     pub fn set_spool(&self, in_progress: u64, bytes: u64) {
         self.streamed_in_progress.store(in_progress, Ordering::Relaxed);
         self.spool_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn set_standby_waits(&self, waits: u64) {
+        self.standby_waits.store(waits, Ordering::Relaxed);
     }
 
     pub fn count_streamed_transaction(&self) {
@@ -248,6 +254,12 @@ impl Metrics {
             "Streamed transactions committed and replayed from the spool.",
             "counter",
             self.streamed_transactions.load(Ordering::Relaxed),
+        );
+        gauge(
+            "walhouse_capture_source_standby_waits",
+            "Times the source said, on the current replication connection, that it holds back the slot's changes for a standby in synchronized_standby_slots.",
+            "gauge",
+            self.standby_waits.load(Ordering::Relaxed),
         );
         let slot_stats = *self.source_slot_stats.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(st) = slot_stats {

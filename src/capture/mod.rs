@@ -146,7 +146,7 @@ async fn run_inner<D: Destination>(
     let identity = repl.identify_system().await?;
     tracing::info!(system_id = %identity.system_id, timeline = identity.timeline, "source identified");
     dest.system_id(&identity.system_id);
-    let spools = spools(config, repl.server_version_num())?;
+    let spools = spools(config, repl.server_version_num(), &identity.system_id)?;
     drop(repl);
     let sql = Arc::new(sql);
     let mut state = LoopState {
@@ -202,7 +202,7 @@ async fn run_inner<D: Destination>(
 
 /// The spools of streamed transactions, when the server can stream them
 /// (Postgres 14+) and `--stream-transactions` is on.
-fn spools(config: &CaptureConfig, server_version_num: u32) -> Result<Option<Spools>, CaptureError> {
+fn spools(config: &CaptureConfig, server_version_num: u32, system_id: &str) -> Result<Option<Spools>, CaptureError> {
     if !config.stream_transactions {
         tracing::info!("pgoutput protocol 1: Postgres keeps large transactions on its own disk until they commit");
         return Ok(None);
@@ -214,7 +214,7 @@ fn spools(config: &CaptureConfig, server_version_num: u32) -> Result<Option<Spoo
         );
         return Ok(None);
     }
-    let dir = config.spool_dir();
+    let dir = config.spool_dir(system_id);
     let spools = Spools::open(&dir, config.spool_max_bytes)?;
     tracing::info!(spool_dir = %dir.display(), "large transactions are streamed while they run (pgoutput protocol 2) and spooled until they commit");
     Ok(Some(spools))
@@ -739,6 +739,7 @@ impl LoopState<'_> {
         metrics.set_positions(p.received.0, p.acknowledged.0);
         let st = dest.stats();
         metrics.set_destination(st.in_flight, st.bytes_sent, st.registry_calls);
+        metrics.set_standby_waits(stream.standby_waits());
         Ok(())
     }
 

@@ -65,6 +65,8 @@ pub enum SourceError {
     Connect { address: String, source: io::Error },
     #[error("no host of --source-url is a server of the kind asked for (target_session_attrs={wanted}): {tried}. Fix: check the hosts; during a failover, wait until the standby is promoted (walhouse retries)")]
     NoHost { wanted: &'static str, tried: String },
+    #[error("the source holds back this slot's changes until the standbys named in synchronized_standby_slots confirm them, and cannot: {message}. Fix: {hint}; or, if no standby is to take over, remove this slot's failover (--slot-failover false on a new slot)")]
+    StandbySlotsBroken { message: String, hint: String },
     #[error("connection to the source lost: {0}. walhouse reconnects and resumes from the last acknowledged LSN")]
     ConnectionLost(io::Error),
     #[error(transparent)]
@@ -229,6 +231,21 @@ impl SourceError {
     /// failed with an error. walhouse stops as before: the skipped
     /// changes would otherwise be acknowledged and gone.
     pub fn from_notice(notice: &ServerError, ctx: &ErrorContext<'_>) -> Option<SourceError> {
+        // A failover slot's changes wait for the physical slots named in
+        // synchronized_standby_slots (Postgres 17+). A named slot that does
+        // not exist, is logical or was invalidated never catches up: the
+        // stream would stall for good with only this warning, so stop with
+        // the server's hint. A standby that is merely down is waited for
+        // (see [`is_standby_wait`]).
+        if is_standby_wait(notice) && !notice.message.contains("does not have active_pid") {
+            return Some(SourceError::StandbySlotsBroken {
+                message: notice.message.clone(),
+                hint: notice
+                    .hint
+                    .clone()
+                    .unwrap_or_else(|| "correct synchronized_standby_slots on the source".into()),
+            });
+        }
         // ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, raised in pgoutput's
         // LoadPublications; the hint is checked too in case the message is
         // translated.
@@ -261,6 +278,16 @@ impl SourceError {
             _ => false,
         }
     }
+}
+
+/// Whether `notice` says the walsender waits for a standby named in
+/// `synchronized_standby_slots` before sending a failover slot's changes.
+pub fn is_standby_wait(notice: &ServerError) -> bool {
+    notice.message.contains("synchronized_standby_slots")
+        || notice
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("Logical replication is waiting"))
 }
 
 /// What walhouse was using when an error came, so messages can name it.
@@ -305,6 +332,36 @@ mod tests {
             }
             other => panic!("expected SlotActive, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_broken_standby_slot_stops_and_a_stopped_standby_is_waited_for() {
+        let notice = |message: &str, hint: &str| ServerError {
+            severity: "WARNING".into(),
+            code: "22023".into(),
+            message: message.into(),
+            detail: Some(
+                "Logical replication is waiting on the standby associated with replication slot \"sb\".".into(),
+            ),
+            hint: Some(hint.into()),
+        };
+        let missing = notice(
+            "replication slot \"sb\" specified in parameter \"synchronized_standby_slots\" does not exist",
+            "Create the replication slot \"sb\" or amend parameter \"synchronized_standby_slots\".",
+        );
+        let Some(e @ SourceError::StandbySlotsBroken { .. }) = SourceError::from_notice(&missing, &CTX) else {
+            panic!("a missing standby slot stops capture")
+        };
+        assert!(e.to_string().contains("Create the replication slot \"sb\""), "{e}");
+        let down = notice(
+            "replication slot \"sb\" specified in parameter \"synchronized_standby_slots\" does not have active_pid",
+            "Start the standby associated with the replication slot \"sb\", or amend parameter \"synchronized_standby_slots\".",
+        );
+        assert!(is_standby_wait(&down));
+        assert!(
+            SourceError::from_notice(&down, &CTX).is_none(),
+            "a standby that is down is waited for"
+        );
     }
 
     #[test]

@@ -305,6 +305,8 @@ impl ReplicationClient {
             status_interval: options.status_interval,
             next_status: now + options.status_interval,
             stream_ended: false,
+            standby_waits: 0,
+            standby_warned: None,
         })
     }
 }
@@ -396,6 +398,10 @@ pub struct ReplicationStream {
     publication: String,
     /// The server sent CopyDone: nothing more will come.
     stream_ended: bool,
+    /// Notices that the server waits for a standby before sending (see
+    /// [`super::error::is_standby_wait`]), and when one was last logged.
+    standby_waits: u64,
+    standby_warned: Option<Instant>,
 }
 
 impl ReplicationStream {
@@ -410,6 +416,11 @@ impl ReplicationStream {
 
     pub fn progress(&self) -> Progress {
         self.progress
+    }
+
+    /// How often the server said it waits for a standby before sending.
+    pub fn standby_waits(&self) -> u64 {
+        self.standby_waits
     }
 
     /// Declares everything up to `lsn` durable downstream. Never moves back.
@@ -491,6 +502,24 @@ impl ReplicationStream {
                 let notice = ServerError::parse(&frame.body);
                 if let Some(e) = SourceError::from_notice(&notice, &self.ctx()) {
                     return Err(e);
+                }
+                if super::error::is_standby_wait(&notice) {
+                    self.standby_waits += 1;
+                    // The server repeats it at every wakeup: once a minute.
+                    if self
+                        .standby_warned
+                        .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+                    {
+                        return Ok(None);
+                    }
+                    self.standby_warned = Some(Instant::now());
+                    tracing::warn!(
+                        hint = notice.hint.as_deref().unwrap_or_default(),
+                        "the source holds back this slot's changes until a standby named in synchronized_standby_slots \
+                         confirms them: {}",
+                        notice.message
+                    );
+                    return Ok(None);
                 }
                 log_notice(&notice);
                 return Ok(None);
