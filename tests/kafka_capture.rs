@@ -2084,3 +2084,90 @@ async fn a_partitioned_table_goes_to_one_topic_through_attach_and_detach() {
         "{eu_ids:?}"
     );
 }
+
+/// An incremental snapshot of a table while a large transaction on it
+/// streams: its changes wait in the spool and enter the stream at their
+/// commit, so the snapshot's watermark window sees them where they
+/// committed, and the topic folded by key is exactly the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_snapshot_beside_a_streamed_transaction_folds_to_the_table() {
+    let env = Env::start_with("streamsnap", streaming_source()).await;
+    let sql = env.pg.client(&env.db).await;
+    sql.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL);
+         INSERT INTO t SELECT g, 'initial ' || g FROM generate_series(1, 4000) g;",
+    )
+    .await
+    .expect("schema");
+    let spool = tempfile::tempdir().expect("spool dir");
+    let spool_dir = spool.path().to_str().expect("utf-8 path").to_owned();
+    let extra = [
+        "--topic-partitions",
+        "1",
+        "--stream-transactions",
+        "true",
+        "--spool-dir",
+        &spool_dir,
+        "--snapshot-chunk-pages",
+        "2",
+    ];
+    let running = env.spawn("snapstream_slot", &extra);
+    env.wait_streaming("snapstream_slot").await;
+    let (_, initial_chunks) = chunks_done(&sql, "snapstream_slot").await;
+    let large = env.pg.client(&env.db).await;
+    large
+        .batch_execute(
+            "BEGIN;
+             UPDATE t SET v = 'large ' || id WHERE id <= 2000;
+             DELETE FROM t WHERE id > 3900;
+             INSERT INTO t SELECT g, 'large new' FROM generate_series(5001, 6000) g;",
+        )
+        .await
+        .expect("large transaction");
+    let config = env.args("snapstream_slot", &extra).config();
+    capture::admin::request_snapshot(&config, &["public.t".to_string()])
+        .await
+        .expect("snapshot request");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    large.batch_execute("COMMIT").await.expect("commit");
+    sql.batch_execute("UPDATE t SET v = 'after ' || id WHERE id % 3 = 0")
+        .await
+        .expect("after");
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let (done, planned) = chunks_done(&sql, "snapstream_slot").await;
+        if planned > initial_chunks && done == planned {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the incremental snapshot did not finish: {done} of {planned} chunks"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        env.pg.wait_confirmed(&env.db, "snapstream_slot", LIMIT).await,
+        "capture did not confirm"
+    );
+    let (bootstrap, topic) = (env.broker.bootstrap(), env.topic("t"));
+    let records = tokio::task::spawn_blocking(move || read_all(&bootstrap, &topic, LIMIT))
+        .await
+        .expect("reader");
+    running.stop().await;
+    let (folded, incremental) = fold_topic(&env, &records).await;
+    let table: std::collections::BTreeMap<i64, String> = sql
+        .query("SELECT id, v FROM t", &[])
+        .await
+        .expect("table")
+        .iter()
+        .map(|r| (i64::from(r.get::<_, i32>(0)), r.get::<_, String>(1)))
+        .collect();
+    assert!(incremental > 0, "the table was read again");
+    assert_eq!(folded.len(), table.len(), "as many keys as rows");
+    let differing: Vec<&i64> = table.keys().filter(|k| folded.get(k) != table.get(k)).take(5).collect();
+    assert!(
+        differing.is_empty(),
+        "the topic folds to the table; first keys that differ: {differing:?}"
+    );
+    assert_eq!(spool_files(spool.path()), 0, "the spool is empty");
+}
