@@ -249,6 +249,72 @@ impl PgServer {
         self.dir.path()
     }
 
+    /// A hot standby of this server, made by `pg_basebackup` from the same
+    /// binaries, streaming through physical slot `slot` (created here),
+    /// with `hot_standby_feedback` on and a `primary_conninfo` naming a
+    /// database (logical slot synchronisation needs one, Postgres 17+).
+    /// `extra_conf` lands in its postgresql.conf.
+    pub fn standby(&self, slot: &str, extra_conf: &[&str]) -> PgServer {
+        let dir = tempfile::Builder::new()
+            .prefix("walhouse-standby-")
+            .tempdir()
+            .expect("standby dir");
+        if is_root() {
+            let mut c = Command::new("chown");
+            c.args(["postgres:postgres"]).arg(dir.path());
+            run(c, "chown");
+        }
+        let data = dir.path().join("data");
+        let mut backup = pg_command("pg_basebackup");
+        backup
+            .arg("-D")
+            .arg(&data)
+            .arg("-d")
+            .arg(format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                self.port
+            ))
+            .args(["-R", "-C", "-S", slot, "-X", "stream", "--no-sync", "--checkpoint=fast"]);
+        run(backup, "pg_basebackup");
+        let port = free_port();
+        let mut conf = vec![
+            format!("port = {port}"),
+            format!("unix_socket_directories = '{}'", dir.path().display()),
+            "hot_standby = on".to_string(),
+            "hot_standby_feedback = on".into(),
+        ];
+        conf.extend(extra_conf.iter().map(|c| c.to_string()));
+        append(&data.join("postgresql.conf"), &conf.join("\n"));
+        let log = dir.path().join("server.log");
+        let mut start = pg_command("pg_ctl");
+        start
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "start"]);
+        let out = start.stdin(Stdio::null()).output().expect("pg_ctl");
+        assert!(
+            out.status.success(),
+            "standby start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let pid = std::fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
+        PgServer { port, dir, pid }
+    }
+
+    /// Promotes a standby to primary and waits until it is one.
+    pub fn promote(&self) {
+        let mut promote = pg_command("pg_ctl");
+        promote
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-w", "-t", "60", "promote"]);
+        run(promote, "pg_ctl promote");
+    }
+
     /// CA certificate of a TLS server.
     pub fn ca_cert(&self) -> PathBuf {
         self.dir.path().join("tls/ca.crt")
