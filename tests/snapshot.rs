@@ -851,3 +851,72 @@ async fn a_copy_session_reads_every_value_as_the_server_holds_it() {
         .to_string();
     assert!(err.contains("snapshot"), "{err}");
 }
+
+/// The slot is gone (dropped, or not synced to a standby before a
+/// failover) but the source recorded the snapshot taken through it:
+/// capture stops with the cause and the statements that clear the record,
+/// instead of taking a new snapshot that would leave rows deleted in the
+/// gap alive downstream; once cleared, it snapshots again.
+#[tokio::test]
+async fn a_lost_slot_with_a_recorded_snapshot_stops_capture_with_the_fix() {
+    let pg = PgServer::start();
+    let db = pg.create_db("lost");
+    let sql = pg.client(&db).await;
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)")
+        .await
+        .expect("schema");
+    let dir = tempfile::tempdir().expect("tmp");
+    let first = dir.path().join("first.jsonl");
+    let (stop, task) = spawn(config(&pg, &db, "lost_slot", &[]), &first);
+    assert!(
+        wait_phase_done(&sql, "lost_slot", Duration::from_secs(60)).await,
+        "initial snapshot"
+    );
+    let _ = stop.send(true);
+    task.await.expect("task").expect("capture");
+    assert!(
+        pg.wait_for_slot(&db, "lost_slot", false, Duration::from_secs(15)).await,
+        "the slot exists"
+    );
+    // The walsender may take a moment to release the slot after the stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while pg.slot_exists(&db, "lost_slot", true).await {
+        assert!(std::time::Instant::now() < deadline, "the slot stayed active");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sql.batch_execute("SELECT pg_drop_replication_slot('lost_slot'); DELETE FROM t WHERE id <= 5")
+        .await
+        .expect("slot dropped, rows deleted in the gap");
+    let again = dir.path().join("again.jsonl");
+    let (_stop, task) = spawn(config(&pg, &db, "lost_slot", &[]), &again);
+    let err = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("stops")
+        .expect("task")
+        .expect_err("capture refuses");
+    let text = err.to_string();
+    for part in [
+        "replication slot \"lost_slot\" does not exist",
+        "phase done",
+        "DELETE FROM \"walhouse\".\"snapshot_chunks\" WHERE slot = 'lost_slot'",
+        "synced and not temporary",
+    ] {
+        assert!(text.contains(part), "{part:?} in {text}");
+    }
+    assert!(lines(&again).is_empty(), "nothing was sent");
+    // Cleared as the error says: a new snapshot.
+    sql.batch_execute(
+        "DELETE FROM walhouse.snapshot_chunks WHERE slot = 'lost_slot'; DELETE FROM walhouse.snapshots WHERE slot = 'lost_slot'",
+    )
+    .await
+    .expect("clear");
+    let third = dir.path().join("third.jsonl");
+    let (stop, task) = spawn(config(&pg, &db, "lost_slot", &[]), &third);
+    assert!(
+        wait_phase_done(&sql, "lost_slot", Duration::from_secs(60)).await,
+        "a new snapshot after clearing"
+    );
+    let _ = stop.send(true);
+    task.await.expect("task").expect("capture");
+    assert_eq!(lines(&third).iter().filter(|l| l["op"] == "read").count(), 5);
+}

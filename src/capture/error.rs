@@ -12,6 +12,20 @@ pub enum CaptureError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Output(#[from] OutputError),
+    #[error(
+        "replication slot {slot:?} does not exist, yet this database recorded a snapshot for it (phase {phase}, \
+         consistent point {consistent}): the slot was dropped, or a failover promoted a standby whose copy of it was \
+         not synced yet (still temporary). The changes after its last confirmed position, deletes among them, cannot \
+         be read from this server, and a new snapshot would leave rows deleted meanwhile alive downstream. Fix: to \
+         start over, rebuild what downstream holds from this slot and clear the record ({clear}); before the next \
+         failover, check that the standby shows the slot synced and not temporary"
+    )]
+    SlotLost {
+        slot: String,
+        phase: &'static str,
+        consistent: String,
+        clear: String,
+    },
     #[error("gave up after {attempts} reconnect attempts; last error: {last}")]
     GaveUp { attempts: u32, last: SourceError },
     #[error("snapshot: {0}")]

@@ -297,7 +297,12 @@ async fn set_up(config: &CaptureConfig, sql: &tokio_postgres::Client) -> Result<
             let created = repl.create_slot(&config.slot).await?;
             tracing::info!(slot = %created.name, consistent_point = %created.consistent_point, "created replication slot (no snapshot)");
         }
-        None => needs_snapshot = true,
+        None => {
+            if let Some(p) = &progress {
+                refuse_lost_slot(p, sql, &config.slot).await?;
+            }
+            needs_snapshot = true;
+        }
     }
     Ok(Setup {
         tables,
@@ -305,6 +310,22 @@ async fn set_up(config: &CaptureConfig, sql: &tokio_postgres::Client) -> Result<
         progress,
         needs_snapshot,
     })
+}
+
+/// Stops when the slot is gone but the source recorded a snapshot taken
+/// through it (copying or done): its changes since are lost, and a new
+/// snapshot alone would make downstream wrong. A snapshot cut off before
+/// the slot was made (`starting`) is simply taken again.
+async fn refuse_lost_slot(store: &ProgressStore, sql: &tokio_postgres::Client, slot: &str) -> Result<(), CaptureError> {
+    match store.phase(sql).await? {
+        Some((phase, consistent)) if phase != SnapshotPhase::Starting => Err(CaptureError::SlotLost {
+            slot: slot.to_owned(),
+            phase: phase.as_str(),
+            consistent: consistent.map_or_else(|| "unknown".into(), |l| l.to_string()),
+            clear: store.clear_sql(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The incremental snapshot's reader, if one runs (pending otherwise).

@@ -80,6 +80,16 @@ impl ProgressStore {
         &self.schema
     }
 
+    /// The statements that forget this slot's snapshot, for messages.
+    pub fn clear_sql(&self) -> String {
+        let slot = crate::quote::literal(&self.slot);
+        format!(
+            "DELETE FROM {} WHERE slot = {slot}; DELETE FROM {} WHERE slot = {slot}",
+            self.table("snapshot_chunks"),
+            self.table("snapshots")
+        )
+    }
+
     fn table(&self, name: &str) -> String {
         format!("{}.{}", quote::ident(&self.schema), quote::ident(name))
     }
