@@ -258,26 +258,6 @@ async fn large_transaction(bench: &Bench, rows: u64, streaming: bool) -> LargeRu
     }
 }
 
-/// `pg_recvlogical` from `slot` to `endpos` with pgoutput `options`.
-fn recvlogical(bench: &Bench, slot: &str, endpos: Lsn, options: &[&str]) -> Duration {
-    let started = Instant::now();
-    let mut cmd = std::process::Command::new(support::postgres::bin_dir().join("pg_recvlogical"));
-    cmd.args(["-h", "127.0.0.1", "-U", "postgres", "--no-loop", "--start"])
-        .args(["-p", &bench.pg.port.to_string(), "-d", "bench", "--slot", slot])
-        .args(["-o", "publication_names=bench_pub"]);
-    for o in options {
-        cmd.args(["-o", o]);
-    }
-    let status = cmd
-        .arg(format!("--endpos={endpos}"))
-        .args(["-f", "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .status()
-        .expect("pg_recvlogical runs");
-    assert!(status.success(), "pg_recvlogical failed: {status}");
-    started.elapsed()
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -381,9 +361,10 @@ async fn main() {
             let done = running.done.lock().expect("lock").expect("the probe saw the last ack");
             into.push(done - started);
         }
-        text.push(recvlogical(&bench, &format!("rlt{round}"), end, &["proto_version=1"]));
-        binary.push(recvlogical(
-            &bench,
+        text.push(bench.pg.recvlogical("bench", "bench_pub", &format!("rlt{round}"), end));
+        binary.push(bench.pg.recvlogical_with(
+            "bench",
+            "bench_pub",
             &format!("rlb{round}"),
             end,
             &["proto_version=1", "binary=true"],

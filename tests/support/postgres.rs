@@ -100,6 +100,31 @@ fn pg_command(program: &str) -> Command {
     }
 }
 
+/// Starts the server whose data directory is `dir/data`, logging to
+/// `dir/server.log`, and waits until it accepts connections; its pid, or
+/// the server's log when it did not start.
+fn pg_ctl_start(dir: &Path) -> Result<Option<u32>, String> {
+    let data = dir.join("data");
+    let log = dir.join("server.log");
+    let mut start = pg_command("pg_ctl");
+    start
+        .arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(&log)
+        .args(["-w", "-t", "60", "start"]);
+    let out = start.stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "pg_ctl start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        ));
+    }
+    Ok(std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok())))
+}
+
 fn run(mut cmd: Command, what: &str) {
     let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| {
         panic!(
@@ -215,24 +240,7 @@ impl PgServer {
                host all all 127.0.0.1/32 trust\n\
                host replication all 127.0.0.1/32 trust\n";
         std::fs::write(data.join("pg_hba.conf"), hba).map_err(|e| e.to_string())?;
-        let log = dir.path().join("server.log");
-        let mut start = pg_command("pg_ctl");
-        start
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(&log)
-            .args(["-w", "-t", "60", "start"]);
-        let out = start.stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "pg_ctl start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            ));
-        }
-        let pid = std::fs::read_to_string(data.join("postmaster.pid"))
-            .ok()
-            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
+        let pid = pg_ctl_start(dir.path())?;
         let server = PgServer { port, dir, pid };
         server.psql(&format!(
             "SET password_encryption = 'scram-sha-256';\
@@ -285,23 +293,7 @@ impl PgServer {
         ];
         conf.extend(extra_conf.iter().map(|c| c.to_string()));
         append(&data.join("postgresql.conf"), &conf.join("\n"));
-        let log = dir.path().join("server.log");
-        let mut start = pg_command("pg_ctl");
-        start
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(&log)
-            .args(["-w", "-t", "60", "start"]);
-        let out = start.stdin(Stdio::null()).output().expect("pg_ctl");
-        assert!(
-            out.status.success(),
-            "standby start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        let pid = std::fs::read_to_string(data.join("postmaster.pid"))
-            .ok()
-            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
+        let pid = pg_ctl_start(dir.path()).unwrap_or_else(|log| panic!("standby start: {log}"));
         PgServer { port, dir, pid }
     }
 
@@ -389,16 +381,28 @@ impl PgServer {
     /// Runs `pg_recvlogical` (pgoutput protocol 1 into /dev/null) from
     /// `slot` until it reaches `endpos`; the benchmarks' baseline.
     pub fn recvlogical(&self, db: &str, publication: &str, slot: &str, endpos: walhouse::postgres::Lsn) -> Duration {
+        self.recvlogical_with(db, publication, slot, endpos, &["proto_version=1"])
+    }
+
+    /// [`PgServer::recvlogical`] with other pgoutput options
+    /// (`proto_version=1`, `binary=true`, …) besides the publication.
+    pub fn recvlogical_with(
+        &self,
+        db: &str,
+        publication: &str,
+        slot: &str,
+        endpos: walhouse::postgres::Lsn,
+        options: &[&str],
+    ) -> Duration {
         let started = Instant::now();
-        let status = Command::new(bin_dir().join("pg_recvlogical"))
-            .args(["-h", "127.0.0.1", "-U", "postgres", "--no-loop", "--start"])
+        let mut cmd = Command::new(bin_dir().join("pg_recvlogical"));
+        cmd.args(["-h", "127.0.0.1", "-U", "postgres", "--no-loop", "--start"])
             .args(["-p", &self.port.to_string(), "-d", db, "--slot", slot])
-            .args([
-                "-o",
-                "proto_version=1",
-                "-o",
-                &format!("publication_names={publication}"),
-            ])
+            .args(["-o", &format!("publication_names={publication}")]);
+        for o in options {
+            cmd.args(["-o", o]);
+        }
+        let status = cmd
             .arg(format!("--endpos={endpos}"))
             .args(["-f", "/dev/null"])
             .stdin(Stdio::null())
@@ -516,19 +520,7 @@ impl PgServer {
         if self.pid.is_some() {
             return;
         }
-        let data = self.dir.path().join("data");
-        let mut start = pg_command("pg_ctl");
-        start
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(self.dir.path().join("server.log"))
-            .args(["-w", "-t", "60", "start"]);
-        let out = start.stdin(Stdio::null()).output().expect("pg_ctl");
-        assert!(out.status.success(), "pg_ctl start again:\n{}", self.server_log());
-        self.pid = std::fs::read_to_string(data.join("postmaster.pid"))
-            .ok()
-            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
+        self.pid = pg_ctl_start(self.dir.path()).unwrap_or_else(|log| panic!("pg_ctl start again:\n{log}"));
     }
 
     pub fn stop(&mut self) {
