@@ -9,58 +9,13 @@ use walhouse_test_support as support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use apache_avro::types::Value;
 use support::command::CaptureCommand;
+use support::fold::fold;
 use support::kafka::{read_all, Broker};
 use support::postgres::PgServer;
 use support::registry::TestRegistry;
-use walhouse::registry::{split_wire, Registry, RegistryConfig};
 
 const LIMIT: Duration = Duration::from_secs(90);
-
-/// A Confluent-framed Avro message, decoded with its registered schema.
-async fn decode(registry: &Registry, bytes: &[u8]) -> Value {
-    let (id, mut body) = split_wire(bytes).expect("Confluent wire format");
-    let text = registry.schema(id).await.expect("schema by id");
-    let schema = apache_avro::Schema::parse_str(&text).expect("registered schema parses");
-    apache_avro::reader::datum::GenericDatumReader::builder(&schema)
-        .build()
-        .expect("reader")
-        .read_value(&mut body)
-        .expect("body decodes")
-}
-
-/// Polls `query` (one boolean) on `server`'s database `db` until true.
-async fn wait_until(server: &PgServer, db: &str, query: &str, what: &str) {
-    let sql = server.client(db).await;
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let done: Option<bool> = sql.query_one(query, &[]).await.ok().and_then(|r| r.get(0));
-        if done == Some(true) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what} did not happen within {LIMIT:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The standby replayed everything the primary wrote so far.
-async fn wait_replayed(primary: &PgServer, standby: &PgServer) {
-    let lsn: String = primary
-        .client("postgres")
-        .await
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .expect("primary lsn")
-        .get(0);
-    wait_until(
-        standby,
-        "postgres",
-        &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"),
-        "replay on the standby",
-    )
-    .await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_crash_and_promotion_capture_goes_on_on_the_synced_slot_without_a_snapshot() {
@@ -124,7 +79,7 @@ async fn after_a_crash_and_promotion_capture_goes_on_on_the_synced_slot_without_
         primary.wait_confirmed("shop", "fo_slot", LIMIT).await,
         "confirmed on the primary"
     );
-    wait_replayed(&primary, &standby).await;
+    assert!(primary.wait_replayed_by(&standby, LIMIT).await, "replay on the standby");
     // What the slot sync worker does every few seconds, asked for now: the
     // standby has the slot, persistent, at the primary's position.
     let confirmed: String = sql
@@ -143,7 +98,7 @@ async fn after_a_crash_and_promotion_capture_goes_on_on_the_synced_slot_without_
         sql.batch_execute("SELECT pg_log_standby_snapshot()")
             .await
             .expect("standby snapshot");
-        wait_replayed(&primary, &standby).await;
+        assert!(primary.wait_replayed_by(&standby, LIMIT).await, "replay on the standby");
         let _ = standby_sql.batch_execute("SELECT pg_sync_replication_slots()").await;
         let synced: Option<bool> = standby_sql
             .query_opt(
@@ -165,7 +120,7 @@ async fn after_a_crash_and_promotion_capture_goes_on_on_the_synced_slot_without_
     sql.batch_execute("INSERT INTO t SELECT g, 'after sync' FROM generate_series(201, 300) g")
         .await
         .expect("after sync");
-    wait_replayed(&primary, &standby).await;
+    assert!(primary.wait_replayed_by(&standby, LIMIT).await, "replay on the standby");
     primary.stop();
     standby.promote();
     let promoted = standby.client("shop").await;
@@ -196,34 +151,13 @@ async fn after_a_crash_and_promotion_capture_goes_on_on_the_synced_slot_without_
         "capture restarted on the promoted server did not stream:\n{logged}"
     );
 
-    let registry = Registry::new(&RegistryConfig {
-        url: registry.url.clone(),
-        ..Default::default()
-    })
-    .expect("registry");
-    let mut reads = 0;
-    let mut last: BTreeMap<i32, String> = BTreeMap::new();
-    for r in &records {
-        let value = decode(&registry, r.value.as_deref().expect("no deletes here")).await;
-        let field = |v: &Value, name: &str| match v {
-            Value::Record(f) => f.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()),
-            _ => None,
-        };
-        let unwrap = |v: Option<Value>| match v {
-            Some(Value::Union(_, inner)) => *inner,
-            Some(other) => other,
-            None => Value::Null,
-        };
-        if unwrap(field(&value, "op")) == Value::String("r".into()) {
-            reads += 1;
-        }
-        let after = unwrap(field(&value, "after"));
-        let (Value::Int(id), Value::String(v)) = (unwrap(field(&after, "id")), unwrap(field(&after, "v"))) else {
-            panic!("id and v in {after:?}")
-        };
-        last.insert(id, v);
-    }
-    assert_eq!(reads, 100, "the snapshot ran once, on the first primary, never again");
+    let folded = fold(&registry.url, &records).await;
+    assert_eq!(
+        folded.all_reads(),
+        100,
+        "the snapshot ran once, on the first primary, never again"
+    );
+    let last = folded.latest;
     let ids: BTreeSet<i32> = last.keys().copied().collect();
     assert_eq!(ids, (1..=500).collect(), "every row, before and after the failover");
     let table: BTreeMap<i32, String> = promoted

@@ -1,7 +1,8 @@
 //! The operator's commands beside the capture loop: `status` (the slot,
 //! its lag and WAL retention, the snapshot's progress, the published
 //! tables) and `snapshot` (a request to re-read tables, written into the
-//! WAL for the running capture to act on).
+//! WAL for the running capture to act on; on the primary when the source
+//! is a standby).
 
 use std::fmt::Write as _;
 
@@ -10,6 +11,7 @@ use super::error::CaptureError;
 use super::incremental::{Signal, SIGNAL_PREFIX};
 use super::initial::snapshot_slot_name;
 use super::snapshot_progress::ProgressStore;
+use super::standby::Writer;
 use crate::postgres::client::{self, ReadColumn};
 use crate::postgres::publication::{self, TableName};
 use crate::postgres::replication::ReplicationClient;
@@ -108,7 +110,11 @@ pub fn status_text(report: &StatusReport) -> String {
 /// else when it next starts).
 pub async fn request_snapshot(config: &CaptureConfig, tables: &[String]) -> Result<String, CaptureError> {
     let (sql, _driver) = client::connect(&config.source).await?;
-    let published = publication::published_tables(&sql, &config.publication).await?;
+    // On a standby the signal is written on the primary and reaches the
+    // slot through replay.
+    let writer = Writer::connect(config, &std::sync::Arc::new(sql)).await?;
+    let sql = &*writer.client;
+    let published = publication::published_tables(sql, &config.publication).await?;
     let mut names = Vec::new();
     for t in tables {
         let name = TableName::parse(t).map_err(CaptureError::InvalidTable)?;

@@ -141,6 +141,13 @@ pub struct CaptureSettings {
     #[arg(long, global = true, env = "WALHOUSE_SOURCE_URL", hide_env_values = true, value_parser = Quiet(source_url))]
     pub source_url: Option<ConnInfo>,
 
+    /// The primary, when --source-url is a hot standby (Postgres 16+):
+    /// capture reads the WAL and snapshots there, and writes only its
+    /// snapshot progress, watermarks and heartbeats here. Same form as
+    /// --source-url.
+    #[arg(long, global = true, env = "WALHOUSE_PRIMARY_URL", hide_env_values = true, value_parser = Quiet(source_url))]
+    pub primary_url: Option<ConnInfo>,
+
     /// Logical replication slot (created when missing).
     #[arg(long, global = true, env = "WALHOUSE_SLOT", default_value = "walhouse", value_parser = Quiet(slot_name))]
     pub slot: String,

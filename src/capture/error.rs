@@ -49,4 +49,6 @@ pub enum CaptureError {
     },
     #[error("{0}")]
     InvalidTable(String),
+    #[error(transparent)]
+    Standby(#[from] super::standby::StandbyError),
 }

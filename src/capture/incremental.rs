@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use super::emitter::Emitter;
 use super::error::CaptureError;
 use super::initial::Pace;
+use super::standby::Writer;
 use crate::capture::change::{SnapshotMark, TxInfo};
 use crate::capture::destination::Destination;
 use crate::capture::metrics::Metrics;
@@ -52,7 +53,9 @@ pub struct Signal {
 struct ChunkRead {
     relation: Relation,
     rows: Vec<Tuple>,
-    snapshot: XidSnapshot,
+    /// `None` on a standby, whose snapshots do not list the transactions
+    /// in progress on the primary.
+    snapshot: Option<XidSnapshot>,
     /// The table was rewritten since the chunk was planned: its CTIDs moved.
     rewritten: bool,
 }
@@ -244,7 +247,8 @@ fn parse_signal(m: &Message) -> Option<Signal> {
 
 impl Incremental {
     /// Starts the next chunk: opens its window, then the reader.
-    pub(super) async fn start_chunk(&mut self, sql: &tokio_postgres::Client) -> Result<(), CaptureError> {
+    pub(super) async fn start_chunk(&mut self, writer: &Writer) -> Result<(), CaptureError> {
+        let sql = &*writer.client;
         let Some(chunk) = self.queue.pop_front() else {
             return Ok(());
         };
@@ -269,6 +273,7 @@ impl Incremental {
         self.next_id += 1;
         let task = tokio::spawn(read_chunk(
             reader.clone(),
+            writer.standby.then(|| writer.client.clone()),
             chunk.clone(),
             self.publication.clone(),
             self.nonce,
@@ -384,7 +389,7 @@ impl Incremental {
         };
         let keys = relation.identity_positions();
         let read_rows = read.rows.len();
-        let rows = match active.window.keep(read.rows, &keys, &read.snapshot) {
+        let rows = match active.window.keep(read.rows, &keys, read.snapshot.as_ref()) {
             Merge::Send(rows) => rows,
             Merge::Retry(reason) => {
                 tracing::info!(table = %active.chunk.table, "{reason}: reading the chunk again");
@@ -493,16 +498,21 @@ fn same_shape(a: &Relation, b: &Relation) -> bool {
 }
 
 /// Low watermark, read the chunk in a fresh transaction, high watermark.
+/// On a standby (`primary` given) the watermarks are written on the
+/// primary and reach the slot through replay.
 async fn read_chunk(
     client: Arc<tokio_postgres::Client>,
+    primary: Option<Arc<tokio_postgres::Client>>,
     chunk: Chunk,
     publication: String,
     nonce: u64,
     id: u64,
 ) -> Result<ChunkRead, SnapshotError> {
+    let on_standby = primary.is_some();
+    let marks = primary.unwrap_or_else(|| client.clone());
     let emit = |high: bool| {
         let content = watermark::watermark_content(nonce, id, high);
-        let client = client.clone();
+        let client = marks.clone();
         async move {
             client
                 .execute(
@@ -516,8 +526,16 @@ async fn read_chunk(
     // The low watermark goes out before the read's snapshot is taken.
     emit(false).await?;
     snapshot::begin(&client, None).await?;
-    let xids = snapshot::current_snapshot(&client).await?;
-    let snapshot = XidSnapshot::parse(&xids).map_err(SourceError::Protocol)?;
+    // A standby's pg_current_snapshot() leaves out the primary's
+    // transactions in progress (they are tracked as subtransactions there):
+    // it cannot tell what the read saw, so the merge assumes nothing.
+    let snapshot = match on_standby {
+        true => None,
+        false => {
+            let xids = snapshot::current_snapshot(&client).await?;
+            Some(XidSnapshot::parse(&xids).map_err(SourceError::Protocol)?)
+        }
+    };
     let (relation, filter) = snapshot::describe(&client, &chunk.table, &publication).await?;
     let (_, relfilenode) = snapshot::table_pages(&client, relation.id).await?;
     if relfilenode != chunk.relfilenode {

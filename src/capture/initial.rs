@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use super::emitter::{room_or_shutdown, Emitter};
 use super::error::CaptureError;
 use super::published::captured_tables;
+use super::standby::Writer;
 use crate::capture::change::{ChangeEvent, ChangeKind, SnapshotMark, TxInfo};
 use crate::capture::config::{CaptureConfig, SnapshotMode};
 use crate::capture::destination::{Destination, EncodedRows, RowEncoder};
@@ -116,17 +117,18 @@ impl Pace {
 /// snapshot, spawn the copy workers, drain their chunks in plan order
 /// into the destination, wait until all of it is durable. With
 /// `progress` the slot is created permanent and chunks are recorded (on
-/// `sql`) as they become durable; without (`initial_only`), a temporary
+/// the `writer`) as they become durable; without (`initial_only`), a temporary
 /// slot exports the snapshot and nothing is kept. Returns the consistent
 /// point, or `None` when shutdown came first.
 pub(super) async fn initial_snapshot<D: Destination>(
     config: &CaptureConfig,
     emitter: &mut Emitter,
-    sql: &tokio_postgres::Client,
+    writer: &Writer,
     dest: &mut D,
     shutdown: &mut watch::Receiver<bool>,
     progress: Option<&ProgressStore>,
 ) -> Result<Option<Lsn>, CaptureError> {
+    let sql = &*writer.client;
     let tables = captured_tables(sql, &config.publication, &config.state_schema).await?;
     if let Some(p) = progress {
         // Before the slot exists: a slot without a finished snapshot is
@@ -137,9 +139,14 @@ pub(super) async fn initial_snapshot<D: Destination>(
         .await?
         .with_failover(config.slot_failover && progress.is_some())?;
     let exported = match progress {
-        Some(_) => repl.create_slot_exporting_snapshot(&config.slot).await?,
+        Some(_) => {
+            writer
+                .while_creating_slot(repl.create_slot_exporting_snapshot(&config.slot))
+                .await?
+        }
         None => {
-            repl.create_temporary_slot_exporting_snapshot(&snapshot_slot_name(&config.slot))
+            writer
+                .while_creating_slot(repl.create_temporary_slot_exporting_snapshot(&snapshot_slot_name(&config.slot)))
                 .await?
         }
     };

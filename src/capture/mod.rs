@@ -23,6 +23,7 @@ pub mod metrics;
 mod published;
 pub mod snapshot_progress;
 mod spool;
+mod standby;
 pub mod watermark;
 
 pub use error::CaptureError;
@@ -52,6 +53,7 @@ use emitter::Emitter;
 use incremental::Incremental;
 use published::{captured_tables, retain_captured};
 use spool::{Replay, Spools};
+use standby::Writer;
 
 /// How a capture ended without error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,7 +140,9 @@ async fn run_inner<D: Destination>(
     metrics: &Arc<Metrics>,
 ) -> Result<CaptureSummary, CaptureError> {
     let (sql, _driver) = client::connect(&config.source).await?;
-    let setup = set_up(config, &sql).await?;
+    let sql = Arc::new(sql);
+    let writer = Writer::connect(config, &sql).await?;
+    let setup = set_up(config, &sql, &writer).await?;
     dest.prepare(&setup.tables).await?;
     // Which system the positions belong to; asked again on each reconnect
     // (a failover to a promoted standby keeps it).
@@ -148,11 +152,11 @@ async fn run_inner<D: Destination>(
     dest.system_id(&identity.system_id);
     let spools = spools(config, repl.server_version_num(), &identity.system_id)?;
     drop(repl);
-    let sql = Arc::new(sql);
     let mut state = LoopState {
         config,
         emitter: Emitter::new(sql.clone(), metrics.clone(), &config.state_schema),
         sql,
+        writer,
         incremental: None,
         spools,
         tx: None,
@@ -165,14 +169,15 @@ async fn run_inner<D: Destination>(
             return Ok(state.summary(Lsn::ZERO));
         }
         // No slot is kept, so no progress either: a cut-off run starts over.
-        let done = initial::initial_snapshot(config, &mut state.emitter, &state.sql, dest, &mut shutdown, None).await?;
+        let done =
+            initial::initial_snapshot(config, &mut state.emitter, &state.writer, dest, &mut shutdown, None).await?;
         return Ok(state.summary(done.unwrap_or(Lsn::ZERO)));
     }
     if setup.needs_snapshot {
         let done = initial::initial_snapshot(
             config,
             &mut state.emitter,
-            &state.sql,
+            &state.writer,
             dest,
             &mut shutdown,
             setup.progress.as_ref(),
@@ -189,10 +194,10 @@ async fn run_inner<D: Destination>(
             &config.source,
             &config.publication,
             config.snapshot_chunk_pages,
-            &state.sql,
+            &state.writer.client,
         )
         .await?;
-        inc.refresh_tables(&state.sql, published).await?;
+        inc.refresh_tables(&state.writer.client, published).await?;
         state.incremental = Some(inc);
     }
     state
@@ -234,21 +239,27 @@ struct Setup {
 /// Checks the source, makes sure the publication exists (and, with
 /// `never`, the slot), warns about unbounded WAL retention and decides
 /// whether an initial snapshot is due.
-async fn set_up(config: &CaptureConfig, sql: &tokio_postgres::Client) -> Result<Setup, CaptureError> {
+async fn set_up(config: &CaptureConfig, sql: &tokio_postgres::Client, writer: &Writer) -> Result<Setup, CaptureError> {
     let source = &config.source;
     slot::preflight(sql, &source.user).await?;
+    // Progress and the publication are written where writes go (the
+    // primary, when the source is a standby).
+    let state = &*writer.client;
     // Progress is kept when a snapshot may have to resume: not for
     // `never` (no snapshot) nor `initial_only` (no slot to resume from).
     let progress =
         (config.snapshot_mode == SnapshotMode::Initial).then(|| ProgressStore::new(&config.state_schema, &config.slot));
     let mut tables = publication::ensure(
-        sql,
+        state,
         &config.publication,
         &config.table_selection(),
         &config.table_options(),
         config.replica_identity_full,
     )
     .await?;
+    // A slot decodes with the catalog as of each change: the standby must
+    // have replayed the publication before its slot is made.
+    writer.wait_replayed(sql).await?;
     // walhouse's own tables are never captured, whatever the mode (another
     // capture on this database may keep its progress there).
     retain_captured(&mut tables, &config.state_schema);
@@ -270,7 +281,7 @@ async fn set_up(config: &CaptureConfig, sql: &tokio_postgres::Client) -> Result<
         None => slot::status_interval(slot::wal_sender_timeout(sql).await?),
     };
     if let Some(p) = &progress {
-        p.ensure(sql, &source.user).await?;
+        p.ensure(state, &source.user).await?;
     }
     let mut needs_snapshot = false;
     match slot::inspect(sql, &config.slot).await? {
@@ -287,19 +298,19 @@ async fn set_up(config: &CaptureConfig, sql: &tokio_postgres::Client) -> Result<
             }
             tracing::info!(slot = %config.slot, confirmed_flush = ?info.confirmed_flush.map(|l| l.to_string()), "resuming from existing slot");
             if let Some(p) = &progress {
-                adopt_slot(p, sql, &tables, config.snapshot_chunk_pages).await?;
+                adopt_slot(p, state, &tables, config.snapshot_chunk_pages).await?;
             }
         }
         None if config.snapshot_mode == SnapshotMode::Never => {
             let mut repl = ReplicationClient::connect(source)
                 .await?
                 .with_failover(config.slot_failover)?;
-            let created = repl.create_slot(&config.slot).await?;
+            let created = writer.while_creating_slot(repl.create_slot(&config.slot)).await?;
             tracing::info!(slot = %created.name, consistent_point = %created.consistent_point, "created replication slot (no snapshot)");
         }
         None => {
             if let Some(p) = &progress {
-                refuse_lost_slot(p, sql, &config.slot).await?;
+                refuse_lost_slot(p, state, &config.slot).await?;
             }
             needs_snapshot = true;
         }
@@ -400,8 +411,10 @@ struct LoopState<'c> {
     config: &'c CaptureConfig,
     /// Everything sent leaves through it, snapshots' rows too.
     emitter: Emitter,
-    /// For the loop's own queries: lag, heartbeats, snapshot progress.
+    /// For the loop's own reads of the source: lag, the publication.
     sql: Arc<tokio_postgres::Client>,
+    /// For its writes: heartbeats, snapshot progress.
+    writer: Writer,
     incremental: Option<Incremental>,
     /// Streamed transactions in progress; `None` with protocol 1.
     spools: Option<Spools>,
@@ -459,6 +472,9 @@ impl LoopState<'_> {
                     }
                     Err(e) => tracing::debug!("SQL connection not back yet: {e}"),
                 }
+            }
+            if let Err(e) = self.writer.reconnect(config, &self.sql).await {
+                tracing::debug!("connection to the primary not back yet: {e}");
             }
             let started = async {
                 let mut repl = ReplicationClient::connect(&config.source).await?;
@@ -558,7 +574,7 @@ impl LoopState<'_> {
                 }
                 done = reader_finished(&mut self.incremental) => {
                     if let Some(inc) = self.incremental.as_mut() {
-                        inc.chunk_read(done?, &self.sql).await?;
+                        inc.chunk_read(done?, &self.writer.client).await?;
                     }
                 }
                 _ = tokio::time::sleep(status_interval), if full => {
@@ -572,18 +588,19 @@ impl LoopState<'_> {
                     if self.incremental.is_some() {
                         let published = self.captured_tables().await?;
                         if let Some(inc) = self.incremental.as_mut() {
-                            inc.refresh_tables(&self.sql, published).await?;
+                            inc.refresh_tables(&self.writer.client, published).await?;
                         }
                     }
                     self.chunks_durable(dest.durable()?).await?;
                 }
                 _ = std::future::ready(()), if !full && self.incremental.as_ref().is_some_and(Incremental::can_start) => {
                     if let Some(inc) = self.incremental.as_mut() {
-                        inc.start_chunk(&self.sql).await?;
+                        inc.start_chunk(&self.writer).await?;
                     }
                 }
                 _ = tick(&mut heartbeat), if heartbeat.is_some() => {
-                    self.sql
+                    self.writer
+                        .client
                         .execute("SELECT pg_logical_emit_message(false, 'walhouse.heartbeat', now()::text)", &[])
                         .await
                         .map_err(SourceError::Sql)?;
@@ -905,7 +922,7 @@ impl LoopState<'_> {
         }
         match self.incremental.as_mut() {
             Some(inc) => {
-                inc.control_message(lsn, m, &self.config.slot, &mut self.emitter, &self.sql, dest)
+                inc.control_message(lsn, m, &self.config.slot, &mut self.emitter, &self.writer.client, dest)
                     .await?
             }
             None => incremental::without_snapshots(m, &self.config.slot),
@@ -916,7 +933,10 @@ impl LoopState<'_> {
     /// Records incremental chunks that became durable.
     async fn chunks_durable(&mut self, durable: Lsn) -> Result<(), CaptureError> {
         match self.incremental.as_mut() {
-            Some(inc) => inc.chunks_durable(durable, &self.sql, self.emitter.metrics()).await,
+            Some(inc) => {
+                inc.chunks_durable(durable, &self.writer.client, self.emitter.metrics())
+                    .await
+            }
             None => Ok(()),
         }
     }

@@ -151,8 +151,11 @@ impl Window {
 
     /// Decides on the chunk's rows read under `snapshot`. A keyless table
     /// (`key_columns` empty) cannot be merged: its rows are all sent, and
-    /// may repeat rows the stream also carried.
-    pub fn keep(self, rows: Vec<Tuple>, key_columns: &[usize], snapshot: &XidSnapshot) -> Merge {
+    /// may repeat rows the stream also carried. Without a snapshot (what
+    /// the read saw is unknown) every key changed in the window is taken as
+    /// stale: the stream carried its change after the window opened, so
+    /// dropping the chunk's copy loses nothing.
+    pub fn keep(self, rows: Vec<Tuple>, key_columns: &[usize], snapshot: Option<&XidSnapshot>) -> Merge {
         if let Some(reason) = self.spoiled {
             return Merge::Retry(reason);
         }
@@ -164,7 +167,7 @@ impl Window {
                 || self
                     .before_low
                     .get(key)
-                    .is_some_and(|xids| xids.iter().any(|x| !snapshot.sees(*x)))
+                    .is_some_and(|xids| xids.iter().any(|x| snapshot.is_none_or(|s| !s.sees(*x))))
         };
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -237,9 +240,20 @@ mod tests {
         w.touch(key("3"), 110); // after low: drop
         let rows = vec![row("1", "a"), row("2", "b"), row("3", "c"), row("4", "d")];
         assert_eq!(
-            w.keep(rows, &[0], &snap),
+            w.keep(rows, &[0], Some(&snap)),
             Merge::Send(vec![row("1", "a"), row("4", "d")])
         );
+    }
+
+    #[test]
+    fn without_a_snapshot_every_key_changed_in_the_window_is_dropped() {
+        let mut w = Window::new(7);
+        // Seen by the read or not, the standby cannot tell: dropped.
+        w.touch(key("1"), 99);
+        w.low_watermark();
+        w.touch(key("3"), 110);
+        let rows = vec![row("1", "a"), row("3", "c"), row("4", "d")];
+        assert_eq!(w.keep(rows, &[0], None), Merge::Send(vec![row("4", "d")]));
     }
 
     #[test]
@@ -247,16 +261,19 @@ mod tests {
         let snap = XidSnapshot::parse("1:2:").expect("parse");
         let mut w = Window::new(7);
         w.touch(None, 1);
-        assert!(matches!(w.keep(vec![row("1", "a")], &[0], &snap), Merge::Retry(_)));
+        assert!(matches!(
+            w.keep(vec![row("1", "a")], &[0], Some(&snap)),
+            Merge::Retry(_)
+        ));
         let mut w = Window::new(7);
         w.low_watermark();
         w.truncated();
-        assert!(matches!(w.keep(vec![], &[0], &snap), Merge::Retry(_)));
+        assert!(matches!(w.keep(vec![], &[0], Some(&snap)), Merge::Retry(_)));
         let mut w = Window::new(7);
         w.low_watermark();
         w.touch(key("1"), 5);
         assert_eq!(
-            w.keep(vec![row("1", "a")], &[], &snap),
+            w.keep(vec![row("1", "a")], &[], Some(&snap)),
             Merge::Send(vec![row("1", "a")])
         );
     }

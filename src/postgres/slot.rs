@@ -181,7 +181,7 @@ pub async fn status(
         .query_opt(
             &format!(
                 "SELECT active_pid, confirmed_flush_lsn::text, wal_status, \
-                        (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, safe_wal_size, \
+                        ({WAL_END} - confirmed_flush_lsn)::bigint, safe_wal_size, \
                         {NEWER_SLOT_COLUMNS} \
                  FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1"
             ),
@@ -238,14 +238,21 @@ pub async fn status(
     Ok(report)
 }
 
+/// The end of the server's WAL: written on a primary, replayed on a
+/// standby (which cannot call `pg_current_wal_lsn()`).
+const WAL_END: &str = "CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() \
+                       ELSE pg_catalog.pg_current_wal_lsn() END";
+
 /// WAL bytes `slot` holds back on the server, and whether
 /// `max_slot_wal_keep_size` is unlimited.
 pub async fn lag(client: &Client, slot: &str) -> Result<Option<(i64, bool)>, SourceError> {
     let row = client
         .query_opt(
-            "SELECT (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, \
-                    current_setting('max_slot_wal_keep_size') = '-1' \
-             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &format!(
+                "SELECT ({WAL_END} - confirmed_flush_lsn)::bigint, \
+                        current_setting('max_slot_wal_keep_size') = '-1' \
+                 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1"
+            ),
             &[&slot],
         )
         .await?;

@@ -4,6 +4,7 @@ pub mod avro_data;
 pub mod chaos;
 pub mod command;
 pub mod debezium;
+pub mod fold;
 pub mod kafka;
 pub mod pipeline;
 pub mod postgres;

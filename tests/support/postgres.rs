@@ -510,6 +510,66 @@ impl PgServer {
         }
     }
 
+    /// Everything this server committed so far, flushed: the position a
+    /// standby must replay to have it. The tests run with
+    /// `synchronous_commit = off`, and an idle server may leave its last
+    /// records unflushed for many seconds: a checkpoint flushes them.
+    async fn flushed_target(&self, db: &str) -> String {
+        let sql = self.client(db).await;
+        sql.batch_execute("CHECKPOINT").await.expect("checkpoint");
+        sql.query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+            .await
+            .expect("primary lsn")
+            .get(0)
+    }
+
+    /// Polls up to `limit` until `standby` replayed everything this server
+    /// committed so far; whether it did.
+    pub async fn wait_replayed_by(&self, standby: &PgServer, limit: Duration) -> bool {
+        let target = self.flushed_target("postgres").await;
+        let sql = standby.client("postgres").await;
+        let deadline = Instant::now() + limit;
+        loop {
+            let done: Option<bool> = sql
+                .query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&target])
+                .await
+                .ok()
+                .and_then(|r| r.get(0));
+            if done == Some(true) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls up to `limit` until `slot` on `standby` confirmed everything
+    /// this server (its primary) committed so far; whether it did.
+    pub async fn wait_confirmed_on(&self, standby: &PgServer, db: &str, slot: &str, limit: Duration) -> bool {
+        let target = self.flushed_target(db).await;
+        let sql = standby.client(db).await;
+        let deadline = Instant::now() + limit;
+        loop {
+            let done: Option<bool> = sql
+                .query_one(
+                    "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                    &[&target, &slot],
+                )
+                .await
+                .ok()
+                .and_then(|r| r.get(0));
+            if done == Some(true) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
