@@ -2,7 +2,8 @@
 //! by `pg_basebackup`; capture decodes and snapshots on the standby and
 //! writes only its progress, watermarks and heartbeats on the primary.
 //! Everything committed on the primary arrives, once, and folds to its
-//! tables; the slot lives on the standby alone.
+//! tables; the slot lives on the standby alone; a snapshot cut off there
+//! resumes from the progress the primary keeps.
 
 use walhouse_test_support as support;
 
@@ -43,6 +44,18 @@ fn run_to_end(args: &[String]) -> (bool, String, String) {
     };
     let read = |f: &tempfile::NamedTempFile| std::fs::read_to_string(f.path()).unwrap_or_default();
     (status.is_some_and(|s| s.success()), read(&out), read(&err))
+}
+
+/// Starts capture with `argv` (and `failpoints`), its log appended to `log`.
+fn spawn(argv: &[String], log: &std::path::Path, failpoints: &str) -> std::process::Child {
+    Command::new(BIN)
+        .args(argv)
+        .env("WALHOUSE_FAILPOINTS", failpoints)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().append(true).open(log).expect("log"))
+        .spawn()
+        .expect("walhouse-capture starts")
 }
 
 /// Polls `query` (one boolean) on `server`'s database `db` until true.
@@ -118,17 +131,8 @@ async fn capture_on_a_standby_snapshots_and_streams_what_the_primary_commits() {
         .argv()
         .to_vec();
     let log = tempfile::NamedTempFile::new().expect("log file");
-    let spawn = || {
-        Command::new(BIN)
-            .args(&argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().append(true).open(log.path()).expect("log"))
-            .spawn()
-            .expect("walhouse-capture starts")
-    };
     let logged = || std::fs::read_to_string(log.path()).unwrap_or_default();
-    let mut capture = spawn();
+    let mut capture = spawn(&argv, log.path(), "");
     // The slot is the standby's, its snapshot's progress the primary's.
     let snapshotted = standby.wait_for_slot("shop", slot, true, LIMIT).await
         && wait_until(
@@ -203,7 +207,7 @@ async fn capture_on_a_standby_snapshots_and_streams_what_the_primary_commits() {
     sql.batch_execute("INSERT INTO t SELECT g, 'while stopped' FROM generate_series(3101, 3200) g")
         .await
         .expect("while stopped");
-    let mut capture = spawn();
+    let mut capture = spawn(&argv, log.path(), "");
     sql.batch_execute("INSERT INTO t SELECT g, 'restarted' FROM generate_series(3201, 3300) g")
         .await
         .expect("after the restart");
@@ -267,4 +271,123 @@ async fn capture_on_a_standby_snapshots_and_streams_what_the_primary_commits() {
             assert!(folded.reads_of("incremental") > 0, "u was read again incrementally");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_cut_off_on_a_standby_resumes_from_the_progress_on_the_primary() {
+    if support::postgres::test_major() < 16 {
+        eprintln!(
+            "logical decoding on a standby needs Postgres 16+: skipped on {}",
+            support::postgres::test_major()
+        );
+        return;
+    }
+    support::init_logs();
+    let primary = PgServer::start();
+    primary.create_db("shop");
+    let sql = primary.client("shop").await;
+    sql.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL);
+         INSERT INTO t SELECT g, 'initial' FROM generate_series(1, 4000) g;",
+    )
+    .await
+    .expect("schema");
+    let standby = primary.standby("standby_1", &[]);
+    assert!(primary.wait_replayed_by(&standby, LIMIT).await, "the standby replays");
+    let broker = Broker::start();
+    let registry = TestRegistry::start().await;
+    let slot = "cut_slot";
+    let prefix = format!("sbcut{}", std::process::id());
+    let spool = tempfile::tempdir().expect("spool dir");
+    let argv: Vec<String> = CaptureCommand::from(&standby.url("walhouse_scram", "shop"))
+        .into_kafka(&broker.bootstrap(), &registry.url, &prefix)
+        .with("--primary-url", primary.url("walhouse_scram", "shop"))
+        .with("--slot", slot)
+        .with("--snapshot-chunk-pages", "8")
+        .with("--topic-partitions", "1")
+        .with("--spool-dir", spool.path().to_str().expect("utf-8"))
+        .argv()
+        .to_vec();
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let logged = || std::fs::read_to_string(log.path()).unwrap_or_default();
+
+    // Cut off once the slot exists on the standby and before any chunk is
+    // copied: the primary records a snapshot that started.
+    let pause = spool.path().join("planned.pause");
+    std::fs::write(&pause, b"").expect("pause file");
+    let mut capture = spawn(
+        &argv,
+        log.path(),
+        &format!("snapshot.planned=pause-while:{}", pause.display()),
+    );
+    let reached = walhouse::failpoint::reached(&pause);
+    let deadline = Instant::now() + LIMIT;
+    while !reached.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the snapshot was never planned:\n{}",
+            logged()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = capture.kill();
+    let _ = capture.wait();
+    std::fs::remove_file(&pause).expect("unpause");
+    let phase: String = sql
+        .query_one("SELECT phase FROM walhouse.snapshots WHERE slot = $1", &[&slot])
+        .await
+        .expect("progress on the primary")
+        .get(0);
+    assert_eq!(phase, "starting", "the cut-off snapshot is recorded on the primary");
+    assert!(
+        standby.wait_for_slot("shop", slot, false, LIMIT).await,
+        "the slot stays on the standby"
+    );
+
+    // Restarted: every table is read again incrementally while the
+    // primary's changes stream.
+    sql.batch_execute(
+        "UPDATE t SET v = 'while stopped' WHERE id % 7 = 0;
+         DELETE FROM t WHERE id % 11 = 0;",
+    )
+    .await
+    .expect("while stopped");
+    let mut capture = spawn(&argv, log.path(), "");
+    for round in 0..5 {
+        sql.execute("UPDATE t SET v = 'round ' || $1::int WHERE id % 5 = $1::int", &[&round])
+            .await
+            .expect("update");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = wait_until(
+        &primary,
+        "shop",
+        &format!("SELECT phase = 'done' FROM walhouse.snapshots WHERE slot = '{slot}'"),
+    )
+    .await;
+    let confirmed = done && primary.wait_confirmed_on(&standby, "shop", slot, LIMIT).await;
+    let _ = capture.kill();
+    let _ = capture.wait();
+    assert!(done, "the resumed snapshot did not finish:\n{}", logged());
+    assert!(
+        confirmed,
+        "the slot did not confirm the primary's changes:\n{}",
+        logged()
+    );
+
+    let (bootstrap, topic) = (broker.bootstrap(), format!("{prefix}.public.t"));
+    let records = tokio::task::spawn_blocking(move || read_all(&bootstrap, &topic, LIMIT))
+        .await
+        .expect("reader");
+    let folded = fold(&registry.url, &records).await;
+    assert_eq!(folded.initial_reads(), 0, "nothing was sent before the cut");
+    assert!(folded.reads_of("incremental") > 0, "the table was read incrementally");
+    let rows: std::collections::BTreeMap<i32, String> = sql
+        .query("SELECT id, v FROM t", &[])
+        .await
+        .expect("table")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(folded.latest, rows, "the topic folds to the primary's table");
 }
