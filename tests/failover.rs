@@ -19,26 +19,21 @@ const LIMIT: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_crash_and_promotion_capture_goes_on_on_the_synced_slot_without_a_snapshot() {
-    if support::postgres::test_major() < 17 {
-        eprintln!(
-            "failover slots need Postgres 17+: skipped on {}",
-            support::postgres::test_major()
-        );
-        return;
-    }
     support::init_logs();
-    let mut primary = PgServer::start();
-    primary.create_db("shop");
-    let sql = primary.client("shop").await;
-    sql.batch_execute(
-        "CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL);
-         INSERT INTO t SELECT g, 'before' FROM generate_series(1, 100) g;",
-    )
-    .await
-    .expect("schema");
     // The test synchronises the slot itself (pg_sync_replication_slots), so
     // that it knows when the standby has it.
-    let standby = primary.standby("standby_1", &[]);
+    let Some((mut primary, standby)) = PgServer::with_standby(
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL);
+         INSERT INTO t SELECT g, 'before' FROM generate_series(1, 100) g;",
+        17,
+        "failover slots",
+    )
+    .await
+    else {
+        return;
+    };
+    let sql = primary.client("shop").await;
     primary.psql("ALTER SYSTEM SET synchronized_standby_slots = 'standby_1'");
     primary.psql("SELECT pg_reload_conf()");
     let broker = Broker::start();

@@ -7,13 +7,14 @@
 
 use walhouse_test_support as support;
 
+use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::command::CaptureCommand;
-use support::fold::fold;
+use support::fold::{fold, Folded};
 use support::kafka::{read_all, Broker};
-use support::postgres::PgServer;
+use support::postgres::{poll_true, PgServer};
 use support::registry::TestRegistry;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -46,105 +47,143 @@ fn run_to_end(args: &[String]) -> (bool, String, String) {
     (status.is_some_and(|s| s.success()), read(&out), read(&err))
 }
 
-/// Starts capture with `argv` (and `failpoints`), its log appended to `log`.
-fn spawn(argv: &[String], log: &std::path::Path, failpoints: &str) -> std::process::Child {
-    Command::new(BIN)
-        .args(argv)
-        .env("WALHOUSE_FAILPOINTS", failpoints)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::OpenOptions::new().append(true).open(log).expect("log"))
-        .spawn()
-        .expect("walhouse-capture starts")
+/// A primary, its standby, a broker and a registry, and capture's command
+/// line on the standby (`--primary-url` the primary) into topics of its own.
+struct Rig {
+    primary: PgServer,
+    standby: PgServer,
+    broker: Broker,
+    registry: TestRegistry,
+    slot: &'static str,
+    prefix: String,
+    argv: Vec<String>,
+    spool: tempfile::TempDir,
+    log: tempfile::NamedTempFile,
 }
 
-/// Polls `query` (one boolean) on `server`'s database `db` until true.
-async fn wait_until(server: &PgServer, db: &str, query: &str) -> bool {
-    let sql = server.client(db).await;
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let done: Option<bool> = sql.query_one(query, &[]).await.ok().and_then(|r| r.get(0));
-        if done == Some(true) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+impl Rig {
+    /// `None` before Postgres 16.
+    async fn start(schema: &str, slot: &'static str, extra: &[&str]) -> Option<Rig> {
+        let (primary, standby) = PgServer::with_standby("shop", schema, 16, "logical decoding on a standby").await?;
+        let broker = Broker::start();
+        let registry = TestRegistry::start().await;
+        let prefix = format!("{slot}{}", std::process::id());
+        let spool = tempfile::tempdir().expect("spool dir");
+        let argv = CaptureCommand::from(&standby.url("walhouse_scram", "shop"))
+            .into_kafka(&broker.bootstrap(), &registry.url, &prefix)
+            .with("--primary-url", primary.url("walhouse_scram", "shop"))
+            .with("--slot", slot)
+            .with("--snapshot-chunk-pages", "8")
+            .with("--topic-partitions", "1")
+            .with("--spool-dir", spool.path().to_str().expect("utf-8"))
+            .args(extra)
+            .argv()
+            .to_vec();
+        Some(Rig {
+            primary,
+            standby,
+            broker,
+            registry,
+            slot,
+            prefix,
+            argv,
+            spool,
+            log: tempfile::NamedTempFile::new().expect("log file"),
+        })
+    }
+
+    /// Starts capture (with `failpoints`), its log appended to the rig's.
+    fn spawn(&self, failpoints: &str) -> std::process::Child {
+        Command::new(BIN)
+            .args(&self.argv)
+            .env("WALHOUSE_FAILPOINTS", failpoints)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(self.log.path())
+                    .expect("log"),
+            )
+            .spawn()
+            .expect("walhouse-capture starts")
+    }
+
+    fn logged(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// A one-boolean `query` on the primary turned true within `LIMIT`.
+    async fn primary_says(&self, query: &str) -> bool {
+        poll_true(&self.primary.client("shop").await, query, LIMIT).await
+    }
+
+    /// `table`'s topic folded, and the primary's table.
+    async fn topic_and_table(&self, table: &str) -> (Folded, BTreeMap<i32, String>) {
+        let (bootstrap, topic) = (self.broker.bootstrap(), format!("{}.public.{table}", self.prefix));
+        let records = tokio::task::spawn_blocking(move || read_all(&bootstrap, &topic, LIMIT))
+            .await
+            .expect("reader");
+        let rows = self
+            .primary
+            .client("shop")
+            .await
+            .query(&format!("SELECT id, v FROM {table}"), &[])
+            .await
+            .expect("table")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        (fold(&self.registry.url, &records).await, rows)
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_on_a_standby_snapshots_and_streams_what_the_primary_commits() {
-    if support::postgres::test_major() < 16 {
-        eprintln!(
-            "logical decoding on a standby needs Postgres 16+: skipped on {}",
-            support::postgres::test_major()
-        );
-        return;
-    }
     support::init_logs();
-    let primary = PgServer::start();
-    primary.create_db("shop");
-    let sql = primary.client("shop").await;
-    sql.batch_execute(
+    let Some(rig) = Rig::start(
         "CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL);
          INSERT INTO t SELECT g, 'initial' FROM generate_series(1, 3000) g;
          CREATE TABLE u (id int PRIMARY KEY, v text NOT NULL);
          INSERT INTO u SELECT g, 'initial' FROM generate_series(1, 5000) g;",
+        "sb_slot",
+        &["--heartbeat-interval-ms", "300"],
     )
     .await
-    .expect("schema");
-    let standby = primary.standby("standby_1", &[]);
-    assert!(primary.wait_replayed_by(&standby, LIMIT).await, "the standby replays");
-    let broker = Broker::start();
-    let registry = TestRegistry::start().await;
+    else {
+        return;
+    };
+    let (primary, standby, slot) = (&rig.primary, &rig.standby, rig.slot);
+    let sql = primary.client("shop").await;
     let standby_url = standby.url("walhouse_scram", "shop");
     let primary_url = primary.url("walhouse_scram", "shop");
-    let slot = "sb_slot";
 
     // Without the primary, capture stops at start with the fix and leaves
     // nothing behind.
     let (ok, _, stderr) = run_to_end(&["--source-url".into(), standby_url.clone(), "--slot".into(), slot.into()]);
     assert!(!ok && stderr.contains("--primary-url"), "{stderr}");
-    let standby_sql = standby.client("shop").await;
-    let slots: i64 = standby_sql
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'",
-            &[],
-        )
+    let logical_slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'";
+    let slots: i64 = standby
+        .client("shop")
+        .await
+        .query_one(logical_slots, &[])
         .await
         .expect("slots")
         .get(0);
     assert_eq!(slots, 0, "no slot made by a capture that stopped at start");
 
-    let prefix = format!("sb{}", std::process::id());
-    let spool = tempfile::tempdir().expect("spool dir");
-    let argv: Vec<String> = CaptureCommand::from(&standby_url)
-        .into_kafka(&broker.bootstrap(), &registry.url, &prefix)
-        .with("--primary-url", &primary_url)
-        .with("--slot", slot)
-        .with("--snapshot-chunk-pages", "8")
-        .with("--heartbeat-interval-ms", "300")
-        .with("--topic-partitions", "1")
-        .with("--spool-dir", spool.path().to_str().expect("utf-8"))
-        .argv()
-        .to_vec();
-    let log = tempfile::NamedTempFile::new().expect("log file");
-    let logged = || std::fs::read_to_string(log.path()).unwrap_or_default();
-    let mut capture = spawn(&argv, log.path(), "");
+    let mut capture = rig.spawn("");
     // The slot is the standby's, its snapshot's progress the primary's.
     let snapshotted = standby.wait_for_slot("shop", slot, true, LIMIT).await
-        && wait_until(
-            &primary,
-            "shop",
-            &format!("SELECT phase = 'done' FROM walhouse.snapshots WHERE slot = '{slot}'"),
-        )
-        .await;
+        && rig
+            .primary_says(&format!(
+                "SELECT phase = 'done' FROM walhouse.snapshots WHERE slot = '{slot}'"
+            ))
+            .await;
     assert!(
         snapshotted,
         "capture did not snapshot and stream from the standby:\n{}",
-        logged()
+        rig.logged()
     );
     sql.batch_execute(
         "UPDATE t SET v = 'updated' WHERE id <= 100;
@@ -154,9 +193,9 @@ async fn capture_on_a_standby_snapshots_and_streams_what_the_primary_commits() {
     .await
     .expect("changes on the primary");
     assert!(
-        primary.wait_confirmed_on(&standby, "shop", slot, LIMIT).await,
+        primary.wait_confirmed_on(standby, "shop", slot, LIMIT).await,
         "the standby's slot did not confirm the primary's changes:\n{}",
-        logged()
+        rig.logged()
     );
 
     // An incremental snapshot requested through the standby, while u is
@@ -176,7 +215,7 @@ async fn capture_on_a_standby_snapshots_and_streams_what_the_primary_commits() {
         "--source-url".into(),
         standby_url.clone(),
         "--primary-url".into(),
-        primary_url.clone(),
+        primary_url,
         "--slot".into(),
         slot.into(),
     ]);
@@ -190,16 +229,17 @@ async fn capture_on_a_standby_snapshots_and_streams_what_the_primary_commits() {
         .expect("update u");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let merged = wait_until(
-        &primary,
-        "shop",
-        &format!(
+    let merged = rig
+        .primary_says(&format!(
             "SELECT count(*) > {u_chunks} AND bool_and(done_at IS NOT NULL) \
              FROM walhouse.snapshot_chunks WHERE slot = '{slot}' AND table_name = 'u'"
-        ),
-    )
-    .await;
-    assert!(merged, "the incremental snapshot of u did not finish:\n{}", logged());
+        ))
+        .await;
+    assert!(
+        merged,
+        "the incremental snapshot of u did not finish:\n{}",
+        rig.logged()
+    );
 
     // A restart resumes the slot on the standby, with no new snapshot.
     let _ = capture.kill();
@@ -207,16 +247,15 @@ async fn capture_on_a_standby_snapshots_and_streams_what_the_primary_commits() {
     sql.batch_execute("INSERT INTO t SELECT g, 'while stopped' FROM generate_series(3101, 3200) g")
         .await
         .expect("while stopped");
-    let mut capture = spawn(&argv, log.path(), "");
+    let mut capture = rig.spawn("");
     sql.batch_execute("INSERT INTO t SELECT g, 'restarted' FROM generate_series(3201, 3300) g")
         .await
         .expect("after the restart");
-    let confirmed = primary.wait_confirmed_on(&standby, "shop", slot, LIMIT).await;
-
+    let confirmed = primary.wait_confirmed_on(standby, "shop", slot, LIMIT).await;
     let (ok, status, err) = run_to_end(&[
         "status".into(),
         "--source-url".into(),
-        standby_url.clone(),
+        standby_url,
         "--slot".into(),
         slot.into(),
     ]);
@@ -225,7 +264,7 @@ async fn capture_on_a_standby_snapshots_and_streams_what_the_primary_commits() {
     assert!(
         confirmed,
         "capture restarted on the standby did not stream:\n{}",
-        logged()
+        rig.logged()
     );
     assert!(ok, "status on the standby: {err}");
     assert!(status.contains("(exists)"), "{status}");
@@ -236,97 +275,52 @@ async fn capture_on_a_standby_snapshots_and_streams_what_the_primary_commits() {
         "{status}"
     );
 
-    let primary_slots: i64 = sql
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'",
-            &[],
-        )
-        .await
-        .expect("primary slots")
-        .get(0);
+    let primary_slots: i64 = sql.query_one(logical_slots, &[]).await.expect("primary slots").get(0);
     assert_eq!(primary_slots, 0, "the slot lives on the standby only");
     for (table, initial) in [("t", 3000), ("u", 5000)] {
-        let (bootstrap, topic) = (broker.bootstrap(), format!("{prefix}.public.{table}"));
-        let records = tokio::task::spawn_blocking(move || read_all(&bootstrap, &topic, LIMIT))
-            .await
-            .expect("reader");
-        let folded = fold(&registry.url, &records).await;
+        let (folded, rows) = rig.topic_and_table(table).await;
         assert_eq!(
             folded.initial_reads(),
             initial,
             "{table}: the initial snapshot ran once, on the standby:\n{}",
-            logged()
+            rig.logged()
         );
-        let rows: std::collections::BTreeMap<i32, String> = sql
-            .query(&format!("SELECT id, v FROM {table}"), &[])
-            .await
-            .expect("table")
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
         assert_eq!(folded.latest, rows, "{table}: the topic folds to the primary's table");
-        // A row an update moved to a chunk not read yet is read twice,
-        // each time as it then was: more reads than rows is no error.
-        if table == "u" {
-            assert!(folded.reads_of("incremental") > 0, "u was read again incrementally");
-        }
     }
+    // A row an update moved to a chunk not read yet is read twice, each
+    // time as it then was: more reads than rows is no error.
+    let (u, _) = rig.topic_and_table("u").await;
+    assert!(u.reads_of("incremental") > 0, "u was read again incrementally");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_cut_off_on_a_standby_resumes_from_the_progress_on_the_primary() {
-    if support::postgres::test_major() < 16 {
-        eprintln!(
-            "logical decoding on a standby needs Postgres 16+: skipped on {}",
-            support::postgres::test_major()
-        );
-        return;
-    }
     support::init_logs();
-    let primary = PgServer::start();
-    primary.create_db("shop");
-    let sql = primary.client("shop").await;
-    sql.batch_execute(
+    let Some(rig) = Rig::start(
         "CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL);
          INSERT INTO t SELECT g, 'initial' FROM generate_series(1, 4000) g;",
+        "cut_slot",
+        &[],
     )
     .await
-    .expect("schema");
-    let standby = primary.standby("standby_1", &[]);
-    assert!(primary.wait_replayed_by(&standby, LIMIT).await, "the standby replays");
-    let broker = Broker::start();
-    let registry = TestRegistry::start().await;
-    let slot = "cut_slot";
-    let prefix = format!("sbcut{}", std::process::id());
-    let spool = tempfile::tempdir().expect("spool dir");
-    let argv: Vec<String> = CaptureCommand::from(&standby.url("walhouse_scram", "shop"))
-        .into_kafka(&broker.bootstrap(), &registry.url, &prefix)
-        .with("--primary-url", primary.url("walhouse_scram", "shop"))
-        .with("--slot", slot)
-        .with("--snapshot-chunk-pages", "8")
-        .with("--topic-partitions", "1")
-        .with("--spool-dir", spool.path().to_str().expect("utf-8"))
-        .argv()
-        .to_vec();
-    let log = tempfile::NamedTempFile::new().expect("log file");
-    let logged = || std::fs::read_to_string(log.path()).unwrap_or_default();
+    else {
+        return;
+    };
+    let slot = rig.slot;
+    let sql = rig.primary.client("shop").await;
 
     // Cut off once the slot exists on the standby and before any chunk is
     // copied: the primary records a snapshot that started.
-    let pause = spool.path().join("planned.pause");
+    let pause = rig.spool.path().join("planned.pause");
     std::fs::write(&pause, b"").expect("pause file");
-    let mut capture = spawn(
-        &argv,
-        log.path(),
-        &format!("snapshot.planned=pause-while:{}", pause.display()),
-    );
+    let mut capture = rig.spawn(&format!("snapshot.planned=pause-while:{}", pause.display()));
     let reached = walhouse::failpoint::reached(&pause);
     let deadline = Instant::now() + LIMIT;
     while !reached.exists() {
         assert!(
             Instant::now() < deadline,
             "the snapshot was never planned:\n{}",
-            logged()
+            rig.logged()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -340,7 +334,7 @@ async fn a_snapshot_cut_off_on_a_standby_resumes_from_the_progress_on_the_primar
         .get(0);
     assert_eq!(phase, "starting", "the cut-off snapshot is recorded on the primary");
     assert!(
-        standby.wait_for_slot("shop", slot, false, LIMIT).await,
+        rig.standby.wait_for_slot("shop", slot, false, LIMIT).await,
         "the slot stays on the standby"
     );
 
@@ -352,42 +346,30 @@ async fn a_snapshot_cut_off_on_a_standby_resumes_from_the_progress_on_the_primar
     )
     .await
     .expect("while stopped");
-    let mut capture = spawn(&argv, log.path(), "");
+    let mut capture = rig.spawn("");
     for round in 0..5 {
         sql.execute("UPDATE t SET v = 'round ' || $1::int WHERE id % 5 = $1::int", &[&round])
             .await
             .expect("update");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let done = wait_until(
-        &primary,
-        "shop",
-        &format!("SELECT phase = 'done' FROM walhouse.snapshots WHERE slot = '{slot}'"),
-    )
-    .await;
-    let confirmed = done && primary.wait_confirmed_on(&standby, "shop", slot, LIMIT).await;
+    let done = rig
+        .primary_says(&format!(
+            "SELECT phase = 'done' FROM walhouse.snapshots WHERE slot = '{slot}'"
+        ))
+        .await;
+    let confirmed = done && rig.primary.wait_confirmed_on(&rig.standby, "shop", slot, LIMIT).await;
     let _ = capture.kill();
     let _ = capture.wait();
-    assert!(done, "the resumed snapshot did not finish:\n{}", logged());
+    assert!(done, "the resumed snapshot did not finish:\n{}", rig.logged());
     assert!(
         confirmed,
         "the slot did not confirm the primary's changes:\n{}",
-        logged()
+        rig.logged()
     );
 
-    let (bootstrap, topic) = (broker.bootstrap(), format!("{prefix}.public.t"));
-    let records = tokio::task::spawn_blocking(move || read_all(&bootstrap, &topic, LIMIT))
-        .await
-        .expect("reader");
-    let folded = fold(&registry.url, &records).await;
+    let (folded, rows) = rig.topic_and_table("t").await;
     assert_eq!(folded.initial_reads(), 0, "nothing was sent before the cut");
     assert!(folded.reads_of("incremental") > 0, "the table was read incrementally");
-    let rows: std::collections::BTreeMap<i32, String> = sql
-        .query("SELECT id, v FROM t", &[])
-        .await
-        .expect("table")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
     assert_eq!(folded.latest, rows, "the topic folds to the primary's table");
 }

@@ -47,6 +47,22 @@ pub struct PgServer {
     pid: Option<u32>,
 }
 
+/// Polls `query` (one boolean) up to `limit` until it answers true;
+/// whether it did. Errors count as not yet.
+pub async fn poll_true(sql: &Client, query: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let done: Option<bool> = sql.query_one(query, &[]).await.ok().and_then(|r| r.get(0));
+        if done == Some(true) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The major version `WALHOUSE_TEST_PG` asks for (default 18).
 pub fn test_major() -> u32 {
     match std::env::var("WALHOUSE_TEST_PG").as_deref() {
@@ -528,21 +544,8 @@ impl PgServer {
     pub async fn wait_replayed_by(&self, standby: &PgServer, limit: Duration) -> bool {
         let target = self.flushed_target("postgres").await;
         let sql = standby.client("postgres").await;
-        let deadline = Instant::now() + limit;
-        loop {
-            let done: Option<bool> = sql
-                .query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&target])
-                .await
-                .ok()
-                .and_then(|r| r.get(0));
-            if done == Some(true) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let query = format!("SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn");
+        poll_true(&sql, &query, limit).await
     }
 
     /// Polls up to `limit` until `slot` on `standby` confirmed everything
@@ -550,24 +553,31 @@ impl PgServer {
     pub async fn wait_confirmed_on(&self, standby: &PgServer, db: &str, slot: &str, limit: Duration) -> bool {
         let target = self.flushed_target(db).await;
         let sql = standby.client(db).await;
-        let deadline = Instant::now() + limit;
-        loop {
-            let done: Option<bool> = sql
-                .query_one(
-                    "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
-                    &[&target, &slot],
-                )
-                .await
-                .ok()
-                .and_then(|r| r.get(0));
-            if done == Some(true) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let query = format!(
+            "SELECT confirmed_flush_lsn >= '{target}'::pg_lsn FROM pg_replication_slots WHERE slot_name = {}",
+            walhouse::quote::literal(slot)
+        );
+        poll_true(&sql, &query, limit).await
+    }
+
+    /// A primary with database `db` holding `schema`, and a
+    /// `pg_basebackup` standby (physical slot `standby_1`) that replayed it;
+    /// `None`, with a note, when the tests' Postgres is older than
+    /// `min_major`, which `feature` needs.
+    pub async fn with_standby(db: &str, schema: &str, min_major: u32, feature: &str) -> Option<(PgServer, PgServer)> {
+        if test_major() < min_major {
+            eprintln!("{feature} needs Postgres {min_major}+: skipped on {}", test_major());
+            return None;
         }
+        let primary = PgServer::start();
+        primary.create_db(db);
+        primary.client(db).await.batch_execute(schema).await.expect("schema");
+        let standby = primary.standby("standby_1", &[]);
+        assert!(
+            primary.wait_replayed_by(&standby, Duration::from_secs(90)).await,
+            "the standby did not replay the schema"
+        );
+        Some((primary, standby))
     }
 
     pub fn server_log(&self) -> String {
