@@ -245,9 +245,10 @@ async fn errors_exit_non_zero_with_a_one_line_cause() {
     assert!(last.starts_with("walhouse-capture: wal_level is \"replica\""), "{err}");
 }
 
-/// `--check` prints the configuration, but no secret of it: the source
-/// password, the registry password, librdkafka's secret keys. A registry
-/// URL that carries credentials is refused without echoing them.
+/// `--check` prints the configuration, but no secret of it: the source's
+/// and the primary's passwords, the registry password, librdkafka's secret
+/// keys. A registry URL that carries credentials is refused without
+/// echoing them.
 #[tokio::test]
 async fn check_never_prints_a_secret() {
     let common = [
@@ -270,6 +271,8 @@ async fn check_never_prints_a_secret() {
         .args([
             "--source-url",
             "postgres://u:hunter1@127.0.0.1:9/d",
+            "--primary-url",
+            "postgres://u:hunter6@127.0.0.1:9/d",
             "--output",
             "kafka",
         ])
