@@ -308,6 +308,103 @@ async fn a_cut_off_snapshot_resumes_its_missing_chunks_while_streaming() {
     assert!(state == table, "the folded events differ from the table");
 }
 
+/// A table attached as a partition brings rows that were never changes of
+/// its parent: capture notices the new partition (at start and at every lag
+/// check), finds rows older than the attachment and reads the parent
+/// again, so the parent's stream folds to the table. A partition created
+/// empty, filled through the parent, is not a reason to read it again.
+#[tokio::test]
+async fn a_partition_attached_with_rows_has_them_read_into_its_parent() {
+    let pg = PgServer::start();
+    let db = pg.create_db("attach");
+    let sql = pg.client(&db).await;
+    sql.batch_execute(
+        "CREATE TABLE m (id int, region text, v text NOT NULL, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu');
+         INSERT INTO m SELECT g, 'eu', 'initial' FROM generate_series(1, 100) g;",
+    )
+    .await
+    .expect("schema");
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("attach.jsonl");
+    let (stop, task) = spawn(config(&pg, &db, "attach_slot", &[]), &out);
+    assert!(
+        wait_phase_done(&sql, "attach_slot", Duration::from_secs(60)).await,
+        "initial snapshot"
+    );
+    // Created empty and filled through the parent: streamed, not reread.
+    sql.batch_execute(
+        "CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us');
+         INSERT INTO m SELECT g, 'us', 'streamed' FROM generate_series(201, 250) g;",
+    )
+    .await
+    .expect("empty partition");
+    // Filled on its own, then attached: these rows were never changes of m.
+    sql.batch_execute(
+        "CREATE TABLE m_asia (id int, region text, v text NOT NULL, PRIMARY KEY (id, region));
+         INSERT INTO m_asia SELECT g, 'asia', 'before attach' FROM generate_series(301, 360) g;",
+    )
+    .await
+    .expect("table to attach");
+    sql.batch_execute("ALTER TABLE m ATTACH PARTITION m_asia FOR VALUES IN ('asia')")
+        .await
+        .expect("attach");
+    sql.batch_execute("UPDATE m SET v = 'after attach' WHERE id IN (301, 302)")
+        .await
+        .expect("update after attach");
+    let holds = |name: &'static str| {
+        let sql = &sql;
+        async move {
+            let partition = walhouse::postgres::publication::TableName::parse(name).expect("name");
+            walhouse::postgres::partitions::holds_rows_from_before_attach(sql, &partition)
+                .await
+                .expect("query")
+        }
+    };
+    assert!(!holds("public.m_us").await, "m_us's rows came through the parent");
+    assert!(holds("public.m_asia").await, "m_asia held rows before it was attached");
+    let folded = |lines: &[Value]| -> BTreeMap<i64, String> { fold(lines, "m") };
+    // The lag check (every 10 s) finds the partition.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut state = BTreeMap::new();
+    let table = table_state(&sql, "m").await;
+    while std::time::Instant::now() < deadline {
+        state = folded(&lines(&out));
+        if state == table && snapshot_phase(&sql, "attach_slot").await.as_deref() == Some("done") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = stop.send(true);
+    task.await.expect("task").expect("capture");
+    assert_eq!(
+        state, table,
+        "the parent's stream folds to the table, the attached rows too"
+    );
+    let reread: Vec<i64> = lines(&out)
+        .iter()
+        .filter(|l| l["snapshot"] == "incremental")
+        .map(|l| l["key"]["id"].as_str().expect("key").parse().expect("int"))
+        .collect();
+    assert!(
+        reread.contains(&301) && reread.contains(&360),
+        "the attached partition's rows were read: {} rows",
+        reread.len()
+    );
+    let rereads: i64 = sql
+        .query_one(
+            "SELECT count(DISTINCT seq) FROM walhouse.snapshot_chunks WHERE slot = 'attach_slot'",
+            &[],
+        )
+        .await
+        .expect("chunks")
+        .get(0);
+    assert_eq!(
+        rereads, 2,
+        "m read twice: by the initial snapshot, and once for the attached partition"
+    );
+}
+
 #[tokio::test]
 async fn a_table_added_to_the_publication_is_snapshotted_while_changes_flow() {
     let pg = PgServer::start();

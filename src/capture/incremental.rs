@@ -31,6 +31,7 @@ use crate::capture::destination::Destination;
 use crate::capture::metrics::Metrics;
 use crate::capture::snapshot_progress::{self, Chunk, Phase, ProgressStore};
 use crate::capture::watermark::{self, Merge, Window, XidSnapshot};
+use crate::postgres::partitions;
 use crate::postgres::pgoutput::{Message, PgTimestamp, Relation, Tuple};
 use crate::postgres::publication::TableName;
 use crate::postgres::snapshot::{self, SnapshotError};
@@ -151,6 +152,9 @@ impl Incremental {
             return Ok(());
         }
         self.store.plan(sql, &planned).await?;
+        // Partitions attached from now on are new to this snapshot.
+        let trees = partitions::trees(sql, tables).await?;
+        self.store.record_partitions(sql, &trees).await?;
         if self.done {
             self.store.set_phase(sql, Phase::Copying, None).await?;
             self.done = false;
@@ -160,7 +164,9 @@ impl Incremental {
         Ok(())
     }
 
-    /// Published tables that no snapshot covered yet are planned.
+    /// Published tables that no snapshot covered yet are planned, and so
+    /// are partitioned tables that gained a partition holding rows from
+    /// before it was attached.
     pub(super) async fn refresh_tables(
         &mut self,
         sql: &tokio_postgres::Client,
@@ -174,7 +180,56 @@ impl Incremental {
             tracing::info!(tables = ?new.iter().map(ToString::to_string).collect::<Vec<_>>(), "new tables in the publication");
             self.add_tables(sql, &new).await?;
         }
+        let mut covered: Vec<TableName> = known.intersection(&self.published).cloned().collect();
+        covered.sort();
+        let attached = self.attached_with_rows(sql, &covered).await?;
+        if !attached.is_empty() {
+            self.add_tables(sql, &attached).await?;
+        }
         Ok(())
+    }
+
+    /// Of `tables` (snapshotted before), the partitioned ones with a
+    /// partition, new since, that holds rows from before its attachment:
+    /// those rows were never changes, so the parent is read again. New
+    /// partitions without such rows are recorded as covered. A table whose
+    /// tree was never recorded (a slot older than this record) has it
+    /// recorded as it is now.
+    async fn attached_with_rows(
+        &mut self,
+        sql: &tokio_postgres::Client,
+        tables: &[TableName],
+    ) -> Result<Vec<TableName>, CaptureError> {
+        let trees = partitions::trees(sql, tables).await?;
+        if trees.is_empty() {
+            return Ok(Vec::new());
+        }
+        let recorded = self.store.partitions(sql).await?;
+        let mut unseen = Vec::new();
+        let mut reread: Vec<TableName> = Vec::new();
+        for m in trees {
+            if recorded.contains(&(m.root.clone(), m.member.clone())) {
+                continue;
+            }
+            let tree_recorded = recorded.contains(&(m.root.clone(), m.root.clone()));
+            if tree_recorded
+                && m.leaf
+                && !reread.contains(&m.root)
+                && partitions::holds_rows_from_before_attach(sql, &m.member).await?
+            {
+                tracing::info!(
+                    table = %m.root,
+                    partition = %m.member,
+                    "a partition was attached with rows it held before: reading the table again"
+                );
+                reread.push(m.root.clone());
+            }
+            unseen.push(m);
+        }
+        // A table read again records its whole tree when planned.
+        unseen.retain(|m| !reread.contains(&m.root));
+        self.store.record_partitions(sql, &unseen).await?;
+        Ok(reread)
     }
 
     pub(super) fn can_start(&self) -> bool {

@@ -29,6 +29,7 @@ use crate::capture::config::{CaptureConfig, SnapshotMode};
 use crate::capture::destination::{Destination, EncodedRows, RowEncoder};
 use crate::capture::snapshot_progress::{self, Chunk, Phase, ProgressStore};
 use crate::postgres::conninfo::ConnInfo;
+use crate::postgres::partitions::{self, TreeMember};
 use crate::postgres::pgoutput::{PgTimestamp, Relation, Tuple};
 use crate::postgres::publication::TableName;
 use crate::postgres::replication::ReplicationClient;
@@ -163,6 +164,7 @@ pub(super) async fn initial_snapshot<D: Destination>(
     if let Some(p) = progress {
         let planned: Vec<Chunk> = plan.chunks.iter().map(|(_, c)| c.clone()).collect();
         p.plan(sql, &planned).await?;
+        p.record_partitions(sql, &plan.partitions).await?;
         p.set_phase(sql, Phase::Copying, Some(consistent)).await?;
     }
     let workers = (config.snapshot_connections as usize).clamp(1, plan.chunks.len().max(1));
@@ -224,6 +226,7 @@ impl<D: Destination> Run<'_, D> {
         let mut plan = SnapshotPlan {
             relations: Vec::with_capacity(tables.len()),
             chunks: Vec::new(),
+            partitions: partitions::trees(&planner, tables).await?,
         };
         let mut seq = 1;
         for table in tables {
@@ -430,6 +433,8 @@ struct PlannedTable {
 struct SnapshotPlan {
     relations: Vec<PlannedTable>,
     chunks: Vec<(usize, Chunk)>,
+    /// The partition trees the snapshot reads, as of its point.
+    partitions: Vec<TreeMember>,
 }
 
 /// What draining the chunks left for the wait until durable.

@@ -4,7 +4,10 @@
 //! - `snapshots`: one row per slot, its phase (`starting`, `copying`,
 //!   `done`) and the slot's consistent point;
 //! - `snapshot_chunks`: every planned chunk (a table's page range), marked
-//!   done only after the destination reported all its rows durable.
+//!   done only after the destination reported all its rows durable;
+//! - `snapshot_partitions`: the partition trees of the partitioned tables
+//!   snapshotted, as they were when planned, so that a partition attached
+//!   later is recognised (its rows from before were never changes).
 //!
 //! The `starting` row is written *before* the slot is created, so a slot
 //! found with a phase other than `done` is a snapshot that was cut off:
@@ -13,10 +16,13 @@
 //! Progress lives in the source because the slot does: both go together
 //! with the database (a restore from backup, a dropped slot).
 
+use std::collections::HashSet;
+
 use tokio_postgres::Client;
 
 use crate::postgres::client::ReadColumn;
 use crate::postgres::error::SourceError;
+use crate::postgres::partitions::TreeMember;
 use crate::postgres::publication::TableName;
 use crate::postgres::snapshot::PageRange;
 use crate::postgres::Lsn;
@@ -157,9 +163,17 @@ impl ProgressStore {
                     relfilenode oid NOT NULL,
                     done_at timestamptz,
                     rows bigint,
-                    PRIMARY KEY (slot, seq))",
+                    PRIMARY KEY (slot, seq));
+                 CREATE TABLE IF NOT EXISTS {} (
+                    slot text NOT NULL,
+                    table_schema text NOT NULL,
+                    table_name text NOT NULL,
+                    partition_schema text NOT NULL,
+                    partition_name text NOT NULL,
+                    PRIMARY KEY (slot, table_schema, table_name, partition_schema, partition_name))",
                 self.table("snapshots"),
-                self.table("snapshot_chunks")
+                self.table("snapshot_chunks"),
+                self.table("snapshot_partitions")
             ))
             .await
             .map_err(wrap)?;
@@ -199,12 +213,14 @@ impl ProgressStore {
     /// Forgets any earlier snapshot of the slot and records a new one as
     /// starting (committed before the slot exists).
     pub async fn start(&self, client: &Client) -> Result<(), SourceError> {
-        client
-            .execute(
-                &format!("DELETE FROM {} WHERE slot = $1", self.table("snapshot_chunks")),
-                &[&self.slot],
-            )
-            .await?;
+        for table in ["snapshot_chunks", "snapshot_partitions"] {
+            client
+                .execute(
+                    &format!("DELETE FROM {} WHERE slot = $1", self.table(table)),
+                    &[&self.slot],
+                )
+                .await?;
+        }
         client
             .execute(
                 &format!(
@@ -351,6 +367,48 @@ impl ProgressStore {
                     self.table("snapshot_chunks")
                 ),
                 &[&self.slot, &table.schema, &table.name],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The partition tree members recorded, as `(root, member)`.
+    pub async fn partitions(&self, client: &Client) -> Result<HashSet<(TableName, TableName)>, SourceError> {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT table_schema, table_name, partition_schema, partition_name FROM {} WHERE slot = $1",
+                    self.table("snapshot_partitions")
+                ),
+                &[&self.slot],
+            )
+            .await?;
+        const QUERY: &str = "the recorded partitions query";
+        rows.iter()
+            .map(|r| Ok((TableName::from_row(r, QUERY, 0)?, TableName::from_row(r, QUERY, 2)?)))
+            .collect()
+    }
+
+    /// Records partition tree members (known ones are kept).
+    pub async fn record_partitions(&self, client: &Client, members: &[TreeMember]) -> Result<(), SourceError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let column = |f: fn(&TreeMember) -> &str| -> Vec<&str> { members.iter().map(f).collect() };
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {} (slot, table_schema, table_name, partition_schema, partition_name) \
+                     SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) ON CONFLICT DO NOTHING",
+                    self.table("snapshot_partitions")
+                ),
+                &[
+                    &self.slot,
+                    &column(|m| &m.root.schema),
+                    &column(|m| &m.root.name),
+                    &column(|m| &m.member.schema),
+                    &column(|m| &m.member.name),
+                ],
             )
             .await?;
         Ok(())

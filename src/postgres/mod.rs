@@ -8,6 +8,7 @@
 //! - [`catalog`]: relations and type names seen on the stream.
 //! - [`client`]: the ordinary SQL connection (tokio-postgres).
 //! - [`slot`] and [`publication`]: preflight checks and lifecycle.
+//! - [`partitions`]: the partition trees under published tables.
 //! - [`snapshot`]: chunked reads of tables under a snapshot.
 //! - [`error`]: every failure classified, with the operator's fix.
 
@@ -16,6 +17,7 @@ pub mod client;
 pub mod conninfo;
 pub mod error;
 pub mod lsn;
+pub mod partitions;
 pub mod pgoutput;
 pub mod publication;
 pub mod replication;
